@@ -1,0 +1,75 @@
+"""embetter_plug: transformer activations as scikit-learn features and models.
+
+Every stage is a scikit-learn estimator, so the whole flow is one ``Pipeline``::
+
+    texts -> TransformerActivationEncoder -> LayerPooler -> tuner / classifier
+
+Public names are imported lazily (on first attribute access), so ``import
+embetter_plug`` stays cheap and does not import torch until it is needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it
+_EXPORTS: dict[str, str] = {
+    # extraction
+    "TransformerActivationEncoder": "embetter_plug.encoder",
+    "LayerPooler": "embetter_plug.pooler",
+    "load_activations": "embetter_plug.io",
+    "save_activations": "embetter_plug.io",
+    "ActivationCache": "embetter_plug.cache",
+    "load_builtin_dataset": "embetter_plug.datasets",
+    # models on activations (skorch)
+    "PlugClassifier": "embetter_plug.models",
+    "PlugRegressor": "embetter_plug.models",
+    "PlugContrastiveCNN": "embetter_plug.models",
+    "SupConLoss": "embetter_plug.models",
+    "save_model": "embetter_plug.models",
+    "load_model": "embetter_plug.models",
+    # embedding-space tuners
+    "FeedForwardTuner": "embetter_plug.tuners",
+    "ContrastiveLearner": "embetter_plug.tuners",
+    "ContrastiveTuner": "embetter_plug.tuners",
+    "SbertLearner": "embetter_plug.tuners",
+    "SbertTuner": "embetter_plug.tuners",
+    "SentenceEncoder": "embetter_plug.tuners",
+    # probing
+    "probe_layers": "embetter_plug.probe",
+    "ProbeResults": "embetter_plug.probe",
+    "OnlineProbes": "embetter_plug.probe",
+    "LayerMetricDisplay": "embetter_plug.probe",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'embetter_plug' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for static type checkers and IDEs
+    from .cache import ActivationCache
+    from .datasets import load_builtin_dataset
+    from .encoder import TransformerActivationEncoder
+    from .io import load_activations, save_activations
+    from .models import (PlugClassifier, PlugContrastiveCNN, PlugRegressor,
+                         SupConLoss, load_model, save_model)
+    from .pooler import LayerPooler
+    from .probe import LayerMetricDisplay, OnlineProbes, ProbeResults, probe_layers
+    from .tuners import (ContrastiveLearner, ContrastiveTuner, FeedForwardTuner,
+                         SbertLearner, SbertTuner, SentenceEncoder)

@@ -1,0 +1,108 @@
+"""Tokenize once, sort by token count, pad per batch (either side), with a prompt template.
+
+Sorting by real token count (not characters) keeps padding to a few percent on real text.
+Truncation cuts the text, never the template around it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._utils import logger
+
+
+def split_template(prompt_template: str | None) -> tuple[str, str]:
+    """``"Q: {text} A:"`` -> ``("Q: ", " A:")``; ``None`` -> ``("", "")``."""
+    if prompt_template is None:
+        return "", ""
+    if not isinstance(prompt_template, str) or prompt_template.count("{text}") != 1:
+        raise ValueError(
+            f"prompt_template={prompt_template!r} must be a string with exactly one '{{text}}' "
+            "placeholder, e.g. '{text}<end_of_turn>'."
+        )
+    prefix, suffix = prompt_template.split("{text}")
+    return prefix, suffix
+
+
+def tokenize(tokenizer, texts, prefix: str, suffix: str, max_length: int) -> tuple[list[list[int]], int]:
+    """Token ids of ``prefix + text + suffix`` for each text, at most ``max_length`` long.
+
+    Returns ``(ids, n_truncated)``. Only the text part is shortened, so the template's suffix
+    (e.g. an end-of-turn token) always survives.
+    """
+    full = [prefix + t + suffix for t in texts]
+    enc = tokenizer(full, add_special_tokens=True, truncation=False)["input_ids"]
+    too_long = [i for i, ids in enumerate(enc) if len(ids) > max_length]
+    for i in too_long:
+        enc[i] = _truncate_one(tokenizer, texts[i], prefix, suffix, max_length, enc[i])
+    return enc, len(too_long)
+
+
+def _truncate_one(tokenizer, text, prefix, suffix, max_length, ids):
+    """Shorten ``text`` until ``prefix + text + suffix`` fits, cutting at token boundaries."""
+    for _ in range(8):
+        excess = len(ids) - max_length
+        if excess <= 0:
+            return ids
+        offsets = None
+        if getattr(tokenizer, "is_fast", False):
+            enc = tokenizer(prefix + text + suffix, add_special_tokens=True,
+                            return_offsets_mapping=True)
+            offsets = enc["offset_mapping"]
+        lo, hi = len(prefix), len(prefix) + len(text)
+        starts = [s for s, e in (offsets or []) if lo <= s < hi and e > s]
+        if len(starts) > excess:
+            text = text[: starts[-excess] - lo].rstrip()
+        else:  # slow tokenizer or too little text: cut by tokens of the text alone
+            text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            keep = max(len(text_ids) - excess, 0)
+            text = tokenizer.decode(text_ids[:keep])
+        ids = tokenizer(prefix + text + suffix, add_special_tokens=True)["input_ids"]
+    if len(ids) > max_length:
+        raise ValueError(
+            f"the prompt template alone needs {len(ids)} tokens, more than max_length="
+            f"{max_length}; shorten the template or raise max_length."
+        )
+    return ids
+
+
+def length_sorted_batches(lengths, batch_size: int) -> list[np.ndarray]:
+    """Index batches of ``batch_size`` texts, longest first, so each batch pads little."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int, side: str):
+    """``input_ids``, ``attention_mask`` and mask-aware ``position_ids`` as int64 tensors."""
+    import torch
+
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        if side == "left":
+            ids[r, width - len(s):] = torch.tensor(s)
+            mask[r, width - len(s):] = 1
+        else:
+            ids[r, :len(s)] = torch.tensor(s)
+            mask[r, :len(s)] = 1
+    position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+    return ids, mask, position_ids
+
+
+def padding_fraction(lengths, batches) -> float:
+    """Share of padded tokens over all tokens fed to the model."""
+    lengths = np.asarray(lengths)
+    real = sum(int(lengths[b].sum()) for b in batches)
+    total = sum(int(lengths[b].max()) * len(b) for b in batches)
+    return 1.0 - real / total if total else 0.0
+
+
+def warn_truncated(n: int, n_total: int, max_length: int) -> None:
+    if n:
+        import warnings
+
+        msg = (f"{n} of {n_total} text(s) are longer than max_length={max_length} tokens and "
+               "were truncated (the prompt template is kept whole).")
+        logger.info(msg)
+        warnings.warn(msg, UserWarning, stacklevel=3)

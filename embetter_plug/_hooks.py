@@ -1,0 +1,156 @@
+"""Capture pooled activations with plain torch forward hooks, stopping the forward early.
+
+Each hook pools its module's ``(batch, tokens, hidden)`` output straight away, so only
+``(batch, n_layers, n_parts * n_poolings, hidden)`` floats are ever kept. Once every requested
+activation is in, the next hook raises ``_StopForward``: no compute is spent on later blocks, a
+pooler or an LM head. Hooks are always removed, also when the forward fails or is interrupted.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable, Sequence
+
+from ._arch import PARTS, base_model, find_module, get_spec, unknown_arch_error
+from ._token_pooling import pool_tokens
+
+
+class _StopForward(Exception):
+    """Raised from a hook once everything requested has been captured."""
+
+
+def _first_tensor(output):
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    if hasattr(output, "last_hidden_state"):
+        return output.last_hidden_state
+    return output
+
+
+def resolve_targets(model, layers: Sequence[int], parts: Sequence[str]):
+    """List ``(module, kind, layer_pos or None, part_pos)`` for every requested activation.
+
+    ``kind`` is ``"pre"`` (the module's input) or ``"post"`` (its output); ``layer_pos`` is
+    ``None`` for a fixed module path, whose vector fills every layer row.
+    """
+    spec = get_spec(model)
+    base = base_model(model)
+    blocks = find_module(base, spec.blocks) if spec is not None else None
+    targets = []
+    for pi, part in enumerate(parts):
+        if part in PARTS:
+            if spec is None:
+                raise unknown_arch_error(model)
+            for li, layer in enumerate(layers):
+                block = blocks[layer]
+                if part == "resid_pre":
+                    targets.append((block, "pre", li, pi))
+                elif part == "resid_post":
+                    targets.append((block, "post", li, pi))
+                else:
+                    targets.append((find_module(block, getattr(spec, part)), "post", li, pi))
+        elif "{layer}" in part:
+            for li, layer in enumerate(layers):
+                targets.append((find_module(model, part.format(layer=layer)), "post", li, pi))
+        else:
+            targets.append((find_module(model, part), "post", None, pi))
+    return targets
+
+
+class ActivationCapture:
+    """Context manager that hooks ``targets`` and fills a pooled buffer on each forward.
+
+    Parameters
+    ----------
+    targets : list from :func:`resolve_targets`
+    n_layers, n_parts : int
+        Size of the layer and part axes (before pooling expansion).
+    poolings : list of str or float
+        Token poolings; each becomes its own entry on the parts axis (part-major).
+    hidden_size : int
+    part_names : list of str
+        For error messages.
+    """
+
+    def __init__(self, targets, n_layers, n_parts, poolings, hidden_size, part_names):
+        self.targets = targets
+        self.n_layers, self.n_parts = n_layers, n_parts
+        self.poolings = list(poolings)
+        self.hidden_size = hidden_size
+        self.part_names = part_names
+        self._handles = []
+        self._buf = None
+        self._mask = None
+        self._remaining = 0
+
+    def __enter__(self):
+        groups = defaultdict(list)
+        for module, kind, li, pi in self.targets:
+            groups[(id(module), kind)].append((module, li, pi))
+        for (_, kind), slots in groups.items():
+            module = slots[0][0]
+            where = [(li, pi) for _, li, pi in slots]
+            if kind == "pre":
+                h = module.register_forward_pre_hook(self._pre_hook(where), with_kwargs=True)
+            else:
+                h = module.register_forward_hook(self._post_hook(where))
+            self._handles.append(h)
+        self._n_hooks = len(self._handles)
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        return False
+
+    def _store(self, tensor, where):
+        if tensor.dim() != 3 or tensor.shape[-1] != self.hidden_size:
+            part = self.part_names[where[0][1]]
+            raise ValueError(
+                f"part {part!r} gives an output of shape {tuple(tensor.shape)}, not "
+                f"(batch, tokens, {self.hidden_size}); choose a module whose output has the "
+                "model's hidden size (e.g. the block, its attention or its MLP)."
+            )
+        pooled = pool_tokens(tensor, self._mask, self.poolings)  # (B, K, H)
+        k = len(self.poolings)
+        for li, pi in where:
+            rows = slice(None) if li is None else li
+            self._buf[:, rows, pi * k:(pi + 1) * k, :] = pooled[:, None] if li is None else pooled
+        self._remaining -= 1
+        if self._remaining == 0 and self.stop_early:
+            raise _StopForward
+
+    def _pre_hook(self, where) -> Callable:
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            self._store(hidden, where)
+        return hook
+
+    def _post_hook(self, where) -> Callable:
+        def hook(module, args, output):
+            self._store(_first_tensor(output), where)
+        return hook
+
+    def run(self, forward: Callable[[], object], mask, *, stop_early: bool = True):
+        """Call ``forward()`` with the hooks live and return ``(B, n_layers, parts*poolings, H)``."""
+        import torch
+
+        self.stop_early = stop_early
+        self._mask = mask
+        self._remaining = self._n_hooks
+        self._buf = torch.zeros(
+            (mask.shape[0], self.n_layers, self.n_parts * len(self.poolings), self.hidden_size),
+            dtype=torch.float32, device=mask.device,
+        )
+        try:
+            forward()
+        except _StopForward:
+            pass
+        if self._remaining > 0:
+            raise RuntimeError(
+                f"{self._remaining} hooked module(s) never ran during the forward pass; the "
+                "requested parts are not on this model's forward path."
+            )
+        buf, self._buf, self._mask = self._buf, None, None
+        return buf

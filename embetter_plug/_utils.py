@@ -1,0 +1,129 @@
+"""Small helpers shared by every estimator: device and dtype resolution, seeding, text checks."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+logger = logging.getLogger("embetter_plug")
+
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_device(device: Any = "auto") -> "torch.device":  # noqa: F821
+    """Turn ``"auto"``/``None``/a name/a ``torch.device`` into a usable ``torch.device``.
+
+    ``"auto"`` picks CUDA, then Apple MPS, then the CPU. Asking for a device that is not
+    there raises a ``ValueError`` that says which devices are available.
+    """
+    import torch
+
+    if device is None or (isinstance(device, str) and device == "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device={device!r} is not a valid torch device; use 'auto', 'cpu', 'cuda', "
+            "'cuda:N' or 'mps'."
+        ) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was requested but CUDA is not available on this machine "
+            "(torch.cuda.is_available() is False); use device='cpu' or device='auto'."
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device={device!r} was requested but only {torch.cuda.device_count()} CUDA "
+            "device(s) exist."
+        )
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(
+                f"device={device!r} was requested but MPS is not available; use 'cpu' or 'auto'."
+            )
+    return dev
+
+
+def resolve_dtype(dtype: Any, device: "torch.device") -> "torch.dtype":  # noqa: F821
+    """``"auto"`` is float32 on CPU/MPS and bfloat16 on a CUDA GPU that supports it."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; valid values are {list(_DTYPES)}.")
+    return getattr(torch, dtype)
+
+
+def seed_from_random_state(random_state: Any) -> int:
+    """An integer seed for torch derived from a sklearn-style ``random_state``."""
+    from sklearn.utils import check_random_state
+
+    return int(check_random_state(random_state).randint(0, 2**31 - 1))
+
+
+def check_texts(X: Any, *, name: str = "X") -> list[str]:
+    """Validate a collection of texts and return it as a list of ``str``.
+
+    Raises a ``TypeError``/``ValueError`` that names the offending positions, before any
+    model work is done.
+    """
+    if isinstance(X, (str, bytes)):
+        raise TypeError(
+            f"{name} must be a list of texts, got a single {type(X).__name__}; "
+            f"wrap it in a list: [{X[:30]!r}]."
+        )
+    if hasattr(X, "columns") and getattr(X, "ndim", 1) == 2:  # DataFrame
+        if X.shape[1] != 1:
+            raise ValueError(
+                f"{name} is a DataFrame with {X.shape[1]} columns; pass one text column, "
+                "e.g. df['text']."
+            )
+        X = X.iloc[:, 0]
+    if isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[1] == 1:
+        X = X[:, 0]
+    if isinstance(X, np.ndarray) and X.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one text per row), got an array of shape {X.shape}.")
+    try:
+        items: Sequence[Any] = list(X)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an iterable of texts, got {type(X).__name__}."
+        ) from None
+    if len(items) == 0:
+        raise ValueError(f"{name} is empty: pass at least one text.")
+    bad = [i for i, t in enumerate(items) if not isinstance(t, str)]
+    if bad:
+        kinds = sorted({type(items[i]).__name__ for i in bad})
+        nan_like = [i for i in bad if items[i] is None or (isinstance(items[i], float) and math.isnan(items[i]))]
+        hint = " (None/NaN: missing values; drop or fill them first)" if nan_like else ""
+        raise TypeError(
+            f"{name} must contain only strings; {len(bad)} item(s) are not, at positions "
+            f"{_positions(bad)} with types {kinds}{hint}."
+        )
+    empty = [i for i, t in enumerate(items) if not t.strip()]
+    if empty:
+        raise ValueError(
+            f"{name} contains {len(empty)} empty or whitespace-only text(s) at positions "
+            f"{_positions(empty)}; remove them or replace them with real text."
+        )
+    return [str(t) for t in items]
+
+
+def _positions(idx: list[int], limit: int = 10) -> str:
+    shown = ", ".join(map(str, idx[:limit]))
+    return f"[{shown}{', ...' if len(idx) > limit else ''}]"

