@@ -127,8 +127,10 @@ def find_module(model, path: str):
     base = base_model(model)
     prefix = next((n for n, m in names.items() if m is base and n), "")
     candidates = [path, f"{prefix}.{path}" if prefix else path]
-    if prefix and path.startswith(prefix + "."):
-        candidates.append(path[len(prefix) + 1:])
+    # a head model's path ("transformer.h.0") on a bare model ("h.0")
+    bare_prefix = getattr(model, "base_model_prefix", "") or prefix
+    if bare_prefix and path.startswith(bare_prefix + "."):
+        candidates.append(path[len(bare_prefix) + 1:])
     for c in candidates:
         if c in names:
             return names[c]

@@ -193,8 +193,20 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
 
     def _compute(self, texts: list[str]) -> np.ndarray:
         """Forward ``texts`` (no duplicates) and return ``(n, L, P, H)`` float32 in their order."""
+        out = np.empty((len(texts), *self.layout_.shape), dtype=np.float32)
+        for idx, acts in self._iter_activations(texts):
+            out[idx] = acts
+        return out
+
+    def _iter_activations(self, texts: list[str]):
+        """Yield ``(row_indices, activations)`` batch by batch, longest texts first.
+
+        The building block for in-memory, cached, streamed and online use: the caller decides
+        what to keep. A progress bar shows when ``verbose``.
+        """
         from tqdm.auto import tqdm
 
+        check_is_fitted(self, "layout_")
         self._ensure_loaded()
         prefix, suffix = _batching.split_template(self.prompt_template)
         ids, n_trunc = _batching.tokenize(self.tokenizer_, texts, prefix, suffix, self.max_length_)
@@ -202,11 +214,8 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
         lengths = [len(s) for s in ids]
         batches = _batching.length_sorted_batches(lengths, self.batch_size)
         logger.debug("padding fraction %.3f", _batching.padding_fraction(lengths, batches))
-        out = np.empty((len(texts), *self.layout_.shape), dtype=np.float32)
-        for idx, acts in tqdm(self._iter_batches(ids, batches), total=len(batches),
-                              disable=not self.verbose, desc="encoding", unit="batch"):
-            out[idx] = acts
-        return out
+        yield from tqdm(self._iter_batches(ids, batches), total=len(batches),
+                        disable=not self.verbose, desc="encoding", unit="batch")
 
     def _iter_batches(self, ids, batches):
         """Yield ``(row_indices, activations)`` per batch, hooks live only during the loop."""

@@ -1,0 +1,1 @@
+"""Subcommands of the ``embetter-plug`` command line (one module each)."""

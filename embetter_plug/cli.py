@@ -1,0 +1,59 @@
+"""Command line: ``embetter-plug probe|extract|cache ...``.
+
+Each subcommand lives in ``embetter_plug._cli.<name>`` with ``add_parser(subparsers)`` and
+``run(args) -> int``; it is imported only when used, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+SUBCOMMANDS = {
+    "probe": "find where a model encodes your labels: a cross-validated probe per layer x part",
+    "extract": "write the activations of a CSV's texts to disk",
+    "cache": "inspect or clear the activation cache",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="embetter-plug",
+        description="Transformer activations as scikit-learn features: probe, extract, cache.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(f"embetter_plug._cli.{name}")
+        except ModuleNotFoundError:
+            continue
+        module.add_parser(sub, name, help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; finished work is kept where the command saves it", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, KeyError) as exc:
+        print(f"embetter-plug {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
