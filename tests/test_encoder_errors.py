@@ -1,0 +1,122 @@
+"""Bad input gets a clear error before any forward pass; truncation keeps the template."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from embetter_plug import TransformerActivationEncoder
+from embetter_plug.testing import make_tiny_model
+
+
+@pytest.fixture()
+def counted(tiny_gpt2):
+    """The tiny GPT-2 with a counter of forward passes through its first block."""
+    model, tok = tiny_gpt2
+    calls = []
+    handle = model.h[0].register_forward_pre_hook(lambda *a: calls.append(1))
+    yield model, tok, calls
+    handle.remove()
+
+
+@pytest.mark.parametrize("bad, exc, match", [
+    ("just one text", TypeError, r"single str.*wrap it in a list"),
+    ([], ValueError, "empty"),
+    (["ok", None, "fine", float("nan")], TypeError, r"positions \[1, 3\].*None/NaN"),
+    (["ok", 3, b"bytes"], TypeError, r"positions \[1, 2\]"),
+    (["ok", "", "   "], ValueError, r"empty or whitespace-only.*positions \[1, 2\]"),
+    (np.array([["a", "b"], ["c", "d"]]), ValueError, "1-D"),
+])
+def test_bad_texts(counted, bad, exc, match):
+    model, tok, calls = counted
+    enc = TransformerActivationEncoder(model, tok).fit()
+    with pytest.raises(exc, match=match):
+        enc.transform(bad)
+    assert calls == []
+
+
+@pytest.mark.parametrize("params, exc, match", [
+    (dict(layers=3), ValueError, r"layer 3 is out of range.*valid layers are 0\.\.2"),
+    (dict(layers=[0, -4]), ValueError, r"out of range"),
+    (dict(layers="last"), ValueError, "'all', an int or a list"),
+    (dict(parts="mlp_output"), ValueError, r"unknown part 'mlp_output'.*resid_post"),
+    (dict(parts=["rs", "resid_post"]), ValueError, "same part twice"),
+    (dict(token_pooling="average"), ValueError, r"'average' is not supported.*lasttoken"),
+    (dict(token_pooling=1.5), ValueError, r"outside \[0, 1\]"),
+    (dict(batch_size=0), ValueError, "batch_size must be a positive integer"),
+    (dict(batch_size=2.5), ValueError, "batch_size"),
+    (dict(max_length=-1), ValueError, "max_length"),
+    (dict(prompt_template="no placeholder"), ValueError, r"\{text\}"),
+    (dict(dtype="float8"), ValueError, r"dtype='float8'.*float32"),
+])
+def test_bad_parameters_fail_in_fit(counted, params, exc, match):
+    model, tok, calls = counted
+    with pytest.raises(exc, match=match):
+        TransformerActivationEncoder(model, tok, **params).fit(["a text"])
+    assert calls == []
+
+
+def test_missing_model_path_fails_before_loading(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        TransformerActivationEncoder(str(tmp_path / "nope")).fit()
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        TransformerActivationEncoder("./models/not-here").fit()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda(tiny_gpt2):
+    model, tok = tiny_gpt2
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        TransformerActivationEncoder(model, tok, device="cuda").fit()
+
+
+def test_transform_before_fit(tiny_gpt2):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        TransformerActivationEncoder(*tiny_gpt2).transform(["a"])
+
+
+def test_unknown_architecture_names_model_type():
+    from transformers import T5Config, T5EncoderModel
+
+    cfg = T5Config(vocab_size=400, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4)
+    model = T5EncoderModel(cfg)
+    _, tok = make_tiny_model("gpt2")
+    with pytest.raises(ValueError, match=r"model_type='t5'.*module-path templates"):
+        TransformerActivationEncoder(model, tok).fit()
+    # and the way out that the message names works
+    X = TransformerActivationEncoder(model, tok, layers=[0, 1], token_pooling="mean",
+                                     parts=["encoder.block.{layer}"]).fit_transform(["a b", "c"])
+    assert X.shape == (2, 2, 1, 16) and np.isfinite(X).all()
+
+
+def test_truncation_warns_once_and_keeps_template_suffix(tiny_gpt2):
+    model, tok = tiny_gpt2
+    long = " ".join(["dataset"] * 200)
+    texts = [long, "short text", long + " more"]
+    enc = TransformerActivationEncoder(model, tok, max_length=16,
+                                       prompt_template="Q: {text}<end_of_turn>").fit()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        enc.transform(texts)
+    msgs = [str(x.message) for x in w if "truncated" in str(x.message)]
+    assert len(msgs) == 1 and msgs[0].startswith("2 of 3")
+    # the last token of a truncated text is still the template's suffix: lasttoken pooling of
+    # the truncated text equals the suffix token's state, so its ids end with <end_of_turn>
+    from embetter_plug._batching import tokenize
+
+    ids, n = tokenize(tok, texts, "Q: ", "<end_of_turn>", 16)
+    end = tok.convert_tokens_to_ids("<end_of_turn>")
+    assert n == 2 and all(len(s) <= 16 and s[-1] == end for s in ids)
+    assert tok.decode(ids[0]).startswith("Q: dataset")
+
+
+def test_nan_float_item_message_mentions_missing_values(tiny_gpt2):
+    enc = TransformerActivationEncoder(*tiny_gpt2).fit()
+    with pytest.raises(TypeError, match="missing values"):
+        enc.transform(["a", math.nan])
