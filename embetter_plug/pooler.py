@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 __all__ = ["LayerPooler"]
 
@@ -69,12 +69,14 @@ class LayerPooler(TransformerMixin, BaseEstimator):
     def transform(self, X):
         """Pool ``X``; see ``method``."""
         check_is_fitted(self, "in_shape_")
-        X4 = self._as_4d(X, reset=False)
-        if tuple(X4.shape[1:]) != self.in_shape_:
+        X = check_array(X, allow_nd=True, dtype=[np.float32, np.float64])
+        shape = {3: (X.shape[1], 1, X.shape[-1]), 4: X.shape[1:]}.get(X.ndim)
+        if shape is not None and tuple(shape) != self.in_shape_:
             raise ValueError(
-                f"X has per-sample shape {tuple(X4.shape[1:])}, but the pooler was fitted on "
+                f"X has per-sample shape {X.shape[1:]}, but the pooler was fitted on "
                 f"{self.in_shape_}; refit it or pass activations with the same layout."
             )
+        X4 = self._as_4d(X, reset=False)
         sel = X4[:, self.layer_idx_][:, :, self.part_idx_]
         if self.method == "select":
             return sel

@@ -1,0 +1,74 @@
+"""LayerPooler against NumPy references, and the encoder -> pooler -> probe Pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+
+from embetter_plug import LayerPooler, TransformerActivationEncoder
+
+X4 = np.random.default_rng(0).normal(size=(6, 5, 3, 4))
+
+
+@pytest.mark.parametrize("method", ["mean", "max", "min", "sum"])
+def test_aggregations_match_numpy(method):
+    out = LayerPooler(layers=[0, -1], parts=[2, 0], method=method).fit_transform(X4)
+    sel = np.stack([X4[:, 0, 2], X4[:, 0, 0], X4[:, 4, 2], X4[:, 4, 0]], axis=1)
+    np.testing.assert_allclose(out, getattr(np, method)(sel, axis=1))
+
+
+def test_concat_select_and_shapes():
+    pooler = LayerPooler(layers=[3, 1], parts=1).fit(X4)
+    out = pooler.transform(X4)
+    np.testing.assert_array_equal(out, np.concatenate([X4[:, 3, 1], X4[:, 1, 1]], axis=1))
+    sel = LayerPooler(layers=2, method="select").fit_transform(X4)
+    assert sel.shape == (6, 1, 3, 4)
+    np.testing.assert_array_equal(sel[:, 0], X4[:, 2])
+    # 3-D input is (n, layers, hidden), 2-D is one layer and one part
+    np.testing.assert_array_equal(LayerPooler(layers=1).fit_transform(X4[:, :, 0]), X4[:, 1, 0])
+    np.testing.assert_array_equal(LayerPooler().fit_transform(X4[:, 0, 0]), X4[:, 0, 0])
+
+
+def test_errors():
+    with pytest.raises(ValueError, match=r"layer position 5 is out of range.*0\.\.4"):
+        LayerPooler(layers=5).fit(X4)
+    with pytest.raises(ValueError, match=r"part position -4"):
+        LayerPooler(parts=-4).fit(X4)
+    with pytest.raises(ValueError, match=r"method='median'.*concat"):
+        LayerPooler(method="median").fit(X4)
+    pooler = LayerPooler().fit(X4)
+    with pytest.raises(ValueError, match=r"fitted on \(5, 3, 4\)"):
+        pooler.transform(X4[:, :4])
+
+
+def test_feature_names_follow_the_encoder(tiny_gpt2, texts):
+    model, tok = tiny_gpt2
+    pipe = make_pipeline(
+        TransformerActivationEncoder(model, tok, layers=[0, 2], parts=["resid_post", "mlp_out"]),
+        LayerPooler(layers=[1], parts=[1]),
+    ).fit(texts[:4])
+    names = pipe.get_feature_names_out()
+    assert names[0] == "layer2__mlp_out__0" and len(names) == 32
+    mean_names = LayerPooler(method="mean").fit(X4).get_feature_names_out()
+    assert mean_names[0] == "mean__0" and len(mean_names) == 4
+
+
+def test_grid_search_over_pooler_layers_picks_the_best_layer(tiny_gpt2):
+    from embetter_plug import load_builtin_dataset
+
+    df = load_builtin_dataset("train").groupby("label").head(40)
+    texts, y = df["text"].tolist(), df["label"].to_numpy()
+    model, tok = tiny_gpt2
+    enc = TransformerActivationEncoder(model, tok, token_pooling="mean")
+    cv = StratifiedKFold(3, shuffle=True, random_state=0)
+    pipe = make_pipeline(enc, LayerPooler(), LogisticRegression(max_iter=500))
+    grid = GridSearchCV(pipe, {"layerpooler__layers": [0, 1, 2]}, cv=cv).fit(texts, y)
+    # independent truth: cross-validate each layer's slice by hand
+    X = enc.fit_transform(texts)
+    manual = [cross_val_score(LogisticRegression(max_iter=500), X[:, layer, 0], y, cv=cv).mean()
+              for layer in range(3)]
+    np.testing.assert_allclose(grid.cv_results_["mean_test_score"], manual, atol=1e-9)
+    assert grid.best_params_["layerpooler__layers"] == int(np.argmax(manual))
