@@ -60,6 +60,10 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
         Show a progress bar over batches.
     flatten : bool, default=False
         Return ``(n_samples, n_layers * n_parts * hidden_size)`` with feature names.
+    cache : str, path, ActivationCache or None, default=None
+        Read activations through an on-disk :class:`~embetter_plug.ActivationCache` (a folder
+        is turned into one): stored vectors are reused, only missing texts run through the
+        model. Keys cover the model, tokenizer, settings and text; see ``docs/cache.md``.
 
     Attributes
     ----------
@@ -83,7 +87,8 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
                  prompt_template: str | None = None, max_length: int | None = None,
                  batch_size: int = 32, device: Any = "auto", dtype: Any = "auto",
                  revision: str | None = None, trust_remote_code: bool = False,
-                 model_kwargs: dict | None = None, verbose: bool = False, flatten: bool = False):
+                 model_kwargs: dict | None = None, verbose: bool = False, flatten: bool = False,
+                 cache: Any = None):
         self.model = model
         self.tokenizer = tokenizer
         self.layers = layers
@@ -99,6 +104,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
         self.model_kwargs = model_kwargs
         self.verbose = verbose
         self.flatten = flatten
+        self.cache = cache
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X=None, y=None):
@@ -182,9 +188,41 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
         """Activations of ``X`` (a list of texts), shape ``(n, n_layers, n_parts, hidden)``."""
         check_is_fitted(self, "layout_")
         texts = check_texts(X)
-        uniq, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-        out = self._compute(list(uniq))[inverse]
+        out = self._encode(texts)
         return out.reshape(len(texts), -1) if self.flatten else out
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """``(n, L, P, H)`` for checked ``texts``; each distinct text is computed once."""
+        uniq, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+        return self._compute(list(uniq))[inverse]
+
+    def extract_to(self, folder, texts, *, shard_size: int | None = None,
+                   store_dtype: str = "float32", overwrite: bool = False):
+        """Stream the activations of ``texts`` to ``folder`` shard by shard; resumable.
+
+        Writes ``activations.npy`` (preallocated, filled in input order) and ``manifest.json``;
+        memory stays bounded by one shard. Calling it again with the same texts and settings
+        after an interruption resumes after the last complete shard. Read the result with
+        :func:`embetter_plug.load_activations` (memory-mapped).
+
+        Parameters
+        ----------
+        folder : str or path
+        texts : list of str
+        shard_size : int or None, default=None
+            Rows per shard; ``None`` picks about 64 MiB per shard.
+        store_dtype : {"float32", "float16"}, default="float32"
+        overwrite : bool, default=False
+            Replace a folder that holds a different extraction.
+
+        Returns
+        -------
+        Path of ``folder``.
+        """
+        from .io import extract_to
+
+        return extract_to(self, folder, texts, shard_size=shard_size, store_dtype=store_dtype,
+                          overwrite=overwrite)
 
     def _ensure_loaded(self) -> None:
         if getattr(self, "model_", None) is None:  # after unpickling
@@ -193,6 +231,14 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
 
     def _compute(self, texts: list[str]) -> np.ndarray:
         """Forward ``texts`` (no duplicates) and return ``(n, L, P, H)`` float32 in their order."""
+        if self.cache is not None:
+            from .cache import read_through
+
+            return read_through(self, texts, self._forward)
+        return self._forward(texts)
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
+        """Run the model on every one of ``texts``; ``(n, L, P, H)`` float32 in their order."""
         out = np.empty((len(texts), *self.layout_.shape), dtype=np.float32)
         for idx, acts in self._iter_activations(texts):
             out[idx] = acts

@@ -1,0 +1,340 @@
+"""ActivationCache: a content-addressed on-disk store of pooled activation vectors.
+
+One entry per (model identity, extraction settings, text) holds one vector per
+``(layer, part, token pooling)`` computed so far, so asking later for other layers or poolings of
+the same texts adds vectors to the entry instead of starting over, and asking for a subset reads
+everything from disk.
+
+The key of an entry is a SHA-256 over
+
+- the model: a hub name with its revision; for a local folder a fingerprint of its files (config
+  and tokenizer files whole, weight files by size and sampled bytes); for a model object its
+  config and a strided sample of every parameter's values;
+- the tokenizer: its serialised vocabulary and rules;
+- the settings that change the vectors: prompt template, max length and compute dtype;
+- the text.
+
+Each entry file ends with a BLAKE2b checksum of its content and is written through a temporary
+file and ``os.replace``: readers (any number, in any process) see a whole entry or none, a killed
+writer leaves only a ``*.tmp`` file, and a damaged entry is reported, removed and recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+import weakref
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ._utils import logger
+from .io import atomic_write
+
+__all__ = ["ActivationCache", "default_cache_dir"]
+
+_MAGIC = b"EPCACHE1"
+_DIGEST = 16
+_SUFFIX = ".act"
+_KEY_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$EMBETTER_PLUG_CACHE``, else ``$XDG_CACHE_HOME/embetter_plug`` (``~/.cache/embetter_plug``)."""
+    env = os.environ.get("EMBETTER_PLUG_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "embetter_plug"
+
+
+class ActivationCache:
+    """An on-disk store of activation vectors keyed by model, settings and text.
+
+    Pass it (or just a folder) as ``cache=`` to :class:`~embetter_plug.TransformerActivationEncoder`:
+    ``transform`` then reads what is stored and runs the model only on the missing texts.
+
+    Parameters
+    ----------
+    path : str, path or None, default=None
+        Folder of the store (created on first write). ``None`` uses :func:`default_cache_dir`.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from embetter_plug import ActivationCache, TransformerActivationEncoder
+    >>> from embetter_plug.testing import make_tiny_model
+    >>> model, tok = make_tiny_model("gpt2")
+    >>> cache = ActivationCache(tempfile.mkdtemp())
+    >>> enc = TransformerActivationEncoder(model, tok, cache=cache).fit()
+    >>> X = enc.transform(["a first text", "a second text", "a first text"])
+    >>> cache.info()["n_entries"]
+    2
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path).expanduser() if path is not None else default_cache_dir()
+
+    def __repr__(self) -> str:
+        return f"ActivationCache({str(self.path)!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ActivationCache) and self.path == other.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    # ------------------------------------------------------------------ entries
+    @property
+    def _root(self) -> Path:
+        return self.path / "entries"
+
+    def _file(self, key: str) -> Path:
+        return self._root / key[:2] / f"{key}{_SUFFIX}"
+
+    def get(self, key: str) -> dict[str, np.ndarray] | None:
+        """The vectors stored under ``key`` (``{name: 1-D float32}``), or ``None``.
+
+        A damaged entry (bad checksum, truncated) is reported with a warning, removed and
+        treated as missing, so it is recomputed.
+        """
+        path = self._file(key)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            header, data = _decode(raw)
+        except ValueError as exc:
+            msg = f"activation cache entry {path} is damaged ({exc}); it will be recomputed."
+            logger.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            return None
+        return dict(zip(header["names"], data))
+
+    def put(self, key: str, vectors: dict[str, np.ndarray], *, label: str = "") -> None:
+        """Store ``vectors`` (``{name: 1-D array}``, same length) under ``key``, atomically."""
+        names = list(vectors)
+        data = np.stack([np.asarray(vectors[n], dtype=np.float32) for n in names])
+        path = self._file(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, _encode({"names": names, "label": label}, data))
+
+    def _entry_files(self) -> Iterator[Path]:
+        if self._root.is_dir():
+            yield from self._root.glob(f"*/*{_SUFFIX}")
+
+    def _temp_files(self) -> Iterator[Path]:
+        if self._root.is_dir():
+            yield from self._root.glob("*/.*.tmp")
+
+    def entries(self) -> list[dict[str, Any]]:
+        """One dict per stored entry: ``path``, ``label`` (the model), ``n_vectors``, ``size``, ``ok``."""
+        out = []
+        for path in self._entry_files():
+            raw = path.read_bytes()
+            try:
+                header, data = _decode(raw)
+                out.append({"path": str(path), "label": header.get("label", ""),
+                            "n_vectors": len(data), "size": len(raw), "ok": True})
+            except ValueError:
+                out.append({"path": str(path), "label": "?", "n_vectors": 0, "size": len(raw),
+                            "ok": False})
+        return out
+
+    def info(self) -> dict[str, Any]:
+        """Summary: ``path``, ``n_entries``, ``n_vectors``, ``size_bytes``, ``n_damaged``,
+        ``n_temp`` (left by killed writers) and entries per model ``labels``."""
+        entries = self.entries()
+        labels: dict[str, int] = {}
+        for e in entries:
+            labels[e["label"]] = labels.get(e["label"], 0) + 1
+        temps = list(self._temp_files())
+        return {
+            "path": str(self.path), "n_entries": len(entries),
+            "n_vectors": sum(e["n_vectors"] for e in entries),
+            "size_bytes": sum(e["size"] for e in entries) + sum(p.stat().st_size for p in temps),
+            "n_damaged": sum(not e["ok"] for e in entries), "n_temp": len(temps),
+            "labels": labels,
+        }
+
+    def size(self) -> int:
+        """Bytes on disk (entries and leftover temporary files)."""
+        return self.info()["size_bytes"]
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._entry_files())
+
+    def clear(self) -> int:
+        """Remove every entry and leftover temporary file; return how many entries were removed."""
+        n = 0
+        for path in list(self._entry_files()):
+            path.unlink(missing_ok=True)
+            n += 1
+        for path in list(self._temp_files()):
+            path.unlink(missing_ok=True)
+        if self._root.is_dir():
+            for sub in self._root.iterdir():
+                if sub.is_dir() and not any(sub.iterdir()):
+                    sub.rmdir()
+        return n
+
+
+def _encode(header: dict, data: np.ndarray) -> bytes:
+    h = json.dumps({**header, "shape": list(data.shape)}).encode()
+    body = _MAGIC + len(h).to_bytes(4, "little") + h + data.astype("<f4").tobytes()
+    return body + hashlib.blake2b(body, digest_size=_DIGEST).digest()
+
+
+def _decode(raw: bytes) -> tuple[dict, np.ndarray]:
+    if len(raw) < len(_MAGIC) + 4 + _DIGEST or not raw.startswith(_MAGIC):
+        raise ValueError("not an entry or truncated")
+    body, digest = raw[:-_DIGEST], raw[-_DIGEST:]
+    if hashlib.blake2b(body, digest_size=_DIGEST).digest() != digest:
+        raise ValueError("checksum mismatch")
+    n = int.from_bytes(body[8:12], "little")
+    header = json.loads(body[12:12 + n])
+    data = np.frombuffer(body[12 + n:], dtype="<f4").reshape(header["shape"]).astype(np.float32)
+    return header, data
+
+
+# ------------------------------------------------------------------ identity of an encoder
+_TOKENIZER_FP: "weakref.WeakKeyDictionary[Any, tuple[int, str]]" = weakref.WeakKeyDictionary()
+
+
+def _sha(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        b = p if isinstance(p, bytes) else str(p).encode()
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def model_fingerprint(model, source: str | None, revision: str | None) -> str:
+    """Identity of a model: hub name + revision, a folder's files, or an object's weights.
+
+    Cheap: folders hash their small files whole and weight files by size and their first and
+    last 64 KiB; objects hash their config and up to 64 evenly spaced values of each parameter.
+    """
+    if source is not None and not os.path.isdir(source):
+        return _sha("hub", source, revision)
+    if source is not None:
+        parts: list[Any] = ["folder"]
+        for path in sorted(Path(source).rglob("*")):
+            if not path.is_file():
+                continue
+            size = path.stat().st_size
+            with open(path, "rb") as f:
+                if size <= 4 * 2**20:
+                    sample = f.read()
+                else:
+                    head = f.read(2**16)
+                    f.seek(size - 2**16)
+                    sample = head + f.read()
+            parts += [path.relative_to(source).as_posix(), size, sample]
+        return _sha(*parts)
+    parts = ["object", type(model).__name__, model.config.to_json_string(use_diff=False)]
+    for name, p in model.state_dict(keep_vars=False).items():
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // 64)
+        sample = flat[::step][:64].float().cpu().numpy().tobytes()
+        parts += [name, tuple(p.shape), str(p.dtype), sample]
+    return _sha(*parts)
+
+
+def tokenizer_fingerprint(tok) -> str:
+    """Identity of a tokenizer: its vocabulary and rules (not its padding or truncation state)."""
+    try:
+        n, fp = _TOKENIZER_FP[tok]
+        if n == len(tok):
+            return fp
+    except (KeyError, TypeError):
+        pass
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        body = json.dumps(spec, sort_keys=True)
+    else:
+        body = json.dumps(sorted(tok.get_vocab().items()))
+    special = json.dumps(getattr(tok, "special_tokens_map", {}), sort_keys=True, default=str)
+    fp = _sha(type(tok).__name__, body, special)
+    try:
+        _TOKENIZER_FP[tok] = (len(tok), fp)
+    except TypeError:
+        pass
+    return fp
+
+
+def encoder_identity(enc) -> dict[str, Any]:
+    """Everything about a fitted encoder that changes its vectors, except layers/parts/pooling."""
+    enc._ensure_loaded()
+    return {
+        "v": _KEY_VERSION,
+        "model": model_fingerprint(enc.model_, enc._source_, enc.revision),
+        "tokenizer": tokenizer_fingerprint(enc.tokenizer_),
+        "prompt_template": enc.prompt_template,
+        "max_length": int(enc.max_length_),
+        "dtype": enc.compute_dtype_,
+    }
+
+
+def vector_names(enc) -> list[str]:
+    """Names of the ``L * P`` vectors of one sample, in the C order of ``layout_.shape[:2]``."""
+    from ._token_pooling import pooling_name
+
+    return [f"{layer}|{part}|{pooling_name(k)}" for layer in enc.layer_indices_
+            for part in enc.parts_ for k in enc.poolings_]
+
+
+def as_cache(cache) -> ActivationCache:
+    """``cache=`` parameter (folder or ``ActivationCache``) -> ``ActivationCache``."""
+    if isinstance(cache, ActivationCache):
+        return cache
+    if isinstance(cache, (str, os.PathLike)):
+        return ActivationCache(cache)
+    raise TypeError(
+        f"cache must be None, a folder or an ActivationCache, got {type(cache).__name__}."
+    )
+
+
+def read_through(enc, texts: list[str], compute) -> np.ndarray:
+    """Activations of distinct ``texts``: stored ones from the cache, the rest from ``compute``.
+
+    ``compute(texts)`` returns ``(n, L, P, H)`` float32; its results are added to the cache,
+    merged with whatever other layers/parts each entry already holds.
+    """
+    cache = as_cache(enc.cache)
+    ident = json.dumps(encoder_identity(enc), sort_keys=True)
+    label = str(enc.layout_.meta.get("model") or type(enc.model_).__name__)
+    names = vector_names(enc)
+    L, P, H = enc.layout_.shape
+    out = np.empty((len(texts), L, P, H), dtype=np.float32)
+    keys = [_sha(ident, t) for t in texts]
+    missing, stored = [], {}
+    for i, key in enumerate(keys):
+        entry = cache.get(key)
+        if entry is not None and all(n in entry and len(entry[n]) == H for n in names):
+            out[i] = np.stack([entry[n] for n in names]).reshape(L, P, H)
+        else:
+            missing.append(i)
+            stored[i] = entry or {}
+    logger.info("activation cache %s: %d of %d text(s) found, %d to compute", cache.path,
+                len(texts) - len(missing), len(texts), len(missing))
+    if missing:
+        acts = compute([texts[i] for i in missing])
+        out[missing] = acts
+        for j, i in enumerate(missing):
+            merged = {n: v for n, v in stored[i].items() if len(v) == H}
+            merged.update(zip(names, acts[j].reshape(L * P, H)))
+            cache.put(keys[i], merged, label=label)
+    return out

@@ -1,0 +1,328 @@
+"""Save and load activation arrays with their layout.
+
+Two on-disk forms, both read by :func:`load_activations`:
+
+- a single ``.npz`` file (:func:`save_activations`): the array ``X`` and its layout as JSON. It is
+  read with ``allow_pickle=False``, so loading a file from elsewhere never runs code.
+- a folder written shard by shard while texts are encoded (:func:`extract_to`, used by
+  ``TransformerActivationEncoder.extract_to`` and ``embetter-plug extract``): one preallocated
+  ``activations.npy`` plus ``manifest.json``. Shard ``k`` holds rows ``k*shard_size`` to
+  ``(k+1)*shard_size - 1`` in input order; the manifest counts the shards that are completely
+  written (data flushed first, then the manifest replaced atomically). Running the same extraction
+  again resumes after the last complete shard. The finished folder opens as one memory-mapped
+  array, so it is never loaded whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._utils import check_texts, logger
+from .layout import ActivationLayout
+
+__all__ = ["save_activations", "load_activations", "extract_to"]
+
+FORMAT = "embetter_plug.activations"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DATA = "activations.npy"
+STORE_DTYPES = ("float32", "float16")
+SHARD_BYTES = 64 * 2**20  # default shard: about 64 MiB of activations
+
+
+# ---------------------------------------------------------------------------- small helpers
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    Readers see either the old file or the complete new one, never a partial write; a process
+    killed mid-write leaves only a ``*.tmp`` file behind.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress_oserror():
+            os.unlink(tmp)
+        raise
+
+
+class _suppress_oserror:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        return exc_type is not None and issubclass(exc_type, OSError)
+
+
+def _as_layout(layout: Any) -> ActivationLayout:
+    if isinstance(layout, ActivationLayout):
+        return layout
+    if isinstance(layout, dict):
+        return ActivationLayout.from_dict(layout)
+    raise TypeError(f"layout must be an ActivationLayout or its dict, got {type(layout).__name__}.")
+
+
+# ------------------------------------------------------------------------------ .npz files
+def save_activations(path: str | os.PathLike, X: np.ndarray, layout: Any) -> Path:
+    """Write activations and their layout to one ``.npz`` file (no pickle inside).
+
+    Parameters
+    ----------
+    path : str or path
+        File name; ``.npz`` is appended when missing.
+    X : ndarray of shape (n_samples, n_layers, n_parts, hidden_size)
+    layout : ActivationLayout or dict
+        Usually the encoder's ``layout_``.
+
+    Returns
+    -------
+    Path of the written file.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from embetter_plug import save_activations, load_activations
+    >>> from embetter_plug.layout import ActivationLayout
+    >>> lay = ActivationLayout(layers=(0, 1), parts=("resid_post",), hidden_size=4)
+    >>> path = save_activations("acts.npz", np.ones((3, 2, 1, 4), np.float32), lay)
+    >>> X, layout = load_activations(path)
+    >>> X.shape, layout.layers
+    ((3, 2, 1, 4), (0, 1))
+    """
+    layout = _as_layout(layout)
+    X = np.asarray(X)
+    layout.check(X)
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, X=X, layout=np.array(json.dumps(layout.to_dict())))
+    atomic_write(path, buf.getvalue())
+    return path
+
+
+def load_activations(path: str | os.PathLike, *, mmap: bool = True) -> tuple[np.ndarray, ActivationLayout]:
+    """Read activations written by :func:`save_activations` or by a streamed extraction.
+
+    Parameters
+    ----------
+    path : str or path
+        A ``.npz`` file, or a folder written by ``extract_to`` / ``embetter-plug extract``.
+    mmap : bool, default=True
+        For a folder: open the array memory-mapped (read-only) instead of reading it into
+        memory. A ``.npz`` file is always read into memory.
+
+    Returns
+    -------
+    X : ndarray (or read-only ``numpy.memmap``) of shape (n_samples, n_layers, n_parts, hidden)
+    layout : ActivationLayout
+
+    Raises
+    ------
+    FileNotFoundError
+        When nothing is at ``path``.
+    ValueError
+        When a folder's extraction is unfinished (it says how many shards are done) or the file
+        is not an activation file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _load_folder(path, mmap=mmap)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no activations at {str(path)!r}: expected a .npz file from save_activations or a "
+            "folder written by extract_to / `embetter-plug extract`."
+        )
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "X" not in f or "layout" not in f:
+                raise ValueError(
+                    f"{str(path)!r} is a .npz file without 'X' and 'layout' entries; it was not "
+                    "written by save_activations."
+                )
+            X = f["X"]
+            layout = ActivationLayout.from_dict(json.loads(str(f["layout"])))
+    except (OSError, EOFError) as exc:  # not a zip / truncated
+        raise ValueError(f"{str(path)!r} is not a readable activation file: {exc}") from exc
+    layout.check(X)
+    return X, layout
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _load_folder(folder: Path, *, mmap: bool):
+    man = _read_manifest(folder)
+    if man is None or man.get("format") != FORMAT:
+        raise ValueError(
+            f"{str(folder)!r} is a folder without a {MANIFEST} from extract_to / "
+            "`embetter-plug extract`; pass such a folder or a .npz file."
+        )
+    if man["n_done"] < man["n_shards"]:
+        raise ValueError(
+            f"the extraction in {str(folder)!r} is unfinished: {man['n_done']} of "
+            f"{man['n_shards']} shards are complete; run the same extraction again to resume."
+        )
+    X = np.load(folder / DATA, mmap_mode="r" if mmap else None, allow_pickle=False)
+    layout = ActivationLayout.from_dict(man["layout"])
+    layout.check(X)
+    return X, layout
+
+
+# ---------------------------------------------------------------------- streamed extraction
+def texts_digest(texts) -> str:
+    """SHA-256 over the texts (length-prefixed), to recognise the same input on resume."""
+    h = hashlib.sha256()
+    for t in texts:
+        b = t.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def auto_shard_size(sample_shape, store_dtype: str, batch_size: int) -> int:
+    """Rows per shard: about :data:`SHARD_BYTES` of activations, a multiple of ``batch_size``."""
+    row = int(np.prod(sample_shape)) * np.dtype(store_dtype).itemsize
+    rows = max(1, SHARD_BYTES // max(row, 1))
+    return max(batch_size, rows // batch_size * batch_size)
+
+
+class ShardWriter:
+    """Fills a preallocated ``activations.npy`` shard by shard, recording progress in a manifest.
+
+    Use :meth:`open`, which starts a new folder or resumes a matching unfinished one.
+    """
+
+    def __init__(self, folder: Path, manifest: dict):
+        self.folder = Path(folder)
+        self.manifest = manifest
+        self._offset = int(manifest["data_offset"])
+        self._row_bytes = int(np.prod(manifest["shape"][1:])) * np.dtype(manifest["dtype"]).itemsize
+
+    @property
+    def n_done(self) -> int:
+        return int(self.manifest["n_done"])
+
+    def shard_rows(self, k: int) -> tuple[int, int]:
+        s, n = self.manifest["shard_size"], self.manifest["shape"][0]
+        return k * s, min(n, (k + 1) * s)
+
+    @classmethod
+    def open(cls, folder, plan: dict, *, overwrite: bool = False) -> "ShardWriter":
+        """Resume ``folder`` if it holds the same unfinished (or finished) plan, else start it.
+
+        ``plan`` holds everything that identifies the result (shape, dtype, shard size, texts
+        digest, layout, model identity). A folder with a different plan is an error unless
+        ``overwrite``.
+        """
+        folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"out={str(folder)!r} is a file; streamed extraction writes a folder.")
+        old = _read_manifest(folder) if folder.is_dir() else None
+        if old is not None and not overwrite:
+            same = {k: old.get(k) for k in plan} == plan and (folder / DATA).exists()
+            if same:
+                logger.info("resuming %s: %d of %d shards already complete", folder,
+                            old["n_done"], old["n_shards"])
+                return cls(folder, old)
+            diff = sorted(k for k in plan if old.get(k) != plan[k])
+            raise ValueError(
+                f"{str(folder)!r} already holds a different extraction (differs in {diff}); "
+                "choose another folder or pass overwrite=True (--overwrite) to replace it."
+            )
+        ours = (DATA, MANIFEST, f".{MANIFEST}.")
+        foreign = [p.name for p in folder.iterdir() if not p.name.startswith(ours)] \
+            if folder.is_dir() else []
+        if foreign and not overwrite and old is None:
+            raise ValueError(
+                f"{str(folder)!r} exists and is not an extraction folder; choose an empty or new "
+                "folder."
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in (folder / MANIFEST, folder / DATA):
+            if stale.exists():
+                stale.unlink()
+        # a sparse, preallocated .npy of the final shape; shards fill it in place
+        tmp = folder / (DATA + ".tmp")
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=plan["dtype"],
+                                       shape=tuple(plan["shape"]))
+        offset = mm.offset
+        del mm
+        os.replace(tmp, folder / DATA)
+        manifest = {**plan, "data_offset": int(offset), "n_done": 0}
+        writer = cls(folder, manifest)
+        writer._save_manifest()
+        return writer
+
+    def write_shard(self, k: int, acts: np.ndarray) -> None:
+        """Write shard ``k``'s rows, flush them to disk, then mark the shard complete."""
+        if k != self.n_done:
+            raise ValueError(f"shard {k} written out of order; {self.n_done} shards are complete.")
+        lo, hi = self.shard_rows(k)
+        acts = np.ascontiguousarray(acts, dtype=self.manifest["dtype"])
+        if acts.shape != (hi - lo, *self.manifest["shape"][1:]):
+            raise ValueError(f"shard {k} has shape {acts.shape}, expected {(hi - lo, *self.manifest['shape'][1:])}.")
+        with open(self.folder / DATA, "r+b") as f:
+            f.seek(self._offset + lo * self._row_bytes)
+            f.write(memoryview(acts).cast("B"))
+            f.flush()
+            os.fsync(f.fileno())
+        self.manifest["n_done"] = k + 1
+        self._save_manifest()
+
+    def _save_manifest(self) -> None:
+        atomic_write(self.folder / MANIFEST, json.dumps(self.manifest, indent=1).encode())
+
+
+def extract_to(encoder, folder: str | os.PathLike, texts, *, shard_size: int | None = None,
+               store_dtype: str = "float32", overwrite: bool = False) -> Path:
+    """Encode ``texts`` with a fitted ``encoder`` into ``folder``, shard by shard, resumable.
+
+    See :meth:`TransformerActivationEncoder.extract_to`, which calls this.
+    """
+    from sklearn.utils.validation import check_is_fitted
+
+    from .cache import encoder_identity
+
+    check_is_fitted(encoder, "layout_")
+    texts = check_texts(texts)
+    if store_dtype not in STORE_DTYPES:
+        raise ValueError(f"store_dtype={store_dtype!r} is not supported; valid values are {list(STORE_DTYPES)}.")
+    if shard_size is not None and (not isinstance(shard_size, int) or isinstance(shard_size, bool)
+                                   or shard_size <= 0):
+        raise ValueError(f"shard_size must be a positive integer or None, got {shard_size!r}.")
+    layout = encoder.layout_
+    n = len(texts)
+    size = shard_size or auto_shard_size(layout.shape, store_dtype, encoder.batch_size)
+    plan = {
+        "format": FORMAT, "version": FORMAT_VERSION, "shape": [n, *layout.shape],
+        "dtype": store_dtype, "shard_size": size, "n_shards": math.ceil(n / size),
+        "texts_sha256": texts_digest(texts), "layout": layout.to_dict(),
+        "source": hashlib.sha256(json.dumps(encoder_identity(encoder), sort_keys=True)
+                                 .encode()).hexdigest(),
+    }
+    writer = ShardWriter.open(folder, plan, overwrite=overwrite)
+    for k in range(writer.n_done, plan["n_shards"]):
+        lo, hi = writer.shard_rows(k)
+        acts = encoder._encode(texts[lo:hi])
+        writer.write_shard(k, acts)
+        logger.info("shard %d/%d written (rows %d..%d)", k + 1, plan["n_shards"], lo, hi - 1)
+    return Path(folder)
