@@ -1,0 +1,130 @@
+"""``embetter-plug extract``: write the activations of a CSV's texts to disk.
+
+``--out acts.npz`` writes one ``.npz`` file (array and layout); any other ``--out`` is a folder
+filled shard by shard as texts are encoded, which a rerun of the same command resumes after an
+interruption. Both are read back with ``embetter_plug.load_activations``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``TransformerActivationEncoder`` options, shared by commands that extract."""
+    g = parser.add_argument_group("encoder")
+    g.add_argument("--model", default=None,
+                   help="hub name or local folder (default: the built-in all-MiniLM-L6-v2)")
+    g.add_argument("--tokenizer", default=None, help="default: the model's own")
+    g.add_argument("--layers", default="all", help="'all' or comma-separated ints, e.g. 0,3,-1")
+    g.add_argument("--parts", default="resid_post",
+                   help="comma-separated: resid_post, attn_out, mlp_out, resid_pre")
+    g.add_argument("--token-pooling", default="auto",
+                   help="comma-separated: auto, lasttoken, mean, max, min, cls, or a float in [0, 1]")
+    g.add_argument("--prompt-template", default=None, help="e.g. '{text}<end_of_turn>'")
+    g.add_argument("--max-length", type=int, default=None)
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--device", default="auto")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    g.add_argument("--revision", default=None)
+    g.add_argument("--trust-remote-code", action="store_true")
+    g.add_argument("--cache", default=None, metavar="DIR",
+                   help="read through an activation cache in DIR (see `embetter-plug cache`)")
+
+
+def _list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _layers(value: str):
+    if value == "all":
+        return "all"
+    try:
+        return [int(v) for v in _list(value)]
+    except ValueError:
+        raise ValueError(f"--layers {value!r}: use 'all' or comma-separated ints such as 0,3,-1.") from None
+
+
+def _pooling(value: str):
+    out = []
+    for v in _list(value):
+        try:
+            out.append(float(v))
+        except ValueError:
+            out.append(v)
+    return out[0] if len(out) == 1 else out
+
+
+def encoder_from_args(args):
+    """A ``TransformerActivationEncoder`` (unfitted) from :func:`add_encoder_arguments` options."""
+    from embetter_plug import TransformerActivationEncoder
+
+    return TransformerActivationEncoder(
+        args.model, args.tokenizer, layers=_layers(args.layers), parts=_list(args.parts),
+        token_pooling=_pooling(args.token_pooling), prompt_template=args.prompt_template,
+        max_length=args.max_length, batch_size=args.batch_size, device=args.device,
+        dtype=args.dtype, revision=args.revision, trust_remote_code=args.trust_remote_code,
+        verbose=getattr(args, "progress", False), cache=args.cache,
+    )
+
+
+def read_texts(path: str | None, text_col: str, split: str | None = None) -> list[str]:
+    """Texts of a CSV column (the built-in data set when ``path`` is None)."""
+    import pandas as pd
+
+    if path is None:
+        from embetter_plug import load_builtin_dataset
+
+        df = load_builtin_dataset()
+    else:
+        df = pd.read_csv(path, keep_default_na=False)
+    if text_col not in df.columns:
+        raise KeyError(f"column {text_col!r} is not in {path or 'the built-in data'}; "
+                       f"columns are {list(df.columns)}.")
+    if split is not None:
+        if "split" not in df.columns:
+            raise KeyError(f"--split {split!r} needs a 'split' column; columns are {list(df.columns)}.")
+        df = df[df["split"] == split]
+    return df[text_col].tolist()
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=help_text, description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=None, help="CSV file (default: the built-in data set)")
+    parser.add_argument("--text-col", default="text")
+    parser.add_argument("--split", default=None, help="keep rows whose 'split' column equals this")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N texts")
+    parser.add_argument("--out", required=True,
+                        help="a .npz file, or a folder to stream shards into (resumable)")
+    parser.add_argument("--shard-size", type=int, default=None,
+                        help="rows per shard when streaming (default: about 64 MiB per shard)")
+    parser.add_argument("--store-dtype", default="float32", choices=["float32", "float16"])
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a folder that holds a different extraction")
+    parser.add_argument("--progress", action="store_true", help="show a progress bar")
+    add_encoder_arguments(parser)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from embetter_plug import save_activations
+
+    texts = read_texts(args.data, args.text_col, args.split)
+    if args.limit is not None:
+        texts = texts[: args.limit]
+    enc = encoder_from_args(args).fit(texts)
+    if args.out.endswith(".npz"):
+        X = enc.transform(texts).astype(args.store_dtype)
+        out = save_activations(args.out, X, enc.layout_)
+        shape, dtype = X.shape, X.dtype
+    else:
+        out = enc.extract_to(args.out, texts, shard_size=args.shard_size,
+                             store_dtype=args.store_dtype, overwrite=args.overwrite)
+        shape, dtype = (len(texts), *enc.layout_.shape), np.dtype(args.store_dtype)
+    print(f"wrote activations {shape} {dtype} (sample, layer, part, hidden) to {out}; "
+          f"layers {list(enc.layout_.layers)}, parts {list(enc.layout_.parts)}")
+    return 0
