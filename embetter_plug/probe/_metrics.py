@@ -1,0 +1,153 @@
+"""Probe targets and metrics: task detection, scorer tables, which way is better.
+
+Metric names follow lm_probe where it has them (``accuracy``, ``precision``, ``recall``, ``f1``,
+``matthews``; precision, recall and F1 are macro averages) plus ``roc_auc`` and ``log_loss``;
+regression has ``mse``, ``r2`` and ``spearman``. Any scikit-learn scorer name works too.
+Losses (``log_loss``, ``mse``) are reported as positive numbers, lower is better.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+TASKS = ("auto", "classification", "regression")
+
+CLASSIFICATION_METRICS: dict[str, str] = {
+    "accuracy": "accuracy",
+    "precision": "precision_macro",
+    "recall": "recall_macro",
+    "f1": "f1_macro",
+    "matthews": "matthews_corrcoef",
+    "roc_auc": "roc_auc",  # roc_auc_ovr for more than two classes
+    "log_loss": "neg_log_loss",
+}
+REGRESSION_METRICS: dict[str, str] = {"mse": "neg_mean_squared_error", "r2": "r2", "spearman": "spearman"}
+
+#: reported as positive losses: cross_validate's negated scores are flipped back
+FLIPPED = {"log_loss", "mse"}
+LOWER_IS_BETTER = {"log_loss", "mse", "loss"}
+PRIMARY = {"classification": "accuracy", "regression": "r2"}
+
+
+def greater_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` (as stored in a results frame) is better."""
+    return metric not in LOWER_IS_BETTER
+
+
+def primary_metric(metrics) -> str:
+    """The metric that picks the best probe: accuracy, else R², else the first one given."""
+    metrics = list(dict.fromkeys(metrics))
+    for m in ("accuracy", "r2"):
+        if m in metrics:
+            return m
+    if not metrics:
+        raise ValueError("no metrics to choose from.")
+    return metrics[0]
+
+
+def _spearman(y_true, y_pred) -> float:
+    from scipy.stats import spearmanr
+
+    if np.ptp(np.asarray(y_pred, dtype=float)) == 0:
+        return 0.0  # a constant prediction carries no ranking (e.g. the dummy baseline)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(spearmanr(y_true, y_pred).statistic)
+
+
+def spearman_scorer() -> Callable:
+    """A scorer: Spearman rank correlation of predictions and targets (0 for constant predictions)."""
+    from sklearn.metrics import make_scorer
+
+    return make_scorer(_spearman)
+
+
+def detect_task(y, task: str = "auto") -> tuple[str, np.ndarray]:
+    """Return ``(task, y)`` with ``y`` as an array; raise clear errors for unusable targets."""
+    from sklearn.utils.multiclass import type_of_target
+
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} is not valid; use one of {list(TASKS)}.")
+    if y is None:
+        raise ValueError("y is None: probing needs a target (labels or numbers), one per sample.")
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D (one target per sample), got shape {y.shape}.")
+    if y.dtype.kind == "f" and np.isnan(y).any():
+        raise ValueError(f"y has {int(np.isnan(y).sum())} missing (NaN) value(s); drop or fill them.")
+    if y.dtype == object and any(v is None for v in y):
+        raise ValueError("y has missing (None) values; drop or fill them.")
+    if task == "regression":
+        if y.dtype.kind not in "biuf":
+            try:
+                y = y.astype(float)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"task='regression' needs a numeric target, but y holds {y.dtype} values "
+                    f"such as {y[:3].tolist()}; use task='classification' for labels."
+                ) from None
+        return task, y.astype(float)
+    kind = type_of_target(y, input_name="y")
+    if task == "auto":
+        task = "regression" if kind == "continuous" else "classification"
+        if task == "regression":
+            return task, y.astype(float)
+    if kind not in ("binary", "multiclass"):
+        raise ValueError(
+            f"y looks {kind!r}, which is not a classification target; pass task='regression' "
+            "for numbers, or give discrete labels."
+        )
+    n_classes = len(np.unique(y))
+    if n_classes < 2:
+        raise ValueError(
+            f"y has a single class ({np.unique(y)[0]!r}); a probe needs at least two classes."
+        )
+    return task, y
+
+
+def resolve_scoring(scoring: Any, task: str, n_classes: int, estimator) -> dict[str, Any]:
+    """Map ``scoring`` (None, a name, a list of names, a dict or a callable) to ``{name: scorer}``.
+
+    Scorers are sklearn scorer names or callables, ready for ``cross_validate``.
+    """
+    from sklearn.metrics import get_scorer, get_scorer_names
+
+    table = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+    if scoring is None:
+        names = list(table)
+        if task == "classification":
+            has_proba = hasattr(estimator, "predict_proba")
+            if not has_proba:
+                names.remove("log_loss")
+                if not hasattr(estimator, "decision_function"):
+                    names.remove("roc_auc")
+        scoring = names
+    if callable(scoring) and not isinstance(scoring, str):
+        return {"score": scoring}
+    if isinstance(scoring, str):
+        scoring = [scoring]
+    if isinstance(scoring, dict):
+        return dict(scoring)
+    out: dict[str, Any] = {}
+    ours = {**CLASSIFICATION_METRICS, **REGRESSION_METRICS}
+    for name in scoring:
+        if not isinstance(name, str):
+            raise TypeError(f"scoring entry {name!r} is not a metric name.")
+        sk = ours.get(name, name)
+        if sk == "spearman":
+            out[name] = spearman_scorer()
+            continue
+        if sk == "roc_auc" and n_classes > 2:
+            sk = "roc_auc_ovr"
+        try:
+            get_scorer(sk)
+        except ValueError:
+            raise ValueError(
+                f"unknown metric {name!r}; use one of {sorted(ours)} or a scikit-learn scorer "
+                f"name (e.g. {sorted(get_scorer_names())[:5]} ...)."
+            ) from None
+        out[name] = sk
+    return out

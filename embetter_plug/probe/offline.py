@@ -1,0 +1,212 @@
+"""probe_layers: one cross-validated probe per layer x part of a 4-D activation array."""
+
+from __future__ import annotations
+
+import warnings
+from numbers import Integral
+from typing import Any
+
+import numpy as np
+
+from .._utils import logger
+from ._metrics import FLIPPED, detect_task, resolve_scoring
+from .results import DUMMY, ProbeResults
+
+__all__ = ["probe_layers", "default_probe"]
+
+
+def default_probe(task: str = "classification"):
+    """The default probe: standardisation, then a strongly regularised linear model.
+
+    ``LogisticRegression(C=0.01)`` for labels (a probe on a few hundred standardised dimensions
+    overfits with weaker regularisation, and converges slowly), ``Ridge(alpha=100)`` for numbers.
+    """
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if task == "regression":
+        return make_pipeline(StandardScaler(), Ridge(alpha=100.0))
+    return make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=1000))
+
+
+def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=None,
+                 n_jobs: int | None = None, *, layout=None, layers: Any = "all",
+                 parts: Any = "all", task: str = "auto", dummy: bool = True,
+                 verbose: bool = False) -> ProbeResults:
+    """Fit one cross-validated probe per layer x part, plus a dummy baseline.
+
+    Every probe sees the same folds, so scores are comparable across layers and parts; each
+    probe's scores equal ``sklearn.model_selection.cross_validate`` on ``X[:, layer, part]``.
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_layers, n_parts, hidden)
+        Activations, e.g. from ``TransformerActivationEncoder``. A 3-D array is one part.
+    y : array of shape (n_samples,)
+        Labels, or numbers for a regression probe.
+    estimator : sklearn estimator, default=None
+        Any classifier or regressor; ``None`` is a standardised ``LogisticRegression(C=0.01)``
+        (``Ridge(alpha=100)`` for regression). Cloned for every fold.
+    cv : int, splitter or iterable, default=5
+        As in ``cross_validate``. With ``groups`` and an int, ``StratifiedGroupKFold``
+        (``GroupKFold`` for regression) is used so a group never spans train and test.
+    scoring : str, list, dict, callable or None
+        ``None`` is accuracy, precision, recall, f1 (macro), matthews, roc_auc and log_loss for
+        labels; mse, r2 and spearman for numbers. Any sklearn scorer name works too.
+    groups : array of shape (n_samples,), default=None
+        Texts of one group stay on one side of every split (checked).
+    n_jobs : int, default=None
+        Probes fitted in parallel (joblib).
+    layout : ActivationLayout, default=None
+        Names for the axes (the encoder's ``layout_``); without it layers are positions and
+        parts are ``part0, part1, ...``.
+    layers, parts : "all", or a list of layer indices / part names (or positions)
+        Which probes to fit.
+    task : {"auto", "classification", "regression"}, default="auto"
+        ``auto`` treats float targets with many values as regression.
+    dummy : bool, default=True
+        Add a ``DummyClassifier(strategy="prior")`` / ``DummyRegressor`` baseline.
+    verbose : bool, default=False
+        A progress bar over probes.
+
+    Returns
+    -------
+    ProbeResults
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from embetter_plug import probe_layers
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1], 30)
+    >>> X = rng.normal(size=(60, 3, 2, 8))
+    >>> X[:, 2, 1, 0] += 3 * y          # only layer 2, part 1 carries the label
+    >>> probe_layers(X, y, cv=3).best_
+    (2, 'part1')
+    """
+    import pandas as pd
+    from joblib import Parallel, delayed
+    from sklearn.base import clone, is_classifier
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+    from tqdm.auto import tqdm
+
+    X4 = _as_4d(X)
+    task, y = detect_task(y, task)
+    if len(y) != len(X4):
+        raise ValueError(f"X has {len(X4)} samples but y has {len(y)}; they must match.")
+    layer_names, part_names = _axis_names(X4, layout)
+    li = _select(layers, layer_names, "layer")
+    pi = _select(parts, part_names, "part")
+    if estimator is None:
+        estimator = default_probe(task)
+    n_classes = len(np.unique(y)) if task == "classification" else 0
+    scorers = resolve_scoring(scoring, task, n_classes, estimator)
+    splits = _splits(cv, X4, y, groups, task, estimator)
+
+    if is_classifier(estimator) and task == "regression":
+        raise ValueError(f"{type(estimator).__name__} is a classifier but y is a regression target.")
+
+    jobs = [(l, p) for l in li for p in pi]
+    logger.info("probing %d layer x part slices over %d folds", len(jobs), len(splits))
+    base = DummyClassifier(strategy="prior") if task == "classification" else DummyRegressor()
+    if dummy:
+        jobs.insert(0, (None, None))
+
+    def run(l, p):
+        est = base if l is None else estimator
+        Xs = X4[:, 0, 0, :1] if l is None else X4[:, l, p]
+        return _cross_validate(clone(est), Xs, y, splits, scorers)
+
+    it = tqdm(jobs, disable=not verbose, desc="probing", unit="probe")
+    scores = Parallel(n_jobs=n_jobs)(delayed(run)(l, p) for l, p in it)
+    rows = []
+    for (l, p), sc in zip(jobs, scores):
+        layer, part = (None, DUMMY) if l is None else (layer_names[l], part_names[p])
+        for name in scorers:
+            sign = -1.0 if name in FLIPPED else 1.0
+            for fold, s in enumerate(sc[f"test_{name}"]):
+                rows.append((layer, part, name, fold, sign * float(s)))
+    frame = pd.DataFrame(rows, columns=["layer", "part", "metric", "fold", "score"])
+    return ProbeResults(frame, task=task)
+
+
+def _cross_validate(est, X, y, splits, scorers):
+    """``cross_validate``; a class never predicted scores 0 precision without a warning each time."""
+    from sklearn.exceptions import UndefinedMetricWarning
+    from sklearn.model_selection import cross_validate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        return cross_validate(est, X, y, cv=splits, scoring=scorers, error_score="raise")
+
+
+def _as_4d(X) -> np.ndarray:
+    X = np.asarray(X)
+    if X.dtype.kind not in "fiu":
+        raise TypeError(f"X must be a numeric activation array, got dtype {X.dtype}.")
+    if X.ndim == 3:
+        return X[:, :, None, :]
+    if X.ndim != 4:
+        raise ValueError(
+            f"X must be (n_samples, n_layers, n_parts, hidden) activations (or 3-D without the "
+            f"part axis), got shape {X.shape}."
+        )
+    if len(X) < 2:
+        raise ValueError(f"X has {len(X)} sample(s); cross-validation needs more.")
+    return X
+
+
+def _axis_names(X4, layout) -> tuple[list[int], list[str]]:
+    if layout is None:
+        return list(range(X4.shape[1])), [f"part{j}" for j in range(X4.shape[2])]
+    layout.check(X4)
+    return list(layout.layers), list(layout.parts)
+
+
+def _select(sel, names: list, what: str) -> list[int]:
+    """Positions of the requested layers/parts; names first, then positions for parts."""
+    if isinstance(sel, str) and sel == "all":
+        return list(range(len(names)))
+    items = [sel] if isinstance(sel, (str, Integral)) else list(sel)
+    if not items:
+        raise ValueError(f"{what}s is empty; give at least one {what} or 'all'.")
+    out = []
+    for item in items:
+        if item in names:
+            out.append(names.index(item))
+        elif what == "part" and isinstance(item, Integral) and 0 <= item < len(names):
+            out.append(int(item))
+        else:
+            raise ValueError(f"{what} {item!r} is not in the array; available {what}s are {names}.")
+    return out
+
+
+def _splits(cv, X4, y, groups, task, estimator) -> list:
+    """Materialise the folds once, so every probe and the baseline share them."""
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, check_cv
+
+    classifier = task == "classification"
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.ndim != 1 or len(groups) != len(y):
+            raise ValueError(
+                f"groups has {len(groups) if groups.ndim else 0} entries (shape {groups.shape}) "
+                f"but there are {len(y)} samples; give one group per sample."
+            )
+        if isinstance(cv, Integral):
+            n_groups = len(np.unique(groups))
+            if n_groups < cv:
+                raise ValueError(f"cv={cv} folds need at least {cv} groups; groups has {n_groups}.")
+            cv = StratifiedGroupKFold(cv) if classifier else GroupKFold(cv)
+    splitter = check_cv(cv, y, classifier=classifier)
+    splits = list(splitter.split(np.zeros((len(y), 1)), y, groups))
+    if groups is not None:
+        for k, (tr, te) in enumerate(splits):
+            shared = np.intersect1d(groups[tr], groups[te])
+            if len(shared):
+                raise ValueError(
+                    f"fold {k} puts group(s) {shared[:5].tolist()} on both sides; use a group-aware "
+                    "splitter (GroupKFold, StratifiedGroupKFold, LeaveOneGroupOut) or an int cv."
+                )
+    return splits

@@ -1,0 +1,308 @@
+"""OnlineProbes: train a probe for every layer x part from one streamed pass per epoch.
+
+Activations are never stored: each batch from the encoder updates a streaming scaler and an SGD
+logistic-regression probe per layer x part, then is dropped. Memory is bounded by one batch.
+"""
+
+from __future__ import annotations
+
+import copy
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.utils.validation import check_is_fitted
+
+from .._utils import check_texts, logger, seed_from_random_state
+from ._metrics import detect_task
+
+__all__ = ["OnlineProbes", "confusion_metrics"]
+
+METRIC_COLUMNS = ("loss", "accuracy", "precision", "recall", "f1", "matthews")
+
+
+class OnlineProbes(ClassifierMixin, BaseEstimator):
+    """Linear probes for every layer x part of a model, trained online from streamed batches.
+
+    Each epoch streams the training texts through the model once; every batch updates, for
+    every probe, a ``StandardScaler`` (``partial_fit``, first epoch only) and an
+    ``SGDClassifier(loss="log_loss")``. After each epoch the validation texts are streamed to
+    compute each probe's validation loss; a probe stops when its loss has not improved by ``tol``
+    for ``patience`` epochs after the first ``warmup_epochs``, and keeps its best weights.
+    Streaming stops when every probe has stopped.
+
+    Parameters
+    ----------
+    encoder : TransformerActivationEncoder or None, default=None
+        Says which model, layers, parts (named parts or module paths) and token poolings to
+        probe. A fitted encoder is used as is; an unfitted one is cloned and fitted. ``None``
+        is the built-in model with every layer's ``resid_post``.
+    validation_fraction : float, default=0.2
+        Share of the texts held out (stratified, seeded) for early stopping and ``metrics_``.
+    max_epochs : int, default=5
+    patience : int, default=2
+        Epochs without improvement before a probe stops.
+    warmup_epochs : int, default=1
+        Epochs that never count towards ``patience``.
+    tol : float, default=1e-4
+        Smallest validation-loss decrease that counts as improvement.
+    alpha : float, default=1e-3
+        L2 penalty of the SGD probes.
+    learning_rate, eta0 :
+        Passed to ``SGDClassifier``.
+    class_weight : dict, "balanced" or None, default=None
+        "balanced" weights are computed from the training labels once.
+    shuffle : bool, default=True
+        Shuffle the rows within each batch before the SGD step.
+    random_state : int, RandomState or None, default=None
+        Seeds the split, the shuffling and every probe.
+    verbose : bool, default=False
+        A progress bar over epochs (and the encoder's own bar over batches).
+
+    Attributes
+    ----------
+    encoder_ : the fitted encoder.
+    classes_ : ndarray of the labels.
+    probes_ : dict of str -> Pipeline
+        ``"layer{l}__{part}"`` -> fitted ``Pipeline(StandardScaler, SGDClassifier)`` that takes
+        the activations ``get_probe_features`` returns.
+    metrics_ : pandas.DataFrame
+        Per probe: validation loss, accuracy and macro precision, recall, F1, Matthews, at the
+        kept (best) epoch, plus ``epochs`` trained; sorted by loss.
+    history_ : pandas.DataFrame
+        ``probe, epoch, loss, accuracy`` after every epoch.
+    best_probe_ : str
+        The probe with the lowest validation loss; ``predict`` uses it.
+
+    Examples
+    --------
+    >>> from embetter_plug import OnlineProbes, TransformerActivationEncoder, load_builtin_dataset
+    >>> from embetter_plug.testing import make_tiny_model
+    >>> model, tok = make_tiny_model("gpt2")
+    >>> df = load_builtin_dataset("train").iloc[:60]
+    >>> enc = TransformerActivationEncoder(model, tok, layers=[0, 2], parts=["resid_post", "mlp_out"])
+    >>> probes = OnlineProbes(enc, max_epochs=2, random_state=0).fit(df["text"], df["label"])
+    >>> sorted(probes.probes_)
+    ['layer0__mlp_out', 'layer0__resid_post', 'layer2__mlp_out', 'layer2__resid_post']
+    >>> list(probes.metrics_.columns)
+    ['loss', 'accuracy', 'precision', 'recall', 'f1', 'matthews', 'epochs']
+    """
+
+    def __init__(self, encoder: Any = None, *, validation_fraction: float = 0.2,
+                 max_epochs: int = 5, patience: int = 2, warmup_epochs: int = 1,
+                 tol: float = 1e-4, alpha: float = 1e-3, learning_rate: str = "optimal",
+                 eta0: float = 0.01, class_weight: Any = None, shuffle: bool = True,
+                 random_state: Any = None, verbose: bool = False):
+        self.encoder = encoder
+        self.validation_fraction = validation_fraction
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.warmup_epochs = warmup_epochs
+        self.tol = tol
+        self.alpha = alpha
+        self.learning_rate = learning_rate
+        self.eta0 = eta0
+        self.class_weight = class_weight
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fitting
+    def _check_params(self) -> None:
+        for name in ("max_epochs", "patience"):
+            v = getattr(self, name)
+            if not isinstance(v, Integral) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+        if not isinstance(self.warmup_epochs, Integral) or self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be a non-negative integer, got {self.warmup_epochs!r}.")
+        if not isinstance(self.validation_fraction, Real) or not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}.")
+
+    def _fitted_encoder(self):
+        from ..encoder import TransformerActivationEncoder
+
+        enc = self.encoder if self.encoder is not None else TransformerActivationEncoder()
+        if hasattr(enc, "layout_"):
+            return enc
+        if not hasattr(enc, "_iter_activations"):
+            raise TypeError(f"encoder must be a TransformerActivationEncoder, got {type(enc).__name__}.")
+        return clone(enc).fit()
+
+    def fit(self, X, y) -> "OnlineProbes":
+        """Stream ``X`` (texts) through the model and train every probe on labels ``y``."""
+        from sklearn.model_selection import train_test_split
+        from tqdm.auto import trange
+
+        texts = check_texts(X)
+        task, y = detect_task(y, "classification")
+        if len(y) != len(texts):
+            raise ValueError(f"X has {len(texts)} texts but y has {len(y)} labels; they must match.")
+        self._check_params()
+        self.classes_, y_enc = np.unique(y, return_inverse=True)
+        seed = seed_from_random_state(self.random_state)
+        rng = np.random.default_rng(seed)
+        tr, va = train_test_split(np.arange(len(texts)), test_size=self.validation_fraction,
+                                  stratify=y_enc, random_state=seed)
+        self.encoder_ = self._fitted_encoder()
+        where = self._where()
+        names = list(where)
+        weights = self._class_weights(y_enc[tr])
+        scalers, sgds = self._init_probes(names, seed, weights)
+        state = {n: {"best": np.inf, "wait": 0, "stopped": False, "epochs": 0, "model": None,
+                     "metrics": None} for n in names}
+        history = []
+        train_texts, val_texts = [texts[i] for i in tr], [texts[i] for i in va]
+        labels = np.arange(len(self.classes_))
+        y_tr = y_enc[tr]
+        for epoch in trange(self.max_epochs, disable=not self.verbose, desc="epochs"):
+            active = [n for n in names if not state[n]["stopped"]]
+            if not active:
+                break
+            for idx, acts in self.encoder_._iter_activations(train_texts):
+                order = rng.permutation(len(idx)) if self.shuffle else np.arange(len(idx))
+                yb = y_tr[idx][order]
+                for n in active:
+                    xb = acts[order, where[n][0], where[n][1]]
+                    if epoch == 0:
+                        scalers[n].partial_fit(xb)
+                    sgds[n].partial_fit(scalers[n].transform(xb), yb, classes=labels)
+            scores = self._stream_metrics(val_texts, y_enc[va], active, where, scalers, sgds)
+            for n in active:
+                st, met = state[n], scores[n]
+                st["epochs"] = epoch + 1
+                history.append({"probe": n, "epoch": epoch + 1, "loss": met["loss"],
+                                "accuracy": met["accuracy"]})
+                if met["loss"] < st["best"] - self.tol:
+                    st.update(best=met["loss"], wait=0, model=copy.deepcopy(sgds[n]), metrics=met)
+                elif epoch + 1 > self.warmup_epochs:
+                    st["wait"] += 1
+                    if st["wait"] >= self.patience:
+                        st["stopped"] = True
+                        logger.info("early stopping after %d epochs for %s", epoch + 1, n)
+        self._finish(names, scalers, state, history)
+        return self
+
+    def _class_weights(self, y_train):
+        if not isinstance(self.class_weight, str):
+            return self.class_weight
+        from sklearn.utils.class_weight import compute_class_weight
+
+        classes = np.unique(y_train)
+        w = compute_class_weight(self.class_weight, classes=classes, y=y_train)
+        return dict(zip(classes.tolist(), w.tolist()))
+
+    def _init_probes(self, names, seed, weights):
+        from sklearn.linear_model import SGDClassifier
+        from sklearn.preprocessing import StandardScaler
+
+        scalers = {n: StandardScaler() for n in names}
+        sgds = {n: SGDClassifier(loss="log_loss", alpha=self.alpha, learning_rate=self.learning_rate,
+                                 eta0=self.eta0, class_weight=weights, random_state=seed + i)
+                for i, n in enumerate(names)}
+        return scalers, sgds
+
+    def _finish(self, names, scalers, state, history) -> None:
+        import pandas as pd
+        from sklearn.pipeline import Pipeline
+
+        self.probes_ = {n: Pipeline([("scaler", scalers[n]), ("sgd", state[n]["model"])])
+                        for n in names}
+        rows = {n: {**state[n]["metrics"], "epochs": state[n]["epochs"]} for n in names}
+        self.metrics_ = pd.DataFrame.from_dict(rows, orient="index").sort_values(
+            ["loss", "matthews"], ascending=[True, False], kind="stable")
+        self.history_ = pd.DataFrame(history)
+        self.best_probe_ = str(self.metrics_.index[0])
+
+    def _stream_metrics(self, texts, y_enc, names, where, scalers, sgds) -> dict[str, dict]:
+        """Validation metrics per probe from streamed batches (a confusion matrix, not the rows)."""
+        from sklearn.metrics import confusion_matrix, log_loss
+
+        k = len(self.classes_)
+        labels = np.arange(k)
+        conf = {n: np.zeros((k, k), dtype=np.int64) for n in names}
+        loss = dict.fromkeys(names, 0.0)
+        for idx, acts in self.encoder_._iter_activations(texts):
+            yb = y_enc[idx]
+            for n in names:
+                proba = sgds[n].predict_proba(scalers[n].transform(acts[:, where[n][0], where[n][1]]))
+                loss[n] += log_loss(yb, proba, labels=labels, normalize=False)
+                conf[n] += confusion_matrix(yb, proba.argmax(1), labels=labels)
+        return {n: {"loss": loss[n] / len(texts), **confusion_metrics(conf[n])} for n in names}
+
+    # --------------------------------------------------------------- using it
+    def get_probe_features(self, X) -> dict[str, np.ndarray]:
+        """The activations each probe reads: ``{name: (n_samples, hidden)}`` in input order."""
+        check_is_fitted(self, "probes_")
+        return self._slices(check_texts(X), list(self.probes_))
+
+    def _where(self) -> dict[str, tuple[int, int]]:
+        """Probe name -> (layer position, part position) in the encoder's output."""
+        layout = self.encoder_.layout_
+        names = [f"layer{l}__{p}" for l in layout.layers for p in layout.parts]
+        return {n: divmod(i, len(layout.parts)) for i, n in enumerate(names)}
+
+    def _slices(self, texts: list[str], names: list[str]) -> dict[str, np.ndarray]:
+        where, hidden = self._where(), self.encoder_.layout_.hidden_size
+        out = {n: np.empty((len(texts), hidden), dtype=np.float32) for n in names}
+        for idx, acts in self.encoder_._iter_activations(texts):
+            for n in names:
+                out[n][idx] = acts[:, where[n][0], where[n][1]]
+        return out
+
+    def evaluate(self, X, y) -> "pandas.DataFrame":  # noqa: F821
+        """Metrics of every probe on labelled texts, streamed (memory bounded by a batch)."""
+        check_is_fitted(self, "probes_")
+        texts = check_texts(X)
+        y = np.asarray(y)
+        unknown = sorted(set(np.unique(y).tolist()) - set(self.classes_.tolist()))
+        if unknown:
+            raise ValueError(f"y has labels {unknown[:5]} not seen in fit; known: {self.classes_.tolist()}.")
+        import pandas as pd
+
+        names = list(self.probes_)
+        where = self._where()
+        scalers = {n: p.named_steps["scaler"] for n, p in self.probes_.items()}
+        sgds = {n: p.named_steps["sgd"] for n, p in self.probes_.items()}
+        scores = self._stream_metrics(texts, np.searchsorted(self.classes_, y), names, where,
+                                      scalers, sgds)
+        return pd.DataFrame.from_dict(scores, orient="index").loc[:, list(METRIC_COLUMNS)]
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities from the best probe (``best_probe_``)."""
+        check_is_fitted(self, "probes_")
+        feats = self._slices(check_texts(X), [self.best_probe_])[self.best_probe_]
+        return self.probes_[self.best_probe_].predict_proba(feats)
+
+    def predict(self, X) -> np.ndarray:
+        """Labels from the best probe (``best_probe_``)."""
+        return self.classes_[self.predict_proba(X).argmax(1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.input_tags.two_d_array = False
+        tags.input_tags.one_d_array = True
+        tags.non_deterministic = False
+        return tags
+
+
+def confusion_metrics(conf: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro precision, recall, F1 and Matthews from a confusion matrix.
+
+    Computed by scikit-learn's own metric functions, weighting each (true, predicted) cell by
+    its count, so the values equal those on the underlying rows.
+    """
+    from sklearn.metrics import (accuracy_score, matthews_corrcoef,
+                                 precision_recall_fscore_support)
+
+    k = conf.shape[0]
+    t, p = np.divmod(np.arange(k * k), k)
+    w = conf.ravel().astype(float)
+    keep = w > 0
+    t, p, w = t[keep], p[keep], w[keep]
+    prec, rec, f1, _ = precision_recall_fscore_support(t, p, labels=np.arange(k), average="macro",
+                                                       sample_weight=w, zero_division=0)
+    return {"accuracy": float(accuracy_score(t, p, sample_weight=w)), "precision": float(prec),
+            "recall": float(rec), "f1": float(f1),
+            "matthews": float(matthews_corrcoef(t, p, sample_weight=w))}

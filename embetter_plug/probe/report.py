@@ -1,0 +1,183 @@
+"""An interactive, self-contained HTML report of probe results (no server, no network).
+
+The page holds the summary as inline JSON and draws the layer curves as SVG with a little inline
+JavaScript: pick dataset, model, pooling and metric, see one line per part with a ±std band, the
+dummy baseline, and the table of every metric with the best probe marked. The initial choice can
+be set in the address, e.g. ``report.html#metric=f1&pooling=mean``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from ._metrics import LOWER_IS_BETTER
+from .results import DUMMY, ProbeResults
+
+__all__ = ["write_report", "report_rows"]
+
+SELECTORS = ("dataset", "model", "pooling")
+
+
+def report_rows(results: ProbeResults) -> list[dict]:
+    """Summary rows with ``dataset``, ``model`` and ``pooling`` filled in ("-" when unknown).
+
+    Part names such as ``mlp_out@mean`` (several token poolings) are split into part and pooling.
+    """
+    s = results.summary()
+    if "pooling" not in s.columns:
+        split = s["part"].str.split("@", n=1, expand=True)
+        if split.shape[1] == 2:
+            s["pooling"] = split[1].fillna("-")
+            s["part"] = split[0]
+    for col in SELECTORS:
+        if col not in s.columns:
+            s[col] = "-"
+    s.loc[s["part"] == DUMMY, "pooling"] = "-"
+    rows = []
+    for r in s.itertuples(index=False):
+        rows.append({"dataset": str(r.dataset), "model": str(r.model), "pooling": str(r.pooling),
+                     "layer": None if r.layer is None or str(r.layer) == "<NA>" else int(r.layer),
+                     "part": str(r.part), "metric": str(r.metric), "mean": float(r.mean),
+                     "std": float(r.std)})
+    return rows
+
+
+def write_report(results, path, *, title: str | None = None) -> Path:
+    """Write the interactive report of ``results`` (a ``ProbeResults`` or a results file) to ``path``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from embetter_plug import probe_layers
+    >>> from embetter_plug.probe import write_report
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1], 20)
+    >>> res = probe_layers(rng.normal(size=(40, 2, 1, 4)) + y[:, None, None, None], y, cv=2)
+    >>> write_report(res, "probe_report.html").name
+    'probe_report.html'
+    """
+    if not isinstance(results, ProbeResults):
+        results = ProbeResults.read(results)
+    rows = report_rows(results)
+    payload = {"rows": rows, "metrics": results.metrics, "lower": sorted(LOWER_IS_BETTER),
+               "primary": results.primary_metric}
+    data = json.dumps(payload).replace("<", "\\u003c")
+    title = title or "Probe results"
+    page = _TEMPLATE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
+    path = Path(path)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+_TEMPLATE = r"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+label{margin-right:1em} select{margin-left:.3em}
+table{border-collapse:collapse;margin-top:1em;font-size:.9em}
+td,th{border-bottom:1px solid #ddd;padding:.25em .7em;text-align:right}
+th{background:#f4f4f4} td.l{text-align:left} tr.best{background:#fff3c4;font-weight:bold}
+tr.dummy{color:#777} #empty{color:#a00}
+</style></head><body>
+<h1>__TITLE__</h1>
+<div id="controls"></div>
+<div id="chart"></div><div id="empty"></div>
+<div id="tablewrap"></div>
+<script type="application/json" id="data">__DATA__</script>
+<script>
+(function(){
+const D = JSON.parse(document.getElementById('data').textContent);
+const ROWS = D.rows, LOWER = new Set(D.lower), KEYS = ['dataset','model','pooling','metric'];
+const COLORS = ['#1f77b4','#ff7f0e','#2ca02c','#d62728','#9467bd','#8c564b','#e377c2','#7f7f7f','#bcbd22','#17becf'];
+const state = {};
+const uniq = a => [...new Set(a)];
+const fmt = (m, s) => m.toFixed(3) + ' \u00b1 ' + s.toFixed(3);
+const esc = s => String(s).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
+new URLSearchParams(location.hash.slice(1)).forEach((v, k) => { state[k] = v; });
+const controls = document.getElementById('controls');
+const selects = {};
+KEYS.forEach(k => {
+  const lab = document.createElement('label'); lab.textContent = k;
+  const sel = document.createElement('select'); sel.id = 'sel-' + k;
+  sel.addEventListener('change', () => { state[k] = sel.value; update(); });
+  lab.appendChild(sel); controls.appendChild(lab); selects[k] = sel;
+});
+function matching(upto) {
+  return ROWS.filter(r => r.part !== 'dummy' && KEYS.slice(0, upto).every(k => r[k] === state[k]));
+}
+function fillOptions() {
+  KEYS.forEach((k, i) => {
+    let opts = uniq(matching(i).map(r => r[k]));
+    if (k === 'metric') opts = D.metrics.filter(m => opts.includes(m));
+    if (!opts.includes(state[k])) state[k] = (k === 'metric' && opts.includes(D.primary)) ? D.primary : opts[0];
+    selects[k].innerHTML = opts.map(o => '<option' + (o === state[k] ? ' selected' : '') + '>' + esc(o) + '</option>').join('');
+  });
+}
+function update() {
+  fillOptions();
+  const sel = KEYS.map(k => k + '=' + encodeURIComponent(state[k])).join('&');
+  history.replaceState(null, '', '#' + sel);
+  draw(); table();
+  document.body.setAttribute('data-rendered', sel);
+}
+function draw() {
+  const rows = matching(4);
+  const base = ROWS.find(r => r.part === 'dummy' && r.dataset === state.dataset && r.model === state.model && r.metric === state.metric);
+  const chart = document.getElementById('chart');
+  document.getElementById('empty').textContent = rows.length ? '' : 'No results for this choice.';
+  if (!rows.length) { chart.innerHTML = ''; return; }
+  const W = 760, H = 420, m = {l: 60, r: 170, t: 20, b: 45};
+  const layers = uniq(rows.map(r => r.layer)).sort((a, b) => a - b);
+  let lo = Math.min(...rows.map(r => r.mean - r.std)), hi = Math.max(...rows.map(r => r.mean + r.std));
+  if (base) { lo = Math.min(lo, base.mean); hi = Math.max(hi, base.mean); }
+  if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
+  const pad = (hi - lo) * 0.05; lo -= pad; hi += pad;
+  const x0 = layers[0], x1 = layers[layers.length - 1];
+  const X = v => m.l + (x1 === x0 ? (W - m.l - m.r) / 2 : (v - x0) / (x1 - x0) * (W - m.l - m.r));
+  const Y = v => m.t + (hi - v) / (hi - lo) * (H - m.t - m.b);
+  let s = '<svg id="plot" xmlns="http://www.w3.org/2000/svg" width="' + W + '" height="' + H + '">';
+  s += '<line x1="' + m.l + '" y1="' + (H - m.b) + '" x2="' + (W - m.r) + '" y2="' + (H - m.b) + '" stroke="#333"/>';
+  s += '<line x1="' + m.l + '" y1="' + m.t + '" x2="' + m.l + '" y2="' + (H - m.b) + '" stroke="#333"/>';
+  layers.forEach(l => { s += '<text x="' + X(l) + '" y="' + (H - m.b + 16) + '" text-anchor="middle" font-size="12">' + l + '</text>'; });
+  for (let i = 0; i <= 5; i++) { const v = lo + (hi - lo) * i / 5;
+    s += '<text x="' + (m.l - 6) + '" y="' + (Y(v) + 4) + '" text-anchor="end" font-size="11">' + v.toFixed(3) + '</text>'; }
+  s += '<text x="' + ((W - m.r + m.l) / 2) + '" y="' + (H - 8) + '" text-anchor="middle">layer</text>';
+  s += '<text transform="translate(14,' + (H / 2) + ') rotate(-90)" text-anchor="middle">' + esc(state.metric) + '</text>';
+  const parts = uniq(rows.map(r => r.part));
+  parts.forEach((p, i) => {
+    const pts = rows.filter(r => r.part === p).sort((a, b) => a.layer - b.layer), c = COLORS[i % COLORS.length];
+    const up = pts.map(r => X(r.layer) + ',' + Y(r.mean + r.std)), dn = pts.map(r => X(r.layer) + ',' + Y(r.mean - r.std)).reverse();
+    s += '<g class="series" data-part="' + esc(p) + '" data-n="' + pts.length + '" data-means="' + pts.map(r => r.mean.toFixed(6)).join(' ') + '">';
+    s += '<path class="band" d="M' + up.concat(dn).join('L') + 'Z" fill="' + c + '" fill-opacity="0.2" stroke="none"/>';
+    s += '<path class="line" d="M' + pts.map(r => X(r.layer) + ',' + Y(r.mean)).join('L') + '" fill="none" stroke="' + c + '" stroke-width="2"/>';
+    pts.forEach(r => { s += '<circle cx="' + X(r.layer) + '" cy="' + Y(r.mean) + '" r="3.5" fill="' + c + '"><title>' + esc(p) + ' layer ' + r.layer + ': ' + fmt(r.mean, r.std) + '</title></circle>'; });
+    s += '</g>';
+    s += '<rect x="' + (W - m.r + 12) + '" y="' + (m.t + 18 * i) + '" width="12" height="12" fill="' + c + '"/><text x="' + (W - m.r + 30) + '" y="' + (m.t + 18 * i + 11) + '" font-size="12">' + esc(p) + '</text>';
+  });
+  if (base) {
+    s += '<line class="baseline" data-value="' + base.mean.toFixed(6) + '" x1="' + m.l + '" x2="' + (W - m.r) + '" y1="' + Y(base.mean) + '" y2="' + Y(base.mean) + '" stroke="#666" stroke-dasharray="6,4"/>';
+    s += '<text x="' + (W - m.r + 30) + '" y="' + (m.t + 18 * parts.length + 11) + '" font-size="12">dummy baseline</text>';
+  }
+  chart.innerHTML = s + '</svg>';
+}
+function table() {
+  const rows = ROWS.filter(r => r.dataset === state.dataset && r.model === state.model && (r.part === 'dummy' || r.pooling === state.pooling));
+  const key = r => (r.layer === null ? '-' : r.layer) + '|' + r.part;
+  const byKey = new Map();
+  rows.forEach(r => { if (!byKey.has(key(r))) byKey.set(key(r), {layer: r.layer, part: r.part, cells: {}}); byKey.get(key(r)).cells[r.metric] = r; });
+  const metrics = D.metrics.filter(mt => rows.some(r => r.metric === mt));
+  let best = null, sign = LOWER.has(state.metric) ? -1 : 1;
+  byKey.forEach((v, k) => { const c = v.cells[state.metric]; if (v.part !== 'dummy' && c && (best === null || sign * c.mean > sign * byKey.get(best).cells[state.metric].mean)) best = k; });
+  let h = '<table id="table"><thead><tr><th>layer</th><th>part</th>' + metrics.map(mt => '<th>' + esc(mt) + '</th>').join('') + '<th>best</th></tr></thead><tbody>';
+  byKey.forEach((v, k) => {
+    h += '<tr class="' + (k === best ? 'best' : (v.part === 'dummy' ? 'dummy' : '')) + '" data-key="' + esc(k) + '"><td>' + (v.layer === null ? '-' : v.layer) + '</td><td class="l">' + esc(v.part) + '</td>';
+    h += metrics.map(mt => '<td>' + (v.cells[mt] ? fmt(v.cells[mt].mean, v.cells[mt].std) : '') + '</td>').join('') + '<td>' + (k === best ? '\u2605' : '') + '</td></tr>';
+  });
+  document.getElementById('tablewrap').innerHTML = h + '</tbody></table>';
+}
+update();
+})();
+</script></body></html>
+"""
