@@ -1,0 +1,269 @@
+"""Shared skorch plumbing of the estimators: parameters, internal split, callbacks, seeding."""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import contextmanager
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import softmax
+from skorch import NeuralNet
+from skorch.callbacks import EarlyStopping, EpochScoring, LRScheduler, ProgressBar
+from skorch.dataset import ValidSplit
+from sklearn.base import BaseEstimator
+from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .._utils import resolve_device, seed_from_random_state
+
+logger = logging.getLogger("embetter_plug")
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+LR_SCHEDULERS = ("plateau", "cosine", None)
+
+
+def softmax_output(y: torch.Tensor) -> torch.Tensor:
+    """skorch ``predict_nonlinearity`` of the classifiers: softmax over the logits."""
+    return torch.softmax(y, dim=-1)
+
+
+def valid_roc_auc(net: NeuralNet, X: Any, y: Any) -> float:
+    """Validation ROC-AUC: one-vs-rest macro over the classes present (binary AUC for two).
+
+    Where the validation rows hold a single class, AUC is undefined and the negative
+    log-loss is returned instead (the same rows are scored every epoch, so the monitored
+    quantity stays comparable within one fit).
+    """
+    proba = np.asarray(net.predict_proba(X), dtype=np.float64)
+    y = np.asarray(y).astype(np.int64).ravel()
+    present = [k for k in range(proba.shape[1]) if 0 < np.sum(y == k) < len(y)]
+    if not present:
+        return -float(log_loss(y, proba, labels=np.arange(proba.shape[1])))
+    return float(np.mean([roc_auc_score(y == k, proba[:, k]) for k in present]))
+
+
+class TrackedSplit(ValidSplit):
+    """skorch's ``ValidSplit`` on a fraction of ``fit``'s rows that remembers the rows it held out."""
+
+    def __call__(self, dataset, y=None, groups=None):
+        train, valid = super().__call__(dataset, y=y, groups=groups)
+        self.valid_indices_ = np.asarray(valid.indices)
+        return train, valid
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device):
+    """Seed torch's generators for the block and restore the caller's state afterwards."""
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class PlugNetBase(BaseEstimator):
+    """Base of the skorch-backed estimators.
+
+    Subclasses define ``__init__`` (skorch's names plus ``module__*`` architecture parameters)
+    and ``_module_cls``; this class checks parameters and inputs, builds the ``skorch.NeuralNet``
+    with its callbacks and internal validation split, and runs it seeded.
+    """
+
+    _module_cls: type = None  # set by subclasses
+    _max_ndim: int | None = None  # None: any number of axes
+    _task = "classifier"
+
+    # ------------------------------------------------------------------ parameters
+    def set_params(self, **params):
+        """Like scikit-learn's, and also accepts the ``module__*`` architecture parameters."""
+        own = set(self._get_param_names())
+        for key in [k for k in params if k in own]:
+            setattr(self, key, params.pop(key))
+        bad = [k for k in params if k.startswith("module__")]
+        if bad:
+            valid = sorted(k for k in own if k.startswith("module__"))
+            raise ValueError(f"Invalid parameter(s) {bad} for {type(self).__name__}; valid "
+                             f"module parameters are {valid}.")
+        return super().set_params(**params) if params else self
+
+    def _module_params(self) -> dict[str, Any]:
+        return {k[len("module__"):]: getattr(self, k) for k in self._get_param_names()
+                if k.startswith("module__")}
+
+    def _check_params(self) -> None:
+        name = type(self).__name__
+
+        def need(ok: bool, what: str, valid: str):
+            if not ok:
+                raise ValueError(f"{name}: {what}={getattr(self, what)!r} is invalid; {valid}.")
+
+        isint = lambda v: isinstance(v, Integral) and not isinstance(v, bool)  # noqa: E731
+        need(isint(self.max_epochs) and self.max_epochs >= 1, "max_epochs", "use an int >= 1")
+        need(isint(self.batch_size) and self.batch_size >= 1, "batch_size", "use an int >= 1")
+        need(isinstance(self.lr, Real) and self.lr > 0, "lr", "use a float > 0")
+        need(isint(self.patience) and self.patience >= 1, "patience", "use an int >= 1")
+        need(isinstance(self.validation_fraction, Real) and 0 < self.validation_fraction < 1,
+             "validation_fraction", "use a float strictly between 0 and 1")
+        need(self.lr_scheduler in LR_SCHEDULERS, "lr_scheduler", f"valid values are {list(LR_SCHEDULERS)}")
+        opt = self.optimizer
+        need((isinstance(opt, str) and opt in OPTIMIZERS)
+             or (isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer)),
+             "optimizer", f"use one of {sorted(OPTIMIZERS)} or a torch.optim.Optimizer subclass")
+        dropout = getattr(self, "module__dropout", 0.0)
+        need(isinstance(dropout, Real) and 0 <= dropout < 1, "module__dropout", "use a float in [0, 1)")
+
+    # ------------------------------------------------------------------ inputs
+    def _check_X(self, X, y=None, *, reset: bool):
+        """Validate ``X`` (and ``y`` in fit); returns float32 arrays with ``X``'s own shape."""
+        kw = dict(allow_nd=True, dtype=[np.float32, np.float64], ensure_all_finite=True)
+        if y is not None or reset:
+            X, y = validate_data(self, X, y, reset=True, y_numeric=self._task == "regressor", **kw)
+        else:
+            X = validate_data(self, X, reset=False, **kw)
+        name = type(self).__name__
+        if self._max_ndim is not None and X.ndim > self._max_ndim:
+            raise ValueError(f"{name} expects an array with 2 to {self._max_ndim} axes, got "
+                             f"{X.ndim}-D input of shape {X.shape}.")
+        if reset:
+            self.input_shape_ = tuple(int(s) for s in X.shape[1:])
+        elif tuple(X.shape[1:]) != self.input_shape_:
+            raise ValueError(f"X has per-sample shape {tuple(X.shape[1:])}, but {name} was fitted "
+                             f"on per-sample shape {self.input_shape_}; pass activations with the "
+                             "same layers, parts and hidden size as in fit.")
+        X = X.astype(np.float32, copy=False)
+        return (X, y) if reset else X
+
+    @staticmethod
+    def _module_input(X: np.ndarray) -> np.ndarray:
+        """``X`` in the module's layout (default: flattened to ``(n, features)``)."""
+        return X.reshape(len(X), -1)
+
+    # ------------------------------------------------------------------ the skorch net
+    def _criterion(self):
+        """``(criterion class, criterion kwargs)`` for the fitted problem."""
+        raise NotImplementedError
+
+    def _make_net(self, *, train_split=None, callbacks=(), device="cpu") -> NeuralNet:
+        optimizer = OPTIMIZERS.get(self.optimizer, self.optimizer)
+        criterion, criterion_kwargs = self._criterion()
+        return NeuralNet(
+            self._module_cls, criterion=criterion, optimizer=optimizer, lr=self.lr,
+            max_epochs=self.max_epochs, batch_size=self.batch_size, train_split=train_split,
+            callbacks=list(callbacks), device=str(device), verbose=int(bool(self.verbose)),
+            iterator_train__shuffle=True,
+            predict_nonlinearity=softmax_output if self._task == "classifier" else None,
+            callbacks__print_log__sink=logger.info,
+            **{f"module__{k}": v for k, v in self.module_kwargs_.items()},
+            **{f"criterion__{k}": v for k, v in criterion_kwargs.items()},
+        )
+
+    def _train_split(self, y: np.ndarray, seed: int):
+        if not self.early_stopping:
+            return None
+        frac, n = float(self.validation_fraction), len(y)
+        n_val = math.ceil(frac * n)
+        stratified = self._task == "classifier"
+        if stratified:
+            counts = np.bincount(y)
+            ok = counts.min() >= 2 and min(n_val, n - n_val) >= len(counts)
+        else:
+            ok = n_val >= 2 and n - n_val >= 2
+        if not ok:
+            logger.warning("%s: %d rows are too few for a validation split of %.2f%s; training "
+                           "without early stopping.", type(self).__name__, n, frac,
+                           " with every class on both sides" if stratified else "")
+            return None
+        return TrackedSplit(frac, stratified=stratified, random_state=seed)
+
+    def _callbacks(self, has_valid: bool) -> list:
+        cbs = []
+        if has_valid:
+            if self._task == "classifier":
+                cbs.append(("valid_auc", EpochScoring(valid_roc_auc, lower_is_better=False,
+                                                      name="valid_auc", on_train=False)))
+                monitor, lower = "valid_auc", False
+            else:
+                monitor, lower = "valid_loss", True
+            cbs.append(("early_stopping", EarlyStopping(
+                monitor=monitor, lower_is_better=lower, patience=self.patience,
+                load_best=True, sink=logger.info)))
+        loss = "valid_loss" if has_valid else "train_loss"
+        if self.lr_scheduler == "plateau":
+            cbs.append(("lr_scheduler", LRScheduler(
+                policy="ReduceLROnPlateau", monitor=loss, factor=0.5,
+                patience=max(1, self.patience // 2))))
+        elif self.lr_scheduler == "cosine":
+            cbs.append(("lr_scheduler", LRScheduler(policy="CosineAnnealingLR", T_max=self.max_epochs)))
+        if self.verbose:
+            cbs.append(("progress_bar", ProgressBar()))
+        return cbs + list(self.callbacks or [])
+
+    def _fit_net(self, X: np.ndarray, y: np.ndarray, module_kwargs: dict[str, Any]):
+        """Build and train the skorch net on ``(X, y)`` (already in the module's layout)."""
+        self.device_ = resolve_device(self.device)
+        self.module_kwargs_ = {**module_kwargs, **self._module_params()}
+        seed = seed_from_random_state(self.random_state)
+        split = self._train_split(y if self._task == "classifier" else np.zeros(len(y)), seed)
+        net = self._make_net(train_split=split, callbacks=self._callbacks(split is not None),
+                             device=self.device_)
+        with seeded(seed, self.device_):
+            net.fit(X, y)
+        self.net_ = net
+        self.validation_indices_ = getattr(split, "valid_indices_", None)
+        stopper = dict(net.callbacks_).get("early_stopping")
+        last = int(net.history[-1, "epoch"])
+        self.best_epoch_ = int(stopper.best_epoch_) if stopper is not None and stopper.best_epoch_ else last
+        self.n_epochs_ = last
+        return self
+
+    def _forward(self, X: np.ndarray):
+        """Module outputs for ``X`` (in the module's layout), as float64 NumPy arrays."""
+        with torch.no_grad():
+            out = self.net_.forward(X, training=False)
+        if isinstance(out, tuple):
+            return tuple(o.double().numpy() for o in out)
+        return out.double().numpy()
+
+
+class ClassifierOutputsMixin:
+    """``decision_function``, ``predict_proba`` and ``predict`` from the module's logits."""
+
+    def _logits(self, X) -> np.ndarray:
+        check_is_fitted(self, "net_")
+        out = self._forward(self._module_input(self._check_X(X, reset=False)))
+        return out[0] if isinstance(out, tuple) else out
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logits: ``(n,)`` (class 1 minus class 0) for two classes, else ``(n, n_classes)``."""
+        logits = self._logits(X)
+        return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, ``(n, n_classes)``, columns in the order of ``classes_``."""
+        return softmax(self._logits(X), axis=1)
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted labels, of the same kind as the ``y`` passed to ``fit``."""
+        return self.classes_[np.argmax(self._logits(X), axis=1)]
+
+    def _encode_y(self, y) -> np.ndarray:
+        """Set ``classes_`` and ``class_weight_`` and return ``y`` as class indices (int64)."""
+        check_classification_targets(y)
+        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"{type(self).__name__} needs at least two classes in y to train; "
+                             f"y holds a single class: {self.classes_[0]!r}.")
+        self.class_weight_ = None if self.class_weight is None else compute_class_weight(
+            self.class_weight, classes=self.classes_, y=y).astype(np.float32)
+        return y_idx.astype(np.int64).ravel()
+
+    def _class_weight_kwargs(self) -> dict[str, Any]:
+        if getattr(self, "class_weight_", None) is None:
+            return {}
+        return {"weight": torch.as_tensor(np.asarray(self.class_weight_, dtype=np.float32))}

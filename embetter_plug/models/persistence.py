@@ -1,0 +1,146 @@
+"""save_model / load_model: weights as safetensors, parameters and fitted state as JSON.
+
+Loading reads only JSON and safetensors (no pickle), so a saved model from an untrusted source
+cannot run code. Ordinary ``pickle``/``joblib`` of the estimators also works.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.utils.validation import check_is_fitted
+
+from .. import __version__
+from .._utils import resolve_device
+from .classifier import PlugClassifier
+from .cnn import PlugContrastiveCNN
+from .regressor import PlugRegressor
+
+__all__ = ["save_model", "load_model"]
+
+logger = logging.getLogger("embetter_plug")
+
+_CLASSES = {c.__name__: c for c in (PlugClassifier, PlugRegressor, PlugContrastiveCNN)}
+_FORMAT = "embetter_plug.model/1"
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+def save_model(model, path: str | Path) -> Path:
+    """Save a fitted model to the folder ``path`` (``config.json`` + ``model.safetensors``).
+
+    Parameters that JSON cannot hold (``callbacks``, a ``RandomState``) are stored as ``None``;
+    an optimizer class from ``torch.optim`` is stored by name. Training history is not saved.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile
+    >>> from embetter_plug import PlugClassifier, save_model, load_model
+    >>> X = np.random.default_rng(0).normal(size=(30, 8)).astype("float32")
+    >>> y = np.array(["a", "b", "c"] * 10)
+    >>> clf = PlugClassifier(max_epochs=2, random_state=0).fit(X, y)
+    >>> folder = save_model(clf, tempfile.mkdtemp())
+    >>> bool((load_model(folder).predict_proba(X) == clf.predict_proba(X)).all())
+    True
+    """
+    name = type(model).__name__
+    if name not in _CLASSES:
+        raise TypeError(f"save_model saves {sorted(_CLASSES)}; got {name}.")
+    check_is_fitted(model, "net_")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    classes = getattr(model, "classes_", None)
+    class_weight = getattr(model, "class_weight_", None)
+    config = {
+        "format": _FORMAT,
+        "embetter_plug_version": __version__,
+        "estimator": name,
+        "params": {k: _json_param(k, v) for k, v in model.get_params(deep=False).items()},
+        "fitted": {
+            "input_shape": list(model.input_shape_),
+            "n_features_in": int(model.n_features_in_),
+            "feature_names_in": (model.feature_names_in_.tolist()
+                                 if hasattr(model, "feature_names_in_") else None),
+            "module_kwargs": model.module_kwargs_,
+            "classes": None if classes is None else classes.tolist(),
+            "classes_dtype": None if classes is None else classes.dtype.str if classes.dtype != object else "object",
+            "class_weight": None if class_weight is None else [float(w) for w in class_weight],
+            "best_epoch": int(model.best_epoch_),
+            "n_epochs": int(model.n_epochs_),
+        },
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in model.net_.module_.state_dict().items()}
+    save_file(state, str(path / WEIGHTS), metadata={"format": _FORMAT})
+    (path / CONFIG).write_text(json.dumps(config, indent=2))
+    return path
+
+
+def load_model(path: str | Path, *, device: Any = None):
+    """Load a model saved by :func:`save_model`; ``device`` overrides the saved one."""
+    path = Path(path)
+    cfg_file, weights = path / CONFIG, path / WEIGHTS
+    if not cfg_file.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"{path} is not a saved model: expected {CONFIG} and {WEIGHTS} in it.")
+    config = json.loads(cfg_file.read_text())
+    if config.get("format") != _FORMAT or config.get("estimator") not in _CLASSES:
+        raise ValueError(f"{cfg_file} is not a model saved by embetter_plug.save_model "
+                         f"(format {config.get('format')!r}, estimator {config.get('estimator')!r}).")
+    params = dict(config["params"])
+    if isinstance(params.get("optimizer"), dict):
+        params["optimizer"] = _optimizer_from_name(params["optimizer"]["torch.optim"])
+    if isinstance(params.get("class_weight"), dict):
+        params["class_weight"] = {k: v for k, v in params["class_weight"]["__items__"]}
+    if device is not None:
+        params["device"] = device
+    model = _CLASSES[config["estimator"]](**params)
+    fitted = config["fitted"]
+    model.input_shape_ = tuple(fitted["input_shape"])
+    model.n_features_in_ = fitted["n_features_in"]
+    if fitted.get("feature_names_in") is not None:
+        model.feature_names_in_ = np.asarray(fitted["feature_names_in"], dtype=object)
+    model.module_kwargs_ = dict(fitted["module_kwargs"])
+    if fitted["classes"] is not None:
+        model.classes_ = np.asarray(fitted["classes"], dtype=object if fitted["classes_dtype"] == "object"
+                                    else np.dtype(fitted["classes_dtype"]))
+        model.class_weight_ = (None if fitted["class_weight"] is None
+                               else np.asarray(fitted["class_weight"], dtype=np.float32))
+    model.best_epoch_, model.n_epochs_ = fitted["best_epoch"], fitted["n_epochs"]
+    model.validation_indices_ = None
+    model.device_ = resolve_device(model.device)
+    net = model._make_net(device=model.device_)
+    net.initialize()
+    net.module_.load_state_dict(load_file(str(weights), device=str(model.device_)))
+    model.net_ = net
+    return model
+
+
+def _json_param(key: str, value: Any) -> Any:
+    if isinstance(value, type) and issubclass(value, torch.optim.Optimizer):
+        return {"torch.optim": value.__name__}
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, dict):  # class_weight
+        return {"__items__": [[_plain(k), float(v)] for k, v in value.items()]}
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        logger.warning("save_model: parameter %s=%r cannot be stored as JSON; it is saved as None.",
+                       key, value)
+        return None
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _optimizer_from_name(name: str):
+    opt = getattr(torch.optim, name, None)
+    if not (isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer)):
+        raise ValueError(f"optimizer {name!r} in the saved config is not a torch.optim optimizer.")
+    return opt
