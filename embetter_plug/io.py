@@ -147,6 +147,13 @@ def load_activations(path: str | os.PathLike, *, mmap: bool = True) -> tuple[np.
             f"no activations at {str(path)!r}: expected a .npz file from save_activations or a "
             "folder written by extract_to / `embetter-plug extract`."
         )
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{str(path)!r} is not a readable activation file: not a .npz archive (expected a "
+            "file from save_activations or a folder from extract_to)."
+        )
     try:
         with np.load(path, allow_pickle=False) as f:
             if "X" not in f or "layout" not in f:

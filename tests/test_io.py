@@ -1,0 +1,64 @@
+"""save_activations / load_activations: .npz round trip with the layout, no pickle, clear errors."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from embetter_plug import load_activations, save_activations
+from embetter_plug.layout import ActivationLayout
+
+LAYOUT = ActivationLayout(layers=(0, 4), parts=("resid_post", "mlp_out@mean"), hidden_size=3,
+                          meta={"model": "tiny", "token_pooling": ["mean"], "max_length": 64})
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_npz_round_trip_keeps_values_dtype_and_layout(dtype, tmp_path):
+    X = np.random.default_rng(0).normal(size=(5, 2, 2, 3)).astype(dtype)
+    path = save_activations(tmp_path / "acts", X, LAYOUT)
+    assert path.name == "acts.npz"
+    back, layout = load_activations(path)
+    np.testing.assert_array_equal(back, X)
+    assert back.dtype == dtype
+    assert layout == LAYOUT and layout.meta == LAYOUT.meta
+    # plain arrays only: readable by numpy without pickle, layout stored as JSON text
+    with np.load(path, allow_pickle=False) as f:
+        assert json.loads(str(f["layout"]))["parts"] == ["resid_post", "mlp_out@mean"]
+    with zipfile.ZipFile(path) as z:
+        assert sorted(z.namelist()) == ["X.npy", "layout.npy"]
+
+
+def test_layout_as_dict_is_accepted(tmp_path):
+    X = np.zeros((2, 2, 2, 3), np.float32)
+    _, layout = load_activations(save_activations(tmp_path / "a.npz", X, LAYOUT.to_dict()))
+    assert layout == LAYOUT
+
+
+def test_shape_that_does_not_match_the_layout_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="does not match the layout"):
+        save_activations(tmp_path / "a.npz", np.zeros((2, 3, 2, 3)), LAYOUT)
+    assert not (tmp_path / "a.npz").exists()
+
+
+def test_pickled_content_is_never_loaded(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, X=np.array([object()], dtype=object), layout=np.array("{}"))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        load_activations(path)
+
+
+def test_missing_and_foreign_files_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no activations at"):
+        load_activations(tmp_path / "nope.npz")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="without 'X' and 'layout'"):
+        load_activations(tmp_path / "other.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="not a readable activation file"):
+        load_activations(tmp_path / "junk.npz")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ValueError, match="without a manifest.json"):
+        load_activations(tmp_path / "folder")
