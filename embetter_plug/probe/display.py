@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .results import DUMMY, ProbeResults
+from .results import ANY, DUMMY, ProbeResults
 
 __all__ = ["LayerMetricDisplay"]
 
@@ -65,20 +65,23 @@ class LayerMetricDisplay:
         """
         metric = metric or results.primary_metric
         s = results.summary(metric)
+        dummy = s["part"] == DUMMY
         for col, value in (where or {}).items():
             if col not in s.columns:
                 raise ValueError(f"where: {col!r} is not a column; the results have {results.context}.")
             values = [value] if isinstance(value, str) else list(value)
-            s = s[s[col].isin([str(v) for v in values])]
+            # dummy rows marked ANY (e.g. pooling "-") serve every value of that column
+            s = s[s[col].isin([str(v) for v in values]) | (dummy & (s[col] == ANY))]
+            dummy = s["part"] == DUMMY
         if parts is not None:
             missing = sorted(set(parts) - set(s["part"]))
             if missing:
                 raise ValueError(f"parts {missing} are not in the results; available: "
                                  f"{sorted(set(s['part']) - {DUMMY})}.")
             s = s[s["part"].isin([*parts, DUMMY])]
-        if s.empty:
+        if s.empty or dummy.all():
             raise ValueError(f"nothing to plot for metric={metric!r} with where={where!r}.")
-        varying = [c for c in results.context if s[c].nunique() > 1]
+        varying = [c for c in results.context if s.loc[~dummy, c].nunique() > 1]
         return cls(s, metric, series=[*varying, "part"]).plot(ax=ax, std=std, baseline=baseline)
 
     def plot(self, ax=None, *, std: bool = True, baseline: bool = True) -> "LayerMetricDisplay":
@@ -103,7 +106,7 @@ class LayerMetricDisplay:
                 self.bands_[label] = ax.fill_between(x, m - d, m + d, color=line.get_color(),
                                                      alpha=0.2, linewidth=0)
         if baseline and not dummies.empty:
-            context = [c for c in series if c != "part"]
+            context = [c for c in series if c != "part" and dummies[c].nunique() > 1]
             groups = dummies.groupby(context, sort=False) if context else [((), dummies)]
             for key, g in groups:
                 key = key if isinstance(key, tuple) else (key,)

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from ._metrics import LOWER_IS_BETTER
-from .results import DUMMY, ProbeResults
+from .results import ANY, DUMMY, ProbeResults
 
 __all__ = ["write_report", "report_rows"]
 
@@ -29,12 +29,12 @@ def report_rows(results: ProbeResults) -> list[dict]:
     if "pooling" not in s.columns:
         split = s["part"].str.split("@", n=1, expand=True)
         if split.shape[1] == 2:
-            s["pooling"] = split[1].fillna("-")
+            s["pooling"] = split[1].fillna(ANY)
             s["part"] = split[0]
     for col in SELECTORS:
         if col not in s.columns:
-            s[col] = "-"
-    s.loc[s["part"] == DUMMY, "pooling"] = "-"
+            s[col] = ANY
+    s.loc[s["part"] == DUMMY, "pooling"] = ANY
     rows = []
     for r in s.itertuples(index=False):
         rows.append({"dataset": str(r.dataset), "model": str(r.model), "pooling": str(r.pooling),
@@ -77,7 +77,7 @@ _TEMPLATE = r"""<!DOCTYPE html>
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 label{margin-right:1em} select{margin-left:.3em}
 table{border-collapse:collapse;margin-top:1em;font-size:.9em}
-td,th{border-bottom:1px solid #ddd;padding:.25em .7em;text-align:right}
+td,th{border-bottom:1px solid #ddd;padding:.25em .7em;text-align:right;white-space:nowrap}
 th{background:#f4f4f4} td.l{text-align:left} tr.best{background:#fff3c4;font-weight:bold}
 tr.dummy{color:#777} #empty{color:#a00}
 </style></head><body>
@@ -158,7 +158,9 @@ function draw() {
   });
   if (base) {
     s += '<line class="baseline" data-value="' + base.mean.toFixed(6) + '" x1="' + m.l + '" x2="' + (W - m.r) + '" y1="' + Y(base.mean) + '" y2="' + Y(base.mean) + '" stroke="#666" stroke-dasharray="6,4"/>';
-    s += '<text x="' + (W - m.r + 30) + '" y="' + (m.t + 18 * parts.length + 11) + '" font-size="12">dummy baseline</text>';
+    const ly = m.t + 18 * parts.length + 6;
+    s += '<line x1="' + (W - m.r + 10) + '" x2="' + (W - m.r + 26) + '" y1="' + ly + '" y2="' + ly + '" stroke="#666" stroke-dasharray="4,3"/>';
+    s += '<text x="' + (W - m.r + 30) + '" y="' + (ly + 5) + '" font-size="12">dummy baseline</text>';
   }
   chart.innerHTML = s + '</svg>';
 }

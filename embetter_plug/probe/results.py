@@ -14,6 +14,8 @@ __all__ = ["ProbeResults", "DUMMY"]
 COLUMNS = ("layer", "part", "metric", "fold", "score")
 #: part name of the dummy-baseline rows (their layer is missing)
 DUMMY = "dummy"
+#: context value of a dummy row that serves every value of that column (e.g. every pooling)
+ANY = "-"
 
 
 class ProbeResults:
@@ -132,11 +134,17 @@ class ProbeResults:
         s = self.summary(metrics)
         s["cell"] = [f"{m:.{digits}f} ± {d:.{digits}f}" for m, d in zip(s["mean"], s["std"])]
         keys = [*self.context, "layer", "part"]
-        wide = s.pivot_table(index=keys, columns="metric", values="cell", aggfunc="first",
-                             sort=False, dropna=False)
-        wide = wide.reindex(columns=metrics).reset_index()
-        wide.columns.name = None
-        wide["layer"] = wide["layer"].astype("Int64").astype(str).replace("<NA>", "-")
+        cells: dict[tuple, dict[str, str]] = {}
+        for *key, metric, cell in zip(*(s[c] for c in [*keys, "metric", "cell"])):
+            cells.setdefault(tuple(key), {})[metric] = cell
+        wide = pd.DataFrame([{**dict(zip(keys, k)), **v} for k, v in cells.items()],
+                            columns=[*keys, *metrics])
+        wide["layer"] = [("-" if pd.isna(v) else str(int(v))) for v in wide["layer"]]
+        if self.context:  # group rows by context, in order of first appearance
+            ranks = {c: wide[c].map({v: i for i, v in enumerate(dict.fromkeys(wide[c]))})
+                     for c in self.context}
+            order = pd.DataFrame(ranks).sort_values(self.context, kind="stable").index
+            wide = wide.loc[order].reset_index(drop=True)
         if mark_best:
             best = self.best()
             is_best = np.ones(len(wide), dtype=bool)
@@ -203,6 +211,6 @@ class ProbeResults:
         return write_report(self, path, title=title)
 
     def __repr__(self) -> str:
-        n = self.frame_.loc[self.frame_["part"] != DUMMY, ["layer", "part"]].drop_duplicates()
+        n = self.frame_.loc[self.frame_["part"] != DUMMY, [*self.context, "layer", "part"]].drop_duplicates()
         return (f"ProbeResults({len(n)} probes, metrics={self.metrics}, "
                 f"context={self.context}, rows={len(self.frame_)})")

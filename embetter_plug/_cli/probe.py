@@ -1,0 +1,212 @@
+"""``embetter-plug probe``: where in the model is the signal for your labels?
+
+Reads a CSV (the built-in data set by default), extracts activations for every layer x part with
+each ``--model`` (the built-in all-MiniLM-L6-v2 by default) and every ``--token-pooling``, fits a
+cross-validated probe (standardised logistic regression) per layer x part plus a dummy baseline,
+and prints mean ± std of accuracy, macro-F1 and ROC-AUC, the best marked ``*``.
+
+With ``--out DIR`` it also writes ``results.csv`` (tidy: dataset, model, pooling, layer, part,
+metric, fold, score), ``best_pipeline.joblib`` (the best encoder + probe refitted on all rows;
+load it with ``joblib.load``, only from sources you trust), ``probe.png`` and ``report.html``
+(interactive, self-contained).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .extract import add_encoder_arguments, encoder_from_args
+
+DEFAULT_PARTS = "resid_post,attn_out,mlp_out"
+BUILTIN_MODEL = "all-MiniLM-L6-v2"
+TABLE_METRICS = {"classification": ["accuracy", "f1", "roc_auc"],
+                 "regression": ["mse", "r2", "spearman"]}
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=help_text, description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   conflict_handler="resolve")
+    parser.add_argument("--data", default=None, help="CSV file (default: the built-in data set)")
+    parser.add_argument("--text-col", default="text")
+    parser.add_argument("--label-col", default="label")
+    parser.add_argument("--name", default=None,
+                        help="data set name in the results (default: the CSV's file name)")
+    parser.add_argument("--max-samples", type=int, default=None,
+                        help="probe a stratified random subsample of this many rows")
+    parser.add_argument("--cv", type=int, default=5, help="number of cross-validation folds")
+    parser.add_argument("--task", default="auto", choices=["auto", "classification", "regression"])
+    parser.add_argument("--probe", default="logistic", choices=["logistic", "lda"],
+                        help="probe model for labels: standardised logistic regression or "
+                             "shrinkage LDA (numbers always use ridge regression)")
+    parser.add_argument("--n-jobs", type=int, default=None, help="probes fitted in parallel")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --max-samples")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="write results.csv, best_pipeline.joblib, probe.png, report.html here")
+    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    add_encoder_arguments(parser)
+    # several models and poolings in one run ("resolve" replaces the single-value options)
+    parser.add_argument("--model", action="append", default=None,
+                        help="hub name or local folder; repeat for several models "
+                             "(default: the built-in all-MiniLM-L6-v2)")
+    parser.add_argument("--token-pooling", action="append", default=None,
+                        help="auto, lasttoken, mean, max, min, cls or a float in [0, 1]; repeat "
+                             "(or separate with commas) for several, all from one forward pass")
+    parser.set_defaults(run=run, parts=DEFAULT_PARTS)
+    return parser
+
+
+def _read(args):
+    import numpy as np
+    import pandas as pd
+
+    if args.data is None:
+        from embetter_plug import load_builtin_dataset
+
+        df, name = load_builtin_dataset(), "new_dataset"
+    else:
+        if not Path(args.data).exists():
+            raise FileNotFoundError(f"--data {args.data!r} does not exist.")
+        df, name = pd.read_csv(args.data, keep_default_na=False), Path(args.data).stem
+    for opt, col in (("--text-col", args.text_col), ("--label-col", args.label_col)):
+        if col not in df.columns:
+            raise KeyError(f"{opt} {col!r} is not a column of {args.data or 'the built-in data'}; "
+                           f"columns are {list(df.columns)}.")
+    df = df[[args.text_col, args.label_col]]
+    if args.max_samples is not None and args.max_samples < len(df):
+        from sklearn.model_selection import train_test_split
+
+        y = df[args.label_col]
+        strat = y if y.nunique() <= max(2, len(y) // 10) else None
+        df, _ = train_test_split(df, train_size=args.max_samples, stratify=strat,
+                                 random_state=args.seed)
+    return df[args.text_col].tolist(), np.asarray(df[args.label_col]), args.name or name
+
+
+def _estimator(args, task: str):
+    from embetter_plug.probe import default_probe
+
+    if task == "classification" and args.probe == "lda":
+        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        return make_pipeline(StandardScaler(), LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"))
+    return default_probe(task)
+
+
+def _model_label(model) -> str:
+    if model is None:
+        return BUILTIN_MODEL
+    return Path(model).name if Path(model).exists() else str(model)
+
+
+def _with_pooling(results, enc):
+    """Split ``part@pooling`` names into a ``pooling`` column (dummy rows get ``-``)."""
+    from embetter_plug.probe import ProbeResults
+    from embetter_plug.probe.results import ANY, DUMMY
+
+    frame = results.frame_.copy()
+    single = enc.layout_.meta["token_pooling"]
+    split = frame["part"].str.split("@", n=1)
+    frame["part"] = split.str[0]
+    frame.insert(0, "pooling", [s[1] if len(s) > 1 else single[0] for s in split])
+    frame.loc[frame["part"] == DUMMY, "pooling"] = ANY
+    return ProbeResults(frame, task=results.task)
+
+
+def run(args) -> int:
+    from embetter_plug.probe import ProbeResults, probe_layers
+    from embetter_plug.probe._metrics import detect_task
+
+    texts, y, dataset = _read(args)
+    task, y = detect_task(y, args.task)
+    poolings = ",".join(args.token_pooling or ["auto"])
+    models = args.model or [None]
+    labels = [_model_label(m) for m in models]
+    if len(set(labels)) != len(labels):
+        labels = [str(m) if m is not None else BUILTIN_MODEL for m in models]
+    estimator = _estimator(args, task)
+    all_results, encoders = [], {}
+    for model, label in zip(models, labels):
+        ns = argparse.Namespace(**{**vars(args), "model": model, "token_pooling": poolings})
+        enc = encoder_from_args(ns)
+        X = enc.fit(texts).transform(texts)
+        print(f"{label}: activations {X.shape} (text, layer, part, hidden); probing "
+              f"{X.shape[1] * X.shape[2]} layer x part slices with {args.cv}-fold CV", flush=True)
+        res = probe_layers(X, y, estimator, cv=args.cv, layout=enc.layout_, task=task,
+                           n_jobs=args.n_jobs, verbose=args.progress)
+        del X
+        all_results.append(_with_pooling(res, enc).with_context(model=label))
+        encoders[label] = ns
+    results = ProbeResults.concat(all_results).with_context(dataset=dataset)
+    _print_table(results, task)
+    if args.out:
+        _write_outputs(results, args, encoders, texts, y, estimator)
+    return 0
+
+
+def _print_table(results, task: str) -> None:
+    metrics = [m for m in TABLE_METRICS[task] if m in results.metrics]
+    table = results.table(metrics)
+    fixed = [c for c in results.context if table[c].nunique() == 1]
+    print("; ".join(f"{c}: {table[c].iloc[0]}" for c in fixed))
+    print(table.drop(columns=fixed).to_string(index=False))
+    best = results.best()
+    where = ", ".join(f"{c}={best[c]}" for c in results.context if c not in fixed)
+    print(f"best: layer {best['layer']} {best['part']}{' (' + where + ')' if where else ''} "
+          f"{results.primary_metric} {best['mean']:.3f} ± {best['std']:.3f}")
+
+
+def _write_outputs(results, args, encoders, texts, y, estimator) -> None:
+    import joblib
+    from sklearn.base import clone
+    from sklearn.pipeline import Pipeline
+
+    from embetter_plug import LayerPooler
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results.to_csv(out / "results.csv")
+    best = results.best()
+    pooling = best["pooling"][3:] if best["pooling"].startswith("pos") else best["pooling"]
+    ns = argparse.Namespace(**{**vars(encoders[best["model"]]), "layers": str(best["layer"]),
+                               "parts": best["part"], "token_pooling": pooling})
+    pipe = Pipeline([("encoder", encoder_from_args(ns)), ("pooler", LayerPooler()),
+                     ("probe", clone(estimator))]).fit(texts, y)
+    joblib.dump(pipe, out / "best_pipeline.joblib")
+    _plot(results, out / "probe.png")
+    results.to_html(out / "report.html", title=f"Probes on {results.frame_['dataset'].iloc[0]}")
+    print(f"wrote {out / 'results.csv'}, {out / 'best_pipeline.joblib'} (layer {best['layer']} "
+          f"{best['part']}, pooling {best['pooling']}, refitted on all {len(texts)} rows), "
+          f"{out / 'probe.png'}, {out / 'report.html'}")
+
+
+def _plot(results, path: Path) -> None:
+    """One panel per (model, pooling): the primary metric against layer, a line per part."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from embetter_plug import LayerMetricDisplay
+    from embetter_plug.probe.results import DUMMY
+
+    metric = results.primary_metric
+    probes = results.frame_[results.frame_["part"] != DUMMY]
+    panels = list(dict.fromkeys(zip(probes["model"], probes["pooling"])))
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.8 * nrows), squeeze=False,
+                             sharey=True)
+    for ax, (model, pooling) in zip(axes.ravel(), panels):
+        LayerMetricDisplay.from_results(results, metric, where={"model": model, "pooling": pooling},
+                                        ax=ax)
+        ax.set_title(f"{model}, {pooling} pooling", fontsize="medium")
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{results.frame_['dataset'].iloc[0]}: probe {metric} by layer")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
