@@ -278,16 +278,29 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
                                     self.parts_)
         autocast = (torch.autocast(device.type, dtype=self.autocast_dtype_)
                     if self.autocast_dtype_ is not None else contextlib.nullcontext())
+
+        def prepare(idx, pin=False):
+            input_ids, mask, pos = _batching.pad_batch([ids[i] for i in idx], pad_id, side)
+            host = {"input_ids": input_ids, "attention_mask": mask}
+            if accepts_pos:
+                host["position_ids"] = pos
+            kwargs = {k: (v.pin_memory() if pin else v).to(device, non_blocking=True)
+                      for k, v in host.items()}
+            return idx, kwargs, kwargs["attention_mask"]
+
+        def run(kwargs, mask):
+            return capture.run(lambda: model(**kwargs, **extra), mask)
+
         with capture, torch.inference_mode(), autocast:
+            if device.type == "cuda":  # overlapped, pinned, one sync per batch (see _gpu)
+                from . import _gpu
+
+                _gpu.prefer_sdpa(model)
+                yield from _gpu.overlapped_batches(prepare, run, batches, cuda=True)
+                return
             for idx in batches:
-                input_ids, mask, pos = _batching.pad_batch([ids[i] for i in idx], pad_id, side)
-                input_ids = input_ids.to(device, non_blocking=True)
-                mask = mask.to(device, non_blocking=True)
-                kwargs = {"input_ids": input_ids, "attention_mask": mask}
-                if accepts_pos:
-                    kwargs["position_ids"] = pos.to(device, non_blocking=True)
-                acts = capture.run(lambda: model(**kwargs, **extra), mask)
-                yield idx, acts.cpu().numpy()
+                idx, kwargs, mask = prepare(idx)
+                yield idx, run(kwargs, mask).cpu().numpy()
 
     def _pad_id(self) -> int:
         tok = self.tokenizer_

@@ -1,0 +1,70 @@
+"""The CUDA batch loop: keep the GPU busy while the host prepares and collects batches.
+
+On a CUDA device the encoder
+
+- uses PyTorch's scaled-dot-product attention (SDPA) where the model runs eager attention;
+- pads the next batch, pins it and queues its host-to-device copy while the current forward runs
+  (token ids come from one batched tokenizer call up front, which length-sorted batching needs);
+- copies each result into pinned host memory without blocking and waits only on that copy's
+  event, one batch later, so there is no other synchronisation per batch.
+
+Autocast to bfloat16/float16 follows the encoder's ``dtype`` and is set up by the caller.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Iterable, Iterator
+
+from ._utils import logger
+
+
+def prefer_sdpa(model) -> None:
+    """Switch a model that runs eager attention to SDPA where transformers supports it."""
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "_attn_implementation", None) != "eager" or not hasattr(model, "set_attn_implementation"):
+        return
+    try:
+        model.set_attn_implementation("sdpa")
+        logger.info("attention switched from eager to sdpa for the CUDA path")
+    except (ValueError, ImportError, NotImplementedError) as exc:  # architecture without SDPA
+        logger.info("keeping eager attention: %s", exc)
+
+
+def overlapped_batches(prepare: Callable, run: Callable, batches: Iterable, *,
+                       cuda: bool) -> Iterator:
+    """Yield ``(row_indices, numpy activations)`` with one batch in flight.
+
+    ``prepare(idx, pin)`` returns ``(idx, kwargs, mask)`` on the device (copies queued with
+    ``non_blocking``); ``run(kwargs, mask)`` queues the forward and returns the device result.
+    Batch ``b + 1`` is prepared before batch ``b``'s result is waited for.
+    """
+    import torch
+
+    batches = list(batches)
+    pending: deque = deque()
+    nxt = prepare(batches[0], cuda) if batches else None
+    for b in range(len(batches)):
+        idx, kwargs, mask = nxt
+        acts = run(kwargs, mask)
+        event = None
+        if cuda:
+            host = torch.empty(acts.shape, dtype=acts.dtype, pin_memory=True)
+            host.copy_(acts, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            host = acts
+        if b + 1 < len(batches):
+            nxt = prepare(batches[b + 1], cuda)
+        pending.append((idx, host, event))
+        if len(pending) > 1:
+            yield _collect(*pending.popleft())
+    while pending:
+        yield _collect(*pending.popleft())
+
+
+def _collect(idx, host, event):
+    if event is not None:
+        event.synchronize()  # waits for this batch's copy only
+    return idx, host.numpy()
