@@ -188,6 +188,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
         """Activations of ``X`` (a list of texts), shape ``(n, n_layers, n_parts, hidden)``."""
         check_is_fitted(self, "layout_")
         texts = check_texts(X)
+        self._check_output_config()
         out = self._encode(texts)
         return out.reshape(len(texts), -1) if self.flatten else out
 
@@ -223,6 +224,19 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
 
         return extract_to(self, folder, texts, shard_size=shard_size, store_dtype=store_dtype,
                           overwrite=overwrite)
+
+    def _check_output_config(self) -> None:
+        """A DataFrame output needs 2-D activations: say so before any forward pass."""
+        from sklearn import get_config
+
+        wanted = getattr(self, "_sklearn_output_config", {}).get(
+            "transform", get_config()["transform_output"])
+        if wanted not in ("default", None) and not self.flatten:
+            raise ValueError(
+                f"set_output(transform={wanted!r}) needs 2-D output, but the activations are "
+                "4-D (samples, layers, parts, hidden); pass flatten=True, or put a LayerPooler "
+                "after the encoder and set the output there."
+            )
 
     def _ensure_loaded(self) -> None:
         if getattr(self, "model_", None) is None:  # after unpickling

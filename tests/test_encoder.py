@@ -211,3 +211,13 @@ def test_minilm_mean_pooling_matches_sentence_transformers(minilm_path):
     X = enc.transform(texts)
     assert enc.poolings_ == ["mean"]
     np.testing.assert_allclose(X[:, 0, 0], ref, atol=2e-5)
+
+
+def test_set_output_pandas(tiny_gpt2, texts):
+    model, tok = tiny_gpt2
+    df = TransformerActivationEncoder(model, tok, layers=[1], flatten=True).set_output(
+        transform="pandas").fit_transform(texts[:3])
+    assert df.shape == (3, 32) and df.columns[0] == "layer1__resid_post__0"
+    enc = TransformerActivationEncoder(model, tok).set_output(transform="pandas").fit()
+    with pytest.raises(ValueError, match="flatten=True"):
+        enc.transform(texts[:3])
