@@ -17,7 +17,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from embetter_plug import LayerPooler
+from embetter_plug import ContrastiveTuner, FeedForwardTuner, LayerPooler
 
 # ---------------------------------------------------------------- numeric-input estimators
 NUMERIC = [
@@ -25,6 +25,8 @@ NUMERIC = [
     LayerPooler(method="mean"),
     # --- models (issue: classifiers on activations) ---
     # --- tuners (issue: embedding-space tuners) ---
+    FeedForwardTuner(hidden_dim=8, n_epochs=2, device="cpu"),
+    ContrastiveTuner(hidden_dim=8, epochs=2, device="cpu"),
 ]
 
 # estimator class name -> {check name: why it is expected to fail}
@@ -49,12 +51,13 @@ def _numeric_data(est):
 
 
 def _text_estimators():
-    from embetter_plug import TransformerActivationEncoder
+    from embetter_plug import SentenceEncoder, TransformerActivationEncoder
     from embetter_plug.testing import make_tiny_model
 
     model, tok = make_tiny_model("gpt2")
     return [
         TransformerActivationEncoder(model, tok, layers=[0, -1], parts=["resid_post", "mlp_out"]),
+        SentenceEncoder(device="cpu"),  # model=None: the built-in MiniLM (tuners issue)
         # --- more text-input estimators go here ---
     ]
 

@@ -22,9 +22,8 @@ def update_classes(est: Any, y: np.ndarray, classes: Any, *, first: bool) -> np.
         if len(known) < 2:
             hint = (" Pass classes=[...] with every label to partial_fit when the first batch holds only one."
                     if classes is None else "")
-            raise ValueError(
-                f"{name} needs at least two classes, got {len(known)} ({known.tolist()!r}).{hint}"
-            )
+            got = "only one class" if len(known) == 1 else "no class"
+            raise ValueError(f"{name} needs at least two classes, got {got} ({known.tolist()!r}).{hint}")
         est.classes_ = known
     elif classes is not None and not np.array_equal(np.unique(np.asarray(classes)), est.classes_):
         raise ValueError(

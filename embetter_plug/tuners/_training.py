@@ -31,6 +31,14 @@ def check_activation(activation: str) -> None:
         raise ValueError(f"activation={activation!r} is not supported; valid values are {list(ACTIVATIONS)}.")
 
 
+def flatten_rows(X: Any) -> Any:
+    """An n-D array (e.g. ``(n, n_layers, n_parts, hidden)`` activations) as ``(n, features)``;
+    anything else is returned unchanged for ``validate_data`` to check."""
+    if isinstance(X, np.ndarray) and X.ndim > 2:
+        return X.reshape(len(X), -1)
+    return X
+
+
 def activation_module(activation: str) -> "torch.nn.Module":  # noqa: F821
     from torch import nn
 
@@ -86,7 +94,7 @@ def apply_in_batches(fn: Callable[[Any], Any], X: np.ndarray, device, batch_size
     outs = []
     with torch.no_grad():
         for start in range(0, len(X), batch_size):
-            xb = torch.as_tensor(X[start:start + batch_size], dtype=torch.float32, device=device)
+            xb = torch.tensor(X[start:start + batch_size], dtype=torch.float32, device=device)
             outs.append(fn(xb).float().cpu().numpy())
     return np.concatenate(outs, axis=0).astype(np.float32, copy=False)
 

@@ -11,7 +11,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .._utils import seed_from_random_state
 from ._labels import check_pair_labels, check_same_length, sample_pairs, update_classes
 from ._training import (TorchModuleMixin, activation_module, apply_in_batches, check_activation,
-                        check_positive, train_epochs)
+                        check_positive, flatten_rows, train_epochs)
 
 __all__ = ["ContrastiveLearner", "ContrastiveTuner"]
 
@@ -89,8 +89,8 @@ class ContrastiveLearner(TorchModuleMixin, ClassNamePrefixFeaturesOutMixin, Tran
         self._check_params()
         check_same_length(X1, X2)
         first = getattr(self, "module_", None) is None
-        X1 = validate_data(self, X1, reset=first, dtype=[np.float32, np.float64])
-        X2 = validate_data(self, X2, reset=False, dtype=[np.float32, np.float64])
+        X1 = validate_data(self, flatten_rows(X1), reset=first, dtype=[np.float32, np.float64])
+        X2 = validate_data(self, flatten_rows(X2), reset=False, dtype=[np.float32, np.float64])
         sim = check_pair_labels(y, len(X1))
         if first:
             self._start_training()
@@ -105,7 +105,7 @@ class ContrastiveLearner(TorchModuleMixin, ClassNamePrefixFeaturesOutMixin, Tran
     def transform(self, X):
         """Map ``X`` into the learned space: float32 of shape ``(n_samples, shape_out)``."""
         check_is_fitted(self, "module_")
-        X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
+        X = validate_data(self, flatten_rows(X), reset=False, dtype=[np.float32, np.float64])
         return apply_in_batches(self.module_, X, self.device_)
 
     def predict(self, X1, X2) -> np.ndarray:
@@ -205,7 +205,7 @@ class ContrastiveTuner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         """
         check_positive("n_neg", self.n_neg)
         first = getattr(self, "learner_", None) is None
-        X, y = validate_data(self, X, y, reset=first, dtype=[np.float32, np.float64])
+        X, y = validate_data(self, flatten_rows(X), y, reset=first, dtype=[np.float32, np.float64])
         codes = update_classes(self, y, classes, first=first)
         if first:
             self._pair_rng = np.random.default_rng(seed_from_random_state(self.random_state))
@@ -220,7 +220,7 @@ class ContrastiveTuner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     def transform(self, X):
         """The tuned embedding, float32 of shape ``(n_samples, hidden_dim or n_features_in_)``."""
         check_is_fitted(self, "learner_")
-        X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
+        X = validate_data(self, flatten_rows(X), reset=False, dtype=[np.float32, np.float64])
         return self.learner_.transform(X)
 
     def _learner_params(self) -> dict:

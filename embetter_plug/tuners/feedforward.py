@@ -10,7 +10,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._labels import update_classes
 from ._training import (TorchModuleMixin, activation_module, apply_in_batches, check_activation,
-                        check_positive, train_epochs)
+                        check_positive, flatten_rows, train_epochs)
 
 __all__ = ["FeedForwardTuner"]
 
@@ -92,7 +92,7 @@ class FeedForwardTuner(TorchModuleMixin, ClassNamePrefixFeaturesOutMixin, Transf
         """
         self._check_params()
         first = getattr(self, "module_", None) is None
-        X, y = validate_data(self, X, y, reset=first, dtype=[np.float32, np.float64])
+        X, y = validate_data(self, flatten_rows(X), y, reset=first, dtype=[np.float32, np.float64])
         codes = update_classes(self, y, classes, first=first)
         if first:
             self._start_training()
@@ -107,7 +107,7 @@ class FeedForwardTuner(TorchModuleMixin, ClassNamePrefixFeaturesOutMixin, Transf
     def transform(self, X):
         """The hidden-layer activations, float32 of shape ``(n_samples, hidden_dim)``."""
         check_is_fitted(self, "module_")
-        X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
+        X = validate_data(self, flatten_rows(X), reset=False, dtype=[np.float32, np.float64])
         return apply_in_batches(self.module_[:2], X, self.device_)
 
     def _make_module(self):
