@@ -18,19 +18,42 @@ from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from embetter_plug import ContrastiveTuner, FeedForwardTuner, LayerPooler
+from embetter_plug import PlugClassifier, PlugContrastiveCNN, PlugRegressor
 
 # ---------------------------------------------------------------- numeric-input estimators
 NUMERIC = [
     LayerPooler(),
     LayerPooler(method="mean"),
     # --- models (issue: classifiers on activations) ---
+    # tiny nets, few epochs, one torch thread (fast on a busy CPU), fixed seed
+    PlugClassifier(max_epochs=3, lr=0.05, batch_size=256, module__hidden_units=32, device="cpu",
+                   n_jobs=1, random_state=0),
+    PlugRegressor(max_epochs=3, lr=0.05, batch_size=256, module__hidden_units=32, device="cpu",
+                  n_jobs=1, random_state=0),
+    PlugContrastiveCNN(max_epochs=3, lr=0.05, batch_size=256, module__channels=8,
+                       module__proj_dim=8, device="cpu", n_jobs=1, random_state=0),
     # --- tuners (issue: embedding-space tuners) ---
     FeedForwardTuner(hidden_dim=8, n_epochs=2, device="cpu"),
     ContrastiveTuner(hidden_dim=8, epochs=2, device="cpu"),
 ]
 
 # estimator class name -> {check name: why it is expected to fail}
-EXPECTED_FAILED: dict[str, dict[str, str]] = {}
+EXPECTED_FAILED: dict[str, dict[str, str]] = {
+    # --- models (issue: classifiers on activations) ---
+    **{name: {"check_methods_subset_invariance": (
+        "float32 matrix products on CPU differ in the last bits with the number of rows in "
+        "the batch; the check's rtol=1e-7 is below float32 precision")}
+       for name in ("PlugClassifier", "PlugRegressor")},
+    "PlugContrastiveCNN": {
+        "check_methods_subset_invariance": "float32 matrix products differ in the last bits "
+                                           "with the batch size (rtol=1e-7 < float32 precision)",
+        "check_classifiers_train": (
+            "the CNN layer-normalises each activation vector over its hidden axis (as the "
+            "reference architecture does); on the check's 2-feature blobs that leaves only the "
+            "sign of x1 - x2, so 0.83 accuracy is out of reach (0.64 after 50 epochs)"),
+    },
+    # --- tuners (issue: embedding-space tuners) ---
+}
 
 
 def _expected_failed(est):
@@ -54,7 +77,9 @@ def _text_estimators():
     from embetter_plug import SentenceEncoder, TransformerActivationEncoder
     from embetter_plug.testing import make_tiny_model
 
-    model, tok = make_tiny_model("gpt2")
+    # seed=1: a model no other test touches (transformers leaves unpicklable hooks on a model
+    # after an output_hidden_states forward, and the encoder's parameters pickle with it)
+    model, tok = make_tiny_model("gpt2", seed=1)
     return [
         TransformerActivationEncoder(model, tok, layers=[0, -1], parts=["resid_post", "mlp_out"]),
         SentenceEncoder(device="cpu"),  # model=None: the built-in MiniLM (tuners issue)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from contextlib import contextmanager
 from numbers import Integral, Real
 from typing import Any
@@ -67,6 +68,20 @@ def seeded(seed: int, device: torch.device):
         yield
 
 
+@contextmanager
+def torch_threads(n_jobs: int | None):
+    """Run the block with ``n_jobs`` torch CPU threads (``None``: unchanged; -1: all cores)."""
+    if n_jobs is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads((os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class PlugNetBase(BaseEstimator):
     """Base of the skorch-backed estimators.
 
@@ -110,6 +125,8 @@ class PlugNetBase(BaseEstimator):
         need(isint(self.patience) and self.patience >= 1, "patience", "use an int >= 1")
         need(isinstance(self.validation_fraction, Real) and 0 < self.validation_fraction < 1,
              "validation_fraction", "use a float strictly between 0 and 1")
+        need(self.n_jobs is None or (isint(self.n_jobs) and (self.n_jobs >= 1 or self.n_jobs == -1)),
+             "n_jobs", "use None, -1 or an int >= 1")
         need(self.lr_scheduler in LR_SCHEDULERS, "lr_scheduler", f"valid values are {list(LR_SCHEDULERS)}")
         opt = self.optimizer
         need((isinstance(opt, str) and opt in OPTIMIZERS)
@@ -212,7 +229,7 @@ class PlugNetBase(BaseEstimator):
         split = self._train_split(y if self._task == "classifier" else np.zeros(len(y)), seed)
         net = self._make_net(train_split=split, callbacks=self._callbacks(split is not None),
                              device=self.device_)
-        with seeded(seed, self.device_):
+        with seeded(seed, self.device_), torch_threads(self.n_jobs):
             net.fit(X, y)
         self.net_ = net
         self.validation_indices_ = getattr(split, "valid_indices_", None)
@@ -224,7 +241,7 @@ class PlugNetBase(BaseEstimator):
 
     def _forward(self, X: np.ndarray):
         """Module outputs for ``X`` (in the module's layout), as float64 NumPy arrays."""
-        with torch.no_grad():
+        with torch.no_grad(), torch_threads(self.n_jobs):
             out = self.net_.forward(X, training=False)
         if isinstance(out, tuple):
             return tuple(o.double().numpy() for o in out)
@@ -250,7 +267,8 @@ class ClassifierOutputsMixin:
 
     def predict(self, X) -> np.ndarray:
         """Predicted labels, of the same kind as the ``y`` passed to ``fit``."""
-        return self.classes_[np.argmax(self._logits(X), axis=1)]
+        logits = self._logits(X)
+        return self.classes_[np.argmax(logits, axis=1)]
 
     def _encode_y(self, y) -> np.ndarray:
         """Set ``classes_`` and ``class_weight_`` and return ``y`` as class indices (int64)."""
@@ -258,7 +276,7 @@ class ClassifierOutputsMixin:
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(f"{type(self).__name__} needs at least two classes in y to train; "
-                             f"y holds a single class: {self.classes_[0]!r}.")
+                             f"y holds only one class ({self.classes_[0]!r}).")
         self.class_weight_ = None if self.class_weight is None else compute_class_weight(
             self.class_weight, classes=self.classes_, y=y).astype(np.float32)
         return y_idx.astype(np.int64).ravel()

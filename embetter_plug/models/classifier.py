@@ -44,6 +44,9 @@ class PlugClassifier(ClassifierOutputsMixin, ClassifierMixin, PlugNetBase):
         Added after the built-in ones (``valid_auc``, ``early_stopping``, ``lr_scheduler``).
     device : str, default="auto"
         ``"auto"`` picks CUDA, then MPS, then CPU.
+    n_jobs : int or None, default=None
+        CPU threads torch uses in ``fit`` and ``predict`` (set, then restored); ``None`` keeps
+        torch's setting, ``-1`` uses every core. One thread is often fastest for small nets.
     random_state : int, RandomState or None, default=None
         Seeds weights, shuffling, dropout and the validation split (deterministic on CPU).
     verbose : int, default=0
@@ -82,7 +85,7 @@ class PlugClassifier(ClassifierOutputsMixin, ClassifierMixin, PlugNetBase):
                  optimizer: Any = "adamw", lr_scheduler: str | None = "plateau",
                  early_stopping: bool = True, patience: int = 10, validation_fraction: float = 0.1,
                  class_weight: Any = None, callbacks: list | None = None, device: Any = "auto",
-                 random_state: Any = None, verbose: int = 0,
+                 n_jobs: int | None = None, random_state: Any = None, verbose: int = 0,
                  module__hidden_units: int | None = None, module__dropout: float = 0.2):
         self.max_epochs = max_epochs
         self.lr = lr
@@ -95,6 +98,7 @@ class PlugClassifier(ClassifierOutputsMixin, ClassifierMixin, PlugNetBase):
         self.class_weight = class_weight
         self.callbacks = callbacks
         self.device = device
+        self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
         self.module__hidden_units = module__hidden_units

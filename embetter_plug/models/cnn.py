@@ -81,8 +81,8 @@ class PlugContrastiveCNN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clas
                  optimizer: Any = "adamw", lr_scheduler: str | None = "plateau",
                  early_stopping: bool = True, patience: int = 10, validation_fraction: float = 0.1,
                  class_weight: Any = None, temperature: float = 0.07, contrastive_weight: float = 1.0,
-                 callbacks: list | None = None, device: Any = "auto", random_state: Any = None,
-                 verbose: int = 0, module__channels: int | None = None, module__proj_dim: int = 128,
+                 callbacks: list | None = None, device: Any = "auto", n_jobs: int | None = None,
+                 random_state: Any = None, verbose: int = 0, module__channels: int | None = None, module__proj_dim: int = 128,
                  module__dropout: float = 0.2):
         self.max_epochs = max_epochs
         self.lr = lr
@@ -97,6 +97,7 @@ class PlugContrastiveCNN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clas
         self.contrastive_weight = contrastive_weight
         self.callbacks = callbacks
         self.device = device
+        self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
         self.module__channels = module__channels

@@ -47,9 +47,9 @@ class SupConLoss(nn.Module):
             raise ValueError(f"labels has {labels.shape[0]} entries but features has "
                              f"{features.shape[0]} rows.")
         z = features.float()
-        # rescale before normalising so that squares of huge values do not overflow
-        z = z / z.detach().abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
-        z = F.normalize(z, dim=1)
+        # scale rows with huge entries down first so that their squares do not overflow
+        z = z / z.detach().abs().amax(dim=1, keepdim=True).clamp_min(1.0)
+        z = F.normalize(z, dim=1, eps=1e-6)
         n = z.shape[0]
         self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
         pos = (labels[:, None] == labels[None, :]) & ~self_mask

@@ -39,9 +39,9 @@ class PlugRegressor(RegressorMixin, PlugNetBase):
     def __init__(self, *, max_epochs: int = 100, lr: float = 1e-3, batch_size: int = 128,
                  optimizer: Any = "adamw", lr_scheduler: str | None = "plateau",
                  early_stopping: bool = True, patience: int = 10, validation_fraction: float = 0.1,
-                 callbacks: list | None = None, device: Any = "auto", random_state: Any = None,
-                 verbose: int = 0, module__hidden_units: int | None = None,
-                 module__dropout: float = 0.2):
+                 callbacks: list | None = None, device: Any = "auto", n_jobs: int | None = None,
+                 random_state: Any = None, verbose: int = 0,
+                 module__hidden_units: int | None = None, module__dropout: float = 0.2):
         self.max_epochs = max_epochs
         self.lr = lr
         self.batch_size = batch_size
@@ -52,6 +52,7 @@ class PlugRegressor(RegressorMixin, PlugNetBase):
         self.validation_fraction = validation_fraction
         self.callbacks = callbacks
         self.device = device
+        self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
         self.module__hidden_units = module__hidden_units
