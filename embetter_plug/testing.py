@@ -72,7 +72,7 @@ def make_tokenizer(kind: str = "bpe", padding_side: str = "right"):
         special = dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
                        sep_token="[SEP]", mask_token="[MASK]")
     return PreTrainedTokenizerFast(
-        tokenizer_object=_backend(kind), padding_side=padding_side, model_max_length=128, **special
+        tokenizer_object=_backend(kind), padding_side=padding_side, model_max_length=512, **special
     )
 
 
@@ -81,22 +81,22 @@ def _config(family: str, vocab_size: int, pad: int, bos: int, eos: int):
 
     common = dict(vocab_size=vocab_size, pad_token_id=pad, bos_token_id=bos, eos_token_id=eos)
     if family == "gpt2":
-        return tf.GPT2Config(n_embd=HIDDEN, n_layer=N_LAYERS, n_head=4, n_positions=128, **common)
+        return tf.GPT2Config(n_embd=HIDDEN, n_layer=N_LAYERS, n_head=4, n_positions=512, **common)
     if family == "llama":
         return tf.LlamaConfig(hidden_size=HIDDEN, num_hidden_layers=N_LAYERS, num_attention_heads=4,
                               num_key_value_heads=2, intermediate_size=64,
-                              max_position_embeddings=128, **common)
+                              max_position_embeddings=512, **common)
     if family == "gemma2":
         return tf.Gemma2Config(hidden_size=HIDDEN, num_hidden_layers=N_LAYERS, num_attention_heads=4,
                                num_key_value_heads=2, head_dim=8, intermediate_size=64,
                                query_pre_attn_scalar=8, sliding_window=16,
-                               max_position_embeddings=128, **common)
+                               max_position_embeddings=512, **common)
     if family == "gpt_neox":
         return tf.GPTNeoXConfig(hidden_size=HIDDEN, num_hidden_layers=N_LAYERS, num_attention_heads=4,
-                                intermediate_size=64, max_position_embeddings=128, **common)
+                                intermediate_size=64, max_position_embeddings=512, **common)
     if family == "bert":
         return tf.BertConfig(hidden_size=HIDDEN, num_hidden_layers=N_LAYERS, num_attention_heads=4,
-                             intermediate_size=64, max_position_embeddings=128,
+                             intermediate_size=64, max_position_embeddings=512,
                              vocab_size=vocab_size, pad_token_id=pad)
     raise ValueError(f"family={family!r} is not one of {FAMILIES}.")
 
