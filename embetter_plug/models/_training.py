@@ -138,23 +138,29 @@ class PlugNetBase(BaseEstimator):
     # ------------------------------------------------------------------ inputs
     def _check_X(self, X, y=None, *, reset: bool):
         """Validate ``X`` (and ``y`` in fit); returns float32 arrays with ``X``'s own shape."""
+        shape = tuple(getattr(X, "shape", ()))
+        if not reset and len(shape) > 2:  # before sklearn's check, which counts only axis 1
+            self._check_shape(shape[1:])
         kw = dict(allow_nd=True, dtype=[np.float32, np.float64], ensure_all_finite=True)
         if y is not None or reset:
             X, y = validate_data(self, X, y, reset=True, y_numeric=self._task == "regressor", **kw)
         else:
             X = validate_data(self, X, reset=False, **kw)
-        name = type(self).__name__
         if self._max_ndim is not None and X.ndim > self._max_ndim:
-            raise ValueError(f"{name} expects an array with 2 to {self._max_ndim} axes, got "
+            raise ValueError(f"{type(self).__name__} expects an array with 2 to {self._max_ndim} axes, got "
                              f"{X.ndim}-D input of shape {X.shape}.")
         if reset:
             self.input_shape_ = tuple(int(s) for s in X.shape[1:])
-        elif tuple(X.shape[1:]) != self.input_shape_:
-            raise ValueError(f"X has per-sample shape {tuple(X.shape[1:])}, but {name} was fitted "
-                             f"on per-sample shape {self.input_shape_}; pass activations with the "
-                             "same layers, parts and hidden size as in fit.")
+        else:
+            self._check_shape(X.shape[1:])
         X = X.astype(np.float32, copy=False)
         return (X, y) if reset else X
+
+    def _check_shape(self, shape) -> None:
+        if tuple(shape) != self.input_shape_:
+            raise ValueError(f"X has per-sample shape {tuple(shape)}, but {type(self).__name__} "
+                             f"was fitted on per-sample shape {self.input_shape_}; pass "
+                             "activations with the same layers, parts and hidden size as in fit.")
 
     @staticmethod
     def _module_input(X: np.ndarray) -> np.ndarray:
@@ -276,7 +282,7 @@ class ClassifierOutputsMixin:
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(f"{type(self).__name__} needs at least two classes in y to train; "
-                             f"y holds only one class ({self.classes_[0]!r}).")
+                             f"y holds only one class ({_plain(self.classes_[0])!r}).")
         self.class_weight_ = None if self.class_weight is None else compute_class_weight(
             self.class_weight, classes=self.classes_, y=y).astype(np.float32)
         return y_idx.astype(np.int64).ravel()
@@ -285,3 +291,8 @@ class ClassifierOutputsMixin:
         if getattr(self, "class_weight_", None) is None:
             return {}
         return {"weight": torch.as_tensor(np.asarray(self.class_weight_, dtype=np.float32))}
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy scalar as the matching Python scalar (for readable messages and JSON)."""
+    return value.item() if isinstance(value, np.generic) else value

@@ -16,8 +16,9 @@ class SupConLoss(nn.Module):
     ``-mean_{p in P(i)} log( exp(z_i.z_p / t) / sum_{a != i} exp(z_i.z_a / t) )`` on
     L2-normalised embeddings ``z``; the batch loss is the mean over such anchors. Anchors
     without a positive are left out, and a batch with none gives ``0`` (still part of the graph).
-    Computed in float32 with ``logsumexp``, so large logits (small ``temperature``) and huge or
-    tiny embedding norms give finite values.
+    Computed in float32 with ``logsumexp``, so large logits (small ``temperature``), huge
+    embeddings and zero embeddings (norms below 1e-6 count as zero) give finite values and
+    gradients.
 
     Parameters
     ----------
