@@ -255,7 +255,10 @@ def test_four_d_activations_are_flattened():
 def test_pickle_keeps_weights_and_optimizer(cls):
     X, y = _blobs()
     est = cls(random_state=0, device="cpu").fit(X[:60], y[:60])
+    live = est.learner_ if hasattr(est, "learner_") else est
+    optimizer = live.optimizer_
     again = pickle.loads(pickle.dumps(est))
+    assert live.optimizer_ is optimizer  # pickling leaves the live object alone
     np.testing.assert_array_equal(est.transform(X), again.transform(X))
     # continuing after unpickling matches continuing the original: optimizer moments and the
     # shuffling generator travel in the pickle

@@ -136,7 +136,7 @@ class TorchModuleMixin:
         return self.optimizer_
 
     def __getstate__(self):
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: never change the live object
         module = state.get("module_")
         if module is not None and next(module.parameters()).device.type != "cpu":
             state["module_"] = copy.deepcopy(module).to("cpu")

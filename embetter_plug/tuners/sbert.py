@@ -137,13 +137,16 @@ class SbertLearner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
 
         seed = int(self._rng.integers(2**31 - 1))
+        steps = (int(self.max_steps) if self.max_steps is not None
+                 else int(np.ceil(len(t1) / self.batch_size * self.epochs)))
         data = Dataset.from_dict({"sentence1": t1, "sentence2": t2, "label": sim.tolist()})
         with tempfile.TemporaryDirectory() as out:
             args = SentenceTransformerTrainingArguments(
                 output_dir=out, per_device_train_batch_size=int(self.batch_size),
                 num_train_epochs=float(self.epochs),
                 max_steps=-1 if self.max_steps is None else int(self.max_steps),
-                learning_rate=float(self.learning_rate), warmup_ratio=float(self.warmup_ratio),
+                learning_rate=float(self.learning_rate),
+                warmup_steps=int(round(self.warmup_ratio * steps)),
                 seed=seed, data_seed=seed, report_to="none", save_strategy="no",
                 logging_strategy="no", disable_tqdm=not self.verbose,
                 use_cpu=self.device_.type == "cpu")
@@ -167,7 +170,7 @@ class SbertLearner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         return int(self.transform(["x"]).shape[1])
 
     def __getstate__(self):
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: never change the live object
         model = state.pop("model_", None)
         if model is not None:
             state["_weights"] = to_cpu(model.state_dict())

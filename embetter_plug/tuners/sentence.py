@@ -122,7 +122,7 @@ class SentenceEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         return self.n_features_out_
 
     def __getstate__(self):
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: never change the live object
         if not is_sentence_transformer(self.model):
             state.pop("model_", None)
         state["device_"] = str(state["device_"]) if "device_" in state else None
