@@ -74,8 +74,8 @@ class PlugClassifier(ClassifierOutputsMixin, ClassifierMixin, PlugNetBase):
     >>> rng = np.random.default_rng(0)
     >>> X = rng.normal(size=(60, 3, 2, 8)).astype("float32")
     >>> y = np.where(X[:, 0, 0, 0] > 0, "pos", "neg")
-    >>> clf = PlugClassifier(max_epochs=3, random_state=0).fit(X, y)
-    >>> clf.predict_proba(X[:4]).shape, list(clf.classes_)
+    >>> clf = PlugClassifier(max_epochs=3, random_state=0, n_jobs=1).fit(X, y)
+    >>> clf.predict_proba(X[:4]).shape, clf.classes_.tolist()
     ((4, 2), ['neg', 'pos'])
     """
 

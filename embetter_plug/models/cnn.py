@@ -69,7 +69,7 @@ class PlugContrastiveCNN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clas
     >>> rng = np.random.default_rng(0)
     >>> X = rng.normal(size=(40, 4, 3, 8)).astype("float32")
     >>> y = (X[:, 1, 0, :].sum(axis=1) > 0).astype(int)
-    >>> cnn = PlugContrastiveCNN(max_epochs=2, module__proj_dim=16, random_state=0).fit(X, y)
+    >>> cnn = PlugContrastiveCNN(max_epochs=2, module__proj_dim=16, random_state=0, n_jobs=1).fit(X, y)
     >>> cnn.transform(X[:5]).shape, cnn.predict(X[:5]).shape
     ((5, 16), (5,))
     """

@@ -43,7 +43,7 @@ def save_model(model, path: str | Path) -> Path:
     >>> from embetter_plug import PlugClassifier, save_model, load_model
     >>> X = np.random.default_rng(0).normal(size=(30, 8)).astype("float32")
     >>> y = np.array(["a", "b", "c"] * 10)
-    >>> clf = PlugClassifier(max_epochs=2, random_state=0).fit(X, y)
+    >>> clf = PlugClassifier(max_epochs=2, random_state=0, n_jobs=1).fit(X, y)
     >>> folder = save_model(clf, tempfile.mkdtemp())
     >>> bool((load_model(folder).predict_proba(X) == clf.predict_proba(X)).all())
     True

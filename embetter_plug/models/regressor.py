@@ -28,7 +28,7 @@ class PlugRegressor(RegressorMixin, PlugNetBase):
     >>> from embetter_plug import PlugRegressor
     >>> rng = np.random.default_rng(0)
     >>> X = rng.normal(size=(60, 16)).astype("float32")
-    >>> reg = PlugRegressor(max_epochs=3, random_state=0).fit(X, X[:, 0] * 2.0)
+    >>> reg = PlugRegressor(max_epochs=3, random_state=0, n_jobs=1).fit(X, X[:, 0] * 2.0)
     >>> reg.predict(X[:3]).shape
     (3,)
     """
