@@ -29,6 +29,12 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch
 LR_SCHEDULERS = ("plateau", "cosine", None)
 
 
+def store_params(estimator: BaseEstimator, params: dict[str, Any]) -> None:
+    """Store ``__init__``'s arguments verbatim as attributes (``params`` is its ``locals()``)."""
+    for name in estimator._get_param_names():
+        setattr(estimator, name, params[name])
+
+
 def softmax_output(y: torch.Tensor) -> torch.Tensor:
     """skorch ``predict_nonlinearity`` of the classifiers: softmax over the logits."""
     return torch.softmax(y, dim=-1)

@@ -11,7 +11,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._modules import ContrastiveCNN
-from ._training import ClassifierOutputsMixin, PlugNetBase
+from ._training import ClassifierOutputsMixin, PlugNetBase, store_params
 from .losses import SupConLoss
 
 __all__ = ["PlugContrastiveCNN"]
@@ -84,25 +84,7 @@ class PlugContrastiveCNN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clas
                  callbacks: list | None = None, device: Any = "auto", n_jobs: int | None = None,
                  random_state: Any = None, verbose: int = 0, module__channels: int | None = None, module__proj_dim: int = 128,
                  module__dropout: float = 0.2):
-        self.max_epochs = max_epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.optimizer = optimizer
-        self.lr_scheduler = lr_scheduler
-        self.early_stopping = early_stopping
-        self.patience = patience
-        self.validation_fraction = validation_fraction
-        self.class_weight = class_weight
-        self.temperature = temperature
-        self.contrastive_weight = contrastive_weight
-        self.callbacks = callbacks
-        self.device = device
-        self.n_jobs = n_jobs
-        self.random_state = random_state
-        self.verbose = verbose
-        self.module__channels = module__channels
-        self.module__proj_dim = module__proj_dim
-        self.module__dropout = module__dropout
+        store_params(self, locals())
 
     def fit(self, X, y) -> "PlugContrastiveCNN":
         """Train on activations ``X`` (2-, 3- or 4-D, see the class docstring) and labels ``y``."""

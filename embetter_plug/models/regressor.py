@@ -10,7 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._modules import ResidualMLP
-from ._training import PlugNetBase
+from ._training import PlugNetBase, store_params
 
 __all__ = ["PlugRegressor"]
 
@@ -42,21 +42,7 @@ class PlugRegressor(RegressorMixin, PlugNetBase):
                  callbacks: list | None = None, device: Any = "auto", n_jobs: int | None = None,
                  random_state: Any = None, verbose: int = 0,
                  module__hidden_units: int | None = None, module__dropout: float = 0.2):
-        self.max_epochs = max_epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.optimizer = optimizer
-        self.lr_scheduler = lr_scheduler
-        self.early_stopping = early_stopping
-        self.patience = patience
-        self.validation_fraction = validation_fraction
-        self.callbacks = callbacks
-        self.device = device
-        self.n_jobs = n_jobs
-        self.random_state = random_state
-        self.verbose = verbose
-        self.module__hidden_units = module__hidden_units
-        self.module__dropout = module__dropout
+        store_params(self, locals())
 
     def fit(self, X, y) -> "PlugRegressor":
         """Train on ``X`` (2-D or more axes, flattened) and a numeric 1-D ``y``."""
