@@ -47,12 +47,15 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
         Epochs that never count towards ``patience``.
     tol : float, default=1e-4
         Smallest validation-loss decrease that counts as improvement.
-    alpha : float, default=1e-3
+    alpha : float, default=0.01
         L2 penalty of the SGD probes.
-    learning_rate, eta0 :
-        Passed to ``SGDClassifier``.
+    learning_rate, eta0, average : default "invscaling", 0.01, False
+        Passed to ``SGDClassifier``. The defaults came out closest to the offline probe's
+        accuracy on real text (see the benchmark).
     class_weight : dict, "balanced" or None, default=None
         "balanced" weights are computed from the training labels once.
+    n_iter_per_batch : int, default=1
+        SGD passes over each batch while it is at hand: more learning per forward pass.
     shuffle : bool, default=True
         Shuffle the rows within each batch before the SGD step.
     random_state : int, RandomState or None, default=None
@@ -91,8 +94,9 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
 
     def __init__(self, encoder: Any = None, *, validation_fraction: float = 0.2,
                  max_epochs: int = 5, patience: int = 2, warmup_epochs: int = 1,
-                 tol: float = 1e-4, alpha: float = 1e-3, learning_rate: str = "optimal",
-                 eta0: float = 0.01, class_weight: Any = None, shuffle: bool = True,
+                 tol: float = 1e-4, alpha: float = 0.01, learning_rate: str = "invscaling",
+                 eta0: float = 0.01, average: Any = False, class_weight: Any = None,
+                 n_iter_per_batch: int = 1, shuffle: bool = True,
                  random_state: Any = None, verbose: bool = False):
         self.encoder = encoder
         self.validation_fraction = validation_fraction
@@ -103,14 +107,16 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
         self.alpha = alpha
         self.learning_rate = learning_rate
         self.eta0 = eta0
+        self.average = average
         self.class_weight = class_weight
+        self.n_iter_per_batch = n_iter_per_batch
         self.shuffle = shuffle
         self.random_state = random_state
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fitting
     def _check_params(self) -> None:
-        for name in ("max_epochs", "patience"):
+        for name in ("max_epochs", "patience", "n_iter_per_batch"):
             v = getattr(self, name)
             if not isinstance(v, Integral) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}.")
@@ -166,7 +172,9 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
                     xb = acts[order, where[n][0], where[n][1]]
                     if epoch == 0:
                         scalers[n].partial_fit(xb)
-                    sgds[n].partial_fit(scalers[n].transform(xb), yb, classes=labels)
+                    xb = scalers[n].transform(xb)
+                    for _ in range(self.n_iter_per_batch):
+                        sgds[n].partial_fit(xb, yb, classes=labels)
             scores = self._stream_metrics(val_texts, y_enc[va], active, where, scalers, sgds)
             for n in active:
                 st, met = state[n], scores[n]
@@ -198,7 +206,8 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
 
         scalers = {n: StandardScaler() for n in names}
         sgds = {n: SGDClassifier(loss="log_loss", alpha=self.alpha, learning_rate=self.learning_rate,
-                                 eta0=self.eta0, class_weight=weights, random_state=seed + i)
+                                 eta0=self.eta0, average=self.average, class_weight=weights,
+                                 random_state=seed + i)
                 for i, n in enumerate(names)}
         return scalers, sgds
 
@@ -276,6 +285,7 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """Labels from the best probe (``best_probe_``)."""
+        check_is_fitted(self, "probes_")
         return self.classes_[self.predict_proba(X).argmax(1)]
 
     def __sklearn_tags__(self):

@@ -1,0 +1,208 @@
+"""OnlineProbes: planted signal from a streamed encoder, metrics equal sklearn's, API, errors."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import (accuracy_score, f1_score, log_loss, matthews_corrcoef,
+                             precision_score, recall_score)
+
+from embetter_plug import OnlineProbes, TransformerActivationEncoder
+from embetter_plug.layout import ActivationLayout
+from embetter_plug.probe.online import confusion_metrics
+
+
+class StreamOnlyEncoder:
+    """A fitted stand-in encoder with only ``layout_`` and ``_iter_activations``.
+
+    Text ``"s{i}"`` has fixed random activations; layer position 1, part ``mlp_out`` carries
+    the label of row ``i``. There is no ``transform``: everything must be streamed.
+    """
+
+    def __init__(self, y, hidden=8, batch_size=16, seed=0):
+        rng = np.random.default_rng(seed)
+        self.layout_ = ActivationLayout(layers=(0, 3), parts=("resid_post", "mlp_out"),
+                                        hidden_size=hidden)
+        self.acts = rng.normal(size=(len(y), 2, 2, hidden)).astype(np.float32)
+        self.acts[:, 1, 1, :2] += 2.0 * (2 * np.asarray(y)[:, None] - 1)
+        self.batch_size = batch_size
+        self.largest_batch = 0
+        self.passes = 0
+
+    def _iter_activations(self, texts):
+        self.passes += 1
+        rows = np.array([int(t[1:]) for t in texts])
+        for start in range(0, len(texts), self.batch_size):
+            idx = np.arange(start, min(start + self.batch_size, len(texts)))
+            self.largest_batch = max(self.largest_batch, len(idx))
+            yield idx, self.acts[rows[idx]].copy()
+
+
+def _data(n=200, seed=0):
+    y = np.random.default_rng(seed).integers(0, 2, size=n)
+    return [f"s{i}" for i in range(n)], y
+
+
+def test_planted_probe_wins_and_streaming_is_bounded():
+    texts, y = _data()
+    enc = StreamOnlyEncoder(y)
+    probes = OnlineProbes(enc, max_epochs=4, patience=1, random_state=0).fit(texts, y)
+    assert sorted(probes.probes_) == ["layer0__mlp_out", "layer0__resid_post", "layer3__mlp_out",
+                                      "layer3__resid_post"]
+    assert probes.best_probe_ == "layer3__mlp_out"
+    assert probes.metrics_.loc["layer3__mlp_out", "accuracy"] > 0.9
+    assert probes.metrics_.loc["layer0__resid_post", "accuracy"] < 0.75
+    assert enc.largest_batch == 16
+    # each epoch streams train and validation once; nothing is kept between passes
+    assert enc.passes == 2 * probes.history_["epoch"].max()
+
+
+def test_metrics_equal_sklearn_on_the_rows():
+    texts, y = _data(n=240, seed=1)
+    enc = StreamOnlyEncoder(y, seed=1)
+    probes = OnlineProbes(enc, max_epochs=2, random_state=1).fit(texts[:160], y[:160])
+    table = probes.evaluate(texts[160:], y[160:])
+    feats = probes.get_probe_features(texts[160:])
+    yt = y[160:]
+    for name, pipe in probes.probes_.items():
+        pred, proba = pipe.predict(feats[name]), pipe.predict_proba(feats[name])
+        row = table.loc[name]
+        assert row["loss"] == pytest.approx(log_loss(yt, proba))
+        assert row["accuracy"] == pytest.approx(accuracy_score(yt, pred))
+        assert row["precision"] == pytest.approx(precision_score(yt, pred, average="macro", zero_division=0))
+        assert row["recall"] == pytest.approx(recall_score(yt, pred, average="macro"))
+        assert row["f1"] == pytest.approx(f1_score(yt, pred, average="macro"))
+        assert row["matthews"] == pytest.approx(matthews_corrcoef(yt, pred))
+    np.testing.assert_array_equal(feats["layer3__mlp_out"], enc.acts[160:, 1, 1])
+
+
+def test_best_epoch_is_kept():
+    texts, y = _data(n=160, seed=2)
+    probes = OnlineProbes(StreamOnlyEncoder(y, seed=2), max_epochs=5, patience=1, warmup_epochs=0,
+                          alpha=1e-5, random_state=0).fit(texts, y)
+    h = probes.history_
+    assert set(h.columns) == {"probe", "epoch", "loss", "accuracy"}
+    best = h.groupby("probe")["loss"].min()
+    for name, loss in best.items():
+        assert probes.metrics_.loc[name, "loss"] == pytest.approx(loss)
+        assert probes.metrics_.loc[name, "epochs"] == h.loc[h["probe"] == name, "epoch"].max()
+    assert probes.metrics_["loss"].is_monotonic_increasing  # sorted by loss
+
+
+def test_confusion_metrics_equal_sklearn():
+    rng = np.random.default_rng(0)
+    t, p = rng.integers(0, 4, 300), rng.integers(0, 4, 300)
+    conf = pd.crosstab(t, p).reindex(index=range(4), columns=range(4), fill_value=0).to_numpy()
+    m = confusion_metrics(conf)
+    assert m["accuracy"] == pytest.approx(accuracy_score(t, p))
+    assert m["f1"] == pytest.approx(f1_score(t, p, average="macro"))
+    assert m["matthews"] == pytest.approx(matthews_corrcoef(t, p))
+    assert m["precision"] == pytest.approx(precision_score(t, p, average="macro"))
+
+
+def test_seeded_runs_repeat():
+    texts, y = _data(n=120, seed=3)
+    a = OnlineProbes(StreamOnlyEncoder(y), max_epochs=2, random_state=5).fit(texts, y).metrics_
+    b = OnlineProbes(StreamOnlyEncoder(y), max_epochs=2, random_state=5).fit(texts, y).metrics_
+    pd.testing.assert_frame_equal(a, b)
+
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*were truncated:UserWarning")
+
+
+@pytest.fixture(scope="module")
+def tiny_fitted(tiny_gpt2):
+    from embetter_plug import load_builtin_dataset
+
+    model, tok = tiny_gpt2
+    df = load_builtin_dataset("train").iloc[:60]
+    enc = TransformerActivationEncoder(model, tok, layers=[0, 2], parts=["resid_post", "mlp_out"],
+                                       token_pooling=["mean", "lasttoken"], max_length=48)
+    probes = OnlineProbes(enc, max_epochs=2, random_state=0, class_weight="balanced")
+    return probes.fit(df["text"].tolist(), df["label"].to_numpy()), df
+
+
+def test_real_encoder_features_predict_and_pickle(tiny_fitted):
+    probes, df = tiny_fitted
+    texts = df["text"].tolist()[:10]
+    assert probes.encoder is not probes.encoder_  # an unfitted encoder is cloned, not changed
+    assert not hasattr(probes.encoder, "layout_")
+    names = sorted(probes.probes_)
+    assert names[0] == "layer0__mlp_out@lasttoken" and len(names) == 8
+    ref = probes.encoder_.transform(texts)
+    feats = probes.get_probe_features(texts)
+    parts = list(probes.encoder_.layout_.parts)
+    np.testing.assert_allclose(feats["layer2__resid_post@mean"],
+                               ref[:, 1, parts.index("resid_post@mean")], rtol=1e-5, atol=1e-6)
+    best = probes.best_probe_
+    np.testing.assert_array_equal(probes.predict(texts), probes.probes_[best].predict(feats[best]))
+    again = pickle.loads(pickle.dumps(probes))
+    np.testing.assert_allclose(again.predict_proba(texts), probes.predict_proba(texts), rtol=1e-5)
+    assert probes.score(df["text"].tolist(), df["label"]) >= 0
+
+
+def test_api_contract(tiny_gpt2):
+    model, tok = tiny_gpt2
+    est = OnlineProbes(TransformerActivationEncoder(model, tok), max_epochs=3, random_state=1)
+    params = est.get_params(deep=False)
+    fresh = OnlineProbes(**params)
+    assert all(getattr(fresh, k) is v for k, v in params.items())
+    assert not [a for a in vars(fresh) if a.endswith("_")]
+    assert clone(est).get_params()["max_epochs"] == 3
+    assert "encoder__layers" in est.get_params()
+    with pytest.raises(NotFittedError):
+        est.predict(["a text"])
+    with pytest.raises(NotFittedError):
+        est.get_probe_features(["a text"])
+
+
+@pytest.mark.parametrize("kwargs, y, match", [
+    ({}, np.zeros(40, dtype=int), "single class"),
+    ({}, np.repeat([0, 1], 10), "X has 40 texts but y has 20"),
+    ({"max_epochs": 0}, np.repeat([0, 1], 20), "max_epochs must be a positive integer"),
+    ({"validation_fraction": 1.5}, np.repeat([0, 1], 20), r"validation_fraction must be in \(0, 1\)"),
+    ({"warmup_epochs": -1}, np.repeat([0, 1], 20), "warmup_epochs"),
+])
+def test_bad_input(kwargs, y, match):
+    texts, _ = _data(n=40)
+    with pytest.raises(ValueError, match=match):
+        OnlineProbes(StreamOnlyEncoder(np.zeros(40, dtype=int)), **kwargs).fit(texts, y)
+
+
+def test_bad_texts_and_unknown_labels():
+    texts, y = _data(n=40)
+    with pytest.raises(TypeError, match="single str"):
+        OnlineProbes(StreamOnlyEncoder(y)).fit("s1", y)
+    with pytest.raises(TypeError, match="TransformerActivationEncoder"):
+        OnlineProbes(object()).fit(texts, y)
+    probes = OnlineProbes(StreamOnlyEncoder(y), max_epochs=1, random_state=0).fit(texts, y)
+    with pytest.raises(ValueError, match=r"labels \[7\] not seen in fit"):
+        probes.evaluate(texts[:4], [0, 1, 7, 0])
+
+
+@pytest.mark.slow
+def test_online_close_to_offline_on_minilm(minilm_path):
+    """On real text, a streamed probe is within a few points of the offline probe."""
+    from conftest import shared_csv
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    df = pd.read_csv(shared_csv("sst2"), keep_default_na=False)
+    train = df[df["split"] == "train"].sample(600, random_state=0)
+    test = df[df["split"] == "test"].sample(300, random_state=0)
+    enc = TransformerActivationEncoder(minilm_path, layers=[3, 5], parts=["resid_post"],
+                                       batch_size=64).fit()
+    online = OnlineProbes(enc, max_epochs=5, random_state=0).fit(train["text"].tolist(), train["label"])
+    on = online.evaluate(test["text"].tolist(), test["label"])
+    Xtr, Xte = enc.transform(train["text"].tolist()), enc.transform(test["text"].tolist())
+    for i, layer in enumerate((3, 5)):
+        off = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=1000))
+        acc = off.fit(Xtr[:, i, 0], train["label"]).score(Xte[:, i, 0], test["label"])
+        assert acc > 0.7
+        assert abs(on.loc[f"layer{layer}__resid_post", "accuracy"] - acc) < 0.05

@@ -1,0 +1,183 @@
+"""ProbeResults (summary, best, table, files), LayerMetricDisplay and the HTML report."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from embetter_plug import LayerMetricDisplay, ProbeResults, probe_layers  # noqa: E402
+from embetter_plug.probe import write_report  # noqa: E402
+from embetter_plug.probe.report import report_rows  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def results():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 40)
+    X = rng.normal(size=(80, 3, 2, 5))
+    X[:, 1, 0, 0] += 2 * y
+    X[:, 2, 1, :] += 0.5 * y[:, None]
+    return probe_layers(X, y, cv=4)
+
+
+def test_frame_is_tidy(results):
+    f = results.frame_
+    assert list(f.columns) == ["layer", "part", "metric", "fold", "score"]
+    assert results.metrics == ["accuracy", "precision", "recall", "f1", "matthews", "roc_auc",
+                               "log_loss"]
+    # 6 probes + dummy, 7 metrics, 4 folds
+    assert len(f) == 7 * 7 * 4
+    assert (f.loc[f["metric"] == "log_loss", "score"] > 0).all()
+
+
+def test_summary_is_mean_and_std_over_folds(results):
+    s = results.summary()
+    f = results.frame_
+    for row in s.sample(10, random_state=0).itertuples():
+        sel = f[(f["part"] == row.part) & (f["metric"] == row.metric)
+                & ((f["layer"] == row.layer) if not pd.isna(row.layer) else f["layer"].isna())]
+        scores = sel["score"].to_numpy()
+        assert row.mean == pytest.approx(np.mean(scores))
+        assert row.std == pytest.approx(np.std(scores, ddof=1))
+        assert row.n_folds == 4
+
+
+def test_best_and_table(results):
+    s = results.summary("accuracy")
+    s = s[s["part"] != "dummy"]
+    top = s.loc[s["mean"].idxmax()]
+    assert results.best_ == (int(top["layer"]), top["part"]) == (1, "part0")
+    # lower is better for losses
+    ll = results.summary("log_loss")
+    ll = ll[ll["part"] != "dummy"]
+    low = ll.loc[ll["mean"].idxmin()]
+    assert results.best("log_loss")["layer"] == int(low["layer"])
+    t = results.table(["accuracy", "f1"])
+    assert list(t.columns) == ["layer", "part", "best", "accuracy", "f1"]
+    marked = t[t["best"] == "*"]
+    assert len(marked) == 1 and marked.iloc[0]["layer"] == "1" and marked.iloc[0]["part"] == "part0"
+    assert marked.iloc[0]["accuracy"] == f"{top['mean']:.3f} ± {top['std']:.3f}"
+    assert t.iloc[0]["part"] == "dummy" and t.iloc[0]["layer"] == "-"
+    with pytest.raises(ValueError, match="not in the results"):
+        results.table(["mse"])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_file_round_trip(results, tmp_path, suffix):
+    path = tmp_path / f"res{suffix}"
+    (results.to_csv if suffix == ".csv" else results.to_parquet)(path)
+    back = ProbeResults.read(path)
+    pd.testing.assert_frame_equal(back.frame_, results.frame_, check_dtype=False)
+    assert back.best_ == results.best_
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ProbeResults.read(tmp_path / "missing.csv")
+
+
+def test_context_and_concat(results):
+    both = ProbeResults.concat([results.with_context(model="a"),
+                                results.with_context(model="b")])
+    assert both.context == ["model"]
+    assert len(both.frame_) == 2 * len(results.frame_)
+    assert set(both.table()["model"]) == {"a", "b"}
+    assert len(both.summary()) == 2 * len(results.summary())
+    with pytest.raises(ValueError, match="core column"):
+        results.with_context(layer=1)
+    with pytest.raises(ValueError, match="needs the columns"):
+        ProbeResults(pd.DataFrame({"layer": [0]}))
+
+
+def test_display_lines_bands_and_baseline(results):
+    fig, ax = plt.subplots()
+    disp = LayerMetricDisplay.from_results(results, metric="accuracy", ax=ax)
+    assert disp.ax_ is ax and sorted(disp.lines_) == ["part0", "part1"]
+    s = results.summary("accuracy")
+    for part, line in disp.lines_.items():
+        ref = s[s["part"] == part].sort_values("layer")
+        np.testing.assert_allclose(line.get_xdata(), ref["layer"].astype(int))
+        np.testing.assert_allclose(line.get_ydata(), ref["mean"])
+        verts = disp.bands_[part].get_paths()[0].vertices[:, 1]
+        lo, hi = (ref["mean"] - ref["std"]).to_numpy(), (ref["mean"] + ref["std"]).to_numpy()
+        assert verts.min() == pytest.approx(lo.min()) and verts.max() == pytest.approx(hi.max())
+    (base,) = disp.baselines_.values()
+    dummy = s.loc[s["part"] == "dummy", "mean"].iloc[0]
+    assert base.get_ydata()[0] == pytest.approx(dummy)
+    assert ax.get_ylabel() == "accuracy"
+    plt.close(fig)
+
+
+def test_display_filters_and_errors(results):
+    both = ProbeResults.concat([results.with_context(model="a"), results.with_context(model="b")])
+    disp = LayerMetricDisplay.from_results(both, "f1", parts=["part1"])
+    assert sorted(disp.lines_) == ["a | part1", "b | part1"] and len(disp.baselines_) == 2
+    one = LayerMetricDisplay.from_results(both, "f1", where={"model": "b"})
+    assert sorted(one.lines_) == ["part0", "part1"]
+    with pytest.raises(ValueError, match="not in the results"):
+        LayerMetricDisplay.from_results(results, parts=["mlp_out"])
+    with pytest.raises(ValueError, match="is not a column"):
+        LayerMetricDisplay.from_results(results, where={"pooling": "mean"})
+    plt.close("all")
+
+
+def test_report_rows_split_pooling_from_part():
+    frame = pd.DataFrame({"layer": [pd.NA, 0, 0], "part": ["dummy", "mlp_out@mean", "mlp_out@pos0.5"],
+                          "metric": "accuracy", "fold": 0, "score": [0.5, 0.7, 0.8]})
+    rows = report_rows(ProbeResults(frame))
+    assert [(r["part"], r["pooling"], r["layer"]) for r in rows] == [
+        ("dummy", "-", None), ("mlp_out", "mean", 0), ("mlp_out", "pos0.5", 0)]
+
+
+def test_report_is_self_contained(results, tmp_path):
+    page = write_report(results.with_context(model="m</script>"), tmp_path / "r.html").read_text()
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    assert "https://" not in page and "<script src" not in page
+    assert page.count("</script>") == 2  # the data cannot close its script element early
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _render(path, fragment: str) -> str:
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("headless Chromium is not installed (Debian package 'chromium')")
+    out = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          f"file://{path}#{fragment}"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_report_renders_in_headless_chromium(results, tmp_path):
+    both = ProbeResults.concat([results.with_context(model="small", pooling="mean"),
+                                results.with_context(model="big", pooling="mean")])
+    path = write_report(both, tmp_path / "report.html", title="t")
+    dom = _render(path, "model=big&metric=f1")
+    assert 'data-rendered="dataset=-&amp;model=big&amp;pooling=mean&amp;metric=f1"' in dom
+    series = re.findall(r'<g class="series" data-part="([^"]+)" data-n="(\d+)" data-means="([^"]+)"', dom)
+    s = results.summary("f1")
+    assert [p for p, _, _ in series] == ["part0", "part1"]
+    for part, n, means in series:
+        ref = s[s["part"] == part].sort_values("layer")["mean"].to_numpy()
+        assert int(n) == 3
+        np.testing.assert_allclose([float(v) for v in means.split()], ref, atol=1e-6)
+    base = float(re.search(r'<line class="baseline" data-value="([^"]+)"', dom).group(1))
+    assert base == pytest.approx(s.loc[s["part"] == "dummy", "mean"].iloc[0], abs=1e-6)
+    best = results.best("f1")
+    assert re.search(rf'<tr class="best" data-key="{best["layer"]}\|{best["part"]}"', dom)
+    # another choice in the address gives another chart
+    dom2 = _render(path, "metric=log_loss")
+    m2 = re.findall(r'data-part="part0" data-n="3" data-means="([^"]+)"', dom2)
+    ref2 = results.summary("log_loss").query("part == 'part0'").sort_values("layer")["mean"]
+    np.testing.assert_allclose([float(v) for v in m2[0].split()], ref2, atol=1e-6)
