@@ -99,7 +99,29 @@ def apply_in_batches(fn: Callable[[Any], Any], X: np.ndarray, device, batch_size
     return np.concatenate(outs, axis=0).astype(np.float32, copy=False)
 
 
-class TorchModuleMixin:
+class DeviceStateMixin:
+    """Pickles record ``device_`` by name and never change the live object; on load ``device_``
+    is that device where this machine has it, else the CPU."""
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # a copy: the live object stays as it is
+        if "device_" in state:
+            state["device_"] = str(state["device_"])
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "device_" in self.__dict__:
+            self.device_ = available_or_cpu(self.device_)
+
+
+def paired_cosine(E1: np.ndarray, E2: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row pair ``(E1[i], E2[i])`` as float32."""
+    norms = np.linalg.norm(E1, axis=1) * np.linalg.norm(E2, axis=1)
+    return (np.sum(E1 * E2, axis=1) / np.maximum(norms, 1e-8)).astype(np.float32)
+
+
+class TorchModuleMixin(DeviceStateMixin):
     """Fitted-state handling shared by the numeric tuners.
 
     Keeps ``module_`` (the net), ``optimizer_`` (so ``partial_fit`` continues with its moments),
@@ -136,23 +158,19 @@ class TorchModuleMixin:
         return self.optimizer_
 
     def __getstate__(self):
-        state = dict(super().__getstate__())  # a copy: never change the live object
+        state = super().__getstate__()
         module = state.get("module_")
         if module is not None and next(module.parameters()).device.type != "cpu":
             state["module_"] = copy.deepcopy(module).to("cpu")
         optimizer = state.pop("optimizer_", None)
         if optimizer is not None:
             state["_optimizer_state"] = to_cpu(optimizer.state_dict())
-        if "device_" in state:
-            state["device_"] = str(state["device_"])
         return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        if "device_" in self.__dict__:
-            self.device_ = available_or_cpu(self.device_)
-            if getattr(self, "module_", None) is not None:
-                self.module_.to(self.device_)
+        if getattr(self, "module_", None) is not None:
+            self.module_.to(self.device_)
             self.optimizer_ = None
 
 

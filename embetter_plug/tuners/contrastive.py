@@ -11,7 +11,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .._utils import seed_from_random_state
 from ._labels import check_pair_labels, check_same_length, sample_pairs, update_classes
 from ._training import (TorchModuleMixin, activation_module, apply_in_batches, check_activation,
-                        check_positive, flatten_rows, train_epochs)
+                        check_positive, flatten_rows, paired_cosine, train_epochs)
 
 __all__ = ["ContrastiveLearner", "ContrastiveTuner"]
 
@@ -112,9 +112,7 @@ class ContrastiveLearner(TorchModuleMixin, ClassNamePrefixFeaturesOutMixin, Tran
         """Cosine similarity of each pair ``(X1[i], X2[i])`` in the learned space."""
         check_is_fitted(self, "module_")
         check_same_length(X1, X2)
-        E1, E2 = self.transform(X1), self.transform(X2)
-        norms = np.linalg.norm(E1, axis=1) * np.linalg.norm(E2, axis=1)
-        return (np.sum(E1 * E2, axis=1) / np.maximum(norms, 1e-8)).astype(np.float32)
+        return paired_cosine(self.transform(X1), self.transform(X2))
 
     def _make_module(self):
         from ._nets import ResidualHead

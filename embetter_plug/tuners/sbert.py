@@ -12,13 +12,13 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._utils import check_texts, logger, resolve_device, seed_from_random_state
 from ._labels import check_pair_labels, check_same_length, sample_pairs, update_classes
-from ._training import to_cpu, available_or_cpu, check_positive
+from ._training import DeviceStateMixin, check_positive, paired_cosine, to_cpu
 from .sentence import encode_texts, is_sentence_transformer, load_sentence_transformer
 
 __all__ = ["SbertLearner", "SbertTuner"]
 
 
-class SbertLearner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class SbertLearner(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Fine-tune a sentence-transformers model on text pairs labelled 1 (similar) or 0.
 
     ``fit(X1, X2, y)`` trains a copy of ``model`` with ``CosineSimilarityLoss`` through
@@ -112,9 +112,7 @@ class SbertLearner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """Cosine similarity of each text pair under the fine-tuned model."""
         check_is_fitted(self, "device_")
         check_same_length(X1, X2)
-        E1, E2 = self.transform(X1), self.transform(X2)
-        norms = np.linalg.norm(E1, axis=1) * np.linalg.norm(E2, axis=1)
-        return (np.sum(E1 * E2, axis=1) / np.maximum(norms, 1e-8)).astype(np.float32)
+        return paired_cosine(self.transform(X1), self.transform(X2))
 
     # ------------------------------------------------------------------ internals
     def _fresh_model(self):
@@ -158,6 +156,14 @@ class SbertLearner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         return float(result.training_loss)
 
     def _check_params(self) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("datasets") is None:
+            raise ImportError(
+                f"{type(self).__name__} trains through sentence-transformers' "
+                "SentenceTransformerTrainer, which needs the 'datasets' package: "
+                "pip install datasets"
+            )
         check_positive("batch_size", self.batch_size)
         check_positive("epochs", self.epochs, integer=False)
         check_positive("learning_rate", self.learning_rate, integer=False)
@@ -170,18 +176,11 @@ class SbertLearner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         return int(self.transform(["x"]).shape[1])
 
     def __getstate__(self):
-        state = dict(super().__getstate__())  # a copy: never change the live object
+        state = super().__getstate__()
         model = state.pop("model_", None)
         if model is not None:
             state["_weights"] = to_cpu(model.state_dict())
-        if "device_" in state:
-            state["device_"] = str(state["device_"])
         return state
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        if "device_" in self.__dict__:
-            self.device_ = available_or_cpu(self.device_)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

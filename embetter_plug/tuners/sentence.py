@@ -11,7 +11,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._loading import resolve_model_source
 from .._utils import check_texts, logger, resolve_device
-from ._training import available_or_cpu, check_positive
+from ._training import DeviceStateMixin, check_positive
 
 __all__ = ["SentenceEncoder"]
 
@@ -52,7 +52,7 @@ def encode_texts(model, texts: list[str], *, batch_size: int, normalize: bool, v
     return np.asarray(out, dtype=np.float32)
 
 
-class SentenceEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class SentenceEncoder(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Embed texts with a sentence-transformers model.
 
     Parameters
@@ -122,17 +122,10 @@ class SentenceEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         return self.n_features_out_
 
     def __getstate__(self):
-        state = dict(super().__getstate__())  # a copy: never change the live object
+        state = super().__getstate__()
         if not is_sentence_transformer(self.model):
             state.pop("model_", None)
-        state["device_"] = str(state["device_"]) if "device_" in state else None
         return state
-
-    def __setstate__(self, state):
-        device = state.pop("device_", None)
-        super().__setstate__(state)
-        if device is not None:
-            self.device_ = available_or_cpu(device)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
