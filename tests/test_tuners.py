@@ -14,7 +14,8 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 
-from embetter_plug import ContrastiveLearner, ContrastiveTuner, FeedForwardTuner
+from embetter_plug import (ContrastiveLearner, ContrastiveTuner, FeedForwardTuner, SbertLearner,
+                           SbertTuner)
 from embetter_plug.tuners._labels import sample_pairs
 from embetter_plug.tuners._nets import ResidualHead
 
@@ -315,3 +316,24 @@ def test_bad_input_errors():
         ContrastiveTuner(activation="swish").fit(X, y)
     with pytest.raises(TypeError, match="n_neg"):
         ContrastiveTuner(n_neg=1.5).fit(X, y)
+
+
+# ---------------------------------------------------------------- estimators outside the shared checks
+@pytest.mark.parametrize("est", [ContrastiveLearner(shape_out=4, epochs=2), SbertLearner(max_steps=1),
+                                 SbertTuner(n_neg=2)], ids=lambda e: type(e).__name__)
+def test_pair_and_text_estimators_follow_the_init_contract(est):
+    from sklearn.exceptions import NotFittedError
+
+    params = est.get_params(deep=False)
+    fresh = type(est)(**params)
+    assert all(getattr(fresh, k) is v for k, v in params.items())
+    assert not [a for a in vars(fresh) if a.endswith("_")]
+    assert clone(est).get_params() == params
+    with pytest.raises(NotFittedError):
+        est.transform(["a text"] if not isinstance(est, ContrastiveLearner) else np.zeros((1, 3)))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_sbert_unavailable_device_fails_before_loading():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        SbertLearner(model="/no/such/folder", device="cuda").fit(["a", "b"], ["c", "d"], [1, 0])
