@@ -1,0 +1,159 @@
+"""Probing benchmark: per-layer probe tables and plots for the built-in MiniLM on each data set in
+../shared/data, and OnlineProbes against offline probes (accuracy, wall time, peak memory).
+
+Run: ``flock /tmp/embetter_bench.lock python benchmarks/bench_probe.py [--n 1200] [--sizes 800 2400]``.
+Each OnlineProbes / offline measurement runs in a fresh subprocess so that peak memory is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SHARED = Path(os.environ.get("EMBETTER_PLUG_SHARED", HERE.parent.parent / "shared")) / "data"
+PARTS = ["resid_post", "attn_out", "mlp_out"]
+
+
+def _read(name: str) -> pd.DataFrame:
+    return pd.read_csv(SHARED / name / f"{name}.csv", keep_default_na=False)
+
+
+def _subsample(df: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    from sklearn.model_selection import train_test_split
+
+    if len(df) <= n:
+        return df
+    return train_test_split(df, train_size=n, stratify=df["label"], random_state=seed)[0]
+
+
+def per_layer(n: int) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from embetter_plug import LayerMetricDisplay, TransformerActivationEncoder, probe_layers
+
+    out = ["### Per-layer probes, all-MiniLM-L6-v2 (mean pooling, 5-fold CV)", ""]
+    for name in sorted(p.name for p in SHARED.iterdir() if (p / f"{p.name}.csv").exists()):
+        df = _subsample(_read(name), n)
+        enc = TransformerActivationEncoder(parts=PARTS, batch_size=64).fit()
+        t0 = time.perf_counter()
+        X = enc.transform(df["text"].tolist())
+        t_enc = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        res = probe_layers(X, df["label"].to_numpy(), cv=5, layout=enc.layout_)
+        t_probe = time.perf_counter() - t0
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        LayerMetricDisplay.from_results(res, "accuracy", ax=ax)
+        ax.set_title(f"{name}: probe accuracy by layer (n={len(df)})")
+        fig.tight_layout()
+        png = HERE / f"probe_{name}.png"
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+        table = res.table(["accuracy", "f1", "roc_auc"])
+        best = res.best()
+        out += [f"**{name}** ({len(df)} texts, {df['label'].nunique()} classes; encoding "
+                f"{t_enc:.1f} s, {len(PARTS) * X.shape[1]} probes {t_probe:.1f} s). Best: layer "
+                f"{best['layer']} {best['part']}, accuracy {best['mean']:.3f} ± {best['std']:.3f}.",
+                "", table.to_markdown(index=False), "", f"![{name}]({png.name})", ""]
+        print(f"{name}: done", flush=True)
+    return "\n".join(out)
+
+
+def child(kind: str, n_train: int, n_test: int, epochs: int) -> dict:
+    """One measurement in this (fresh) process: accuracy per layer on the test split."""
+    from sklearn.base import clone
+
+    from embetter_plug import OnlineProbes, TransformerActivationEncoder
+    from embetter_plug.probe import default_probe
+
+    df = _read("sst2")
+    train = df[df["split"] == "train"].sample(n_train, random_state=0)
+    test = df[df["split"] == "test"].sample(n_test, random_state=0)
+    enc = TransformerActivationEncoder(parts="resid_post", batch_size=64).fit()
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    if kind == "online":
+        probes = OnlineProbes(enc, max_epochs=epochs, random_state=0)
+        probes.fit(train["text"].tolist(), train["label"].to_numpy())
+        acc = probes.evaluate(test["text"].tolist(), test["label"].to_numpy())["accuracy"]
+        accs = {int(k.split("__")[0][5:]): float(v) for k, v in acc.items()}
+        epochs_run = int(probes.metrics_["epochs"].max())
+    else:
+        Xtr = enc.transform(train["text"].tolist())
+        Xte = enc.transform(test["text"].tolist())
+        accs = {}
+        for i, layer in enumerate(enc.layout_.layers):
+            est = clone(default_probe()).fit(Xtr[:, i, 0], train["label"])
+            accs[int(layer)] = float(est.score(Xte[:, i, 0], test["label"]))
+        epochs_run = 1
+    wall = time.perf_counter() - t0
+    heap_peak = tracemalloc.get_traced_memory()[1]
+    rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"kind": kind, "n_train": n_train, "wall_s": wall, "heap_peak": heap_peak,
+            "rss_peak": rss_peak, "acc": accs, "epochs": epochs_run}
+
+
+def online_vs_offline(sizes: list[int], n_test: int, epochs: int) -> str:
+    rows = []
+    for n in sizes:
+        for kind in ("offline", "online"):
+            cmd = [sys.executable, __file__, "--child", kind, "--n-train", str(n),
+                   "--n-test", str(n_test), "--epochs", str(epochs)]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+            print(f"{kind} {n}: {rows[-1]['wall_s']:.1f} s", flush=True)
+    layers = sorted(rows[0]["acc"], key=int)
+    lines = ["### OnlineProbes vs offline probes (sst2, resid_post, mean pooling)", "",
+             f"Trained on n sst2 train texts (OnlineProbes: 80% of them, 20% for early stopping, "
+             f"at most {epochs} epochs), accuracy on {n_test} sst2 test texts. Offline: encode "
+             "everything, keep the array, one standardised LogisticRegression(C=0.01) per layer. "
+             "Heap peak: Python/NumPy allocations (tracemalloc, torch's own buffers excluded); "
+             "RSS peak: the whole process, model included.", "",
+             "| method | n | epochs | wall (s) | heap peak (MiB) | RSS peak (MiB) | "
+             + " | ".join(f"acc L{k}" for k in layers) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(layers)]
+    for r in rows:
+        lines.append(f"| {r['kind']} | {r['n_train']} | {r['epochs']} | {r['wall_s']:.1f} | "
+                     f"{r['heap_peak'] / 2**20:.1f} | {r['rss_peak'] / 2**20:.0f} | "
+                     + " | ".join(f"{r['acc'][k]:.3f}" for k in layers) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1200, help="texts per data set for the layer tables")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[800, 2400])
+    ap.add_argument("--n-test", type=int, default=600)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--child", choices=["online", "offline"], default=None)
+    ap.add_argument("--n-train", type=int, default=None)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.n_train, args.n_test, args.epochs)))
+        return
+    sys.path.insert(0, str(HERE))
+    from _report import write_section
+
+    body = per_layer(args.n) + "\n\n" + online_vs_offline(args.sizes, args.n_test, args.epochs)
+    write_section("bench_probe", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
