@@ -7,6 +7,7 @@ logistic-regression probe per layer x part, then is dropped. Memory is bounded b
 from __future__ import annotations
 
 import copy
+import warnings
 from numbers import Integral, Real
 from typing import Any
 
@@ -165,17 +166,21 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
             active = [n for n in names if not state[n]["stopped"]]
             if not active:
                 break
-            for idx, acts in self.encoder_._iter_activations(train_texts):
-                order = rng.permutation(len(idx)) if self.shuffle else np.arange(len(idx))
-                yb = y_tr[idx][order]
-                for n in active:
-                    xb = acts[order, where[n][0], where[n][1]]
-                    if epoch == 0:
-                        scalers[n].partial_fit(xb)
-                    xb = scalers[n].transform(xb)
-                    for _ in range(self.n_iter_per_batch):
-                        sgds[n].partial_fit(xb, yb, classes=labels)
-            scores = self._stream_metrics(val_texts, y_enc[va], active, where, scalers, sgds)
+            # the encoder's truncation warning is said in the first epoch, not in every one
+            with warnings.catch_warnings():
+                if epoch > 0:
+                    warnings.filterwarnings("ignore", message=".*were truncated", category=UserWarning)
+                for idx, acts in self.encoder_._iter_activations(train_texts):
+                    order = rng.permutation(len(idx)) if self.shuffle else np.arange(len(idx))
+                    yb = y_tr[idx][order]
+                    for n in active:
+                        xb = acts[order, where[n][0], where[n][1]]
+                        if epoch == 0:
+                            scalers[n].partial_fit(xb)
+                        xb = scalers[n].transform(xb)
+                        for _ in range(self.n_iter_per_batch):
+                            sgds[n].partial_fit(xb, yb, classes=labels)
+                scores = self._stream_metrics(val_texts, y_enc[va], active, where, scalers, sgds)
             for n in active:
                 st, met = state[n], scores[n]
                 st["epochs"] = epoch + 1
