@@ -146,6 +146,20 @@ def test_real_encoder_features_predict_and_pickle(tiny_fitted):
     assert probes.score(df["text"].tolist(), df["label"]) >= 0
 
 
+def test_module_path_parts_are_probes(tiny_gpt2):
+    from embetter_plug import load_builtin_dataset
+
+    model, tok = tiny_gpt2
+    df = load_builtin_dataset("train").iloc[:40]
+    enc = TransformerActivationEncoder(model, tok, layers=[1, 2], parts=["h.{layer}.mlp", "h.0.attn"])
+    probes = OnlineProbes(enc, max_epochs=1, random_state=0).fit(df["text"].tolist(), df["label"])
+    assert sorted(probes.probes_) == ["layer1__h.0.attn", "layer1__h.1.mlp", "layer2__h.0.attn",
+                                      "layer2__h.2.mlp"]
+    feats = probes.get_probe_features(df["text"].tolist()[:4])
+    ref = enc.fit().transform(df["text"].tolist()[:4])
+    np.testing.assert_allclose(feats["layer2__h.2.mlp"], ref[:, 1, 0], rtol=1e-5, atol=1e-6)
+
+
 def test_api_contract(tiny_gpt2):
     model, tok = tiny_gpt2
     est = OnlineProbes(TransformerActivationEncoder(model, tok), max_epochs=3, random_state=1)

@@ -69,7 +69,7 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
     encoder_ : the fitted encoder.
     classes_ : ndarray of the labels.
     probes_ : dict of str -> Pipeline
-        ``"layer{l}__{part}"`` -> fitted ``Pipeline(StandardScaler, SGDClassifier)`` that takes
+        ``"layer{l}__{part}"`` (a per-layer module path with its layer filled in) -> fitted ``Pipeline(StandardScaler, SGDClassifier)`` that takes
         the activations ``get_probe_features`` returns.
     metrics_ : pandas.DataFrame
         Per probe: validation loss, accuracy and macro precision, recall, F1, Matthews, at the
@@ -253,7 +253,9 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
     def _where(self) -> dict[str, tuple[int, int]]:
         """Probe name -> (layer position, part position) in the encoder's output."""
         layout = self.encoder_.layout_
-        names = [f"layer{l}__{p}" for l in layout.layers for p in layout.parts]
+        # a per-layer module path names its own layer: "h.{layer}.mlp" -> "layer1__h.1.mlp"
+        names = [f"layer{l}__{p.replace('{layer}', str(l))}" for l in layout.layers
+                 for p in layout.parts]
         return {n: divmod(i, len(layout.parts)) for i, n in enumerate(names)}
 
     def _slices(self, texts: list[str], names: list[str]) -> dict[str, np.ndarray]:
