@@ -132,7 +132,12 @@ class SbertLearner(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transforme
         from datasets import Dataset
         from sentence_transformers import (SentenceTransformerTrainer,
                                            SentenceTransformerTrainingArguments)
+
+        class _QuietTrainer(SentenceTransformerTrainer):
+            def add_model_card_callback(self, default_args_dict):
+                """No model-card tracking (it encodes extra widget examples) for a private copy."""
         from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
+        from transformers import PrinterCallback
 
         seed = int(self._rng.integers(2**31 - 1))
         steps = (int(self.max_steps) if self.max_steps is not None
@@ -148,8 +153,10 @@ class SbertLearner(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transforme
                 seed=seed, data_seed=seed, report_to="none", save_strategy="no",
                 logging_strategy="no", disable_tqdm=not self.verbose,
                 use_cpu=self.device_.type == "cpu")
-            trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
-                                                 loss=CosineSimilarityLoss(model))
+            trainer = _QuietTrainer(model=model, args=args, train_dataset=data,
+                                    loss=CosineSimilarityLoss(model))
+            if not self.verbose:  # with tqdm off, transformers prints the metrics to stdout
+                trainer.remove_callback(PrinterCallback)
             result = trainer.train()
         model.to(self.device_).eval()
         logger.info("SbertLearner: %d steps, loss %.4f", result.global_step, result.training_loss)
