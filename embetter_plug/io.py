@@ -15,6 +15,7 @@ Two on-disk forms, both read by :func:`load_activations`:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -52,17 +53,9 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        with _suppress_oserror():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-class _suppress_oserror:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        return exc_type is not None and issubclass(exc_type, OSError)
 
 
 def _as_layout(layout: Any) -> ActivationLayout:
