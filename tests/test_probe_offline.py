@@ -84,7 +84,7 @@ def test_planted_signal_is_best_and_dummy_at_chance():
 def test_layout_names_layers_and_parts():
     X, y = _planted(L=3, P=2, layer=1, part=1)
     lay = ActivationLayout(layers=(0, 4, 7), parts=("resid_post", "mlp_out"), hidden_size=6)
-    res = probe_layers(X, y, cv=3, layout=lay, layers=[4, 7], parts=["mlp_out"])
+    res = probe_layers(X, y, cv=3, layout=lay, layers=[4, -1], parts=["mlp_out"])
     assert res.best_ == (4, "mlp_out")
     assert sorted(res.frame_["layer"].dropna().unique()) == [4, 7]
 

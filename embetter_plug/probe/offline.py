@@ -62,7 +62,7 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
         Names for the axes (the encoder's ``layout_``); without it layers are positions and
         parts are ``part0, part1, ...``.
     layers, parts : "all", or a list of layer indices / part names (or positions)
-        Which probes to fit.
+        Which probes to fit; a negative layer counts from the end.
     task : {"auto", "classification", "regression"}, default="auto"
         ``auto`` treats float targets with many values as regression.
     dummy : bool, default=True
@@ -165,7 +165,8 @@ def _axis_names(X4, layout) -> tuple[list[int], list[str]]:
 
 
 def _select(sel, names: list, what: str) -> list[int]:
-    """Positions of the requested layers/parts; names first, then positions for parts."""
+    """Positions of the requested layers/parts: names (layer indices) first; negative layers
+    count from the end; ints are positions for parts."""
     if isinstance(sel, str) and sel == "all":
         return list(range(len(names)))
     items = [sel] if isinstance(sel, (str, Integral)) else list(sel)
@@ -175,8 +176,9 @@ def _select(sel, names: list, what: str) -> list[int]:
     for item in items:
         if item in names:
             out.append(names.index(item))
-        elif what == "part" and isinstance(item, Integral) and 0 <= item < len(names):
-            out.append(int(item))
+        elif (isinstance(item, Integral) and (what == "part" or item < 0)
+              and -len(names) <= item < len(names)):
+            out.append(int(item) % len(names))  # a part position, or a layer counted from the end
         else:
             raise ValueError(f"{what} {item!r} is not in the array; available {what}s are {names}.")
     return out
