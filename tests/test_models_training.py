@@ -54,11 +54,13 @@ def test_early_stopping_restores_the_best_validation_epoch():
     aucs = np.array(hist[:, "valid_auc"])
     best = int(np.argmax(aucs)) + 1  # first epoch reaching the maximum
     assert clf.best_epoch_ == best < clf.n_epochs_ == 25  # training went on past the best epoch
-    final = clf.net_.module_.state_dict()
-    for k, v in final.items():
-        torch.testing.assert_close(v, rec.states[best][k], rtol=0, atol=0)
-    assert any(not torch.equal(final[k], rec.states[25][k]) for k in final)
-    # the restored model scores the best AUC again on the validation rows
+    module = clf.net_.module_
+    weights = dict(module.named_parameters())  # learned weights (batch-norm buffers are refreshed)
+    for k, v in weights.items():
+        torch.testing.assert_close(v.detach(), rec.states[best][k], rtol=0, atol=0)
+    assert any(not torch.equal(v.detach(), rec.states[25][k]) for k, v in weights.items())
+    # that epoch's state (with its buffers) scores the best AUC on the validation rows
+    module.load_state_dict(rec.states[best])
     idx = clf.validation_indices_
     auc = roc_auc_score(y[idx] == clf.classes_[1], clf.predict_proba(X[idx])[:, 1])
     assert auc == pytest.approx(aucs.max(), abs=1e-6)
@@ -178,3 +180,13 @@ def test_load_model_rejects_foreign_folders(tmp_path):
         load_model(tmp_path)
     with pytest.raises(TypeError, match="save_model saves"):
         save_model(LayerPooler(), tmp_path / "p")
+
+
+def test_batch_norm_statistics_match_the_final_weights():
+    X, y = noisy(n=96, shape=(12,))
+    clf = PlugClassifier(max_epochs=4, lr=2e-2, batch_size=32, early_stopping=False, **FAST).fit(X, y)
+    lin, bn = clf.net_.module_.fc1[0], clf.net_.module_.fc1[1]
+    with torch.no_grad():
+        h = lin(torch.as_tensor(X)).numpy()
+    # three equal batches of 32: the average of their means is the mean over fit's rows
+    np.testing.assert_allclose(bn.running_mean.numpy(), h.mean(axis=0), rtol=1e-4, atol=1e-5)

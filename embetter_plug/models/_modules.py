@@ -100,6 +100,7 @@ class ContrastiveCNN(nn.Module):
             pool, nn.Flatten(), nn.Dropout(dropout),
         )
         self.head = nn.Sequential(
+            nn.LayerNorm(proj_dim),  # the contrastive loss ignores the norm; keep the head's input scale fixed
             nn.Linear(proj_dim, 64), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(64, 32), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(32, n_outputs),

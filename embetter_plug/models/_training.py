@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.special import softmax
+from torch.optim.swa_utils import update_bn
+from torch.utils.data import DataLoader, TensorDataset
 from skorch import NeuralNet
-from skorch.callbacks import EarlyStopping, EpochScoring, LRScheduler, ProgressBar
+from skorch.callbacks import Callback, EarlyStopping, EpochScoring, LRScheduler, ProgressBar
 from skorch.dataset import ValidSplit
 from sklearn.base import BaseEstimator
 from sklearn.metrics import log_loss, roc_auc_score
@@ -62,6 +64,25 @@ class TrackedSplit(ValidSplit):
         train, valid = super().__call__(dataset, y=y, groups=groups)
         self.valid_indices_ = np.asarray(valid.indices)
         return train, valid
+
+
+class RefreshBatchNorm(Callback):
+    """At the end of training, after the best weights are restored, recompute the running
+    statistics of every batch-norm layer with those final weights over ``fit``'s rows.
+
+    During training the running averages lag behind the changing weights; for an early
+    epoch restored by early stopping they can be far off and skew every prediction.
+    """
+
+    def __init__(self, batch_size: int = 128):
+        self.batch_size = batch_size
+
+    def on_train_end(self, net, X=None, y=None, **kwargs):
+        if X is None or not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                for m in net.module_.modules()):
+            return
+        loader = DataLoader(TensorDataset(torch.as_tensor(X)), batch_size=self.batch_size)
+        update_bn(loader, net.module_, device=net.device)
 
 
 @contextmanager
@@ -229,6 +250,7 @@ class PlugNetBase(BaseEstimator):
                 patience=max(1, self.patience // 2))))
         elif self.lr_scheduler == "cosine":
             cbs.append(("lr_scheduler", LRScheduler(policy="CosineAnnealingLR", T_max=self.max_epochs)))
+        cbs.append(("refresh_batch_norm", RefreshBatchNorm(self.batch_size)))
         if self.verbose:
             cbs.append(("progress_bar", ProgressBar()))
         return cbs + list(self.callbacks or [])
