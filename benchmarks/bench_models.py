@@ -97,14 +97,22 @@ def run_dataset(name: str, args) -> tuple[pd.DataFrame, str]:
                                 A[tr], y[tr])
         fitted["d"] = timed_fit(PlugContrastiveCNN(**net), A[tr], y[tr])
         for key, (model, secs) in fitted.items():
+            final = model.best_estimator_ if key == "a" else model
+            final = final[-1] if hasattr(final, "steps") else final
             rows.append({"dataset": name, "model": key, "fold": fold, "fit_s": secs,
+                         "best_epoch": getattr(final, "best_epoch_", np.nan),
+                         "n_epochs": getattr(final, "n_epochs_", np.nan),
                          **scores(y[te], model.predict_proba(A[te]), model.classes_)})
         logging.info("%s fold %d done: %s", name, fold,
                      {r["model"]: round(r["accuracy"], 3) for r in rows[-4:]})
+    res = pd.DataFrame(rows)
+    epochs = {k: list(zip(g["best_epoch"].astype(int), g["n_epochs"].astype(int)))
+              for k, g in res[res["model"] != "a"].groupby("model")}
     note = (f"{name}: {len(texts)} rows, {len(np.unique(y))} classes; activations {A.shape[1:]} "
             f"(layers x parts x hidden), encoded in {encode_s:.0f} s; layer chosen for (a)/(b) per "
-            f"fold: {chosen}.")
-    return pd.DataFrame(rows), note
+            f"fold: {chosen}. Epoch kept / epochs run per fold: "
+            + "; ".join(f"({k}) {v}" for k, v in epochs.items()) + ".")
+    return res, note
 
 
 def summary(df: pd.DataFrame) -> str:
