@@ -102,6 +102,8 @@ def run_dataset(name: str, args) -> tuple[pd.DataFrame, str]:
             rows.append({"dataset": name, "model": key, "fold": fold, "fit_s": secs,
                          "best_epoch": getattr(final, "best_epoch_", np.nan),
                          "n_epochs": getattr(final, "n_epochs_", np.nan),
+                         "min_loss_epoch": (int(np.argmin(final.net_.history[:, "valid_loss"])) + 1
+                                            if hasattr(final, "net_") else np.nan),
                          **scores(y[te], model.predict_proba(A[te]), model.classes_)})
         logging.info("%s fold %d done: %s", name, fold,
                      {r["model"]: round(r["accuracy"], 3) for r in rows[-4:]})
@@ -136,13 +138,14 @@ def verdicts(df: pd.DataFrame) -> list[str]:
                    f"{d['roc_auc'] - a['roc_auc']:+.3f} -> target (at least as good) "
                    f"{'met' if d['accuracy'] >= a['accuracy'] else 'MISSED'}.")
         if d["accuracy"] < a["accuracy"]:
-            kept = df[(df["dataset"] == name) & (df["model"] == "d")]["best_epoch"].astype(int).tolist()
+            g = df[(df["dataset"] == name) & (df["model"] == "d")]
+            kept, low = g["best_epoch"].astype(int).tolist(), g["min_loss_epoch"].astype(int).tolist()
             out.append(f"  Why (d) falls short on {name}: early stopping kept epochs {kept}. Its first "
                        "convolution maps 384 hidden channels over a parts x layers grid (about a "
                        "million weights), which fits the few hundred training rows of a fold within "
                        "a few epochs while the contrastive term (temperature 0.07) dominates the "
-                       "loss; the validation loss rises from the first epochs, so the kept epoch is "
-                       "an early one whose classifier head has barely trained. More rows, a higher "
+                       f"loss; the validation loss was lowest at epochs {low}, so the kept epoch is an "
+                       "early one whose classifier head has barely trained. More rows, a higher "
                        "temperature or a smaller `module__channels` are the levers to try.")
     return out
 
