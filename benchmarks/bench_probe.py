@@ -124,7 +124,10 @@ def online_vs_offline(sizes: list[int], n_test: int, epochs: int) -> str:
              f"at most {epochs} epochs), accuracy on {n_test} sst2 test texts. Offline: encode "
              "everything, keep the array, one standardised LogisticRegression(C=0.01) per layer. "
              "Heap peak: Python/NumPy allocations (tracemalloc, torch's own buffers excluded); "
-             "RSS peak: the whole process, model included.", "",
+             "RSS peak: the whole process, model included (ru_maxrss; loading the model sets it, "
+             "so it hides the difference at these sizes). Offline probes hold all activations, so "
+             "their heap grows with n; OnlineProbes hold one batch, and their heap grows only by "
+             "the token ids of the texts, which the encoder keeps to form batches.", "",
              "| method | n | epochs | wall (s) | heap peak (MiB) | RSS peak (MiB) | "
              + " | ".join(f"acc L{k}" for k in layers) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(layers)]
