@@ -26,9 +26,9 @@ class FeedForwardTuner(TorchModuleMixin, ClassNamePrefixFeaturesOutMixin, Transf
     ----------
     hidden_dim : int, default=128
         Size of the hidden layer, i.e. of the output of ``transform``.
-    n_epochs : int, default=20
+    n_epochs : int, default=40
         Passes over the data per ``fit`` / ``partial_fit`` call.
-    learning_rate : float, default=1e-3
+    learning_rate : float, default=3e-4
         AdamW step size.
     batch_size : int or None, default=32
         Rows per gradient step; ``None`` trains on the full batch.
@@ -65,7 +65,7 @@ class FeedForwardTuner(TorchModuleMixin, ClassNamePrefixFeaturesOutMixin, Transf
     (60, 8)
     """
 
-    def __init__(self, hidden_dim: int = 128, n_epochs: int = 20, learning_rate: float = 1e-3,
+    def __init__(self, hidden_dim: int = 128, n_epochs: int = 40, learning_rate: float = 3e-4,
                  batch_size: int | None = 32, activation: str = "relu", weight_decay: float = 0.0,
                  random_state: Any = None, device: Any = "auto", verbose: bool = False):
         self.hidden_dim = hidden_dim
