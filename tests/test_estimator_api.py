@@ -74,7 +74,7 @@ def _numeric_data(est):
 
 
 def _text_estimators():
-    from embetter_plug import SentenceEncoder, TransformerActivationEncoder
+    from embetter_plug import OnlineProbes, SentenceEncoder, TransformerActivationEncoder
     from embetter_plug.testing import make_tiny_model
 
     # seed=1: a model no other test touches (transformers leaves unpicklable hooks on a model
@@ -83,6 +83,8 @@ def _text_estimators():
     return [
         TransformerActivationEncoder(model, tok, layers=[0, -1], parts=["resid_post", "mlp_out"]),
         SentenceEncoder(device="cpu"),  # model=None: the built-in MiniLM (tuners issue)
+        OnlineProbes(TransformerActivationEncoder(model, tok, layers=[0, -1]), max_epochs=2,
+                     random_state=0),  # probing issue
         # --- more text-input estimators go here ---
     ]
 
