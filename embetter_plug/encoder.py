@@ -149,7 +149,10 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
         tok = load_tokenizer(self.tokenizer, model, source, revision=self.revision,
                              trust_remote_code=self.trust_remote_code)
         param_dtype = next(model.parameters()).dtype
-        self.autocast_dtype_ = dtype if (dtype != param_dtype and self.dtype != "auto") else None
+        # a loaded model is already in ``dtype``; a given model runs under autocast when a
+        # half-precision dtype was asked for (or is "auto" on a bf16-capable GPU)
+        half = str(dtype) in ("torch.bfloat16", "torch.float16")
+        self.autocast_dtype_ = dtype if (dtype != param_dtype and half) else None
         self.compute_dtype_ = str(self.autocast_dtype_ or param_dtype).replace("torch.", "")
         return model, tok
 
