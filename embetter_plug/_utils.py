@@ -127,3 +127,33 @@ def check_texts(X: Any, *, name: str = "X") -> list[str]:
 def _positions(idx: list[int], limit: int = 10) -> str:
     shown = ", ".join(map(str, idx[:limit]))
     return f"[{shown}{', ...' if len(idx) > limit else ''}]"
+
+
+def resolve_indices(sel: Any, n: int, *, name: str, what: str, context: str, unit: str) -> list[int]:
+    """``"all"``, an int or a list of ints (negative from the end) -> indices in ``0..n-1``.
+
+    Used for the encoder's ``layers`` (blocks of the model) and the pooler's ``layers``/``parts``
+    (positions along an axis); errors name the valid range.
+    """
+    from numbers import Integral
+
+    if isinstance(sel, str):
+        if sel != "all":
+            raise ValueError(f"{name}={sel!r}: use 'all', an int or a list of ints.")
+        return list(range(n))
+    items = [sel] if isinstance(sel, Integral) else list(sel)
+    if not items:
+        raise ValueError(f"{name} is an empty list; give at least one index or 'all'.")
+    out = []
+    for i in items:
+        if not isinstance(i, Integral) or isinstance(i, bool):
+            raise TypeError(f"{name} entry {i!r} is not an int; {name} takes 'all', an int or ints.")
+        if not -n <= i < n:
+            raise ValueError(
+                f"{what} {i} is out of range: {context} has {n} {unit}, so valid {name} are "
+                f"0..{n - 1} (or -{n}..-1 from the end)."
+            )
+        out.append(int(i) % n)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name}={sel!r} names the same index twice.")
+    return out

@@ -15,7 +15,7 @@ from . import _arch, _batching
 from ._hooks import ActivationCapture, resolve_targets
 from ._loading import load_model, load_tokenizer, resolve_model_source
 from ._token_pooling import pooling_name, validate_pooling
-from ._utils import check_texts, logger, resolve_device, resolve_dtype
+from ._utils import check_texts, logger, resolve_device, resolve_dtype, resolve_indices
 from .layout import ActivationLayout
 
 __all__ = ["TransformerActivationEncoder"]
@@ -159,7 +159,8 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
     def _setup_layout(self) -> None:
         model = self.model_
         n = _arch.n_blocks(model)
-        self.layer_indices_ = _resolve_layers(self.layers, n)
+        self.layer_indices_ = resolve_indices(self.layers, n, name="layers", what="layer",
+                                             context="the model", unit="blocks")
         self.parts_ = _arch.validate_parts(self.parts)
         self.poolings_ = validate_pooling(self.token_pooling,
                                           is_decoder=_arch.is_decoder_only(model))
@@ -350,27 +351,3 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
             state.pop("tokenizer_", None)
             state.pop("_targets", None)
         return state
-
-
-def _resolve_layers(layers, n: int) -> list[int]:
-    """``"all"``/int/list -> sorted-as-given list of non-negative block indices."""
-    if isinstance(layers, str):
-        if layers != "all":
-            raise ValueError(f"layers={layers!r}: use 'all', an int or a list of ints.")
-        return list(range(n))
-    items = [layers] if isinstance(layers, Integral) else list(layers)
-    if not items:
-        raise ValueError("layers is an empty list; give at least one layer or 'all'.")
-    out = []
-    for layer in items:
-        if not isinstance(layer, Integral) or isinstance(layer, bool):
-            raise TypeError(f"layer {layer!r} is not an int; layers takes 'all', an int or ints.")
-        if not -n <= layer < n:
-            raise ValueError(
-                f"layer {layer} is out of range for a model with {n} blocks; valid layers are "
-                f"0..{n - 1} (or -{n}..-1 from the end)."
-            )
-        out.append(int(layer) % n)
-    if len(set(out)) != len(out):
-        raise ValueError(f"layers={layers!r} names the same block twice.")
-    return out

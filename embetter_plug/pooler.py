@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from numbers import Integral
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from ._utils import resolve_indices
 
 __all__ = ["LayerPooler"]
 
@@ -62,8 +63,12 @@ class LayerPooler(TransformerMixin, BaseEstimator):
             raise ValueError(f"method={self.method!r} is not supported; valid methods are {list(METHODS)}.")
         X4 = self._as_4d(X, reset=True)
         self.in_shape_ = tuple(int(s) for s in X4.shape[1:])
-        self.layer_idx_ = _positions(self.layers, self.in_shape_[0], "layers", "layer")
-        self.part_idx_ = _positions(self.parts, self.in_shape_[1], "parts", "part")
+        self.layer_idx_ = np.asarray(resolve_indices(
+            self.layers, self.in_shape_[0], name="layers", what="layer position",
+            context="the input", unit="layers"))
+        self.part_idx_ = np.asarray(resolve_indices(
+            self.parts, self.in_shape_[1], name="parts", what="part position",
+            context="the input", unit="parts"))
         return self
 
     def transform(self, X):
@@ -116,22 +121,3 @@ class LayerPooler(TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
-
-
-def _positions(sel, n: int, name: str, what: str) -> np.ndarray:
-    if isinstance(sel, str):
-        if sel != "all":
-            raise ValueError(f"{name}={sel!r}: use 'all', an int or a list of ints.")
-        return np.arange(n)
-    items = [sel] if isinstance(sel, Integral) else list(sel)
-    if not items:
-        raise ValueError(f"{name} is empty; give at least one position or 'all'.")
-    for i in items:
-        if not isinstance(i, Integral) or isinstance(i, bool):
-            raise TypeError(f"{name} entry {i!r} is not an int.")
-        if not -n <= i < n:
-            raise ValueError(
-                f"{what} position {i} is out of range: the input has {n} {what}(s), so valid "
-                f"positions are 0..{n - 1} (or -{n}..-1)."
-            )
-    return np.asarray([int(i) % n for i in items])
