@@ -99,6 +99,12 @@ def apply_in_batches(fn: Callable[[Any], Any], X: np.ndarray, device, batch_size
     return np.concatenate(outs, axis=0).astype(np.float32, copy=False)
 
 
+def forget_fitted(est: Any, *attrs: str) -> None:
+    """Drop fitted state so that the next ``partial_fit`` starts fresh (what ``fit`` means)."""
+    for attr in attrs:
+        est.__dict__.pop(attr, None)
+
+
 class DeviceStateMixin:
     """Pickles record ``device_`` by name and never change the live object; on load ``device_``
     is that device where this machine has it, else the CPU."""

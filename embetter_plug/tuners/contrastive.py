@@ -10,7 +10,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._utils import seed_from_random_state
 from ._labels import check_pair_labels, check_same_length, sample_pairs, update_classes
-from ._training import (TorchModuleMixin, activation_module, apply_in_batches, check_activation,
+from ._training import (TorchModuleMixin, apply_in_batches, check_activation, forget_fitted,
                         check_positive, flatten_rows, paired_cosine, train_epochs)
 
 __all__ = ["ContrastiveLearner", "ContrastiveTuner"]
@@ -81,7 +81,7 @@ class ContrastiveLearner(TorchModuleMixin, ClassNamePrefixFeaturesOutMixin, Tran
 
     def fit(self, X1, X2, y):
         """Train a fresh head on the pairs ``(X1[i], X2[i])`` with similarity ``y[i]``."""
-        self.__dict__.pop("module_", None)
+        forget_fitted(self, "module_")
         return self.partial_fit(X1, X2, y)
 
     def partial_fit(self, X1, X2, y):
@@ -192,8 +192,7 @@ class ContrastiveTuner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def fit(self, X, y):
         """Make pairs from ``(X, y)`` and train a fresh learner on them."""
-        for attr in ("learner_", "classes_"):
-            self.__dict__.pop(attr, None)
+        forget_fitted(self, "learner_", "classes_")
         return self.partial_fit(X, y)
 
     def partial_fit(self, X, y, classes=None):

@@ -9,7 +9,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._labels import update_classes
-from ._training import (TorchModuleMixin, activation_module, apply_in_batches, check_activation,
+from ._training import (TorchModuleMixin, activation_module, forget_fitted, apply_in_batches, check_activation,
                         check_positive, flatten_rows, train_epochs)
 
 __all__ = ["FeedForwardTuner"]
@@ -80,8 +80,7 @@ class FeedForwardTuner(TorchModuleMixin, ClassNamePrefixFeaturesOutMixin, Transf
 
     def fit(self, X, y):
         """Train a fresh net on ``(X, y)``."""
-        for attr in ("module_", "classes_"):
-            self.__dict__.pop(attr, None)
+        forget_fitted(self, "module_", "classes_")
         return self.partial_fit(X, y)
 
     def partial_fit(self, X, y, classes=None):

@@ -12,7 +12,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._utils import check_texts, logger, resolve_device, seed_from_random_state
 from ._labels import check_pair_labels, check_same_length, sample_pairs, update_classes
-from ._training import DeviceStateMixin, check_positive, paired_cosine, to_cpu
+from ._training import DeviceStateMixin, check_positive, forget_fitted, paired_cosine, to_cpu
 from .sentence import encode_texts, is_sentence_transformer, load_sentence_transformer
 
 __all__ = ["SbertLearner", "SbertTuner"]
@@ -85,8 +85,7 @@ class SbertLearner(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transforme
 
     def fit(self, X1, X2, y):
         """Fine-tune a fresh copy of ``model`` on the pairs ``(X1[i], X2[i])`` with label ``y[i]``."""
-        for attr in ("model_", "device_", "_weights"):
-            self.__dict__.pop(attr, None)
+        forget_fitted(self, "model_", "device_", "_weights")
         return self.partial_fit(X1, X2, y)
 
     def partial_fit(self, X1, X2, y):
@@ -246,8 +245,7 @@ class SbertTuner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
     def fit(self, X, y):
         """Make text pairs from ``(X, y)`` and fine-tune a fresh copy of ``model`` on them."""
-        for attr in ("learner_", "classes_"):
-            self.__dict__.pop(attr, None)
+        forget_fitted(self, "learner_", "classes_")
         return self.partial_fit(X, y)
 
     def partial_fit(self, X, y, classes=None):
