@@ -68,16 +68,19 @@ def interleaved(fns: dict, repeats: int) -> dict[str, float]:
 
 
 def bare_forward_fn(model, tokenizer, texts, max_length):
-    """A plain ``model(**batch)`` loop over the batches our encoder would make (same padding)."""
+    """What one writes by hand: tokenize each batch and call ``model(**batch)``, over the same
+    batches (same texts, length-sorted) that our encoder forms."""
     ids, _ = _batching.tokenize(tokenizer, texts, "", "", max_length)
     batches = _batching.length_sorted_batches([len(s) for s in ids], BATCH)
-    pad = tokenizer.pad_token_id or 0
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
 
     def run():
         with torch.inference_mode():
             for b in batches:
-                input_ids, mask, _ = _batching.pad_batch([ids[i] for i in b], pad, "right")
-                model(input_ids=input_ids, attention_mask=mask)
+                batch = tokenizer([texts[i] for i in b], padding=True, truncation=True,
+                                  max_length=max_length, return_tensors="pt")
+                model(**batch)
     return run
 
 
@@ -97,7 +100,9 @@ def gpt2_small_shaped():
     from transformers import AutoTokenizer, GPT2Config, GPT2Model
 
     tok = AutoTokenizer.from_pretrained(default_model_path())
-    cfg = GPT2Config(vocab_size=len(tok), n_embd=768, n_layer=12, n_head=12, n_positions=512)
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=768, n_layer=12, n_head=12, n_positions=512,
+                     bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+                     pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
     return GPT2Model(cfg).eval(), tok
 

@@ -12,7 +12,7 @@ from collections import defaultdict
 from typing import Callable, Sequence
 
 from ._arch import PARTS, base_model, find_module, get_spec, unknown_arch_error
-from ._token_pooling import pool_tokens
+from ._token_pooling import make_pooler
 
 
 class _StopForward(Exception):
@@ -80,7 +80,7 @@ class ActivationCapture:
         self.part_names = part_names
         self._handles = []
         self._buf = None
-        self._mask = None
+        self._pool = None
         self._remaining = 0
 
     def __enter__(self):
@@ -112,7 +112,7 @@ class ActivationCapture:
                 f"(batch, tokens, {self.hidden_size}); choose a module whose output has the "
                 "model's hidden size (e.g. the block, its attention or its MLP)."
             )
-        pooled = pool_tokens(tensor, self._mask, self.poolings)  # (B, K, H)
+        pooled = self._pool(tensor)  # (B, K, H)
         k = len(self.poolings)
         for li, pi in where:
             rows = slice(None) if li is None else li
@@ -137,7 +137,7 @@ class ActivationCapture:
         import torch
 
         self.stop_early = stop_early
-        self._mask = mask
+        self._pool = make_pooler(mask, self.poolings)
         self._remaining = self._n_hooks
         self._buf = torch.zeros(
             (mask.shape[0], self.n_layers, self.n_parts * len(self.poolings), self.hidden_size),
@@ -152,5 +152,5 @@ class ActivationCapture:
                 f"{self._remaining} hooked module(s) never ran during the forward pass; the "
                 "requested parts are not on this model's forward path."
             )
-        buf, self._buf, self._mask = self._buf, None, None
+        buf, self._buf, self._pool = self._buf, None, None
         return buf

@@ -64,35 +64,49 @@ def pooling_name(p: str | float) -> str:
     return p if isinstance(p, str) else f"pos{p:g}"
 
 
-def pool_tokens(hidden, mask, poolings: Sequence[str | float]):
-    """Pool ``hidden`` ``(B, T, H)`` with ``mask`` ``(B, T)`` into ``(B, len(poolings), H)`` float32.
+def make_pooler(mask, poolings: Sequence[str | float]):
+    """Return ``pool(hidden)`` mapping ``(B, T, H)`` to ``(B, len(poolings), H)`` float32.
 
-    ``mask`` is 1 on real tokens, 0 on padding, and may sit on either side.
+    Everything that depends only on ``mask`` (``(B, T)``, 1 on real tokens, padding on either
+    side) is computed here once per batch, so each hooked module pays only for the pooling.
     """
     import torch
 
-    hidden = hidden.float()
-    maskf = mask.to(hidden.dtype)
-    n_real = maskf.sum(1).clamp(min=1)  # (B,)
-    out = []
-    positions = None
+    keep = mask.bool()
+    n_real = keep.sum(1).clamp(min=1)  # (B,)
+    weights = (mask.float() / n_real[:, None].float())[:, None, :]  # (B, 1, T): mean as a bmm
+    rank = keep.long().cumsum(1) - 1  # rank of each real token within its text
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    index = {}
     for p in poolings:
-        if p == "mean":
-            out.append((hidden * maskf[..., None]).sum(1) / n_real[:, None])
-        elif p in ("max", "min"):
-            fill = float("-inf") if p == "max" else float("inf")
-            masked = hidden.masked_fill(~mask.bool()[..., None], fill)
-            out.append(masked.amax(1) if p == "max" else masked.amin(1))
+        if isinstance(p, str) and p in ("mean", "max", "min"):
+            continue
+        if p in ("cls", "first"):
+            target = torch.zeros_like(n_real)
+        elif p == "lasttoken":
+            target = n_real - 1
         else:
-            if positions is None:
-                # rank of each real token within its text: 0..n_real-1 (padding gets -1)
-                positions = (mask.long().cumsum(1) - 1).masked_fill(~mask.bool(), -1)
-            if p in ("cls", "first"):
-                target = torch.zeros_like(n_real, dtype=torch.long)
-            elif p == "lasttoken":
-                target = n_real.long() - 1
+            target = torch.round(float(p) * (n_real - 1).float()).long()
+        index[p] = ((rank == target[:, None]) & keep).long().argmax(1)
+    pad = ~keep[..., None]
+
+    def pool(hidden):
+        hidden = hidden.float()
+        out = []
+        for p in poolings:
+            if p == "mean":
+                out.append(torch.bmm(weights, hidden)[:, 0])
+            elif p == "max":
+                out.append(hidden.masked_fill(pad, float("-inf")).amax(1))
+            elif p == "min":
+                out.append(hidden.masked_fill(pad, float("inf")).amin(1))
             else:
-                target = torch.round(float(p) * (n_real - 1)).long()
-            idx = (positions == target[:, None]).float().argmax(1)
-            out.append(hidden[torch.arange(hidden.shape[0], device=hidden.device), idx])
-    return torch.stack(out, 1)
+                out.append(hidden[rows, index[p]])
+        return torch.stack(out, 1)
+
+    return pool
+
+
+def pool_tokens(hidden, mask, poolings: Sequence[str | float]):
+    """Pool ``hidden`` ``(B, T, H)`` with ``mask`` ``(B, T)`` into ``(B, len(poolings), H)`` float32."""
+    return make_pooler(mask, poolings)(hidden)
