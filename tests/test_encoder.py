@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -14,11 +17,18 @@ FINAL_NORM = {"gpt2": "ln_f", "llama": "norm", "gemma2": "norm", "gpt_neox": "fi
 PARTS = ["resid_pre", "attn_out", "mlp_out", "resid_post"]
 
 
+@functools.lru_cache(maxsize=None)
+def _reference_copy(model):
+    """A copy for the manual forwards: transformers leaves (unpicklable) output-capturing hooks
+    on a model after ``output_hidden_states=True``; the shared test models stay clean."""
+    return copy.deepcopy(model)
+
+
 def manual_states(model, tok, text):
     """Per-token hidden states of one text, no padding: HF's own output_hidden_states."""
     enc = tok(text, return_tensors="pt")
     with torch.no_grad():
-        out = model(**enc, output_hidden_states=True)
+        out = _reference_copy(model)(**enc, output_hidden_states=True)
     return [h[0].numpy() for h in out.hidden_states]  # n_layers + 1 entries of (T, H)
 
 
