@@ -63,6 +63,11 @@ REGISTRY: dict[str, ArchSpec] = {
     "distilbert": ArchSpec("transformer.layer", "attention.out_lin", "ffn", post_norm=True),
 }
 
+# families whose embeddings derive positions from the padding in input_ids themselves (RoBERTa
+# counts from padding_idx + 1); every other family gets mask-aware position_ids from us
+POSITIONS_FROM_PADDING = {"roberta", "xlm-roberta", "camembert", "mpnet", "longformer",
+                          "data2vec-text", "xlm-roberta-xl"}
+
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "electra", "mpnet", "distilbert"}
 
 

@@ -81,6 +81,7 @@ class ActivationCapture:
         self._handles = []
         self._buf = None
         self._pool = None
+        self._shape = (0, 0)
         self._remaining = 0
 
     def __enter__(self):
@@ -105,6 +106,9 @@ class ActivationCapture:
         return False
 
     def _store(self, tensor, where):
+        batch, tokens = self._shape
+        if tensor.dim() == 2 and tensor.shape[0] == batch * tokens:  # flattened tokens (OPT's MLP)
+            tensor = tensor.reshape(batch, tokens, -1)
         if tensor.dim() != 3 or tensor.shape[-1] != self.hidden_size:
             part = self.part_names[where[0][1]]
             raise ValueError(
@@ -138,6 +142,7 @@ class ActivationCapture:
 
         self.stop_early = stop_early
         self._pool = make_pooler(mask, self.poolings)
+        self._shape = tuple(mask.shape)
         self._remaining = self._n_hooks
         self._buf = torch.zeros(
             (mask.shape[0], self.n_layers, self.n_parts * len(self.poolings), self.hidden_size),

@@ -286,7 +286,8 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
         import torch
 
         model = _arch.base_model(self.model_)
-        accepts_pos = "position_ids" in inspect.signature(model.forward).parameters
+        accepts_pos = ("position_ids" in inspect.signature(model.forward).parameters
+                       and model.config.model_type not in _arch.POSITIONS_FROM_PADDING)
         extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
         pad_id = self._pad_id()
         side = getattr(self.tokenizer_, "padding_side", "right")

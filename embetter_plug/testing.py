@@ -17,8 +17,11 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-FAMILIES = ("gpt2", "llama", "gemma2", "gpt_neox", "bert")
-_DECODERS = {"gpt2", "llama", "gemma2", "gpt_neox"}
+_DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+                 "gpt_neox", "phi", "opt")
+_ENCODERS = ("bert", "roberta", "distilbert")
+FAMILIES = _DECODER_ONLY + _ENCODERS
+_DECODERS = set(_DECODER_ONLY)
 
 HIDDEN = 32
 N_LAYERS = 3
@@ -76,29 +79,40 @@ def make_tokenizer(kind: str = "bpe", padding_side: str = "right"):
     )
 
 
-def _config(family: str, vocab_size: int, pad: int, bos: int, eos: int):
+_ATTN = dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)
+_GEMMA = dict(head_dim=8, query_pre_attn_scalar=8, sliding_window=16)
+# family -> (config class, size arguments); max positions 512 (RoBERTa needs 2 more)
+_CONFIGS = {
+    "gpt2": ("GPT2Config", dict(n_embd=HIDDEN, n_layer=N_LAYERS, n_head=4, n_positions=512)),
+    "llama": ("LlamaConfig", _ATTN),
+    "mistral": ("MistralConfig", _ATTN),
+    "qwen2": ("Qwen2Config", _ATTN),
+    "qwen3": ("Qwen3Config", dict(_ATTN, head_dim=8)),
+    "gemma": ("GemmaConfig", dict(_ATTN, head_dim=8)),
+    "gemma2": ("Gemma2Config", dict(_ATTN, **_GEMMA)),
+    "gemma3_text": ("Gemma3TextConfig", dict(_ATTN, **_GEMMA)),
+    "gpt_neox": ("GPTNeoXConfig", dict(num_attention_heads=4, intermediate_size=64)),
+    "phi": ("PhiConfig", dict(num_attention_heads=4, intermediate_size=64)),
+    "opt": ("OPTConfig", dict(num_attention_heads=4, ffn_dim=64, word_embed_proj_dim=HIDDEN)),
+    "bert": ("BertConfig", dict(num_attention_heads=4, intermediate_size=64)),
+    "roberta": ("RobertaConfig", dict(num_attention_heads=4, intermediate_size=64,
+                                      max_position_embeddings=514)),
+    "distilbert": ("DistilBertConfig", dict(dim=HIDDEN, n_layers=N_LAYERS, n_heads=4, hidden_dim=64)),
+}
+
+
+def _config(family: str, vocab_size: int, pad: int, bos, eos):
     import transformers as tf
 
-    common = dict(vocab_size=vocab_size, pad_token_id=pad, bos_token_id=bos, eos_token_id=eos)
-    if family == "gpt2":
-        return tf.GPT2Config(n_embd=HIDDEN, n_layer=N_LAYERS, n_head=4, n_positions=512, **common)
-    if family == "llama":
-        return tf.LlamaConfig(hidden_size=HIDDEN, num_hidden_layers=N_LAYERS, num_attention_heads=4,
-                              num_key_value_heads=2, intermediate_size=64,
-                              max_position_embeddings=512, **common)
-    if family == "gemma2":
-        return tf.Gemma2Config(hidden_size=HIDDEN, num_hidden_layers=N_LAYERS, num_attention_heads=4,
-                               num_key_value_heads=2, head_dim=8, intermediate_size=64,
-                               query_pre_attn_scalar=8, sliding_window=16,
-                               max_position_embeddings=512, **common)
-    if family == "gpt_neox":
-        return tf.GPTNeoXConfig(hidden_size=HIDDEN, num_hidden_layers=N_LAYERS, num_attention_heads=4,
-                                intermediate_size=64, max_position_embeddings=512, **common)
-    if family == "bert":
-        return tf.BertConfig(hidden_size=HIDDEN, num_hidden_layers=N_LAYERS, num_attention_heads=4,
-                             intermediate_size=64, max_position_embeddings=512,
-                             vocab_size=vocab_size, pad_token_id=pad)
-    raise ValueError(f"family={family!r} is not one of {FAMILIES}.")
+    name, sizes = _CONFIGS[family]
+    kwargs = dict(vocab_size=vocab_size, pad_token_id=pad)
+    if family in _DECODERS:
+        kwargs.update(bos_token_id=bos, eos_token_id=eos)
+    if family not in ("gpt2", "distilbert"):
+        kwargs.update(hidden_size=HIDDEN, num_hidden_layers=N_LAYERS)
+    kwargs.setdefault("max_position_embeddings", 512)
+    kwargs.update(sizes)
+    return getattr(tf, name)(**kwargs)
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,7 +120,7 @@ def _model(family: str, seed: int):
     import torch
     from transformers import AutoModel
 
-    tok = make_tokenizer("wordpiece" if family == "bert" else "bpe")
+    tok = make_tokenizer("bpe" if family in _DECODERS else "wordpiece")
     cfg = _config(family, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
     torch.manual_seed(seed)
     model = AutoModel.from_config(cfg, attn_implementation="eager")
@@ -116,12 +130,15 @@ def _model(family: str, seed: int):
 def make_tiny_model(family: str = "gpt2", *, seed: int = 0, padding_side: str = "right"):
     """Return ``(model, tokenizer)``: a 3-layer, 32-wide random base model of ``family``.
 
+    ``family`` is one of :data:`FAMILIES` (GPT-2, Llama, Mistral, Qwen2/3, Gemma, Gemma-2,
+    Gemma-3, GPT-NeoX, Phi, OPT, BERT, RoBERTa, DistilBERT).
+
     The model is built once per ``(family, seed)`` and shared; the tokenizer is fresh on every
     call so that tests may change its ``padding_side``.
     """
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is not one of {FAMILIES}.")
-    tok = make_tokenizer("wordpiece" if family == "bert" else "bpe", padding_side=padding_side)
+    tok = make_tokenizer("bpe" if family in _DECODERS else "wordpiece", padding_side=padding_side)
     return _model(family, seed), tok
 
 

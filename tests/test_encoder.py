@@ -12,8 +12,11 @@ import torch
 from embetter_plug import TransformerActivationEncoder
 from embetter_plug.testing import FAMILIES, is_decoder_family, make_tiny_model
 
-PRE_NORM = [f for f in FAMILIES if f != "bert"]
-FINAL_NORM = {"gpt2": "ln_f", "llama": "norm", "gemma2": "norm", "gpt_neox": "final_layer_norm"}
+PRE_NORM = [f for f in FAMILIES if is_decoder_family(f)]
+FINAL_NORM = {"gpt2": "ln_f", "gpt_neox": "final_layer_norm", "phi": "final_layernorm",
+              "opt": "decoder.final_layer_norm",
+              **{f: "norm" for f in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
+                                     "gemma3_text")}}
 PARTS = ["resid_pre", "attn_out", "mlp_out", "resid_post"]
 
 
@@ -64,7 +67,7 @@ def test_resid_post_equals_manual_forward(family, side, texts):
             np.testing.assert_allclose(X[i, layer, 3], np_pool(hs[layer + 1], pooling), atol=2e-5)
             np.testing.assert_allclose(X[i, layer + 1, 0], X[i, layer, 3], atol=1e-6)
         if family in FINAL_NORM:  # HF's last entry has the final norm applied; ours must not
-            norm = getattr(model, FINAL_NORM[family])
+            norm = model.get_submodule(FINAL_NORM[family])
             with torch.no_grad():
                 normed = norm(torch.from_numpy(X[i, last, 3])[None])[0].numpy()
             np.testing.assert_allclose(normed, hs[-1][-1], atol=5e-5)
