@@ -48,7 +48,7 @@ def per_layer(n: int) -> str:
 
     from embetter_plug import LayerMetricDisplay, TransformerActivationEncoder, probe_layers
 
-    out = ["### Per-layer probes, all-MiniLM-L6-v2 (mean pooling, 5-fold CV)", ""]
+    out = ["## Probing", "", "### Per-layer probes, all-MiniLM-L6-v2 (mean pooling, 5-fold CV)", ""]
     for name in sorted(p.name for p in SHARED.iterdir() if (p / f"{p.name}.csv").exists()):
         df = _subsample(_read(name), n)
         enc = TransformerActivationEncoder(parts=PARTS, batch_size=64).fit()
