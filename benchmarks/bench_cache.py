@@ -119,8 +119,8 @@ def main() -> None:
     lines += ["", f"Distinct texts: {len(set(X)):,}. joblib.Memory caches each fold's "
               "`fit_transform` on the training part only; the held-out part is encoded again "
               "for every grid point.", "",
-              "Wall times were measured on 2 CPU cores shared with other jobs and vary by a factor "
-              "of up to about 3 between runs of the same work; the counts of texts run through "
+              "Wall times are single runs on a 2-core CPU and vary between runs of the same work "
+              "(up to about 3x when other jobs share the cores); the counts of texts run through "
               "the model are exact."]
     write_section("bench_cache", "## Activation cache in a grid search\n\n" + "\n".join(lines))
 

@@ -136,8 +136,8 @@ def main() -> None:
         f"{MODEL_SHAPE['n_embd']}), all layers x resid_post/attn_out/mlp_out (float32, "
         f"{row_kib:.1f} KiB per text), batch 32, shards of {SHARD} texts; real texts from SST-2, "
         "TREC and the built-in set. Each run in a fresh process; peak RSS is the process's "
-        "maximum resident set (torch and the model included). The 2 CPU cores were shared with "
-        "other jobs during these runs, so texts/s carry that noise; RSS does not.",
+        "maximum resident set (torch and the model included). Texts/s are single runs on 2 "
+        "CPU cores and carry run-to-run noise; RSS does not.",
         "",
         "| texts | mode | peak RSS (MiB) | texts/s |",
         "| ---: | --- | ---: | ---: |",
