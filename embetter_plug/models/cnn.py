@@ -60,7 +60,11 @@ class PlugContrastiveCNN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clas
         ``c1``; ``None`` uses ``max(128, 4*n_layers)``.
     module__proj_dim : int, default=128
     module__dropout : float, default=0.2
-    Other parameters : as for :class:`PlugClassifier`.
+
+    The training parameters (``max_epochs``, ``lr``, ``batch_size``, ``optimizer``,
+    ``lr_scheduler``, ``early_stopping``, ``patience``, ``validation_fraction``,
+    ``class_weight``, ``callbacks``, ``device``, ``n_jobs``, ``random_state``, ``verbose``) are
+    those of :class:`PlugClassifier`.
 
     Examples
     --------
