@@ -144,6 +144,8 @@ def test_real_encoder_features_predict_and_pickle(tiny_fitted):
     again = pickle.loads(pickle.dumps(probes))
     np.testing.assert_allclose(again.predict_proba(texts), probes.predict_proba(texts), rtol=1e-5)
     assert probes.score(df["text"].tolist(), df["label"]) >= 0
+    assert probes.score(df["text"].tolist(), df["label"]) == pytest.approx(
+        accuracy_score(df["label"], probes.predict(df["text"].tolist())))
 
 
 def test_module_path_parts_are_probes(tiny_gpt2):
@@ -197,6 +199,21 @@ def test_bad_texts_and_unknown_labels():
     probes = OnlineProbes(StreamOnlyEncoder(y), max_epochs=1, random_state=0).fit(texts, y)
     with pytest.raises(ValueError, match=r"labels \[7\] not seen in fit"):
         probes.evaluate(texts[:4], [0, 1, 7, 0])
+    with pytest.raises(ValueError, match="X has 4 texts but y has 3"):
+        probes.evaluate(texts[:4], [0, 1, 0])
+
+
+def test_class_weight_dict_keys_are_the_original_labels():
+    texts, y = _data(n=120, seed=4)
+    labels = np.array(["neg", "pos"])[y]
+    enc = StreamOnlyEncoder(y, seed=4)
+    probes = OnlineProbes(enc, max_epochs=1, random_state=0,
+                          class_weight={"neg": 1.0, "pos": 3.0}).fit(texts, labels)
+    for pipe in probes.probes_.values():
+        assert pipe.named_steps["sgd"].class_weight == {0: 1.0, 1: 3.0}
+    with pytest.raises(ValueError, match=r"class_weight has labels \['zzz'\]"):
+        OnlineProbes(enc, class_weight={"zzz": 2.0}).fit(texts, labels)
+    assert enc.passes == 2  # the bad class_weight is refused before anything is streamed
 
 
 @pytest.mark.slow

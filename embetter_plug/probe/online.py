@@ -151,10 +151,10 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
         rng = np.random.default_rng(seed)
         tr, va = train_test_split(np.arange(len(texts)), test_size=self.validation_fraction,
                                   stratify=y_enc, random_state=seed)
+        weights = self._class_weights(y_enc[tr])
         self.encoder_ = self._fitted_encoder()
         where = self._where()
         names = list(where)
-        weights = self._class_weights(y_enc[tr])
         scalers, sgds = self._init_probes(names, seed, weights)
         state = {n: {"best": np.inf, "wait": 0, "stopped": False, "epochs": 0, "model": None,
                      "metrics": None} for n in names}
@@ -197,6 +197,14 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
         return self
 
     def _class_weights(self, y_train):
+        """``class_weight`` keyed by the encoded labels the SGD probes are trained on."""
+        if isinstance(self.class_weight, dict):  # keys are the original labels
+            pos = {c: i for i, c in enumerate(self.classes_.tolist())}
+            unknown = [k for k in self.class_weight if k not in pos]
+            if unknown:
+                raise ValueError(f"class_weight has labels {unknown[:5]} that are not in y; "
+                                 f"the classes are {self.classes_.tolist()}.")
+            return {pos[k]: float(w) for k, w in self.class_weight.items()}
         if not isinstance(self.class_weight, str):
             return self.class_weight
         from sklearn.utils.class_weight import compute_class_weight
@@ -271,6 +279,8 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "probes_")
         texts = check_texts(X)
         y = np.asarray(y)
+        if len(y) != len(texts):
+            raise ValueError(f"X has {len(texts)} texts but y has {len(y)} labels; they must match.")
         unknown = sorted(set(np.unique(y).tolist()) - set(self.classes_.tolist()))
         if unknown:
             raise ValueError(f"y has labels {unknown[:5]} not seen in fit; known: {self.classes_.tolist()}.")
