@@ -190,3 +190,12 @@ def test_batch_norm_statistics_match_the_final_weights():
         h = lin(torch.as_tensor(X)).numpy()
     # three equal batches of 32: the average of their means is the mean over fit's rows
     np.testing.assert_allclose(bn.running_mean.numpy(), h.mean(axis=0), rtol=1e-4, atol=1e-5)
+
+
+def test_save_numpy_scalar_module_param(tmp_path):
+    X, _ = noisy(n=40)
+    y = X[:, 0, 0, 0] * 2
+    reg = PlugRegressor(max_epochs=1, module__hidden_units=np.int64(8), **FAST).fit(X, y)
+    again = load_model(save_model(reg, tmp_path / "np"), device="cpu")
+    assert again.net_.module_.fc1[0].out_features == 8
+    np.testing.assert_array_equal(again.predict(X), reg.predict(X))

@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .. import __version__
 from .._utils import resolve_device
+from ._training import _plain
 from .classifier import PlugClassifier
 from .cnn import PlugContrastiveCNN
 from .regressor import PlugRegressor
@@ -74,9 +75,10 @@ def save_model(model, path: str | Path) -> Path:
             "n_epochs": int(model.n_epochs_),
         },
     }
+    text = json.dumps(config, indent=2, default=_json_scalar)  # fails before anything is written
     state = {k: v.detach().cpu().contiguous() for k, v in model.net_.module_.state_dict().items()}
     save_file(state, str(path / WEIGHTS), metadata={"format": _FORMAT})
-    (path / CONFIG).write_text(json.dumps(config, indent=2))
+    (path / CONFIG).write_text(text)
     return path
 
 
@@ -135,8 +137,11 @@ def _json_param(key: str, value: Any) -> Any:
         return None
 
 
-def _plain(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
+def _json_scalar(v: Any) -> Any:
+    """``json.dumps`` fallback: NumPy scalars (e.g. ``module__hidden_units=np.int64(16)``)."""
+    if isinstance(v, np.generic):
+        return v.item()
+    raise TypeError(f"Object of type {type(v).__name__} is not JSON serializable")
 
 
 def _optimizer_from_name(name: str):
