@@ -169,6 +169,9 @@ def test_bad_array_shape_and_classifier_on_numbers():
     y = np.repeat([0, 1], 10)
     with pytest.raises(ValueError, match="n_samples, n_layers, n_parts, hidden"):
         probe_layers(np.zeros((20, 4)), y)
+    for shape in ((1, 2, 2, 4), (1, 2, 4)):  # one sample, with or without the part axis
+        with pytest.raises(ValueError, match="cross-validation needs more"):
+            probe_layers(np.zeros(shape), [0])
     with pytest.raises(TypeError, match="numeric activation array"):
         probe_layers(np.array([["a"] * 3] * 20)[:, :, None, None], y)
     X, t = _regression_data(n=20)

@@ -145,16 +145,14 @@ def _as_4d(X) -> np.ndarray:
     X = np.asarray(X)
     if X.dtype.kind not in "fiu":
         raise TypeError(f"X must be a numeric activation array, got dtype {X.dtype}.")
-    if X.ndim == 3:
-        return X[:, :, None, :]
-    if X.ndim != 4:
+    if X.ndim not in (3, 4):
         raise ValueError(
             f"X must be (n_samples, n_layers, n_parts, hidden) activations (or 3-D without the "
             f"part axis), got shape {X.shape}."
         )
     if len(X) < 2:
         raise ValueError(f"X has {len(X)} sample(s); cross-validation needs more.")
-    return X
+    return X[:, :, None, :] if X.ndim == 3 else X
 
 
 def _axis_names(X4, layout) -> tuple[list[int], list[str]]:
