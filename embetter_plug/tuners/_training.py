@@ -148,7 +148,7 @@ class TorchModuleMixin(DeviceStateMixin):
         return module
 
     def _optimizer(self):
-        """The Adam optimizer over ``module_``, created once and kept across ``partial_fit`` calls;
+        """The AdamW optimizer over ``module_``, created once and kept across ``partial_fit`` calls;
         the current ``learning_rate``/``weight_decay`` always apply."""
         import torch
 

@@ -97,7 +97,7 @@ class ContrastiveLearner(TorchModuleMixin, ClassNamePrefixFeaturesOutMixin, Tran
             self.module_ = self._build(self._make_module)
         self.loss_ = train_epochs(
             self.module_, self._optimizer(), _cosine_mse,
-            (X1.astype(np.float32), X2.astype(np.float32), sim), epochs=self.epochs,
+            (X1.astype(np.float32, copy=False), X2.astype(np.float32, copy=False), sim), epochs=self.epochs,
             batch_size=self.batch_size, rng=self._rng, device=self.device_, verbose=self.verbose,
             desc=type(self).__name__)
         return self

@@ -98,7 +98,7 @@ class FeedForwardTuner(TorchModuleMixin, ClassNamePrefixFeaturesOutMixin, Transf
             self.module_ = self._build(self._make_module)
         self.loss_ = train_epochs(
             self.module_, self._optimizer(), _cross_entropy,
-            (X.astype(np.float32), codes.astype(np.int64)), epochs=self.n_epochs,
+            (X.astype(np.float32, copy=False), codes.astype(np.int64, copy=False)), epochs=self.n_epochs,
             batch_size=self.batch_size, rng=self._rng, device=self.device_, verbose=self.verbose,
             desc="FeedForwardTuner")
         return self
