@@ -118,7 +118,7 @@ def run(args) -> int:
         texts = texts[: args.limit]
     enc = encoder_from_args(args).fit(texts)
     if args.out.endswith(".npz"):
-        X = enc.transform(texts).astype(args.store_dtype)
+        X = enc.transform(texts).astype(args.store_dtype, copy=False)
         out = save_activations(args.out, X, enc.layout_)
         shape, dtype = X.shape, X.dtype
     else:
