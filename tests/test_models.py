@@ -193,6 +193,10 @@ def test_cnn_rejects_five_axes_and_bad_params():
                      ({"temperature": 0.0}, "temperature"), ({"module__dropout": 1.0}, "module__dropout")]:
         with pytest.raises(ValueError, match=name):
             PlugContrastiveCNN(**{**FAST, **kw}).fit(X, y)
+    # NumPy scalars (e.g. from a np.logspace grid) are valid numbers
+    cnn = PlugContrastiveCNN(max_epochs=1, temperature=np.float32(0.5), contrastive_weight=np.float32(1),
+                             module__channels=4, module__proj_dim=4, **FAST).fit(X, y)
+    assert cnn.net_.criterion_.supcon.temperature == 0.5
 
 
 def test_set_params_accepts_module_params_only_if_known():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -93,9 +94,9 @@ class PlugContrastiveCNN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clas
     def fit(self, X, y) -> "PlugContrastiveCNN":
         """Train on activations ``X`` (2-, 3- or 4-D, see the class docstring) and labels ``y``."""
         self._check_params()
-        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+        if not (isinstance(self.temperature, Real) and self.temperature > 0):
             raise ValueError(f"temperature={self.temperature!r} is invalid; use a float > 0.")
-        if not (isinstance(self.contrastive_weight, (int, float)) and self.contrastive_weight >= 0):
+        if not (isinstance(self.contrastive_weight, Real) and self.contrastive_weight >= 0):
             raise ValueError(f"contrastive_weight={self.contrastive_weight!r} is invalid; use a float >= 0.")
         X, y = self._check_X(X, y, reset=True)
         y_idx = self._encode_y(y)
