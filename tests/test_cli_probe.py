@@ -107,6 +107,18 @@ def test_errors_are_clear(setup, tmp_path, capsys, extra, message):
     assert message in capsys.readouterr().err
 
 
+def test_bad_cv_fails_before_extraction(setup, monkeypatch, capsys):
+    import embetter_plug._cli.probe as cli_probe
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("activations were extracted before --cv was checked")
+
+    monkeypatch.setattr(cli_probe, "encoder_from_args", no_extraction)
+    assert main(["probe", "--data", setup["csv"], "--text-col", "sentence", "--label-col", "target",
+                 "--model", setup["gpt2"], "--cv", "1"]) == 2
+    assert "n_splits=1" in capsys.readouterr().err
+
+
 def test_single_class_and_missing_file(setup, tmp_path, capsys):
     df = setup["df"].assign(target=1)
     csv = tmp_path / "one.csv"

@@ -119,9 +119,11 @@ def _with_pooling(results, enc):
 def run(args) -> int:
     from embetter_plug.probe import ProbeResults, probe_layers
     from embetter_plug.probe._metrics import detect_task
+    from embetter_plug.probe.offline import _splits
 
     texts, y, dataset = _read(args)
     task, y = detect_task(y, args.task)
+    _splits(args.cv, None, y, None, task, None)  # a bad --cv fails here, before any extraction
     poolings = ",".join(args.token_pooling or ["auto"])
     models = args.model or [None]
     labels = [_model_label(m) for m in models]
