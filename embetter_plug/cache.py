@@ -139,7 +139,10 @@ class ActivationCache:
         """One dict per stored entry: ``path``, ``label`` (the model), ``n_vectors``, ``size``, ``ok``."""
         out = []
         for path in self._entry_files():
-            raw = path.read_bytes()
+            try:
+                raw = path.read_bytes()
+            except FileNotFoundError:  # removed by another process while listing
+                continue
             try:
                 header, data = _decode(raw)
                 out.append({"path": str(path), "label": header.get("label", ""),

@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 from .._utils import check_texts, logger, resolve_device, seed_from_random_state
 from ._labels import check_pair_labels, check_same_length, sample_pairs, update_classes
 from ._training import DeviceStateMixin, check_positive, forget_fitted, paired_cosine, to_cpu
-from .sentence import encode_texts, is_sentence_transformer, load_sentence_transformer
+from .sentence import embedding_dim, encode_texts, is_sentence_transformer, load_sentence_transformer
 
 __all__ = ["SbertLearner", "SbertTuner"]
 
@@ -179,7 +179,8 @@ class SbertLearner(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transforme
 
     @property
     def _n_features_out(self) -> int:
-        return int(self.transform(["x"]).shape[1])
+        check_is_fitted(self, "device_")
+        return embedding_dim(self._model())
 
     def __getstate__(self):
         state = super().__getstate__()

@@ -52,6 +52,15 @@ def encode_texts(model, texts: list[str], *, batch_size: int, normalize: bool, v
     return np.asarray(out, dtype=np.float32)
 
 
+def embedding_dim(model) -> int:
+    """Width of ``model``'s embeddings, read from the model where it says (no forward pass)."""
+    for name in ("get_embedding_dimension", "get_sentence_embedding_dimension"):
+        dim = getattr(model, name, lambda: None)()
+        if dim:
+            return int(dim)
+    return int(encode_texts(model, ["x"], batch_size=1, normalize=False, verbose=False).shape[1])
+
+
 class SentenceEncoder(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Embed texts with a sentence-transformers model.
 
@@ -101,8 +110,7 @@ class SentenceEncoder(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transfo
         check_positive("batch_size", self.batch_size)
         self.device_ = resolve_device(self.device)
         self.model_ = load_sentence_transformer(self.model, self.device_)
-        self.n_features_out_ = int(encode_texts(self.model_, ["x"], batch_size=1, normalize=False,
-                                                verbose=False).shape[1])
+        self.n_features_out_ = embedding_dim(self.model_)
         return self
 
     def transform(self, X) -> np.ndarray:
