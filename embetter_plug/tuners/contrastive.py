@@ -8,8 +8,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._utils import seed_from_random_state
-from ._labels import check_pair_labels, check_same_length, sample_pairs, update_classes
+from ._labels import check_pair_labels, check_same_length
+from ._pairs import PairTunerMixin
 from ._training import (TorchModuleMixin, apply_in_batches, check_activation, forget_fitted,
                         check_positive, flatten_rows, paired_cosine, train_epochs)
 
@@ -137,7 +137,7 @@ class ContrastiveLearner(TorchModuleMixin, ClassNamePrefixFeaturesOutMixin, Tran
         return tags
 
 
-class ContrastiveTuner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class ContrastiveTuner(PairTunerMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """The Pipeline version of :class:`ContrastiveLearner`: it makes the pairs from ``(X, y)``.
 
     For each row it pairs one other row of the same class (similar) and ``n_neg`` rows of other
@@ -190,29 +190,16 @@ class ContrastiveTuner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         self.device = device
         self.verbose = verbose
 
-    def fit(self, X, y):
-        """Make pairs from ``(X, y)`` and train a fresh learner on them."""
-        forget_fitted(self, "learner_", "classes_")
-        return self.partial_fit(X, y)
+    _learner_cls = ContrastiveLearner
 
     def partial_fit(self, X, y, classes=None):
         """Make pairs from this batch and train the current learner further on them.
 
         Pass ``classes`` on the first call when this batch does not hold every label.
         """
-        check_positive("n_neg", self.n_neg)
         first = getattr(self, "learner_", None) is None
         X, y = validate_data(self, flatten_rows(X), y, reset=first, dtype=[np.float32, np.float64])
-        codes = update_classes(self, y, classes, first=first)
-        if first:
-            self._pair_rng = np.random.default_rng(seed_from_random_state(self.random_state))
-            learner_seed = int(self._pair_rng.integers(2**31 - 1))
-            self.learner_ = ContrastiveLearner(random_state=learner_seed, **self._learner_params())
-        else:
-            self.learner_.set_params(**self._learner_params())
-        left, right, sim = sample_pairs(codes, int(self.n_neg), self._pair_rng)
-        self.learner_.partial_fit(X[left], X[right], sim)
-        return self
+        return self._train_on_pairs(y, classes, first, lambda idx: X[idx])
 
     def transform(self, X):
         """The tuned embedding, float32 of shape ``(n_samples, hidden_dim or n_features_in_)``."""
@@ -224,10 +211,6 @@ class ContrastiveTuner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         return dict(shape_out=self.hidden_dim, batch_size=self.batch_size, epochs=self.epochs,
                     learning_rate=self.learning_rate, activation=self.activation,
                     device=self.device, verbose=self.verbose)
-
-    @property
-    def _n_features_out(self) -> int:
-        return self.learner_._n_features_out
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -11,7 +11,8 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import check_is_fitted
 
 from .._utils import check_texts, logger, resolve_device, seed_from_random_state
-from ._labels import check_pair_labels, check_same_length, sample_pairs, update_classes
+from ._labels import check_pair_labels, check_same_length
+from ._pairs import PairTunerMixin
 from ._training import DeviceStateMixin, check_positive, forget_fitted, paired_cosine, to_cpu
 from .sentence import embedding_dim, encode_texts, is_sentence_transformer, load_sentence_transformer
 
@@ -196,7 +197,7 @@ class SbertLearner(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transforme
         return tags
 
 
-class SbertTuner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class SbertTuner(PairTunerMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """The Pipeline version of :class:`SbertLearner`: it makes text pairs from ``(texts, y)``.
 
     Pairs are drawn as in :class:`ContrastiveTuner` (one same-class partner and ``n_neg``
@@ -244,42 +245,28 @@ class SbertTuner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         self.device = device
         self.verbose = verbose
 
-    def fit(self, X, y):
-        """Make text pairs from ``(X, y)`` and fine-tune a fresh copy of ``model`` on them."""
-        forget_fitted(self, "learner_", "classes_")
-        return self.partial_fit(X, y)
+    _learner_cls = SbertLearner
 
     def partial_fit(self, X, y, classes=None):
         """Make pairs from this batch and keep fine-tuning; pass ``classes`` on the first call
         when the batch does not hold every label."""
-        check_positive("n_neg", self.n_neg)
         texts = check_texts(X)
         y = np.asarray(y)
         if len(y) != len(texts):
             raise ValueError(f"X has {len(texts)} texts but y has {len(y)} labels.")
         first = getattr(self, "learner_", None) is None
-        codes = update_classes(self, y, classes, first=first)
-        params = dict(model=self.model, batch_size=self.batch_size, epochs=self.epochs,
-                      learning_rate=self.learning_rate, max_steps=self.max_steps,
-                      warmup_ratio=self.warmup_ratio, normalize=self.normalize,
-                      device=self.device, verbose=self.verbose)
-        if first:
-            self._pair_rng = np.random.default_rng(seed_from_random_state(self.random_state))
-            self.learner_ = SbertLearner(random_state=int(self._pair_rng.integers(2**31 - 1)), **params)
-        else:
-            self.learner_.set_params(**params)
-        left, right, sim = sample_pairs(codes, int(self.n_neg), self._pair_rng)
-        self.learner_.partial_fit([texts[i] for i in left], [texts[i] for i in right], sim)
-        return self
+        return self._train_on_pairs(y, classes, first, lambda idx: [texts[i] for i in idx])
+
+    def _learner_params(self) -> dict:
+        return dict(model=self.model, batch_size=self.batch_size, epochs=self.epochs,
+                    learning_rate=self.learning_rate, max_steps=self.max_steps,
+                    warmup_ratio=self.warmup_ratio, normalize=self.normalize,
+                    device=self.device, verbose=self.verbose)
 
     def transform(self, X) -> np.ndarray:
         """Embeddings from the fine-tuned model."""
         check_is_fitted(self, "learner_")
         return self.learner_.transform(X)
-
-    @property
-    def _n_features_out(self) -> int:
-        return self.learner_._n_features_out
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
