@@ -10,6 +10,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import clone
 
 from embetter_plug import ProbeResults, TransformerActivationEncoder, probe_layers
 from embetter_plug.cli import main
@@ -33,13 +34,24 @@ def setup(tmp_path_factory):
     return {"root": root, "gpt2": str(gpt2), "bert": str(bert), "csv": str(csv), "df": df}
 
 
-def test_probe_writes_table_files_and_best_pipeline(setup, tmp_path, capsys):
+def test_probe_writes_table_files_and_best_pipeline(setup, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     args = ["probe", "--data", setup["csv"], "--text-col", "sentence", "--label-col", "target",
             "--model", setup["gpt2"], "--model", setup["bert"], "--token-pooling", "mean",
             "--token-pooling", "0.5", "--layers", "0,2", "--cv", "3", "--batch-size", "16",
             "--max-length", "64", "--out", str(out)]
+    runs = []
+    original = TransformerActivationEncoder._iter_activations
+
+    def counted(self, texts):
+        runs.append(len(texts))
+        return original(self, texts)
+
+    monkeypatch.setattr(TransformerActivationEncoder, "_iter_activations", counted)
     assert main(args) == 0
+    monkeypatch.undo()
+    # one pass over the texts per model; the saved pipeline reuses the activations
+    assert runs == [len(setup["df"])] * 2
     text = capsys.readouterr().out
     for col in ("accuracy", "f1", "roc_auc", "best"):
         assert col in text
@@ -72,6 +84,9 @@ def test_probe_writes_table_files_and_best_pipeline(setup, tmp_path, capsys):
     pred = pipe.predict(df["sentence"].tolist())
     Xb = enc_best.transform(df["sentence"].tolist()).reshape(len(df), -1)
     np.testing.assert_array_equal(pred, pipe.named_steps["probe"].predict(Xb))
+    refit = clone(pipe.named_steps["probe"]).fit(Xb, df["target"])  # refitted on all rows
+    np.testing.assert_allclose(refit.predict_proba(Xb),
+                               pipe.predict_proba(df["sentence"].tolist()), atol=1e-4)
     assert set(pred) <= {0, 1}
     assert (out / "probe.png").stat().st_size > 10_000
     page = (out / "report.html").read_text()

@@ -130,7 +130,7 @@ def run(args) -> int:
     if len(set(labels)) != len(labels):
         labels = [str(m) if m is not None else BUILTIN_MODEL for m in models]
     estimator = _estimator(args, task)
-    all_results, encoders = [], {}
+    all_results, encoders, best_slices = [], {}, {}
     for model, label in zip(models, labels):
         ns = argparse.Namespace(**{**vars(args), "model": model, "token_pooling": poolings})
         enc = encoder_from_args(ns)
@@ -139,13 +139,16 @@ def run(args) -> int:
               f"{X.shape[1] * X.shape[2]} layer x part slices with {args.cv}-fold CV", flush=True)
         res = probe_layers(X, y, estimator, cv=args.cv, layout=enc.layout_, task=task,
                            n_jobs=args.n_jobs, verbose=args.progress)
+        layer, part = res.best_  # keep this model's best slice: the saved pipeline's probe
+        best_slices[label] = (layer, part, X[:, enc.layout_.layers.index(layer),
+                                            enc.layout_.parts.index(part)].copy())
         del X
         all_results.append(_with_pooling(res, enc).with_context(model=label))
         encoders[label] = ns
     results = ProbeResults.concat(all_results).with_context(dataset=dataset)
     _print_table(results, task)
     if args.out:
-        _write_outputs(results, args, encoders, texts, y, estimator)
+        _write_outputs(results, args, encoders, best_slices, texts, y, estimator)
     return 0
 
 
@@ -161,7 +164,7 @@ def _print_table(results, task: str) -> None:
           f"{results.primary_metric} {best['mean']:.3f} ± {best['std']:.3f}")
 
 
-def _write_outputs(results, args, encoders, texts, y, estimator) -> None:
+def _write_outputs(results, args, encoders, best_slices, texts, y, estimator) -> None:
     import joblib
     from sklearn.base import clone
     from sklearn.pipeline import Pipeline
@@ -175,8 +178,17 @@ def _write_outputs(results, args, encoders, texts, y, estimator) -> None:
     pooling = best["pooling"][3:] if best["pooling"].startswith("pos") else best["pooling"]
     ns = argparse.Namespace(**{**vars(encoders[best["model"]]), "layers": str(best["layer"]),
                                "parts": best["part"], "token_pooling": pooling})
-    pipe = Pipeline([("encoder", encoder_from_args(ns)), ("pooler", LayerPooler()),
-                     ("probe", clone(estimator))]).fit(texts, y)
+    encoder, raw_part = encoder_from_args(ns), best["part"]
+    if len(",".join(args.token_pooling or ["auto"]).split(",")) > 1:  # parts named part@pooling
+        raw_part = f"{best['part']}@{best['pooling']}"
+    layer, part, X = best_slices.get(best["model"], (None, None, None))
+    if (layer, part) == (best["layer"], raw_part):  # refit on the activations already computed
+        X4 = X[:, None, None, :]
+        pipe = Pipeline([("encoder", encoder.fit()), ("pooler", LayerPooler().fit(X4)),
+                         ("probe", clone(estimator).fit(X, y))])
+    else:  # pragma: no cover - a tie ranked differently across models: run the model again
+        pipe = Pipeline([("encoder", encoder), ("pooler", LayerPooler()),
+                         ("probe", clone(estimator))]).fit(texts, y)
     joblib.dump(pipe, out / "best_pipeline.joblib")
     _plot(results, out / "probe.png")
     results.to_html(out / "report.html", title=f"Probes on {results.frame_['dataset'].iloc[0]}")
