@@ -105,8 +105,3 @@ def make_pooler(mask, poolings: Sequence[str | float]):
         return torch.stack(out, 1)
 
     return pool
-
-
-def pool_tokens(hidden, mask, poolings: Sequence[str | float]):
-    """Pool ``hidden`` ``(B, T, H)`` with ``mask`` ``(B, T)`` into ``(B, len(poolings), H)`` float32."""
-    return make_pooler(mask, poolings)(hidden)
