@@ -60,9 +60,9 @@ class ForwardCounter:
         original = TransformerActivationEncoder._forward
         counter = self
 
-        def counting(enc, texts):
+        def counting(enc, texts, **kwargs):
             counter.rows += len(texts)
-            return original(enc, texts)
+            return original(enc, texts, **kwargs)
 
         TransformerActivationEncoder._forward = counting
 

@@ -1,14 +1,23 @@
-"""Tokenize once, sort by token count, pad per batch (either side), with a prompt template.
+"""Tokenize, sort by token count, pad per batch (either side), with a prompt template.
 
-Sorting by real token count (not characters) keeps padding to a few percent on real text.
-Truncation cuts the text, never the template around it.
+Texts are tokenized in chunks of :data:`CHUNK_TEXTS`; within a chunk, batches are formed after
+sorting by real token count (not characters), which keeps padding to a few percent on real text.
+Chunking bounds the memory held by token ids, and lets the next chunk be tokenized while the
+current one runs through the model (:func:`prefetch`). Truncation cuts the text, never the
+template around it.
 """
 
 from __future__ import annotations
 
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Iterator, NamedTuple
+
 import numpy as np
 
 from ._utils import logger
+
+CHUNK_TEXTS = 4096  # texts tokenized (and length-sorted) at a time
 
 
 def split_template(prompt_template: str | None) -> tuple[str, str]:
@@ -72,6 +81,61 @@ def length_sorted_batches(lengths, batch_size: int) -> list[np.ndarray]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+class ChunkPlan(NamedTuple):
+    """One tokenized chunk: its batches as ``(row indices, token id lists)`` and truncations."""
+
+    batches: list
+    n_truncated: int
+
+
+def chunk_size(batch_size: int) -> int:
+    """Texts tokenized at a time: :data:`CHUNK_TEXTS`, and at least eight batches."""
+    return max(CHUNK_TEXTS, 8 * batch_size)
+
+
+def n_batches(n_texts: int, batch_size: int) -> int:
+    """How many batches :func:`plan_chunks` forms for ``n_texts`` texts."""
+    size = chunk_size(batch_size)
+    full, rest = divmod(n_texts, size)
+    return full * math.ceil(size / batch_size) + math.ceil(rest / batch_size)
+
+
+def plan_chunks(tokenizer, texts, prefix: str, suffix: str, max_length: int,
+                batch_size: int) -> Iterator[ChunkPlan]:
+    """Tokenize ``texts`` chunk by chunk; yield each chunk's length-sorted batches.
+
+    Row indices refer to positions in ``texts``. Nothing is tokenized before it is asked for.
+    """
+    size = chunk_size(batch_size)
+    for lo in range(0, len(texts), size):
+        ids, n_trunc = tokenize(tokenizer, texts[lo:lo + size], prefix, suffix, max_length)
+        lengths = [len(s) for s in ids]
+        batches = length_sorted_batches(lengths, batch_size)
+        logger.debug("texts %d..%d: padding fraction %.3f", lo, lo + len(ids) - 1,
+                     padding_fraction(lengths, batches))
+        yield ChunkPlan([(b + lo, [ids[i] for i in b]) for b in batches], n_trunc)
+
+
+_END = object()
+
+
+def prefetch(items: Iterable) -> Iterator:
+    """Yield from ``items`` while the next item is computed in a background thread.
+
+    Fast tokenizers release the GIL, so the next chunk is tokenized while the current one runs
+    through the model. At most one item is computed ahead.
+    """
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embetter-tokenize") as pool:
+        ahead = pool.submit(next, it, _END)
+        while True:
+            item = ahead.result()
+            if item is _END:
+                return
+            ahead = pool.submit(next, it, _END)
+            yield item
+
+
 def pad_batch(seqs: list[list[int]], pad_id: int, side: str):
     """``input_ids``, ``attention_mask`` and mask-aware ``position_ids`` as int64 tensors."""
     import torch
@@ -98,11 +162,12 @@ def padding_fraction(lengths, batches) -> float:
     return 1.0 - real / total if total else 0.0
 
 
-def warn_truncated(n: int, n_total: int, max_length: int) -> None:
-    if n:
-        import warnings
+def warn_truncated(n: int, n_seen: int, n_total: int, max_length: int) -> None:
+    """Warn that ``n`` of the ``n_seen`` texts tokenized so far (of ``n_total``) were truncated."""
+    import warnings
 
-        msg = (f"{n} of {n_total} text(s) are longer than max_length={max_length} tokens and "
-               "were truncated (the prompt template is kept whole).")
-        logger.info(msg)
-        warnings.warn(msg, UserWarning, stacklevel=3)
+    count = f"{n}" if n_seen >= n_total else f"at least {n}"
+    msg = (f"{count} of {n_total} text(s) are longer than max_length={max_length} tokens and "
+           "were truncated (the prompt template is kept whole).")
+    logger.info(msg)
+    warnings.warn(msg, UserWarning, stacklevel=2)

@@ -3,8 +3,9 @@
 On a CUDA device the encoder
 
 - uses PyTorch's scaled-dot-product attention (SDPA) where the model runs eager attention;
-- pads the next batch, pins it and queues its host-to-device copy while the current forward runs
-  (token ids come from one batched tokenizer call up front, which length-sorted batching needs);
+- pads the next batch, pins it and queues its host-to-device copy while the current forward runs;
+- tokenizes the next chunk of texts in a background thread meanwhile (the encoder wraps its
+  chunk plans in :func:`embetter_plug._batching.prefetch`);
 - copies each result into pinned host memory without blocking and waits only on that copy's
   event, one batch later, so there is no other synchronisation per batch.
 
@@ -35,16 +36,18 @@ def overlapped_batches(prepare: Callable, run: Callable, batches: Iterable, *,
                        cuda: bool) -> Iterator:
     """Yield ``(row_indices, numpy activations)`` with one batch in flight.
 
-    ``prepare(idx, pin)`` returns ``(idx, kwargs, mask)`` on the device (copies queued with
+    ``prepare(batch, pin)`` returns ``(idx, kwargs, mask)`` on the device (copies queued with
     ``non_blocking``); ``run(kwargs, mask)`` queues the forward and returns the device result.
-    Batch ``b + 1`` is prepared before batch ``b``'s result is waited for.
+    Batch ``b + 1`` is prepared before batch ``b``'s result is waited for. ``batches`` is read
+    lazily, one batch ahead.
     """
     import torch
 
-    batches = list(batches)
+    batches = iter(batches)
     pending: deque = deque()
-    nxt = prepare(batches[0], cuda) if batches else None
-    for b in range(len(batches)):
+    first = next(batches, None)
+    nxt = prepare(first, cuda) if first is not None else None
+    while nxt is not None:
         idx, kwargs, mask = nxt
         acts = run(kwargs, mask)
         event = None
@@ -55,8 +58,8 @@ def overlapped_batches(prepare: Callable, run: Callable, batches: Iterable, *,
             event.record()
         else:
             host = acts
-        if b + 1 < len(batches):
-            nxt = prepare(batches[b + 1], cuda)
+        following = next(batches, None)
+        nxt = prepare(following, cuda) if following is not None else None
         pending.append((idx, host, event))
         if len(pending) > 1:
             yield _collect(*pending.popleft())

@@ -313,8 +313,10 @@ def as_cache(cache) -> ActivationCache:
 def read_through(enc, texts: list[str], compute) -> np.ndarray:
     """Activations of distinct ``texts``: stored ones from the cache, the rest from ``compute``.
 
-    ``compute(texts)`` returns ``(n, L, P, H)`` float32; its results are added to the cache,
-    merged with whatever other layers/parts each entry already holds.
+    ``compute(texts, on_batch=...)`` returns ``(n, L, P, H)`` float32 and reports each batch
+    with ``on_batch(row_indices, activations)``; every batch is added to the cache as soon as it
+    is computed (merged with whatever other layers/parts each entry already holds), so an
+    interrupted run keeps the batches it finished.
     """
     cache = as_cache(enc.cache)
     ident = json.dumps(encoder_identity(enc), sort_keys=True)
@@ -333,11 +335,14 @@ def read_through(enc, texts: list[str], compute) -> np.ndarray:
             stored[i] = entry or {}
     logger.info("activation cache %s: %d of %d text(s) found, %d to compute", cache.path,
                 len(texts) - len(missing), len(texts), len(missing))
-    if missing:
-        acts = compute([texts[i] for i in missing])
-        out[missing] = acts
-        for j, i in enumerate(missing):
-            merged = {n: v for n, v in stored[i].items() if len(v) == H}
-            merged.update(zip(names, acts[j].reshape(L * P, H)))
+
+    def store(rows, acts):
+        for j, a in zip(rows, acts):
+            i = missing[j]
+            merged = {n: v for n, v in stored.pop(i).items() if len(v) == H}
+            merged.update(zip(names, a.reshape(L * P, H)))
             cache.put(keys[i], merged, label=label)
+
+    if missing:
+        out[missing] = compute([texts[i] for i in missing], on_batch=store)
     return out

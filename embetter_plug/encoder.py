@@ -134,6 +134,10 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
         _batching.split_template(self.prompt_template)
         if isinstance(self.layers, str) and self.layers != "all":
             raise ValueError(f"layers={self.layers!r}: use 'all', an int or a list of ints.")
+        if self.cache is not None:
+            from .cache import as_cache
+
+            as_cache(self.cache)
 
     def _load(self, source, device):
         dtype = resolve_dtype(self.dtype, device)
@@ -244,8 +248,25 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
 
     def _ensure_loaded(self) -> None:
         if getattr(self, "model_", None) is None:  # after unpickling
+            self.device_ = self._reload_device()
             self.model_, self.tokenizer_ = self._load(self._source_, self.device_)
+            self.layout_.meta["dtype"] = self.compute_dtype_
             self._targets = resolve_targets(self.model_, self.layer_indices_, self.parts_)
+
+    def _reload_device(self):
+        """The fitted device if this machine has it; with ``device="auto"`` the best one here."""
+        try:
+            return resolve_device(self.device_)
+        except ValueError as exc:
+            if self.device not in (None, "auto"):
+                raise ValueError(
+                    f"this encoder was fitted on {self.device_} (device={self.device!r}), which "
+                    f"this machine lacks: {exc} Then fit again to reload the model there."
+                ) from None
+        here = resolve_device("auto")
+        logger.warning("encoder fitted on %s, which this machine lacks; loading the model on %s",
+                       self.device_, here)
+        return here
 
     def _compute(self, texts: list[str]) -> np.ndarray:
         """Forward ``texts`` (no duplicates) and return ``(n, L, P, H)`` float32 in their order."""
@@ -255,34 +276,55 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
             return read_through(self, texts, self._forward)
         return self._forward(texts)
 
-    def _forward(self, texts: list[str]) -> np.ndarray:
-        """Run the model on every one of ``texts``; ``(n, L, P, H)`` float32 in their order."""
+    def _forward(self, texts: list[str], on_batch=None) -> np.ndarray:
+        """Run the model on every one of ``texts``; ``(n, L, P, H)`` float32 in their order.
+
+        ``on_batch(row_indices, activations)``, when given, sees each batch as it is done.
+        """
         out = np.empty((len(texts), *self.layout_.shape), dtype=np.float32)
         for idx, acts in self._iter_activations(texts):
             out[idx] = acts
+            if on_batch is not None:
+                on_batch(idx, out[idx])
         return out
 
     def _iter_activations(self, texts: list[str]):
-        """Yield ``(row_indices, activations)`` batch by batch, longest texts first.
+        """Yield ``(row_indices, activations)`` batch by batch, longest texts first per chunk.
 
         The building block for in-memory, cached, streamed and online use: the caller decides
-        what to keep. A progress bar shows when ``verbose``.
+        what to keep. Texts are tokenized chunk by chunk (on CUDA the next chunk while the
+        current one runs). A progress bar shows when ``verbose``.
         """
         from tqdm.auto import tqdm
 
         check_is_fitted(self, "layout_")
         self._ensure_loaded()
         prefix, suffix = _batching.split_template(self.prompt_template)
-        ids, n_trunc = _batching.tokenize(self.tokenizer_, texts, prefix, suffix, self.max_length_)
-        _batching.warn_truncated(n_trunc, len(texts), self.max_length_)
-        lengths = [len(s) for s in ids]
-        batches = _batching.length_sorted_batches(lengths, self.batch_size)
-        logger.debug("padding fraction %.3f", _batching.padding_fraction(lengths, batches))
-        yield from tqdm(self._iter_batches(ids, batches), total=len(batches),
+        plans = _batching.plan_chunks(self.tokenizer_, texts, prefix, suffix, self.max_length_,
+                                      self.batch_size)
+        if self.device_.type == "cuda":
+            plans = _batching.prefetch(plans)
+
+        def batches():
+            seen = truncated = 0
+            for plan in plans:
+                seen += sum(len(idx) for idx, _ in plan.batches)
+                if plan.n_truncated and not truncated:  # warned once, before that chunk runs
+                    _batching.warn_truncated(plan.n_truncated, seen, len(texts), self.max_length_)
+                truncated += plan.n_truncated
+                yield from plan.batches
+            if truncated and seen > _batching.chunk_size(self.batch_size):
+                logger.info("%d of %d texts were truncated in all", truncated, seen)
+
+        yield from tqdm(self._iter_batches(batches()),
+                        total=_batching.n_batches(len(texts), self.batch_size),
                         disable=not self.verbose, desc="encoding", unit="batch")
 
-    def _iter_batches(self, ids, batches):
-        """Yield ``(row_indices, activations)`` per batch, hooks live only during the loop."""
+    def _iter_batches(self, batches):
+        """Yield ``(row_indices, activations)`` per ``(row_indices, token ids)`` batch.
+
+        Hooks are live only during the loop.
+        """
         import torch
 
         model = _arch.base_model(self.model_)
@@ -298,8 +340,9 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
         autocast = (torch.autocast(device.type, dtype=self.autocast_dtype_)
                     if self.autocast_dtype_ is not None else contextlib.nullcontext())
 
-        def prepare(idx, pin=False):
-            input_ids, mask, pos = _batching.pad_batch([ids[i] for i in idx], pad_id, side)
+        def prepare(batch, pin=False):
+            idx, seqs = batch
+            input_ids, mask, pos = _batching.pad_batch(seqs, pad_id, side)
             host = {"input_ids": input_ids, "attention_mask": mask}
             if accepts_pos:
                 host["position_ids"] = pos
@@ -317,8 +360,8 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
                 _gpu.prefer_sdpa(model)
                 yield from _gpu.overlapped_batches(prepare, run, batches, cuda=True)
                 return
-            for idx in batches:
-                idx, kwargs, mask = prepare(idx)
+            for batch in batches:
+                idx, kwargs, mask = prepare(batch)
                 yield idx, run(kwargs, mask).cpu().numpy()
 
     def _pad_id(self) -> int:

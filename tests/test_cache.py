@@ -238,11 +238,20 @@ def test_concurrent_readers_see_whole_entries_while_a_writer_replaces_them(tmp_p
     assert errors == []
 
 
-def test_bad_cache_parameter_is_rejected(model_tok, texts):
+def test_bad_cache_parameter_is_rejected_in_fit_before_loading(model_tok, texts, monkeypatch):
     model, tok = model_tok
-    enc = TransformerActivationEncoder(model, tok, cache=42).fit()
-    with pytest.raises(TypeError, match="cache must be"):
+    import embetter_plug.encoder as encoder_module
+
+    monkeypatch.setattr(encoder_module, "resolve_model_source",
+                        lambda m: pytest.fail("the model was looked up before the check"))
+    with pytest.raises(TypeError, match="cache must be None, a folder or an ActivationCache, got int"):
+        TransformerActivationEncoder(model, tok, cache=42).fit()
+    monkeypatch.undo()
+    # set after fitting: still caught before any forward pass
+    enc = TransformerActivationEncoder(model, tok).fit().set_params(cache=42)
+    with count_forwards(model) as c, pytest.raises(TypeError, match="cache must be"):
         enc.transform(texts[:2])
+    assert c["calls"] == 0
 
 
 def test_cli_cache_info_and_clear(model_tok, texts, tmp_path, capsys):
@@ -256,3 +265,26 @@ def test_cli_cache_info_and_clear(model_tok, texts, tmp_path, capsys):
     assert main(["cache", "clear", "--dir", str(tmp_path)]) == 0
     assert "removed 6 entries" in capsys.readouterr().out
     assert len(ActivationCache(tmp_path)) == 0
+
+
+def test_an_interrupted_cached_transform_keeps_the_batches_it_finished(model_tok, texts, tmp_path):
+    model, tok = model_tok
+    enc = _enc(model, tok, tmp_path, batch_size=4)
+    n = len(set(texts))
+    batches = []
+
+    def interrupt_third_batch(module, args, kwargs):
+        batches.append(1)
+        if len(batches) == 3:
+            raise KeyboardInterrupt
+
+    handle = model.register_forward_pre_hook(interrupt_third_batch, with_kwargs=True)
+    with pytest.raises(KeyboardInterrupt):
+        enc.transform(texts)
+    handle.remove()
+    assert len(ActivationCache(tmp_path)) == 8  # the two finished batches
+    with count_forwards(model) as c:
+        resumed = enc.transform(texts)
+    assert c["rows"] == n - 8
+    direct = TransformerActivationEncoder(model, tok, parts=["resid_post", "mlp_out"]).fit()
+    np.testing.assert_array_equal(resumed, direct.transform(texts))

@@ -188,6 +188,26 @@ def test_local_folder_and_pickle_without_weights(tmp_path, texts):
     np.testing.assert_allclose(again.transform(texts[:5]), ref, atol=1e-5)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="simulates a machine without CUDA")
+def test_unpickled_on_a_machine_without_the_fitted_device(tmp_path, texts, caplog):
+    import pickle
+
+    from embetter_plug.testing import save_tiny_model
+
+    folder = save_tiny_model("gpt2", tmp_path / "tiny")
+    enc = TransformerActivationEncoder(str(folder)).fit()
+    ref = enc.transform(texts[:3])
+    enc.device_ = torch.device("cuda")  # as if it had been fitted on a GPU with device="auto"
+    auto = pickle.loads(pickle.dumps(enc))
+    with caplog.at_level("WARNING", logger="embetter_plug"):
+        np.testing.assert_allclose(auto.transform(texts[:3]), ref, atol=1e-6)
+    assert auto.device_.type == "cpu" and "lacks" in caplog.text
+    enc.device = "cuda"  # fitted with an explicit device: no silent move
+    pinned = pickle.loads(pickle.dumps(enc))
+    with pytest.raises(ValueError, match=r"fitted on cuda \(device='cuda'\).*fit again"):
+        pinned.transform(texts[:3])
+
+
 def test_bfloat16_is_close_and_recorded(tiny_gpt2, texts):
     model, tok = tiny_gpt2
     ref = TransformerActivationEncoder(model, tok).fit_transform(texts[:8])

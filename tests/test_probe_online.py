@@ -190,6 +190,28 @@ def test_bad_input(kwargs, y, match):
         OnlineProbes(StreamOnlyEncoder(np.zeros(40, dtype=int)), **kwargs).fit(texts, y)
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    ({"alpha": -1.0}, "alpha"),
+    ({"learning_rate": "fastest"}, "learning_rate"),
+    ({"learning_rate": "constant", "eta0": -0.5}, "eta0"),
+])
+def test_bad_sgd_settings_fail_before_any_activation_is_read(kwargs, match):
+    texts, y = _data(n=40)
+    enc = StreamOnlyEncoder(y)
+    with pytest.raises(ValueError, match=match):
+        OnlineProbes(enc, **kwargs).fit(texts, y)
+    assert enc.passes == 0
+
+
+def test_a_probe_whose_loss_is_never_finite_still_keeps_a_model(monkeypatch):
+    texts, y = _data(n=60)
+    monkeypatch.setattr(OnlineProbes, "_stream_metrics", lambda self, t, y, names, *a: {
+        n: {"loss": np.nan, **confusion_metrics(np.eye(2, dtype=int))} for n in names})
+    probes = OnlineProbes(StreamOnlyEncoder(y), max_epochs=2, random_state=0).fit(texts, y)
+    assert all(p.named_steps["sgd"] is not None for p in probes.probes_.values())
+    assert probes.predict(texts[:5]).shape == (5,)
+
+
 def test_bad_texts_and_unknown_labels():
     texts, y = _data(n=40)
     with pytest.raises(TypeError, match="single str"):

@@ -152,6 +152,10 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
         tr, va = train_test_split(np.arange(len(texts)), test_size=self.validation_fraction,
                                   stratify=y_enc, random_state=seed)
         weights = self._class_weights(y_enc[tr])
+        labels = np.arange(len(self.classes_))
+        # bad SGD settings (alpha, learning_rate, eta0, ...) fail here, before the model loads
+        self._init_probes(["check"], seed, weights)[1]["check"].partial_fit(
+            np.zeros((len(labels), 1)), labels, classes=labels)
         self.encoder_ = self._fitted_encoder()
         where = self._where()
         names = list(where)
@@ -160,7 +164,6 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
                      "metrics": None} for n in names}
         history = []
         train_texts, val_texts = [texts[i] for i in tr], [texts[i] for i in va]
-        labels = np.arange(len(self.classes_))
         y_tr = y_enc[tr]
         for epoch in trange(self.max_epochs, disable=not self.verbose, desc="epochs"):
             active = [n for n in names if not state[n]["stopped"]]
@@ -186,7 +189,8 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
                 st["epochs"] = epoch + 1
                 history.append({"probe": n, "epoch": epoch + 1, "loss": met["loss"],
                                 "accuracy": met["accuracy"]})
-                if met["loss"] < st["best"] - self.tol:
+                # a probe whose loss is not yet finite keeps its latest model, never none
+                if met["loss"] < st["best"] - self.tol or not np.isfinite(st["best"]):
                     st.update(best=met["loss"], wait=0, model=copy.deepcopy(sgds[n]), metrics=met)
                 elif epoch + 1 > self.warmup_epochs:
                     st["wait"] += 1
