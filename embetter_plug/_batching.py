@@ -18,6 +18,8 @@ import numpy as np
 from ._utils import logger
 
 CHUNK_TEXTS = 4096  # texts tokenized (and length-sorted) at a time
+# devices whose forward leaves the CPU free, so the next chunk is tokenized in a thread meanwhile
+PREFETCH_ON = ("cuda",)
 
 
 def split_template(prompt_template: str | None) -> tuple[str, str]:

@@ -302,7 +302,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
         prefix, suffix = _batching.split_template(self.prompt_template)
         plans = _batching.plan_chunks(self.tokenizer_, texts, prefix, suffix, self.max_length_,
                                       self.batch_size)
-        if self.device_.type == "cuda":
+        if self.device_.type in _batching.PREFETCH_ON:
             plans = _batching.prefetch(plans)
 
         def batches():

@@ -90,3 +90,24 @@ def test_truncation_warning_comes_once_across_chunks(monkeypatch, tiny_gpt2):
     # in sorted order after deduplication, so the first chunk holds two long ones)
     assert msgs == ["at least 2 of 6 text(s) are longer than max_length=8 tokens and "
                     "were truncated (the prompt template is kept whole)."]
+
+
+def test_encoder_tokenizes_ahead_in_a_thread_where_prefetch_is_on(monkeypatch, tiny_gpt2, texts):
+    model, tok = tiny_gpt2
+    enc = TransformerActivationEncoder(model, tok, batch_size=2).fit()
+    whole = enc.transform(texts)
+    threads = []
+    original = _batching.tokenize
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_batching, "tokenize", spy)
+    monkeypatch.setattr(_batching, "chunk_size", lambda batch_size: 5)
+    enc.transform(texts)
+    assert threads and all(t == "MainThread" for t in threads)  # the CPU path: no thread
+    threads.clear()
+    monkeypatch.setattr(_batching, "PREFETCH_ON", ("cpu",))  # as on CUDA
+    np.testing.assert_allclose(enc.transform(texts), whole, rtol=1e-5, atol=1e-6)
+    assert len(threads) == 5 and all(t.startswith("embetter-tokenize") for t in threads)
