@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import r2_score
 from sklearn.utils.class_weight import compute_class_weight
@@ -207,3 +208,17 @@ def test_set_params_accepts_module_params_only_if_known():
     X, y = blobs(n=40)
     clf.set_params(max_epochs=1, n_jobs=1, module__hidden_units=16).fit(X, y)
     assert clf.net_.module_.fc1[0].out_features == 16 and clf.module_kwargs_["dropout"] == 0.4
+
+
+@pytest.mark.parametrize("Est", [PlugClassifier, PlugRegressor, PlugContrastiveCNN])
+def test_arrays_with_negative_strides_work_like_their_copies(Est):
+    X, y = blobs(n=40)
+    flipped, copy = X[::-1], np.ascontiguousarray(X[::-1])
+    assert any(s < 0 for s in flipped.strides)
+    est = Est(max_epochs=2, **FAST, **({"module__proj_dim": 4} if Est is PlugContrastiveCNN else {}))
+    a, b = clone(est).fit(flipped, y), clone(est).fit(copy, y)
+    out = (lambda e, Z: e.predict_proba(Z)) if hasattr(est, "predict_proba") else \
+        (lambda e, Z: e.predict(Z))
+    np.testing.assert_array_equal(out(a, np.flip(X, axis=0)), out(b, copy))
+    if Est is PlugContrastiveCNN:
+        np.testing.assert_array_equal(a.transform(flipped), b.transform(copy))

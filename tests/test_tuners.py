@@ -337,3 +337,24 @@ def test_pair_and_text_estimators_follow_the_init_contract(est):
 def test_sbert_unavailable_device_fails_before_loading():
     with pytest.raises(ValueError, match="CUDA is not available"):
         SbertLearner(model="/no/such/folder", device="cuda").fit(["a", "b"], ["c", "d"], [1, 0])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: FeedForwardTuner(hidden_dim=4, n_epochs=2, random_state=0, device="cpu"),
+    lambda: ContrastiveTuner(hidden_dim=4, epochs=2, random_state=0, device="cpu"),
+], ids=["FeedForwardTuner", "ContrastiveTuner"])
+def test_arrays_with_negative_strides_work_like_their_copies(make):
+    X, y = _blobs(n=40)
+    flipped, copy = X[::-1], np.ascontiguousarray(X[::-1])
+    assert any(s < 0 for s in flipped.strides)
+    a, b = make().fit(flipped, y), make().fit(copy, y)
+    np.testing.assert_array_equal(a.transform(np.flip(X, axis=0)), b.transform(copy))
+
+
+def test_contrastive_learner_accepts_negative_strides():
+    X, _ = _blobs(n=40)
+    X1, X2, y = X[::-1], X[:, ::-1], np.arange(40) % 2
+    copies = [np.ascontiguousarray(Z) for Z in (X1, X2)]
+    make = lambda: ContrastiveLearner(shape_out=4, epochs=2, random_state=0, device="cpu")  # noqa: E731
+    a, b = make().fit(X1, X2, y), make().fit(*copies, y)
+    np.testing.assert_array_equal(a.predict(X1, X2), b.predict(*copies))

@@ -180,7 +180,8 @@ class PlugNetBase(BaseEstimator):
             self.input_shape_ = tuple(int(s) for s in X.shape[1:])
         else:
             self._check_shape(X.shape[1:])
-        X = X.astype(np.float32, copy=False)
+        # validation returns views (e.g. X[::-1]) as they are; torch needs non-negative strides
+        X = np.ascontiguousarray(X, dtype=np.float32)
         return (X, y) if reset else X
 
     def _check_shape(self, shape) -> None:

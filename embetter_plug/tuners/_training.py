@@ -54,6 +54,14 @@ def build_seeded(factory: Callable[[], Any], seed: int):
         return factory()
 
 
+def as_tensor(a: np.ndarray, device, dtype=None) -> "torch.Tensor":  # noqa: F821
+    """``a`` as a tensor on ``device``; views with negative strides (``X[::-1]``) are copied,
+    since torch cannot wrap them."""
+    import torch
+
+    return torch.as_tensor(np.ascontiguousarray(a, dtype=dtype), device=device)
+
+
 def train_epochs(module, optimizer, loss_fn: Callable[..., Any], arrays: Sequence[np.ndarray], *,
                  epochs: int, batch_size: int | None, rng: np.random.Generator, device,
                  verbose: bool = False, desc: str = "training") -> float:
@@ -66,7 +74,7 @@ def train_epochs(module, optimizer, loss_fn: Callable[..., Any], arrays: Sequenc
     import torch
     from tqdm.auto import tqdm
 
-    tensors = [torch.as_tensor(a).to(device) for a in arrays]
+    tensors = [as_tensor(a, device) for a in arrays]
     n = len(arrays[0])
     step = n if batch_size is None else min(int(batch_size), n)
     module.train()
@@ -94,7 +102,7 @@ def apply_in_batches(fn: Callable[[Any], Any], X: np.ndarray, device, batch_size
     outs = []
     with torch.no_grad():
         for start in range(0, len(X), batch_size):
-            xb = torch.tensor(X[start:start + batch_size], dtype=torch.float32, device=device)
+            xb = as_tensor(X[start:start + batch_size], device, dtype=np.float32)
             outs.append(fn(xb).float().cpu().numpy())
     return np.concatenate(outs, axis=0).astype(np.float32, copy=False)
 
