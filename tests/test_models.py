@@ -174,6 +174,10 @@ def test_bad_input_errors(Est):
         est.predict(X[..., :6])
     with pytest.raises(ValueError, match="per-sample shape"):
         est.predict(X[:, :2])
+    with pytest.raises(ValueError, match=r"per-sample shape \(48,\), but .* fitted on .*\(3, 2, 8\)"):
+        est.predict(X.reshape(len(X), -1))  # flattened: 48 features, not axis 1's 3
+    with pytest.raises(ValueError, match=r"per-sample shape \(3,\), but .* fitted on .*\(3, 2, 8\)"):
+        est.predict(X[:, :, 0, 0])  # as many values as axis 1 of fit's input: still refused
 
 
 @pytest.mark.parametrize("Est", [PlugClassifier, PlugContrastiveCNN])

@@ -166,7 +166,9 @@ class PlugNetBase(BaseEstimator):
     def _check_X(self, X, y=None, *, reset: bool):
         """Validate ``X`` (and ``y`` in fit); returns float32 arrays with ``X``'s own shape."""
         shape = tuple(getattr(X, "shape", ()))
-        if not reset and len(shape) > 2:  # before sklearn's check, which counts only axis 1
+        # before sklearn's check, which counts only axis 1: compare whole per-sample shapes
+        # whenever either side has more than one axis per sample
+        if not reset and len(shape) >= 2 and max(len(shape) - 1, len(self.input_shape_)) > 1:
             self._check_shape(shape[1:])
         kw = dict(allow_nd=True, dtype=[np.float32, np.float64], ensure_all_finite=True)
         if y is not None or reset:
