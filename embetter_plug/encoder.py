@@ -16,12 +16,13 @@ from ._hooks import ActivationCapture, resolve_targets
 from ._loading import load_model, load_tokenizer, resolve_model_source
 from ._token_pooling import pooling_name, validate_pooling
 from ._utils import check_texts, logger, resolve_device, resolve_dtype, resolve_indices
+from ._output import store_output_config, wrap_output
 from .layout import ActivationLayout
 
 __all__ = ["TransformerActivationEncoder"]
 
 
-class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
+class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     """Turn texts into transformer activations per layer and part.
 
     ``transform`` returns float32 of shape ``(n_samples, n_layers, n_parts, hidden_size)`` in input
@@ -59,7 +60,8 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
     verbose : bool, default=False
         Show a progress bar over batches.
     flatten : bool, default=False
-        Return ``(n_samples, n_layers * n_parts * hidden_size)`` with feature names.
+        Return ``(n_samples, n_layers * n_parts * hidden_size)`` with feature names; only this
+        2-D output becomes a DataFrame under ``set_output(transform="pandas")``.
     cache : str, path, ActivationCache or None, default=None
         Read activations through an on-disk :class:`~embetter_plug.ActivationCache` (a folder
         is turned into one): stored vectors are reused, only missing texts run through the
@@ -196,9 +198,17 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
         """Activations of ``X`` (a list of texts), shape ``(n, n_layers, n_parts, hidden)``."""
         check_is_fitted(self, "layout_")
         texts = check_texts(X)
-        self._check_output_config()
         out = self._encode(texts)
-        return out.reshape(len(texts), -1) if self.flatten else out
+        out = out.reshape(len(texts), -1) if self.flatten else out
+        return wrap_output(self, out, X, self.get_feature_names_out)
+
+    def set_output(self, *, transform: str | None = None) -> "TransformerActivationEncoder":
+        """Output container of ``transform``: ``"default"``, ``"pandas"`` or ``"polars"``.
+
+        A container applies to 2-D output (``flatten=True``); 4-D activations stay a NumPy
+        array, so a Pipeline's ``set_output`` works when a later step makes the output 2-D.
+        """
+        return store_output_config(self, transform)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         """``(n, L, P, H)`` for checked ``texts``; each distinct text is computed once."""
@@ -232,19 +242,6 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator):
 
         return extract_to(self, folder, texts, shard_size=shard_size, store_dtype=store_dtype,
                           overwrite=overwrite)
-
-    def _check_output_config(self) -> None:
-        """A DataFrame output needs 2-D activations: say so before any forward pass."""
-        from sklearn import get_config
-
-        wanted = getattr(self, "_sklearn_output_config", {}).get(
-            "transform", get_config()["transform_output"])
-        if wanted not in ("default", None) and not self.flatten:
-            raise ValueError(
-                f"set_output(transform={wanted!r}) needs 2-D output, but the activations are "
-                "4-D (samples, layers, parts, hidden); pass flatten=True, or put a LayerPooler "
-                "after the encoder and set the output there."
-            )
 
     def _ensure_loaded(self) -> None:
         if getattr(self, "model_", None) is None:  # after unpickling

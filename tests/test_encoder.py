@@ -6,10 +6,13 @@ import copy
 import functools
 
 import numpy as np
+import pandas as pd
 import pytest
+import sklearn
 import torch
+from sklearn.pipeline import make_pipeline
 
-from embetter_plug import TransformerActivationEncoder
+from embetter_plug import LayerPooler, TransformerActivationEncoder
 from embetter_plug.testing import FAMILIES, is_decoder_family, make_tiny_model
 
 PRE_NORM = [f for f in FAMILIES if is_decoder_family(f)]
@@ -251,6 +254,25 @@ def test_set_output_pandas(tiny_gpt2, texts):
     df = TransformerActivationEncoder(model, tok, layers=[1], flatten=True).set_output(
         transform="pandas").fit_transform(texts[:3])
     assert df.shape == (3, 32) and df.columns[0] == "layer1__resid_post__0"
+    # the index of a pandas input is kept
+    series = pd.Series(texts[:3], index=[10, 20, 30])
+    df = TransformerActivationEncoder(model, tok, layers=[1], flatten=True).set_output(
+        transform="pandas").fit_transform(series)
+    assert list(df.index) == [10, 20, 30]
+    np.testing.assert_array_equal(
+        df.to_numpy(), TransformerActivationEncoder(model, tok, layers=[1]).fit_transform(
+            texts[:3]).reshape(3, -1))
+    # 4-D activations cannot be a DataFrame: they pass through, so a pipeline's set_output works
     enc = TransformerActivationEncoder(model, tok).set_output(transform="pandas").fit()
-    with pytest.raises(ValueError, match="flatten=True"):
-        enc.transform(texts[:3])
+    assert isinstance(enc.transform(texts[:3]), np.ndarray)
+    pipe = make_pipeline(TransformerActivationEncoder(model, tok, parts=["resid_post", "mlp_out"]),
+                         LayerPooler(layers=[1], parts=[1])).set_output(transform="pandas")
+    out = pipe.fit_transform(texts[:3])
+    assert isinstance(out, pd.DataFrame) and out.shape == (3, 32)
+    np.testing.assert_array_equal(out.to_numpy(), pipe[0].transform(texts[:3])[:, 1, 1])
+    with sklearn.config_context(transform_output="pandas"):
+        out = make_pipeline(TransformerActivationEncoder(model, tok), LayerPooler()).fit_transform(
+            texts[:3])
+    assert isinstance(out, pd.DataFrame) and out.shape == (3, 3 * 32)
+    with pytest.raises(ValueError, match=r"set_output\(transform='arrow'\) is not supported"):
+        enc.set_output(transform="arrow")

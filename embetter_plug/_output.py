@@ -1,0 +1,52 @@
+"""``set_output`` for estimators whose output may have more than two axes.
+
+scikit-learn wraps ``transform`` output in a DataFrame when ``set_output(transform="pandas")``
+(or the global ``transform_output``) asks for it; a 4-D activation array cannot be one. An
+estimator using these helpers returns 2-D output in the requested container and passes N-D
+output through as a NumPy array, so ``Pipeline(...).set_output(transform="pandas")`` works when
+the pipeline's later steps make the output 2-D.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._utils import logger
+
+CONTAINERS = ("default", "pandas", "polars")
+
+
+def store_output_config(estimator, transform):
+    """What ``set_output(transform=...)`` does: check the value and remember it."""
+    if transform is None:
+        return estimator
+    if transform not in CONTAINERS:
+        raise ValueError(f"set_output(transform={transform!r}) is not supported; valid values "
+                         f"are {list(CONTAINERS)} or None.")
+    config = dict(getattr(estimator, "_sklearn_output_config", {}))
+    config["transform"] = transform
+    estimator._sklearn_output_config = config
+    return estimator
+
+
+def wrap_output(estimator, out: np.ndarray, X, feature_names):
+    """``out`` in the container asked for by ``set_output`` or the global config, if 2-D."""
+    from sklearn import get_config
+
+    wanted = getattr(estimator, "_sklearn_output_config", {}).get(
+        "transform", get_config()["transform_output"])
+    if wanted == "default":
+        return out
+    if out.ndim != 2:
+        logger.debug("%s output is %d-D, passed through as a NumPy array (not %s)",
+                     type(estimator).__name__, out.ndim, wanted)
+        return out
+    columns = [str(c) for c in feature_names()]
+    if wanted == "polars":
+        import polars as pl
+
+        return pl.DataFrame(out, schema=columns, orient="row")
+    import pandas as pd
+
+    index = X.index if isinstance(X, (pd.Series, pd.DataFrame)) else None
+    return pd.DataFrame(out, columns=columns, index=index)
