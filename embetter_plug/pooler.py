@@ -9,6 +9,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from ._output import store_output_config, wrap_output
 from ._utils import resolve_indices
 
 __all__ = ["LayerPooler"]
@@ -17,7 +18,7 @@ METHODS = ("concat", "mean", "max", "min", "sum", "select")
 _NAME = re.compile(r"^layer(-?\d+)__(.+)__(\d+)$")
 
 
-class LayerPooler(TransformerMixin, BaseEstimator):
+class LayerPooler(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     """Select layers and parts of ``(n, n_layers, n_parts, hidden)`` activations and pool them.
 
     A 3-D input is read as ``(n, n_layers, hidden)`` (one part) and a 2-D input as one layer and
@@ -32,7 +33,8 @@ class LayerPooler(TransformerMixin, BaseEstimator):
     method : {"concat", "mean", "max", "min", "sum", "select"}, default="concat"
         ``concat`` flattens the selection to ``(n, n_sel_layers * n_sel_parts * hidden)``;
         ``mean``/``max``/``min``/``sum`` aggregate across the selected layers and parts to
-        ``(n, hidden)``; ``select`` keeps the 4-D array (for models that read the layer axis).
+        ``(n, hidden)``; ``select`` keeps the 4-D array (for models that read the layer axis;
+        it stays a NumPy array under ``set_output(transform="pandas")``).
 
     Attributes
     ----------
@@ -74,6 +76,16 @@ class LayerPooler(TransformerMixin, BaseEstimator):
     def transform(self, X):
         """Pool ``X``; see ``method``."""
         check_is_fitted(self, "in_shape_")
+        return wrap_output(self, self._pool(X), X, self.get_feature_names_out)
+
+    def set_output(self, *, transform: str | None = None) -> "LayerPooler":
+        """Output container of ``transform``: ``"default"``, ``"pandas"`` or ``"polars"``.
+
+        ``method="select"`` keeps 4-D output, which stays a NumPy array.
+        """
+        return store_output_config(self, transform)
+
+    def _pool(self, X) -> np.ndarray:
         X = check_array(X, allow_nd=True, dtype=[np.float32, np.float64])
         shape = {3: (X.shape[1], 1, X.shape[-1]), 4: X.shape[1:]}.get(X.ndim)
         if shape is not None and tuple(shape) != self.in_shape_:

@@ -72,3 +72,18 @@ def test_grid_search_over_pooler_layers_picks_the_best_layer(tiny_gpt2):
               for layer in range(3)]
     np.testing.assert_allclose(grid.cv_results_["mean_test_score"], manual, atol=1e-9)
     assert grid.best_params_["layerpooler__layers"] == int(np.argmax(manual))
+
+
+def test_set_output_frames_2d_output_and_passes_select_through():
+    import pandas as pd
+
+    X4 = np.random.default_rng(1).normal(size=(4, 3, 2, 5))
+    df = LayerPooler(layers=[0, 2], parts=1).set_output(transform="pandas").fit_transform(X4)
+    assert isinstance(df, pd.DataFrame)
+    assert list(df.columns) == [f"layer{l}__part1__{i}" for l in (0, 2) for i in range(5)]
+    np.testing.assert_array_equal(df.to_numpy(), X4[:, [0, 2], 1].reshape(4, -1))
+    mean = LayerPooler(method="mean").set_output(transform="pandas").fit_transform(X4)
+    assert list(mean.columns) == [f"mean__{i}" for i in range(5)]
+    np.testing.assert_allclose(mean.to_numpy(), X4.reshape(4, 6, 5).mean(1))
+    sel = LayerPooler(layers=1, method="select").set_output(transform="pandas").fit_transform(X4)
+    assert isinstance(sel, np.ndarray) and sel.shape == (4, 1, 2, 5)
