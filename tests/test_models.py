@@ -12,6 +12,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from embetter_plug import PlugClassifier, PlugContrastiveCNN, PlugRegressor
 from embetter_plug._utils import resolve_device
+from skorch.callbacks import EpochTimer
 
 FAST = dict(n_jobs=1, random_state=0, device="cpu")
 
@@ -203,6 +204,54 @@ def test_cnn_rejects_five_axes_and_bad_params():
                              module__channels=4, module__proj_dim=4, **FAST).fit(X, y)
     assert cnn.net_.criterion_.supcon.temperature == 0.5
 
+
+
+@pytest.mark.parametrize("Est, kw, message", [
+    (PlugClassifier, {"module__hidden_units": -3}, "module__hidden_units=-3 is invalid; use an int >= 1 or None"),
+    (PlugRegressor, {"module__hidden_units": 2.5}, "module__hidden_units=2.5 is invalid; use an int >= 1 or None"),
+    (PlugContrastiveCNN, {"module__proj_dim": 0}, "module__proj_dim=0 is invalid; use an int >= 1"),
+    (PlugContrastiveCNN, {"module__channels": -1}, "module__channels=-1 is invalid; use an int >= 1 or None"),
+    (PlugClassifier, {"module__dropout": True}, r"module__dropout=True is invalid; use a float in \[0, 1\)"),
+    (PlugClassifier, {"early_stopping": "yes"}, "early_stopping='yes' is invalid; use True or False"),
+    (PlugRegressor, {"callbacks": [1]}, r"callbacks=\[1\] is invalid; use None or a list"),
+    (PlugClassifier, {"callbacks": [("timer", 1)]}, r"callbacks=\[\('timer', 1\)\] is invalid"),
+    (PlugClassifier, {"callbacks": EpochTimer()}, "callbacks=<skorch.callbacks.*is invalid"),
+], ids=lambda v: v.__name__ if isinstance(v, type) else None)
+def test_invalid_params_name_estimator_parameter_and_valid_values(Est, kw, message):
+    X, y = blobs(n=20)
+    with pytest.raises(ValueError, match=f"^{Est.__name__}: {message}"):
+        Est(max_epochs=1, **FAST, **kw).fit(X, y)
+
+
+def test_valid_callbacks_and_early_stopping_forms_are_accepted():
+    X, y = blobs(n=20)
+    clf = PlugClassifier(max_epochs=1, early_stopping=np.bool_(False), **FAST,
+                         callbacks=[EpochTimer, ("named_timer", EpochTimer())]).fit(X, y)
+    assert {"EpochTimer", "named_timer"} <= set(dict(clf.net_.callbacks_))
+
+
+class _PickyMLP(torch.nn.Module):
+    """A module whose constructor refuses some values the estimator cannot know about."""
+
+    def __init__(self, input_dim, n_outputs=1, hidden_units=None, dropout=0.0):
+        super().__init__()
+        if hidden_units == 7:
+            raise RuntimeError("7 hidden units are not supported")
+        self.lin = torch.nn.Linear(input_dim, n_outputs)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def test_module_constructor_errors_name_the_module_params(monkeypatch):
+    monkeypatch.setattr(PlugClassifier, "_module_cls", _PickyMLP)
+    X, y = blobs(n=20)
+    with pytest.raises(ValueError, match=r"^PlugClassifier: could not build _PickyMLP with the module "
+                       r"parameters module__dropout=0.2, module__hidden_units=7 .*7 hidden units") as err:
+        PlugClassifier(max_epochs=1, module__hidden_units=7, **FAST).fit(X, y)
+    assert isinstance(err.value.__cause__, RuntimeError)
+    clf = PlugClassifier(max_epochs=1, module__hidden_units=8, **FAST).fit(X, y)
+    assert isinstance(clf.net_.module_, _PickyMLP)
 
 def test_set_params_accepts_module_params_only_if_known():
     clf = PlugClassifier().set_params(module__dropout=0.4, lr=0.1)

@@ -31,6 +31,31 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch
 LR_SCHEDULERS = ("plateau", "cosine", None)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_callback(value: Any) -> bool:
+    return isinstance(value, Callback) or (isinstance(value, type) and issubclass(value, Callback))
+
+
+def _valid_callback_entry(item: Any) -> bool:
+    """A skorch callback (instance or class) or a ``(name, callback)`` pair, as skorch accepts."""
+    if isinstance(item, tuple) and len(item) == 2:
+        return isinstance(item[0], str) and _is_callback(item[1])
+    return _is_callback(item)
+
+
+# The documented ``module__*`` parameters of this package's modules: (check, what is valid).
+MODULE_PARAM_RULES = {
+    "module__hidden_units": (lambda v: v is None or (_is_int(v) and v >= 1), "use an int >= 1 or None"),
+    "module__channels": (lambda v: v is None or (_is_int(v) and v >= 1), "use an int >= 1 or None"),
+    "module__proj_dim": (lambda v: _is_int(v) and v >= 1, "use an int >= 1"),
+    "module__dropout": (lambda v: isinstance(v, Real) and not isinstance(v, bool) and 0 <= v < 1,
+                        "use a float in [0, 1)"),
+}
+
+
 def store_params(estimator: BaseEstimator, params: dict[str, Any]) -> None:
     """Store ``__init__``'s arguments verbatim as attributes (``params`` is its ``locals()``)."""
     for name in estimator._get_param_names():
@@ -145,22 +170,42 @@ class PlugNetBase(BaseEstimator):
             if not ok:
                 raise ValueError(f"{name}: {what}={getattr(self, what)!r} is invalid; {valid}.")
 
-        isint = lambda v: isinstance(v, Integral) and not isinstance(v, bool)  # noqa: E731
-        need(isint(self.max_epochs) and self.max_epochs >= 1, "max_epochs", "use an int >= 1")
-        need(isint(self.batch_size) and self.batch_size >= 1, "batch_size", "use an int >= 1")
+        need(_is_int(self.max_epochs) and self.max_epochs >= 1, "max_epochs", "use an int >= 1")
+        need(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "use an int >= 1")
         need(isinstance(self.lr, Real) and self.lr > 0, "lr", "use a float > 0")
-        need(isint(self.patience) and self.patience >= 1, "patience", "use an int >= 1")
+        need(_is_int(self.patience) and self.patience >= 1, "patience", "use an int >= 1")
         need(isinstance(self.validation_fraction, Real) and 0 < self.validation_fraction < 1,
              "validation_fraction", "use a float strictly between 0 and 1")
-        need(self.n_jobs is None or (isint(self.n_jobs) and (self.n_jobs >= 1 or self.n_jobs == -1)),
+        need(self.n_jobs is None or (_is_int(self.n_jobs) and (self.n_jobs >= 1 or self.n_jobs == -1)),
              "n_jobs", "use None, -1 or an int >= 1")
         need(self.lr_scheduler in LR_SCHEDULERS, "lr_scheduler", f"valid values are {list(LR_SCHEDULERS)}")
         opt = self.optimizer
         need((isinstance(opt, str) and opt in OPTIMIZERS)
              or (isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer)),
              "optimizer", f"use one of {sorted(OPTIMIZERS)} or a torch.optim.Optimizer subclass")
-        dropout = getattr(self, "module__dropout", 0.0)
-        need(isinstance(dropout, Real) and 0 <= dropout < 1, "module__dropout", "use a float in [0, 1)")
+        need(isinstance(self.early_stopping, (bool, np.bool_)), "early_stopping", "use True or False")
+        callbacks = self.callbacks
+        need(callbacks is None or (isinstance(callbacks, (list, tuple))
+                                   and all(_valid_callback_entry(c) for c in callbacks)),
+             "callbacks", "use None or a list whose entries are skorch Callback instances (or classes) "
+             "or (name, Callback) pairs")
+        for param in self._get_param_names():
+            if param in MODULE_PARAM_RULES:
+                ok, valid = MODULE_PARAM_RULES[param]
+                need(ok(getattr(self, param)), param, valid)
+
+    def _check_module_builds(self) -> None:
+        """Build the module once on the meta device (no memory, no random numbers drawn) so that
+        its constructor's errors name the ``module__*`` parameters before any training."""
+        try:
+            with torch.device("meta"):
+                self._module_cls(**self.module_kwargs_)
+        except Exception as exc:
+            given = ", ".join(f"module__{k}={v!r}" for k, v in self._module_params().items())
+            raise ValueError(
+                f"{type(self).__name__}: could not build {self._module_cls.__name__} with the module "
+                f"parameters {given or '(none given)'} (and the sizes read from X); check their values "
+                f"against {self._module_cls.__name__}'s signature: {exc}") from exc
 
     # ------------------------------------------------------------------ inputs
     def _check_X(self, X, y=None, *, reset: bool):
@@ -262,6 +307,7 @@ class PlugNetBase(BaseEstimator):
         """Build and train the skorch net on ``(X, y)`` (already in the module's layout)."""
         self.device_ = resolve_device(self.device)
         self.module_kwargs_ = {**module_kwargs, **self._module_params()}
+        self._check_module_builds()
         seed = seed_from_random_state(self.random_state)
         split = self._train_split(y if self._task == "classifier" else np.zeros(len(y)), seed)
         net = self._make_net(train_split=split, callbacks=self._callbacks(split is not None),
