@@ -310,8 +310,16 @@ def test_bad_input_errors():
             fitted.transform(bad)
         with pytest.raises(ValueError, match="features"):
             fitted.transform(X[:, :5])
-    with pytest.raises(ValueError, match="hidden_dim=0"):
+    with pytest.raises(ValueError, match="^FeedForwardTuner: hidden_dim=0 must be > 0"):
         FeedForwardTuner(hidden_dim=0).fit(X, y)
+    with pytest.raises(ValueError, match="^ContrastiveTuner: hidden_dim=0 must be > 0"):
+        ContrastiveTuner(hidden_dim=0).fit(X, y)  # its own name, not the learner's shape_out
+    with pytest.raises(ValueError, match=r"^FeedForwardTuner: weight_decay=-1 must be >= 0\.$"):
+        FeedForwardTuner(weight_decay=-1).fit(X, y)
+    with pytest.raises(ValueError, match=r"^ContrastiveLearner: weight_decay=-0.5 must be >= 0\.$"):
+        ContrastiveLearner(weight_decay=-0.5).fit(X, X, np.ones(len(X)))
+    with pytest.raises(TypeError, match="^FeedForwardTuner: weight_decay='0' must be a number >= 0"):
+        FeedForwardTuner(weight_decay="0").fit(X, y)
     with pytest.raises(ValueError, match="activation='swish'"):
         ContrastiveTuner(activation="swish").fit(X, y)
     with pytest.raises(TypeError, match="n_neg"):

@@ -32,7 +32,7 @@ class PairTunerMixin:
     def _train_on_pairs(self, y, classes, first: bool, take: Callable[[np.ndarray], Any]):
         """Draw pairs from the labels ``y`` (seeded) and train ``learner_`` on ``take(left)``,
         ``take(right)``; the first call builds the learner, later ones continue it."""
-        check_positive("n_neg", self.n_neg)
+        check_positive("n_neg", self.n_neg, owner=self)
         codes = update_classes(self, y, classes, first=first)
         params = self._learner_params()
         if first:

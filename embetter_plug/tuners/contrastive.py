@@ -10,8 +10,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._labels import check_pair_labels, check_same_length
 from ._pairs import PairTunerMixin
-from ._training import (TorchModuleMixin, apply_in_batches, check_activation, forget_fitted,
-                        check_positive, flatten_rows, paired_cosine, train_epochs)
+from ._training import (TorchModuleMixin, apply_in_batches, check_training_params, flatten_rows,
+                        forget_fitted, paired_cosine, train_epochs)
 
 __all__ = ["ContrastiveLearner", "ContrastiveTuner"]
 
@@ -121,11 +121,7 @@ class ContrastiveLearner(TorchModuleMixin, ClassNamePrefixFeaturesOutMixin, Tran
         return ResidualHead(self.n_features_in_, n_out, self.activation)
 
     def _check_params(self) -> None:
-        check_positive("shape_out", self.shape_out, allow_none=True)
-        check_positive("epochs", self.epochs)
-        check_positive("learning_rate", self.learning_rate, integer=False)
-        check_positive("batch_size", self.batch_size, allow_none=True)
-        check_activation(self.activation)
+        check_training_params(self, size="shape_out", epochs="epochs", size_may_be_none=True)
 
     @property
     def _n_features_out(self) -> int:
@@ -197,6 +193,8 @@ class ContrastiveTuner(PairTunerMixin, ClassNamePrefixFeaturesOutMixin, Transfor
 
         Pass ``classes`` on the first call when this batch does not hold every label.
         """
+        # checked here, in this estimator's names, before the learner checks them as its own
+        check_training_params(self, size="hidden_dim", epochs="epochs", size_may_be_none=True)
         first = getattr(self, "learner_", None) is None
         X, y = validate_data(self, flatten_rows(X), y, reset=first, dtype=[np.float32, np.float64])
         return self._train_on_pairs(y, classes, first, lambda idx: X[idx])

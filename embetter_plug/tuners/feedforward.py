@@ -9,8 +9,8 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._labels import update_classes
-from ._training import (TorchModuleMixin, activation_module, forget_fitted, apply_in_batches, check_activation,
-                        check_positive, flatten_rows, train_epochs)
+from ._training import (TorchModuleMixin, activation_module, apply_in_batches, check_training_params,
+                        flatten_rows, forget_fitted, train_epochs)
 
 __all__ = ["FeedForwardTuner"]
 
@@ -117,11 +117,7 @@ class FeedForwardTuner(TorchModuleMixin, ClassNamePrefixFeaturesOutMixin, Transf
                              nn.Linear(self.hidden_dim, len(self.classes_)))
 
     def _check_params(self) -> None:
-        check_positive("hidden_dim", self.hidden_dim)
-        check_positive("n_epochs", self.n_epochs)
-        check_positive("learning_rate", self.learning_rate, integer=False)
-        check_positive("batch_size", self.batch_size, allow_none=True)
-        check_activation(self.activation)
+        check_training_params(self, size="hidden_dim", epochs="n_epochs")
 
     @property
     def _n_features_out(self) -> int:
