@@ -139,7 +139,12 @@ def find_module(model, path: str):
     for c in candidates:
         if c in names:
             return names[c]
-    close = difflib.get_close_matches(path, [n for n in names if n], n=5, cutoff=0.6)
+    # compare like with like: each form of the path with the model's names, with and without
+    # the base model's prefix
+    pool = [n for n in names if n] + [n[len(prefix) + 1:] for n in names if prefix
+                                      and n.startswith(prefix + ".")]
+    close = list(dict.fromkeys(m for c in candidates
+                               for m in difflib.get_close_matches(c, pool, n=5, cutoff=0.6)))[:5]
     raise ValueError(
         f"module path {path!r} does not exist in {type(model).__name__}"
         + (f"; close matches: {close}" if close else "")

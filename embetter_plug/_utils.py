@@ -141,7 +141,14 @@ def resolve_indices(sel: Any, n: int, *, name: str, what: str, context: str, uni
         if sel != "all":
             raise ValueError(f"{name}={sel!r}: use 'all', an int or a list of ints.")
         return list(range(n))
-    items = [sel] if isinstance(sel, Integral) else list(sel)
+    if isinstance(sel, Integral) and not isinstance(sel, bool):
+        items = [sel]
+    else:
+        try:
+            items = list(sel)
+        except TypeError:
+            raise TypeError(f"{name}={sel!r} is not valid; {name} takes 'all', an int or a list "
+                            "of ints.") from None
     if not items:
         raise ValueError(f"{name} is an empty list; give at least one index or 'all'.")
     out = []

@@ -77,6 +77,9 @@ class ActivationCache:
 
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path).expanduser() if path is not None else default_cache_dir()
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"cache folder {str(path)!r} is a file; pass a folder (it is created "
+                             "when the first entry is stored).")
 
     def __repr__(self) -> str:
         return f"ActivationCache({str(self.path)!r})"

@@ -43,6 +43,9 @@ def test_bad_texts(counted, bad, exc, match):
     (dict(layers=3), ValueError, r"layer 3 is out of range.*valid layers are 0\.\.2"),
     (dict(layers=[0, -4]), ValueError, r"out of range"),
     (dict(layers="last"), ValueError, "'all', an int or a list"),
+    (dict(layers=1.0), TypeError, r"layers=1\.0 is not valid.*'all', an int or a list of ints"),
+    (dict(layers=True), TypeError, r"layers=True is not valid"),
+    (dict(parts="transformer.h.{layer}.mlpp"), ValueError, r"close matches: \['h\.0\.mlp'"),
     (dict(parts="mlp_output"), ValueError, r"unknown part 'mlp_output'.*resid_post"),
     (dict(parts=["rs", "resid_post"]), ValueError, "same part twice"),
     (dict(token_pooling="average"), ValueError, r"'average' is not supported.*lasttoken"),
@@ -58,6 +61,14 @@ def test_bad_parameters_fail_in_fit(counted, params, exc, match):
     with pytest.raises(exc, match=match):
         TransformerActivationEncoder(model, tok, **params).fit(["a text"])
     assert calls == []
+
+
+def test_a_cache_path_that_is_a_file_fails_in_fit(counted, tmp_path):
+    model, tok, calls = counted
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"cache folder '.*notes\.txt' is a file; pass a folder"):
+        TransformerActivationEncoder(model, tok, cache=tmp_path / "notes.txt").fit()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_missing_model_path_fails_before_loading(tmp_path):
