@@ -162,6 +162,15 @@ def n_blocks(model) -> int:
     return int(n)
 
 
+def config_n_blocks(config) -> int | None:
+    """Number of blocks a configuration declares (``None`` when it does not say)."""
+    for cfg in (config, getattr(config, "text_config", None)):
+        n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
 def is_decoder_only(model) -> bool:
     cfg = model.config
     if getattr(cfg, "is_encoder_decoder", False):

