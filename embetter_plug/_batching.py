@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from ._utils import logger
+from ._utils import logger, warn_user
 
 CHUNK_TEXTS = 4096  # texts tokenized (and length-sorted) at a time
 # devices whose forward leaves the CPU free, so the next chunk is tokenized in a thread meanwhile
@@ -166,10 +166,8 @@ def padding_fraction(lengths, batches) -> float:
 
 def warn_truncated(n: int, n_seen: int, n_total: int, max_length: int) -> None:
     """Warn that ``n`` of the ``n_seen`` texts tokenized so far (of ``n_total``) were truncated."""
-    import warnings
-
     count = f"{n}" if n_seen >= n_total else f"at least {n}"
     msg = (f"{count} of {n_total} text(s) are longer than max_length={max_length} tokens and "
            "were truncated (the prompt template is kept whole).")
     logger.info(msg)
-    warnings.warn(msg, UserWarning, stacklevel=2)
+    warn_user(msg, UserWarning)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -69,6 +70,20 @@ def reload_device(fitted, requested) -> "torch.device":  # noqa: F821
     logger.warning("encoder fitted on %s, which this machine lacks; loading the model on %s",
                    fitted, here)
     return here
+
+
+def warn_user(message: str, category=UserWarning) -> None:
+    """``warnings.warn`` pointing at the first caller outside this package (and tqdm), so the
+    warning names the user's line, however deep in batch loops it was raised."""
+    import sys
+    import warnings
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 2
+    while frame is not None and (frame.f_code.co_filename.startswith(here)
+                                 or f"{os.sep}tqdm{os.sep}" in frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def resolve_dtype(dtype: Any, device: "torch.device") -> "torch.dtype":  # noqa: F821

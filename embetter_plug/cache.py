@@ -24,14 +24,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from ._utils import logger
+from ._utils import logger, warn_user
 from .io import atomic_write
 
 __all__ = ["ActivationCache", "default_cache_dir"]
@@ -114,7 +113,7 @@ class ActivationCache:
         except ValueError as exc:
             msg = f"activation cache entry {path} is damaged ({exc}); it will be recomputed."
             logger.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            warn_user(msg, RuntimeWarning)
             try:
                 path.unlink()
             except FileNotFoundError:

@@ -126,6 +126,12 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         self._setup_layout()
         return self
 
+    def fit_transform(self, X, y=None, **fit_params):
+        """``fit(X).transform(X)``; ``X`` may be any iterable of texts, a generator included."""
+        if not hasattr(X, "__len__") and not isinstance(X, (str, bytes)):
+            X = list(X)  # read once: fit and transform both need the texts
+        return self.fit(X, y).transform(X)
+
     def _check_params(self) -> None:
         if not isinstance(self.batch_size, Integral) or self.batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}.")

@@ -303,7 +303,7 @@ def extract_to(encoder, folder: str | os.PathLike, texts, *, shard_size: int | N
     from .cache import encoder_identity
 
     check_is_fitted(encoder, "layout_")
-    texts = check_texts(texts)
+    texts = check_texts(texts, name="texts")
     if store_dtype not in STORE_DTYPES:
         raise ValueError(f"store_dtype={store_dtype!r} is not supported; valid values are {list(STORE_DTYPES)}.")
     if shard_size is not None and (not isinstance(shard_size, int) or isinstance(shard_size, bool)

@@ -117,6 +117,8 @@ def test_truncation_warns_once_and_keeps_template_suffix(tiny_gpt2):
         enc.transform(texts)
     msgs = [str(x.message) for x in w if "truncated" in str(x.message)]
     assert len(msgs) == 1 and msgs[0].startswith("2 of 3")
+    # the warning points at the caller's line, not inside the package
+    assert [x.filename for x in w if "truncated" in str(x.message)] == [__file__]
     # the last token of a truncated text is still the template's suffix: lasttoken pooling of
     # the truncated text equals the suffix token's state, so its ids end with <end_of_turn>
     from embetter_plug._batching import tokenize
@@ -202,3 +204,13 @@ def test_weight_loading_bar_only_with_verbose(tmp_path, capfd):
     assert hf_logging.is_progress_bar_enabled()  # the global setting is restored
     TransformerActivationEncoder(str(folder), verbose=True).fit()
     assert "Loading weights" in capfd.readouterr().err
+
+
+def test_fit_transform_takes_a_generator_and_extract_to_names_its_parameter(tiny_gpt2, texts,
+                                                                             tmp_path):
+    model, tok = tiny_gpt2
+    enc = TransformerActivationEncoder(model, tok)
+    np.testing.assert_array_equal(enc.fit_transform(t for t in texts[:4]),
+                                  enc.transform(texts[:4]))
+    with pytest.raises(TypeError, match="texts must be a list of texts, got a single str"):
+        enc.extract_to(tmp_path / "o", "hello")
