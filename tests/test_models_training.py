@@ -74,6 +74,23 @@ def test_early_stopping_stops_after_patience():
     assert aucs[clf.best_epoch_ - 1] == aucs.max()
 
 
+
+@pytest.mark.parametrize("verbose", [0, 1, 2])
+def test_verbose_shows_one_bar_over_epochs(verbose, capsys):
+    X, y = noisy(seed=1)
+    clf = PlugClassifier(max_epochs=60, lr=2e-2, batch_size=32, patience=3, verbose=verbose, **FAST).fit(X, y)
+    err = capsys.readouterr().err
+    callbacks = dict(clf.net_.callbacks_)
+    if not verbose:
+        assert err == "" and "epoch_progress_bar" not in callbacks
+        return
+    bar = callbacks["epoch_progress_bar"].pbar_
+    assert clf.n_epochs_ < 60  # early stopping ends the bar before its total
+    assert (bar.total, bar.n) == (60, clf.n_epochs_)
+    assert "PlugClassifier:" in err and f"| {clf.n_epochs_}/60 [" in err
+    assert ("progress_bar" in callbacks) == (verbose >= 2)  # skorch's bar over batches too
+    pickle.loads(pickle.dumps(clf))  # the bar itself is not pickled
+
 def test_validation_rows_come_only_from_fit_data():
     X, y = noisy(n=240, classes=("n", "p"))
     X_fit, y_fit, X_out = X[:200], y[:200], X[200:]

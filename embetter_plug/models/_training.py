@@ -12,18 +12,15 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.special import softmax
-from torch.optim.swa_utils import update_bn
-from torch.utils.data import DataLoader, TensorDataset
 from skorch import NeuralNet
 from skorch.callbacks import Callback, EarlyStopping, EpochScoring, LRScheduler, ProgressBar
-from skorch.dataset import ValidSplit
 from sklearn.base import BaseEstimator
-from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._utils import resolve_device, seed_from_random_state
+from ._callbacks import EpochProgressBar, RefreshBatchNorm, TrackedSplit, valid_roc_auc
 
 logger = logging.getLogger("embetter_plug")
 
@@ -65,49 +62,6 @@ def store_params(estimator: BaseEstimator, params: dict[str, Any]) -> None:
 def softmax_output(y: torch.Tensor) -> torch.Tensor:
     """skorch ``predict_nonlinearity`` of the classifiers: softmax over the logits."""
     return torch.softmax(y, dim=-1)
-
-
-def valid_roc_auc(net: NeuralNet, X: Any, y: Any) -> float:
-    """Validation ROC-AUC: one-vs-rest macro over the classes present (binary AUC for two).
-
-    Where the validation rows hold a single class, AUC is undefined and the negative
-    log-loss is returned instead (the same rows are scored every epoch, so the monitored
-    quantity stays comparable within one fit).
-    """
-    proba = np.asarray(net.predict_proba(X), dtype=np.float64)
-    y = np.asarray(y).astype(np.int64).ravel()
-    present = [k for k in range(proba.shape[1]) if 0 < np.sum(y == k) < len(y)]
-    if not present:
-        return -float(log_loss(y, proba, labels=np.arange(proba.shape[1])))
-    return float(np.mean([roc_auc_score(y == k, proba[:, k]) for k in present]))
-
-
-class TrackedSplit(ValidSplit):
-    """skorch's ``ValidSplit`` on a fraction of ``fit``'s rows that remembers the rows it held out."""
-
-    def __call__(self, dataset, y=None, groups=None):
-        train, valid = super().__call__(dataset, y=y, groups=groups)
-        self.valid_indices_ = np.asarray(valid.indices)
-        return train, valid
-
-
-class RefreshBatchNorm(Callback):
-    """At the end of training, after the best weights are restored, recompute the running
-    statistics of every batch-norm layer with those final weights over ``fit``'s rows.
-
-    During training the running averages lag behind the changing weights; for an early
-    epoch restored by early stopping they can be far off and skew every prediction.
-    """
-
-    def __init__(self, batch_size: int = 128):
-        self.batch_size = batch_size
-
-    def on_train_end(self, net, X=None, y=None, **kwargs):
-        if X is None or not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                                for m in net.module_.modules()):
-            return
-        loader = DataLoader(TensorDataset(torch.as_tensor(X)), batch_size=self.batch_size)
-        update_bn(loader, net.module_, device=net.device)
 
 
 @contextmanager
@@ -281,16 +235,18 @@ class PlugNetBase(BaseEstimator):
 
     def _callbacks(self, has_valid: bool) -> list:
         cbs = []
+        classifier = self._task == "classifier"
+        if has_valid and classifier:
+            cbs.append(("valid_auc", EpochScoring(valid_roc_auc, lower_is_better=False,
+                                                  name="valid_auc", on_train=False)))
+        if self.verbose:  # after the epoch's scores, before early stopping can end training
+            cbs.append(("epoch_progress_bar", EpochProgressBar(type(self).__name__)))
+            if _is_int(self.verbose) and self.verbose >= 2:
+                cbs.append(("progress_bar", ProgressBar()))  # skorch's bar over each epoch's batches
         if has_valid:
-            if self._task == "classifier":
-                cbs.append(("valid_auc", EpochScoring(valid_roc_auc, lower_is_better=False,
-                                                      name="valid_auc", on_train=False)))
-                monitor, lower = "valid_auc", False
-            else:
-                monitor, lower = "valid_loss", True
             cbs.append(("early_stopping", EarlyStopping(
-                monitor=monitor, lower_is_better=lower, patience=self.patience,
-                load_best=True, sink=logger.info)))
+                monitor="valid_auc" if classifier else "valid_loss", lower_is_better=not classifier,
+                patience=self.patience, load_best=True, sink=logger.info)))
         loss = "valid_loss" if has_valid else "train_loss"
         if self.lr_scheduler == "plateau":
             cbs.append(("lr_scheduler", LRScheduler(
@@ -299,8 +255,6 @@ class PlugNetBase(BaseEstimator):
         elif self.lr_scheduler == "cosine":
             cbs.append(("lr_scheduler", LRScheduler(policy="CosineAnnealingLR", T_max=self.max_epochs)))
         cbs.append(("refresh_batch_norm", RefreshBatchNorm(self.batch_size)))
-        if self.verbose:
-            cbs.append(("progress_bar", ProgressBar()))
         return cbs + list(self.callbacks or [])
 
     def _fit_net(self, X: np.ndarray, y: np.ndarray, module_kwargs: dict[str, Any]):

@@ -40,6 +40,7 @@ class PlugClassifier(ClassifierOutputsMixin, ClassifierMixin, PlugNetBase):
     class_weight : None, "balanced" or dict, default=None
         Weights of the cross-entropy per class (keys are the original labels).
     callbacks : list of skorch callbacks or (name, callback) pairs, default=None
+        Each callback an instance or a ``skorch.callbacks.Callback`` subclass.
         Added after the built-in ones (``valid_auc``, ``early_stopping``, ``lr_scheduler``).
     device : str, default="auto"
         ``"auto"`` picks CUDA, then MPS, then CPU.
@@ -49,7 +50,9 @@ class PlugClassifier(ClassifierOutputsMixin, ClassifierMixin, PlugNetBase):
     random_state : int, RandomState or None, default=None
         Seeds weights, shuffling, dropout and the validation split (deterministic on CPU).
     verbose : int, default=0
-        Non-zero shows a tqdm progress bar; the epoch table goes to the ``embetter_plug`` logger.
+        1 shows one tqdm bar over the epochs (with the last epoch's losses); 2 also shows
+        skorch's bar over each epoch's batches. The epoch table goes to the ``embetter_plug``
+        logger whatever ``verbose`` is.
     module__hidden_units : int or None, default=None
         First hidden width; ``None`` uses ``clip(4*d, 128, 1024)``.
     module__dropout : float, default=0.2
