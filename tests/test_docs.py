@@ -16,3 +16,17 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("**/*.md"))]
 def test_code_blocks_run(page, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # examples that write files write them here
     mktestdocs.check_md_file(page, memory=True)
+
+
+def test_site_builds_strictly(tmp_path):
+    """The mkdocs site (API pages from the docstrings included) builds without a warning."""
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q",
+                          "-d", str(tmp_path / "site")], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert (tmp_path / "site" / "api" / "index.html").exists()

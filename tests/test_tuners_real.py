@@ -45,6 +45,14 @@ def _cos(A, B):
 
 
 # ---------------------------------------------------------------- SentenceEncoder
+def test_sentence_encoder_loading_bar_only_with_verbose(minilm_path, capfd):
+    capfd.readouterr()
+    SentenceEncoder(minilm_path, device="cpu").fit()
+    assert "Loading weights" not in capfd.readouterr().err
+    SentenceEncoder(minilm_path, device="cpu", verbose=True).fit()
+    assert "Loading weights" in capfd.readouterr().err
+
+
 def test_sentence_encoder_matches_sentence_transformers(st_model, trec_rows):
     texts = trec_rows[0].text.tolist()[:6]
     ref = st_model.encode(texts)

@@ -62,6 +62,8 @@ class PlugContrastiveCNN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clas
     module__proj_dim : int, default=128
     module__dropout : float, default=0.2
 
+    Notes
+    -----
     The training parameters (``max_epochs``, ``lr``, ``batch_size``, ``optimizer``,
     ``lr_scheduler``, ``early_stopping``, ``patience``, ``validation_fraction``,
     ``class_weight``, ``callbacks``, ``device``, ``n_jobs``, ``random_state``, ``verbose``) are

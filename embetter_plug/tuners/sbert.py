@@ -118,8 +118,9 @@ class SbertLearner(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transforme
     def _fresh_model(self):
         """A private copy to fine-tune: the user's instance is deep-copied, never trained."""
         if is_sentence_transformer(self.model):
-            return load_sentence_transformer(copy.deepcopy(self.model), self.device_)
-        return load_sentence_transformer(self.model, self.device_)
+            return load_sentence_transformer(copy.deepcopy(self.model), self.device_,
+                                             verbose=self.verbose)
+        return load_sentence_transformer(self.model, self.device_, verbose=self.verbose)
 
     def _model(self):
         if getattr(self, "model_", None) is None:  # unpickled: rebuild, then put the weights back

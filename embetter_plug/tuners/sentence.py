@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .._loading import resolve_model_source
+from .._loading import hf_progress, resolve_model_source
 from .._utils import check_texts, logger, resolve_device
 from ._training import DeviceStateMixin, check_positive
 
@@ -21,9 +21,10 @@ def is_sentence_transformer(model: Any) -> bool:
     return type(model).__name__ == "SentenceTransformer" and hasattr(model, "encode")
 
 
-def load_sentence_transformer(model: Any, device) -> "SentenceTransformer":  # noqa: F821
+def load_sentence_transformer(model: Any, device, *, verbose: bool = False
+                              ) -> "SentenceTransformer":  # noqa: F821
     """A ``SentenceTransformer`` on ``device`` from None (built-in MiniLM), a name, a folder or
-    an instance (returned as is, moved to ``device``)."""
+    an instance (returned as is, moved to ``device``); loading bars only when ``verbose``."""
     if is_sentence_transformer(model):
         return model.to(device)
     if not isinstance(model, (str, os.PathLike)) and model is not None:
@@ -35,7 +36,8 @@ def load_sentence_transformer(model: Any, device) -> "SentenceTransformer":  # n
     from sentence_transformers import SentenceTransformer
 
     try:
-        loaded = SentenceTransformer(source, device=str(device))
+        with hf_progress(verbose):
+            loaded = SentenceTransformer(source, device=str(device))
     except OSError as exc:
         raise OSError(
             f"could not load sentence-transformers model {source!r}: {exc}. Pass an existing "
@@ -109,7 +111,7 @@ class SentenceEncoder(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transfo
             check_texts(X)
         check_positive("batch_size", self.batch_size)
         self.device_ = resolve_device(self.device)
-        self.model_ = load_sentence_transformer(self.model, self.device_)
+        self.model_ = load_sentence_transformer(self.model, self.device_, verbose=self.verbose)
         self.n_features_out_ = embedding_dim(self.model_)
         return self
 
@@ -122,7 +124,7 @@ class SentenceEncoder(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transfo
 
     def _model(self):
         if getattr(self, "model_", None) is None:
-            self.model_ = load_sentence_transformer(self.model, self.device_)
+            self.model_ = load_sentence_transformer(self.model, self.device_, verbose=self.verbose)
         return self.model_
 
     @property
