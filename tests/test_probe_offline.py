@@ -158,11 +158,27 @@ def test_n_jobs_gives_the_same_scores():
     ({"scoring": ["accuracy", "nonsense"]}, np.repeat([0, 1], 20), "unknown metric 'nonsense'"),
     ({}, np.r_[np.repeat([0.0, 1.0], 19), np.nan, 1.0], "missing"),
     ({}, None, "needs a target"),
+    ({}, np.zeros(40), r"single class \(0\.0\);"),  # a plain value, not np.float64(0.0)
 ])
 def test_bad_input_errors(kwargs, y, match):
     X = np.random.default_rng(0).normal(size=(40, 4, 3, 4))
     with pytest.raises(ValueError, match=match):
         probe_layers(X, y, cv=2, **kwargs)
+
+
+@pytest.mark.parametrize("cv", [3, None, "stratified"])
+def test_a_class_smaller_than_cv_is_an_error_before_any_probe(cv, monkeypatch):
+    import embetter_plug.probe.offline as offline
+    from sklearn.model_selection import StratifiedKFold
+
+    monkeypatch.setattr(offline, "_cross_validate", lambda *a: pytest.fail("a probe was fitted"))
+    y = np.array(["a"] * 20 + ["b"] * 18 + ["c"] * 2)  # "c" cannot be in every fold
+    X = np.random.default_rng(0).normal(size=(40, 2, 1, 4))
+    cv = StratifiedKFold(4) if cv == "stratified" else cv
+    n = 5 if cv is None else getattr(cv, "n_splits", cv)
+    with pytest.raises(ValueError, match=f"needs at least {n} members of every class, but class "
+                                         "'c' has 2; use a smaller cv"):
+        probe_layers(X, y, cv=cv)
 
 
 def test_bad_array_shape_and_classifier_on_numbers():

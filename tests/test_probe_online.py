@@ -179,6 +179,7 @@ def test_api_contract(tiny_gpt2):
 
 @pytest.mark.parametrize("kwargs, y, match", [
     ({}, np.zeros(40, dtype=int), "single class"),
+    ({}, np.zeros(40), r"y has a single class \(0\.0\);"),  # not np.float64(0.0)
     ({}, np.repeat([0, 1], 10), "X has 40 texts but y has 20"),
     ({"max_epochs": 0}, np.repeat([0, 1], 20), "max_epochs must be a positive integer"),
     ({"validation_fraction": 1.5}, np.repeat([0, 1], 20), r"validation_fraction must be in \(0, 1\)"),

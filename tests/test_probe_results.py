@@ -52,7 +52,7 @@ def test_summary_is_mean_and_std_over_folds(results):
 
 
 def test_best_and_table(results):
-    s = results.summary("accuracy")
+    s = results.summary("roc_auc")  # the primary metric for labels
     s = s[s["part"] != "dummy"]
     top = s.loc[s["mean"].idxmax()]
     assert results.best_ == (int(top["layer"]), top["part"]) == (1, "part0")
@@ -65,10 +65,77 @@ def test_best_and_table(results):
     assert list(t.columns) == ["layer", "part", "best", "accuracy", "f1"]
     marked = t[t["best"] == "*"]
     assert len(marked) == 1 and marked.iloc[0]["layer"] == "1" and marked.iloc[0]["part"] == "part0"
-    assert marked.iloc[0]["accuracy"] == f"{top['mean']:.3f} ± {top['std']:.3f}"
+    acc = results.summary("accuracy").set_index(["layer", "part"]).loc[(1, "part0")]
+    assert marked.iloc[0]["accuracy"] == f"{acc['mean']:.3f} ± {acc['std']:.3f}"
     assert t.iloc[0]["part"] == "dummy" and t.iloc[0]["layer"] == "-"
     with pytest.raises(ValueError, match="not in the results"):
         results.table(["mse"])
+
+
+def _table(scores: dict, **context) -> ProbeResults:
+    """A results frame from ``{(layer, part): {metric: [fold scores]}}``; layer None is the dummy."""
+    rows = [(layer, part, metric, fold, v) for (layer, part), by_metric in scores.items()
+            for metric, folds in by_metric.items() for fold, v in enumerate(folds)]
+    frame = pd.DataFrame(rows, columns=["layer", "part", "metric", "fold", "score"])
+    return ProbeResults(frame.assign(**context))
+
+
+# imbalanced labels (87/13): the C=0.01 probe on layer 0 mlp_out predicts the majority class, so
+# it ties the dummy on accuracy and comes first in row order; layer 1 attn_out ranks the texts
+# far better but misclassifies a few more at the 0.5 threshold
+IMBALANCED = {
+    (None, "dummy"): {"accuracy": [0.867, 0.867], "f1": [0.464, 0.464], "roc_auc": [0.5, 0.5]},
+    (0, "mlp_out"): {"accuracy": [0.867, 0.867], "f1": [0.464, 0.464], "roc_auc": [0.60, 0.67]},
+    (1, "attn_out"): {"accuracy": [0.85, 0.867], "f1": [0.73, 0.74], "roc_auc": [0.91, 0.93]},
+    (1, "resid_post"): {"accuracy": [0.85, 0.85], "f1": [0.70, 0.70], "roc_auc": [0.90, 0.90]},
+}
+
+
+def test_best_ranks_by_roc_auc_not_accuracy_on_imbalanced_labels():
+    res = _table(IMBALANCED)
+    acc = res.summary("accuracy")
+    acc = acc[acc["part"] != "dummy"]
+    old = acc.sort_values("mean", ascending=False, kind="stable").iloc[0]
+    assert (old["layer"], old["part"]) == (0, "mlp_out")  # what accuracy-then-row-order picks
+    best = res.best()
+    assert res.primary_metric == "roc_auc" and res.best_ == (1, "attn_out")
+    assert best["metric"] == "roc_auc" and best["mean"] == pytest.approx(0.92)
+    assert best["dummy"] == pytest.approx(0.5) and best["beats_dummy"]
+    # another metric can still be asked for; its ties fall back on the ranking order
+    assert (res.best("accuracy")["layer"], res.best("accuracy")["part"]) == (0, "mlp_out")
+    assert res.best("f1")["part"] == "attn_out"
+    t = res.table(["accuracy", "roc_auc"])
+    assert t.loc[t["best"] == "*", "part"].tolist() == ["attn_out"]
+
+
+def test_ties_are_broken_by_the_next_metric():
+    tied = {(None, "dummy"): {"roc_auc": [0.5, 0.5], "f1": [0.4, 0.4], "accuracy": [0.6, 0.6]},
+            (0, "resid_post"): {"roc_auc": [0.8, 0.9], "f1": [0.70, 0.70], "accuracy": [0.9, 0.9]},
+            (3, "resid_post"): {"roc_auc": [0.9, 0.8], "f1": [0.75, 0.75], "accuracy": [0.8, 0.8]}}
+    res = _table(tied)
+    assert res.best_ == (3, "resid_post")  # equal ROC-AUC, higher macro-F1 (lower accuracy)
+    regression = {(None, "dummy"): {"mse": [1.0, 1.0], "r2": [0.0, 0.0], "spearman": [0.0, 0.0]},
+                  (0, "part0"): {"mse": [0.5, 0.5], "r2": [0.4, 0.6], "spearman": [0.6, 0.6]},
+                  (1, "part0"): {"mse": [0.4, 0.4], "r2": [0.5, 0.5], "spearman": [0.7, 0.7]}}
+    res = _table(regression)
+    assert res.primary_metric == "r2" and res.best_ == (1, "part0")
+
+
+def test_no_probe_better_than_the_dummy_warns():
+    res = _table({k: v for k, v in IMBALANCED.items() if k[1] in ("dummy", "mlp_out")})
+    assert res.best("accuracy")["beats_dummy"] is False  # ties the dummy
+    assert res.best()["beats_dummy"] is True
+    y = np.array([0] * 26 + [1] * 4)
+    with pytest.warns(UserWarning, match="no probe beats the dummy baseline on roc_auc"):
+        out = probe_layers(np.zeros((30, 2, 1, 3)), y, cv=2)  # constant activations
+    assert out.best()["mean"] == out.best()["dummy"] == 0.5
+    # per context: each model is compared with the dummy that serves it (pooling "-")
+    two = ProbeResults.concat([_table(IMBALANCED, model="a", pooling="mean"),
+                               _table(IMBALANCED, model="b", pooling="mean")]).frame_
+    two.loc[two["part"] == "dummy", "pooling"] = "-"
+    two.loc[(two["part"] == "dummy") & (two["model"] == "b"), "score"] = 0.0
+    two = ProbeResults(two)
+    assert two.best()["model"] == "a" and two.best()["dummy"] == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

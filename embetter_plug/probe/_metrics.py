@@ -29,7 +29,11 @@ REGRESSION_METRICS: dict[str, str] = {"mse": "neg_mean_squared_error", "r2": "r2
 #: reported as positive losses: cross_validate's negated scores are flipped back
 FLIPPED = {"log_loss", "mse"}
 LOWER_IS_BETTER = {"log_loss", "mse", "loss"}
-PRIMARY = {"classification": "accuracy", "regression": "r2"}
+#: metrics that rank probes, most informative first: the first one present picks the best
+#: probe and the next ones break its ties. ROC-AUC and macro-F1 stay informative on imbalanced
+#: labels, where a majority-class probe ties the dummy baseline on accuracy.
+RANKING = ("roc_auc", "f1", "balanced_accuracy", "matthews", "accuracy", "log_loss",
+           "r2", "spearman", "mse")
 
 
 def greater_is_better(metric: str) -> bool:
@@ -37,15 +41,19 @@ def greater_is_better(metric: str) -> bool:
     return metric not in LOWER_IS_BETTER
 
 
-def primary_metric(metrics) -> str:
-    """The metric that picks the best probe: accuracy, else R², else the first one given."""
+def ranking_metrics(metrics) -> list[str]:
+    """``metrics`` in ranking order: those of :data:`RANKING` in its order, then the others as given."""
     metrics = list(dict.fromkeys(metrics))
-    for m in ("accuracy", "r2"):
-        if m in metrics:
-            return m
     if not metrics:
         raise ValueError("no metrics to choose from.")
-    return metrics[0]
+    known = [m for m in RANKING if m in metrics]
+    return known + [m for m in metrics if m not in known]
+
+
+def primary_metric(metrics) -> str:
+    """The metric that picks the best probe: ROC-AUC, else macro-F1, ... (see :data:`RANKING`),
+    R² for regression, else the first one given."""
+    return ranking_metrics(metrics)[0]
 
 
 def _spearman(y_true, y_pred) -> float:
@@ -103,7 +111,7 @@ def detect_task(y, task: str = "auto") -> tuple[str, np.ndarray]:
     n_classes = len(np.unique(y))
     if n_classes < 2:
         raise ValueError(
-            f"y has a single class ({np.unique(y)[0]!r}); a probe needs at least two classes."
+            f"y has a single class ({np.unique(y)[0].item()!r}); a probe needs at least two classes."
         )
     return task, y
 

@@ -128,7 +128,10 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
             for fold, s in enumerate(sc[f"test_{name}"]):
                 rows.append((layer, part, name, fold, sign * float(s)))
     frame = pd.DataFrame(rows, columns=["layer", "part", "metric", "fold", "score"])
-    return ProbeResults(frame, task=task)
+    results = ProbeResults(frame, task=task)
+    if dummy:
+        results._warn_if_dummy_wins(stacklevel=2)
+    return results
 
 
 def _cross_validate(est, X, y, splits, scorers):
@@ -182,11 +185,32 @@ def _select(sel, names: list, what: str) -> list[int]:
     return out
 
 
+def class_count_error(y, n_splits: int, given: str) -> str | None:
+    """The start of an error when a class of ``y`` has fewer than ``n_splits`` members, else None.
+
+    Stratified folds then miss that class, and scorers such as ROC-AUC and log-loss fail on them.
+    ``given`` names the setting, e.g. ``"cv=5"``.
+    """
+    values, counts = np.unique(y, return_counts=True)
+    rare = [(v.item(), int(n)) for v, n in zip(values, counts) if n < n_splits]
+    if not rare:
+        return None
+    shown = ", ".join(f"{v!r} has {n}" for v, n in rare[:10])
+    more = f" (and {len(rare) - 10} more)" if len(rare) > 10 else ""
+    return (f"{given} needs at least {n_splits} members of every class, but class "
+            f"{shown}{more}")
+
+
 def _splits(cv, X4, y, groups, task, estimator) -> list:
     """Materialise the folds once, so every probe and the baseline share them."""
-    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, check_cv
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold, check_cv
 
     classifier = task == "classification"
+    if classifier and (cv is None or isinstance(cv, (Integral, StratifiedKFold, StratifiedGroupKFold))):
+        n_splits = 5 if cv is None else cv if isinstance(cv, Integral) else cv.n_splits
+        message = class_count_error(y, n_splits, f"cv={cv!r}")
+        if message:
+            raise ValueError(f"{message}; use a smaller cv, or drop or merge those classes.")
     if groups is not None:
         groups = np.asarray(groups)
         if groups.ndim != 1 or len(groups) != len(y):

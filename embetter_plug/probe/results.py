@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import warnings
+
 import numpy as np
 
-from ._metrics import greater_is_better, primary_metric
+from .._utils import logger
+from ._metrics import greater_is_better, primary_metric, ranking_metrics
 
 __all__ = ["ProbeResults", "DUMMY"]
 
@@ -16,6 +19,18 @@ COLUMNS = ("layer", "part", "metric", "fold", "score")
 DUMMY = "dummy"
 #: context value of a dummy row that serves every value of that column (e.g. every pooling)
 ANY = "-"
+
+
+#: start of the warning given when the best probe does not beat the dummy baseline
+NO_BETTER = "no probe beats the dummy baseline"
+
+
+def no_better_than_dummy(best: dict) -> str:
+    """The warning for a best probe (a :meth:`ProbeResults.best` row) that ties or trails the dummy."""
+    return (f"{NO_BETTER} on {best['metric']}: the best, layer "
+            f"{best['layer']} {best['part']}, scores {best['mean']:.3f} against the dummy's "
+            f"{best['dummy']:.3f}. The activations may not carry the labels, or the probe needs "
+            "more rows or weaker regularisation.")
 
 
 class ProbeResults:
@@ -35,7 +50,7 @@ class ProbeResults:
     frame_ : pandas.DataFrame
         The tidy scores (losses such as ``log_loss`` and ``mse`` as positive numbers).
     best_ : tuple of (int, str)
-        ``(layer, part)`` of the best probe by the primary metric (accuracy, else R²).
+        ``(layer, part)`` of the best probe: see :meth:`best`.
 
     Examples
     --------
@@ -109,16 +124,60 @@ class ProbeResults:
             raise ValueError(f"metric(s) {unknown} are not in the results; available: {self.metrics}.")
 
     def best(self, metric: str | None = None) -> dict[str, Any]:
-        """The best probe (not the dummy) by ``metric``: its context, layer, part, mean and std."""
-        metric = metric or self.primary_metric
-        s = self.summary(metric)
-        s = s[s["part"] != DUMMY]
+        """The best probe (not the dummy): its context, layer, part, and ``metric``'s mean and std.
+
+        Probes are ranked by ``metric`` (default: the primary metric, ROC-AUC for labels when
+        scored, else macro-F1, ...; R² for numbers), ties broken by the next metrics in that
+        order (see ``embetter_plug.probe._metrics.RANKING``), then by row order. The row also
+        holds ``metric``, ``dummy`` (the dummy baseline's mean on that metric, NaN without one)
+        and ``beats_dummy`` (whether the best probe is better than that baseline).
+        """
+        import pandas as pd
+
+        order = ranking_metrics(self.metrics)
+        if metric is not None:
+            self._check_metrics([metric])
+            order = [metric, *(m for m in order if m != metric)]
+        keys = [*self.context, "layer", "part"]
+        s = self.summary(order)
+        dummies, s = s[s["part"] == DUMMY], s[s["part"] != DUMMY]
         if s.empty:
             raise ValueError("the results hold no probe rows besides the dummy baseline.")
-        ranked = s.sort_values("mean", ascending=not greater_is_better(metric), kind="stable")
-        row = ranked.iloc[0].to_dict()
+        rows = s[keys].drop_duplicates()
+        wide = s.set_index([*keys, "metric"])["mean"].unstack("metric")
+        wide = wide.reindex(pd.MultiIndex.from_frame(rows))
+        # np.lexsort is stable and sorts by its last key first; NaN (unscored) ranks last
+        sort_keys = []
+        for m in reversed(order):
+            v = wide[m].to_numpy(dtype=float).round(12)
+            sort_keys.append(np.where(np.isnan(v), np.inf, -v if greater_is_better(m) else v))
+        top = rows.iloc[np.lexsort(sort_keys)[0]].to_dict()
+        first = s[s["metric"] == order[0]]
+        hit = np.ones(len(first), dtype=bool)
+        for k in keys:
+            hit &= first[k].astype(str).to_numpy() == str(top[k])
+        row = first[hit].iloc[0].to_dict()
         row["layer"] = int(row["layer"])
+        row["dummy"] = self._dummy_mean(dummies[dummies["metric"] == order[0]], row)
+        better = row["mean"] > row["dummy"] if greater_is_better(order[0]) else row["mean"] < row["dummy"]
+        row["beats_dummy"] = bool(better) if not np.isnan(row["dummy"]) else True
         return row
+
+    def _dummy_mean(self, dummies, row) -> float:
+        """The mean of the dummy rows serving ``row``'s context (NaN when there are none)."""
+        hit = np.ones(len(dummies), dtype=bool)
+        for c in self.context:
+            values = dummies[c].astype(str).to_numpy()
+            hit &= (values == str(row[c])) | (values == ANY)
+        return float(dummies["mean"].to_numpy()[hit][0]) if hit.any() else float("nan")
+
+    def _warn_if_dummy_wins(self, stacklevel: int = 2) -> None:
+        """Log and warn (``UserWarning``) when the best probe does not beat the dummy baseline."""
+        row = self.best()
+        if not row["beats_dummy"]:
+            message = no_better_than_dummy(row)
+            logger.info(message)  # as a warning too; logging it at WARNING would print it twice
+            warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
 
     @property
     def best_(self) -> tuple[int, str]:
