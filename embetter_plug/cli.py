@@ -1,7 +1,7 @@
-"""Command line: ``embetter-plug probe|extract|cache ...``.
+"""Command line: `embetter-plug probe|extract|cache ...`.
 
-Each subcommand lives in ``embetter_plug._cli.<name>`` with ``add_parser(subparsers)`` and
-``run(args) -> int``; it is imported only when used, so ``--help`` is fast.
+Each subcommand lives in `embetter_plug._cli.<name>` with `add_parser(subparsers)` and
+`run(args) -> int`; it is imported only when used, so ``--help`` is fast.
 """
 
 from __future__ import annotations
@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished work is kept where the command saves it", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as exc:
-        print(f"embetter-plug {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, KeyError) as exc:
+        # a KeyError's str() adds quotes around its message
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"embetter-plug {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

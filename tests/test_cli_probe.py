@@ -129,9 +129,16 @@ def test_bad_cv_fails_before_extraction(setup, monkeypatch, capsys):
         raise AssertionError("activations were extracted before --cv was checked")
 
     monkeypatch.setattr(cli_probe, "encoder_from_args", no_extraction)
-    assert main(["probe", "--data", setup["csv"], "--text-col", "sentence", "--label-col", "target",
-                 "--model", setup["gpt2"], "--cv", "1"]) == 2
-    assert "n_splits=1" in capsys.readouterr().err
+    base = ["probe", "--data", setup["csv"], "--text-col", "sentence", "--label-col", "target",
+            "--model", setup["gpt2"]]
+    with pytest.raises(SystemExit) as exc:  # argparse: at least two folds
+        main([*base, "--cv", "1"])
+    assert exc.value.code == 2
+    assert "argument --cv: must be an integer >= 2, got 1" in capsys.readouterr().err
+    # 30 rows of each label cannot fill 31 stratified folds
+    assert main([*base, "--cv", "31"]) == 2
+    err = capsys.readouterr().err
+    assert "--cv 31 needs at least 31 members of every class, but class 0 has 30, 1 has 30" in err
 
 
 def test_single_class_and_missing_file(setup, tmp_path, capsys):

@@ -1,19 +1,22 @@
-"""``embetter-plug cache info|clear``: inspect or empty the activation cache.
+"""`embetter-plug cache info|clear`: inspect or empty the activation cache.
 
-The cache folder is ``--dir``, else ``$EMBETTER_PLUG_CACHE``, else ``~/.cache/embetter_plug``.
+The cache folder is `--dir`, else `$EMBETTER_PLUG_CACHE`, else `~/.cache/embetter_plug`.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from ._data import HelpFormatter
+
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help_text, description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=HelpFormatter)
     parser.add_argument("action", choices=["info", "clear"],
                         help="info: entries, size and models; clear: remove every entry")
-    parser.add_argument("--dir", default=None, help="cache folder")
+    parser.add_argument("--dir", default=None,
+                        help="cache folder (default: $EMBETTER_PLUG_CACHE, else ~/.cache/embetter_plug)")
     parser.set_defaults(run=run)
     return parser
 

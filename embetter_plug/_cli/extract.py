@@ -1,33 +1,40 @@
-"""``embetter-plug extract``: write the activations of a CSV's texts to disk.
+"""`embetter-plug extract`: write the activations of a CSV's texts to disk.
 
-``--out acts.npz`` writes one ``.npz`` file (array and layout); any other ``--out`` is a folder
-filled shard by shard as texts are encoded, which a rerun of the same command resumes after an
-interruption. Both are read back with ``embetter_plug.load_activations``.
+`--out acts.npz` writes one .npz file (array and layout); any other `--out` is a folder filled
+shard by shard as texts are encoded, which a rerun of the same command resumes after an
+interruption. Both are read back with `embetter_plug.load_activations`. An existing .npz file,
+or a folder holding a different extraction, is replaced only with `--overwrite`.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from ._data import HelpFormatter, check_cells, check_columns, positive_int, read_csv, select_split
 
 
 def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``TransformerActivationEncoder`` options, shared by commands that extract."""
+    """The `TransformerActivationEncoder` options, shared by commands that extract."""
     g = parser.add_argument_group("encoder")
     g.add_argument("--model", default=None,
                    help="hub name or local folder (default: the built-in all-MiniLM-L6-v2)")
-    g.add_argument("--tokenizer", default=None, help="default: the model's own")
+    g.add_argument("--tokenizer", default=None, help="tokenizer name or folder (default: the model's own)")
     g.add_argument("--layers", default="all", help="'all' or comma-separated ints, e.g. 0,3,-1")
     g.add_argument("--parts", default="resid_post",
-                   help="comma-separated: resid_post, attn_out, mlp_out, resid_pre")
+                   help="comma-separated: resid_post (alias rs, resid), attn_out (attn), "
+                        "mlp_out (mlp), resid_pre, or module paths such as 'h.{layer}.mlp'")
     g.add_argument("--token-pooling", default="auto",
                    help="comma-separated: auto, lasttoken, mean, max, min, cls, or a float in [0, 1]")
     g.add_argument("--prompt-template", default=None, help="e.g. '{text}<end_of_turn>'")
-    g.add_argument("--max-length", type=int, default=None)
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--device", default="auto")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    g.add_argument("--revision", default=None)
-    g.add_argument("--trust-remote-code", action="store_true")
+    g.add_argument("--max-length", type=positive_int, default=None,
+                   help="truncate texts to this many tokens (default: the model's limit)")
+    g.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="model weights' dtype")
+    g.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code")
     g.add_argument("--cache", default=None, metavar="DIR",
                    help="read through an activation cache in DIR (see `embetter-plug cache`)")
 
@@ -56,7 +63,7 @@ def _pooling(value: str):
 
 
 def encoder_from_args(args):
-    """A ``TransformerActivationEncoder`` (unfitted) from :func:`add_encoder_arguments` options."""
+    """A `TransformerActivationEncoder` (unfitted) from :func:`add_encoder_arguments` options."""
     from embetter_plug import TransformerActivationEncoder
 
     return TransformerActivationEncoder(
@@ -68,44 +75,82 @@ def encoder_from_args(args):
     )
 
 
-def read_texts(path: str | None, text_col: str, split: str | None = None) -> list[str]:
-    """Texts of a CSV column (the built-in data set when ``path`` is None)."""
-    import pandas as pd
+def read_texts(path: str | None, text_col: str, split: str | None = None,
+               limit: int | None = None) -> list[str]:
+    """Texts of a CSV column (the built-in data set when `path` is None).
 
-    if path is None:
-        from embetter_plug import load_builtin_dataset
-
-        df = load_builtin_dataset()
-    else:
-        df = pd.read_csv(path, keep_default_na=False)
-    if text_col not in df.columns:
-        raise KeyError(f"column {text_col!r} is not in {path or 'the built-in data'}; "
-                       f"columns are {list(df.columns)}.")
-    if split is not None:
-        if "split" not in df.columns:
-            raise KeyError(f"--split {split!r} needs a 'split' column; columns are {list(df.columns)}.")
-        df = df[df["split"] == split]
-    return df[text_col].tolist()
+    Rows of `split` only, then the first `limit`; an empty text is an error naming its CSV line.
+    """
+    df, _ = read_csv(path)
+    check_columns(df, path, text_col=text_col)
+    df = select_split(df, split, path)
+    if limit is not None:
+        df = df.iloc[:limit]
+    check_cells(df, path, "--text-col", text_col, "text(s)")
+    return df[text_col].astype(str).tolist()
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help_text, description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=HelpFormatter)
     parser.add_argument("--data", default=None, help="CSV file (default: the built-in data set)")
-    parser.add_argument("--text-col", default="text")
+    parser.add_argument("--text-col", default="text", help="column of texts")
     parser.add_argument("--split", default=None, help="keep rows whose 'split' column equals this")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N texts")
+    parser.add_argument("--limit", type=positive_int, default=None, help="only the first N texts")
     parser.add_argument("--out", required=True,
                         help="a .npz file, or a folder to stream shards into (resumable)")
-    parser.add_argument("--shard-size", type=int, default=None,
+    parser.add_argument("--shard-size", type=positive_int, default=None,
                         help="rows per shard when streaming (default: about 64 MiB per shard)")
-    parser.add_argument("--store-dtype", default="float32", choices=["float32", "float16"])
+    parser.add_argument("--store-dtype", default="float32", choices=["float32", "float16"],
+                        help="dtype of the stored activations")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace a folder that holds a different extraction")
+                        help="replace an existing .npz file, or a folder that holds a different "
+                             "extraction")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
     add_encoder_arguments(parser)
     parser.set_defaults(run=run)
     return parser
+
+
+def check_out(args, texts: list[str]) -> dict | None:
+    """Refuse an unusable `--out` before the model loads; return a resumable folder's manifest.
+
+    What needs the fitted layout (layers, parts, model) is checked again when writing.
+    """
+    from embetter_plug.io import DATA, MANIFEST, _read_manifest, texts_digest
+
+    out = Path(args.out)
+    if args.out.endswith(".npz"):
+        if out.is_dir():
+            raise ValueError(f"--out {args.out!r} is a folder; a .npz output is one file.")
+        if out.exists() and not args.overwrite:
+            raise ValueError(f"--out {args.out!r} already exists; pass --overwrite to replace it, "
+                             "or choose another name.")
+        return None
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {args.out!r} is a file; without the .npz suffix --out is a folder "
+                         "to stream shards into. Give a new folder, or a name ending in .npz.")
+    if not out.is_dir():
+        return None
+    old = _read_manifest(out)
+    if old is None:
+        foreign = [p.name for p in out.iterdir() if not p.name.startswith((DATA, MANIFEST, f".{MANIFEST}."))]
+        if foreign and not args.overwrite:
+            raise ValueError(f"--out {args.out!r} exists and is not an extraction folder (it holds "
+                             f"{sorted(foreign)[:5]}); choose an empty or new folder.")
+        return None
+    if args.overwrite:
+        return None
+    wanted = {"texts_sha256": texts_digest(texts), "dtype": args.store_dtype}
+    if args.shard_size is not None:
+        wanted["shard_size"] = args.shard_size
+    diff = sorted(k for k, v in wanted.items() if old.get(k) != v)
+    if (old.get("shape") or [None])[0] != len(texts):
+        diff.append("number of texts")
+    if diff:
+        raise ValueError(f"--out {args.out!r} already holds a different extraction (differs in "
+                         f"{diff}); choose another folder or pass --overwrite to replace it.")
+    return old
 
 
 def run(args) -> int:
@@ -113,9 +158,8 @@ def run(args) -> int:
 
     from embetter_plug import save_activations
 
-    texts = read_texts(args.data, args.text_col, args.split)
-    if args.limit is not None:
-        texts = texts[: args.limit]
+    texts = read_texts(args.data, args.text_col, args.split, args.limit)
+    old = check_out(args, texts)
     enc = encoder_from_args(args).fit(texts)
     if args.out.endswith(".npz"):
         X = enc.transform(texts).astype(args.store_dtype, copy=False)
@@ -125,6 +169,13 @@ def run(args) -> int:
         out = enc.extract_to(args.out, texts, shard_size=args.shard_size,
                              store_dtype=args.store_dtype, overwrite=args.overwrite)
         shape, dtype = (len(texts), *enc.layout_.shape), np.dtype(args.store_dtype)
-    print(f"wrote activations {shape} {dtype} (sample, layer, part, hidden) to {out}; "
-          f"layers {list(enc.layout_.layers)}, parts {list(enc.layout_.parts)}")
+    what = (f"activations {shape} {dtype} (sample, layer, part, hidden) in {out}; "
+            f"layers {list(enc.layout_.layers)}, parts {list(enc.layout_.parts)}")
+    done, total = (old or {}).get("n_done", 0), (old or {}).get("n_shards", 0)
+    if old is not None and done >= total:
+        print(f"already complete, nothing to do: {what}")
+    elif old is not None and done:
+        print(f"resumed after shard {done} of {total}, wrote the rest: {what}")
+    else:
+        print(f"wrote {what}")
     return 0

@@ -1,42 +1,51 @@
-"""``embetter-plug probe``: where in the model is the signal for your labels?
+"""`embetter-plug probe`: where in the model is the signal for your labels?
 
 Reads a CSV (the built-in data set by default), extracts activations for every layer x part with
-each ``--model`` (the built-in all-MiniLM-L6-v2 by default) and every ``--token-pooling``, fits a
+each `--model` (the built-in all-MiniLM-L6-v2 by default) and every `--token-pooling`, fits a
 cross-validated probe (standardised logistic regression) per layer x part plus a dummy baseline,
-and prints mean ± std of accuracy, macro-F1 and ROC-AUC, the best marked ``*``.
+and prints mean ± std of accuracy, macro-F1 and ROC-AUC. The best probe, marked `*`, has the
+highest ROC-AUC (ties broken by macro-F1, then MCC and accuracy; R² for numeric labels); a warning says
+when it does not beat the dummy baseline.
 
-With ``--out DIR`` it also writes ``results.csv`` (tidy: dataset, model, pooling, layer, part,
-metric, fold, score), ``best_pipeline.joblib`` (the best encoder + probe refitted on all rows;
-load it with ``joblib.load``, only from sources you trust), ``probe.png`` and ``report.html``
-(interactive, self-contained).
+With `--out DIR` it also writes `results.csv` (tidy: dataset, model, pooling, layer, part,
+metric, fold, score; rewritten after each model, so an interrupted run keeps the finished
+ones), `best_pipeline.joblib` (the best encoder + probe refitted on all rows; load it with
+`joblib.load`, only from sources you trust), `probe.png` and `report.html` (interactive,
+self-contained). A DIR holding an earlier run's files is refused unless `--overwrite`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import warnings
 from pathlib import Path
 
+from ._data import (HelpFormatter, check_cells, check_columns, int_at_least, positive_int,
+                    read_csv, where)
 from .extract import add_encoder_arguments, encoder_from_args
 
 DEFAULT_PARTS = "resid_post,attn_out,mlp_out"
 BUILTIN_MODEL = "all-MiniLM-L6-v2"
+OUTPUTS = ("results.csv", "best_pipeline.joblib", "probe.png", "report.html")
 TABLE_METRICS = {"classification": ["accuracy", "f1", "roc_auc"],
                  "regression": ["mse", "r2", "spearman"]}
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help_text, description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   conflict_handler="resolve")
+                                   formatter_class=HelpFormatter, conflict_handler="resolve")
     parser.add_argument("--data", default=None, help="CSV file (default: the built-in data set)")
-    parser.add_argument("--text-col", default="text")
-    parser.add_argument("--label-col", default="label")
+    parser.add_argument("--text-col", default="text", help="column of texts")
+    parser.add_argument("--label-col", default="label", help="column of labels (or numbers)")
     parser.add_argument("--name", default=None,
                         help="data set name in the results (default: the CSV's file name)")
-    parser.add_argument("--max-samples", type=int, default=None,
+    parser.add_argument("--max-samples", type=positive_int, default=None,
                         help="probe a stratified random subsample of this many rows")
-    parser.add_argument("--cv", type=int, default=5, help="number of cross-validation folds")
-    parser.add_argument("--task", default="auto", choices=["auto", "classification", "regression"])
+    parser.add_argument("--cv", type=int_at_least(2), default=5,
+                        help="number of cross-validation folds")
+    parser.add_argument("--task", default="auto", choices=["auto", "classification", "regression"],
+                        help="auto: numbers with many values are regression, the rest labels")
     parser.add_argument("--probe", default="logistic", choices=["logistic", "lda"],
                         help="probe model for labels: standardised logistic regression or "
                              "shrinkage LDA (numbers always use ridge regression)")
@@ -44,6 +53,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--seed", type=int, default=0, help="seed for --max-samples")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="write results.csv, best_pipeline.joblib, probe.png, report.html here")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files of an earlier run in --out")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     add_encoder_arguments(parser)
     # several models and poolings in one run ("resolve" replaces the single-value options)
@@ -52,36 +63,51 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                              "(default: the built-in all-MiniLM-L6-v2)")
     parser.add_argument("--token-pooling", action="append", default=None,
                         help="auto, lasttoken, mean, max, min, cls or a float in [0, 1]; repeat "
-                             "(or separate with commas) for several, all from one forward pass")
+                             "(or separate with commas) for several, all from one forward pass "
+                             "(default: auto)")
     parser.set_defaults(run=run, parts=DEFAULT_PARTS)
     return parser
 
 
 def _read(args):
+    """``(texts, y, dataset name, task)``, every cell and class count checked before extraction."""
     import numpy as np
-    import pandas as pd
 
-    if args.data is None:
-        from embetter_plug import load_builtin_dataset
+    from embetter_plug.probe._metrics import detect_task
 
-        df, name = load_builtin_dataset(), "new_dataset"
-    else:
-        if not Path(args.data).exists():
-            raise FileNotFoundError(f"--data {args.data!r} does not exist.")
-        df, name = pd.read_csv(args.data, keep_default_na=False), Path(args.data).stem
-    for opt, col in (("--text-col", args.text_col), ("--label-col", args.label_col)):
-        if col not in df.columns:
-            raise KeyError(f"{opt} {col!r} is not a column of {args.data or 'the built-in data'}; "
-                           f"columns are {list(df.columns)}.")
+    df, name = read_csv(args.data)
+    check_columns(df, args.data, text_col=args.text_col, label_col=args.label_col)
     df = df[[args.text_col, args.label_col]]
+    check_cells(df, args.data, "--text-col", args.text_col, "text(s)")
+    check_cells(df, args.data, "--label-col", args.label_col, "label(s)")
+    task, y = detect_task(df[args.label_col].to_numpy(), args.task)
+    _check_class_counts(df, y, task, args)
     if args.max_samples is not None and args.max_samples < len(df):
         from sklearn.model_selection import train_test_split
 
-        y = df[args.label_col]
-        strat = y if y.nunique() <= max(2, len(y) // 10) else None
+        labels = df[args.label_col]
+        strat = labels if labels.nunique() <= max(2, len(labels) // 10) else None
         df, _ = train_test_split(df, train_size=args.max_samples, stratify=strat,
                                  random_state=args.seed)
-    return df[args.text_col].tolist(), np.asarray(df[args.label_col]), args.name or name
+        task, y = detect_task(df[args.label_col].to_numpy(), task)
+        _check_class_counts(df, y, task, args, f" in the --max-samples {args.max_samples} subsample")
+    return df[args.text_col].tolist(), np.asarray(y), args.name or name, task
+
+
+def _check_class_counts(df, y, task: str, args, scope: str = "") -> None:
+    """Every label needs at least ``--cv`` rows, or a fold's scorer cannot work."""
+    import numpy as np
+
+    from embetter_plug.probe.offline import class_count_error
+
+    if task != "classification":
+        return
+    message = class_count_error(y, args.cv, f"--cv {args.cv}")
+    if message:
+        rare = df.index[np.isin(y, [v for v, n in zip(*np.unique(y, return_counts=True))
+                                    if n < args.cv])]
+        raise ValueError(f"{message}{scope} (at {where(rare, args.data)}); use a smaller --cv, "
+                         "or drop or merge those classes.")
 
 
 def _estimator(args, task: str):
@@ -116,13 +142,34 @@ def _with_pooling(results, enc):
     return ProbeResults(frame, task=results.task)
 
 
+def _check_out(args) -> Path | None:
+    """Create ``--out`` before any model loads; refuse a file, or an earlier run's files."""
+    if args.out is None:
+        return None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {args.out!r} is a file; give a folder (new or empty) for "
+                         f"{', '.join(OUTPUTS)}.")
+    earlier = [n for n in OUTPUTS if (out / n).exists()]
+    if earlier and not args.overwrite:
+        raise ValueError(f"--out {args.out!r} already holds an earlier run's {earlier}; pass "
+                         "--overwrite to replace them, or choose another folder.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"--out {args.out!r} cannot be created: {exc.strerror or exc}.") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {args.out!r} is not writable; choose another folder.")
+    return out
+
+
 def run(args) -> int:
     from embetter_plug.probe import ProbeResults, probe_layers
-    from embetter_plug.probe._metrics import detect_task
     from embetter_plug.probe.offline import _splits
+    from embetter_plug.probe.results import NO_BETTER
 
-    texts, y, dataset = _read(args)
-    task, y = detect_task(y, args.task)
+    out = _check_out(args)
+    texts, y, dataset, task = _read(args)
     _splits(args.cv, None, y, None, task, None)  # a bad --cv fails here, before any extraction
     poolings = ",".join(args.token_pooling or ["auto"])
     models = args.model or [None]
@@ -137,22 +184,28 @@ def run(args) -> int:
         X = enc.fit(texts).transform(texts)
         print(f"{label}: activations {X.shape} (text, layer, part, hidden); probing "
               f"{X.shape[1] * X.shape[2]} layer x part slices with {args.cv}-fold CV", flush=True)
-        res = probe_layers(X, y, estimator, cv=args.cv, layout=enc.layout_, task=task,
-                           n_jobs=args.n_jobs, verbose=args.progress)
+        with warnings.catch_warnings():  # the summary says it once, for all models
+            warnings.filterwarnings("ignore", message=NO_BETTER)
+            res = probe_layers(X, y, estimator, cv=args.cv, layout=enc.layout_, task=task,
+                               n_jobs=args.n_jobs, verbose=args.progress)
         layer, part = res.best_  # keep this model's best slice: the saved pipeline's probe
         best_slices[label] = (layer, part, X[:, enc.layout_.layers.index(layer),
                                             enc.layout_.parts.index(part)].copy())
         del X
         all_results.append(_with_pooling(res, enc).with_context(model=label))
         encoders[label] = ns
+        if out is not None:  # an interrupted run keeps the models that finished
+            ProbeResults.concat(all_results).with_context(dataset=dataset).to_csv(out / "results.csv")
     results = ProbeResults.concat(all_results).with_context(dataset=dataset)
     _print_table(results, task)
-    if args.out:
-        _write_outputs(results, args, encoders, best_slices, texts, y, estimator)
+    if out is not None:
+        _write_outputs(results, out, args, encoders, best_slices, texts, y, estimator)
     return 0
 
 
 def _print_table(results, task: str) -> None:
+    from embetter_plug.probe.results import no_better_than_dummy
+
     metrics = [m for m in TABLE_METRICS[task] if m in results.metrics]
     table = results.table(metrics)
     fixed = [c for c in results.context if table[c].nunique() == 1]
@@ -161,18 +214,18 @@ def _print_table(results, task: str) -> None:
     best = results.best()
     where = ", ".join(f"{c}={best[c]}" for c in results.context if c not in fixed)
     print(f"best: layer {best['layer']} {best['part']}{' (' + where + ')' if where else ''} "
-          f"{results.primary_metric} {best['mean']:.3f} ± {best['std']:.3f}")
+          f"{best['metric']} {best['mean']:.3f} ± {best['std']:.3f}")
+    if not best["beats_dummy"]:
+        print(f"warning: {no_better_than_dummy(best)}")
 
 
-def _write_outputs(results, args, encoders, best_slices, texts, y, estimator) -> None:
+def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, estimator) -> None:
     import joblib
     from sklearn.base import clone
     from sklearn.pipeline import Pipeline
 
     from embetter_plug import LayerPooler
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     results.to_csv(out / "results.csv")
     best = results.best()
     pooling = best["pooling"][3:] if best["pooling"].startswith("pos") else best["pooling"]

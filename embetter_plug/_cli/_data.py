@@ -1,0 +1,103 @@
+"""Shared pieces of the subcommands: integer option types, reading a CSV, checking its cells.
+
+Errors name the option and the CSV line (the header is line 1, the first data row line 2), so
+a user can find the cell in an editor or a spreadsheet.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .._utils import _positions
+
+BUILTIN = "the built-in data"
+
+
+def int_at_least(minimum: int):
+    """An argparse ``type``: an int >= ``minimum`` (argparse names the option in its error)."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not an integer; use an integer >= {minimum}.") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {number}.")
+        return number
+
+    parse.__name__ = f"integer >= {minimum}"  # argparse shows this for unparsable values
+    return parse
+
+
+positive_int = int_at_least(1)
+
+
+def read_csv(path: str | None):
+    """``(frame, name)`` of a CSV read with ``keep_default_na=False`` (the built-in data when None).
+
+    The frame keeps its default index, so ``where(frame.index, path)`` names the file's lines.
+    """
+    import pandas as pd
+
+    if path is None:
+        from embetter_plug import load_builtin_dataset
+
+        return load_builtin_dataset(), "new_dataset"
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"--data {path!r} does not exist.")
+    if p.is_dir():
+        raise ValueError(f"--data {path!r} is a folder; give a CSV file.")
+    return pd.read_csv(p, keep_default_na=False), p.stem
+
+
+def check_columns(df, path: str | None, **columns: str) -> None:
+    """Each ``option=column`` (e.g. ``text_col="text"``) must be a column of ``df``."""
+    for opt, col in columns.items():
+        if col not in df.columns:
+            raise KeyError(f"--{opt.replace('_', '-')} {col!r} is not a column of {path or BUILTIN}; "
+                           f"columns are {list(df.columns)}.")
+
+
+def where(index, path: str | None) -> str:
+    """``CSV line(s) [..]`` for row labels of a frame read by :func:`read_csv`."""
+    idx = [int(i) for i in index]
+    if path is None:
+        return f"row(s) {_positions(idx)} of {BUILTIN}"
+    return f"{path!r} line(s) {_positions([i + 2 for i in idx])} (the header is line 1)"
+
+
+def check_cells(df, path: str | None, opt: str, col: str, what: str) -> None:
+    """Refuse empty, whitespace-only or missing cells of ``col`` (read as ``""``), by CSV line."""
+    values = df[col]
+    blank = values.map(lambda v: v is None or (isinstance(v, str) and not v.strip())
+                       or (isinstance(v, float) and v != v))
+    if blank.any():
+        raise ValueError(
+            f"{opt} {col!r} has {int(blank.sum())} empty {what} at {where(df.index[blank], path)}; "
+            f"remove those rows or fill them."
+        )
+
+
+def select_split(df, split: str | None, path: str | None):
+    """Rows whose ``split`` column equals ``split`` (all rows when None); errors list the values."""
+    if split is None:
+        return df
+    if "split" not in df.columns:
+        raise KeyError(f"--split {split!r} needs a 'split' column; columns are {list(df.columns)}.")
+    kept = df[df["split"].astype(str) == split]
+    if kept.empty:
+        values = sorted(map(str, df["split"].unique()))
+        raise ValueError(f"--split {split!r} matches no rows of {path or BUILTIN}; "
+                         f"values in 'split' are {values}.")
+    return kept
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Help with the description as written and each option's default (unless None or False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
