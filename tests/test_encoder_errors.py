@@ -198,12 +198,18 @@ def test_weight_loading_bar_only_with_verbose(tmp_path, capfd):
     from embetter_plug.testing import save_tiny_model
 
     folder = save_tiny_model("gpt2", tmp_path / "tiny")
-    capfd.readouterr()
-    TransformerActivationEncoder(str(folder)).fit()
-    assert "Loading weights" not in capfd.readouterr().err
-    assert hf_logging.is_progress_bar_enabled()  # the global setting is restored
-    TransformerActivationEncoder(str(folder), verbose=True).fit()
-    assert "Loading weights" in capfd.readouterr().err
+    was_on = hf_logging.is_progress_bar_enabled()  # the command line turns it off process-wide
+    hf_logging.enable_progress_bar()
+    try:
+        capfd.readouterr()
+        TransformerActivationEncoder(str(folder)).fit()
+        assert "Loading weights" not in capfd.readouterr().err
+        assert hf_logging.is_progress_bar_enabled()  # the global setting is restored
+        TransformerActivationEncoder(str(folder), verbose=True).fit()
+        assert "Loading weights" in capfd.readouterr().err
+    finally:
+        if not was_on:
+            hf_logging.disable_progress_bar()
 
 
 def test_fit_transform_takes_a_generator_and_extract_to_names_its_parameter(tiny_gpt2, texts,

@@ -46,11 +46,19 @@ def _cos(A, B):
 
 # ---------------------------------------------------------------- SentenceEncoder
 def test_sentence_encoder_loading_bar_only_with_verbose(minilm_path, capfd):
-    capfd.readouterr()
-    SentenceEncoder(minilm_path, device="cpu").fit()
-    assert "Loading weights" not in capfd.readouterr().err
-    SentenceEncoder(minilm_path, device="cpu", verbose=True).fit()
-    assert "Loading weights" in capfd.readouterr().err
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()  # the command line turns it off process-wide
+    hf_logging.enable_progress_bar()
+    try:
+        capfd.readouterr()
+        SentenceEncoder(minilm_path, device="cpu").fit()
+        assert "Loading weights" not in capfd.readouterr().err
+        SentenceEncoder(minilm_path, device="cpu", verbose=True).fit()
+        assert "Loading weights" in capfd.readouterr().err
+    finally:
+        if not was_on:
+            hf_logging.disable_progress_bar()
 
 
 def test_sentence_encoder_matches_sentence_transformers(st_model, trec_rows):
