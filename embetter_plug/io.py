@@ -164,9 +164,49 @@ def load_activations(path: str | os.PathLike, *, mmap: bool = True) -> tuple[np.
 
 def _read_manifest(folder: Path) -> dict | None:
     try:
-        return json.loads((folder / MANIFEST).read_text())
+        return json.loads((Path(folder) / MANIFEST).read_text())
     except FileNotFoundError:
         return None
+
+
+def _foreign_files(folder: Path) -> list[str]:
+    """Names in ``folder`` that an extraction did not write."""
+    ours = (DATA, MANIFEST, f".{MANIFEST}.")
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(ours))
+
+
+def check_extraction_folder(folder, texts, *, store_dtype: str = "float32",
+                            shard_size: int | None = None, overwrite: bool = False) -> dict | None:
+    """What can be said about ``folder`` before a model loads; the unfinished or finished run
+    there (its manifest) when the same texts, dtype and shard size can resume into it.
+
+    Raises a ``ValueError`` for a file, a folder of other files, or a different extraction
+    (unless ``overwrite``). Layers, parts and the model are checked when writing starts.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{str(folder)!r} is a file; streamed extraction writes a folder (a "
+                         "new or empty one, or one of an earlier run to resume).")
+    if not folder.is_dir() or overwrite:
+        return None
+    old = _read_manifest(folder)
+    if old is None:
+        foreign = _foreign_files(folder)
+        if foreign:
+            raise ValueError(f"{str(folder)!r} exists and is not an extraction folder (it holds "
+                             f"{foreign[:5]}); choose an empty or new folder.")
+        return None
+    wanted = {"texts_sha256": texts_digest(texts), "dtype": store_dtype}
+    if shard_size is not None:
+        wanted["shard_size"] = shard_size
+    diff = sorted(k for k, v in wanted.items() if old.get(k) != v)
+    if (old.get("shape") or [None])[0] != len(texts):
+        diff.append("number of texts")
+    if diff:
+        raise ValueError(f"{str(folder)!r} already holds a different extraction (differs in "
+                         f"{diff}); choose another folder or pass overwrite=True (--overwrite) "
+                         "to replace it.")
+    return old
 
 
 def _load_folder(folder: Path, *, mmap: bool):
@@ -235,7 +275,7 @@ class ShardWriter:
         """
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
-            raise ValueError(f"out={str(folder)!r} is a file; streamed extraction writes a folder.")
+            raise ValueError(f"{str(folder)!r} is a file; streamed extraction writes a folder.")
         old = _read_manifest(folder) if folder.is_dir() else None
         if old is not None and not overwrite:
             same = {k: old.get(k) for k in plan} == plan and (folder / DATA).exists()
@@ -248,9 +288,7 @@ class ShardWriter:
                 f"{str(folder)!r} already holds a different extraction (differs in {diff}); "
                 "choose another folder or pass overwrite=True (--overwrite) to replace it."
             )
-        ours = (DATA, MANIFEST, f".{MANIFEST}.")
-        foreign = [p.name for p in folder.iterdir() if not p.name.startswith(ours)] \
-            if folder.is_dir() else []
+        foreign = _foreign_files(folder) if folder.is_dir() else []
         if foreign and not overwrite and old is None:
             raise ValueError(
                 f"{str(folder)!r} exists and is not an extraction folder; choose an empty or new "

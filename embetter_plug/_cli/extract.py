@@ -117,7 +117,7 @@ def check_out(args, texts: list[str]) -> dict | None:
 
     What needs the fitted layout (layers, parts, model) is checked again when writing.
     """
-    from embetter_plug.io import DATA, MANIFEST, _read_manifest, texts_digest
+    from embetter_plug.io import check_extraction_folder
 
     out = Path(args.out)
     if args.out.endswith(".npz"):
@@ -130,27 +130,8 @@ def check_out(args, texts: list[str]) -> dict | None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {args.out!r} is a file; without the .npz suffix --out is a folder "
                          "to stream shards into. Give a new folder, or a name ending in .npz.")
-    if not out.is_dir():
-        return None
-    old = _read_manifest(out)
-    if old is None:
-        foreign = [p.name for p in out.iterdir() if not p.name.startswith((DATA, MANIFEST, f".{MANIFEST}."))]
-        if foreign and not args.overwrite:
-            raise ValueError(f"--out {args.out!r} exists and is not an extraction folder (it holds "
-                             f"{sorted(foreign)[:5]}); choose an empty or new folder.")
-        return None
-    if args.overwrite:
-        return None
-    wanted = {"texts_sha256": texts_digest(texts), "dtype": args.store_dtype}
-    if args.shard_size is not None:
-        wanted["shard_size"] = args.shard_size
-    diff = sorted(k for k, v in wanted.items() if old.get(k) != v)
-    if (old.get("shape") or [None])[0] != len(texts):
-        diff.append("number of texts")
-    if diff:
-        raise ValueError(f"--out {args.out!r} already holds a different extraction (differs in "
-                         f"{diff}); choose another folder or pass --overwrite to replace it.")
-    return old
+    return check_extraction_folder(out, texts, store_dtype=args.store_dtype,
+                                   shard_size=args.shard_size, overwrite=args.overwrite)
 
 
 def run(args) -> int:
