@@ -36,7 +36,8 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code")
     g.add_argument("--cache", default=None, metavar="DIR",
-                   help="read through an activation cache in DIR (see `embetter-plug cache`)")
+                   help="read through an activation cache in DIR (see `embetter-plug cache`): a "
+                        "rerun, after an interruption too, computes only what is missing")
 
 
 def _list(value: str) -> list[str]:
