@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from contextlib import contextmanager
@@ -19,10 +18,8 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._utils import resolve_device, seed_from_random_state
+from .._utils import logger, resolve_device, seed_from_random_state
 from ._callbacks import EpochProgressBar, RefreshBatchNorm, TrackedSplit, valid_roc_auc
-
-logger = logging.getLogger("embetter_plug")
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 LR_SCHEDULERS = ("plateau", "cosine", None)

@@ -7,7 +7,6 @@ cannot run code. Ordinary ``pickle``/``joblib`` of the estimators also works.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +16,13 @@ from safetensors.torch import load_file, save_file
 from sklearn.utils.validation import check_is_fitted
 
 from .. import __version__
-from .._utils import resolve_device
+from .._utils import logger, resolve_device
 from ._training import _plain
 from .classifier import PlugClassifier
 from .cnn import PlugContrastiveCNN
 from .regressor import PlugRegressor
 
 __all__ = ["save_model", "load_model"]
-
-logger = logging.getLogger("embetter_plug")
 
 _CLASSES = {c.__name__: c for c in (PlugClassifier, PlugRegressor, PlugContrastiveCNN)}
 _FORMAT = "embetter_plug.model/1"
