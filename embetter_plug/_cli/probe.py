@@ -4,8 +4,8 @@ Reads a CSV (the built-in data set by default), extracts activations for every l
 each `--model` (the built-in all-MiniLM-L6-v2 by default) and every `--token-pooling`, fits a
 cross-validated probe (standardised logistic regression) per layer x part plus a dummy baseline,
 and prints mean ± std of accuracy, macro-F1 and ROC-AUC. The best probe, marked `*`, has the
-highest ROC-AUC (ties broken by macro-F1, then MCC and accuracy; R² for numeric labels); a warning says
-when it does not beat the dummy baseline.
+highest ROC-AUC (ties broken by macro-F1, then balanced accuracy, MCC and accuracy; R² for
+numeric labels); a warning says when it does not beat the dummy baseline.
 
 With `--out DIR` it also writes `results.csv` (tidy: dataset, model, pooling, layer, part,
 metric, fold, score; rewritten after each model, so an interrupted run keeps the finished
