@@ -226,25 +226,18 @@ def _sha(*parts: Any) -> str:
 def model_fingerprint(model, source: str | None, revision: str | None) -> str:
     """Identity of a model: hub name + revision, a folder's files, or an object's weights.
 
-    Cheap: folders hash their small files whole and weight files by size and their first and
-    last 64 KiB; objects hash their config and up to 64 evenly spaced values of each parameter.
+    A folder's files up to 64 MiB are hashed whole. A larger (weight) file is hashed by 1,024
+    evenly spaced blocks of 64 KiB and its modification time, so that saving new weights into
+    the same folder always gives a new identity. Objects hash their config and up to 64 evenly
+    spaced values of each parameter.
     """
     if source is not None and not os.path.isdir(source):
         return _sha("hub", source, revision)
     if source is not None:
         parts: list[Any] = ["folder"]
         for path in sorted(Path(source).rglob("*")):
-            if not path.is_file():
-                continue
-            size = path.stat().st_size
-            with open(path, "rb") as f:
-                if size <= 4 * 2**20:
-                    sample = f.read()
-                else:
-                    head = f.read(2**16)
-                    f.seek(size - 2**16)
-                    sample = head + f.read()
-            parts += [path.relative_to(source).as_posix(), size, sample]
+            if path.is_file():
+                parts += [path.relative_to(source).as_posix(), *_file_identity(path)]
         return _sha(*parts)
     parts = ["object", type(model).__name__, model.config.to_json_string(use_diff=False)]
     for name, p in model.state_dict(keep_vars=False).items():
@@ -253,6 +246,36 @@ def model_fingerprint(model, source: str | None, revision: str | None) -> str:
         sample = flat[::step][:64].float().cpu().numpy().tobytes()
         parts += [name, tuple(p.shape), str(p.dtype), sample]
     return _sha(*parts)
+
+
+_WHOLE = 64 * 2**20  # files up to this size are hashed whole
+_BLOCK, _N_BLOCKS = 2**16, 1024
+
+
+_FILE_IDS: dict[tuple, tuple] = {}  # per process: a file is read once while it is unchanged
+
+
+def _file_identity(path: Path) -> tuple:
+    """``(size, digest)`` of a small file; ``(size, mtime_ns, digest of sampled blocks)`` else."""
+    st = path.stat()
+    memo = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if memo not in _FILE_IDS:
+        _FILE_IDS[memo] = _read_identity(path, st)
+    return _FILE_IDS[memo]
+
+
+def _read_identity(path: Path, st) -> tuple:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if st.st_size <= _WHOLE:
+            for chunk in iter(lambda: f.read(2**20), b""):
+                h.update(chunk)
+            return st.st_size, h.hexdigest()
+        step = max(st.st_size - _BLOCK, 0) / (_N_BLOCKS - 1)
+        for k in range(_N_BLOCKS):  # the first and last blocks included
+            f.seek(int(k * step))
+            h.update(f.read(_BLOCK))
+    return st.st_size, st.st_mtime_ns, h.hexdigest()
 
 
 def tokenizer_fingerprint(tok) -> str:

@@ -126,6 +126,33 @@ def test_model_fingerprint_follows_weights_not_objects(tmp_path):
     assert model_fingerprint(None, "gpt2", None) != model_fingerprint(None, "gpt2", "v2")
 
 
+@pytest.mark.parametrize("whole", [True, False])  # small files hashed whole, large ones sampled
+def test_weights_saved_again_into_the_same_folder_get_a_new_identity(whole, tmp_path, texts,
+                                                                      monkeypatch):
+    import torch
+
+    from embetter_plug import cache as cache_module
+
+    if not whole:
+        monkeypatch.setattr(cache_module, "_WHOLE", 1024)  # the tiny weight file counts as large
+    model, tok = make_tiny_model("gpt2")
+    model = copy.deepcopy(model)
+    folder = tmp_path / "m"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    enc = lambda: TransformerActivationEncoder(str(folder), cache=tmp_path / "c",  # noqa: E731
+                                               layers=[2]).fit()
+    before = enc().transform(texts[:4])
+    assert model_fingerprint(None, str(folder), None) == model_fingerprint(None, str(folder), None)
+    with torch.no_grad():
+        for p in model.h[1].parameters():  # a middle block only, as a partial fine-tune would
+            p.add_(0.5)
+    model.save_pretrained(folder)
+    fresh = TransformerActivationEncoder(str(folder), layers=[2]).fit().transform(texts[:4])
+    assert not np.allclose(fresh, before)
+    np.testing.assert_array_equal(enc().transform(texts[:4]), fresh)  # not the stale entries
+
+
 def test_folder_models_share_entries_across_copies(texts, tmp_path):
     a = save_tiny_model("gpt2", tmp_path / "a")
     b = save_tiny_model("gpt2", tmp_path / "b")
