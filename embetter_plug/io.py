@@ -178,7 +178,8 @@ def _foreign_files(folder: Path) -> list[str]:
 def check_extraction_folder(folder, texts, *, store_dtype: str = "float32",
                             shard_size: int | None = None, overwrite: bool = False) -> dict | None:
     """What can be said about ``folder`` before a model loads; the unfinished or finished run
-    there (its manifest) when the same texts, dtype and shard size can resume into it.
+    there (its manifest) when the same texts and dtype can resume into it. ``shard_size=None``
+    accepts the folder's shard size, as :func:`extract_to` adopts it.
 
     Raises a ``ValueError`` for a file, a folder of other files, or a different extraction
     (unless ``overwrite``). Layers, parts and the model are checked when writing starts.
@@ -239,10 +240,27 @@ def texts_digest(texts) -> str:
 
 
 def auto_shard_size(sample_shape, store_dtype: str, batch_size: int) -> int:
-    """Rows per shard: about :data:`SHARD_BYTES` of activations, a multiple of ``batch_size``."""
+    """Rows per shard for a new folder: about :data:`SHARD_BYTES` of activations, a multiple of
+    ``batch_size`` (so every forward pass is full). Nothing depends on that multiple: a resumed
+    run keeps the folder's own shard size whatever its batch size (:func:`resumable_shard_size`).
+    """
     row = int(np.prod(sample_shape)) * np.dtype(store_dtype).itemsize
     rows = max(1, SHARD_BYTES // max(row, 1))
     return max(batch_size, rows // batch_size * batch_size)
+
+
+def resumable_shard_size(folder, plan: dict) -> int | None:
+    """The shard size of the extraction in ``folder`` when it is the one ``plan`` describes.
+
+    ``plan`` holds what identifies the result except the sharding (shape, dtype, texts digest,
+    layout, model identity). Used when no shard size is asked for, so that a rerun with another
+    batch size (the usual reaction to running out of memory) resumes instead of being refused.
+    """
+    folder = Path(folder)
+    old = _read_manifest(folder) if folder.is_dir() else None
+    if old is None or any(old.get(k) != v for k, v in plan.items()):
+        return None
+    return int(old["shard_size"])
 
 
 class ShardWriter:
@@ -349,14 +367,15 @@ def extract_to(encoder, folder: str | os.PathLike, texts, *, shard_size: int | N
         raise ValueError(f"shard_size must be a positive integer or None, got {shard_size!r}.")
     layout = encoder.layout_
     n = len(texts)
-    size = shard_size or auto_shard_size(layout.shape, store_dtype, encoder.batch_size)
     plan = {
         "format": FORMAT, "version": FORMAT_VERSION, "shape": [n, *layout.shape],
-        "dtype": store_dtype, "shard_size": size, "n_shards": math.ceil(n / size),
-        "texts_sha256": texts_digest(texts), "layout": layout.to_dict(),
+        "dtype": store_dtype, "texts_sha256": texts_digest(texts), "layout": layout.to_dict(),
         "source": hashlib.sha256(json.dumps(encoder_identity(encoder), sort_keys=True)
                                  .encode()).hexdigest(),
     }
+    size = shard_size or (None if overwrite else resumable_shard_size(folder, plan)) \
+        or auto_shard_size(layout.shape, store_dtype, encoder.batch_size)
+    plan.update(shard_size=size, n_shards=math.ceil(n / size))
     writer = ShardWriter.open(folder, plan, overwrite=overwrite)
     for k in range(writer.n_done, plan["n_shards"]):
         lo, hi = writer.shard_rows(k)

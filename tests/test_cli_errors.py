@@ -226,6 +226,35 @@ def test_extract_says_complete_or_resumed(setup, tmp_path, capsys, monkeypatch):
         in capsys.readouterr().err
 
 
+def test_extract_resumes_with_a_smaller_batch_size(setup, tmp_path, capsys, monkeypatch):
+    from embetter_plug import io as epio
+    from embetter_plug.encoder import TransformerActivationEncoder
+
+    # about 6 rows of (1, 1, 32) float32 per shard: 4 at --batch-size 4, 6 at --batch-size 2
+    monkeypatch.setattr(epio, "SHARD_BYTES", 6 * 32 * 4)
+    out, calls = tmp_path / "acts", []
+    forward = TransformerActivationEncoder._forward
+
+    def interrupted(self, texts):
+        calls.append(len(texts))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return forward(self, texts)
+
+    monkeypatch.setattr(TransformerActivationEncoder, "_forward", interrupted)
+    assert main(_extract(setup, out, "--batch-size", "4")) == 130
+    capsys.readouterr()
+    calls.clear()
+    monkeypatch.setattr(TransformerActivationEncoder, "_forward",
+                        lambda self, texts: calls.append(len(texts)) or forward(self, texts))
+    assert main(_extract(setup, out, "--batch-size", "2")) == 0
+    assert capsys.readouterr().out.startswith("resumed after shard 1 of 5")
+    assert calls == [4, 4, 4, 4]
+    assert main(_extract(setup, tmp_path / "ref", "--batch-size", "4")) == 0
+    np.testing.assert_allclose(load_activations(out)[0], load_activations(tmp_path / "ref")[0],
+                               rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("command", ["probe", "extract"])
 def test_help_shows_defaults_without_markup(command):
     sub = build_parser()._subparsers._group_actions[0].choices[command]

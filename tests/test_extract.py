@@ -92,6 +92,49 @@ def test_interrupted_run_resumes_after_the_last_complete_shard(enc, corpus, tmp_
     np.testing.assert_array_equal(load_activations(tmp_path / "o")[0], load_activations(full)[0])
 
 
+def test_resume_with_another_batch_size_keeps_the_folders_shard_size(enc, corpus, tmp_path,
+                                                                      monkeypatch):
+    from embetter_plug import io as epio
+
+    # about 20 rows of (3, 2, 32) float32 per shard: 16 at batch size 8, 20 at batch size 4
+    monkeypatch.setattr(epio, "SHARD_BYTES", 20 * 3 * 2 * 32 * 4)
+    texts = corpus[:60]
+    enc.set_params(batch_size=8).fit()
+    ref, _ = load_activations(enc.extract_to(tmp_path / "ref", texts))
+    assert json.loads((tmp_path / "ref" / MANIFEST).read_text())["shard_size"] == 16
+    calls = []
+    original = type(enc)._forward
+
+    def failing(self, texts):
+        calls.append(len(texts))
+        if len(calls) == 3:
+            raise MemoryError("out of memory")
+        return original(self, texts)
+
+    monkeypatch.setattr(type(enc), "_forward", failing)
+    with pytest.raises(MemoryError):
+        enc.extract_to(tmp_path / "o", texts)
+    with pytest.raises(ValueError, match="2 of 4 shards are complete"):
+        load_activations(tmp_path / "o")
+    calls.clear()
+    monkeypatch.setattr(type(enc), "_forward",
+                        lambda self, texts: calls.append(len(texts)) or original(self, texts))
+    enc.set_params(batch_size=4).fit()  # the usual reaction to running out of memory
+    enc.extract_to(tmp_path / "o", texts)
+    assert calls == [16, 12]  # only the two unfinished shards, at the folder's shard size
+    man = json.loads((tmp_path / "o" / MANIFEST).read_text())
+    assert (man["shard_size"], man["n_done"], man["n_shards"]) == (16, 4, 4)
+    X, _ = load_activations(tmp_path / "o")
+    np.testing.assert_array_equal(X[:32], ref[:32])  # the shards finished before the crash
+    np.testing.assert_allclose(X, ref, rtol=1e-5, atol=1e-6)  # other batches: float tolerance
+    # a new folder still gets a shard size that is a multiple of the batch size
+    enc.extract_to(tmp_path / "new", texts)
+    assert json.loads((tmp_path / "new" / MANIFEST).read_text())["shard_size"] == 20
+    # an explicit shard size that differs from the folder's is still a different extraction
+    with pytest.raises(ValueError, match=r"differs in \['n_shards', 'shard_size'\]"):
+        enc.extract_to(tmp_path / "o", texts, shard_size=10)
+
+
 def test_a_different_extraction_in_the_folder_is_an_error_unless_overwrite(enc, corpus, tmp_path):
     enc.extract_to(tmp_path / "o", corpus[:10], shard_size=5)
     with pytest.raises(ValueError, match=r"differs in \['n_shards', 'shape', 'texts_sha256'\]"):
