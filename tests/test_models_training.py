@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 import pickle
 
+import logging
+
 import joblib
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
+from scipy.special import softmax
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from sklearn.model_selection import GridSearchCV, cross_val_predict, cross_validate
 from sklearn.pipeline import Pipeline
-from skorch.callbacks import Callback
+from skorch.callbacks import Callback, EpochScoring
 
 from embetter_plug import (LayerPooler, PlugClassifier, PlugContrastiveCNN, PlugRegressor,
                            load_model, save_model)
@@ -73,6 +76,54 @@ def test_early_stopping_stops_after_patience():
     assert clf.n_epochs_ < 60 and clf.n_epochs_ - clf.best_epoch_ == 3
     assert aucs[clf.best_epoch_ - 1] == aucs.max()
 
+
+class ValidScores(Callback):
+    """Scores the validation rows at each epoch end from the module's raw output (logits)."""
+
+    def initialize(self):
+        self.scores = []
+        return self
+
+    def on_epoch_end(self, net, dataset_valid=None, **kwargs):
+        rows = [dataset_valid[i] for i in range(len(dataset_valid))]
+        Xv = np.stack([np.asarray(r[0]) for r in rows])
+        yv = np.array([int(r[1]) for r in rows])
+        with torch.no_grad():
+            out = net.forward(Xv, training=False)
+        proba = softmax((out[0] if isinstance(out, tuple) else out).double().numpy(), axis=1)
+        self.scores.append({"accuracy": accuracy_score(yv, proba.argmax(1)),
+                            "f1": f1_score(yv, proba.argmax(1)), "roc_auc": roc_auc_score(yv, proba[:, 1])})
+
+
+@pytest.mark.parametrize("Est", [PlugClassifier, PlugContrastiveCNN])
+def test_skorch_scoring_callbacks_score_the_classes(Est):
+    X, y = noisy(n=120, classes=("neg", "pos"))
+    ref = ValidScores()
+    names = ["accuracy", "f1", "roc_auc"]
+    scorers = [(n, EpochScoring(n, lower_is_better=False)) for n in names]
+    kw = dict(module__channels=8, module__proj_dim=8) if Est is PlugContrastiveCNN else {}
+    clf = Est(max_epochs=3, validation_fraction=0.3, callbacks=[*scorers, ref], **kw, **FAST).fit(X, y)
+    for name in names:
+        np.testing.assert_allclose(clf.net_.history[:, name], [s[name] for s in ref.scores], atol=1e-12)
+    # the inner net predicts class indices; the estimator maps them to the labels
+    assert clf.net_.classes_.tolist() == [0, 1]
+    idx = clf.net_.predict(clf._module_input(X))
+    np.testing.assert_array_equal(clf.classes_[idx], clf.predict(X))
+    np.testing.assert_allclose(clf.net_.predict_proba(clf._module_input(X)), clf.predict_proba(X), atol=1e-6)
+    pickle.loads(pickle.dumps(clf))
+
+
+def test_epoch_table_log_records_are_plain_text(caplog):
+    X, y = noisy(n=80)
+    with caplog.at_level(logging.INFO, logger="embetter_plug"):
+        clf = PlugClassifier(max_epochs=3, **FAST).fit(X, y)
+    lines = [r.getMessage() for r in caplog.records if r.name == "embetter_plug"]
+    assert lines[0].split()[:3] == ["epoch", "train_loss", "valid_auc"]
+    rows = [line.split() for line in lines[2:5]]
+    hist = clf.net_.history
+    assert [r[:3] for r in rows] == [[str(e), f"{hist[e - 1, 'train_loss']:.4f}",
+                                      f"{hist[e - 1, 'valid_auc']:.4f}"] for e in (1, 2, 3)]
+    assert not any("\x1b" in line for line in lines)
 
 
 @pytest.mark.parametrize("verbose", [0, 1, 2])

@@ -3,6 +3,7 @@ its rows, batch-norm refresh and a progress bar over epochs."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,17 @@ from sklearn.metrics import log_loss, roc_auc_score
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["EpochProgressBar", "RefreshBatchNorm", "TrackedSplit", "valid_roc_auc"]
+from .._utils import logger
+
+__all__ = ["EpochProgressBar", "RefreshBatchNorm", "TrackedSplit", "log_plain", "valid_roc_auc"]
+
+_ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def log_plain(text: str) -> None:
+    """Sink of skorch's epoch table: the ``embetter_plug`` logger at INFO, with skorch's
+    terminal colour codes (which mark each column's best value) removed."""
+    logger.info(_ANSI_CODE.sub("", text))
 
 
 def valid_roc_auc(net: NeuralNet, X: Any, y: Any) -> float:

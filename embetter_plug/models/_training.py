@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.special import softmax
-from skorch import NeuralNet
+from skorch import NeuralNet, NeuralNetClassifier
 from skorch.callbacks import Callback, EarlyStopping, EpochScoring, LRScheduler, ProgressBar
 from sklearn.base import BaseEstimator
 from sklearn.utils.class_weight import compute_class_weight
@@ -19,7 +19,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._utils import logger, resolve_device, seed_from_random_state
-from ._callbacks import EpochProgressBar, RefreshBatchNorm, TrackedSplit, valid_roc_auc
+from ._callbacks import EpochProgressBar, RefreshBatchNorm, TrackedSplit, log_plain, valid_roc_auc
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 LR_SCHEDULERS = ("plateau", "cosine", None)
@@ -83,6 +83,17 @@ def torch_threads(n_jobs: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class ClassifierNet(NeuralNetClassifier):
+    """skorch's ``NeuralNetClassifier`` on class indices ``0..n_classes-1``: ``predict`` gives
+    indices, ``predict_proba`` the softmax of the module's first output, so skorch's scoring
+    callbacks (``EpochScoring("accuracy")``, ``"f1"``, ``"roc_auc"``) work. Its epoch table
+    has the columns of a plain ``NeuralNet`` (no extra ``valid_acc``)."""
+
+    @property
+    def _default_callbacks(self):
+        return NeuralNet._default_callbacks.fget(self)
 
 
 class PlugNetBase(BaseEstimator):
@@ -201,13 +212,17 @@ class PlugNetBase(BaseEstimator):
     def _make_net(self, *, train_split=None, callbacks=(), device="cpu") -> NeuralNet:
         optimizer = OPTIMIZERS.get(self.optimizer, self.optimizer)
         criterion, criterion_kwargs = self._criterion()
-        return NeuralNet(
+        if self._task == "classifier":
+            net_cls, task_kwargs = ClassifierNet, {
+                "predict_nonlinearity": softmax_output,
+                "classes": list(range(self.module_kwargs_["n_outputs"]))}
+        else:
+            net_cls, task_kwargs = NeuralNet, {"predict_nonlinearity": None}
+        return net_cls(
             self._module_cls, criterion=criterion, optimizer=optimizer, lr=self.lr,
             max_epochs=self.max_epochs, batch_size=self.batch_size, train_split=train_split,
             callbacks=list(callbacks), device=str(device), verbose=int(bool(self.verbose)),
-            iterator_train__shuffle=True,
-            predict_nonlinearity=softmax_output if self._task == "classifier" else None,
-            callbacks__print_log__sink=logger.info,
+            iterator_train__shuffle=True, callbacks__print_log__sink=log_plain, **task_kwargs,
             **{f"module__{k}": v for k, v in self.module_kwargs_.items()},
             **{f"criterion__{k}": v for k, v in criterion_kwargs.items()},
         )

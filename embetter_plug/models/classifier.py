@@ -60,8 +60,9 @@ class PlugClassifier(ClassifierOutputsMixin, ClassifierMixin, PlugNetBase):
     Attributes
     ----------
     classes_ : ndarray
-    net_ : skorch.NeuralNet
-        The trained net (``net_.history`` holds the per-epoch losses and scores).
+    net_ : skorch.NeuralNetClassifier
+        The trained net on the class indices ``0..n_classes-1`` (``net_.predict`` gives indices
+        into ``classes_``; ``net_.history`` holds the per-epoch losses and scores).
     input_shape_ : tuple of int
     module_kwargs_ : dict
     validation_indices_ : ndarray or None
