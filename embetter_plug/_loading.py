@@ -31,7 +31,7 @@ def _looks_like_path(name: str) -> bool:
 
 
 def resolve_model_source(model: Any) -> str | None:
-    """Return the folder or hub name to load from, or ``None`` for an instance.
+    """Return the folder (absolute) or hub name to load from, or ``None`` for an instance.
 
     Raises ``FileNotFoundError`` for a path that does not exist, before anything is loaded.
     """
@@ -44,7 +44,7 @@ def resolve_model_source(model: Any) -> str | None:
             raise ValueError("model='' is empty; pass a Hugging Face name, a folder or None.")
         expanded = os.path.expanduser(model)
         if os.path.isdir(expanded):
-            return expanded
+            return os.path.abspath(expanded)  # a pickle loaded elsewhere still finds the folder
         if os.path.exists(expanded) or _looks_like_path(model):
             raise FileNotFoundError(
                 f"model={model!r} looks like a local path but no such folder exists; pass an "
@@ -95,6 +95,15 @@ def load_config(source: str, *, revision=None, trust_remote_code=False):
     with _explained("model", source):
         return AutoConfig.from_pretrained(source, revision=revision,
                                           trust_remote_code=trust_remote_code)
+
+
+def check_source_still_there(source: str | None) -> None:
+    """Before reloading a fitted model: its folder must still exist (it may have been moved)."""
+    if source is not None and os.path.isabs(source) and not os.path.isdir(source):
+        raise FileNotFoundError(
+            f"the model folder {source!r} this estimator was fitted with no longer exists; set "
+            "model= to its new place (set_params(model=...)) and fit again."
+        )
 
 
 def load_model(source: str, *, dtype, revision=None, trust_remote_code=False, model_kwargs=None,

@@ -13,7 +13,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _arch, _batching
 from ._hooks import ActivationCapture, resolve_targets
-from ._loading import load_config, load_model, load_tokenizer, resolve_model_source
+from ._loading import (check_source_still_there, load_config, load_model, load_tokenizer,
+                       resolve_model_source)
 from ._token_pooling import pooling_name, validate_pooling
 from ._utils import (check_texts, logger, reload_device, resolve_device, resolve_dtype,
                      resolve_indices)
@@ -260,6 +261,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
 
     def _ensure_loaded(self) -> None:
         if getattr(self, "model_", None) is None:  # after unpickling
+            check_source_still_there(self._source_)
             self.device_ = reload_device(self.device_, self.device)
             self.model_, self.tokenizer_ = self._load(self._source_, self.device_)
             self.layout_.meta["dtype"] = self.compute_dtype_

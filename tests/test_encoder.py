@@ -191,6 +191,26 @@ def test_local_folder_and_pickle_without_weights(tmp_path, texts):
     np.testing.assert_allclose(again.transform(texts[:5]), ref, atol=1e-5)
 
 
+def test_a_relative_folder_survives_a_pickle_loaded_elsewhere(tmp_path, texts, monkeypatch):
+    import pickle
+    import shutil
+
+    from embetter_plug.testing import save_tiny_model
+
+    save_tiny_model("gpt2", tmp_path / "work" / "gpt2")  # a folder named like a hub model
+    monkeypatch.chdir(tmp_path / "work")
+    enc = TransformerActivationEncoder("gpt2").fit()
+    ref = enc.transform(texts[:3])
+    blob = pickle.dumps(enc)
+    monkeypatch.chdir(tmp_path)  # elsewhere, where "gpt2" is no folder
+    np.testing.assert_array_equal(pickle.loads(blob).transform(texts[:3]), ref)
+    assert enc.layout_.meta["model"] == str(tmp_path / "work" / "gpt2")
+    shutil.move(tmp_path / "work" / "gpt2", tmp_path / "moved")
+    with pytest.raises(FileNotFoundError, match=r"model folder '.*work/gpt2' this estimator was "
+                                                r"fitted with no longer exists; set model="):
+        pickle.loads(blob).transform(texts[:3])
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="simulates a machine without CUDA")
 def test_unpickled_on_a_machine_without_the_fitted_device(tmp_path, texts, caplog):
     import pickle
