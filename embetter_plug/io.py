@@ -263,6 +263,30 @@ def resumable_shard_size(folder, plan: dict) -> int | None:
     return int(old["shard_size"])
 
 
+def check_storable(X: np.ndarray, store_dtype: str, where: str = "", fix: str = "") -> None:
+    """Refuse to store ``X`` as ``store_dtype`` when a finite value is beyond its range.
+
+    Casting float32 activations above 65504 to float16 gives ``inf`` without an error, and some
+    models' activations go far beyond that. Checked before anything is written; ``where`` and
+    ``fix`` complete the message (which rows, what else to change).
+    """
+    X = np.asarray(X)
+    dtype = np.dtype(store_dtype)
+    if X.size == 0 or dtype.kind != "f" or dtype.itemsize >= X.dtype.itemsize:
+        return
+    big = max(float(np.nanmax(X)), -float(np.nanmin(X)))  # no copy of X
+    if not math.isfinite(big):  # inf or nan already in X: judge the finite values alone
+        finite = X[np.isfinite(X)]
+        big = float(np.abs(finite).max()) if finite.size else 0.0
+    limit = float(np.finfo(dtype).max)
+    if big > limit:
+        raise ValueError(
+            f"store_dtype={store_dtype!r} cannot hold these activations: the largest absolute "
+            f"value{where} is {big:.7g}, above {store_dtype}'s maximum of {limit:g}, so it would "
+            f"be stored as inf. Use store_dtype='float32' (--store-dtype float32){fix}."
+        )
+
+
 class ShardWriter:
     """Fills a preallocated ``activations.npy`` shard by shard, recording progress in a manifest.
 
@@ -333,9 +357,14 @@ class ShardWriter:
         if k != self.n_done:
             raise ValueError(f"shard {k} written out of order; {self.n_done} shards are complete.")
         lo, hi = self.shard_rows(k)
-        acts = np.ascontiguousarray(acts, dtype=self.manifest["dtype"])
+        acts = np.asarray(acts)
         if acts.shape != (hi - lo, *self.manifest["shape"][1:]):
             raise ValueError(f"shard {k} has shape {acts.shape}, expected {(hi - lo, *self.manifest['shape'][1:])}.")
+        # before writing: the shard stays incomplete and the complete ones are untouched
+        check_storable(acts, self.manifest["dtype"], where=f" in shard {k} (rows {lo}..{hi - 1})",
+                       fix=f" with overwrite=True (--overwrite); {k} of "
+                           f"{self.manifest['n_shards']} shards were stored")
+        acts = np.ascontiguousarray(acts, dtype=self.manifest["dtype"])
         with open(self.folder / DATA, "r+b") as f:
             f.seek(self._offset + lo * self._row_bytes)
             f.write(memoryview(acts).cast("B"))

@@ -255,6 +255,36 @@ def test_extract_resumes_with_a_smaller_batch_size(setup, tmp_path, capsys, monk
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("suffix", [".npz", ""])
+def test_extract_refuses_float16_overflow_before_writing(setup, tmp_path, capsys, monkeypatch,
+                                                         suffix):
+    import copy
+
+    import torch
+
+    from embetter_plug import TransformerActivationEncoder
+    from embetter_plug.testing import make_tiny_model
+
+    model, tok = make_tiny_model("gpt2")
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.wte.weight.mul_(1e7)  # activations far above float16's 65504
+    monkeypatch.setattr(cli_extract, "encoder_from_args",
+                        lambda args: TransformerActivationEncoder(model, tok, layers=[0]))
+    out = tmp_path / f"acts{suffix}"
+    assert main(_extract(setup, out, "--limit", "4", "--store-dtype", "float16")) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"store_dtype='float16' cannot hold these activations: the largest absolute "
+                     r"value.* is \d+(\.\d+)?, above float16's maximum of 65504", err)
+    assert "--store-dtype float32" in err
+    if suffix:
+        assert not out.exists()
+    else:
+        assert json.loads((out / MANIFEST).read_text())["n_done"] == 0
+    assert main(_extract(setup, out, "--limit", "4", "--overwrite")) == 0
+    assert np.isfinite(load_activations(out)[0]).all()
+
+
 @pytest.mark.parametrize("command", ["probe", "extract"])
 def test_help_shows_defaults_without_markup(command):
     sub = build_parser()._subparsers._group_actions[0].choices[command]

@@ -54,6 +54,40 @@ def test_float16_storage(enc, corpus, tmp_path):
     assert (tmp_path / "h" / "activations.npy").stat().st_size < 20 * 3 * 2 * 32 * 2 + 1024
 
 
+@pytest.fixture(scope="module")
+def loud_encoder():
+    """A tiny GPT-2 whose embeddings are scaled so that activations exceed float16's 65504."""
+    import copy
+
+    import torch
+
+    model, tok = make_tiny_model("gpt2")
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.wte.weight.mul_(1e7)
+    return TransformerActivationEncoder(model, tok, layers=[0], batch_size=4).fit()
+
+
+def test_float16_overflow_is_refused_before_the_shard_is_written(loud_encoder, corpus, tmp_path):
+    texts = corpus[:8]
+    ref = loud_encoder.transform(texts)
+    largest = float(np.abs(ref[:4]).max())
+    assert largest > float(np.finfo(np.float16).max)  # the cast would give inf
+    with pytest.raises(ValueError) as err:
+        loud_encoder.extract_to(tmp_path / "h", texts, shard_size=4, store_dtype="float16")
+    msg = str(err.value)
+    assert "store_dtype='float16'" in msg and f"{largest:.7g}" in msg
+    assert "shard 0 (rows 0..3)" in msg and "store_dtype='float32'" in msg and "overwrite" in msg
+    man = json.loads((tmp_path / "h" / MANIFEST).read_text())
+    assert man["n_done"] == 0  # nothing recorded as complete
+    with pytest.raises(ValueError, match="0 of 2 shards are complete"):
+        load_activations(tmp_path / "h")
+    # the advice works
+    folder = loud_encoder.extract_to(tmp_path / "h", texts, shard_size=4, store_dtype="float32",
+                                     overwrite=True)
+    np.testing.assert_allclose(load_activations(folder)[0], ref, rtol=1e-5)
+
+
 def test_memory_is_bounded_by_the_shard(enc, corpus, tmp_path, monkeypatch):
     seen = []
     original = type(enc)._encode

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from embetter_plug import load_activations, save_activations
+from embetter_plug.io import FORMAT, MANIFEST, ShardWriter
 from embetter_plug.layout import ActivationLayout
 
 LAYOUT = ActivationLayout(layers=(0, 4), parts=("resid_post", "mlp_out@mean"), hidden_size=3,
@@ -62,3 +63,31 @@ def test_missing_and_foreign_files_give_clear_errors(tmp_path):
     (tmp_path / "folder").mkdir()
     with pytest.raises(ValueError, match="without a manifest.json"):
         load_activations(tmp_path / "folder")
+
+
+def test_shard_beyond_float16_is_refused_and_complete_shards_stay(tmp_path):
+    lay = ActivationLayout(layers=(0,), parts=("resid_post",), hidden_size=3)
+    plan = {"format": FORMAT, "version": 1, "shape": [4, 1, 1, 3], "dtype": "float16",
+            "shard_size": 2, "n_shards": 2, "texts_sha256": "x", "layout": lay.to_dict(),
+            "source": "y"}
+    writer = ShardWriter.open(tmp_path / "f", plan)
+    first = np.full((2, 1, 1, 3), -65504.0, np.float32)  # the largest float16 magnitude is fine
+    first[0, 0, 0, 0] = np.nan  # missing values are not what is judged
+    writer.write_shard(0, first)
+    second = np.ones((2, 1, 1, 3), np.float32)
+    second[1, 0, 0, 2] = -70000.0
+    second[0, 0, 0, 1] = np.inf  # already infinite: the finite values are judged
+    with pytest.raises(ValueError, match=r"store_dtype='float16' cannot hold .* value in shard 1 "
+                                         r"\(rows 2\.\.3\) is 70000, above float16's maximum of "
+                                         r"65504.*store_dtype='float32'.*1 of 2 shards were stored"):
+        writer.write_shard(1, second)
+    assert json.loads((tmp_path / "f" / MANIFEST).read_text())["n_done"] == 1
+    with pytest.raises(ValueError, match="1 of 2 shards are complete"):
+        load_activations(tmp_path / "f")
+    data = np.load(tmp_path / "f" / "activations.npy")
+    np.testing.assert_array_equal(data[:2], first.astype(np.float16))
+    assert not data[2:].any()  # nothing of the refused shard was written
+    second[1, 0, 0, 2] = -60000.0
+    writer.write_shard(1, second)  # within range (the inf stays inf)
+    X, _ = load_activations(tmp_path / "f")
+    np.testing.assert_array_equal(X[2:], second.astype(np.float16))

@@ -103,7 +103,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--shard-size", type=positive_int, default=None,
                         help="rows per shard when streaming (default: about 64 MiB per shard)")
     parser.add_argument("--store-dtype", default="float32", choices=["float32", "float16"],
-                        help="dtype of the stored activations")
+                        help="dtype of the stored activations (float16 refuses values beyond "
+                             "its maximum, 65504)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing .npz file, or a folder that holds a different "
                              "extraction")
@@ -139,12 +140,15 @@ def run(args) -> int:
     import numpy as np
 
     from embetter_plug import save_activations
+    from embetter_plug.io import check_storable
 
     texts = read_texts(args.data, args.text_col, args.split, args.limit)
     old = check_out(args, texts)
     enc = encoder_from_args(args).fit(texts)
     if args.out.endswith(".npz"):
-        X = enc.transform(texts).astype(args.store_dtype, copy=False)
+        X = enc.transform(texts)
+        check_storable(X, args.store_dtype)  # before anything is written
+        X = X.astype(args.store_dtype, copy=False)
         out = save_activations(args.out, X, enc.layout_)
         shape, dtype = X.shape, X.dtype
     else:
