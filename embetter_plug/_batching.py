@@ -42,7 +42,8 @@ def tokenize(tokenizer, texts, prefix: str, suffix: str, max_length: int) -> tup
     (e.g. an end-of-turn token) always survives.
     """
     full = [prefix + t + suffix for t in texts]
-    enc = tokenizer(full, add_special_tokens=True, truncation=False)["input_ids"]
+    # verbose=False: no "sequence too long" message, the text is cut below
+    enc = tokenizer(full, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
     too_long = [i for i, ids in enumerate(enc) if len(ids) > max_length]
     for i in too_long:
         enc[i] = _truncate_one(tokenizer, texts[i], prefix, suffix, max_length, enc[i])
@@ -58,17 +59,17 @@ def _truncate_one(tokenizer, text, prefix, suffix, max_length, ids):
         offsets = None
         if getattr(tokenizer, "is_fast", False):
             enc = tokenizer(prefix + text + suffix, add_special_tokens=True,
-                            return_offsets_mapping=True)
+                            return_offsets_mapping=True, verbose=False)
             offsets = enc["offset_mapping"]
         lo, hi = len(prefix), len(prefix) + len(text)
         starts = [s for s, e in (offsets or []) if lo <= s < hi and e > s]
         if len(starts) > excess:
             text = text[: starts[-excess] - lo].rstrip()
         else:  # slow tokenizer or too little text: cut by tokens of the text alone
-            text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            text_ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
             keep = max(len(text_ids) - excess, 0)
             text = tokenizer.decode(text_ids[:keep])
-        ids = tokenizer(prefix + text + suffix, add_special_tokens=True)["input_ids"]
+        ids = tokenizer(prefix + text + suffix, add_special_tokens=True, verbose=False)["input_ids"]
     if len(ids) > max_length:
         raise ValueError(
             f"the prompt template alone needs {len(ids)} tokens, more than max_length="
@@ -164,10 +165,16 @@ def padding_fraction(lengths, batches) -> float:
     return 1.0 - real / total if total else 0.0
 
 
-def warn_truncated(n: int, n_seen: int, n_total: int, max_length: int) -> None:
-    """Warn that ``n`` of the ``n_seen`` texts tokenized so far (of ``n_total``) were truncated."""
-    count = f"{n}" if n_seen >= n_total else f"at least {n}"
-    msg = (f"{count} of {n_total} text(s) are longer than max_length={max_length} tokens and "
-           "were truncated (the prompt template is kept whole).")
-    logger.info(msg)
-    warn_user(msg, UserWarning)
+def report_truncated(n: int, n_seen: int, n_total: int, max_length: int, *,
+                     warn: bool) -> None:
+    """Log that ``n`` texts of a chunk were cut to ``max_length`` tokens; with ``warn`` (the
+    model's own limit was hit, not a limit the user chose), also warn, in words that do not
+    change between calls so Python shows the warning once per place in the user's code."""
+    logger.info("%d text(s) longer than max_length=%d tokens truncated (%d of %d distinct texts "
+                "tokenized so far; the prompt template is kept whole)", n, max_length, n_seen,
+                n_total)
+    if warn:
+        warn_user(f"texts longer than the model's limit of {max_length} tokens were truncated (the "
+                  "prompt template is kept whole); pass max_length= to choose the limit and "
+                  "silence this. Counts are logged on the 'embetter_plug' logger (INFO).",
+                  UserWarning)

@@ -308,12 +308,12 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
             seen = truncated = 0
             for plan in plans:
                 seen += sum(len(idx) for idx, _ in plan.batches)
-                if plan.n_truncated and not truncated:  # warned once, before that chunk runs
-                    _batching.warn_truncated(plan.n_truncated, seen, len(texts), self.max_length_)
+                if plan.n_truncated:  # said before that chunk runs; a warning only once
+                    _batching.report_truncated(plan.n_truncated, seen, len(texts),
+                                               self.max_length_, warn=not truncated
+                                               and self.max_length is None)
                 truncated += plan.n_truncated
                 yield from plan.batches
-            if truncated and seen > _batching.chunk_size(self.batch_size):
-                logger.info("%d of %d texts were truncated in all", truncated, seen)
 
         yield from tqdm(self._iter_batches(batches()),
                         total=_batching.n_batches(len(texts), self.batch_size),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -106,19 +107,18 @@ def test_unknown_architecture_names_model_type():
     assert X.shape == (2, 2, 1, 16) and np.isfinite(X).all()
 
 
-def test_truncation_warns_once_and_keeps_template_suffix(tiny_gpt2):
+def test_truncation_is_logged_when_asked_for_and_keeps_template_suffix(tiny_gpt2, caplog):
     model, tok = tiny_gpt2
     long = " ".join(["dataset"] * 200)
     texts = [long, "short text", long + " more"]
     enc = TransformerActivationEncoder(model, tok, max_length=16,
                                        prompt_template="Q: {text}<end_of_turn>").fit()
-    with warnings.catch_warnings(record=True) as w:
+    with warnings.catch_warnings(record=True) as w, caplog.at_level("INFO", "embetter_plug"):
         warnings.simplefilter("always")
         enc.transform(texts)
-    msgs = [str(x.message) for x in w if "truncated" in str(x.message)]
-    assert len(msgs) == 1 and msgs[0].startswith("2 of 3")
-    # the warning points at the caller's line, not inside the package
-    assert [x.filename for x in w if "truncated" in str(x.message)] == [__file__]
+    # max_length was chosen: truncation is what was asked for, so it is logged, not warned
+    assert not [x for x in w if "truncated" in str(x.message)]
+    assert "2 text(s) longer than max_length=16 tokens truncated" in caplog.text
     # the last token of a truncated text is still the template's suffix: lasttoken pooling of
     # the truncated text equals the suffix token's state, so its ids end with <end_of_turn>
     from embetter_plug._batching import tokenize
@@ -127,6 +127,45 @@ def test_truncation_warns_once_and_keeps_template_suffix(tiny_gpt2):
     end = tok.convert_tokens_to_ids("<end_of_turn>")
     assert n == 2 and all(len(s) <= 16 and s[-1] == end for s in ids)
     assert tok.decode(ids[0]).startswith("Q: dataset")
+
+
+def test_hitting_the_models_limit_warns_once_per_line_of_user_code(tiny_gpt2):
+    model, tok = tiny_gpt2
+    long = " ".join(["dataset"] * 600)  # over the tiny model's 512 positions
+    enc = TransformerActivationEncoder(model, tok).fit()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("default")
+        for extra in ("", " a", " b"):  # counts differ, the message does not
+            enc.transform([long + extra, "short"])
+    hits = [x for x in w if "truncated" in str(x.message)]
+    assert len(hits) == 1 and hits[0].filename == __file__  # the caller's line
+    assert "model's limit of 512 tokens were truncated" in str(hits[0].message)
+    assert "pass max_length=" in str(hits[0].message)
+
+
+def test_no_false_sequence_length_alarm_from_the_tokenizer():
+    import logging
+
+    from embetter_plug._batching import tokenize
+    from embetter_plug.testing import make_tokenizer
+
+    long = " ".join(["dataset"] * 600)
+    fresh = copy.deepcopy(make_tokenizer("bpe"))
+    fresh.deprecation_warnings = {}  # transformers says its alarm once per tokenizer object
+    fresh.model_max_length = 512
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    hf_logger = logging.getLogger("transformers.tokenization_utils_base")
+    hf_logger.addHandler(handler)
+    try:
+        ids, n = tokenize(fresh, [long], "", "", 512)
+        assert n == 1 and len(ids[0]) <= 512
+        assert not [m for m in seen if "Token indices sequence length" in m]
+        fresh(long)  # the same call without verbose=False raises the alarm: the check can fail
+        assert [m for m in seen if "Token indices sequence length" in m]
+    finally:
+        hf_logger.removeHandler(handler)
 
 
 def test_nan_float_item_message_mentions_missing_values(tiny_gpt2):
