@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 import numpy as np
 import pandas as pd
@@ -260,3 +261,45 @@ def test_online_close_to_offline_on_minilm(minilm_path):
         acc = off.fit(Xtr[:, i, 0], train["label"]).score(Xte[:, i, 0], test["label"])
         assert acc > 0.7
         assert abs(on.loc[f"layer{layer}__resid_post", "accuracy"] - acc) < 0.05
+
+
+def test_numeric_target_points_to_the_regression_probe():
+    texts, _ = _data(n=60)
+    enc = StreamOnlyEncoder(np.zeros(60, dtype=int))
+    with pytest.raises(ValueError) as err:
+        OnlineProbes(enc, max_epochs=1).fit(texts, np.linspace(0, 1, 60))
+    msg = str(err.value)
+    assert "trains classifiers only" in msg and "probe_layers(X, y, task='regression')" in msg
+    assert "pass task=" not in msg  # OnlineProbes has no task parameter
+    assert "task" not in OnlineProbes().get_params()
+    assert enc.passes == 0
+
+
+@pytest.mark.parametrize("y, kwargs, need, problem", [
+    (["a", "b", "a", "b"], {}, 6, "1 validation and 3 training text(s) for 2 classes"),
+    (["a", "b", "a", "c"], {}, 11, "class(es) ['b', 'c'] have a single text"),
+    (["a", "b"] * 10, {"validation_fraction": 0.05}, 21, "1 validation and 19 training"),
+    (["a", "b"] * 10, {"validation_fraction": 0.97}, 67, "20 validation and 0 training"),
+])
+def test_too_few_texts_for_the_validation_split_say_what_is_needed(y, kwargs, need, problem):
+    from sklearn.model_selection import train_test_split
+
+    texts, _ = _data(n=len(y))
+    enc = StreamOnlyEncoder(np.zeros(len(y), dtype=int))
+    frac = kwargs.get("validation_fraction", 0.2)
+    with pytest.raises(ValueError, match=rf"validation_fraction={frac} .* at least {need} texts, "
+                                         rf"about {-(-need // len(set(y)))} per class.*"
+                                         rf"Got {len(y)} texts; .*{re.escape(problem)}"):
+        OnlineProbes(enc, max_epochs=1, **kwargs).fit(texts, y)
+    assert enc.passes == 0
+    # the stated minimum is what scikit-learn's stratified split needs
+    for n, works in [(need, True), (need - 1, False)]:
+        labels = np.resize(sorted(set(y)), n)
+        try:
+            train_test_split(np.arange(n), test_size=frac, stratify=labels, random_state=0)
+            assert works
+        except ValueError:
+            assert not works
+    labels = np.resize(sorted(set(y)), need)
+    OnlineProbes(StreamOnlyEncoder(np.zeros(need, dtype=int)), max_epochs=1,
+                 **kwargs).fit(_data(n=need)[0], labels)

@@ -7,6 +7,7 @@ logistic-regression probe per layer x part, then is dropped. Memory is bounded b
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from numbers import Integral, Real
 from typing import Any
@@ -40,7 +41,8 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
         probe. A fitted encoder is used as is; an unfitted one is cloned and fitted. ``None``
         is the built-in model with every layer's ``resid_post``.
     validation_fraction : float, default=0.2
-        Share of the texts held out (stratified, seeded) for early stopping and ``metrics_``.
+        Share of the texts held out (stratified, seeded) for early stopping and ``metrics_``;
+        both sides need every class, so ``fit`` first checks that there are texts enough.
     max_epochs : int, default=5
     patience : int, default=2
         Epochs without improvement before a probe stops.
@@ -126,6 +128,32 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
         if not isinstance(self.validation_fraction, Real) or not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}.")
 
+    def _check_split(self, y) -> None:
+        """Refuse labels too few for the stratified validation split, saying what it needs."""
+        classes, counts = np.unique(y, return_counts=True)
+        k, n, frac = len(classes), len(y), self.validation_fraction
+
+        def sides(m):  # validation and training sizes, as train_test_split computes them
+            n_val = math.ceil(frac * m)
+            return n_val, m - n_val
+
+        single = [c.item() for c, m in zip(classes, counts) if m < 2]
+        n_val, n_train = sides(n)
+        if not single and min(n_val, n_train) >= k:
+            return
+        need = max(2 * k, int((k - 1) / frac), int(k / (1 - frac))) - 1
+        while min(sides(need)) < k:
+            need += 1
+        problem = (f"class(es) {single[:5]} have a single text" if single else
+                   f"that is {n_val} validation and {n_train} training text(s) for {k} classes")
+        raise ValueError(
+            f"OnlineProbes holds out validation_fraction={frac!r} of the texts (stratified) for "
+            f"early stopping and metrics_, and needs texts of every class on both sides: with "
+            f"{k} classes that is at least {need} texts, about {math.ceil(need / k)} per class, and "
+            f"at least 2 in every class. Got {n} texts; {problem}. Give more texts, or change "
+            "validation_fraction."
+        )
+
     def _fitted_encoder(self):
         from ..encoder import TransformerActivationEncoder
 
@@ -142,10 +170,18 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
         from tqdm.auto import trange
 
         texts = check_texts(X)
-        task, y = detect_task(y, "classification")
+        task, y = detect_task(y, "auto")
+        if task == "regression":
+            raise ValueError(
+                f"OnlineProbes trains classifiers only (SGD log-loss probes), but y looks continuous "
+                f"(values such as {np.round(y[:3], 4).tolist()}). For a numeric target, encode the "
+                "texts with TransformerActivationEncoder and use probe_layers(X, y, "
+                "task='regression'); for a classification, give discrete labels."
+            )
         if len(y) != len(texts):
             raise ValueError(f"X has {len(texts)} texts but y has {len(y)} labels; they must match.")
         self._check_params()
+        self._check_split(y)
         self.classes_, y_enc = np.unique(y, return_inverse=True)
         seed = seed_from_random_state(self.random_state)
         rng = np.random.default_rng(seed)
