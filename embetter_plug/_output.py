@@ -48,5 +48,18 @@ def wrap_output(estimator, out: np.ndarray, X, feature_names):
         return pl.DataFrame(out, schema=columns, orient="row")
     import pandas as pd
 
-    index = X.index if isinstance(X, (pd.Series, pd.DataFrame)) else None
-    return pd.DataFrame(out, columns=columns, index=index)
+    index = input_index(X)
+    return pd.DataFrame(out, columns=columns,
+                        index=index if index is not None and len(index) == len(out) else None)
+
+
+def input_index(X):
+    """The row index a DataFrame output should keep: a pandas input's, or the one an
+    :class:`~embetter_plug.layout.Activations` array carries; else ``None``."""
+    import pandas as pd
+
+    from .layout import Activations
+
+    if isinstance(X, (Activations, pd.Series, pd.DataFrame)):
+        return X.index
+    return None

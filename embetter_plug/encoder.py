@@ -18,8 +18,8 @@ from ._loading import (check_source_still_there, load_config, load_model, load_t
 from ._token_pooling import pooling_name, validate_pooling
 from ._utils import (check_texts, logger, reload_device, resolve_device, resolve_dtype,
                      resolve_indices)
-from ._output import store_output_config, wrap_output
-from .layout import ActivationLayout
+from ._output import input_index, store_output_config, wrap_output
+from .layout import ActivationLayout, Activations
 
 __all__ = ["TransformerActivationEncoder"]
 
@@ -215,14 +215,17 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         check_is_fitted(self, "layout_")
         texts = check_texts(X)
         out = self._encode(texts)
-        out = out.reshape(len(texts), -1) if self.flatten else out
-        return wrap_output(self, out, X, self.get_feature_names_out)
+        if self.flatten:
+            return wrap_output(self, out.reshape(len(texts), -1), X, self.get_feature_names_out)
+        return Activations.of(out, self.layout_, input_index(X))
 
     def set_output(self, *, transform: str | None = None) -> "TransformerActivationEncoder":
         """Output container of ``transform``: ``"default"``, ``"pandas"`` or ``"polars"``.
 
         A container applies to 2-D output (``flatten=True``); 4-D activations stay a NumPy
-        array, so a Pipeline's ``set_output`` works when a later step makes the output 2-D.
+        array (an :class:`~embetter_plug.layout.Activations` that carries the layout and the
+        texts' index to the next step), so a Pipeline's ``set_output`` works when a later step
+        makes the output 2-D.
         """
         return store_output_config(self, transform)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ActivationLayout"]
+__all__ = ["ActivationLayout", "Activations"]
 
 
 @dataclass(frozen=True)
@@ -67,3 +67,28 @@ class ActivationLayout:
             raise ValueError(
                 f"array of shape {X.shape} does not match the layout (n, {', '.join(map(str, self.shape))})."
             )
+
+
+class Activations(np.ndarray):
+    """The encoder's 4-D output: a NumPy array that also carries its ``layout`` and the
+    ``index`` of the texts it came from (a pandas input's index, else ``None``).
+
+    A later step such as :class:`~embetter_plug.LayerPooler` reads them to name its features by
+    model layer and part and to keep the texts' index under ``set_output(transform="pandas")``.
+    Any view, copy or result computed from it carries neither (both are ``None``): they would
+    no longer describe its rows and axes.
+    """
+
+    layout: ActivationLayout | None = None
+    index: Any = None
+
+    @classmethod
+    def of(cls, array: np.ndarray, layout: ActivationLayout, index: Any = None) -> "Activations":
+        out = np.asarray(array).view(cls)
+        out.layout = layout
+        out.index = index if index is not None and len(index) == len(out) else None
+        return out
+
+    def __array_finalize__(self, obj) -> None:
+        self.layout = None
+        self.index = None

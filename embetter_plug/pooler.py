@@ -42,6 +42,10 @@ class LayerPooler(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         ``(n_layers, n_parts, hidden)`` seen in ``fit``.
     layer_idx_, part_idx_ : ndarray of int
         Selected positions.
+    axis_names_ : tuple of (list of str, list of str) or None
+        Layer and part labels for feature names, read from the encoder's output
+        (:class:`~embetter_plug.layout.Activations`); ``None`` for a plain array, whose features
+        are named by position (``layer{position}__part{position}__{i}``).
 
     Examples
     --------
@@ -63,8 +67,12 @@ class LayerPooler(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         """Check the selection against ``X``'s shape."""
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r} is not supported; valid methods are {list(METHODS)}.")
+        layout = getattr(X, "layout", None)  # set on the encoder's own output
         X4 = self._as_4d(X, reset=True)
         self.in_shape_ = tuple(int(s) for s in X4.shape[1:])
+        self.axis_names_ = None
+        if layout is not None and tuple(layout.shape) == self.in_shape_:
+            self.axis_names_ = ([f"layer{l}" for l in layout.layers], list(layout.parts))
         self.layer_idx_ = np.asarray(resolve_indices(
             self.layers, self.in_shape_[0], name="layers", what="layer position",
             context="the input", unit="layers"))
@@ -119,6 +127,8 @@ class LayerPooler(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         L, P, H = self.in_shape_
         layer_labels = [f"layer{i}" for i in range(L)]
         part_labels = [f"part{j}" for j in range(P)]
+        if getattr(self, "axis_names_", None) is not None:
+            layer_labels, part_labels = self.axis_names_
         if input_features is not None and len(input_features) == L * P * H:
             parsed = [_NAME.match(str(f)) for f in np.asarray(input_features)[::H]]
             if all(parsed):

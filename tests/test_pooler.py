@@ -87,3 +87,22 @@ def test_set_output_frames_2d_output_and_passes_select_through():
     np.testing.assert_allclose(mean.to_numpy(), X4.reshape(4, 6, 5).mean(1))
     sel = LayerPooler(layers=1, method="select").set_output(transform="pandas").fit_transform(X4)
     assert isinstance(sel, np.ndarray) and sel.shape == (4, 1, 2, 5)
+
+
+def test_after_the_encoder_features_are_named_by_model_layer_and_keep_the_texts_index(tiny_gpt2):
+    import pandas as pd
+    from sklearn.pipeline import make_pipeline
+
+    model, tok = tiny_gpt2
+    texts = pd.Series(["a b", "c d e", "f g", "h i j k"], index=[7, 8, 9, 10])
+    pipe = make_pipeline(TransformerActivationEncoder(model, tok, layers=[0, 2],
+                                                      parts=["resid_post", "mlp_out"]),
+                         LayerPooler(layers=[1], parts=[1])).fit(texts)
+    out = pipe.set_output(transform="pandas").transform(texts)
+    # position 1 on the layer axis is model layer 2: the same names as get_feature_names_out
+    assert list(out.columns) == list(pipe.get_feature_names_out())
+    assert out.columns[0] == "layer2__mlp_out__0" and list(out.index) == [7, 8, 9, 10]
+    X = pipe[0].transform(texts)
+    assert X.layout == pipe[0].layout_ and list(X.index) == [7, 8, 9, 10]
+    # a slice no longer describes the same rows and axes: it carries neither
+    assert X[:2].layout is None and X[:2].index is None and (X * 2).layout is None
