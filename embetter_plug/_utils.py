@@ -141,8 +141,10 @@ def check_texts(X: Any, *, name: str = "X") -> list[str]:
     bad = [i for i, t in enumerate(items) if not isinstance(t, str)]
     if bad:
         kinds = sorted({type(items[i]).__name__ for i in bad})
-        nan_like = [i for i in bad if items[i] is None or (isinstance(items[i], float) and math.isnan(items[i]))]
-        hint = " (None/NaN: missing values; drop or fill them first)" if nan_like else ""
+        nan_like = [i for i in bad if items[i] is None
+                    or type(items[i]).__name__ in ("NAType", "NaTType")  # pandas' missing values
+                    or (isinstance(items[i], float) and math.isnan(items[i]))]
+        hint = " (None/NaN/NA: missing values; drop or fill them first)" if nan_like else ""
         raise TypeError(
             f"{name} must contain only strings; {len(bad)} item(s) are not, at positions "
             f"{_positions(bad)} with types {kinds}{hint}."

@@ -73,7 +73,9 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
     ----------
     layout_ : ActivationLayout
         Layer indices, part names, hidden size and how the activations were made.
-    model_, tokenizer_ : the loaded model and tokenizer (dropped when pickled, reloaded on use).
+    model_, tokenizer_ : the loaded model and tokenizer. When ``model`` is a name or folder they
+        are left out of a pickle and reloaded on first use; a model given as an instance is
+        pickled with the estimator.
     device_ : torch.device
 
     Examples
@@ -191,7 +193,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         self.layout_ = ActivationLayout(
             layers=tuple(self.layer_indices_), parts=tuple(names),
             hidden_size=int(model.config.hidden_size),
-            meta={"model": self._source_ or getattr(model, "name_or_path", type(model).__name__),
+            meta={"model": self._source_ or getattr(model, "name_or_path", "") or type(model).__name__,
                   "revision": self.revision, "token_pooling": [pooling_name(p) for p in self.poolings_],
                   "prompt_template": self.prompt_template, "max_length": self.max_length_,
                   "dtype": self.compute_dtype_},
@@ -240,8 +242,8 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
 
         Writes ``activations.npy`` (preallocated, filled in input order) and ``manifest.json``;
         memory stays bounded by one shard. Calling it again with the same texts and settings
-        after an interruption resumes after the last complete shard. Read the result with
-        :func:`embetter_plug.load_activations` (memory-mapped).
+        after an interruption resumes after the last complete shard (a different ``batch_size``
+        is fine). Read the result with :func:`embetter_plug.load_activations` (memory-mapped).
 
         Parameters
         ----------
@@ -250,6 +252,8 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         shard_size : int or None, default=None
             Rows per shard; ``None`` picks about 64 MiB per shard.
         store_dtype : {"float32", "float16"}, default="float32"
+            float16 halves the disk size; a shard with a value beyond float16's range (65504)
+            is refused before it is written.
         overwrite : bool, default=False
             Replace a folder that holds a different extraction.
 

@@ -144,9 +144,12 @@ def make_tiny_model(family: str = "gpt2", *, seed: int = 0, padding_side: str = 
 
 def save_tiny_model(family: str, path: str | Path, *, seed: int = 0) -> Path:
     """Write a tiny model and its tokenizer to ``path`` as a normal Hugging Face folder."""
+    from ._loading import hf_progress
+
     model, tok = make_tiny_model(family, seed=seed)
     path = Path(path)
-    model.save_pretrained(path)
+    with hf_progress(False):
+        model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
 

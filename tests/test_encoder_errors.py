@@ -169,9 +169,25 @@ def test_no_false_sequence_length_alarm_from_the_tokenizer():
 
 
 def test_nan_float_item_message_mentions_missing_values(tiny_gpt2):
+    import pandas as pd
+
     enc = TransformerActivationEncoder(*tiny_gpt2).fit()
     with pytest.raises(TypeError, match="missing values"):
         enc.transform(["a", math.nan])
+    with pytest.raises(TypeError, match=r"positions \[1\].*NAType.*missing values"):
+        enc.transform(pd.Series(["a b", None], dtype="string"))
+
+
+def test_an_unnamed_model_instance_is_named_by_its_class(tiny_gpt2, tmp_path, capfd):
+    from embetter_plug.testing import save_tiny_model
+
+    model, tok = tiny_gpt2
+    model = copy.deepcopy(model)
+    model.name_or_path = ""
+    assert TransformerActivationEncoder(model, tok).fit().layout_.meta["model"] == "GPT2Model"
+    capfd.readouterr()
+    save_tiny_model("gpt2", tmp_path / "m")
+    assert "Writing model shards" not in capfd.readouterr().err
 
 
 def test_hub_names_pass_through_with_remote_code_off(monkeypatch, tiny_gpt2):
