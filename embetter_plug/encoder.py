@@ -261,7 +261,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         -------
         Path of ``folder``.
         """
-        from .io import extract_to
+        from .streaming import extract_to
 
         return extract_to(self, folder, texts, shard_size=shard_size, store_dtype=store_dtype,
                           overwrite=overwrite)

@@ -227,7 +227,7 @@ def test_extract_says_complete_or_resumed(setup, tmp_path, capsys, monkeypatch):
 
 
 def test_extract_resumes_with_a_smaller_batch_size(setup, tmp_path, capsys, monkeypatch):
-    from embetter_plug import io as epio
+    from embetter_plug import streaming as epio
     from embetter_plug.encoder import TransformerActivationEncoder
 
     # about 6 rows of (1, 1, 32) float32 per shard: 4 at --batch-size 4, 6 at --batch-size 2

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from embetter_plug import TransformerActivationEncoder, load_activations
-from embetter_plug.io import MANIFEST, auto_shard_size
+from embetter_plug.io import MANIFEST
+from embetter_plug.streaming import auto_shard_size
 from embetter_plug.testing import make_tiny_model, save_tiny_model
 
 
@@ -128,7 +129,7 @@ def test_interrupted_run_resumes_after_the_last_complete_shard(enc, corpus, tmp_
 
 def test_resume_with_another_batch_size_keeps_the_folders_shard_size(enc, corpus, tmp_path,
                                                                       monkeypatch):
-    from embetter_plug import io as epio
+    from embetter_plug import streaming as epio
 
     # about 20 rows of (3, 2, 32) float32 per shard: 16 at batch size 8, 20 at batch size 4
     monkeypatch.setattr(epio, "SHARD_BYTES", 20 * 3 * 2 * 32 * 4)
@@ -194,7 +195,7 @@ def test_auto_shard_size_is_a_multiple_of_the_batch_size():
 # ------------------------------------------------------------------ command line, real SIGKILL
 DRIVER = r"""
 import sys, time
-from embetter_plug import io as epio
+from embetter_plug import streaming as epio
 from embetter_plug.encoder import TransformerActivationEncoder
 
 count_file, delay = sys.argv[1], float(sys.argv[2])

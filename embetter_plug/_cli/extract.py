@@ -119,7 +119,7 @@ def check_out(args, texts: list[str]) -> dict | None:
 
     What needs the fitted layout (layers, parts, model) is checked again when writing.
     """
-    from embetter_plug.io import check_extraction_folder
+    from embetter_plug.streaming import check_extraction_folder
 
     out = Path(args.out)
     if args.out.endswith(".npz"):

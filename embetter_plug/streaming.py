@@ -1,0 +1,228 @@
+"""Streamed extraction: activations written to a folder shard by shard, resumable.
+
+The folder holds one preallocated ``activations.npy`` plus ``manifest.json``. Shard ``k`` holds
+rows ``k*shard_size`` to ``(k+1)*shard_size - 1`` in input order; the manifest counts the shards
+that are completely written (data flushed first, then the manifest replaced atomically).
+Running the same extraction again resumes after the last complete shard.
+:func:`embetter_plug.load_activations` opens the finished folder memory-mapped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ._utils import check_texts, logger
+from .io import (DATA, FORMAT, FORMAT_VERSION, MANIFEST, STORE_DTYPES, _read_manifest,
+                 atomic_write, check_storable)
+
+__all__ = ["extract_to", "check_extraction_folder", "ShardWriter"]
+
+SHARD_BYTES = 64 * 2**20  # default shard: about 64 MiB of activations
+
+
+def _foreign_files(folder: Path) -> list[str]:
+    """Names in ``folder`` that an extraction did not write."""
+    ours = (DATA, MANIFEST, f".{MANIFEST}.")
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(ours))
+
+
+def check_extraction_folder(folder, texts, *, store_dtype: str = "float32",
+                            shard_size: int | None = None, overwrite: bool = False) -> dict | None:
+    """What can be said about ``folder`` before a model loads; the unfinished or finished run
+    there (its manifest) when the same texts and dtype can resume into it. ``shard_size=None``
+    accepts the folder's shard size, as :func:`extract_to` adopts it.
+
+    Raises a ``ValueError`` for a file, a folder of other files, or a different extraction
+    (unless ``overwrite``). Layers, parts and the model are checked when writing starts.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{str(folder)!r} is a file; streamed extraction writes a folder (a "
+                         "new or empty one, or one of an earlier run to resume).")
+    if not folder.is_dir() or overwrite:
+        return None
+    old = _read_manifest(folder)
+    if old is None:
+        foreign = _foreign_files(folder)
+        if foreign:
+            raise ValueError(f"{str(folder)!r} exists and is not an extraction folder (it holds "
+                             f"{foreign[:5]}); choose an empty or new folder.")
+        return None
+    wanted = {"texts_sha256": texts_digest(texts), "dtype": store_dtype}
+    if shard_size is not None:
+        wanted["shard_size"] = shard_size
+    diff = sorted(k for k, v in wanted.items() if old.get(k) != v)
+    if (old.get("shape") or [None])[0] != len(texts):
+        diff.append("number of texts")
+    if diff:
+        raise ValueError(f"{str(folder)!r} already holds a different extraction (differs in "
+                         f"{diff}); choose another folder or pass overwrite=True (--overwrite) "
+                         "to replace it.")
+    return old
+
+
+def texts_digest(texts) -> str:
+    """SHA-256 over the texts (length-prefixed), to recognise the same input on resume."""
+    h = hashlib.sha256()
+    for t in texts:
+        b = t.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def auto_shard_size(sample_shape, store_dtype: str, batch_size: int) -> int:
+    """Rows per shard for a new folder: about :data:`SHARD_BYTES` of activations, a multiple of
+    ``batch_size`` (so every forward pass is full). Nothing depends on that multiple: a resumed
+    run keeps the folder's own shard size whatever its batch size (:func:`resumable_shard_size`).
+    """
+    row = int(np.prod(sample_shape)) * np.dtype(store_dtype).itemsize
+    rows = max(1, SHARD_BYTES // max(row, 1))
+    return max(batch_size, rows // batch_size * batch_size)
+
+
+def resumable_shard_size(folder, plan: dict) -> int | None:
+    """The shard size of the extraction in ``folder`` when it is the one ``plan`` describes.
+
+    ``plan`` holds what identifies the result except the sharding (shape, dtype, texts digest,
+    layout, model identity). Used when no shard size is asked for, so that a rerun with another
+    batch size (the usual reaction to running out of memory) resumes instead of being refused.
+    """
+    folder = Path(folder)
+    old = _read_manifest(folder) if folder.is_dir() else None
+    if old is None or any(old.get(k) != v for k, v in plan.items()):
+        return None
+    return int(old["shard_size"])
+
+
+class ShardWriter:
+    """Fills a preallocated ``activations.npy`` shard by shard, recording progress in a manifest.
+
+    Use :meth:`open`, which starts a new folder or resumes a matching unfinished one.
+    """
+
+    def __init__(self, folder: Path, manifest: dict):
+        self.folder = Path(folder)
+        self.manifest = manifest
+        self._offset = int(manifest["data_offset"])
+        self._row_bytes = int(np.prod(manifest["shape"][1:])) * np.dtype(manifest["dtype"]).itemsize
+
+    @property
+    def n_done(self) -> int:
+        return int(self.manifest["n_done"])
+
+    def shard_rows(self, k: int) -> tuple[int, int]:
+        s, n = self.manifest["shard_size"], self.manifest["shape"][0]
+        return k * s, min(n, (k + 1) * s)
+
+    @classmethod
+    def open(cls, folder, plan: dict, *, overwrite: bool = False) -> "ShardWriter":
+        """Resume ``folder`` if it holds the same unfinished (or finished) plan, else start it.
+
+        ``plan`` holds everything that identifies the result (shape, dtype, shard size, texts
+        digest, layout, model identity). A folder with a different plan is an error unless
+        ``overwrite``.
+        """
+        folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{str(folder)!r} is a file; streamed extraction writes a folder.")
+        old = _read_manifest(folder) if folder.is_dir() else None
+        if old is not None and not overwrite:
+            same = {k: old.get(k) for k in plan} == plan and (folder / DATA).exists()
+            if same:
+                logger.info("resuming %s: %d of %d shards already complete", folder,
+                            old["n_done"], old["n_shards"])
+                return cls(folder, old)
+            diff = sorted(k for k in plan if old.get(k) != plan[k])
+            raise ValueError(
+                f"{str(folder)!r} already holds a different extraction (differs in {diff}); "
+                "choose another folder or pass overwrite=True (--overwrite) to replace it."
+            )
+        foreign = _foreign_files(folder) if folder.is_dir() else []
+        if foreign and not overwrite and old is None:
+            raise ValueError(
+                f"{str(folder)!r} exists and is not an extraction folder; choose an empty or new "
+                "folder."
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in (folder / MANIFEST, folder / DATA):
+            if stale.exists():
+                stale.unlink()
+        # a sparse, preallocated .npy of the final shape; shards fill it in place
+        tmp = folder / (DATA + ".tmp")
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=plan["dtype"],
+                                       shape=tuple(plan["shape"]))
+        offset = mm.offset
+        del mm
+        os.replace(tmp, folder / DATA)
+        manifest = {**plan, "data_offset": int(offset), "n_done": 0}
+        writer = cls(folder, manifest)
+        writer._save_manifest()
+        return writer
+
+    def write_shard(self, k: int, acts: np.ndarray) -> None:
+        """Write shard ``k``'s rows, flush them to disk, then mark the shard complete."""
+        if k != self.n_done:
+            raise ValueError(f"shard {k} written out of order; {self.n_done} shards are complete.")
+        lo, hi = self.shard_rows(k)
+        acts = np.asarray(acts)
+        if acts.shape != (hi - lo, *self.manifest["shape"][1:]):
+            raise ValueError(f"shard {k} has shape {acts.shape}, expected {(hi - lo, *self.manifest['shape'][1:])}.")
+        # before writing: the shard stays incomplete and the complete ones are untouched
+        check_storable(acts, self.manifest["dtype"], where=f" in shard {k} (rows {lo}..{hi - 1})",
+                       fix=f" with overwrite=True (--overwrite); {k} of "
+                           f"{self.manifest['n_shards']} shards were stored")
+        acts = np.ascontiguousarray(acts, dtype=self.manifest["dtype"])
+        with open(self.folder / DATA, "r+b") as f:
+            f.seek(self._offset + lo * self._row_bytes)
+            f.write(memoryview(acts).cast("B"))
+            f.flush()
+            os.fsync(f.fileno())
+        self.manifest["n_done"] = k + 1
+        self._save_manifest()
+
+    def _save_manifest(self) -> None:
+        atomic_write(self.folder / MANIFEST, json.dumps(self.manifest, indent=1).encode())
+
+
+def extract_to(encoder, folder: str | os.PathLike, texts, *, shard_size: int | None = None,
+               store_dtype: str = "float32", overwrite: bool = False) -> Path:
+    """Encode ``texts`` with a fitted ``encoder`` into ``folder``, shard by shard, resumable.
+
+    See :meth:`TransformerActivationEncoder.extract_to`, which calls this.
+    """
+    from sklearn.utils.validation import check_is_fitted
+
+    from .cache import encoder_identity
+
+    check_is_fitted(encoder, "layout_")
+    texts = check_texts(texts, name="texts")
+    if store_dtype not in STORE_DTYPES:
+        raise ValueError(f"store_dtype={store_dtype!r} is not supported; valid values are {list(STORE_DTYPES)}.")
+    if shard_size is not None and (not isinstance(shard_size, int) or isinstance(shard_size, bool)
+                                   or shard_size <= 0):
+        raise ValueError(f"shard_size must be a positive integer or None, got {shard_size!r}.")
+    layout = encoder.layout_
+    n = len(texts)
+    plan = {
+        "format": FORMAT, "version": FORMAT_VERSION, "shape": [n, *layout.shape],
+        "dtype": store_dtype, "texts_sha256": texts_digest(texts), "layout": layout.to_dict(),
+        "source": hashlib.sha256(json.dumps(encoder_identity(encoder), sort_keys=True)
+                                 .encode()).hexdigest(),
+    }
+    size = shard_size or (None if overwrite else resumable_shard_size(folder, plan)) \
+        or auto_shard_size(layout.shape, store_dtype, encoder.batch_size)
+    plan.update(shard_size=size, n_shards=math.ceil(n / size))
+    writer = ShardWriter.open(folder, plan, overwrite=overwrite)
+    for k in range(writer.n_done, plan["n_shards"]):
+        lo, hi = writer.shard_rows(k)
+        acts = encoder._encode(texts[lo:hi])
+        writer.write_shard(k, acts)
+        logger.info("shard %d/%d written (rows %d..%d)", k + 1, plan["n_shards"], lo, hi - 1)
+    return Path(folder)
