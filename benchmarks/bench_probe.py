@@ -47,18 +47,13 @@ def per_layer(n: int) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from embetter_plug import LayerMetricDisplay, TransformerActivationEncoder, probe_layers
+    from embetter_plug import LayerMetricDisplay, TransformerActivationEncoder
 
     out = ["## Probing", "", "### Per-layer probes, all-MiniLM-L6-v2 (mean pooling, 5-fold CV)", ""]
     for name in sorted(p.name for p in SHARED.iterdir() if (p / f"{p.name}.csv").exists()):
         df = _subsample(_read(name), n)
         enc = TransformerActivationEncoder(parts=PARTS, batch_size=64).fit()
-        t0 = time.perf_counter()
-        X = enc.transform(df["text"].tolist())
-        t_enc = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        res = probe_layers(X, df["label"].to_numpy(), cv=5, layout=enc.layout_)
-        t_probe = time.perf_counter() - t0
+        X, res, t_enc, t_probe = _encode_and_probe(enc, df)
         fig, ax = plt.subplots(figsize=(7, 4.2))
         LayerMetricDisplay.from_results(res, "accuracy", ax=ax)
         ax.set_title(f"{name}: probe accuracy by layer (n={len(df)})")
@@ -73,6 +68,18 @@ def per_layer(n: int) -> str:
     return "\n".join(out)
 
 
+def _encode_and_probe(enc, df):
+    """``(X, results, encoding seconds, probing seconds)``: 5-fold probes per layer x part."""
+    from embetter_plug import probe_layers
+
+    t0 = time.perf_counter()
+    X = enc.transform(df["text"].tolist())
+    t_enc = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = probe_layers(X, df["label"].to_numpy(), cv=5, layout=enc.layout_)
+    return X, res, t_enc, time.perf_counter() - t0
+
+
 def _summary(name, df, res, t_enc, t_probe, n_probes) -> str:
     best = res.best()
     return (f"**{name}** ({len(df)} texts, {df['label'].nunique()} classes; encoding "
@@ -85,7 +92,7 @@ def decoder(n: int) -> str:
     """The same probes on a real decoder, SmolLM2-135M-Instruct, where its package is installed."""
     import tempfile
 
-    from embetter_plug import TransformerActivationEncoder, probe_layers
+    from embetter_plug import TransformerActivationEncoder
     from embetter_plug.testing import save_smollm2
 
     try:
@@ -96,12 +103,7 @@ def decoder(n: int) -> str:
     enc = TransformerActivationEncoder(str(folder), parts=PARTS, token_pooling="lasttoken",
                                        prompt_template="{text}<|im_end|>", batch_size=32,
                                        dtype="bfloat16").fit()
-    t0 = time.perf_counter()
-    X = enc.transform(df["text"].tolist())
-    t_enc = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    res = probe_layers(X, df["label"].to_numpy(), cv=5, layout=enc.layout_)
-    t_probe = time.perf_counter() - t0
+    X, res, t_enc, t_probe = _encode_and_probe(enc, df)
     table = res.table(["accuracy", "f1", "roc_auc"])
     print("decoder: done", flush=True)
     return "\n".join([
