@@ -139,6 +139,15 @@ def prefetch(items: Iterable) -> Iterator:
             yield item
 
 
+def pad_id(tokenizer, config) -> int:
+    """The id padding uses: the tokenizer's pad token, else its end token, else the model's."""
+    for cand in (tokenizer.pad_token_id, tokenizer.eos_token_id,
+                 getattr(config, "pad_token_id", None)):
+        if cand is not None:
+            return int(cand)
+    return 0  # masked out anyway
+
+
 def pad_batch(seqs: list[list[int]], pad_id: int, side: str):
     """``input_ids``, ``attention_mask`` and mask-aware ``position_ids`` as int64 tensors."""
     import torch

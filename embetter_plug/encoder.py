@@ -337,7 +337,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         accepts_pos = ("position_ids" in inspect.signature(model.forward).parameters
                        and model.config.model_type not in _arch.POSITIONS_FROM_PADDING)
         extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
-        pad_id = self._pad_id()
+        pad_id = _batching.pad_id(self.tokenizer_, model.config)
         side = getattr(self.tokenizer_, "padding_side", "right")
         device = self.device_
         L, P, H = self.layout_.shape
@@ -369,13 +369,6 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
             for batch in batches:
                 idx, kwargs, mask = prepare(batch)
                 yield idx, run(kwargs, mask).cpu().numpy()
-
-    def _pad_id(self) -> int:
-        tok = self.tokenizer_
-        for cand in (tok.pad_token_id, tok.eos_token_id, getattr(self.model_.config, "pad_token_id", None)):
-            if cand is not None:
-                return int(cand)
-        return 0  # masked out anyway
 
     # ------------------------------------------------------------------ sklearn
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
