@@ -243,6 +243,12 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
     assert base == pytest.approx(s.loc[s["part"] == "dummy", "mean"].iloc[0], abs=1e-6)
     best = results.best("f1")
     assert re.search(rf'<tr class="best" data-key="{best["layer"]}\|{best["part"]}"', dom)
+    # ties on the chosen metric are broken as ProbeResults.best breaks them
+    tied = {(None, "dummy"): {"roc_auc": [0.5, 0.5], "f1": [0.4, 0.4], "accuracy": [0.6, 0.6]},
+            (0, "resid_post"): {"roc_auc": [0.8, 0.9], "f1": [0.70, 0.70], "accuracy": [0.9, 0.9]},
+            (3, "resid_post"): {"roc_auc": [0.9, 0.8], "f1": [0.75, 0.75], "accuracy": [0.8, 0.8]}}
+    dom_tied = _render(write_report(_table(tied), tmp_path / "tied.html"), "metric=roc_auc")
+    assert re.search(r'<tr class="best" data-key="3\|resid_post"', dom_tied)
     # another choice in the address gives another chart
     dom2 = _render(path, "metric=log_loss")
     m2 = re.findall(r'data-part="part0" data-n="3" data-means="([^"]+)"', dom2)

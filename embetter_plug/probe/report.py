@@ -12,7 +12,7 @@ import html
 import json
 from pathlib import Path
 
-from ._metrics import LOWER_IS_BETTER
+from ._metrics import LOWER_IS_BETTER, ranking_metrics
 from .results import ANY, DUMMY, ProbeResults
 
 __all__ = ["write_report", "report_rows"]
@@ -62,7 +62,7 @@ def write_report(results, path, *, title: str | None = None) -> Path:
         results = ProbeResults.read(results)
     rows = report_rows(results)
     payload = {"rows": rows, "metrics": results.metrics, "lower": sorted(LOWER_IS_BETTER),
-               "primary": results.primary_metric}
+               "primary": results.primary_metric, "ranking": ranking_metrics(results.metrics)}
     data = json.dumps(payload).replace("<", "\\u003c")
     title = title or "Probe results"
     page = _TEMPLATE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
@@ -170,8 +170,19 @@ function table() {
   const byKey = new Map();
   rows.forEach(r => { if (!byKey.has(key(r))) byKey.set(key(r), {layer: r.layer, part: r.part, cells: {}}); byKey.get(key(r)).cells[r.metric] = r; });
   const metrics = D.metrics.filter(mt => rows.some(r => r.metric === mt));
-  let best = null, sign = LOWER.has(state.metric) ? -1 : 1;
-  byKey.forEach((v, k) => { const c = v.cells[state.metric]; if (v.part !== 'dummy' && c && (best === null || sign * c.mean > sign * byKey.get(best).cells[state.metric].mean)) best = k; });
+  // the chosen metric first, ties broken by the others in ranking order (as ProbeResults.best)
+  const order = [state.metric].concat(D.ranking.filter(mt => mt !== state.metric));
+  const r12 = x => Math.round(x * 1e12) / 1e12;
+  const better = (a, b) => {
+    for (const mt of order) {
+      const ca = a.cells[mt], cb = b.cells[mt];
+      if (!ca || !cb || r12(ca.mean) === r12(cb.mean)) continue;
+      return (LOWER.has(mt) ? -1 : 1) * (ca.mean - cb.mean) > 0;
+    }
+    return false;
+  };
+  let best = null;
+  byKey.forEach((v, k) => { if (v.part !== 'dummy' && v.cells[state.metric] && (best === null || better(v, byKey.get(best)))) best = k; });
   let h = '<table id="table"><thead><tr><th>layer</th><th>part</th>' + metrics.map(mt => '<th>' + esc(mt) + '</th>').join('') + '<th>best</th></tr></thead><tbody>';
   byKey.forEach((v, k) => {
     h += '<tr class="' + (k === best ? 'best' : (v.part === 'dummy' ? 'dummy' : '')) + '" data-key="' + esc(k) + '"><td>' + (v.layer === null ? '-' : v.layer) + '</td><td class="l">' + esc(v.part) + '</td>';
