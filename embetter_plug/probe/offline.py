@@ -130,7 +130,7 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
     frame = pd.DataFrame(rows, columns=["layer", "part", "metric", "fold", "score"])
     results = ProbeResults(frame, task=task)
     if dummy:
-        results._warn_if_dummy_wins(stacklevel=2)
+        results._warn_if_dummy_wins()
     return results
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import warnings
-
 import numpy as np
 
-from .._utils import logger
+from .._utils import logger, warn_user
 from ._metrics import greater_is_better, primary_metric, ranking_metrics
 
 __all__ = ["ProbeResults", "DUMMY"]
@@ -171,13 +169,13 @@ class ProbeResults:
             hit &= (values == str(row[c])) | (values == ANY)
         return float(dummies["mean"].to_numpy()[hit][0]) if hit.any() else float("nan")
 
-    def _warn_if_dummy_wins(self, stacklevel: int = 2) -> None:
+    def _warn_if_dummy_wins(self) -> None:
         """Log and warn (``UserWarning``) when the best probe does not beat the dummy baseline."""
         row = self.best()
         if not row["beats_dummy"]:
             message = no_better_than_dummy(row)
             logger.info(message)  # as a warning too; logging it at WARNING would print it twice
-            warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
+            warn_user(message, UserWarning)
 
     @property
     def best_(self) -> tuple[int, str]:

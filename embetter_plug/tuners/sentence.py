@@ -52,8 +52,7 @@ def reload_source(model: Any) -> Any:
     loaded from another working directory still finds it), a name or an instance as given."""
     if not isinstance(model, (str, os.PathLike)):
         return model
-    source = resolve_model_source(model)
-    return os.path.abspath(source) if os.path.isdir(source) else source
+    return resolve_model_source(model)  # folders come back absolute
 
 
 def encode_texts(model, texts: list[str], *, batch_size: int, normalize: bool, verbose: bool) -> np.ndarray:
