@@ -54,17 +54,17 @@ class ForwardCounter:
     """Counts texts run through the model by any encoder in this process."""
 
     def __init__(self):
-        from embetter_plug.encoder import TransformerActivationEncoder
+        from embetter_plug.extraction import ActivationExtractor
 
         self.rows = 0
-        original = TransformerActivationEncoder._forward
+        original = ActivationExtractor.extract
         counter = self
 
         def counting(enc, texts, **kwargs):
             counter.rows += len(texts)
             return original(enc, texts, **kwargs)
 
-        TransformerActivationEncoder._forward = counting
+        ActivationExtractor.extract = counting
 
 
 def run_search(model_dir, X, y, *, cache=None, memory=None):

@@ -181,3 +181,65 @@ def is_decoder_only(model) -> bool:
 def _looks_bidirectional(cfg) -> bool:
     archs = getattr(cfg, "architectures", None) or []
     return any("MaskedLM" in a or "ForPreTraining" in a for a in archs)
+
+
+def text_config(config):
+    """The configuration of the language stack (a multimodal config's text sub-config)."""
+    getter = getattr(config, "get_text_config", None)
+    if getter is not None:
+        try:
+            return getter()
+        except (TypeError, ValueError):
+            pass
+    return getattr(config, "text_config", None) or config
+
+
+def hidden_size(model) -> int:
+    cfg = model.config
+    for c in (cfg, text_config(cfg)):
+        n = getattr(c, "hidden_size", None)
+        if isinstance(n, int):
+            return n
+    raise ValueError(f"cannot tell the hidden size of {type(model).__name__}.")
+
+
+def runner(model):
+    """The module the extractor calls with ``input_ids`` and ``attention_mask``."""
+    return base_model(model)
+
+
+def positions_from_padding(model) -> bool:
+    return getattr(model.config, "model_type", None) in POSITIONS_FROM_PADDING
+
+
+is_decoder = is_decoder_only
+
+
+def resolve_targets(model, layers, parts):
+    """List ``(module, kind, layer_pos or None, part_pos)`` for every requested activation.
+
+    ``kind`` is ``"pre"`` (the module's input) or ``"post"`` (its output); ``layer_pos`` is
+    ``None`` for a fixed module path, whose vector fills every layer row.
+    """
+    spec = get_spec(model)
+    base = base_model(model)
+    blocks = find_module(base, spec.blocks) if spec is not None else None
+    targets = []
+    for pi, part in enumerate(parts):
+        if part in PARTS:
+            if spec is None:
+                raise unknown_arch_error(model)
+            for li, layer in enumerate(layers):
+                block = blocks[layer]
+                if part == "resid_pre":
+                    targets.append((block, "pre", li, pi))
+                elif part == "resid_post":
+                    targets.append((block, "post", li, pi))
+                else:
+                    targets.append((find_module(block, getattr(spec, part)), "post", li, pi))
+        elif "{layer}" in part:
+            for li, layer in enumerate(layers):
+                targets.append((find_module(model, part.format(layer=layer)), "post", li, pi))
+        else:
+            targets.append((find_module(model, part), "post", None, pi))
+    return targets

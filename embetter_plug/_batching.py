@@ -35,19 +35,49 @@ def split_template(prompt_template: str | None) -> tuple[str, str]:
     return prefix, suffix
 
 
-def tokenize(tokenizer, texts, prefix: str, suffix: str, max_length: int) -> tuple[list[list[int]], int]:
+def tokenize(tokenizer, texts, prefix: str, suffix: str, max_length: int, *,
+             spans: bool = False) -> tuple[list[list[int]], int] | tuple[list, int, list]:
     """Token ids of ``prefix + text + suffix`` for each text, at most ``max_length`` long.
 
-    Returns ``(ids, n_truncated)``. Only the text part is shortened, so the template's suffix
-    (e.g. an end-of-turn token) always survives.
+    Returns ``(ids, n_truncated)``, with ``spans=True`` ``(ids, n_truncated, spans)`` where
+    ``spans[i] = (start, stop)`` are the positions of text ``i``'s own tokens (template and
+    special tokens outside). Only the text part is shortened, so the template's suffix (e.g. an
+    end-of-turn token) always survives.
     """
     full = [prefix + t + suffix for t in texts]
     # verbose=False: no "sequence too long" message, the text is cut below
-    enc = tokenizer(full, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
-    too_long = [i for i, ids in enumerate(enc) if len(ids) > max_length]
+    enc = tokenizer(full, add_special_tokens=True, truncation=False, verbose=False,
+                    return_offsets_mapping=spans)
+    ids = enc["input_ids"]
+    offsets = enc["offset_mapping"] if spans else None
+    too_long = [i for i, s in enumerate(ids) if len(s) > max_length]
     for i in too_long:
-        enc[i] = _truncate_one(tokenizer, texts[i], prefix, suffix, max_length, enc[i])
-    return enc, len(too_long)
+        ids[i], cut = _truncate_one(tokenizer, texts[i], prefix, suffix, max_length, ids[i])
+        if spans:
+            offsets[i] = tokenizer(prefix + cut + suffix, add_special_tokens=True, verbose=False,
+                                   return_offsets_mapping=True)["offset_mapping"]
+    if not spans:
+        return ids, len(too_long)
+    lo = len(prefix)
+    out = []
+    for i, offs in enumerate(offsets):
+        hi = len(full[i]) - len(suffix)
+        inside = [k for k, (s, e) in enumerate(offs) if e > s and lo <= s < hi]
+        out.append((inside[0], inside[-1] + 1) if inside else (0, len(ids[i])))
+    return ids, len(too_long), out
+
+
+def span_mask(spans, mask, side: str):
+    """``(B, T)`` int64 mask that is 1 on each row's ``(start, stop)`` span of real tokens."""
+    import torch
+
+    out = torch.zeros_like(mask)
+    lengths = mask.sum(1).tolist()
+    width = mask.shape[1]
+    for r, (start, stop) in enumerate(spans):
+        shift = width - lengths[r] if side == "left" else 0
+        out[r, shift + start:shift + stop] = 1
+    return out
 
 
 def _truncate_one(tokenizer, text, prefix, suffix, max_length, ids):
@@ -55,7 +85,7 @@ def _truncate_one(tokenizer, text, prefix, suffix, max_length, ids):
     for _ in range(8):
         excess = len(ids) - max_length
         if excess <= 0:
-            return ids
+            return ids, text
         offsets = None
         if getattr(tokenizer, "is_fast", False):
             enc = tokenizer(prefix + text + suffix, add_special_tokens=True,
@@ -75,7 +105,7 @@ def _truncate_one(tokenizer, text, prefix, suffix, max_length, ids):
             f"the prompt template alone needs {len(ids)} tokens, more than max_length="
             f"{max_length}; shorten the template or raise max_length."
         )
-    return ids
+    return ids, text
 
 
 def length_sorted_batches(lengths, batch_size: int) -> list[np.ndarray]:
@@ -85,7 +115,8 @@ def length_sorted_batches(lengths, batch_size: int) -> list[np.ndarray]:
 
 
 class ChunkPlan(NamedTuple):
-    """One tokenized chunk: its batches as ``(row indices, token id lists)`` and truncations."""
+    """One tokenized chunk: its batches as ``(row indices, token id lists[, text spans])`` and
+    truncations."""
 
     batches: list
     n_truncated: int
@@ -104,19 +135,22 @@ def n_batches(n_texts: int, batch_size: int) -> int:
 
 
 def plan_chunks(tokenizer, texts, prefix: str, suffix: str, max_length: int,
-                batch_size: int) -> Iterator[ChunkPlan]:
+                batch_size: int, *, spans: bool = False) -> Iterator[ChunkPlan]:
     """Tokenize ``texts`` chunk by chunk; yield each chunk's length-sorted batches.
 
     Row indices refer to positions in ``texts``. Nothing is tokenized before it is asked for.
+    With ``spans``, each batch also carries its texts' token spans (see :func:`tokenize`).
     """
     size = chunk_size(batch_size)
     for lo in range(0, len(texts), size):
-        ids, n_trunc = tokenize(tokenizer, texts[lo:lo + size], prefix, suffix, max_length)
+        ids, n_trunc, *sp = tokenize(tokenizer, texts[lo:lo + size], prefix, suffix, max_length,
+                                     spans=spans)
         lengths = [len(s) for s in ids]
         batches = length_sorted_batches(lengths, batch_size)
         logger.debug("texts %d..%d: padding fraction %.3f", lo, lo + len(ids) - 1,
                      padding_fraction(lengths, batches))
-        yield ChunkPlan([(b + lo, [ids[i] for i in b]) for b in batches], n_trunc)
+        yield ChunkPlan([(b + lo, [ids[i] for i in b], *([[sp[0][i] for i in b]] if sp else []))
+                         for b in batches], n_trunc)
 
 
 _END = object()

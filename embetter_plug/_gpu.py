@@ -2,7 +2,6 @@
 
 On a CUDA device the encoder
 
-- uses PyTorch's scaled-dot-product attention (SDPA) where the model runs eager attention;
 - pads the next batch, pins it and queues its host-to-device copy while the current forward runs;
 - tokenizes the next chunk of texts in a background thread meanwhile (the encoder wraps its
   chunk plans in :func:`embetter_plug._batching.prefetch`);
@@ -17,19 +16,6 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable, Iterable, Iterator
 
-from ._utils import logger
-
-
-def prefer_sdpa(model) -> None:
-    """Switch a model that runs eager attention to SDPA where transformers supports it."""
-    cfg = getattr(model, "config", None)
-    if getattr(cfg, "_attn_implementation", None) != "eager" or not hasattr(model, "set_attn_implementation"):
-        return
-    try:
-        model.set_attn_implementation("sdpa")
-        logger.info("attention switched from eager to sdpa for the CUDA path")
-    except (ValueError, ImportError, NotImplementedError) as exc:  # architecture without SDPA
-        logger.info("keeping eager attention: %s", exc)
 
 
 def overlapped_batches(prepare: Callable, run: Callable, batches: Iterable, *,

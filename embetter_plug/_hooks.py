@@ -1,22 +1,47 @@
-"""Capture pooled activations with plain torch forward hooks, stopping the forward early.
+"""Capture pooled activations with torch forward hooks: one hook manager per model.
+
+Hooks are registered once per ``(module, kind)`` of a model by its :class:`HookManager` and
+routed to the :class:`Capture` running in the calling thread, so any number of threads may
+extract from one model at once, each getting its own rows. A hook is removed when the last
+capture that needs it ends, so between extractions the model carries no hooks (and pickles).
 
 Each hook pools its module's ``(batch, tokens, hidden)`` output straight away, so only
 ``(batch, n_layers, n_parts * n_poolings, hidden)`` floats are ever kept. Once every requested
-activation is in, the next hook raises ``_StopForward``: no compute is spent on later blocks, a
-pooler or an LM head. Hooks are always removed, also when the forward fails or is interrupted.
+activation is in, the forward is stopped (``_StopForward``): no compute is spent on later blocks,
+a pooler or an LM head. Completion counts *distinct* targets: a module that runs twice in one
+forward (a dropout shared by two sublayers, say) is a clear error, never a silent wrong vector.
+A module that a model deliberately reuses for several blocks (ALBERT's shared layer) is read at
+the occurrence each target names.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import weakref
 from collections import defaultdict
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple
 
-from ._arch import PARTS, base_model, find_module, get_spec, unknown_arch_error
+from ._arch import resolve_targets  # noqa: F401  (re-exported: where targets come from)
 from ._token_pooling import make_pooler
+
+__all__ = ["Capture", "HookManager", "Target", "hook_manager"]
 
 
 class _StopForward(Exception):
     """Raised from a hook once everything requested has been captured."""
+
+
+class Target(NamedTuple):
+    """One activation to read: ``module``'s input (``"pre"``) or output (``"post"``) at its
+    ``occurrence``-th call in a forward, stored at ``(layer_pos, part_pos)`` (``layer_pos=None``:
+    a fixed module whose vector fills every layer row)."""
+
+    module: object
+    kind: str
+    layer_pos: int | None
+    part_pos: int
+    occurrence: int = 0
 
 
 def _first_tensor(output):
@@ -27,42 +52,107 @@ def _first_tensor(output):
     return output
 
 
-def resolve_targets(model, layers: Sequence[int], parts: Sequence[str]):
-    """List ``(module, kind, layer_pos or None, part_pos)`` for every requested activation.
+class HookManager:
+    """The hooks of one model, shared by every capture on it (see :func:`hook_manager`)."""
 
-    ``kind`` is ``"pre"`` (the module's input) or ``"post"`` (its output); ``layer_pos`` is
-    ``None`` for a fixed module path, whose vector fills every layer row.
-    """
-    spec = get_spec(model)
-    base = base_model(model)
-    blocks = find_module(base, spec.blocks) if spec is not None else None
-    targets = []
-    for pi, part in enumerate(parts):
-        if part in PARTS:
-            if spec is None:
-                raise unknown_arch_error(model)
-            for li, layer in enumerate(layers):
-                block = blocks[layer]
-                if part == "resid_pre":
-                    targets.append((block, "pre", li, pi))
-                elif part == "resid_post":
-                    targets.append((block, "post", li, pi))
-                else:
-                    targets.append((find_module(block, getattr(spec, part)), "post", li, pi))
-        elif "{layer}" in part:
-            for li, layer in enumerate(layers):
-                targets.append((find_module(model, part.format(layer=layer)), "post", li, pi))
+    def __init__(self, model):
+        self._model = weakref.ref(model)
+        self._lock = threading.Lock()
+        self._hooks: dict[tuple[int, str], list] = {}  # key -> [handle, users]
+        self._local = threading.local()
+        self._users = 0
+        self._training: list = []
+
+    def _hook(self, key, kind) -> Callable:
+        local = self._local
+
+        if kind == "pre":
+            def hook(module, args, kwargs):
+                cap = getattr(local, "capture", None)
+                if cap is not None:
+                    cap.receive(key, args[0] if args else kwargs["hidden_states"])
         else:
-            targets.append((find_module(model, part), "post", None, pi))
-    return targets
+            def hook(module, args, output):
+                cap = getattr(local, "capture", None)
+                if cap is not None:
+                    cap.receive(key, _first_tensor(output))
+        return hook
+
+    @contextlib.contextmanager
+    def attached(self, modules: dict):
+        """Keep hooks on ``modules`` (``{(id, kind): module}``) and the model in eval mode while
+        the block runs; the first user sets both up, the last one restores the model."""
+        with self._lock:
+            for key, module in modules.items():
+                entry = self._hooks.get(key)
+                if entry is None:
+                    kind = key[1]
+                    if kind == "pre":
+                        handle = module.register_forward_pre_hook(self._hook(key, kind),
+                                                                  with_kwargs=True)
+                    else:
+                        handle = module.register_forward_hook(self._hook(key, kind))
+                    entry = self._hooks[key] = [handle, 0]
+                entry[1] += 1
+            if self._users == 0:
+                model = self._model()
+                # inference needs eval mode; a user's model is put back as it was afterwards
+                self._training = [m for m in model.modules() if m.training]
+                for m in self._training:
+                    m.training = False
+            self._users += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                for key in modules:
+                    entry = self._hooks[key]
+                    entry[1] -= 1
+                    if entry[1] == 0:
+                        entry[0].remove()
+                        del self._hooks[key]
+                self._users -= 1
+                if self._users == 0:
+                    for m in self._training:
+                        m.training = True
+                    self._training = []
+
+    @contextlib.contextmanager
+    def routing(self, capture: "Capture"):
+        """Send this thread's hook calls to ``capture`` while the block runs."""
+        previous = getattr(self._local, "capture", None)
+        self._local.capture = capture
+        try:
+            yield
+        finally:
+            self._local.capture = previous
 
 
-class ActivationCapture:
-    """Context manager that hooks ``targets`` and fills a pooled buffer on each forward.
+_MANAGERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_MANAGERS_LOCK = threading.Lock()
+
+
+def hook_manager(model) -> HookManager:
+    """The one :class:`HookManager` of ``model`` (created on first use)."""
+    with _MANAGERS_LOCK:
+        manager = _MANAGERS.get(model)
+        if manager is None:
+            manager = _MANAGERS[model] = HookManager(model)
+        return manager
+
+
+def _module_name(model, module) -> str:
+    return next((n for n, m in model.named_modules() if m is module), type(module).__name__)
+
+
+class Capture:
+    """Pooled activations of one forward pass at a time, for one thread.
 
     Parameters
     ----------
-    targets : list from :func:`resolve_targets`
+    model : torch.nn.Module
+        The model whose modules the targets belong to.
+    targets : list of :class:`Target` (or 4-tuples without the occurrence)
     n_layers, n_parts : int
         Size of the layer and part axes (before pooling expansion).
     poolings : list of str or float
@@ -72,41 +162,60 @@ class ActivationCapture:
         For error messages.
     """
 
-    def __init__(self, targets, n_layers, n_parts, poolings, hidden_size, part_names):
-        self.targets = targets
+    def __init__(self, model, targets, n_layers, n_parts, poolings, hidden_size, part_names):
+        self.model = model
         self.n_layers, self.n_parts = n_layers, n_parts
         self.poolings = list(poolings)
         self.hidden_size = hidden_size
         self.part_names = part_names
-        self._handles = []
-        self._buf = None
-        self._pool = None
-        self._shape = (0, 0)
-        self._remaining = 0
+        self._slots: dict = defaultdict(list)  # (key, occurrence) -> [(layer_pos, part_pos)]
+        self._modules: dict = {}
+        self._max_occurrence: dict = defaultdict(int)
+        for t in targets:
+            t = Target(*t)
+            key = (id(t.module), t.kind)
+            self._modules[key] = t.module
+            self._slots[(key, t.occurrence)].append((t.layer_pos, t.part_pos))
+            self._max_occurrence[key] = max(self._max_occurrence[key], t.occurrence)
 
-    def __enter__(self):
-        groups = defaultdict(list)
-        for module, kind, li, pi in self.targets:
-            groups[(id(module), kind)].append((module, li, pi))
-        for (_, kind), slots in groups.items():
-            module = slots[0][0]
-            where = [(li, pi) for _, li, pi in slots]
-            if kind == "pre":
-                h = module.register_forward_pre_hook(self._pre_hook(where), with_kwargs=True)
-            else:
-                h = module.register_forward_hook(self._post_hook(where))
-            self._handles.append(h)
-        self._n_hooks = len(self._handles)
+    def __enter__(self) -> "Capture":
+        self._manager = hook_manager(self.model)
+        self._attached = self._manager.attached(self._modules)
+        self._attached.__enter__()
         return self
 
-    def __exit__(self, *exc):
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+    def __exit__(self, *exc) -> bool:
+        self._attached.__exit__(*exc)
         return False
+
+    def receive(self, key, tensor) -> None:
+        """Called by a hook of this thread: store ``tensor`` where the targets want it."""
+        n = self._calls[key]
+        self._calls[key] = n + 1
+        where = self._slots.get((key, n))
+        if where is None:
+            if n > self._max_occurrence[key]:
+                self._ran_twice(key, n + 1)
+            return
+        self._store(tensor, where)
+        self._remaining -= 1
+        if self._remaining == 0 and self._stop_early:
+            raise _StopForward
+
+    def _ran_twice(self, key, times):
+        slots = [w for (k, _), ws in self._slots.items() if k == key for w in ws]
+        part = self.part_names[slots[0][1]]
+        name = _module_name(self.model, self._modules[key])
+        raise RuntimeError(
+            f"module {name!r} (part {part!r}) ran {times} times in one forward pass, so which of "
+            "its outputs is meant is ambiguous; choose a module that runs once per forward "
+            "(print(model) lists the module paths)."
+        )
 
     def _store(self, tensor, where):
         batch, tokens = self._shape
+        if tensor.device != self._buf.device:  # a model spread over devices
+            tensor = tensor.to(self._buf.device)
         if tensor.dim() == 2 and tensor.shape[0] == batch * tokens:  # flattened tokens (OPT's MLP)
             tensor = tensor.reshape(batch, tokens, -1)
         if tensor.dim() != 3 or tensor.shape[-1] != self.hidden_size:
@@ -121,35 +230,28 @@ class ActivationCapture:
         for li, pi in where:
             rows = slice(None) if li is None else li
             self._buf[:, rows, pi * k:(pi + 1) * k, :] = pooled[:, None] if li is None else pooled
-        self._remaining -= 1
-        if self._remaining == 0 and self.stop_early:
-            raise _StopForward
 
-    def _pre_hook(self, where) -> Callable:
-        def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            self._store(hidden, where)
-        return hook
+    def run(self, forward: Callable[[], object], mask, *, stop_early: bool = True,
+            pool_mask=None):
+        """Call ``forward()`` with the hooks live; return ``(B, n_layers, parts*poolings, H)``.
 
-    def _post_hook(self, where) -> Callable:
-        def hook(module, args, output):
-            self._store(_first_tensor(output), where)
-        return hook
-
-    def run(self, forward: Callable[[], object], mask, *, stop_early: bool = True):
-        """Call ``forward()`` with the hooks live and return ``(B, n_layers, parts*poolings, H)``."""
+        Use inside ``with capture:``. ``pool_mask`` (``(B, T)``, default ``mask``) limits
+        mean/max/min pooling to some tokens.
+        """
         import torch
 
-        self.stop_early = stop_early
-        self._pool = make_pooler(mask, self.poolings)
+        self._stop_early = stop_early
+        self._pool = make_pooler(mask, self.poolings, pool_mask=pool_mask)
         self._shape = tuple(mask.shape)
-        self._remaining = self._n_hooks
+        self._remaining = len(self._slots)
+        self._calls: dict = defaultdict(int)
         self._buf = torch.zeros(
             (mask.shape[0], self.n_layers, self.n_parts * len(self.poolings), self.hidden_size),
             dtype=torch.float32, device=mask.device,
         )
         try:
-            forward()
+            with self._manager.routing(self):
+                forward()
         except _StopForward:
             pass
         if self._remaining > 0:

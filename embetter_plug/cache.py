@@ -5,14 +5,10 @@ One entry per (model identity, extraction settings, text) holds one vector per
 the same texts adds vectors to the entry instead of starting over, and asking for a subset reads
 everything from disk.
 
-The key of an entry is a SHA-256 over
-
-- the model: a hub name with its revision; for a local folder a fingerprint of its files (config
-  and tokenizer files whole, weight files by size and sampled bytes); for a model object its
-  config and a strided sample of every parameter's values;
-- the tokenizer: its serialised vocabulary and rules;
-- the settings that change the vectors: prompt template, max length and compute dtype;
-- the text.
+The key of an entry is a SHA-256 over the encoder's extraction identity
+(:mod:`embetter_plug.identity`: the model — hub name and resolved commit, a folder's files or an
+object's weights —, the ``model_kwargs`` that change it, the compute dtype, the tokenizer, the
+prompt template, max length and ``include_prompt``) and the text.
 
 Each entry file ends with a BLAKE2b checksum of its content and is written through a temporary
 file and ``os.replace``: readers (any number, in any process) see a whole entry or none, a killed
@@ -24,13 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from ._utils import logger, warn_user
+from .identity import _sha, model_fingerprint  # noqa: F401  (model_fingerprint: re-exported)
 from .io import atomic_write
 
 __all__ = ["ActivationCache", "default_cache_dir"]
@@ -38,7 +34,6 @@ __all__ = ["ActivationCache", "default_cache_dir"]
 _MAGIC = b"EPCACHE1"
 _DIGEST = 16
 _SUFFIX = ".act"
-_KEY_VERSION = 1
 
 
 def default_cache_dir() -> Path:
@@ -210,118 +205,11 @@ def _decode(raw: bytes) -> tuple[dict, np.ndarray]:
     return header, data
 
 
-# ------------------------------------------------------------------ identity of an encoder
-_TOKENIZER_FP: "weakref.WeakKeyDictionary[Any, tuple[int, str]]" = weakref.WeakKeyDictionary()
-
-
-def _sha(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        b = p if isinstance(p, bytes) else str(p).encode()
-        h.update(len(b).to_bytes(8, "little"))
-        h.update(b)
-    return h.hexdigest()
-
-
-def model_fingerprint(model, source: str | None, revision: str | None) -> str:
-    """Identity of a model: hub name + revision, a folder's files, or an object's weights.
-
-    A folder's files up to 64 MiB are hashed whole. A larger (weight) file is hashed by 1,024
-    evenly spaced blocks of 64 KiB and its modification time, so that saving new weights into
-    the same folder always gives a new identity. Objects hash their config and up to 64 evenly
-    spaced values of each parameter.
-    """
-    if source is not None and not os.path.isdir(source):
-        return _sha("hub", source, revision)
-    if source is not None:
-        parts: list[Any] = ["folder"]
-        for path in sorted(Path(source).rglob("*")):
-            if path.is_file():
-                parts += [path.relative_to(source).as_posix(), *_file_identity(path)]
-        return _sha(*parts)
-    parts = ["object", type(model).__name__, model.config.to_json_string(use_diff=False)]
-    for name, p in model.state_dict(keep_vars=False).items():
-        flat = p.detach().reshape(-1)
-        step = max(1, flat.numel() // 64)
-        sample = flat[::step][:64].float().cpu().numpy().tobytes()
-        parts += [name, tuple(p.shape), str(p.dtype), sample]
-    return _sha(*parts)
-
-
-_WHOLE = 64 * 2**20  # files up to this size are hashed whole
-_BLOCK, _N_BLOCKS = 2**16, 1024
-
-
-_FILE_IDS: dict[tuple, tuple] = {}  # per process: a file is read once while it is unchanged
-
-
-def _file_identity(path: Path) -> tuple:
-    """``(size, digest)`` of a small file; ``(size, mtime_ns, digest of sampled blocks)`` else."""
-    st = path.stat()
-    memo = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-    if memo not in _FILE_IDS:
-        _FILE_IDS[memo] = _read_identity(path, st)
-    return _FILE_IDS[memo]
-
-
-def _read_identity(path: Path, st) -> tuple:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        if st.st_size <= _WHOLE:
-            for chunk in iter(lambda: f.read(2**20), b""):
-                h.update(chunk)
-            return st.st_size, h.hexdigest()
-        step = max(st.st_size - _BLOCK, 0) / (_N_BLOCKS - 1)
-        for k in range(_N_BLOCKS):  # the first and last blocks included
-            f.seek(int(k * step))
-            h.update(f.read(_BLOCK))
-    return st.st_size, st.st_mtime_ns, h.hexdigest()
-
-
-def tokenizer_fingerprint(tok) -> str:
-    """Identity of a tokenizer: its vocabulary and rules (not its padding or truncation state)."""
-    try:
-        n, fp = _TOKENIZER_FP[tok]
-        if n == len(tok):
-            return fp
-    except (KeyError, TypeError):
-        pass
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is not None:
-        spec = json.loads(backend.to_str())
-        spec.pop("truncation", None)
-        spec.pop("padding", None)
-        body = json.dumps(spec, sort_keys=True)
-    else:
-        body = json.dumps(sorted(tok.get_vocab().items()))
-    special = json.dumps(getattr(tok, "special_tokens_map", {}), sort_keys=True, default=str)
-    fp = _sha(type(tok).__name__, body, special)
-    try:
-        _TOKENIZER_FP[tok] = (len(tok), fp)
-    except TypeError:
-        pass
-    return fp
-
-
+# ------------------------------------------------------------------ reading through the cache
 def encoder_identity(enc) -> dict[str, Any]:
-    """Everything about a fitted encoder that changes its vectors, except layers/parts/pooling."""
-    enc._ensure_loaded()
-    return {
-        "v": _KEY_VERSION,
-        "model": model_fingerprint(enc.model_, enc._source_, enc.revision),
-        "tokenizer": tokenizer_fingerprint(enc.tokenizer_),
-        "prompt_template": enc.prompt_template,
-        "max_length": int(enc.max_length_),
-        "dtype": enc.compute_dtype_,
-    }
-
-
-def vector_names(enc) -> list[str]:
-    """Names of the ``L * P`` vectors of one sample, in the C order of ``layout_.shape[:2]``."""
-    from ._token_pooling import pooling_name
-
-    return [f"{layer}|{part}|{pooling_name(k)}" for layer in enc.layer_indices_
-            for part in enc.parts_ for k in enc.poolings_]
+    """The extraction identity of a fitted encoder (its ``identity_``; see
+    :mod:`embetter_plug.identity`)."""
+    return enc.identity_
 
 
 def as_cache(cache) -> ActivationCache:
@@ -335,19 +223,19 @@ def as_cache(cache) -> ActivationCache:
     )
 
 
-def read_through(enc, texts: list[str], compute) -> np.ndarray:
-    """Activations of distinct ``texts``: stored ones from the cache, the rest from ``compute``.
+def read_through(cache, extractor, identity: dict, texts: list[str], *,
+                 label: str = "") -> np.ndarray:
+    """Activations of distinct ``texts``: stored ones from ``cache``, the rest from ``extractor``.
 
-    ``compute(texts, on_batch=...)`` returns ``(n, L, P, H)`` float32 and reports each batch
-    with ``on_batch(row_indices, activations)``; every batch is added to the cache as soon as it
-    is computed (merged with whatever other layers/parts each entry already holds), so an
-    interrupted run keeps the batches it finished.
+    ``extractor`` is an :class:`~embetter_plug.extraction.ActivationExtractor`; ``identity`` its
+    extraction identity (:func:`embetter_plug.identity.extraction_identity`). Every batch the
+    extractor computes is added to the cache as soon as it is done (merged with whatever other
+    layers/parts each entry already holds), so an interrupted run keeps the batches it finished.
     """
-    cache = as_cache(enc.cache)
-    ident = json.dumps(encoder_identity(enc), sort_keys=True)
-    label = str(enc.layout_.meta.get("model") or type(enc.model_).__name__)
-    names = vector_names(enc)
-    L, P, H = enc.layout_.shape
+    cache = as_cache(cache)
+    ident = json.dumps(identity, sort_keys=True)
+    names = extractor.vector_names()
+    L, P, H = extractor.shape
     out = np.empty((len(texts), L, P, H), dtype=np.float32)
     keys = [_sha(ident, t) for t in texts]
     missing, stored = [], {}
@@ -369,5 +257,5 @@ def read_through(enc, texts: list[str], compute) -> np.ndarray:
             cache.put(keys[i], merged, label=label)
 
     if missing:
-        out[missing] = compute([texts[i] for i in missing], on_batch=store)
+        out[missing] = extractor.extract([texts[i] for i in missing], on_batch=store)
     return out

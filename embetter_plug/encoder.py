@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 from numbers import Integral
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from . import _arch, _batching
-from ._hooks import ActivationCapture, resolve_targets
 from ._loading import (check_source_still_there, load_config, load_model, load_tokenizer,
-                       resolve_model_source)
+                       place_model, resolve_model_source)
 from ._token_pooling import pooling_name, validate_pooling
-from ._utils import (check_texts, logger, reload_device, resolve_device, resolve_dtype,
-                     resolve_indices)
+from ._utils import check_texts, reload_device, resolve_device, resolve_dtype, resolve_indices, warn_user
 from ._output import input_index, store_output_config, wrap_output
+from .extraction import ActivationExtractor
+from .identity import extraction_identity, load_identity
 from .layout import ActivationLayout, Activations
 
 __all__ = ["TransformerActivationEncoder"]
@@ -48,17 +46,25 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         poolings each become an entry on the parts axis, named ``part@pooling``.
     prompt_template : str or None, default=None
         E.g. ``"{text}<end_of_turn>"``. Truncation never cuts the template.
+    include_prompt : bool, default=True
+        When False, ``mean``/``max``/``min`` pooling reads the text's own tokens only: the
+        prompt template and the special tokens the tokenizer adds (BOS, ``[CLS]``, ...) are left
+        out, as with sentence-transformers' ``include_prompt=False``. Needs a fast tokenizer.
     max_length : int or None, default=None
         Token limit per text; ``None`` uses the model's limit.
     batch_size : int, default=32
         Texts per forward pass; batches are formed after sorting by token count.
     device : str, default="auto"
-        ``auto`` picks cuda, then mps, then cpu.
+        ``auto`` picks cuda, then mps, then cpu for a model loaded by name or folder; a model
+        given as an instance stays where it is (the encoder never moves, re-modes or changes a
+        model it was given), and so does one loaded with ``model_kwargs={"device_map": ...}``
+        or quantized: inputs go to the device of its input embeddings.
     dtype : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         ``auto`` is float32 on CPU and bfloat16 on a GPU that supports it. Recorded in
         ``layout_.meta``.
     revision, trust_remote_code, model_kwargs
-        Passed to ``from_pretrained``; remote code stays off unless turned on.
+        Passed to ``from_pretrained``; remote code stays off unless turned on. Encoders (and
+        their clones) that load the same model with the same settings share one loaded copy.
     verbose : bool, default=False
         Show a progress bar over batches.
     flatten : bool, default=False
@@ -74,9 +80,13 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
     layout_ : ActivationLayout
         Layer indices, part names, hidden size and how the activations were made.
     model_, tokenizer_ : the loaded model and tokenizer. When ``model`` is a name or folder they
-        are left out of a pickle and reloaded on first use; a model given as an instance is
-        pickled with the estimator.
+        are left out of a pickle and reloaded on first use (an error if the weights there
+        changed since ``fit``); a model given as an instance is pickled with the estimator.
     device_ : torch.device
+        Where inputs go (the device of the model's input embeddings).
+    identity_ : dict
+        Which weights, tokenizer and settings compute the vectors (see
+        :mod:`embetter_plug.identity`): the key of the cache and of streamed extraction.
 
     Examples
     --------
@@ -90,9 +100,9 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
 
     def __init__(self, model: Any = None, tokenizer: Any = None, *, layers: Any = "all",
                  parts: Any = "resid_post", token_pooling: Any = "auto",
-                 prompt_template: str | None = None, max_length: int | None = None,
-                 batch_size: int = 32, device: Any = "auto", dtype: Any = "auto",
-                 revision: str | None = None, trust_remote_code: bool = False,
+                 prompt_template: str | None = None, include_prompt: bool = True,
+                 max_length: int | None = None, batch_size: int = 32, device: Any = "auto",
+                 dtype: Any = "auto", revision: str | None = None, trust_remote_code: bool = False,
                  model_kwargs: dict | None = None, verbose: bool = False, flatten: bool = False,
                  cache: Any = None):
         self.model = model
@@ -101,6 +111,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         self.parts = parts
         self.token_pooling = token_pooling
         self.prompt_template = prompt_template
+        self.include_prompt = include_prompt
         self.max_length = max_length
         self.batch_size = batch_size
         self.device = device
@@ -121,11 +132,8 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         if X is not None:
             check_texts(X)
         self._check_params()
-        source = resolve_model_source(self.model)
-        device = resolve_device(self.device)
-        self.device_ = device
-        self._source_ = source
-        self.model_, self.tokenizer_ = self._load(source, device)
+        self._source_ = resolve_model_source(self.model)
+        self.model_, self.tokenizer_, self.device_ = self._load(self._source_)
         self._setup_layout()
         return self
 
@@ -141,26 +149,31 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         if self.max_length is not None and (not isinstance(self.max_length, Integral)
                                             or self.max_length <= 0):
             raise ValueError(f"max_length must be a positive integer or None, got {self.max_length!r}.")
+        if not isinstance(self.include_prompt, bool):
+            raise TypeError(f"include_prompt must be True or False, got {self.include_prompt!r}.")
         _arch.validate_parts(self.parts)
         validate_pooling(self.token_pooling)
         _batching.split_template(self.prompt_template)
         if isinstance(self.layers, str) and self.layers != "all":
             raise ValueError(f"layers={self.layers!r}: use 'all', an int or a list of ints.")
+        if self.model_kwargs is not None and not isinstance(self.model_kwargs, dict):
+            raise TypeError(f"model_kwargs must be a dict or None, got {type(self.model_kwargs).__name__}.")
         if self.cache is not None:
             from .cache import as_cache
 
             as_cache(self.cache)
 
-    def _load(self, source, device):
-        dtype = resolve_dtype(self.dtype, device)
+    def _load(self, source):
+        """``(model, tokenizer, input device)``; sets the compute dtype."""
         hub = dict(revision=self.revision, trust_remote_code=self.trust_remote_code)
         if source is None:
             model = self.model
-            model.eval()
-            if next(model.parameters()).device != device:
-                model.to(device)
+            device, dtype = place_model(model, self.device, self.dtype)
             tok = load_tokenizer(self.tokenizer, model, None, **hub)
+            self._check_tokenizer(tok)
         else:
+            device = resolve_device(self.device)
+            dtype = resolve_dtype(self.dtype, device)
             # the config and the tokenizer are cheap: a layer out of range or a bad tokenizer
             # fails before the weights load
             if not set(self.model_kwargs or {}) & {"config", "num_hidden_layers", "n_layer"}:
@@ -168,55 +181,82 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
                 if n is not None:
                     self._resolve_layers(n)
             tok = load_tokenizer(self.tokenizer, None, source, **hub)
-            model = load_model(source, dtype=dtype, model_kwargs=self.model_kwargs,
-                               verbose=self.verbose, **hub).to(device)
+            self._check_tokenizer(tok)
+            model, device = load_model(source, dtype=dtype, device=device,
+                                       model_kwargs=self.model_kwargs, verbose=self.verbose, **hub)
         param_dtype = next(model.parameters()).dtype
         # a loaded model is already in ``dtype``; a given model runs under autocast when a
         # half-precision dtype was asked for (or is "auto" on a bf16-capable GPU)
         half = str(dtype) in ("torch.bfloat16", "torch.float16")
         self.autocast_dtype_ = dtype if (dtype != param_dtype and half) else None
         self.compute_dtype_ = str(self.autocast_dtype_ or param_dtype).replace("torch.", "")
-        return model, tok
+        return model, tok, device
+
+    def _check_tokenizer(self, tok) -> None:
+        if not self.include_prompt and not getattr(tok, "is_fast", False):
+            raise ValueError(
+                f"include_prompt=False needs a fast tokenizer (to tell the text's tokens from the "
+                f"template's), but {type(tok).__name__} is a slow one; pass a fast tokenizer "
+                "(AutoTokenizer.from_pretrained(..., use_fast=True)) or include_prompt=True."
+            )
 
     def _setup_layout(self) -> None:
         model = self.model_
         self.layer_indices_ = self._resolve_layers(_arch.n_blocks(model))
         self.parts_ = _arch.validate_parts(self.parts)
-        self.poolings_ = validate_pooling(self.token_pooling,
-                                          is_decoder=_arch.is_decoder_only(model))
-        # resolve module paths now: a bad part fails in fit, not mid-extraction
-        self._targets = resolve_targets(model, self.layer_indices_, self.parts_)
-        names = [p if len(self.poolings_) == 1 else f"{p}@{pooling_name(k)}"
-                 for p in self.parts_ for k in self.poolings_]
+        self.poolings_ = validate_pooling(self.token_pooling, is_decoder=_arch.is_decoder(model))
         limit = self._model_max_length()
+        if self.max_length is not None and self.max_length > limit:
+            warn_user(f"max_length={self.max_length} is above the model's limit of {limit} "
+                      f"tokens; texts are cut to {limit}.", UserWarning)
         self.max_length_ = min(self.max_length, limit) if self.max_length else limit
+        extractor = self._extractor()  # resolves module paths: a bad part fails in fit
+        self.identity_ = self._identity()
         self.layout_ = ActivationLayout(
-            layers=tuple(self.layer_indices_), parts=tuple(names),
-            hidden_size=int(model.config.hidden_size),
+            layers=tuple(self.layer_indices_), parts=tuple(extractor.part_names()),
+            hidden_size=extractor.hidden_size,
             meta={"model": self._source_ or getattr(model, "name_or_path", "") or type(model).__name__,
                   "revision": self.revision, "token_pooling": [pooling_name(p) for p in self.poolings_],
                   "prompt_template": self.prompt_template, "max_length": self.max_length_,
-                  "dtype": self.compute_dtype_},
+                  "dtype": self.compute_dtype_, "n_blocks": _arch.n_blocks(model),
+                  **({} if self.include_prompt else {"include_prompt": False})},
         )
         self.n_features_out_ = int(np.prod(self.layout_.shape))
+
+    def _identity(self) -> dict:
+        load = load_identity(self.model_, self.tokenizer_, source=self._source_,
+                             revision=self.revision, model_kwargs=self.model_kwargs,
+                             dtype=self.compute_dtype_)
+        return extraction_identity(load, prompt_template=self.prompt_template,
+                                   max_length=self.max_length_, include_prompt=self.include_prompt)
 
     def _resolve_layers(self, n_blocks: int) -> list[int]:
         return resolve_indices(self.layers, n_blocks, name="layers", what="layer",
                                context="the model", unit="blocks")
 
     def _model_max_length(self) -> int:
+        config = _arch.text_config(self.model_.config)
         cands = [getattr(self.tokenizer_, "model_max_length", None),
-                 getattr(self.model_.config, "max_position_embeddings", None),
-                 getattr(self.model_.config, "n_positions", None)]
+                 getattr(config, "max_position_embeddings", None),
+                 getattr(config, "n_positions", None)]
         cands = [int(c) for c in cands if c and c < 1_000_000]
         return min(cands) if cands else 512
+
+    def _extractor(self) -> ActivationExtractor:
+        return ActivationExtractor(
+            self.model_, self.tokenizer_, layers=tuple(self.layer_indices_),
+            parts=tuple(self.parts_), poolings=tuple(self.poolings_), max_length=self.max_length_,
+            batch_size=self.batch_size, prompt_template=self.prompt_template,
+            include_prompt=self.include_prompt, autocast_dtype=self.autocast_dtype_,
+            warn_truncation=self.max_length is None or self.max_length > self.max_length_,
+            verbose=self.verbose)
 
     # ---------------------------------------------------------------- transform
     def transform(self, X) -> np.ndarray:
         """Activations of ``X`` (a list of texts), shape ``(n, n_layers, n_parts, hidden)``."""
         check_is_fitted(self, "layout_")
         texts = check_texts(X)
-        out = self._encode(texts)
+        out = self.encode(texts)
         if self.flatten:
             return wrap_output(self, out.reshape(len(texts), -1), X, self.get_feature_names_out)
         return Activations.of(out, self.layout_, input_index(X))
@@ -231,10 +271,33 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         """
         return store_output_config(self, transform)
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        """``(n, L, P, H)`` for checked ``texts``; each distinct text is computed once."""
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """``(n, n_layers, n_parts, hidden)`` float32 for a list of texts, always 4-D.
+
+        Each distinct text is computed once; with ``cache`` set, stored vectors are read and
+        only the missing texts run through the model.
+        """
+        check_is_fitted(self, "layout_")
+        self._ensure_loaded()
         uniq, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-        return self._compute(list(uniq))[inverse]
+        uniq = list(uniq)
+        extractor = self._extractor()
+        if self.cache is None:
+            out = extractor.extract(uniq)
+        else:
+            from .cache import read_through
+
+            out = read_through(self.cache, extractor, self.identity_, uniq,
+                               label=str(self.layout_.meta.get("model")))
+        return out[inverse.reshape(-1)]
+
+    def iter_batches(self, texts: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(row_indices, activations)`` per batch of ``texts`` as the model computes
+        them (longest texts first; no cache, no deduplication): for work that keeps only a
+        summary of each batch, such as :class:`~embetter_plug.OnlineProbes`."""
+        check_is_fitted(self, "layout_")
+        self._ensure_loaded()
+        return self._extractor().iter_batches(texts)
 
     def extract_to(self, folder, texts, *, shard_size: int | None = None,
                    store_dtype: str = "float32", overwrite: bool = False):
@@ -270,105 +333,16 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         if getattr(self, "model_", None) is None:  # after unpickling
             check_source_still_there(self._source_)
             self.device_ = reload_device(self.device_, self.device)
-            self.model_, self.tokenizer_ = self._load(self._source_, self.device_)
+            self.model_, self.tokenizer_, self.device_ = self._load(self._source_)
             self.layout_.meta["dtype"] = self.compute_dtype_
-            self._targets = resolve_targets(self.model_, self.layer_indices_, self.parts_)
-
-    def _compute(self, texts: list[str]) -> np.ndarray:
-        """Forward ``texts`` (no duplicates) and return ``(n, L, P, H)`` float32 in their order."""
-        if self.cache is not None:
-            from .cache import read_through
-
-            return read_through(self, texts, self._forward)
-        return self._forward(texts)
-
-    def _forward(self, texts: list[str], on_batch=None) -> np.ndarray:
-        """Run the model on every one of ``texts``; ``(n, L, P, H)`` float32 in their order.
-
-        ``on_batch(row_indices, activations)``, when given, sees each batch as it is done.
-        """
-        out = np.empty((len(texts), *self.layout_.shape), dtype=np.float32)
-        for idx, acts in self._iter_activations(texts):
-            out[idx] = acts
-            if on_batch is not None:
-                on_batch(idx, out[idx])
-        return out
-
-    def _iter_activations(self, texts: list[str]):
-        """Yield ``(row_indices, activations)`` batch by batch, longest texts first per chunk.
-
-        The building block for in-memory, cached, streamed and online use: the caller decides
-        what to keep. Texts are tokenized chunk by chunk (on CUDA the next chunk while the
-        current one runs). A progress bar shows when ``verbose``.
-        """
-        from tqdm.auto import tqdm
-
-        check_is_fitted(self, "layout_")
-        self._ensure_loaded()
-        prefix, suffix = _batching.split_template(self.prompt_template)
-        plans = _batching.plan_chunks(self.tokenizer_, texts, prefix, suffix, self.max_length_,
-                                      self.batch_size)
-        if self.device_.type in _batching.PREFETCH_ON:
-            plans = _batching.prefetch(plans)
-
-        def batches():
-            seen = truncated = 0
-            for plan in plans:
-                seen += sum(len(idx) for idx, _ in plan.batches)
-                if plan.n_truncated:  # said before that chunk runs; a warning only once
-                    _batching.report_truncated(plan.n_truncated, seen, len(texts),
-                                               self.max_length_, warn=not truncated
-                                               and self.max_length is None)
-                truncated += plan.n_truncated
-                yield from plan.batches
-
-        yield from tqdm(self._iter_batches(batches()),
-                        total=_batching.n_batches(len(texts), self.batch_size),
-                        disable=not self.verbose, desc="encoding", unit="batch")
-
-    def _iter_batches(self, batches):
-        """Yield ``(row_indices, activations)`` per ``(row_indices, token ids)`` batch.
-
-        Hooks are live only during the loop.
-        """
-        import torch
-
-        model = _arch.base_model(self.model_)
-        accepts_pos = ("position_ids" in inspect.signature(model.forward).parameters
-                       and model.config.model_type not in _arch.POSITIONS_FROM_PADDING)
-        extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
-        pad_id = _batching.pad_id(self.tokenizer_, model.config)
-        side = getattr(self.tokenizer_, "padding_side", "right")
-        device = self.device_
-        L, P, H = self.layout_.shape
-        capture = ActivationCapture(self._targets, L, len(self.parts_), self.poolings_, H,
-                                    self.parts_)
-        autocast = (torch.autocast(device.type, dtype=self.autocast_dtype_)
-                    if self.autocast_dtype_ is not None else contextlib.nullcontext())
-
-        def prepare(batch, pin=False):
-            idx, seqs = batch
-            input_ids, mask, pos = _batching.pad_batch(seqs, pad_id, side)
-            host = {"input_ids": input_ids, "attention_mask": mask}
-            if accepts_pos:
-                host["position_ids"] = pos
-            kwargs = {k: (v.pin_memory() if pin else v).to(device, non_blocking=True)
-                      for k, v in host.items()}
-            return idx, kwargs, kwargs["attention_mask"]
-
-        def run(kwargs, mask):
-            return capture.run(lambda: model(**kwargs, **extra), mask)
-
-        with capture, torch.inference_mode(), autocast:
-            if device.type == "cuda":  # overlapped, pinned, one sync per batch (see _gpu)
-                from . import _gpu
-
-                _gpu.prefer_sdpa(model)
-                yield from _gpu.overlapped_batches(prepare, run, batches, cuda=True)
-                return
-            for batch in batches:
-                idx, kwargs, mask = prepare(batch)
-                yield idx, run(kwargs, mask).cpu().numpy()
+            fitted, now = self.identity_, self._identity()
+            if now != fitted:
+                changed = sorted(k for k in now if now.get(k) != fitted.get(k))
+                raise ValueError(
+                    f"the model this encoder was fitted with changed since fit (differs in "
+                    f"{changed}; source {self._source_!r}): its vectors would not match the "
+                    "fitted ones. Fit the encoder (or the pipeline) again to use it."
+                )
 
     # ------------------------------------------------------------------ sklearn
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
@@ -386,11 +360,17 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         tags.non_deterministic = False
         return tags
 
+    def __sklearn_clone__(self):
+        """An unfitted copy that shares a model or tokenizer given as an instance (the encoder
+        only reads it), so cross-validation does not copy the weights for every fold."""
+        params = self.get_params(deep=False)
+        shared = {k: params.pop(k) for k in ("model", "tokenizer")}
+        return type(self)(**shared, **{k: clone(v, safe=False) for k, v in params.items()})
+
     def __getstate__(self):
         state = self.__dict__.copy()
-        if "_source_" in state and state["_source_"] is not None:
+        if state.get("_source_") is not None:
             # weights come back from the folder or hub on first use
             state.pop("model_", None)
             state.pop("tokenizer_", None)
-            state.pop("_targets", None)
         return state

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ActivationLayout", "Activations"]
+__all__ = ["ActivationLayout", "Activations", "select_positions"]
 
 
 @dataclass(frozen=True)
@@ -69,14 +69,72 @@ class ActivationLayout:
             )
 
 
+def select_positions(sel: Any, labels: list, *, name: str, what: str) -> list[int]:
+    """Positions along an axis of the items ``sel`` names.
+
+    For layers (``what="layer"``) ``labels`` are model block indices: an int is a block index,
+    a negative one counts back from the last block present. For parts, a string is a part name
+    (aliases such as ``rs`` allowed) and an int a position on the part axis. ``"all"`` selects
+    everything. An item that is not there is an error naming what is.
+    """
+    from numbers import Integral
+
+    from ._arch import canonical_part
+
+    if isinstance(sel, str) and sel == "all":
+        return list(range(len(labels)))
+    items = [sel] if isinstance(sel, (str, Integral)) else list(sel)
+    if not items:
+        raise ValueError(f"{name} is empty; give at least one {what} or 'all'.")
+    out = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (str, Integral)):
+            raise TypeError(f"{name} entry {item!r} is neither a {what} name nor an int.")
+        if what == "layer":
+            if isinstance(item, str):
+                raise TypeError(f"layers are model block indices (ints), got {item!r}.")
+            if item in labels:
+                out.append(labels.index(item))
+            elif -len(labels) <= item < 0:
+                out.append(len(labels) + int(item))
+            else:
+                raise ValueError(f"block {item} is not in the input; it holds blocks {labels} "
+                                 "(layers are model block indices; -1 is the last one present).")
+        elif isinstance(item, str):
+            canon = canonical_part(item)
+            if canon not in labels and item not in labels:
+                raise ValueError(f"part {item!r} is not in the input; its parts are {labels} "
+                                 f"(or positions 0..{len(labels) - 1}).")
+            out.append(labels.index(item if item in labels else canon))
+        elif -len(labels) <= item < len(labels):
+            out.append(int(item) % len(labels))
+        else:
+            raise ValueError(f"part position {item} is out of range: the input has "
+                             f"{len(labels)} parts {labels}.")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name}={sel!r} names the same {what} twice.")
+    return out
+
+
+def _rows_only(key) -> bool:
+    """Whether indexing with ``key`` selects rows and keeps every other axis whole."""
+    if isinstance(key, tuple):
+        return len(key) >= 1 and _rows_only(key[0]) and all(
+            k is Ellipsis or (isinstance(k, slice) and k == slice(None)) for k in key[1:])
+    if isinstance(key, (slice, list)):
+        return True
+    return isinstance(key, np.ndarray) and key.ndim == 1
+
+
 class Activations(np.ndarray):
     """The encoder's 4-D output: a NumPy array that also carries its ``layout`` and the
     ``index`` of the texts it came from (a pandas input's index, else ``None``).
 
     A later step such as :class:`~embetter_plug.LayerPooler` reads them to name its features by
     model layer and part and to keep the texts' index under ``set_output(transform="pandas")``.
-    Any view, copy or result computed from it carries neither (both are ``None``): they would
-    no longer describe its rows and axes.
+    Selecting rows (``X[train]``, as cross-validation does) keeps both, for those rows; any
+    other view, copy or result computed from it carries neither (both are ``None``): they would
+    no longer describe its axes.
     """
 
     layout: ActivationLayout | None = None
@@ -92,3 +150,15 @@ class Activations(np.ndarray):
     def __array_finalize__(self, obj) -> None:
         self.layout = None
         self.index = None
+
+    def __getitem__(self, key):
+        out = super().__getitem__(key)
+        if (isinstance(out, Activations) and self.layout is not None and out.ndim == 4
+                and out.shape[1:] == self.shape[1:] and _rows_only(key)):
+            out.layout = self.layout
+            if self.index is not None:
+                try:
+                    out.index = self.index[key[0] if isinstance(key, tuple) else key]
+                except (IndexError, KeyError, TypeError, ValueError):
+                    out.index = None
+        return out

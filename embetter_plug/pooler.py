@@ -10,7 +10,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ._output import store_output_config, wrap_output
-from ._utils import resolve_indices
+from .layout import select_positions
 
 __all__ = ["LayerPooler"]
 
@@ -27,9 +27,12 @@ class LayerPooler(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     Parameters
     ----------
     layers : "all", int or list of int, default="all"
-        Positions along the layer axis (negative counts from the end).
-    parts : "all", int or list of int, default="all"
-        Positions along the part axis.
+        Model block indices, read from the encoder's output (a layer the input does not hold
+        is an error naming the ones it does); a negative index counts back from the last block
+        present. For a plain array without a layout, block ``i`` is position ``i``.
+    parts : "all", str, int or list of those, default="all"
+        Part names as the encoder names them (``"resid_post"``, ``"mlp_out@mean"``; needs the
+        encoder's output) or positions along the part axis.
     method : {"concat", "mean", "max", "min", "sum", "select"}, default="concat"
         ``concat`` flattens the selection to ``(n, n_sel_layers * n_sel_parts * hidden)``;
         ``mean``/``max``/``min``/``sum`` aggregate across the selected layers and parts to
@@ -71,14 +74,24 @@ class LayerPooler(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         X4 = self._as_4d(X, reset=True)
         self.in_shape_ = tuple(int(s) for s in X4.shape[1:])
         self.axis_names_ = None
+        layer_labels = list(range(self.in_shape_[0]))
+        part_labels = [f"part{j}" for j in range(self.in_shape_[1])]
         if layout is not None and tuple(layout.shape) == self.in_shape_:
             self.axis_names_ = ([f"layer{l}" for l in layout.layers], list(layout.parts))
-        self.layer_idx_ = np.asarray(resolve_indices(
-            self.layers, self.in_shape_[0], name="layers", what="layer position",
-            context="the input", unit="layers"))
-        self.part_idx_ = np.asarray(resolve_indices(
-            self.parts, self.in_shape_[1], name="parts", what="part position",
-            context="the input", unit="parts"))
+            layer_labels, part_labels = list(layout.layers), list(layout.parts)
+        elif not isinstance(self.parts, (str, int)) or isinstance(self.parts, str) \
+                and self.parts != "all":
+            if any(isinstance(p, str) for p in ([self.parts] if isinstance(self.parts, str)
+                                                else list(self.parts))):
+                raise ValueError(
+                    f"parts={self.parts!r} names parts, but this input carries no part names "
+                    "(only the encoder's own output does); give part positions "
+                    f"0..{self.in_shape_[1] - 1} instead."
+                )
+        self.layer_idx_ = np.asarray(select_positions(self.layers, layer_labels,
+                                                      name="layers", what="layer"))
+        self.part_idx_ = np.asarray(select_positions(self.parts, part_labels,
+                                                     name="parts", what="part"))
         return self
 
     def transform(self, X):

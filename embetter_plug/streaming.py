@@ -199,7 +199,7 @@ def extract_to(encoder, folder: str | os.PathLike, texts, *, shard_size: int | N
     """
     from sklearn.utils.validation import check_is_fitted
 
-    from .cache import encoder_identity
+    from .identity import identity_digest
 
     check_is_fitted(encoder, "layout_")
     texts = check_texts(texts, name="texts")
@@ -213,8 +213,7 @@ def extract_to(encoder, folder: str | os.PathLike, texts, *, shard_size: int | N
     plan = {
         "format": FORMAT, "version": FORMAT_VERSION, "shape": [n, *layout.shape],
         "dtype": store_dtype, "texts_sha256": texts_digest(texts), "layout": layout.to_dict(),
-        "source": hashlib.sha256(json.dumps(encoder_identity(encoder), sort_keys=True)
-                                 .encode()).hexdigest(),
+        "source": identity_digest(encoder.identity_),
     }
     size = shard_size or (None if overwrite else resumable_shard_size(folder, plan)) \
         or auto_shard_size(layout.shape, store_dtype, encoder.batch_size)
@@ -222,7 +221,7 @@ def extract_to(encoder, folder: str | os.PathLike, texts, *, shard_size: int | N
     writer = ShardWriter.open(folder, plan, overwrite=overwrite)
     for k in range(writer.n_done, plan["n_shards"]):
         lo, hi = writer.shard_rows(k)
-        acts = encoder._encode(texts[lo:hi])
+        acts = encoder.encode(texts[lo:hi])
         writer.write_shard(k, acts)
         logger.info("shard %d/%d written (rows %d..%d)", k + 1, plan["n_shards"], lo, hi - 1)
     return Path(folder)

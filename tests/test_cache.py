@@ -14,6 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
+from conftest import assert_same_activations
 from embetter_plug import ActivationCache, LayerPooler, TransformerActivationEncoder
 from embetter_plug.cache import _decode, _encode, model_fingerprint
 from embetter_plug.testing import make_tiny_model, save_tiny_model
@@ -55,11 +56,11 @@ def test_read_through_equals_direct_and_second_call_runs_nothing(model_tok, text
     with count_forwards(model) as c:
         first = enc.transform(texts)
     assert c["rows"] == len(set(texts))
-    np.testing.assert_array_equal(first, ref)
+    assert_same_activations(first, ref)
     with count_forwards(model) as c:
         again = _enc(model, tok, ActivationCache(tmp_path)).transform(texts[::-1])
     assert c["rows"] == 0
-    np.testing.assert_array_equal(again, ref[::-1])
+    assert_same_activations(again, ref[::-1])
     assert len(ActivationCache(tmp_path)) == len(set(texts))
 
 
@@ -69,7 +70,7 @@ def test_duplicates_within_a_call_are_computed_once(model_tok, tmp_path):
     with count_forwards(model) as c:
         X = enc.transform(["same text", "other text", "same text", "same text"])
     assert c["rows"] == 2
-    np.testing.assert_array_equal(X[0], X[2])
+    assert_same_activations(X[0], X[2])
 
 
 def test_other_layers_and_parts_reuse_stored_vectors(model_tok, texts, tmp_path):
@@ -79,15 +80,15 @@ def test_other_layers_and_parts_reuse_stored_vectors(model_tok, texts, tmp_path)
     with count_forwards(model) as c:
         X = sub.transform(texts)
     assert c["rows"] == 0
-    np.testing.assert_array_equal(X[:, :, 0], full[:, [2, 0], 1])
+    assert_same_activations(X[:, :, 0], full[:, [2, 0], 1])
     # a new pooling is computed once, then stored beside the old vectors
     mean = _enc(model, tok, tmp_path, token_pooling="mean")
     with count_forwards(model) as c:
         Xm = mean.transform(texts)
         both = _enc(model, tok, tmp_path, token_pooling=["lasttoken", "mean"]).transform(texts)
     assert c["rows"] == len(set(texts))
-    np.testing.assert_array_equal(both[:, :, [0, 2]], full)
-    np.testing.assert_array_equal(both[:, :, [1, 3]], Xm)
+    assert_same_activations(both[:, :, [0, 2]], full)
+    assert_same_activations(both[:, :, [1, 3]], Xm)
 
 
 @pytest.mark.parametrize("change", [
@@ -109,7 +110,7 @@ def test_settings_and_models_that_change_vectors_get_their_own_entries(change, t
     ref = TransformerActivationEncoder(model, tok, parts=["resid_post", "mlp_out"], **change).fit()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        np.testing.assert_array_equal(X, ref.transform(texts[:4]))
+        assert_same_activations(X, ref.transform(texts[:4]))
 
 
 def test_model_fingerprint_follows_weights_not_objects(tmp_path):
@@ -150,7 +151,7 @@ def test_weights_saved_again_into_the_same_folder_get_a_new_identity(whole, tmp_
     model.save_pretrained(folder)
     fresh = TransformerActivationEncoder(str(folder), layers=[2]).fit().transform(texts[:4])
     assert not np.allclose(fresh, before)
-    np.testing.assert_array_equal(enc().transform(texts[:4]), fresh)  # not the stale entries
+    assert_same_activations(enc().transform(texts[:4]), fresh)  # not the stale entries
 
 
 def test_folder_models_share_entries_across_copies(texts, tmp_path):
@@ -162,7 +163,7 @@ def test_folder_models_share_entries_across_copies(texts, tmp_path):
     with count_forwards(enc_b.model_) as c:
         Xb = enc_b.transform(texts[:5])
     assert c["rows"] == 0
-    np.testing.assert_array_equal(Xa, Xb)
+    assert_same_activations(Xa, Xb)
 
 
 def test_grid_search_runs_each_distinct_text_once_then_never(model_tok, tmp_path):
@@ -203,7 +204,7 @@ def test_damaged_entries_are_reported_and_recomputed(damage, model_tok, texts, t
     with count_forwards(model) as c, pytest.warns(RuntimeWarning, match="damaged"):
         X = enc.transform(texts[:3])
     assert c["rows"] == 1
-    np.testing.assert_array_equal(X, ref)
+    assert_same_activations(X, ref)
     assert ActivationCache(tmp_path).info()["n_damaged"] == 0
 
 
@@ -314,4 +315,4 @@ def test_an_interrupted_cached_transform_keeps_the_batches_it_finished(model_tok
         resumed = enc.transform(texts)
     assert c["rows"] == n - 8
     direct = TransformerActivationEncoder(model, tok, parts=["resid_post", "mlp_out"]).fit()
-    np.testing.assert_array_equal(resumed, direct.transform(texts))
+    assert_same_activations(resumed, direct.transform(texts))

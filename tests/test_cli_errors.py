@@ -12,6 +12,7 @@ import pytest
 
 import embetter_plug._cli.extract as cli_extract
 import embetter_plug._cli.probe as cli_probe
+from conftest import assert_same_activations
 from embetter_plug import ProbeResults, load_activations
 from embetter_plug.cli import build_parser, main
 from embetter_plug.io import MANIFEST
@@ -218,7 +219,7 @@ def test_extract_says_complete_or_resumed(setup, tmp_path, capsys, monkeypatch):
     (out / MANIFEST).write_text(json.dumps({**manifest, "n_done": 1}))  # as if stopped early
     assert main(argv) == 0
     assert capsys.readouterr().out.startswith("resumed after shard 1 of 3")
-    np.testing.assert_array_equal(load_activations(out)[0], X)
+    assert_same_activations(load_activations(out)[0], X)
     # another extraction in the folder is refused before the model loads
     monkeypatch.setattr(cli_extract, "encoder_from_args", lambda *a: pytest.fail("model loaded"))
     assert main(_extract(setup, out, "--limit", "8", "--shard-size", "4")) == 2
@@ -228,25 +229,25 @@ def test_extract_says_complete_or_resumed(setup, tmp_path, capsys, monkeypatch):
 
 def test_extract_resumes_with_a_smaller_batch_size(setup, tmp_path, capsys, monkeypatch):
     from embetter_plug import streaming as epio
-    from embetter_plug.encoder import TransformerActivationEncoder
+    from embetter_plug.extraction import ActivationExtractor
 
     # about 6 rows of (1, 1, 32) float32 per shard: 4 at --batch-size 4, 6 at --batch-size 2
     monkeypatch.setattr(epio, "SHARD_BYTES", 6 * 32 * 4)
     out, calls = tmp_path / "acts", []
-    forward = TransformerActivationEncoder._forward
+    forward = ActivationExtractor.extract
 
-    def interrupted(self, texts):
+    def interrupted(self, texts, **kw):
         calls.append(len(texts))
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return forward(self, texts)
+        return forward(self, texts, **kw)
 
-    monkeypatch.setattr(TransformerActivationEncoder, "_forward", interrupted)
+    monkeypatch.setattr(ActivationExtractor, "extract", interrupted)
     assert main(_extract(setup, out, "--batch-size", "4")) == 130
     capsys.readouterr()
     calls.clear()
-    monkeypatch.setattr(TransformerActivationEncoder, "_forward",
-                        lambda self, texts: calls.append(len(texts)) or forward(self, texts))
+    monkeypatch.setattr(ActivationExtractor, "extract",
+                        lambda self, texts, **kw: calls.append(len(texts)) or forward(self, texts, **kw))
     assert main(_extract(setup, out, "--batch-size", "2")) == 0
     assert capsys.readouterr().out.startswith("resumed after shard 1 of 5")
     assert calls == [4, 4, 4, 4]

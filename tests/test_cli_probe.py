@@ -8,6 +8,8 @@ import sys
 
 import joblib
 import numpy as np
+
+from embetter_plug.extraction import ActivationExtractor
 import pandas as pd
 import pytest
 from sklearn.base import clone
@@ -41,13 +43,13 @@ def test_probe_writes_table_files_and_best_pipeline(setup, tmp_path, capsys, mon
             "--token-pooling", "0.5", "--layers", "0,2", "--cv", "3", "--batch-size", "16",
             "--max-length", "64", "--out", str(out)]
     runs = []
-    original = TransformerActivationEncoder._iter_activations
+    original = ActivationExtractor.iter_batches
 
     def counted(self, texts):
         runs.append(len(texts))
         return original(self, texts)
 
-    monkeypatch.setattr(TransformerActivationEncoder, "_iter_activations", counted)
+    monkeypatch.setattr(ActivationExtractor, "iter_batches", counted)
     assert main(args) == 0
     monkeypatch.undo()
     # one pass over the texts per model; the saved pipeline reuses the activations

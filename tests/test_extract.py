@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import assert_same_activations
 from embetter_plug import TransformerActivationEncoder, load_activations
+from embetter_plug.extraction import ActivationExtractor
 from embetter_plug.io import MANIFEST
 from embetter_plug.streaming import auto_shard_size
 from embetter_plug.testing import make_tiny_model, save_tiny_model
@@ -91,40 +93,40 @@ def test_float16_overflow_is_refused_before_the_shard_is_written(loud_encoder, c
 
 def test_memory_is_bounded_by_the_shard(enc, corpus, tmp_path, monkeypatch):
     seen = []
-    original = type(enc)._encode
+    original = type(enc).encode
 
     def spy(self, texts):
         seen.append(len(texts))
         return original(self, texts)
 
-    monkeypatch.setattr(type(enc), "_encode", spy)
+    monkeypatch.setattr(type(enc), "encode", spy)
     enc.extract_to(tmp_path / "o", corpus, shard_size=16)
     assert max(seen) == 16 and sum(seen) == len(corpus)
 
 
 def test_interrupted_run_resumes_after_the_last_complete_shard(enc, corpus, tmp_path, monkeypatch):
     calls = []
-    original = type(enc)._forward
+    original = ActivationExtractor.extract
 
-    def failing(self, texts):
+    def failing(self, texts, **kw):
         calls.append(len(texts))
         if len(calls) == 4:
             raise KeyboardInterrupt
-        return original(self, texts)
+        return original(self, texts, **kw)
 
-    monkeypatch.setattr(type(enc), "_forward", failing)
+    monkeypatch.setattr(ActivationExtractor, "extract", failing)
     with pytest.raises(KeyboardInterrupt):
         enc.extract_to(tmp_path / "o", corpus[:60], shard_size=10)
     with pytest.raises(ValueError, match="3 of 6 shards are complete"):
         load_activations(tmp_path / "o")
     calls.clear()
-    monkeypatch.setattr(type(enc), "_forward", original)
-    monkeypatch.setattr(type(enc), "_forward",
-                        lambda self, texts: calls.append(len(texts)) or original(self, texts))
+    monkeypatch.setattr(ActivationExtractor, "extract", original)
+    monkeypatch.setattr(ActivationExtractor, "extract",
+                        lambda self, texts, **kw: calls.append(len(texts)) or original(self, texts, **kw))
     enc.extract_to(tmp_path / "o", corpus[:60], shard_size=10)
     assert calls == [10, 10, 10]  # only the three unfinished shards
     full = enc.extract_to(tmp_path / "ref", corpus[:60], shard_size=10)
-    np.testing.assert_array_equal(load_activations(tmp_path / "o")[0], load_activations(full)[0])
+    assert_same_activations(load_activations(tmp_path / "o")[0], load_activations(full)[0])
 
 
 def test_resume_with_another_batch_size_keeps_the_folders_shard_size(enc, corpus, tmp_path,
@@ -138,29 +140,29 @@ def test_resume_with_another_batch_size_keeps_the_folders_shard_size(enc, corpus
     ref, _ = load_activations(enc.extract_to(tmp_path / "ref", texts))
     assert json.loads((tmp_path / "ref" / MANIFEST).read_text())["shard_size"] == 16
     calls = []
-    original = type(enc)._forward
+    original = ActivationExtractor.extract
 
-    def failing(self, texts):
+    def failing(self, texts, **kw):
         calls.append(len(texts))
         if len(calls) == 3:
             raise MemoryError("out of memory")
-        return original(self, texts)
+        return original(self, texts, **kw)
 
-    monkeypatch.setattr(type(enc), "_forward", failing)
+    monkeypatch.setattr(ActivationExtractor, "extract", failing)
     with pytest.raises(MemoryError):
         enc.extract_to(tmp_path / "o", texts)
     with pytest.raises(ValueError, match="2 of 4 shards are complete"):
         load_activations(tmp_path / "o")
     calls.clear()
-    monkeypatch.setattr(type(enc), "_forward",
-                        lambda self, texts: calls.append(len(texts)) or original(self, texts))
+    monkeypatch.setattr(ActivationExtractor, "extract",
+                        lambda self, texts, **kw: calls.append(len(texts)) or original(self, texts, **kw))
     enc.set_params(batch_size=4).fit()  # the usual reaction to running out of memory
     enc.extract_to(tmp_path / "o", texts)
     assert calls == [16, 12]  # only the two unfinished shards, at the folder's shard size
     man = json.loads((tmp_path / "o" / MANIFEST).read_text())
     assert (man["shard_size"], man["n_done"], man["n_shards"]) == (16, 4, 4)
     X, _ = load_activations(tmp_path / "o")
-    np.testing.assert_array_equal(X[:32], ref[:32])  # the shards finished before the crash
+    assert_same_activations(X[:32], ref[:32])  # the shards finished before the crash
     np.testing.assert_allclose(X, ref, rtol=1e-5, atol=1e-6)  # other batches: float tolerance
     # a new folder still gets a shard size that is a multiple of the batch size
     enc.extract_to(tmp_path / "new", texts)
@@ -196,7 +198,7 @@ def test_auto_shard_size_is_a_multiple_of_the_batch_size():
 DRIVER = r"""
 import sys, time
 from embetter_plug import streaming as epio
-from embetter_plug.encoder import TransformerActivationEncoder
+from embetter_plug.extraction import ActivationExtractor
 
 count_file, delay = sys.argv[1], float(sys.argv[2])
 write = epio.ShardWriter.write_shard
@@ -204,12 +206,12 @@ def slow_write(self, k, acts):  # leave time to kill between shards
     write(self, k, acts)
     time.sleep(delay)
 epio.ShardWriter.write_shard = slow_write
-forward = TransformerActivationEncoder._forward
-def counting(self, texts):
+forward = ActivationExtractor.extract
+def counting(self, texts, **kw):
     with open(count_file, "a") as f:
         f.write(f"{len(texts)}\n")
-    return forward(self, texts)
-TransformerActivationEncoder._forward = counting
+    return forward(self, texts, **kw)
+ActivationExtractor.extract = counting
 from embetter_plug.cli import main
 sys.exit(main(sys.argv[3:]))
 """

@@ -33,8 +33,10 @@ def test_concat_select_and_shapes():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match=r"layer position 5 is out of range.*0\.\.4"):
+    with pytest.raises(ValueError, match=r"block 5 is not in the input; it holds blocks \[0, 1, 2, 3, 4\]"):
         LayerPooler(layers=5).fit(X4)
+    with pytest.raises(ValueError, match=r"carries no part names.*0\.\.2"):
+        LayerPooler(parts=["resid_post"]).fit(X4)
     with pytest.raises(ValueError, match=r"part position -4"):
         LayerPooler(parts=-4).fit(X4)
     with pytest.raises(ValueError, match=r"method='median'.*concat"):
@@ -48,10 +50,19 @@ def test_feature_names_follow_the_encoder(tiny_gpt2, texts):
     model, tok = tiny_gpt2
     pipe = make_pipeline(
         TransformerActivationEncoder(model, tok, layers=[0, 2], parts=["resid_post", "mlp_out"]),
-        LayerPooler(layers=[1], parts=[1]),
+        LayerPooler(layers=[2], parts=["mlp_out"]),  # block 2 by its index, the part by name
     ).fit(texts[:4])
     names = pipe.get_feature_names_out()
     assert names[0] == "layer2__mlp_out__0" and len(names) == 32
+    X = pipe[0].transform(texts[:4])
+    np.testing.assert_array_equal(pipe[1].transform(X), X[:, 1, 1])
+    with pytest.raises(ValueError, match=r"block 1 is not in the input; it holds blocks \[0, 2\]"):
+        LayerPooler(layers=[1]).fit(X)
+    rows = X[[3, 1]]  # selecting rows keeps the layout, as cross-validation does
+    assert rows.layout == X.layout
+    np.testing.assert_array_equal(LayerPooler(layers=-1, parts="mlp_out").fit_transform(rows),
+                                  X[[3, 1], 1, 1])
+    assert X[:, :1].layout is None  # another selection no longer matches the layout
     mean_names = LayerPooler(method="mean").fit(X4).get_feature_names_out()
     assert mean_names[0] == "mean__0" and len(mean_names) == 4
 
@@ -97,12 +108,14 @@ def test_after_the_encoder_features_are_named_by_model_layer_and_keep_the_texts_
     texts = pd.Series(["a b", "c d e", "f g", "h i j k"], index=[7, 8, 9, 10])
     pipe = make_pipeline(TransformerActivationEncoder(model, tok, layers=[0, 2],
                                                       parts=["resid_post", "mlp_out"]),
-                         LayerPooler(layers=[1], parts=[1])).fit(texts)
+                         LayerPooler(layers=[2], parts=[1])).fit(texts)
     out = pipe.set_output(transform="pandas").transform(texts)
-    # position 1 on the layer axis is model layer 2: the same names as get_feature_names_out
+    # model layer 2 (position 1 on the layer axis): the same names as get_feature_names_out
     assert list(out.columns) == list(pipe.get_feature_names_out())
     assert out.columns[0] == "layer2__mlp_out__0" and list(out.index) == [7, 8, 9, 10]
     X = pipe[0].transform(texts)
     assert X.layout == pipe[0].layout_ and list(X.index) == [7, 8, 9, 10]
-    # a slice no longer describes the same rows and axes: it carries neither
-    assert X[:2].layout is None and X[:2].index is None and (X * 2).layout is None
+    # selected rows keep the layout and their own index; a computed array carries neither
+    assert X[:2].layout == X.layout and list(X[:2].index) == [7, 8]
+    assert list(X[np.array([3, 0])].index) == [10, 7]
+    assert (X * 2).layout is None and (X * 2).index is None

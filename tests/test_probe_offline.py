@@ -150,8 +150,8 @@ def test_n_jobs_gives_the_same_scores():
 @pytest.mark.parametrize("kwargs, y, match", [
     ({}, np.zeros(40, dtype=int), "single class"),
     ({"task": "regression"}, np.array(["pos", "neg"] * 20, dtype=object), "numeric target"),
-    ({"layers": [9]}, np.repeat([0, 1], 20), r"layer 9 is not in the array.*\[0, 1, 2, 3\]"),
-    ({"parts": ["mlp_out"]}, np.repeat([0, 1], 20), "part 'mlp_out' is not in the array"),
+    ({"layers": [9]}, np.repeat([0, 1], 20), r"block 9 is not in the input; it holds blocks \[0, 1, 2, 3\]"),
+    ({"parts": ["mlp_out"]}, np.repeat([0, 1], 20), "part 'mlp_out' is not in the input"),
     ({"groups": np.arange(39)}, np.repeat([0, 1], 20), "groups has 39 entries"),
     ({}, np.repeat([0, 1], 19), "X has 40 samples but y has 38"),
     ({"task": "guess"}, np.repeat([0, 1], 20), "task='guess' is not valid"),

@@ -19,7 +19,7 @@ from embetter_plug.probe.online import confusion_metrics
 
 
 class StreamOnlyEncoder:
-    """A fitted stand-in encoder with only ``layout_`` and ``_iter_activations``.
+    """A fitted stand-in encoder with only ``layout_`` and ``iter_batches``.
 
     Text ``"s{i}"`` has fixed random activations; layer position 1, part ``mlp_out`` carries
     the label of row ``i``. There is no ``transform``: everything must be streamed.
@@ -35,7 +35,7 @@ class StreamOnlyEncoder:
         self.largest_batch = 0
         self.passes = 0
 
-    def _iter_activations(self, texts):
+    def iter_batches(self, texts):
         self.passes += 1
         rows = np.array([int(t[1:]) for t in texts])
         for start in range(0, len(texts), self.batch_size):

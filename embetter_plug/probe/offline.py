@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .._utils import logger
+from ..layout import select_positions
 from ._metrics import FLIPPED, detect_task, resolve_scoring
 from .results import DUMMY, ProbeResults
 
@@ -59,9 +60,9 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
     n_jobs : int, default=None
         Probes fitted in parallel (joblib).
     layout : ActivationLayout, default=None
-        Names for the axes (the encoder's ``layout_``); without it layers are positions and
-        parts are ``part0, part1, ...``.
-    layers, parts : "all", or a list of layer indices / part names (or positions)
+        Names for the axes; by default the one the encoder's output carries. Without any,
+        block ``i`` is position ``i`` and parts are ``part0, part1, ...``.
+    layers, parts : "all", or a list of model block indices / part names (or part positions)
         Which probes to fit; a negative layer counts from the end.
     task : {"auto", "classification", "regression"}, default="auto"
         ``auto`` treats float targets with many values as regression.
@@ -91,6 +92,8 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
     from sklearn.dummy import DummyClassifier, DummyRegressor
     from tqdm.auto import tqdm
 
+    if layout is None:  # the encoder's output carries its own
+        layout = getattr(X, "layout", None)
     X4 = _as_4d(X)
     task, y = detect_task(y, task)
     if len(y) != len(X4):
@@ -166,23 +169,8 @@ def _axis_names(X4, layout) -> tuple[list[int], list[str]]:
 
 
 def _select(sel, names: list, what: str) -> list[int]:
-    """Positions of the requested layers/parts: names (layer indices) first; negative layers
-    count from the end; ints are positions for parts."""
-    if isinstance(sel, str) and sel == "all":
-        return list(range(len(names)))
-    items = [sel] if isinstance(sel, (str, Integral)) else list(sel)
-    if not items:
-        raise ValueError(f"{what}s is empty; give at least one {what} or 'all'.")
-    out = []
-    for item in items:
-        if item in names:
-            out.append(names.index(item))
-        elif (isinstance(item, Integral) and (what == "part" or item < 0)
-              and -len(names) <= item < len(names)):
-            out.append(int(item) % len(names))  # a part position, or a layer counted from the end
-        else:
-            raise ValueError(f"{what} {item!r} is not in the array; available {what}s are {names}.")
-    return out
+    """Positions of the requested layers (block indices) or parts (names or positions)."""
+    return select_positions(sel, names, name=f"{what}s", what=what)
 
 
 def class_count_error(y, n_splits: int, given: str) -> str | None:

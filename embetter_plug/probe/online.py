@@ -160,7 +160,7 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
         enc = self.encoder if self.encoder is not None else TransformerActivationEncoder()
         if hasattr(enc, "layout_"):
             return enc
-        if not hasattr(enc, "_iter_activations"):
+        if not hasattr(enc, "iter_batches"):
             raise TypeError(f"encoder must be a TransformerActivationEncoder, got {type(enc).__name__}.")
         return clone(enc).fit()
 
@@ -209,7 +209,7 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
             with warnings.catch_warnings():
                 if epoch > 0:
                     warnings.filterwarnings("ignore", message=".*were truncated", category=UserWarning)
-                for idx, acts in self.encoder_._iter_activations(train_texts):
+                for idx, acts in self.encoder_.iter_batches(train_texts):
                     order = rng.permutation(len(idx)) if self.shuffle else np.arange(len(idx))
                     yb = y_tr[idx][order]
                     for n in active:
@@ -284,7 +284,7 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
         labels = np.arange(k)
         conf = {n: np.zeros((k, k), dtype=np.int64) for n in names}
         loss = dict.fromkeys(names, 0.0)
-        for idx, acts in self.encoder_._iter_activations(texts):
+        for idx, acts in self.encoder_.iter_batches(texts):
             yb = y_enc[idx]
             for n in names:
                 proba = sgds[n].predict_proba(scalers[n].transform(acts[:, where[n][0], where[n][1]]))
@@ -309,7 +309,7 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
     def _slices(self, texts: list[str], names: list[str]) -> dict[str, np.ndarray]:
         where, hidden = self._where(), self.encoder_.layout_.hidden_size
         out = {n: np.empty((len(texts), hidden), dtype=np.float32) for n in names}
-        for idx, acts in self.encoder_._iter_activations(texts):
+        for idx, acts in self.encoder_.iter_batches(texts):
             for n in names:
                 out[n][idx] = acts[:, where[n][0], where[n][1]]
         return out

@@ -1,0 +1,215 @@
+"""The one extraction path: texts -> pooled activations, batch by batch.
+
+:class:`ActivationExtractor` holds a loaded model and tokenizer and what to read (layers, parts,
+token poolings, template, limits) and nothing else: it keeps no state between calls, so one
+extractor serves any number of threads. Everything that turns texts into activations calls it:
+the encoder's ``transform``, the activation cache (which wraps it), streamed extraction, online
+probes and the cluster runner.
+
+One text travels like this: it is tokenized with the prompt template in its chunk
+(:mod:`embetter_plug._batching`), sorted by length into a batch, padded, sent to the device of the
+model's input embeddings, and run through the model with the hooks of a
+:class:`~embetter_plug._hooks.Capture` live; each hook pools its module's tokens at once
+(:mod:`embetter_plug._token_pooling`) and the forward stops after the deepest module asked for.
+The batch comes back as ``(row indices, float32 array (batch, n_layers, n_parts, hidden))``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from . import _arch, _batching
+from ._hooks import Capture
+from ._token_pooling import pooling_name
+
+__all__ = ["ActivationExtractor", "input_device"]
+
+
+def input_device(model):
+    """Where a model's inputs go: the device of its input embeddings (for a model spread over
+    devices or offloaded, the device its first layer runs on)."""
+    import torch
+
+    try:
+        emb = model.get_input_embeddings()
+        dev = next(emb.parameters()).device
+        if dev.type != "meta":
+            return dev
+    except (AttributeError, NotImplementedError, StopIteration):
+        pass
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class ActivationExtractor:
+    """Pooled activations of texts from a loaded model, without storing anything between calls.
+
+    Parameters
+    ----------
+    model : transformers model
+        Loaded and left as it is: never moved, its mode restored after each call.
+    tokenizer : transformers tokenizer
+    layers : sequence of int
+        Block indices (non-negative).
+    parts : sequence of str
+        Canonical part names or module paths (see :mod:`embetter_plug._arch`).
+    poolings : sequence of str or float
+        Resolved token poolings (no ``"auto"``).
+    max_length : int
+        Token limit per text (template included).
+    batch_size : int, default=32
+    prompt_template : str or None, default=None
+    include_prompt : bool, default=True
+        When False, ``mean``/``max``/``min`` pool over the text's own tokens only (the template
+        and the special tokens the tokenizer adds are left out), like sentence-transformers'
+        ``include_prompt=False``.
+    autocast_dtype : torch.dtype or None, default=None
+        Run the forward under autocast to this dtype.
+    warn_truncation : bool, default=True
+        Warn (once per call site) when texts exceed ``max_length``; counts are always logged.
+    verbose : bool, default=False
+        A progress bar over batches.
+
+    Examples
+    --------
+    >>> from embetter_plug.extraction import ActivationExtractor
+    >>> from embetter_plug.testing import make_tiny_model
+    >>> model, tok = make_tiny_model("gpt2")
+    >>> ext = ActivationExtractor(model, tok, layers=[0, 2], parts=["resid_post"],
+    ...                           poolings=["mean"], max_length=64)
+    >>> [(idx.tolist(), acts.shape) for idx, acts in ext.iter_batches(["a b c", "d e"])]
+    [([0, 1], (2, 2, 1, 32))]
+    """
+
+    model: Any
+    tokenizer: Any
+    layers: Sequence[int]
+    parts: Sequence[str]
+    poolings: Sequence[Any]
+    max_length: int
+    batch_size: int = 32
+    prompt_template: str | None = None
+    include_prompt: bool = True
+    autocast_dtype: Any = None
+    warn_truncation: bool = True
+    verbose: bool = False
+    _targets: list = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        # resolving module paths here makes a bad part fail before any text is read
+        object.__setattr__(self, "_targets",
+                           _arch.resolve_targets(self.model, list(self.layers), list(self.parts)))
+
+    @property
+    def hidden_size(self) -> int:
+        return _arch.hidden_size(self.model)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Shape of one text's activations: ``(n_layers, n_parts * n_poolings, hidden)``."""
+        return (len(self.layers), len(self.parts) * len(self.poolings), self.hidden_size)
+
+    def part_names(self) -> list[str]:
+        """Names along the part axis: ``part``, or ``part@pooling`` with several poolings."""
+        return [p if len(self.poolings) == 1 else f"{p}@{pooling_name(k)}"
+                for p in self.parts for k in self.poolings]
+
+    def vector_names(self) -> list[str]:
+        """``layer|part|pooling`` of each of the ``n_layers * n_parts`` vectors of one text, in
+        the C order of :attr:`shape` (the activation cache stores vectors under these)."""
+        return [f"{layer}|{part}|{pooling_name(k)}" for layer in self.layers
+                for part in self.parts for k in self.poolings]
+
+    # ------------------------------------------------------------------ extraction
+    def extract(self, texts: Sequence[str],
+                on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:
+        """``(n, n_layers, n_parts, hidden)`` float32 for ``texts``, in their order.
+
+        ``on_batch(row_indices, activations)``, when given, sees each batch as it is done.
+        """
+        out = np.empty((len(texts), *self.shape), dtype=np.float32)
+        for idx, acts in self.iter_batches(texts):
+            out[idx] = acts
+            if on_batch is not None:
+                on_batch(idx, out[idx])
+        return out
+
+    def iter_batches(self, texts: Sequence[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(row_indices, activations)`` per batch, longest texts first per chunk.
+
+        Texts are tokenized chunk by chunk (on CUDA the next chunk while the current one runs).
+        """
+        from tqdm.auto import tqdm
+
+        texts = list(texts)
+        prefix, suffix = _batching.split_template(self.prompt_template)
+        plans = _batching.plan_chunks(self.tokenizer, texts, prefix, suffix, self.max_length,
+                                      self.batch_size, spans=not self.include_prompt)
+        device = input_device(self.model)
+        if device.type in _batching.PREFETCH_ON:
+            plans = _batching.prefetch(plans)
+
+        def batches():
+            seen = truncated = 0
+            for plan in plans:
+                seen += sum(len(b[0]) for b in plan.batches)
+                if plan.n_truncated:  # said before that chunk runs; a warning only once
+                    _batching.report_truncated(plan.n_truncated, seen, len(texts),
+                                               self.max_length,
+                                               warn=not truncated and self.warn_truncation)
+                truncated += plan.n_truncated
+                yield from plan.batches
+
+        yield from tqdm(self._run(batches(), device),
+                        total=_batching.n_batches(len(texts), self.batch_size),
+                        disable=not self.verbose, desc="encoding", unit="batch")
+
+    def _run(self, batches, device):
+        """``(row_indices, activations)`` per ``(row_indices, token ids[, spans])`` batch."""
+        import torch
+
+        runner = _arch.runner(self.model)
+        params = inspect.signature(runner.forward).parameters
+        accepts_pos = "position_ids" in params and not _arch.positions_from_padding(self.model)
+        extra = {"use_cache": False} if "use_cache" in params else {}
+        pad_id = _batching.pad_id(self.tokenizer, self.model.config)
+        side = getattr(self.tokenizer, "padding_side", "right")
+        L, P, H = self.shape
+        capture = Capture(self.model, self._targets, L, len(self.parts), self.poolings, H,
+                          list(self.parts))
+        autocast = (torch.autocast(device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None else contextlib.nullcontext())
+
+        def prepare(batch, pin=False):
+            idx, seqs = batch[0], batch[1]
+            input_ids, mask, pos = _batching.pad_batch(seqs, pad_id, side)
+            host = {"input_ids": input_ids, "attention_mask": mask}
+            if accepts_pos:
+                host["position_ids"] = pos
+            if len(batch) > 2:
+                host["pool_mask"] = _batching.span_mask(batch[2], mask, side)
+            kwargs = {k: (v.pin_memory() if pin else v).to(device, non_blocking=True)
+                      for k, v in host.items()}
+            return idx, kwargs, kwargs["attention_mask"]
+
+        def run(kwargs, mask):
+            pool_mask = kwargs.pop("pool_mask", None)
+            return capture.run(lambda: runner(**kwargs, **extra), mask, pool_mask=pool_mask)
+
+        with capture, torch.inference_mode(), autocast:
+            if device.type == "cuda":  # overlapped, pinned, one sync per batch (see _gpu)
+                from . import _gpu
+
+                yield from _gpu.overlapped_batches(prepare, run, batches, cuda=True)
+                return
+            for batch in batches:
+                idx, kwargs, mask = prepare(batch)
+                yield idx, run(kwargs, mask).cpu().numpy()
