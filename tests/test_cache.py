@@ -132,7 +132,7 @@ def test_weights_saved_again_into_the_same_folder_get_a_new_identity(whole, tmp_
                                                                       monkeypatch):
     import torch
 
-    from embetter_plug import cache as cache_module
+    from embetter_plug import identity as cache_module
 
     if not whole:
         monkeypatch.setattr(cache_module, "_WHOLE", 1024)  # the tiny weight file counts as large

@@ -142,7 +142,10 @@ class SbertLearner(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transforme
         class _QuietTrainer(SentenceTransformerTrainer):
             def add_model_card_callback(self, default_args_dict):
                 """No model-card tracking (it encodes extra widget examples) for a private copy."""
-        from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
+        try:  # sentence-transformers >= 6 moved the losses; earlier releases have them here
+            from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
+        except ImportError:
+            from sentence_transformers.losses import CosineSimilarityLoss
         from transformers import PrinterCallback
 
         seed = int(self._rng.integers(2**31 - 1))
