@@ -1,0 +1,441 @@
+"""LabellingMap: texts as points of a 2-D map of their embedding, to select and label in bulk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._map_page import iframe_html, page_html, require_plotly
+from ._utils import _positions, check_texts
+
+__all__ = ["LabellingMap"]
+
+PROJECTIONS = ("pca", "tsne", "umap")
+COLOR_MODES = ("label", "prediction", "uncertainty")
+RENDER_MODES = ("auto", "webgl", "svg")
+WEBGL_FROM = 1000  # "auto" draws with WebGL from this many points on
+UNLABELLED = "unlabelled"
+UNLABELLED_COLOR = "#b3b3b3"
+
+
+class LabellingMap:
+    """A map of texts for bulk labelling: each text a point of a 2-D projection of its embedding.
+
+    The page (:meth:`save`, or inline in a notebook) works offline from one HTML file: hover
+    shows a point's text and label; colour by label, by a classifier's prediction or by its
+    uncertainty (``1 - max probability``: the region of doubt); a search box highlights the
+    texts that contain a phrase; box or lasso selection (plotly's toolbar) picks rows, which
+    download with a label you type as CSV or JSON (columns ``index``, ``text``, ``label``; the
+    index is the row's position in ``texts``).
+
+    Build it with :meth:`from_embeddings` or :meth:`from_estimator`; the constructor takes
+    coordinates that are already 2-D. Needs plotly (``pip install 'embetter_plug[map]'``).
+
+    Parameters
+    ----------
+    xy : array of shape (n, 2)
+        The points' coordinates.
+    texts : list of str
+        One text per point.
+    labels : array-like of length n, default=None
+        Known labels; ``None``, NaN and empty strings mark unlabelled rows.
+    proba : array of shape (n, n_classes), default=None
+        A classifier's probabilities, for the prediction and uncertainty colourings.
+    classes : array-like of length n_classes, default=None
+        The classes of ``proba``'s columns (required with ``proba``).
+    predictions : array-like of length n, default=None
+        A classifier's predictions when it gives no probabilities (prediction colouring only).
+    axis_titles : tuple of str, default=("1", "2")
+        Titles of the two axes.
+
+    Attributes
+    ----------
+    figure_ : plotly.graph_objects.Figure
+        The figure the page draws: one trace per class and colouring (each point's ``customdata``
+        is its row); the page fills in the hover texts.
+    color_modes_ : list of str
+        The colourings offered: ``"label"``, and ``"prediction"``/``"uncertainty"`` when there
+        is a classifier.
+    projection_ : fitted estimator or None
+        The projection fitted by ``from_embeddings`` (e.g. a ``PCA``); None otherwise.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from embetter_plug import LabellingMap
+    >>> X = np.random.default_rng(0).normal(size=(6, 5))
+    >>> texts = ["good", "great", "fine", "bad", "awful", "meh"]
+    >>> m = LabellingMap.from_embeddings(X, texts, labels=["pos", "pos", None, "neg", "neg", ""])
+    >>> [t.name for t in m.figure_.data]
+    ['neg', 'pos', 'unlabelled']
+    >>> m.save("labelling_map.html").name
+    'labelling_map.html'
+    """
+
+    def __init__(self, xy, texts: Sequence[str], *, labels=None, proba=None, classes=None,
+                 predictions=None, axis_titles: tuple[str, str] = ("1", "2")):
+        self.xy = xy
+        self.texts = texts
+        self.labels = labels
+        self.proba = proba
+        self.classes = classes
+        self.predictions = predictions
+        self.axis_titles = axis_titles
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_embeddings(cls, X, texts: Sequence[str], labels=None, *, proba=None, classes=None,
+                        predictions=None, projection: Any = "pca", random_state: Any = 0,
+                        color_by: str | None = None, render_mode: str = "auto",
+                        title: str | None = None) -> "LabellingMap":
+        """Project ``X`` (one row per text) to 2-D and draw the map.
+
+        Parameters
+        ----------
+        X : array of shape (n, n_features)
+            Any embedding: a ``LayerPooler`` output, a tuner's output, sentence embeddings. Rows
+            of a higher-dimensional array (e.g. raw ``(n, layer, part, hidden)`` activations) are
+            read as flat vectors, as the tuners read them.
+        texts, labels, proba, classes, predictions
+            As in the constructor.
+        projection : {"pca", "tsne", "umap"}, estimator or None, default="pca"
+            ``"pca"`` is scikit-learn's ``PCA(n_components=2)``; ``"tsne"`` its ``TSNE``;
+            ``"umap"`` needs the ``umap-learn`` package. Any estimator with ``fit_transform``
+            giving two columns works too. None uses ``X`` as it is (it must have two columns).
+        random_state : int, RandomState or None, default=0
+            Seed of the projection.
+        color_by, render_mode, title
+            As in :meth:`plot`.
+        """
+        require_plotly()
+        texts = check_texts(texts, name="texts")
+        X = _check_embedding(X, len(texts))
+        labels = _check_labels(labels, len(texts), "labels")
+        proba, classes, predictions = _check_classifier_output(proba, classes, predictions, len(texts))
+        _check_choice("color_by", color_by, (None, *COLOR_MODES))
+        _check_choice("render_mode", render_mode, RENDER_MODES)
+        xy, fitted, titles = _project(X, projection, random_state)
+        disp = cls(xy, texts, labels=labels, proba=proba, classes=classes, predictions=predictions,
+                   axis_titles=titles)
+        disp.projection_ = fitted
+        return disp.plot(color_by=color_by, render_mode=render_mode, title=title)
+
+    @classmethod
+    def from_estimator(cls, estimator, X, labels=None, *, texts: Sequence[str] | None = None,
+                       **kwargs) -> "LabellingMap":
+        """Draw the map of what a fitted estimator makes of ``X``.
+
+        A ``Pipeline`` ending in a classifier is mapped in the space its last step reads (the
+        output of the steps before it: e.g. a tuner's), coloured by the classifier's
+        ``predict_proba`` (or ``predict``); a pipeline or estimator ending in a transformer (e.g.
+        a tuner) is mapped in its ``transform`` output.
+
+        Parameters
+        ----------
+        estimator : fitted estimator or Pipeline
+        X : list of str or array-like
+            The estimator's input: texts for a pipeline that starts with an encoder.
+        labels : array-like, default=None
+            Known labels (``None``/NaN/empty for unlabelled rows).
+        texts : list of str, default=None
+            The texts shown for the rows; default: ``X`` itself, which must then be texts.
+        **kwargs
+            Passed on to :meth:`from_embeddings` (``projection``, ``color_by``, ...).
+        """
+        from sklearn.base import is_classifier
+        from sklearn.pipeline import Pipeline
+        from sklearn.utils.validation import check_is_fitted
+
+        require_plotly()
+        check_is_fitted(estimator)
+        if texts is None:
+            try:
+                texts = check_texts(X, name="X")
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"X is not a list of texts ({exc}); pass the texts to show with "
+                                "texts=.") from None
+        texts = check_texts(texts, name="texts")
+        if len(X) != len(texts):
+            raise ValueError(f"X has {len(X)} rows but texts has {len(texts)}; give one text per row.")
+        _check_labels(labels, len(texts), "labels")
+        head, last = (estimator[:-1], estimator[-1]) if isinstance(estimator, Pipeline) else (None, estimator)
+        if not (hasattr(last, "predict_proba") or is_classifier(last) or hasattr(last, "transform")):
+            raise TypeError(f"the last step ({type(last).__name__}) is neither a classifier nor a "
+                            "transformer; end the pipeline with a classifier (predict_proba or "
+                            "predict) or a transformer such as a tuner.")
+        Z = head.transform(X) if head is not None and len(head.steps) else X
+        if hasattr(last, "predict_proba") and hasattr(last, "classes_"):
+            kwargs.update(proba=np.asarray(last.predict_proba(Z)), classes=last.classes_)
+        elif is_classifier(last):
+            kwargs.update(predictions=np.asarray(last.predict(Z)))
+        else:
+            Z = last.transform(Z)
+        return cls.from_embeddings(np.asarray(Z), texts, labels, **kwargs)
+
+    # ------------------------------------------------------------------ drawing
+    def plot(self, *, color_by: str | None = None, render_mode: str = "auto",
+             title: str | None = None, marker_size: float | None = None) -> "LabellingMap":
+        """Build :attr:`figure_`.
+
+        Parameters
+        ----------
+        color_by : {"label", "prediction", "uncertainty"}, default=None
+            The colouring shown first (the page's dropdown switches); default: ``"uncertainty"``
+            when there are probabilities, else ``"label"``.
+        render_mode : {"auto", "webgl", "svg"}, default="auto"
+            WebGL (plotly's ``scattergl``) keeps 100,000 points fluid; SVG draws each point as a
+            page element. ``"auto"`` uses WebGL from 1,000 points on.
+        title : str, default=None
+            The page's title.
+        marker_size : float, default=None
+            Point size; default: smaller as there are more points.
+        """
+        go = require_plotly().graph_objects
+        _check_choice("render_mode", render_mode, RENDER_MODES)
+        xy = np.asarray(self.xy, dtype=np.float32)
+        n = len(xy)
+        labels = _check_labels(self.labels, n, "labels")
+        proba, classes, predictions = _check_classifier_output(self.proba, self.classes,
+                                                               self.predictions, n)
+        modes = ["label"] + (["prediction"] if predictions is not None else []) + \
+            (["uncertainty"] if proba is not None else [])
+        color_by = color_by or ("uncertainty" if proba is not None else "label")
+        if color_by not in modes:
+            raise ValueError(f"color_by={color_by!r} needs a classifier's output; this map offers {modes}.")
+        webgl = render_mode == "webgl" or (render_mode == "auto" and n >= WEBGL_FROM)
+        Scatter = go.Scattergl if webgl else go.Scatter
+        size = marker_size or float(np.clip(10 - 1.5 * np.log10(max(n, 1)), 3, 8))
+        order = _class_order(labels, classes, predictions)
+        colors = dict(zip(order, _palette(len(order))))
+        traces, group = [], []
+
+        def add(mode, rows, name, marker, **extra):
+            traces.append(Scatter(
+                x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=name, customdata=rows.tolist(),
+                hovertemplate="%{text}<extra></extra>", marker={"size": size, "opacity": 0.8, **marker},
+                visible=mode == color_by, **extra))
+            group.append(mode)
+
+        lab = np.array([UNLABELLED if v is None else v for v in labels], dtype=object)
+        for c in [*order, UNLABELLED]:
+            rows = np.flatnonzero(lab == c)
+            if len(rows):
+                add("label", rows, c, {"color": colors.get(c, UNLABELLED_COLOR)})
+        if predictions is not None:
+            for c in order:
+                rows = np.flatnonzero(predictions == c)
+                if len(rows):
+                    add("prediction", rows, f"predicted {c}", {"color": colors[c]})
+        if proba is not None:
+            doubt = 1 - proba.max(axis=1)
+            add("uncertainty", np.arange(n), "uncertainty", {
+                "color": doubt.astype(np.float32), "colorscale": "Plasma", "cmin": 0,
+                "cmax": 1 - 1 / proba.shape[1], "showscale": True,
+                "colorbar": {"title": {"text": "uncertainty<br>1 − max p"}}}, showlegend=False)
+        layout = {"dragmode": "select",
+                  "hovermode": "closest", "legend": {"itemsizing": "constant"},
+                  "xaxis": {"title": {"text": self.axis_titles[0]}, "zeroline": False},
+                  "yaxis": {"title": {"text": self.axis_titles[1]}, "zeroline": False},
+                  "margin": {"l": 50, "r": 20, "t": 50 if title else 30, "b": 40},
+                  "template": "plotly_white"}
+        if len(modes) > 1:
+            layout["updatemenus"] = [{
+                "type": "dropdown", "x": 0, "xanchor": "left", "y": 1.08, "yanchor": "bottom",
+                "active": modes.index(color_by), "buttons": [
+                    {"label": f"colour by {m}", "method": "restyle",
+                     "args": [{"visible": [g == m for g in group]}]} for m in modes]}]
+        if title:
+            layout["title"] = {"text": title}
+        fig = go.Figure(traces, layout)
+        hover_text = _hover_texts(self.texts, labels, predictions, proba)
+        for trace in fig.data:
+            trace.text = [hover_text[i] for i in trace.customdata]
+        self.figure_, self.color_modes_, self.title_ = fig, modes, title or "Labelling map"
+        self._page_data = {
+            "texts": list(self.texts), "labels": labels,
+            "predictions": None if predictions is None else predictions.tolist(),
+            "confidence": None if proba is None else [round(float(p), 4) for p in proba.max(axis=1)],
+        }
+        if not hasattr(self, "projection_"):
+            self.projection_ = None
+        return self
+
+    # ------------------------------------------------------------------ output
+    def to_html(self) -> str:
+        """The self-contained page as a string."""
+        self._check_plotted()
+        return page_html(self.figure_, self._page_data, title=self.title_,
+                         config={"displaylogo": False, "scrollZoom": True, "responsive": True})
+
+    def save(self, path) -> Path:
+        """Write the page to ``path`` (its folder must exist) and return the path."""
+        path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"path {str(path)!r} is a folder; give a file name such as "
+                                    f"{str(path / 'map.html')!r}.")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"the folder of {str(path)!r} does not exist; create "
+                                    f"{str(path.parent)!r} first or choose another path.")
+        path.write_text(self.to_html(), encoding="utf-8")
+        return path
+
+    def _repr_html_(self) -> str:
+        return iframe_html(self.to_html())
+
+    def _check_plotted(self) -> None:
+        if not hasattr(self, "figure_"):
+            raise AttributeError("this map has no figure yet; call plot() first (from_embeddings "
+                                 "and from_estimator do).")
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_choice(name: str, value, valid) -> None:
+    if value not in valid:
+        raise ValueError(f"{name}={value!r} is not supported; valid values are "
+                         f"{[v for v in valid if v is not None]}.")
+
+
+def _check_embedding(X, n_texts: int) -> np.ndarray:
+    """A finite 2-D float array with one row per text (higher dimensions flattened per row)."""
+    if hasattr(X, "to_numpy"):
+        X = X.to_numpy()
+    X = np.asarray(X)
+    if X.ndim < 2:
+        raise ValueError(f"X must be 2-D (one row per text), got a {X.ndim}-D array of shape "
+                         f"{X.shape}; for a single feature use X.reshape(-1, 1), for one text "
+                         "X.reshape(1, -1).")
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"X must be numeric, got dtype {X.dtype}.")
+    X = X.reshape(len(X), -1)
+    if len(X) != n_texts:
+        raise ValueError(f"X has {len(X)} rows but texts has {n_texts}; give one text per row.")
+    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+    if len(bad):
+        raise ValueError(f"X has NaN or infinite values in {len(bad)} row(s) at positions "
+                         f"{_positions(bad.tolist())}; drop or fix those rows first.")
+    return X
+
+
+def _is_missing(v) -> bool:
+    return v is None or (isinstance(v, str) and not v.strip()) or \
+        (isinstance(v, float) and v != v) or type(v).__name__ in ("NAType", "NaTType")
+
+
+def _check_labels(labels, n: int, name: str) -> list | None:
+    """Labels as ``str`` (None where missing), one per row."""
+    if labels is None:
+        return None
+    values = list(labels.tolist() if hasattr(labels, "tolist") else labels)
+    if len(values) != n:
+        raise ValueError(f"{name} has {len(values)} values but there are {n} texts; give one per "
+                         "text (None or '' for an unlabelled row).")
+    return [None if _is_missing(v) else str(v) for v in values]
+
+
+def _check_classifier_output(proba, classes, predictions, n: int):
+    if proba is not None:
+        proba = np.asarray(proba, dtype=float)
+        if proba.ndim != 2 or len(proba) != n:
+            raise ValueError(f"proba must have shape ({n}, n_classes), got {proba.shape}.")
+        if classes is None or len(classes) != proba.shape[1]:
+            raise ValueError(f"classes must name proba's {proba.shape[1]} columns, got "
+                             f"{None if classes is None else len(classes)} names.")
+        if not np.isfinite(proba).all():
+            raise ValueError("proba has NaN or infinite values.")
+        classes = np.array([str(c) for c in classes], dtype=object)
+        predictions = classes[proba.argmax(axis=1)]
+    elif predictions is not None:
+        predictions = np.array([str(v) for v in predictions], dtype=object)
+        if len(predictions) != n:
+            raise ValueError(f"predictions has {len(predictions)} values but there are {n} texts.")
+    return proba, classes, predictions
+
+
+def _class_order(labels, classes, predictions) -> list[str]:
+    """Classes first in the classifier's order, then other labels sorted (numbers by value)."""
+    seen = list(classes) if classes is not None else []
+    rest = {v for v in (labels or []) if v is not None}
+    if predictions is not None:
+        rest |= set(predictions.tolist())
+    rest -= set(seen)
+
+    def key(v):
+        try:
+            return (0, float(v), v)
+        except ValueError:
+            return (1, 0.0, v)
+
+    return seen + sorted(rest, key=key)
+
+
+def _palette(k: int) -> list[str]:
+    from plotly.colors import qualitative as q
+
+    colors = list(q.Plotly) + list(q.Alphabet)
+    return [colors[i % len(colors)] for i in range(k)]
+
+
+def _hover_texts(texts, labels, predictions, proba) -> list[str]:
+    """Plain hover texts for the Python figure (the page builds wrapped, escaped ones)."""
+    import html
+
+    out = []
+    for i, t in enumerate(texts):
+        h = f"{html.escape(t[:400])}<br>label: {UNLABELLED if labels is None or labels[i] is None else html.escape(labels[i])}"
+        if predictions is not None:
+            h += f"<br>predicted: {html.escape(predictions[i])}"
+            if proba is not None:
+                h += f" ({proba[i].max():.2f})"
+        out.append(h)
+    return out
+
+
+def _project(X: np.ndarray, projection, random_state):
+    """``(xy, fitted projection, axis titles)``."""
+    n = len(X)
+    if projection is None:
+        if X.shape[1] != 2:
+            raise ValueError(f"projection=None needs X with 2 columns, got {X.shape[1]}; use "
+                             "projection='pca' (or 'tsne', 'umap').")
+        return X.astype(np.float32), None, ("x", "y")
+    if n < 3:
+        raise ValueError(f"a map needs at least 3 rows to project, got {n}.")
+    if isinstance(projection, str):
+        _check_choice("projection", projection, PROJECTIONS)
+        if X.shape[1] < 2:
+            raise ValueError(f"X has {X.shape[1]} column; projecting to 2-D needs at least 2.")
+        if projection == "pca":
+            from sklearn.decomposition import PCA
+
+            est = PCA(n_components=2, random_state=random_state)
+        elif projection == "tsne":
+            from sklearn.manifold import TSNE
+
+            est = TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3), init="pca",
+                       random_state=random_state)
+        else:
+            try:
+                import umap
+            except ImportError:
+                raise ImportError("projection='umap' needs the umap-learn package: "
+                                  "pip install umap-learn (or use 'pca' or 'tsne').") from None
+            est = umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), random_state=random_state)
+    elif hasattr(projection, "fit_transform"):
+        from sklearn.base import clone
+
+        est = clone(projection)
+    else:
+        raise TypeError(f"projection={projection!r}: use 'pca', 'tsne', 'umap', None or an "
+                        "estimator with fit_transform.")
+    xy = np.asarray(est.fit_transform(X))
+    if xy.ndim != 2 or xy.shape[1] < 2:
+        raise ValueError(f"the projection gave shape {xy.shape}; it must give 2 columns.")
+    name = {"pca": "PC", "tsne": "t-SNE ", "umap": "UMAP "}.get(projection, "component ") \
+        if isinstance(projection, str) else "component "
+    titles = (f"{name}1", f"{name}2")
+    if isinstance(projection, str) and projection == "pca":
+        r = est.explained_variance_ratio_
+        titles = (f"PC1 ({r[0]:.0%} of variance)", f"PC2 ({r[1]:.0%})")
+    return xy[:, :2].astype(np.float32), est, titles
