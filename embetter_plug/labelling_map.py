@@ -196,7 +196,7 @@ class LabellingMap:
         _check_choice("render_mode", render_mode, RENDER_MODES)
         xy = np.asarray(self.xy, dtype=np.float32)
         n = len(xy)
-        labels = _check_labels(self.labels, n, "labels")
+        labels = _check_labels(self.labels, n, "labels") or [None] * n
         proba, classes, predictions = _check_classifier_output(self.proba, self.classes,
                                                                self.predictions, n)
         modes = ["label"] + (["prediction"] if predictions is not None else []) + \

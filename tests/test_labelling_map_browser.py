@@ -1,0 +1,203 @@
+"""The labelling map's page in headless Chromium: drawing, colour switch, selection, export, search.
+
+Skipped where Chromium is absent (Debian: ``apt-get install chromium``). Run with
+``EMBETTER_PLUG_UPDATE_SCREENSHOTS=1`` to rewrite the docs' screenshot.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from map_chromium import read_page, require_chromium, run_page
+
+pytest.importorskip("plotly")
+
+from embetter_plug import LabellingMap  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TEXTS_EXTRA = ['a "quoted", comma text', "two\nlines", "</script><b>bold</b> & more", "ünïcödé REFUND"]
+
+
+def _clusters(n_per=30, seed=0):
+    """Three separated squares: a (0..1, 0..1), b (3..4, 3..4), unlabelled (3..4, 0..1)."""
+    rng = np.random.default_rng(seed)
+    xy = np.concatenate([rng.uniform(0, 1, (n_per, 2)), rng.uniform(3, 4, (n_per, 2)),
+                         rng.uniform(0, 1, (n_per, 2)) + [3, 0]])
+    labels = np.array(["a"] * n_per + ["b"] * n_per + [None] * n_per, dtype=object)
+    texts = [f"row {i}{' a refund please' if i % 7 == 0 else ''}" for i in range(3 * n_per)]
+    texts[: len(TEXTS_EXTRA)] = TEXTS_EXTRA
+    return xy, labels, texts
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    return require_chromium()
+
+
+@pytest.fixture
+def classified(tmp_path):
+    xy, labels, texts = _clusters()
+    rng = np.random.default_rng(1)
+    proba = rng.dirichlet([1, 1], size=len(xy))
+    m = LabellingMap.from_embeddings(xy, texts, labels, proba=proba, classes=["a", "b"],
+                                     projection=None, color_by="label", render_mode="svg")
+    return m, m.save(tmp_path / "map.html"), proba
+
+
+def test_page_draws_points_per_colour_and_switches_colouring(chromium, classified):
+    m, path, proba = classified
+    out = run_page(path, """
+      var res = {label: drawnPoints(gd)};
+      var menu = gd.querySelector(".updatemenu-header");
+      for (var k of [1, 2]) {  // open plotly's dropdown and click an entry, as a user does
+        menu.dispatchEvent(new MouseEvent("click", {bubbles: true}));
+        await sleep(100);
+        gd.querySelectorAll(".updatemenu-dropdown-button")[k].dispatchEvent(new MouseEvent("click", {bubbles: true}));
+        await sleep(300);
+        res[k === 1 ? "prediction" : "uncertainty"] = drawnPoints(gd);
+      }
+      res.uncertaintyRows = gd.data[visibleTraces(gd)[0]].customdata;
+      return res;
+    """)
+    assert out["errors"] == []
+    res = out["result"]
+    _, labels, _ = _clusters()
+    colors = {t.name: t.marker.color for t in m.figure_.data if t.name in ("a", "b", "unlabelled")}
+
+    def rgb(hex_color):
+        return "rgb({}, {}, {})".format(*(int(hex_color[i:i + 2], 16) for i in (1, 3, 5)))
+
+    expected = [("a", 30), ("b", 30), ("unlabelled", 30)]
+    assert [(t["name"], t["n"]) for t in res["label"]] == expected
+    for t in res["label"]:
+        assert set(t["fills"]) == {rgb(colors[t["name"]])}
+    pred = np.array(["a", "b"])[proba.argmax(axis=1)]
+    assert [(t["name"], t["n"]) for t in res["prediction"]] == [
+        ("predicted a", int((pred == "a").sum())), ("predicted b", int((pred == "b").sum()))]
+    for t in res["prediction"]:  # a predicted class has the colour of that label
+        assert set(t["fills"]) == {rgb(colors[t["name"].split()[-1]])}
+    # uncertainty: each point's colour is Plasma at (1 - max p) / (1 - 1/2)
+    from plotly.colors import sample_colorscale, unlabel_rgb
+
+    (u,) = res["uncertainty"]
+    assert u["n"] == len(proba)
+    doubt = 1 - proba.max(axis=1)[res["uncertaintyRows"]]
+    want = np.array([unlabel_rgb(c) for c in sample_colorscale("Plasma", list(doubt / 0.5))])
+    got = np.array([unlabel_rgb(c) for c in u["fills"]])
+    np.testing.assert_allclose(got, want, atol=2)
+
+
+def test_search_highlights_rows_containing_the_phrase(chromium, classified):
+    m, path, _ = classified
+    out = run_page(path, """
+      await m.search("  Refund ");
+      var res = {rows: m.highlightedRows(), drawn: drawnPoints(gd), count: document.getElementById("map-matches").textContent,
+                 sizes: gd.data.map(function (t) { return t.marker.size; })};
+      var input = document.getElementById("map-search");  // typing in the box does the same
+      input.value = "row 1"; input.dispatchEvent(new Event("input"));
+      await sleep(200);
+      res.typed = m.highlightedRows();
+      input.value = ""; input.dispatchEvent(new Event("input"));
+      await sleep(200);
+      res.cleared = drawnPoints(gd).map(function (t) { return t.opacity; });
+      return res;
+    """)
+    assert out["errors"] == []
+    res = out["result"]
+    texts = pd.Series(m.texts)
+    want = np.flatnonzero(texts.str.lower().str.contains("refund", regex=False)).tolist()
+    assert res["rows"] == want and len(want) > 5
+    assert res["count"] == f"{len(want)} matches"
+    rows_by_trace = [t.customdata for t in m.figure_.data if t.visible]
+    for trace, rows in zip(res["drawn"], rows_by_trace):  # matches drawn opaque, the rest faded
+        assert [o == 1 for o in trace["opacity"]] == [r in want for r in rows]
+    base = m.figure_.data[0].marker.size
+    assert [s == 3 * base for s in res["sizes"][0]] == [r in want for r in m.figure_.data[0].customdata]
+    assert res["typed"] == np.flatnonzero(texts.str.contains("row 1", regex=False)).tolist()
+    assert all(o == 0.8 for t in res["cleared"] for o in t)
+
+
+@pytest.mark.parametrize("render_mode", ["svg", "webgl"])
+def test_box_and_lasso_selection_export_exactly_those_rows(chromium, tmp_path, render_mode):
+    xy, labels, texts = _clusters()
+    path = LabellingMap.from_embeddings(xy, texts, labels, projection=None,
+                                        render_mode=render_mode).save(tmp_path / "map.html")
+    figure, _ = read_page(path)
+    assert {t["type"] for t in figure["data"]} == {"scattergl" if render_mode == "webgl" else "scatter"}
+    out = run_page(path, """
+      var res = {};
+      drag(gd, [[-0.2, -0.2], [1.2, 1.2]]);  // box around cluster a
+      await sleep(300);
+      res.box = m.selectedRows();
+      document.getElementById("map-label").value = "label, with comma";
+      res.csv = m.exportCSV(); res.json = m.exportJSON();
+      res.count = document.getElementById("map-selected").textContent;
+      await Plotly.relayout(gd, {dragmode: "lasso"});
+      // lasso: a triangle over cluster b (3..4, 3..4): its points below the diagonal
+      drag(gd, [[2.8, 2.8], [4.3, 2.8], [4.3, 4.3], [2.8, 2.8]]);
+      await sleep(300);
+      res.lasso = m.selectedRows();
+      return res;
+    """)
+    assert out["errors"] == []
+    res = out["result"]
+    want = list(range(30))
+    assert res["box"] == want and res["count"] == "30 selected"
+    got = pd.read_csv(io.StringIO(res["csv"]), keep_default_na=False)
+    assert list(got.columns) == ["index", "text", "label"]
+    assert got["index"].tolist() == want
+    assert got["text"].tolist() == [texts[i] for i in want]
+    assert set(got["label"]) == {"label, with comma"}
+    assert json.loads(res["json"]) == [{"index": i, "text": texts[i], "label": "label, with comma"}
+                                       for i in want]
+    # the lasso triangle (2.8, 2.8) - (4.3, 2.8) - (4.3, 4.3): points of b with y < x, up to the
+    # rounding of a pixel at the edge
+    inside = [i for i in range(30, 60) if xy[i, 1] < xy[i, 0]]
+    edge = [i for i in range(30, 60) if abs(xy[i, 1] - xy[i, 0]) < 0.02]
+    assert set(res["lasso"]) ^ set(inside) <= set(edge)
+    assert len(res["lasso"]) > 5
+
+
+def test_webgl_page_with_many_points_loads_and_selects(chromium, tmp_path):
+    rng = np.random.default_rng(0)
+    n = 20_000
+    X = rng.normal(size=(n, 8))
+    texts = [f"text {i}" for i in range(n)]
+    labels = np.where(rng.random(n) < 0.01, rng.choice(["x", "y", "z"], n), None)
+    m = LabellingMap.from_embeddings(X, texts, labels)
+    path = m.save(tmp_path / "big.html")
+    xy = np.asarray(m.xy)
+    out = run_page(path, """
+      drag(gd, [[0, 0], [1.5, 1.5]]); await sleep(500);
+      return {n: gd.data.map(function (t) { return t.customdata.length; }), sel: m.selectedRows().length,
+              type: gd._fullData[0].type};
+    """)
+    assert out["errors"] == []
+    res = out["result"]
+    assert res["type"] == "scattergl"
+    assert sum(res["n"]) == n
+    assert res["n"][-1] == int(pd.isna(labels).sum())  # the unlabelled trace comes last
+    inside = ((xy >= 0) & (xy <= 1.5)).all(axis=1).sum()
+    assert abs(res["sel"] - inside) <= 0.01 * inside  # up to points on the box's edge pixels
+
+
+def test_screenshot_of_the_docs_example(chromium, tmp_path):
+    """The picture in docs/bulk-labelling.md: the built-in data set, tuned, searched, selected."""
+    from bulk_labelling_example import build_map
+
+    m = build_map()
+    path = m.save(tmp_path / "map.html")
+    png = tmp_path / "map.png"
+    run_page(path, 'await m.search("love"); drag(gd, [[-0.5, -0.5], [0.5, 0.5]]); await sleep(300);',
+             screenshot=png, size=(1100, 650))
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    if os.environ.get("EMBETTER_PLUG_UPDATE_SCREENSHOTS"):
+        shutil.copy(png, REPO / "docs" / "img" / "bulk_labelling_map.png")
