@@ -87,7 +87,7 @@ body {{ font-family: system-ui, sans-serif; margin: 0.6em 1em; color: #222; }}
   <span class="count" id="map-matches"></span>
   <button id="map-select-matches" type="button">select matches</button>
   <span class="count" id="map-selected">0 selected</span>
-  <label>label for the selection <input type="text" id="map-label"></label>
+  <label>label <input type="text" id="map-label" placeholder="for the selected rows"></label>
   <button id="map-csv" type="button">download CSV</button>
   <button id="map-json" type="button">download JSON</button>
 </div>
@@ -145,8 +145,8 @@ _GLUE = r"""
     var sizes = [], opacity = [], idx = [];
     fig.data.forEach(function (tr, k) {
       idx.push(k);
-      sizes.push(q ? tr.customdata.map(function (r) { return hit[r] ? 3 * base[k] : base[k]; }) : base[k]);
-      opacity.push(q ? tr.customdata.map(function (r) { return hit[r] ? 1 : 0.15; }) : alpha[k]);
+      sizes.push(q ? tr.customdata.map(function (r) { return hit[r] ? 2 * base[k] : base[k]; }) : base[k]);
+      opacity.push(q ? tr.customdata.map(function (r) { return hit[r] ? 1 : 0.25; }) : alpha[k]);
     });
     $("map-matches").textContent = q ? matches.length + " match" + (matches.length === 1 ? "" : "es") : "";
     return Plotly.restyle(gd, {"marker.size": sizes, "marker.opacity": opacity}, idx);

@@ -74,7 +74,7 @@ _BOTTOM = """<script>
     window.__test.result = await (async function (m, gd) { %s })(m, gd);
   } catch (e) { window.__test.errors.push("driver: " + e + " " + (e && e.stack)); }
   var pre = document.createElement("pre");
-  pre.id = "test-out"; pre.textContent = JSON.stringify(window.__test);
+  pre.id = "test-out"; pre.style.display = "none"; pre.textContent = JSON.stringify(window.__test);
   document.body.appendChild(pre);
 })();
 </script>"""
@@ -120,7 +120,7 @@ def run_page(path, driver: str, *, screenshot: str | Path | None = None,
     assert out.returncode == 0, out.stderr[-3000:]
     if screenshot is not None:
         return {}
-    found = re.search(r'<pre id="test-out">(.*?)</pre>', out.stdout, re.S)
+    found = re.search(r'<pre id="test-out"[^>]*>(.*?)</pre>', out.stdout, re.S)
     assert found, f"the page did not finish: {out.stdout[-2000:]}\n{out.stderr[-2000:]}"
     import html
 

@@ -119,7 +119,7 @@ def test_search_highlights_rows_containing_the_phrase(chromium, classified):
     for trace, rows in zip(res["drawn"], rows_by_trace):  # matches drawn opaque, the rest faded
         assert [o == 1 for o in trace["opacity"]] == [r in want for r in rows]
     base = m.figure_.data[0].marker.size
-    assert [s == 3 * base for s in res["sizes"][0]] == [r in want for r in m.figure_.data[0].customdata]
+    assert [s == 2 * base for s in res["sizes"][0]] == [r in want for r in m.figure_.data[0].customdata]
     assert res["typed"] == np.flatnonzero(texts.str.contains("row 1", regex=False)).tolist()
     assert all(o == 0.8 for t in res["cleared"] for o in t)
 
@@ -188,15 +188,30 @@ def test_webgl_page_with_many_points_loads_and_selects(chromium, tmp_path):
     assert abs(res["sel"] - inside) <= 0.01 * inside  # up to points on the box's edge pixels
 
 
-def test_screenshot_of_the_docs_example(chromium, tmp_path):
-    """The picture in docs/bulk-labelling.md: the built-in data set, tuned, searched, selected."""
-    from bulk_labelling_example import build_map
-
-    m = build_map()
+def test_screenshot_of_the_docs_example(chromium, tmp_path, monkeypatch):
+    """The picture in docs/bulk-labelling.md: its own example map, with a box selection."""
+    mktestdocs = pytest.importorskip("mktestdocs")
+    monkeypatch.chdir(tmp_path)  # the example writes map.html
+    page = (REPO / "docs" / "bulk-labelling.md").read_text(encoding="utf-8")
+    ns: dict = {}
+    for block in mktestdocs.grab_code_blocks(page, lang="python"):
+        exec(block, ns)
+        if isinstance(ns.get("m"), LabellingMap):
+            break
+    m = ns["m"]
+    xy = np.asarray(m.xy)
+    doubt = 1 - m.proba.max(axis=1)
+    (x0, y0), (x1, y1) = np.quantile(xy[doubt > np.quantile(doubt, 0.7)], [0.15, 0.85], axis=0)
     path = m.save(tmp_path / "map.html")
+    driver = f"""drag(gd, [[{x0}, {y0}], [{x1}, {y1}]]); await sleep(300);
+                 document.getElementById("map-label").value = "new dataset";
+                 return m.selectedRows();"""
+    out = run_page(path, driver)
+    assert out["errors"] == []
+    inside = ((xy >= [x0, y0]) & (xy <= [x1, y1])).all(axis=1).sum()
+    assert abs(len(out["result"]) - inside) <= 2  # up to points on the edge pixels
     png = tmp_path / "map.png"
-    run_page(path, 'await m.search("love"); drag(gd, [[-0.5, -0.5], [0.5, 0.5]]); await sleep(300);',
-             screenshot=png, size=(1100, 650))
+    run_page(path, driver, screenshot=png, size=(1200, 700))
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     if os.environ.get("EMBETTER_PLUG_UPDATE_SCREENSHOTS"):
