@@ -2,8 +2,9 @@
 
 plotly draws the points and does the box/lasso selection and the colour switch (its own
 dropdown). A little glue script fills the hover texts from the page's data (each text is
-stored once, not once per colour mode), highlights the texts that contain a searched phrase
-and downloads the selected rows, with a label the user types, as CSV or JSON.
+stored once, not once per colour mode), circles the points whose text contains a searched
+phrase (in a trace of their own, drawn on top) and downloads the selected rows, with a label
+the user types, as CSV or JSON.
 
 For scripts and tests the page exposes ``window.labellingMap``: ``ready`` (a promise),
 ``selectedRows()``, ``highlightedRows()``, ``search(phrase)``, ``selectRows(rows)``,
@@ -39,11 +40,13 @@ def _script_json(obj: Any) -> str:
 
 
 def page_html(figure, data: dict, *, title: str, config: dict | None = None,
-              max_hover_chars: int = 400) -> str:
+              search_trace: str = "search matches", max_hover_chars: int = 400) -> str:
     """The whole page: the plotly figure (without hover texts), ``data`` and the glue script.
 
     ``data`` holds one entry per row: ``texts`` (full texts, for hover, search and export),
-    ``labels`` (str or None) and, when there is a classifier, ``predictions`` and ``confidence``.
+    ``labels`` (str or None), ``xy`` (the coordinates as base64 float32 pairs, where the search
+    draws its matches: the figure's trace named ``search_trace``) and, when there is a
+    classifier, ``predictions`` and ``confidence``.
     """
     import plotly.io as pio
     from plotly.offline import get_plotlyjs
@@ -54,7 +57,8 @@ def page_html(figure, data: dict, *, title: str, config: dict | None = None,
     figure_json = pio.to_json({"data": fig["data"], "layout": fig["layout"]}, validate=False,
                               pretty=False)
     figure_json = figure_json.replace("<", "\\u003c").replace(">", "\\u003e")
-    options = {"maxHoverChars": int(max_hover_chars), "divId": DIV_ID, "config": config or {}}
+    options = {"maxHoverChars": int(max_hover_chars), "divId": DIV_ID, "config": config or {},
+               "searchTrace": search_trace}
     return _PAGE.format(
         title=html.escape(title), plotlyjs=get_plotlyjs(), div_id=DIV_ID,
         figure=figure_json, data=_script_json(data), options=_script_json(options), glue=_GLUE,
@@ -130,8 +134,12 @@ _GLUE = r"""
   var hovers = [];
   for (var i = 0; i < n; i++) hovers.push(hover(i));
   fig.data.forEach(function (tr) { tr.text = tr.customdata.map(function (r) { return hovers[r]; }); });
-  var base = fig.data.map(function (tr) { return tr.marker.size; });
-  var alpha = fig.data.map(function (tr) { return tr.marker.opacity; });
+  var xy = (function (b64) {  // float32 (x, y) pairs, row by row
+    var s = atob(b64), u = new Uint8Array(s.length);
+    for (var i = 0; i < s.length; i++) u[i] = s.charCodeAt(i);
+    return new Float32Array(u.buffer);
+  })(D.xy);
+  var overlay = fig.data.findIndex(function (tr) { return tr.name === O.searchTrace; });
 
   var selected = [], matches = [], $ = function (id) { return document.getElementById(id); };
   function setSelected(rows) {
@@ -139,17 +147,15 @@ _GLUE = r"""
     $("map-selected").textContent = selected.length + " selected";
   }
   function highlight(phrase) {
-    var q = phrase.trim().toLowerCase(), hit = new Uint8Array(n);
+    var q = phrase.trim().toLowerCase();
     matches = [];
-    if (q) for (var i = 0; i < n; i++) if (lower[i].indexOf(q) >= 0) { hit[i] = 1; matches.push(i); }
-    var sizes = [], opacity = [], idx = [];
-    fig.data.forEach(function (tr, k) {
-      idx.push(k);
-      sizes.push(q ? tr.customdata.map(function (r) { return hit[r] ? 2 * base[k] : base[k]; }) : base[k]);
-      opacity.push(q ? tr.customdata.map(function (r) { return hit[r] ? 1 : 0.25; }) : alpha[k]);
-    });
+    if (q) for (var i = 0; i < n; i++) if (lower[i].indexOf(q) >= 0) matches.push(i);
     $("map-matches").textContent = q ? matches.length + " match" + (matches.length === 1 ? "" : "es") : "";
-    return Plotly.restyle(gd, {"marker.size": sizes, "marker.opacity": opacity}, idx);
+    return Plotly.restyle(gd, {
+      x: [matches.map(function (r) { return xy[2 * r]; })],
+      y: [matches.map(function (r) { return xy[2 * r + 1]; })],
+      customdata: [matches.slice()], text: [matches.map(function (r) { return hovers[r]; })]
+    }, [overlay]);
   }
   function rows() {
     var label = $("map-label").value;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,6 +20,7 @@ RENDER_MODES = ("auto", "webgl", "svg")
 WEBGL_FROM = 1000  # "auto" draws with WebGL from this many points on
 UNLABELLED = "unlabelled"
 UNLABELLED_COLOR = "#b3b3b3"
+SEARCH_TRACE = "search matches"
 
 
 class LabellingMap:
@@ -55,7 +57,8 @@ class LabellingMap:
     ----------
     figure_ : plotly.graph_objects.Figure
         The figure the page draws: one trace per class and colouring (each point's ``customdata``
-        is its row); the page fills in the hover texts.
+        is its row), and a last, empty trace where the page's search circles its matches; the
+        page fills in the hover texts.
     color_modes_ : list of str
         The colourings offered: ``"label"``, and ``"prediction"``/``"uncertainty"`` when there
         is a classifier.
@@ -70,7 +73,7 @@ class LabellingMap:
     >>> texts = ["good", "great", "fine", "bad", "awful", "meh"]
     >>> m = LabellingMap.from_embeddings(X, texts, labels=["pos", "pos", None, "neg", "neg", ""])
     >>> [t.name for t in m.figure_.data]
-    ['neg', 'pos', 'unlabelled']
+    ['neg', 'pos', 'unlabelled', 'search matches']
     >>> m.save("labelling_map.html").name
     'labelling_map.html'
     """
@@ -240,6 +243,12 @@ class LabellingMap:
                 "color": doubt.astype(np.float32), "colorscale": "Plasma", "cmin": 0,
                 "cmax": 1 - 1 / proba.shape[1], "showscale": True,
                 "colorbar": {"title": {"text": "uncertainty<br>1 − max p"}}}, showlegend=False)
+        # the page's search draws its matches here, on top, in every colouring
+        traces.append(Scatter(x=[], y=[], mode="markers", name=SEARCH_TRACE, customdata=[], visible=True,
+                              hovertemplate="%{text}<extra></extra>", showlegend=False,
+                              marker={"size": 2 * size, "color": "rgba(0,0,0,0)",
+                                      "line": {"width": 1.5, "color": "#111"}}))
+        group.append(None)
         layout = {"dragmode": "select",
                   "hovermode": "closest", "legend": {"itemsizing": "constant"},
                   "xaxis": {"title": {"text": self.axis_titles[0]}, "zeroline": False},
@@ -251,7 +260,7 @@ class LabellingMap:
                 "type": "dropdown", "x": 0, "xanchor": "left", "y": 1.08, "yanchor": "bottom",
                 "active": modes.index(color_by), "buttons": [
                     {"label": f"colour by {m}", "method": "restyle",
-                     "args": [{"visible": [g == m for g in group]}]} for m in modes]}]
+                     "args": [{"visible": [g in (m, None) for g in group]}]} for m in modes]}]
         if title:
             layout["title"] = {"text": title}
         fig = go.Figure(traces, layout)
@@ -260,7 +269,7 @@ class LabellingMap:
             trace.text = [hover_text[i] for i in trace.customdata]
         self.figure_, self.color_modes_, self.title_ = fig, modes, title or "Labelling map"
         self._page_data = {
-            "texts": texts, "labels": labels,
+            "texts": texts, "labels": labels, "xy": base64.b64encode(xy.astype("<f4").tobytes()).decode(),
             "predictions": None if predictions is None else predictions.tolist(),
             "confidence": None if proba is None else [round(float(p), 4) for p in proba.max(axis=1)],
         }
@@ -272,7 +281,7 @@ class LabellingMap:
     def to_html(self) -> str:
         """The self-contained page as a string."""
         self._check_plotted()
-        return page_html(self.figure_, self._page_data, title=self.title_,
+        return page_html(self.figure_, self._page_data, title=self.title_, search_trace=SEARCH_TRACE,
                          config={"displaylogo": False, "scrollZoom": True, "responsive": True})
 
     def save(self, path) -> Path:

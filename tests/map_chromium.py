@@ -31,7 +31,7 @@ window.addEventListener("unhandledrejection", function (e) { window.__test.error
   window.__test.errors.push("console.error: " + Array.from(arguments).join(" ")); orig.apply(console, arguments); }; })();
 </script>"""
 
-_HELPERS = """
+_HELPERS = r"""
 function plotArea(gd) { return gd.querySelector(".nsewdrag").getBoundingClientRect(); }
 function toPx(gd, x, y) {
   var r = plotArea(gd), xr = gd.layout.xaxis.range, yr = gd.layout.yaxis.range;
@@ -54,13 +54,16 @@ function visibleTraces(gd) {
   gd.data.forEach(function (t, k) { if (t.visible !== false) out.push(k); });
   return out;
 }
-function drawnPoints(gd) {  // SVG mode: the points plotly drew, per visible trace
-  var layers = gd.querySelectorAll(".scatterlayer .trace"), vis = visibleTraces(gd);
-  return vis.map(function (k, j) {
-    var pts = layers[j].querySelectorAll("path.point");
+function drawnPoints(gd) {  // SVG mode: the points plotly drew, per visible trace (search matches last)
+  var layer = {};  // trace index -> its drawn group (a trace with no points may have none)
+  gd.querySelectorAll(".scatterlayer .trace").forEach(function (g) { layer[g.__data__[0].trace.index] = g; });
+  return visibleTraces(gd).map(function (k) {
+    var pts = layer[k] ? layer[k].querySelectorAll("path.point") : [];
     return {name: gd.data[k].name, n: pts.length,
             fills: Array.from(pts).map(function (p) { return p.style.fill; }),
-            opacity: Array.from(pts).map(function (p) { return Number(p.style.opacity); })};
+            pos: Array.from(pts).map(function (p) {  // translate(x,y) of each point
+              var t = /translate\(([^,]+),([^)]+)\)/.exec(p.getAttribute("transform"));
+              return [Number(t[1]), Number(t[2])]; })};
   });
 }
 """
@@ -144,4 +147,6 @@ def read_page(path) -> tuple[dict, dict]:
             return [decode(v) for v in obj]
         return obj
 
-    return decode(block("map-figure")), block("map-data")
+    data = block("map-data")
+    data["xy"] = np.frombuffer(base64.b64decode(data["xy"]), dtype="<f4").reshape(-1, 2)
+    return decode(block("map-figure")), data

@@ -62,7 +62,7 @@ def test_map_command_in_a_subprocess(setup, tmp_path):
     xy = PCA(2, random_state=0).fit_transform(Z)
     scale = np.abs(xy).max()
     for trace in figure["data"]:
-        rows = np.asarray(trace["customdata"])
+        rows = np.asarray(trace["customdata"], dtype=int)
         np.testing.assert_allclose(trace["x"] / scale, xy[rows, 0] / scale, atol=2e-3)
         np.testing.assert_allclose(trace["y"] / scale, xy[rows, 1] / scale, atol=2e-3)
     np.testing.assert_allclose(data["confidence"], proba.max(axis=1), atol=2e-3)
@@ -77,7 +77,7 @@ def test_map_without_labels(setup, tmp_path, capsys):
                  "--out", str(out)]) == 0
     assert "(0 labelled)" in capsys.readouterr().out
     figure, data = read_page(out)
-    assert [t["name"] for t in figure["data"]] == ["unlabelled"]
+    assert [t["name"] for t in figure["data"]] == ["unlabelled", "search matches"]
     assert data["labels"] == [None] * 40 and data["predictions"] is None
 
 

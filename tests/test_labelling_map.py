@@ -40,8 +40,9 @@ def test_projection_equals_scikit_learn_pca(data, tmp_path):
     assert m.projection_.explained_variance_ratio_[0] > m.projection_.explained_variance_ratio_[1]
     # the saved page carries the same coordinates, row by row
     figure, page = read_page(m.save(tmp_path / "m.html"))
+    np.testing.assert_allclose(page["xy"], ref, rtol=1e-5, atol=1e-5)
     for trace in figure["data"]:
-        rows = np.asarray(trace["customdata"])
+        rows = np.asarray(trace["customdata"], dtype=int)
         np.testing.assert_allclose(trace["x"], ref[rows, 0], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(trace["y"], ref[rows, 1], rtol=1e-5, atol=1e-5)
     assert page["texts"] == texts and page["labels"] == list(y)
@@ -76,20 +77,21 @@ def test_colours_follow_labels_string_labels_and_unlabelled_rows(data):
     labels[2] = "  "
     m = LabellingMap.from_embeddings(X, texts, labels)
     fig = m.figure_
-    assert [t.name for t in fig.data] == ["eggs", "ham", "spam", "unlabelled"]
+    assert [t.name for t in fig.data] == ["eggs", "ham", "spam", "unlabelled", "search matches"]
+    assert len(fig.data[-1].customdata) == 0  # the page's search fills it
     missing = {0, 1, 2} | set(range(0, 60, 4))
     assert sorted(_rows(fig, "unlabelled").customdata) == sorted(missing)
     for name in ("eggs", "ham", "spam"):
         assert sorted(_rows(fig, name).customdata) == [i for i in range(60)
                                                        if i not in missing and y[i] == name]
-    colours = [t.marker.color for t in fig.data]
+    colours = [t.marker.color for t in fig.data[:-1]]
     assert len(set(colours)) == 4 and all(isinstance(c, str) for c in colours)
     assert m.color_modes_ == ["label"] and "updatemenus" not in fig.layout.to_plotly_json()
     # numbers as labels: ordered by value, named as text
     m2 = LabellingMap.from_embeddings(X, texts, np.tile([10, 2, 1], 20))
-    assert [t.name for t in m2.figure_.data] == ["1", "2", "10"]
+    assert [t.name for t in m2.figure_.data][:-1] == ["1", "2", "10"]
     # no labels at all: one grey trace
-    (only,) = LabellingMap.from_embeddings(X, texts).figure_.data
+    (only, _) = LabellingMap.from_embeddings(X, texts).figure_.data
     assert only.name == "unlabelled" and len(only.customdata) == 60
 
 
@@ -114,8 +116,8 @@ def test_colours_follow_the_classifiers_probabilities(data):
     assert [b.label for b in buttons] == ["colour by label", "colour by prediction", "colour by uncertainty"]
     for b, mode in zip(buttons, ["label", "prediction", "uncertainty"]):
         groups = ["uncertainty" if t.name == "uncertainty" else "prediction"
-                  if t.name.startswith("predicted") else "label" for t in fig.data]
-        assert b.args[0]["visible"] == [g == mode for g in groups]
+                  if t.name.startswith("predicted") else "label" for t in fig.data[:-1]]
+        assert b.args[0]["visible"] == [g == mode for g in groups] + [True]  # + search matches
 
 
 def test_from_estimator_with_a_tuner_or_a_classifier(data):

@@ -74,19 +74,20 @@ def test_page_draws_points_per_colour_and_switches_colouring(chromium, classifie
     def rgb(hex_color):
         return "rgb({}, {}, {})".format(*(int(hex_color[i:i + 2], 16) for i in (1, 3, 5)))
 
-    expected = [("a", 30), ("b", 30), ("unlabelled", 30)]
+    expected = [("a", 30), ("b", 30), ("unlabelled", 30), ("search matches", 0)]
     assert [(t["name"], t["n"]) for t in res["label"]] == expected
-    for t in res["label"]:
+    for t in res["label"][:-1]:
         assert set(t["fills"]) == {rgb(colors[t["name"]])}
     pred = np.array(["a", "b"])[proba.argmax(axis=1)]
     assert [(t["name"], t["n"]) for t in res["prediction"]] == [
-        ("predicted a", int((pred == "a").sum())), ("predicted b", int((pred == "b").sum()))]
-    for t in res["prediction"]:  # a predicted class has the colour of that label
+        ("predicted a", int((pred == "a").sum())), ("predicted b", int((pred == "b").sum())),
+        ("search matches", 0)]
+    for t in res["prediction"][:-1]:  # a predicted class has the colour of that label
         assert set(t["fills"]) == {rgb(colors[t["name"].split()[-1]])}
     # uncertainty: each point's colour is Plasma at (1 - max p) / (1 - 1/2)
     from plotly.colors import sample_colorscale, unlabel_rgb
 
-    (u,) = res["uncertainty"]
+    (u, _) = res["uncertainty"]
     assert u["n"] == len(proba)
     doubt = 1 - proba.max(axis=1)[res["uncertaintyRows"]]
     want = np.array([unlabel_rgb(c) for c in sample_colorscale("Plasma", list(doubt / 0.5))])
@@ -99,29 +100,33 @@ def test_search_highlights_rows_containing_the_phrase(chromium, classified):
     out = run_page(path, """
       await m.search("  Refund ");
       var res = {rows: m.highlightedRows(), drawn: drawnPoints(gd), count: document.getElementById("map-matches").textContent,
-                 sizes: gd.data.map(function (t) { return t.marker.size; })};
+                 circled: gd.data[gd.data.length - 1].customdata};
       var input = document.getElementById("map-search");  // typing in the box does the same
       input.value = "row 1"; input.dispatchEvent(new Event("input"));
       await sleep(200);
       res.typed = m.highlightedRows();
+      document.getElementById("map-select-matches").click();
+      res.selected = m.selectedRows();
       input.value = ""; input.dispatchEvent(new Event("input"));
       await sleep(200);
-      res.cleared = drawnPoints(gd).map(function (t) { return t.opacity; });
+      res.cleared = drawnPoints(gd).map(function (t) { return t.n; });
       return res;
     """)
     assert out["errors"] == []
     res = out["result"]
     texts = pd.Series(m.texts)
     want = np.flatnonzero(texts.str.lower().str.contains("refund", regex=False)).tolist()
-    assert res["rows"] == want and len(want) > 5
+    assert res["rows"] == want and res["circled"] == want and len(want) > 5
     assert res["count"] == f"{len(want)} matches"
-    rows_by_trace = [t.customdata for t in m.figure_.data if t.visible]
-    for trace, rows in zip(res["drawn"], rows_by_trace):  # matches drawn opaque, the rest faded
-        assert [o == 1 for o in trace["opacity"]] == [r in want for r in rows]
-    base = m.figure_.data[0].marker.size
-    assert [s == 2 * base for s in res["sizes"][0]] == [r in want for r in m.figure_.data[0].customdata]
-    assert res["typed"] == np.flatnonzero(texts.str.contains("row 1", regex=False)).tolist()
-    assert all(o == 0.8 for t in res["cleared"] for o in t)
+    # a circle is drawn on top of each matching row's point, and on no other
+    *base, circles = res["drawn"]
+    assert circles["name"] == "search matches" and circles["n"] == len(want)
+    where = {r: p for t, tr in zip(base, [t for t in m.figure_.data if t.visible][:-1])
+             for r, p in zip(tr.customdata, t["pos"])}
+    np.testing.assert_allclose(circles["pos"], [where[r] for r in want], atol=0.01)
+    typed = np.flatnonzero(texts.str.contains("row 1", regex=False)).tolist()
+    assert res["typed"] == typed and res["selected"] == typed  # "select matches" selects them
+    assert res["cleared"][-1] == 0 and res["cleared"][:-1] == [t["n"] for t in base]
 
 
 @pytest.mark.parametrize("render_mode", ["svg", "webgl"])
@@ -183,7 +188,7 @@ def test_webgl_page_with_many_points_loads_and_selects(chromium, tmp_path):
     res = out["result"]
     assert res["type"] == "scattergl"
     assert sum(res["n"]) == n
-    assert res["n"][-1] == int(pd.isna(labels).sum())  # the unlabelled trace comes last
+    assert res["n"][-2] == int(pd.isna(labels).sum())  # unlabelled, then the search trace
     inside = ((xy >= 0) & (xy <= 1.5)).all(axis=1).sum()
     assert abs(res["sel"] - inside) <= 0.01 * inside  # up to points on the box's edge pixels
 
