@@ -185,29 +185,34 @@ def main(argv=None) -> int:
         "## Labelling map at scale (`bench_map`)",
         "",
         "`LabellingMap.from_embeddings` on a random 384-feature embedding (PCA to 2-D) of the "
-        "built-in data set's sentences, cycled "
-        f"(mean {rows[0]['text_bytes']:.0f} bytes of UTF-8 per text); 10% of rows labelled. "
+        "built-in data set's sentences, cycled (*text bytes*: their mean length in UTF-8); 10% of "
+        "rows labelled. "
         "*classifier* adds probabilities (prediction and uncertainty colourings). The page "
         f"inlines plotly.js ({plotlyjs / 1e6:.1f} MB); *bytes per point* is the rest of the file "
         "divided by the number of points. Browser figures: headless Chromium with software WebGL "
         "(SwiftShader, no GPU), driven over the DevTools protocol in real time: *page ready* is from the start of navigation until the points are drawn (file read, "
         "plotly.js and data parsed, hover texts built); *box select* from a scripted drag over "
         "the middle of the plot until the selection is known (plotly throttles selection "
-        "updates, so this includes its delay); *search* until the highlighted points are "
-        "drawn; *zoom* a 2x zoom until redrawn.",
+        "updates, so this includes its delay; the box holds about 90% of the points); *search* "
+        "for 'dataset' (31% of the texts match) until the matches are circled; *zoom* a 2x zoom "
+        "until redrawn.",
         "",
-        "| points | colourings | file (MB) | bytes per point | build + save (s) | page ready (s) "
-        "| box select (ms) | search (ms) | zoom (ms) |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| points | colourings | file (MB) | bytes per point | text bytes | build + save (s) "
+        "| page ready (s) | box select (ms) | search (ms) | zoom (ms) |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         ready = r["ready_ms"] / 1000 if "ready_ms" in r else float("nan")
         lines.append(
             f"| {r['n']:,} | {'label' if r['kind'] == 'labels' else 'label, prediction, uncertainty'} "
-            f"| {r['size_mb']:.1f} | {r['per_point']:.0f} | {r['build_s']:.1f} | {ready:.1f} "
+            f"| {r['size_mb']:.1f} | {r['per_point']:.0f} | {r['text_bytes']:.0f} | {r['build_s']:.1f} "
+            f"| {ready:.1f} "
             f"| {r.get('select_ms', float('nan')):.0f} | {r.get('search_ms', float('nan')):.0f} "
             f"| {r.get('zoom_ms', float('nan')):.0f} |")
-    lines += ["", "Single runs on a shared 2-core CPU; times vary between runs (sizes do not)."]
+    load = os.getloadavg()[0]
+    lines += ["", f"Single runs on a 2-core CPU shared with other jobs (load average {load:.0f} at "
+              "the end of the run); times vary between runs (sizes do not). Software WebGL draws "
+              "on the CPU: a browser with a GPU draws faster (not measured here)."]
     body = "\n".join(lines)
     print(body)
     if not args.no_write:

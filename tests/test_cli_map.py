@@ -114,6 +114,20 @@ def test_errors_before_the_model_loads(setup, tmp_path, capsys, no_model, args, 
     assert not (tmp_path / "new.html").exists()
 
 
+def test_missing_packages_are_named_before_the_model_loads(setup, tmp_path, capsys, no_model,
+                                                           monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "umap", None)
+    assert main(["map", "--data", setup["csv"], "--text-col", "sentence", "--projection", "umap",
+                 "--out", str(tmp_path / "m.html")]) == 2
+    assert "pip install umap-learn" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "plotly", None)
+    assert main(["map", "--data", setup["csv"], "--text-col", "sentence",
+                 "--out", str(tmp_path / "m.html")]) == 2
+    assert "pip install 'embetter_plug[map]'" in capsys.readouterr().err
+
+
 def test_empty_text_cell_names_the_line(setup, tmp_path, capsys, no_model):
     df = setup["df"].copy()
     df.loc[3, "sentence"] = " "

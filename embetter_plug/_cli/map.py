@@ -59,6 +59,22 @@ def _check_out(args) -> Path:
     return out
 
 
+def _check_installed(args) -> None:
+    """plotly (and umap-learn for --projection umap), as a plain error message when missing."""
+    from embetter_plug._map_page import require_plotly
+
+    try:
+        require_plotly()
+        if args.projection == "umap":
+            try:
+                import umap  # noqa: F401
+            except ImportError:
+                raise ImportError("--projection umap needs the umap-learn package: pip install "
+                                  "umap-learn (or use --projection pca or tsne).") from None
+    except ImportError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _read(args):
     """``(texts, labels or None, name)``; labels are strings, None where the cell is empty."""
     df, name = read_csv(args.data)
@@ -88,9 +104,8 @@ def run(args) -> int:
     import numpy as np
 
     from embetter_plug import ContrastiveTuner, FeedForwardTuner, LabellingMap, LayerPooler
-    from embetter_plug._map_page import require_plotly
 
-    require_plotly()
+    _check_installed(args)
     out = _check_out(args)
     texts, labels, name = _read(args)
     train = _check_labels_for_training(labels, args)
