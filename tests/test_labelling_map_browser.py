@@ -194,7 +194,7 @@ def test_webgl_page_with_many_points_loads_and_selects(chromium, tmp_path):
 
 
 def test_screenshot_of_the_docs_example(chromium, tmp_path, monkeypatch):
-    """The picture in docs/bulk-labelling.md: its own example map, with a box selection."""
+    """The picture in docs/bulk-labelling.md: its own example map, searched, with a box selection."""
     mktestdocs = pytest.importorskip("mktestdocs")
     monkeypatch.chdir(tmp_path)  # the example writes map.html
     page = (REPO / "docs" / "bulk-labelling.md").read_text(encoding="utf-8")
@@ -208,7 +208,7 @@ def test_screenshot_of_the_docs_example(chromium, tmp_path, monkeypatch):
     doubt = 1 - m.proba.max(axis=1)
     (x0, y0), (x1, y1) = np.quantile(xy[doubt > np.quantile(doubt, 0.7)], [0.15, 0.85], axis=0)
     path = m.save(tmp_path / "map.html")
-    driver = f"""drag(gd, [[{x0}, {y0}], [{x1}, {y1}]]); await sleep(300);
+    driver = f"""await m.search("release"); drag(gd, [[{x0}, {y0}], [{x1}, {y1}]]); await sleep(300);
                  document.getElementById("map-label").value = "new dataset";
                  return m.selectedRows();"""
     out = run_page(path, driver)
