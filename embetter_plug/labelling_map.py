@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._map_inputs import (check_choice, check_classifier_output, check_embedding, check_labels,
-                          project)
+from ._map_inputs import (PROJECTIONS, check_choice, check_classifier_output, check_embedding,
+                          check_labels, project)
 from ._map_page import iframe_html, page_html, require_plotly
 from ._utils import check_texts
 
@@ -153,6 +153,10 @@ class LabellingMap:
         from sklearn.utils.validation import check_is_fitted
 
         require_plotly()
+        check_choice("color_by", kwargs.get("color_by"), (None, *COLOR_MODES))
+        check_choice("render_mode", kwargs.get("render_mode", "auto"), RENDER_MODES)
+        if isinstance(kwargs.get("projection"), str):
+            check_choice("projection", kwargs["projection"], PROJECTIONS)
         check_is_fitted(estimator)
         if texts is None:
             try:
@@ -189,8 +193,8 @@ class LabellingMap:
             The colouring shown first (the page's dropdown switches); default: ``"uncertainty"``
             when there are probabilities, else ``"label"``.
         render_mode : {"auto", "webgl", "svg"}, default="auto"
-            WebGL (plotly's ``scattergl``) keeps 100,000 points fluid; SVG draws each point as a
-            page element. ``"auto"`` uses WebGL from 1,000 points on.
+            WebGL (plotly's ``scattergl``) draws many points at once (100,000 and more); SVG
+            draws each point as a page element. ``"auto"`` uses WebGL from 1,000 points on.
         title : str, default=None
             The page's title.
         marker_size : float, default=None

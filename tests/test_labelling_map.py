@@ -207,6 +207,8 @@ def test_other_bad_arguments(data):
         LabellingMap.from_embeddings(X, texts, proba=np.full((60, 2), 0.5))
     with pytest.raises(ValueError, match="color_by='prediction' needs a classifier's output"):
         LabellingMap.from_embeddings(X, texts, color_by="prediction")
+    with pytest.raises(ValueError, match="projection='svd' is not supported"):  # before transform
+        LabellingMap.from_estimator(LogisticRegression().fit(X, y), X, texts=texts, projection="svd")
     with pytest.raises(TypeError, match="texts must contain only strings"):
         LabellingMap.from_embeddings(X, [1] * 60)
     with pytest.raises(ValueError, match="render_mode='canvas' is not supported"):
