@@ -340,7 +340,8 @@ def _hover_texts(texts, labels, predictions, proba) -> list[str]:
 
     out = []
     for i, t in enumerate(texts):
-        h = f"{html.escape(t[:400])}<br>label: {UNLABELLED if labels is None or labels[i] is None else html.escape(labels[i])}"
+        label = UNLABELLED if labels[i] is None else html.escape(labels[i])
+        h = f"{html.escape(t[:400])}<br>label: {label}"
         if predictions is not None:
             h += f"<br>predicted: {html.escape(predictions[i])}"
             if proba is not None:

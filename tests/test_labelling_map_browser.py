@@ -193,6 +193,7 @@ def test_webgl_page_with_many_points_loads_and_selects(chromium, tmp_path):
     assert abs(res["sel"] - inside) <= 0.01 * inside  # up to points on the box's edge pixels
 
 
+@pytest.mark.slow
 def test_screenshot_of_the_docs_example(chromium, tmp_path, monkeypatch):
     """The picture in docs/bulk-labelling.md: its own example map, searched, with a box selection."""
     mktestdocs = pytest.importorskip("mktestdocs")
