@@ -43,6 +43,8 @@ _EXPORTS: dict[str, str] = {
     "ProbeResults": "embetter_plug.probe",
     "OnlineProbes": "embetter_plug.probe",
     "LayerMetricDisplay": "embetter_plug.probe",
+    # bulk labelling
+    "LabellingMap": "embetter_plug.labelling_map",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -67,6 +69,7 @@ if TYPE_CHECKING:  # pragma: no cover - for static type checkers and IDEs
     from .datasets import load_builtin_dataset
     from .encoder import TransformerActivationEncoder
     from .io import load_activations, save_activations
+    from .labelling_map import LabellingMap
     from .models import (PlugClassifier, PlugContrastiveCNN, PlugRegressor,
                          SupConLoss, load_model, save_model)
     from .pooler import LayerPooler

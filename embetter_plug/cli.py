@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "probe": "find where a model encodes your labels: a cross-validated probe per layer x part",
     "extract": "write the activations of a CSV's texts to disk",
     "cache": "inspect or clear the activation cache",
+    "map": "a labelling map of a CSV's texts: one HTML page to search, select and export rows",
 }
 
 
