@@ -9,9 +9,9 @@ pooler or an LM head. Hooks are always removed, also when the forward fails or i
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Sequence
+from typing import Callable
 
-from ._arch import PARTS, base_model, find_module, get_spec, unknown_arch_error
+from ._arch import resolve_targets  # noqa: F401  (re-exported: it moved to _arch)
 from ._token_pooling import make_pooler
 
 
@@ -25,36 +25,6 @@ def _first_tensor(output):
     if hasattr(output, "last_hidden_state"):
         return output.last_hidden_state
     return output
-
-
-def resolve_targets(model, layers: Sequence[int], parts: Sequence[str]):
-    """List ``(module, kind, layer_pos or None, part_pos)`` for every requested activation.
-
-    ``kind`` is ``"pre"`` (the module's input) or ``"post"`` (its output); ``layer_pos`` is
-    ``None`` for a fixed module path, whose vector fills every layer row.
-    """
-    spec = get_spec(model)
-    base = base_model(model)
-    blocks = find_module(base, spec.blocks) if spec is not None else None
-    targets = []
-    for pi, part in enumerate(parts):
-        if part in PARTS:
-            if spec is None:
-                raise unknown_arch_error(model)
-            for li, layer in enumerate(layers):
-                block = blocks[layer]
-                if part == "resid_pre":
-                    targets.append((block, "pre", li, pi))
-                elif part == "resid_post":
-                    targets.append((block, "post", li, pi))
-                else:
-                    targets.append((find_module(block, getattr(spec, part)), "post", li, pi))
-        elif "{layer}" in part:
-            for li, layer in enumerate(layers):
-                targets.append((find_module(model, part.format(layer=layer)), "post", li, pi))
-        else:
-            targets.append((find_module(model, part), "post", None, pi))
-    return targets
 
 
 class ActivationCapture:

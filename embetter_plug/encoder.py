@@ -183,7 +183,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         self.layer_indices_ = self._resolve_layers(_arch.n_blocks(model))
         self.parts_ = _arch.validate_parts(self.parts)
         self.poolings_ = validate_pooling(self.token_pooling,
-                                          is_decoder=_arch.is_decoder_only(model))
+                                          is_decoder=_arch.is_decoder(model))
         # resolve module paths now: a bad part fails in fit, not mid-extraction
         self._targets = resolve_targets(model, self.layer_indices_, self.parts_)
         names = [p if len(self.poolings_) == 1 else f"{p}@{pooling_name(k)}"
@@ -192,7 +192,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         self.max_length_ = min(self.max_length, limit) if self.max_length else limit
         self.layout_ = ActivationLayout(
             layers=tuple(self.layer_indices_), parts=tuple(names),
-            hidden_size=int(model.config.hidden_size),
+            hidden_size=_arch.hidden_size(model),
             meta={"model": self._source_ or getattr(model, "name_or_path", "") or type(model).__name__,
                   "revision": self.revision, "token_pooling": [pooling_name(p) for p in self.poolings_],
                   "prompt_template": self.prompt_template, "max_length": self.max_length_,
@@ -206,8 +206,8 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
 
     def _model_max_length(self) -> int:
         cands = [getattr(self.tokenizer_, "model_max_length", None),
-                 getattr(self.model_.config, "max_position_embeddings", None),
-                 getattr(self.model_.config, "n_positions", None)]
+                 getattr(_arch.text_config(self.model_.config), "max_position_embeddings", None),
+                 getattr(_arch.text_config(self.model_.config), "n_positions", None)]
         cands = [int(c) for c in cands if c and c < 1_000_000]
         return min(cands) if cands else 512
 
@@ -333,9 +333,9 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         """
         import torch
 
-        model = _arch.base_model(self.model_)
+        model = _arch.runner(self.model_)
         accepts_pos = ("position_ids" in inspect.signature(model.forward).parameters
-                       and model.config.model_type not in _arch.POSITIONS_FROM_PADDING)
+                       and not _arch.positions_from_padding(self.model_))
         extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
         pad_id = _batching.pad_id(self.tokenizer_, model.config)
         side = getattr(self.tokenizer_, "padding_side", "right")
