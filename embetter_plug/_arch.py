@@ -40,6 +40,11 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "gte": ("self_attn", "mlp"),
     "nomic_bert": ("self_attn", "mlp"),
     "jina_embeddings_v3": ("self_attn", "mlp"),
+    # a short convolution follows each sublayer before the add
+    **{t: ("attn_sconv", "mlp_sconv")
+       for t in ("inkling_text", "inkling2_text", "inkling2_loop_text")},
+    # sandwich norms under other names
+    "hyperclovax": ("post_norm1", "post_norm2"),
 }
 
 _SKIP = re.compile(r"(^|_)(norm|ln|layernorm|layer_norm|dropout|drop|act|activation|rotary)"
@@ -47,8 +52,10 @@ _SKIP = re.compile(r"(^|_)(norm|ln|layernorm|layer_norm|dropout|drop|act|activat
 _ATTN = re.compile(r"att(n|ention)?($|_)|^attention|selfattention|^attn", re.I)
 _MLP = re.compile(r"mlp|ffn|feed_?forward|^ff$|moe|experts?$|denserelu|layerff", re.I)
 # a norm placed on a sublayer's output before the add (Gemma-2/3, OLMo-2 "sandwich" norms)
-_POST_ATTN_NORM = re.compile(r"^post_(self_)?att(n|ention)_(layer)?norm$")
-_POST_MLP_NORM = re.compile(r"^post_(feedforward|mlp|ffn)_(layer)?norm$")
+# (``post_self_attn_layernorm`` first: GLM-4 also has a pre-MLP ``post_attention_layernorm``)
+_POST_ATTN_NORM = (re.compile(r"^post_self_att(n|ention)_(layer)?norm$"),
+                   re.compile(r"^post_att(n|ention)_(layer)?norm$"))
+_POST_MLP_NORM = (re.compile(r"^post_(feedforward|mlp|ffn)_(layer)?norm$"),)
 
 
 def canonical_part(part: str) -> str:
@@ -228,10 +235,39 @@ def positions_from_padding(model) -> bool:
                for m in runner(model).modules())
 
 
+def takes_position_ids(model) -> bool:
+    """Whether the extractor passes mask-aware ``position_ids``: to decoders that accept them.
+
+    Encoders get none (their position schemes vary: offsets, padding-derived, relative) and
+    are padded on the right instead, where their own positions are right (see
+    :func:`padding_side`).
+    """
+    import inspect
+
+    run = runner(model)
+    try:
+        accepts = "position_ids" in inspect.signature(run.forward).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    return accepts and is_decoder(model) and not positions_from_padding(model)
+
+
+def padding_side(model, requested: str) -> str:
+    """``requested`` where positions follow the mask, else ``"right"`` (the real tokens then
+    sit at positions ``0..n-1``, as in an unpadded forward)."""
+    if requested == "left" and (takes_position_ids(model) or positions_from_padding(model)):
+        return "left"
+    return "right"
+
+
 # -------------------------------------------------------------------- sublayers of a block
 def _is_norm(module) -> bool:
+    import torch
+
+    if isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
+        return True
     name = type(module).__name__.lower()
-    return "norm" in name
+    return name.endswith(("norm", "norm1p")) and not any(True for _ in module.children())
 
 
 def _out_features(module):
@@ -303,8 +339,8 @@ def sublayer_paths(block, width: int, model_type: str | None = None) -> dict[str
         return {"attn_out": attn, "mlp_out": mlp}
     kids = list(_children(block))
     names = [n for n, _ in kids]
-    post_attn = next((n for n in names if _POST_ATTN_NORM.match(n)), None)
-    post_mlp = next((n for n in names if _POST_MLP_NORM.match(n)), None)
+    post_attn = next((n for pat in _POST_ATTN_NORM for n in names if pat.match(n)), None)
+    post_mlp = next((n for pat in _POST_MLP_NORM for n in names if pat.match(n)), None)
     if post_attn and post_mlp:  # norms on the sublayer outputs, before the add
         return {"attn_out": post_attn, "mlp_out": post_mlp}
 
@@ -323,6 +359,9 @@ def sublayer_paths(block, width: int, model_type: str | None = None) -> dict[str
     found = role(_ATTN)
     attn = _sublayer_output(*found, width) if found else None
     found = role(_MLP)
+    if attn is None and found is None and len(kids) == 1:  # a group around one layer (ALBERT)
+        inner = sublayer_paths(kids[0][1], width)
+        return {k: v and f"{kids[0][0]}.{v}" for k, v in inner.items()}
     if found is not None:
         mlp = _sublayer_output(*found, width)
     else:

@@ -208,7 +208,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         cands = [getattr(self.tokenizer_, "model_max_length", None),
                  getattr(_arch.text_config(self.model_.config), "max_position_embeddings", None),
                  getattr(_arch.text_config(self.model_.config), "n_positions", None)]
-        cands = [int(c) for c in cands if c and c < 1_000_000]
+        cands = [int(c) for c in cands if c and 0 < c < 1_000_000]
         return min(cands) if cands else 512
 
     # ---------------------------------------------------------------- transform
@@ -334,11 +334,10 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         import torch
 
         model = _arch.runner(self.model_)
-        accepts_pos = ("position_ids" in inspect.signature(model.forward).parameters
-                       and not _arch.positions_from_padding(self.model_))
+        accepts_pos = _arch.takes_position_ids(self.model_)
         extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
         pad_id = _batching.pad_id(self.tokenizer_, model.config)
-        side = getattr(self.tokenizer_, "padding_side", "right")
+        side = _arch.padding_side(self.model_, getattr(self.tokenizer_, "padding_side", "right"))
         device = self.device_
         L, P, H = self.layout_.shape
         capture = ActivationCapture(self._targets, L, len(self.parts_), self.poolings_, H,

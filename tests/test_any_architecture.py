@@ -1,0 +1,206 @@
+"""Extraction on every text architecture transformers ships, each built tiny from its config.
+
+The field, not a list: every model type in transformers' auto mappings that is a text model (in
+a causal-LM, masked-LM or sequence-classification mapping and in no mapping of another input
+modality) is built with small sizes and random weights, offline. The truth is the model's own
+``output_hidden_states`` on each text alone, without padding. Types that cannot be built tiny
+offline are skipped with the reason; the session's last lines give the coverage (n of N).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from embetter_plug import TransformerActivationEncoder
+from embetter_plug import _arch
+from embetter_plug.testing import make_tokenizer
+
+transformers = pytest.importorskip("transformers")
+from transformers import CONFIG_MAPPING, AutoModel  # noqa: E402
+from transformers.models.auto import modeling_auto as auto  # noqa: E402
+
+_TEXT_TASKS = ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
+               "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES")
+_OTHER_MODALITY = re.compile(r"IMAGE|AUDIO|SPEECH|CTC|VIDEO|WAVEFORM|SPECTROGRAM|DOCUMENT|"
+                             r"MULTIMODAL|VISUAL|RNNT|TDT|TEXT_RECOGNITION|TABLE_RECOGNITION|"
+                             r"DEPTH|SEGMENTATION|OBJECT|KEYPOINT|POSE|BACKBONE|TIME_SERIES")
+
+
+def text_model_types() -> list[str]:
+    """Model types with a text task head and no head for another input modality."""
+    text = set().union(*(getattr(auto, n) for n in _TEXT_TASKS)) & set(auto.MODEL_MAPPING_NAMES)
+    other = set().union(*(getattr(auto, n) for n in dir(auto)
+                          if n.endswith("_MAPPING_NAMES") and _OTHER_MODALITY.search(n)))
+    return sorted(text - other)
+
+
+TYPES = text_model_types()
+PARTS = ["resid_pre", "attn_out", "mlp_out", "resid_post"]
+VOCAB, MAX_PARAMS = 512, 2_000_000
+TEXTS = ["The cat sat on the mat.", "A new dataset of images",
+         "short", "Models read text one token at a time, left to right."]
+
+# small sizes under every name configs use for them
+TINY = dict(
+    hidden_size=32, d_model=32, n_embd=32, dim=32, embed_dim=32, embedding_size=32,
+    word_embed_proj_dim=32, num_hidden_layers=2, n_layer=2, num_layers=2, n_layers=2,
+    encoder_layers=2, decoder_layers=2, num_decoder_layers=2, num_hidden_groups=2,
+    num_attention_heads=4, n_head=4, n_heads=4, num_heads=4, encoder_attention_heads=4,
+    decoder_attention_heads=4, num_key_value_heads=2, head_dim=8, d_kv=8, attention_head_dim=8,
+    rotary_dim=4, intermediate_size=64, ffn_dim=64, d_ff=64, hidden_dim=64, n_inner=64,
+    encoder_ffn_dim=64, decoder_ffn_dim=64, moe_intermediate_size=32,
+    shared_expert_intermediate_size=32, num_experts=4, num_local_experts=4, n_routed_experts=4,
+    num_experts_per_tok=2, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8,
+    qk_nope_head_dim=8, v_head_dim=8, max_position_embeddings=512, n_positions=512,
+    vocab_size=VOCAB, n_words=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+)
+
+# post-norm blocks (norm after the residual add): resid_post != resid_pre + attn_out + mlp_out
+POST_NORM = {
+    "albert", "bart", "bert", "bert-generation", "big_bird", "blenderbot-small", "camembert",
+    "canine", "convbert", "data2vec-text", "deberta", "deberta-v2", "distilbert", "electra",
+    "ernie", "esm", "fnet", "gte", "ibert", "jina_embeddings_v3", "longformer", "luke",
+    "marian", "markuplm", "megatron-bert", "mobilebert", "mpnet", "mra", "mvp", "nomic_bert",
+    "nystromformer", "rembert", "roberta", "roc_bert", "roformer", "splinter", "squeezebert",
+    "tapas", "xlm-roberta", "xlnet", "xmod", "yoso", "t5", "mt5", "umt5", "bigbird_pegasus",
+    "openai-gpt", "plbart", "prophetnet", "blenderbot-small",
+}
+
+# blocks where attn_out + mlp_out is not all that is added (scaled residual adds, a second mixer)
+NOT_ADDITIVE = {"beam": "depth-scaled residual add", "hyperclovax": "residual multiplier",
+                "minimax": "weighted residual adds", "falcon_h1": "a Mamba mixer beside attention"}
+# attention-free blocks: the residual stream is read, attn_out is refused with the submodules
+NO_ATTENTION = {"mamba", "falcon_mamba", "nemotron_h", "fnet", "rwkv", "xlstm"}
+# built, but not read per layer/part (each raises a clear error or is documented)
+UNSUPPORTED = {
+    "deepseek_v4": "hyper-connections: the block input carries several residual streams",
+    "hy_v4": "hyper-connections: the block input carries several residual streams",
+    "hrm_text": "a hierarchical recurrent model: two stacks run in cycles, not one block list",
+    "longformer": "pads the sequence to its attention window inside the forward",
+    "mobilebert": "bottleneck blocks: the sublayers work at an inner width",
+    "squeezebert": "channels-first convolutions: sublayer outputs are (batch, hidden, tokens)",
+    "convbert": "its convolution reads padding: a padded batch differs from single texts",
+}
+
+COVERAGE: dict[str, str] = {}  # model type -> "passed" / "skipped: reason"; see conftest
+
+
+def tiny_config(model_type: str):
+    cls = CONFIG_MAPPING[model_type]
+    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    kwargs = {k: v for k, v in TINY.items() if k in fields}
+    for name, f in fields.items():  # special tokens beyond the small vocabulary
+        if name.endswith("_token_id") and name not in kwargs and isinstance(f.default, int) \
+                and f.default >= 400:
+            kwargs[name] = 3
+    return cls(**kwargs)
+
+
+def _quiet():
+    warnings.simplefilter("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+@functools.lru_cache(maxsize=None)
+def build(model_type: str):
+    """``(model, None)`` or ``(None, reason it cannot be built tiny offline)``."""
+    with warnings.catch_warnings():
+        _quiet()
+        try:
+            cfg = tiny_config(model_type)
+            with torch.device("meta"):
+                n = sum(p.numel() for p in AutoModel.from_config(cfg).parameters())
+        except Exception as e:  # noqa: BLE001 - every failure is a skip reason
+            return None, f"config not buildable tiny: {type(e).__name__}: {str(e)[:90]}"
+        if n > MAX_PARAMS:
+            return None, f"tiny sizes leave {n:,} parameters (sizes under other names)"
+        try:
+            torch.manual_seed(0)
+            model = AutoModel.from_config(cfg, attn_implementation="eager").eval()
+            reference(model, (5, 6, 7))
+        except Exception as e:  # noqa: BLE001
+            return None, f"own forward fails on input_ids: {type(e).__name__}: {str(e)[:90]}"
+    return model, None
+
+
+def reference(model, ids):
+    """The model's own hidden states of one unpadded text: ``n_blocks + 1`` arrays ``(T, H)``."""
+    run = _arch.runner(model)
+    with torch.no_grad(), warnings.catch_warnings():
+        _quiet()
+        out = run(input_ids=torch.tensor([ids]), output_hidden_states=True)
+    hs = getattr(out, "hidden_states", None)
+    if not hs:
+        raise ValueError("no hidden_states in the output")
+    return [h[0].float().numpy() for h in hs]
+
+
+def attends_causally(model) -> bool:
+    """Measured: changing the last token leaves the first token's states unchanged."""
+    a, b = reference(model, (5, 6, 7, 8, 9)), reference(model, (5, 6, 7, 8, 10))
+    return all(np.allclose(x[0], y[0], atol=1e-6) for x, y in zip(a, b))
+
+
+def pool(h, how):
+    return h[-1] if how == "lasttoken" else h.mean(0)
+
+
+def check_architecture(model_type: str, model) -> None:
+    """Every assertion of the any-architecture test for one built model."""
+    decoder = attends_causally(model)
+    pooling = "lasttoken" if decoder else "mean"
+    n = _arch.n_blocks(model)
+    parts = PARTS if model_type not in NO_ATTENTION else ["resid_pre", "mlp_out", "resid_post"]
+    if model_type in NO_ATTENTION:
+        with pytest.raises(ValueError, match="no attention sublayer.*its submodules are"):
+            TransformerActivationEncoder(model, make_tokenizer("bpe"), parts="attn_out").fit()
+        parts = ["resid_pre", "resid_post"]
+    texts_ids = {}
+    for side in ("right", "left"):
+        tok = make_tokenizer("bpe", padding_side=side)
+        enc = TransformerActivationEncoder(model, tok, parts=parts, batch_size=4)
+        with warnings.catch_warnings():
+            _quiet()
+            X = enc.fit_transform(TEXTS)
+        assert enc.poolings_ == [pooling], f"auto pooling on a {'decoder' if decoder else 'encoder'}"
+        assert X.shape == (len(TEXTS), n, len(parts), _arch.hidden_size(model))
+        assert np.isfinite(X).all()
+        if len(parts) == 4:
+            assert np.abs(X[:, :, 1]).max() > 0 and np.abs(X[:, :, 2]).max() > 0  # attn/mlp ran
+        X = X[:, :, [0, -1]] if len(parts) == 2 else X
+        for i, text in enumerate(TEXTS):
+            if text not in texts_ids:
+                texts_ids[text] = reference(model, tok(text)["input_ids"])
+            hs = texts_ids[text]
+            np.testing.assert_allclose(X[i, 0, 0], pool(hs[0], pooling), rtol=1e-4, atol=1e-4,
+                                       err_msg=f"resid_pre[0], {side} padding")
+            for layer in range(n - 1):  # the last entry has the final norm applied
+                np.testing.assert_allclose(X[i, layer, -1], pool(hs[layer + 1], pooling),
+                                           rtol=1e-4, atol=1e-4,
+                                           err_msg=f"resid_post[{layer}], {side} padding")
+                np.testing.assert_allclose(X[i, layer + 1, 0], X[i, layer, -1], atol=1e-5)
+        if len(parts) == 4 and model_type not in POST_NORM | set(NOT_ADDITIVE):
+            np.testing.assert_allclose(X[:, :, 0] + X[:, :, 1] + X[:, :, 2], X[:, :, 3],
+                                       rtol=1e-4, atol=1e-4, err_msg="residual identity")
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_extraction_matches_the_models_own_hidden_states(model_type):
+    model, reason = build(model_type)
+    if model is None:
+        COVERAGE[model_type] = f"skipped: {reason}"
+        pytest.skip(reason)
+    if model_type in UNSUPPORTED:
+        COVERAGE[model_type] = f"skipped: built, not supported: {UNSUPPORTED[model_type]}"
+        pytest.skip(UNSUPPORTED[model_type])
+    COVERAGE[model_type] = "failed"
+    check_architecture(model_type, model)
+    COVERAGE[model_type] = "passed"
