@@ -41,8 +41,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "nomic_bert": ("self_attn", "mlp"),
     "jina_embeddings_v3": ("self_attn", "mlp"),
     # a short convolution follows each sublayer before the add
-    **{t: ("attn_sconv", "mlp_sconv")
-       for t in ("inkling_text", "inkling2_text", "inkling2_loop_text")},
+    "inkling_text": ("attn_sconv", "mlp_sconv"),
     # sandwich norms under other names
     "hyperclovax": ("post_norm1", "post_norm2"),
 }
@@ -50,6 +49,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
 _SKIP = re.compile(r"(^|_)(norm|ln|layernorm|layer_norm|dropout|drop|act|activation|rotary)"
                    r"|norm$|dropout$|^ln\d*$|_hc$|^cross|crossattention|encoder_attn", re.I)
 _ATTN = re.compile(r"att(n|ention)?($|_)|^attention|selfattention|^attn", re.I)
+_EXACT = ("self_attn", "self_attention", "attention", "attn", "mlp", "ffn", "feed_forward")
 _MLP = re.compile(r"mlp|ffn|feed_?forward|^ff$|moe|experts?$|denserelu|layerff", re.I)
 # a norm placed on a sublayer's output before the add (Gemma-2/3, OLMo-2 "sandwich" norms)
 # (``post_self_attn_layernorm`` first: GLM-4 also has a pre-MLP ``post_attention_layernorm``)
@@ -345,7 +345,8 @@ def sublayer_paths(block, width: int, model_type: str | None = None) -> dict[str
         return {"attn_out": post_attn, "mlp_out": post_mlp}
 
     def role(pattern):
-        for n, c in kids:
+        exact = [(n, c) for n, c in kids if n in _EXACT]  # "mlp" before "mlp_input"
+        for n, c in exact + kids:
             last = n.rsplit(".", 1)[-1]
             label = last if not last.isdigit() else type(c).__name__
             if _SKIP.search(label) or _is_norm(c):
