@@ -103,7 +103,7 @@ def text_config(config):
     """The language part of a configuration (``text_config`` of a multimodal one, else itself)."""
     get = getattr(config, "get_text_config", None)
     try:
-        return get(decoder=True) if callable(get) else config
+        return get() if callable(get) else config
     except (TypeError, ValueError):  # older signatures, or several text configs
         return config
 
