@@ -1,4 +1,4 @@
-"""Per-family registry: where the blocks are and which submodule writes each part.
+"""Where a model's blocks are and which submodule writes each part, found from the model itself.
 
 Part names follow TransformerLens:
 
@@ -7,8 +7,17 @@ Part names follow TransformerLens:
 - ``attn_out``   what the attention sublayer adds to the residual stream;
 - ``mlp_out``    what the MLP sublayer adds to the residual stream.
 
-For pre-norm families ``resid_post == resid_pre + attn_out + mlp_out``. For post-norm encoders
-(BERT and friends) ``attn_out``/``mlp_out`` are the sublayer outputs before add-and-norm.
+For pre-norm families (sequential or parallel residual)
+``resid_post == resid_pre + attn_out + mlp_out``; where a norm follows the sublayer before the
+add (Gemma-2/3, OLMo-2) that norm's output is the part. For post-norm encoders (BERT and
+friends, BART's encoder, DistilBERT) ``attn_out``/``mlp_out`` are the sublayer outputs before
+add-and-norm.
+
+Discovery is generic: the blocks are the ``nn.ModuleList`` on the forward path of
+:func:`runner` whose length is the configuration's layer count; within a block the attention and
+MLP sublayers are found by role (child names and classes), with a small override table where
+the generic rule reads a family wrong. Encoder-decoder models expose their encoder stack;
+multimodal wrappers their language stack.
 
 A part may also be a module path: a template with ``{layer}`` (``"model.layers.{layer}.mlp"``) is
 read in every requested layer; a fixed path (``"transformer.h.5.mlp"``) is read once and its vector
@@ -18,57 +27,35 @@ repeats along the layer axis.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+import re
+from typing import Sequence
 
 PARTS = ("resid_post", "attn_out", "mlp_out", "resid_pre")
 ALIASES = {"rs": "resid_post", "attn": "attn_out", "mlp": "mlp_out", "resid": "resid_post"}
 
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """Module paths, relative to the base model, of one architecture family."""
-
-    blocks: str
-    attn_out: str
-    mlp_out: str
-    post_norm: bool = False
-
-
-_LLAMA_LIKE = ArchSpec("layers", "self_attn", "mlp")
-_GEMMA2_LIKE = ArchSpec("layers", "post_attention_layernorm", "post_feedforward_layernorm")
-_BERT_LIKE = ArchSpec("encoder.layer", "attention.output.dense", "output.dense", post_norm=True)
-
-REGISTRY: dict[str, ArchSpec] = {
-    "gpt2": ArchSpec("h", "attn", "mlp"),
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "mixtral": ArchSpec("layers", "self_attn", "block_sparse_moe"),
-    "qwen2": _LLAMA_LIKE,
-    "qwen3": _LLAMA_LIKE,
-    "gemma": _LLAMA_LIKE,
-    "phi3": _LLAMA_LIKE,
-    "phi": ArchSpec("layers", "self_attn", "mlp"),  # parallel attn + mlp, both added
-    "olmo": _LLAMA_LIKE,
-    "olmo2": ArchSpec("layers", "post_attention_layernorm", "post_feedforward_layernorm"),
-    "gemma2": _GEMMA2_LIKE,
-    "gemma3": _GEMMA2_LIKE,
-    "gemma3_text": _GEMMA2_LIKE,
-    "gpt_neox": ArchSpec("layers", "post_attention_dropout", "post_mlp_dropout"),
-    "opt": ArchSpec("decoder.layers", "self_attn", "fc2"),
-    "bert": _BERT_LIKE,
-    "roberta": _BERT_LIKE,
-    "xlm-roberta": _BERT_LIKE,
-    "electra": _BERT_LIKE,
-    "mpnet": ArchSpec("encoder.layer", "attention.o", "output.dense", post_norm=True),
-    "distilbert": ArchSpec("transformer.layer", "attention.out_lin", "ffn", post_norm=True),
+# the generic rule reads these wrong: (attention, mlp) paths relative to a block. GTE-style
+# encoders name their post-norm add-and-norms ``post_attention_layernorm``/``post_mlp_layernorm``,
+# which elsewhere (Gemma-2, OLMo-2) are norms applied to the sublayer before the add.
+OVERRIDES: dict[str, tuple[str, str]] = {
+    "gte": ("self_attn", "mlp"),
+    "nomic_bert": ("self_attn", "mlp"),
+    "jina_embeddings_v3": ("self_attn", "mlp"),
+    # a short convolution follows each sublayer before the add
+    "inkling_text": ("attn_sconv", "mlp_sconv"),
+    # sandwich norms under other names
+    "hyperclovax": ("post_norm1", "post_norm2"),
 }
 
-# families whose embeddings derive positions from the padding in input_ids themselves (RoBERTa
-# counts from padding_idx + 1); every other family gets mask-aware position_ids from us
-POSITIONS_FROM_PADDING = {"roberta", "xlm-roberta", "camembert", "mpnet", "longformer",
-                          "data2vec-text", "xlm-roberta-xl"}
-
-ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "electra", "mpnet", "distilbert"}
+_SKIP = re.compile(r"(^|_)(norm|ln|layernorm|layer_norm|dropout|drop|act|activation|rotary)"
+                   r"|norm$|dropout$|^ln\d*$|_hc$|^cross|crossattention|encoder_attn", re.I)
+_ATTN = re.compile(r"att(n|ention)?($|_)|^attention|selfattention|^attn", re.I)
+_EXACT = ("self_attn", "self_attention", "attention", "attn", "mlp", "ffn", "feed_forward")
+_MLP = re.compile(r"mlp|ffn|feed_?forward|^ff$|moe|experts?$|denserelu|layerff", re.I)
+# a norm placed on a sublayer's output before the add (Gemma-2/3, OLMo-2 "sandwich" norms)
+# (``post_self_attn_layernorm`` first: GLM-4 also has a pre-MLP ``post_attention_layernorm``)
+_POST_ATTN_NORM = (re.compile(r"^post_self_att(n|ention)_(layer)?norm$"),
+                   re.compile(r"^post_att(n|ention)_(layer)?norm$"))
+_POST_MLP_NORM = (re.compile(r"^post_(feedforward|mlp|ffn)_(layer)?norm$"),)
 
 
 def canonical_part(part: str) -> str:
@@ -106,23 +93,331 @@ def validate_parts(parts) -> list[str]:
     return out
 
 
-def get_spec(model) -> ArchSpec | None:
-    return REGISTRY.get(getattr(model.config, "model_type", None))
-
-
-def unknown_arch_error(model) -> ValueError:
-    mt = getattr(model.config, "model_type", type(model).__name__)
-    return ValueError(
-        f"architecture model_type={mt!r} is not in embetter_plug's registry "
-        f"(known: {sorted(REGISTRY)}). Name its modules directly: pass parts as module-path "
-        "templates, e.g. parts=['model.layers.{layer}', 'model.layers.{layer}.mlp'] "
-        "(print(model) shows the paths), or add an ArchSpec to embetter_plug._arch.REGISTRY."
-    )
-
-
+# ------------------------------------------------------------------------------ the model
 def base_model(model):
     """The bare transformer inside a model with a head (``GPT2LMHeadModel`` -> ``GPT2Model``)."""
     return getattr(model, "base_model", model)
+
+
+def text_config(config):
+    """The language part of a configuration (``text_config`` of a multimodal one, else itself)."""
+    get = getattr(config, "get_text_config", None)
+    try:
+        return get() if callable(get) else config
+    except (TypeError, ValueError):  # older signatures, or several text configs
+        return config
+
+
+def _is_multimodal(config) -> bool:
+    return text_config(config) is not config
+
+
+def runner(model):
+    """The module the extractor calls with ``input_ids`` and ``attention_mask``.
+
+    The base model of a decoder-only model or encoder; the encoder of an encoder-decoder model
+    (T5, BART); the language model of a multimodal wrapper (Gemma-3, LLaVA).
+    """
+    cfg = model.config
+    if getattr(cfg, "is_encoder_decoder", False) and callable(getattr(model, "get_encoder", None)):
+        enc = model.get_encoder()
+        if enc is not None:
+            return enc
+    if _is_multimodal(cfg) and callable(getattr(model, "get_decoder", None)):
+        dec = model.get_decoder()
+        if dec is not None and dec is not model:
+            return dec
+    return base_model(model)
+
+
+def config_n_blocks(config) -> int | None:
+    """Number of blocks of the exposed stack a configuration declares (``None``: unknown)."""
+    cfg = text_config(config)
+    names = ("encoder_layers", "num_layers") if getattr(cfg, "is_encoder_decoder", False) else ()
+    for name in (*names, "num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+        n = getattr(cfg, name, None)
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+            return n
+    return None
+
+
+def hidden_size(model) -> int:
+    """Width of the residual stream (from the text sub-config where the config nests one)."""
+    cfg = text_config(model.config)
+    for name in ("hidden_size", "d_model", "n_embd", "dim", "embed_dim"):
+        h = getattr(cfg, name, None)
+        if isinstance(h, int) and h > 0:
+            return h
+    raise ValueError(f"{type(model.config).__name__} names no hidden size (hidden_size, d_model, "
+                     "n_embd); pass parts as module paths and check their width.")
+
+
+def _path_of(model, module) -> str:
+    return next((n for n, m in model.named_modules() if m is module), "")
+
+
+def find_blocks(model):
+    """``(path, ModuleList)`` of the exposed stack's blocks; the path is relative to ``model``.
+
+    The blocks are the ``nn.ModuleList`` inside :func:`runner` whose length is the layer count
+    of the (text) configuration; among several, the one nearest the root, of identical classes
+    first.
+    """
+    import torch
+
+    run = runner(model)
+    n = config_n_blocks(model.config)
+    lists = [(name, m) for name, m in run.named_modules()
+             if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
+    if n is not None:
+        exact = [(name, m) for name, m in lists if len(m) == n]
+    else:
+        longest = max((len(m) for _, m in lists), default=0)
+        exact = [(name, m) for name, m in lists if len(m) == longest]
+    if not exact:
+        mt = getattr(model.config, "model_type", type(model).__name__)
+        found = {name: len(m) for name, m in lists}
+        raise ValueError(
+            f"no block list of {n} layers found in {type(run).__name__} (model_type={mt!r}; "
+            f"module lists: {found}); a model that reuses one block for several layers cannot "
+            "be read per layer. Name modules directly with module-path parts, e.g. "
+            "parts=['<path to blocks>.{layer}'] (print(model) shows the paths)."
+        )
+    exact.sort(key=lambda nm: (len({type(c) for c in nm[1]}) > 1, nm[0].count("."), nm[0]))
+    name, blocks = exact[0]
+    prefix = _path_of(model, run)
+    return (f"{prefix}.{name}" if prefix else name), blocks
+
+
+def n_blocks(model) -> int:
+    return len(find_blocks(model)[1])
+
+
+def is_decoder(model) -> bool:
+    """Whether the exposed stack attends causally (decoder-only), decided from the model.
+
+    Encoder-decoder models expose their (bidirectional) encoder. Otherwise the ``is_causal``
+    flags of the attention modules decide; where none says, the model type's task mappings
+    (causal-LM without masked-LM) and ``config.is_decoder``.
+    """
+    cfg = model.config
+    if getattr(cfg, "is_encoder_decoder", False):
+        return False
+    try:
+        _, blocks = find_blocks(model)
+        flags = {m.is_causal for m in blocks.modules()
+                 if isinstance(getattr(m, "is_causal", None), bool)}
+    except ValueError:
+        flags = set()
+    if len(flags) == 1:
+        return flags.pop()
+    if getattr(text_config(cfg), "is_decoder", False):
+        return True
+    try:
+        from transformers.models.auto import modeling_auto as auto
+    except ImportError:  # pragma: no cover
+        return False
+    mt = getattr(text_config(cfg), "model_type", None)
+    return (mt in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            and mt not in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
+is_decoder_only = is_decoder
+
+
+def positions_from_padding(model) -> bool:
+    """Whether the embeddings derive positions from the padding in ``input_ids`` themselves.
+
+    RoBERTa-style embeddings count positions from ``padding_idx + 1`` past the padding
+    (``create_position_ids_from_input_ids``); such models must not get ``position_ids``.
+    """
+    return any(callable(getattr(type(m), "create_position_ids_from_input_ids", None))
+               for m in runner(model).modules())
+
+
+def takes_position_ids(model) -> bool:
+    """Whether the extractor passes mask-aware ``position_ids``: to decoders that accept them.
+
+    Encoders get none (their position schemes vary: offsets, padding-derived, relative) and
+    are padded on the right instead, where their own positions are right (see
+    :func:`padding_side`).
+    """
+    import inspect
+
+    run = runner(model)
+    try:
+        accepts = "position_ids" in inspect.signature(run.forward).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    return accepts and is_decoder(model) and not positions_from_padding(model)
+
+
+def padding_side(model, requested: str) -> str:
+    """``requested`` where positions follow the mask, else ``"right"`` (the real tokens then
+    sit at positions ``0..n-1``, as in an unpadded forward)."""
+    if requested == "left" and (takes_position_ids(model) or positions_from_padding(model)):
+        return "left"
+    return "right"
+
+
+# -------------------------------------------------------------------- sublayers of a block
+def _is_norm(module) -> bool:
+    import torch
+
+    if isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
+        return True
+    name = type(module).__name__.lower()
+    return name.endswith(("norm", "norm1p")) and not any(True for _ in module.children())
+
+
+def _out_features(module):
+    return getattr(module, "out_features", None) or getattr(module, "nf", None)
+
+
+def _children(block):
+    """Named children, looking through a ``ModuleList`` of sublayers (T5's ``layer.0``)."""
+    import torch
+
+    for name, child in block.named_children():
+        if isinstance(child, torch.nn.ModuleList):
+            for i, sub in child.named_children():
+                yield f"{name}.{i}", sub
+        else:
+            yield name, child
+
+
+def _sublayer_output(path: str, module, width: int) -> str:
+    """Path of what the sublayer at ``path`` adds to the stream (before any add-and-norm).
+
+    BERT-style sublayers add and normalise inside (``attention.output.dense``); a sublayer
+    that holds a hidden-width norm next to its projection (ALBERT, MPNet, T5) is read at the
+    projection (or the inner module) that runs before that norm.
+    """
+    kids = dict(module.named_children())
+    out = kids.get("output")
+    if out is not None and hasattr(out, "dense") and _out_features(out.dense) == width:
+        return f"{path}.output.dense"
+    norms = [c for c in kids.values() if _is_norm(c) and _norm_width(c) == width]
+    if norms or _adds_residual(module):
+        rest = [(n, c) for n, c in kids.items()
+                if not _is_norm(c) and not _SKIP.search(n) and not _is_plain_op(c)]
+        linear = [n for n, c in rest if _out_features(c) == width]
+        if linear:
+            return f"{path}.{linear[-1]}"
+        inner = [n for n, c in rest if _out_features(c) is None]
+        if len(inner) == 1:
+            return f"{path}.{inner[0]}"
+    return path
+
+
+def _adds_residual(module) -> bool:
+    """A sublayer whose forward takes the residual and adds it itself (BLOOM)."""
+    import inspect
+
+    try:
+        return "residual" in inspect.signature(type(module).forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _is_plain_op(module) -> bool:
+    return len(list(module.parameters(recurse=False))) == 0 and not list(module.children())
+
+
+def _norm_width(norm):
+    shape = getattr(norm, "normalized_shape", None)
+    if shape:
+        return shape[-1]
+    w = getattr(norm, "weight", None)
+    return w.shape[-1] if w is not None and w.dim() == 1 else None
+
+
+def sublayer_paths(block, width: int, model_type: str | None = None) -> dict[str, str | None]:
+    """``{"attn_out": path, "mlp_out": path}`` relative to ``block`` (``None``: not found)."""
+    if model_type in OVERRIDES:
+        attn, mlp = OVERRIDES[model_type]
+        return {"attn_out": attn, "mlp_out": mlp}
+    kids = list(_children(block))
+    names = [n for n, _ in kids]
+    post_attn = next((n for pat in _POST_ATTN_NORM for n in names if pat.match(n)), None)
+    post_mlp = next((n for pat in _POST_MLP_NORM for n in names if pat.match(n)), None)
+    if post_attn and post_mlp:  # norms on the sublayer outputs, before the add
+        return {"attn_out": post_attn, "mlp_out": post_mlp}
+
+    def role(pattern):
+        exact = [(n, c) for n, c in kids if n in _EXACT]  # "mlp" before "mlp_input"
+        for n, c in exact + kids:
+            last = n.rsplit(".", 1)[-1]
+            label = last if not last.isdigit() else type(c).__name__
+            if _SKIP.search(label) or _is_norm(c):
+                continue
+            if pattern.search(label) or (last.isdigit() and pattern.search(type(c).__name__)):
+                w = _out_features(c)
+                if w is None or w == width:
+                    return n, c
+        return None
+
+    found = role(_ATTN)
+    attn = _sublayer_output(*found, width) if found else None
+    found = role(_MLP)
+    if attn is None and found is None and len(kids) == 1:  # a group around one layer (ALBERT)
+        inner = sublayer_paths(kids[0][1], width)
+        return {k: v and f"{kids[0][0]}.{v}" for k, v in inner.items()}
+    if found is not None:
+        mlp = _sublayer_output(*found, width)
+    else:
+        out = dict(block.named_children()).get("output")  # BERT: intermediate + output
+        if out is not None and hasattr(out, "dense"):
+            mlp = "output.dense"
+        else:  # fc1/fc2 directly in the block (OPT, BART): the last projection to the stream
+            linear = [n for n, c in kids if _out_features(c) == width and "." not in n
+                      and n != attn]
+            mlp = linear[-1] if linear else None
+    return {"attn_out": attn, "mlp_out": mlp}
+
+
+def _missing_part_error(model, part, blocks_path, block) -> ValueError:
+    mt = getattr(model.config, "model_type", type(model).__name__)
+    kids = [n for n, _ in _children(block)]
+    return ValueError(
+        f"part {part!r}: no {'attention' if part == 'attn_out' else 'MLP'} sublayer found in "
+        f"{type(block).__name__} (model_type={mt!r}); its submodules are {kids}. Name the one "
+        f"to read as a module path, e.g. parts=['{blocks_path}.{{layer}}.{kids[0] if kids else ''}']."
+    )
+
+
+def resolve_targets(model, layers: Sequence[int], parts: Sequence[str]):
+    """List ``(module, kind, layer_pos or None, part_pos)`` for every requested activation.
+
+    ``kind`` is ``"pre"`` (the module's input: ``args[0]`` or ``kwargs["hidden_states"]`` of a
+    forward pre-hook) or ``"post"`` (its output, the first tensor of a tuple); ``layer_pos`` is
+    ``None`` for a fixed module path, whose vector fills every layer row.
+    """
+    named = [p for p in parts if p in PARTS]
+    if named:
+        blocks_path, blocks = find_blocks(model)
+        width = hidden_size(model)
+        mt = getattr(text_config(model.config), "model_type", None)
+    targets = []
+    for pi, part in enumerate(parts):
+        if part in PARTS:
+            for li, layer in enumerate(layers):
+                block = blocks[layer]
+                if part == "resid_pre":
+                    targets.append((block, "pre", li, pi))
+                elif part == "resid_post":
+                    targets.append((block, "post", li, pi))
+                else:
+                    path = sublayer_paths(block, width, mt)[part]
+                    if path is None:
+                        raise _missing_part_error(model, part, blocks_path, block)
+                    targets.append((block.get_submodule(path), "post", li, pi))
+        elif "{layer}" in part:
+            for li, layer in enumerate(layers):
+                targets.append((find_module(model, part.format(layer=layer)), "post", li, pi))
+        else:
+            targets.append((find_module(model, part), "post", None, pi))
+    return targets
 
 
 def find_module(model, path: str):
@@ -150,96 +445,3 @@ def find_module(model, path: str):
         + (f"; close matches: {close}" if close else "")
         + ". print(model) lists the module paths."
     )
-
-
-def n_blocks(model) -> int:
-    spec = get_spec(model)
-    if spec is not None:
-        return len(find_module(base_model(model), spec.blocks))
-    n = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
-    if n is None:
-        raise unknown_arch_error(model)
-    return int(n)
-
-
-def config_n_blocks(config) -> int | None:
-    """Number of blocks a configuration declares (``None`` when it does not say)."""
-    for cfg in (config, getattr(config, "text_config", None)):
-        n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
-        if isinstance(n, int) and n > 0:
-            return n
-    return None
-
-
-def is_decoder_only(model) -> bool:
-    cfg = model.config
-    if getattr(cfg, "is_encoder_decoder", False):
-        return False
-    return getattr(cfg, "model_type", "") not in ENCODER_TYPES and not _looks_bidirectional(cfg)
-
-
-def _looks_bidirectional(cfg) -> bool:
-    archs = getattr(cfg, "architectures", None) or []
-    return any("MaskedLM" in a or "ForPreTraining" in a for a in archs)
-
-
-def text_config(config):
-    """The configuration of the language stack (a multimodal config's text sub-config)."""
-    getter = getattr(config, "get_text_config", None)
-    if getter is not None:
-        try:
-            return getter()
-        except (TypeError, ValueError):
-            pass
-    return getattr(config, "text_config", None) or config
-
-
-def hidden_size(model) -> int:
-    cfg = model.config
-    for c in (cfg, text_config(cfg)):
-        n = getattr(c, "hidden_size", None)
-        if isinstance(n, int):
-            return n
-    raise ValueError(f"cannot tell the hidden size of {type(model).__name__}.")
-
-
-def runner(model):
-    """The module the extractor calls with ``input_ids`` and ``attention_mask``."""
-    return base_model(model)
-
-
-def positions_from_padding(model) -> bool:
-    return getattr(model.config, "model_type", None) in POSITIONS_FROM_PADDING
-
-
-is_decoder = is_decoder_only
-
-
-def resolve_targets(model, layers, parts):
-    """List ``(module, kind, layer_pos or None, part_pos)`` for every requested activation.
-
-    ``kind`` is ``"pre"`` (the module's input) or ``"post"`` (its output); ``layer_pos`` is
-    ``None`` for a fixed module path, whose vector fills every layer row.
-    """
-    spec = get_spec(model)
-    base = base_model(model)
-    blocks = find_module(base, spec.blocks) if spec is not None else None
-    targets = []
-    for pi, part in enumerate(parts):
-        if part in PARTS:
-            if spec is None:
-                raise unknown_arch_error(model)
-            for li, layer in enumerate(layers):
-                block = blocks[layer]
-                if part == "resid_pre":
-                    targets.append((block, "pre", li, pi))
-                elif part == "resid_post":
-                    targets.append((block, "post", li, pi))
-                else:
-                    targets.append((find_module(block, getattr(spec, part)), "post", li, pi))
-        elif "{layer}" in part:
-            for li, layer in enumerate(layers):
-                targets.append((find_module(model, part.format(layer=layer)), "post", li, pi))
-        else:
-            targets.append((find_module(model, part), "post", None, pi))
-    return targets

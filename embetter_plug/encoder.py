@@ -239,7 +239,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         cands = [getattr(self.tokenizer_, "model_max_length", None),
                  getattr(config, "max_position_embeddings", None),
                  getattr(config, "n_positions", None)]
-        cands = [int(c) for c in cands if c and c < 1_000_000]
+        cands = [int(c) for c in cands if c and 0 < c < 1_000_000]
         return min(cands) if cands else 512
 
     def _extractor(self) -> ActivationExtractor:

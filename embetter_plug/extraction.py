@@ -177,11 +177,11 @@ class ActivationExtractor:
         import torch
 
         runner = _arch.runner(self.model)
-        params = inspect.signature(runner.forward).parameters
-        accepts_pos = "position_ids" in params and not _arch.positions_from_padding(self.model)
-        extra = {"use_cache": False} if "use_cache" in params else {}
+        accepts_pos = _arch.takes_position_ids(self.model)
+        extra = ({"use_cache": False} if "use_cache" in inspect.signature(runner.forward).parameters
+                 else {})
         pad_id = _batching.pad_id(self.tokenizer, self.model.config)
-        side = getattr(self.tokenizer, "padding_side", "right")
+        side = _arch.padding_side(self.model, getattr(self.tokenizer, "padding_side", "right"))
         L, P, H = self.shape
         capture = Capture(self.model, self._targets, L, len(self.parts), self.poolings, H,
                           list(self.parts))

@@ -94,18 +94,21 @@ def test_transform_before_fit(tiny_gpt2):
         TransformerActivationEncoder(*tiny_gpt2).transform(["a"])
 
 
-def test_unknown_architecture_names_model_type():
-    from transformers import T5Config, T5EncoderModel
+def test_missing_sublayer_names_the_block_submodules_and_the_way_out():
+    from transformers import FNetConfig, FNetModel
 
-    cfg = T5Config(vocab_size=400, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4)
-    model = T5EncoderModel(cfg)
-    _, tok = make_tiny_model("gpt2")
-    with pytest.raises(ValueError, match=r"model_type='t5'.*module-path templates"):
-        TransformerActivationEncoder(model, tok).fit()
+    torch.manual_seed(0)
+    cfg = FNetConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                     max_position_embeddings=64, pad_token_id=0)
+    model = FNetModel(cfg).eval()  # Fourier mixing: no attention sublayer
+    _, tok = make_tiny_model("bert")
+    with pytest.raises(ValueError, match=r"model_type='fnet'.*\['fourier', 'intermediate', "
+                                         r"'output'\].*encoder\.layer\.\{layer\}\.fourier"):
+        TransformerActivationEncoder(model, tok, parts="attn_out").fit()
     # and the way out that the message names works
     X = TransformerActivationEncoder(model, tok, layers=[0, 1], token_pooling="mean",
-                                     parts=["encoder.block.{layer}"]).fit_transform(["a b", "c"])
-    assert X.shape == (2, 2, 1, 16) and np.isfinite(X).all()
+                                     parts=["encoder.layer.{layer}.fourier"]).fit_transform(["a b", "c"])
+    assert X.shape == (2, 2, 1, 32) and np.isfinite(X).all()
 
 
 def test_truncation_is_logged_when_asked_for_and_keeps_template_suffix(tiny_gpt2, caplog):
