@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 PARTS = ("resid_post", "attn_out", "mlp_out", "resid_pre")
 ALIASES = {"rs": "resid_post", "attn": "attn_out", "mlp": "mlp_out", "resid": "resid_post"}
@@ -156,41 +156,66 @@ def _path_of(model, module) -> str:
     return next((n for n, m in model.named_modules() if m is module), "")
 
 
+def _block_lists(model):
+    import torch
+
+    run = runner(model)
+    lists = [(name, m) for name, m in run.named_modules()
+             if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
+    # nearest the root first, lists of one block class before mixed ones
+    lists.sort(key=lambda nm: (len({type(c) for c in nm[1]}) > 1, nm[0].count("."), nm[0]))
+    prefix = _path_of(model, run)
+    return [((f"{prefix}.{name}" if prefix else name), m) for name, m in lists], run
+
+
 def find_blocks(model):
     """``(path, ModuleList)`` of the exposed stack's blocks; the path is relative to ``model``.
 
     The blocks are the ``nn.ModuleList`` inside :func:`runner` whose length is the layer count
     of the (text) configuration; among several, the one nearest the root, of identical classes
-    first.
+    first. A stack that reuses its blocks (ALBERT: ``g`` blocks, each run ``n / g`` times in a
+    row) gives its ``g`` blocks; :func:`block_calls` says which call is which layer.
     """
-    import torch
-
-    run = runner(model)
     n = config_n_blocks(model.config)
-    lists = [(name, m) for name, m in run.named_modules()
-             if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
-    if n is not None:
-        exact = [(name, m) for name, m in lists if len(m) == n]
-    else:
+    lists, run = _block_lists(model)
+    if n is None:
         longest = max((len(m) for _, m in lists), default=0)
         exact = [(name, m) for name, m in lists if len(m) == longest]
+    else:
+        exact = [(name, m) for name, m in lists if len(m) == n]
+        if not exact and _shares_blocks(model.config):
+            exact = [(name, m) for name, m in lists if n % len(m) == 0]
     if not exact:
         mt = getattr(model.config, "model_type", type(model).__name__)
         found = {name: len(m) for name, m in lists}
         raise ValueError(
             f"no block list of {n} layers found in {type(run).__name__} (model_type={mt!r}; "
-            f"module lists: {found}); a model that reuses one block for several layers cannot "
-            "be read per layer. Name modules directly with module-path parts, e.g. "
+            f"module lists: {found}). Name modules directly with module-path parts, e.g. "
             "parts=['<path to blocks>.{layer}'] (print(model) shows the paths)."
         )
-    exact.sort(key=lambda nm: (len({type(c) for c in nm[1]}) > 1, nm[0].count("."), nm[0]))
-    name, blocks = exact[0]
-    prefix = _path_of(model, run)
-    return (f"{prefix}.{name}" if prefix else name), blocks
+    return exact[0]
+
+
+def _shares_blocks(config) -> bool:
+    """Whether the configuration declares fewer distinct blocks than layers (ALBERT's
+    ``num_hidden_groups``)."""
+    cfg = text_config(config)
+    groups = getattr(cfg, "num_hidden_groups", None)
+    return isinstance(groups, int) and 0 < groups < (config_n_blocks(config) or 0)
+
+
+def block_calls(model) -> list[tuple[Any, int, int]]:
+    """``(block, occurrence, calls per forward)`` of each layer: ``(blocks[l], 0, 1)`` for a
+    plain stack; for one that reuses each of its ``g`` blocks ``r = n / g`` times in a row,
+    layer ``l`` is call ``l % r`` of block ``l // r``."""
+    _, blocks = find_blocks(model)
+    n = config_n_blocks(model.config) or len(blocks)
+    r = max(1, n // len(blocks))
+    return [(blocks[layer // r], layer % r, r) for layer in range(n)]
 
 
 def n_blocks(model) -> int:
-    return len(find_blocks(model)[1])
+    return len(block_calls(model))
 
 
 def is_decoder(model) -> bool:
@@ -387,7 +412,8 @@ def _missing_part_error(model, part, blocks_path, block) -> ValueError:
 
 
 def resolve_targets(model, layers: Sequence[int], parts: Sequence[str]):
-    """List ``(module, kind, layer_pos or None, part_pos)`` for every requested activation.
+    """List ``(module, kind, layer_pos or None, part_pos[, occurrence, calls per forward])``
+    for every requested activation (see :class:`embetter_plug._hooks.Target`).
 
     ``kind`` is ``"pre"`` (the module's input: ``args[0]`` or ``kwargs["hidden_states"]`` of a
     forward pre-hook) or ``"post"`` (its output, the first tensor of a tuple); ``layer_pos`` is
@@ -395,23 +421,23 @@ def resolve_targets(model, layers: Sequence[int], parts: Sequence[str]):
     """
     named = [p for p in parts if p in PARTS]
     if named:
-        blocks_path, blocks = find_blocks(model)
+        blocks_path, _ = find_blocks(model)
+        calls = block_calls(model)
         width = hidden_size(model)
         mt = getattr(text_config(model.config), "model_type", None)
     targets = []
     for pi, part in enumerate(parts):
         if part in PARTS:
             for li, layer in enumerate(layers):
-                block = blocks[layer]
-                if part == "resid_pre":
-                    targets.append((block, "pre", li, pi))
-                elif part == "resid_post":
-                    targets.append((block, "post", li, pi))
+                block, occurrence, repeats = calls[layer]
+                if part in ("resid_pre", "resid_post"):
+                    module, kind = block, "pre" if part == "resid_pre" else "post"
                 else:
                     path = sublayer_paths(block, width, mt)[part]
                     if path is None:
                         raise _missing_part_error(model, part, blocks_path, block)
-                    targets.append((block.get_submodule(path), "post", li, pi))
+                    module, kind = block.get_submodule(path), "post"
+                targets.append((module, kind, li, pi, occurrence, repeats))
         elif "{layer}" in part:
             for li, layer in enumerate(layers):
                 targets.append((find_module(model, part.format(layer=layer)), "post", li, pi))

@@ -35,13 +35,15 @@ class _StopForward(Exception):
 class Target(NamedTuple):
     """One activation to read: ``module``'s input (``"pre"``) or output (``"post"``) at its
     ``occurrence``-th call in a forward, stored at ``(layer_pos, part_pos)`` (``layer_pos=None``:
-    a fixed module whose vector fills every layer row)."""
+    a fixed module whose vector fills every layer row). ``repeats``: how many calls per forward
+    the module makes by design (a block a model reuses); more than that is an error."""
 
     module: object
     kind: str
     layer_pos: int | None
     part_pos: int
     occurrence: int = 0
+    repeats: int = 1
 
 
 def _first_tensor(output):
@@ -170,13 +172,13 @@ class Capture:
         self.part_names = part_names
         self._slots: dict = defaultdict(list)  # (key, occurrence) -> [(layer_pos, part_pos)]
         self._modules: dict = {}
-        self._max_occurrence: dict = defaultdict(int)
+        self._repeats: dict = defaultdict(lambda: 1)
         for t in targets:
             t = Target(*t)
             key = (id(t.module), t.kind)
             self._modules[key] = t.module
             self._slots[(key, t.occurrence)].append((t.layer_pos, t.part_pos))
-            self._max_occurrence[key] = max(self._max_occurrence[key], t.occurrence)
+            self._repeats[key] = max(self._repeats[key], t.repeats, t.occurrence + 1)
 
     def __enter__(self) -> "Capture":
         self._manager = hook_manager(self.model)
@@ -194,7 +196,7 @@ class Capture:
         self._calls[key] = n + 1
         where = self._slots.get((key, n))
         if where is None:
-            if n > self._max_occurrence[key]:
+            if n >= self._repeats[key]:
                 self._ran_twice(key, n + 1)
             return
         self._store(tensor, where)

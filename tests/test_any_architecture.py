@@ -337,15 +337,33 @@ def test_encoder_decoder_models_expose_their_encoder_stack(family):
                                        rtol=1e-4, atol=1e-4)
 
 
-def test_shared_block_models_get_a_clear_error():
-    """ALBERT as released shares one block across its layers: no per-layer modules to hook."""
+@pytest.mark.parametrize("groups", [1, 3])
+def test_albert_with_shared_blocks_reads_each_layer(groups):
+    """ALBERT as released runs one block for every layer: each layer is that block's own call."""
     from transformers import AlbertConfig
 
-    cfg = AlbertConfig(vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=3,
-                       num_hidden_groups=1, num_attention_heads=4, intermediate_size=64)
+    cfg = AlbertConfig(vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=6,
+                       num_hidden_groups=groups if groups > 1 else 1, num_attention_heads=4,
+                       intermediate_size=64)
+    torch.manual_seed(0)
     model = AutoModel.from_config(cfg).eval()
-    with pytest.raises(ValueError, match=r"no block list of 3 layers.*reuses one block"):
-        TransformerActivationEncoder(model, make_tokenizer("bpe")).fit()
+    tok = make_tokenizer("bpe")
+    enc = TransformerActivationEncoder(model, tok, parts=["resid_pre", "resid_post", "mlp_out"],
+                                       token_pooling="mean", batch_size=2).fit()
+    assert enc.layer_indices_ == list(range(6))
+    X = enc.transform(TEXTS[:3])
+    for i, text in enumerate(TEXTS[:3]):
+        ids = tok(text, return_tensors="pt")
+        with torch.no_grad():
+            hs = model(**ids, output_hidden_states=True).hidden_states
+        for layer in range(6):
+            np.testing.assert_allclose(X[i, layer, 0], hs[layer][0].numpy().mean(0),
+                                       rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(X[i, layer, 1], hs[layer + 1][0].numpy().mean(0),
+                                       rtol=1e-4, atol=1e-4)
+    assert np.abs(X[:, 0, 2] - X[:, 1, 2]).max() > 1e-4  # each layer's own call, not the first
+    part = TransformerActivationEncoder(model, tok, layers=[4], token_pooling="mean").fit()
+    np.testing.assert_allclose(part.transform(TEXTS[:3])[:, 0], X[:, 4, 1:2], rtol=1e-4, atol=1e-4)
 
 
 def test_missing_part_names_the_submodules_and_the_path_way_out():
