@@ -28,6 +28,8 @@ from .extract import add_encoder_arguments, encoder_from_args
 DEFAULT_PARTS = "resid_post,attn_out,mlp_out"
 BUILTIN_MODEL = "all-MiniLM-L6-v2"
 OUTPUTS = ("results.csv", "best_pipeline.joblib", "probe.png", "report.html")
+#: --task auto: numbers with more distinct values than this are a regression target
+AUTO_MAX_CLASSES = 20
 TABLE_METRICS = {"classification": ["accuracy", "f1", "roc_auc"],
                  "regression": ["mse", "r2", "spearman"]}
 
@@ -45,7 +47,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--cv", type=int_at_least(2), default=5,
                         help="number of cross-validation folds")
     parser.add_argument("--task", default="auto", choices=["auto", "classification", "regression"],
-                        help="auto: numbers with many values are regression, the rest labels")
+                        help=f"auto: numbers with more than {AUTO_MAX_CLASSES} distinct values, or with "
+                             "fractions, are regression; the rest labels")
     parser.add_argument("--probe", default="logistic", choices=["logistic", "lda"],
                         help="probe model for labels: standardised logistic regression or "
                              "shrinkage LDA (numbers always use ridge regression)")
@@ -73,20 +76,29 @@ def _read(args):
     """``(texts, y, dataset name, task)``, every cell and class count checked before extraction."""
     import numpy as np
 
-    from embetter_plug.probe._metrics import detect_task
+    from embetter_plug.probe._metrics import detect_task, plain
 
     df, name = read_csv(args.data)
     check_columns(df, args.data, text_col=args.text_col, label_col=args.label_col)
     df = df[[args.text_col, args.label_col]]
     check_cells(df, args.data, "--text-col", args.text_col, "text(s)")
     check_cells(df, args.data, "--label-col", args.label_col, "label(s)")
-    task, y = detect_task(df[args.label_col].to_numpy(), args.task)
+    values = df[args.label_col].unique()
+    if len(values) < 2:
+        raise ValueError(f"--label-col {args.label_col!r} holds a single class ({plain(values[0])!r}) "
+                         f"in {args.data or 'the built-in data'}; a probe needs at least two "
+                         "classes, or numbers that vary.")
+    task, y = detect_task(df[args.label_col].to_numpy(), args.task, max_classes=AUTO_MAX_CLASSES)
+    if args.task == "auto" and task == "regression":
+        print(f"--task auto: --label-col {args.label_col!r} holds {len(np.unique(y))} distinct "
+              "numbers, probed as regression (pass --task classification to treat them as "
+              "classes)", flush=True)
     _check_class_counts(df, y, task, args)
     if args.max_samples is not None and args.max_samples < len(df):
         from sklearn.model_selection import train_test_split
 
         labels = df[args.label_col]
-        strat = labels if labels.nunique() <= max(2, len(labels) // 10) else None
+        strat = labels if task == "classification" else None
         df, _ = train_test_split(df, train_size=args.max_samples, stratify=strat,
                                  random_state=args.seed)
         task, y = detect_task(df[args.label_col].to_numpy(), task)
@@ -106,8 +118,9 @@ def _check_class_counts(df, y, task: str, args, scope: str = "") -> None:
     if message:
         rare = df.index[np.isin(y, [v for v, n in zip(*np.unique(y, return_counts=True))
                                     if n < args.cv])]
-        raise ValueError(f"{message}{scope} (at {where(rare, args.data)}); use a smaller --cv, "
-                         "or drop or merge those classes.")
+        numbers = " (or --task regression for numbers)" if y.dtype.kind in "biuf" else ""
+        raise ValueError(f"{message}{scope} (at {where(rare, args.data)}); use a smaller "
+                         f"--cv{numbers}, or drop or merge those classes.")
 
 
 def _estimator(args, task: str):
