@@ -301,7 +301,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         what to keep. Texts are tokenized chunk by chunk (on CUDA the next chunk while the
         current one runs). A progress bar shows when ``verbose``.
         """
-        from tqdm.auto import tqdm
+        from ._progress import iterate
 
         check_is_fitted(self, "layout_")
         self._ensure_loaded()
@@ -322,9 +322,10 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
                 truncated += plan.n_truncated
                 yield from plan.batches
 
-        yield from tqdm(self._iter_batches(batches()),
-                        total=_batching.n_batches(len(texts), self.batch_size),
-                        disable=not self.verbose, desc="encoding", unit="batch")
+        yield from iterate(self._iter_batches(batches()),  # or the caller's one overall bar
+                           total=_batching.n_batches(len(texts), self.batch_size),
+                           disable=not self.verbose, desc="encoding", unit="batch",
+                           size=lambda batch: len(batch[0]))
 
     def _iter_batches(self, batches):
         """Yield ``(row_indices, activations)`` per ``(row_indices, token ids)`` batch.
