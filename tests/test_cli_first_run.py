@@ -110,7 +110,7 @@ def test_ctrl_c_during_extract_says_what_was_kept_and_resumes(setup, tmp_path):
     """A real SIGINT to a running `embetter-plug extract ... --out acts.npz`, then a rerun."""
     out = tmp_path / "acts.npz"
     args = ["extract", "--model", setup["model"], "--layers", "0", "--batch-size", "4",
-            "--shard-size", "4", "--out", str(out), "--quiet"]
+            "--shard-size", "4", "--limit", "200", "--out", str(out), "--quiet"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "embetter_plug.cli", *args], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -126,28 +126,28 @@ def test_ctrl_c_during_extract_says_what_was_kept_and_resumes(setup, tmp_path):
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    m = re.search(r"interrupted: kept: (\d+) of (\d+) shards \((\d+) of 2210 texts\) in "
+    m = re.search(r"interrupted: kept: (\d+) of (\d+) shards \((\d+) of 200 texts\) in "
                   r"'[^']*acts\.npz\.partial'; run the same command again to resume \(it skips "
                   r"the complete shards\) \(the \.npz file is written when all are done\)", stderr)
     assert m, stderr[-2000:]
     kept, n_shards, rows = map(int, m.groups())
-    assert kept >= 2 and n_shards == 553 and rows == 4 * kept
+    assert kept >= 2 and n_shards == 50 and rows == 4 * kept
     assert not out.exists()
     # files are readable like any file the user writes (not the temporary file's 0o600)
     assert manifest.stat().st_mode & 0o777 == 0o666 & ~_umask()
     again = _cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.startswith(f"resumed after shard {kept} of 553")
+    assert again.stdout.startswith(f"resumed after shard {kept} of 50")
     assert not (tmp_path / "acts.npz.partial").exists()
     assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()
     X, layout = load_activations(out)
-    assert X.shape[0] == 2210 and np.isfinite(X).all()
+    assert X.shape[0] == 200 and np.isfinite(X).all()
     # the resumed file equals an extraction without interruption
     from embetter_plug import TransformerActivationEncoder, load_builtin_dataset
 
     texts = load_builtin_dataset()["text"].tolist()
     enc = TransformerActivationEncoder(setup["model"], layers=[0], batch_size=4).fit()
-    some = [0, 5, kept * 4 - 1, kept * 4, 2209]
+    some = [0, 5, kept * 4 - 1, kept * 4, 199]
     np.testing.assert_allclose(X[some], enc.transform([texts[i] for i in some]),
                                rtol=1e-5, atol=1e-5)
 
