@@ -36,6 +36,33 @@ RANKING = ("roc_auc", "f1", "balanced_accuracy", "matthews", "accuracy", "log_lo
            "r2", "spearman", "mse")
 
 
+#: the range a metric's value can take (as stored: losses positive); unknown metrics are unbounded
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    **{m: (0.0, 1.0) for m in ("accuracy", "balanced_accuracy", "precision", "recall", "f1",
+                                "roc_auc", "average_precision", "jaccard", "top_k_accuracy")},
+    "matthews": (-1.0, 1.0), "spearman": (-1.0, 1.0), "r2": (-np.inf, 1.0),
+    "log_loss": (0.0, np.inf), "mse": (0.0, np.inf),
+}
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """``(low, high)`` bounds of ``metric``, e.g. ``(0.0, 1.0)`` for accuracy; ``(-inf, inf)``
+    when unknown. Scikit-learn names such as ``f1_macro`` or ``roc_auc_ovr`` map to their family.
+
+    Examples
+    --------
+    >>> from embetter_plug.probe._metrics import metric_range
+    >>> metric_range("accuracy"), metric_range("f1_weighted"), metric_range("r2")
+    ((0.0, 1.0), (0.0, 1.0), (-inf, 1.0))
+    """
+    if metric in METRIC_RANGES:
+        return METRIC_RANGES[metric]
+    base = metric.split("_")[0]
+    family = {"f1": "f1", "precision": "precision", "recall": "recall", "jaccard": "jaccard",
+              "roc": "roc_auc"}.get(base)
+    return METRIC_RANGES[family] if family else (-np.inf, np.inf)
+
+
 def greater_is_better(metric: str) -> bool:
     """Whether a larger value of ``metric`` (as stored in a results frame) is better."""
     return metric not in LOWER_IS_BETTER
