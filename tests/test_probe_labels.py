@@ -85,3 +85,4 @@ def test_cli_auto_task_follows_its_help(csv, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "holds 60 distinct numbers, probed as regression" in run.stdout
     assert "r2" in run.stdout and "accuracy" not in run.stdout
+    assert "%|" not in run.stderr  # --quiet: no progress bars
