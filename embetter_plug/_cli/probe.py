@@ -50,8 +50,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--cv", type=int_at_least(2), default=5,
                         help="number of cross-validation folds")
     parser.add_argument("--task", default="auto", choices=["auto", "classification", "regression"],
-                        help=f"auto: numbers with more than {AUTO_MAX_CLASSES} distinct values, or with "
-                             "fractions, are regression; the rest labels")
+                        help=f"auto: numbers with more than {AUTO_MAX_CLASSES} distinct values, "
+                             "or with fractions, are regression; the rest labels")
     parser.add_argument("--probe", default="logistic", choices=["logistic", "lda"],
                         help="probe model for labels: standardised logistic regression or "
                              "shrinkage LDA (numbers always use ridge regression)")
@@ -89,9 +89,9 @@ def _read(args):
     check_cells(df, args.data, "--label-col", args.label_col, "label(s)")
     values = df[args.label_col].unique()
     if len(values) < 2:
-        raise ValueError(f"--label-col {args.label_col!r} holds a single class ({plain(values[0])!r}) "
-                         f"in {args.data or 'the built-in data'}; a probe needs at least two "
-                         "classes, or numbers that vary.")
+        raise ValueError(f"--label-col {args.label_col!r} holds a single class "
+                         f"({plain(values[0])!r}) in {args.data or 'the built-in data'}; a probe "
+                         "needs at least two classes, or numbers that vary.")
     task, y = detect_task(df[args.label_col].to_numpy(), args.task, max_classes=AUTO_MAX_CLASSES)
     if args.task == "auto" and task == "regression":
         print(f"--task auto: --label-col {args.label_col!r} holds {len(np.unique(y))} distinct "
@@ -189,11 +189,11 @@ def run(args) -> int:
     from embetter_plug.probe.results import NO_BETTER
 
     out = _check_out(args)
-    again = "run the same command again" + (" with --overwrite" if args.out else "")
     cache = (f"; the activations computed so far are kept in the cache {args.cache!r}, so it "
              "computes only the rest" if args.cache else
              " (it starts over: pass --cache DIR to keep activations across runs)")
-    args.on_interrupt = note = InterruptNote("nothing was written yet", again + cache)
+    args.on_interrupt = note = InterruptNote("nothing was written yet",
+                                             "run the same command again" + cache)
     texts, y, dataset, task = _read(args)
     _splits(args.cv, None, y, None, task, None)  # a bad --cv fails here, before any extraction
     poolings = ",".join(args.token_pooling or ["auto"])
@@ -223,6 +223,8 @@ def run(args) -> int:
         out.mkdir(parents=True, exist_ok=True)  # an interrupted run keeps the finished models
         ProbeResults.concat(all_results).with_context(dataset=dataset).to_csv(out / "results.csv")
         note.kept = f"{out / 'results.csv'} with the probes of {list(encoders)}"
+        if args.out:  # the same command finds that file
+            note.resume = "run the same command again with --overwrite" + cache
     results = ProbeResults.concat(all_results).with_context(dataset=dataset)
     _print_table(results, task)
     _write_outputs(results, out, args, encoders, best_slices, texts, y, estimator)
