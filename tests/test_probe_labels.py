@@ -4,6 +4,7 @@ integers. Each gives a clear error (or the documented task) in Python and on the
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -86,3 +87,16 @@ def test_cli_auto_task_follows_its_help(csv, tmp_path):
     assert "holds 60 distinct numbers, probed as regression" in run.stdout
     assert "r2" in run.stdout and "accuracy" not in run.stdout
     assert "%|" not in run.stderr  # --quiet: no progress bars
+
+
+def test_cli_fine_grained_trec_labels(tmp_path):
+    """The real TREC fine labels: 50 string classes, some with fewer rows than the folds."""
+    from conftest import shared_csv
+
+    trec = shared_csv("trec")
+    run = _cli("probe", "--data", str(trec), "--label-col", "label_fine", "--max-samples", "300",
+               cwd=tmp_path)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert re.search(r"--cv 5 needs at least 5 members of every class, but class '[A-Z]+:\w+' "
+                     r"has \d", run.stderr)
+    assert "use a smaller --cv, or drop or merge those classes" in run.stderr
