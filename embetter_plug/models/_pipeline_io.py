@@ -93,11 +93,12 @@ def save_pipeline(pipe, path: str | Path) -> Path:
     swapped = _swap_models(pipe, "", models)
     try:
         data = sio.dumps(swapped)
-    except (RecursionError, TypeError, ValueError) as exc:
+    except Exception as exc:  # skops' own errors vary by type; say what can be stored
         raise TypeError(f"save_model cannot store this {type(pipe).__name__} without pickle "
-                        f"({type(exc).__name__}: {str(exc)[:200]}); torch models are stored "
+                        f"({type(exc).__name__}: {str(exc)[:200]}). Torch models are stored "
                         "as steps of a Pipeline (PlugClassifier, PlugRegressor, "
-                        "PlugContrastiveCNN). Use joblib for trusted use.") from None
+                        "PlugContrastiveCNN), and an encoder by its model's folder or hub name "
+                        "(not a loaded model object). Use joblib for trusted use.") from None
     unknown = sorted(set(sio.get_untrusted_types(data=data)) - set(TRUSTED))
     if unknown:
         raise TypeError(f"save_model cannot store {unknown} in a form that loads without "
