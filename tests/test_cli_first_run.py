@@ -20,8 +20,6 @@ import pytest
 
 from embetter_plug import load_activations
 
-BAR = re.compile(r"(encoding|probing): +\d+%\|")
-
 
 def _cli(*args, cwd, **kwargs):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -62,12 +60,6 @@ def test_probe_leaves_a_run_folder_and_shows_progress(setup, tmp_path):
         assert (folder / name).is_file(), name
     report = (folder / "report.html").resolve()
     assert f"open the report in a browser: {report.as_uri()}" in run.stdout
-    # a second run never replaces the first one's folder
-    again = _cli("probe", "--data", setup["csv"], "--model", setup["model"], "--layers", "0",
-                 "--parts", "resid_post", "--cv", "2", "--quiet", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
-    assert len(list((tmp_path / "embetter-plug-runs").iterdir())) == 2
-    assert not BAR.search(again.stderr)  # --quiet
     # the saved pipeline predicts without this run's progress bars
     code = ("import joblib, sys; pipe = joblib.load(sys.argv[1]); "
             "print(pipe.named_steps['encoder'].verbose, len(pipe.predict(['a text', 'another'])))")
@@ -80,6 +72,17 @@ def test_probe_leaves_a_run_folder_and_shows_progress(setup, tmp_path):
     # the report opens in a browser with its chart drawn
     dom = _render(report, "metric=roc_auc")
     assert 'data-rendered="' in dom and '<g class="series" data-part="resid_post"' in dom
+
+
+def test_a_new_run_never_reuses_a_folder(tmp_path, monkeypatch):
+    from embetter_plug._cli._runs import new_run_folder
+
+    monkeypatch.chdir(tmp_path)
+    first = new_run_folder("probe")
+    assert not first.exists() and first.parent.name == "embetter-plug-runs"
+    first.mkdir(parents=True)
+    second = new_run_folder("probe")  # within the same second: a suffix
+    assert second != first and not second.exists() and second.parent == first.parent
 
 
 @pytest.mark.parametrize("given, tty, shown", [

@@ -100,3 +100,12 @@ def test_remote_code_and_crafted_step_names_are_refused(data, tmp_path):
     skops_io.dump(Pipeline([("clf", SavedModel("../../elsewhere"))]), crafted / "pipeline.skops")
     with pytest.raises(ValueError, match="outside"):
         load_model(crafted)
+
+
+def test_an_encoder_holding_a_model_object_is_refused(tiny_gpt2, tmp_path):
+    model, tok = tiny_gpt2
+    enc = TransformerActivationEncoder(model, tok, layers=[0]).fit()
+    with pytest.raises(TypeError, match=r"save_model cannot store this TransformerActivationEncoder "
+                                        r"without pickle .*by its model's folder or hub name"):
+        save_model(enc, tmp_path / "enc")
+    assert not (tmp_path / "enc").exists()
