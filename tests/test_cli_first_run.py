@@ -56,18 +56,23 @@ def test_probe_leaves_a_run_folder_and_shows_progress(setup, tmp_path):
                   re.M)
     assert m, run.stdout
     folder = tmp_path / m.group(1)
-    for name in ("results.csv", "probe.png", "report.html", "best_pipeline.joblib"):
+    for name in ("results.csv", "probe.png", "report.html", "best_pipeline.joblib",
+                 "best_pipeline/pipeline.skops"):
         assert (folder / name).is_file(), name
     report = (folder / "report.html").resolve()
     assert f"open the report in a browser: {report.as_uri()}" in run.stdout
     # the saved pipeline predicts without this run's progress bars
-    code = ("import joblib, sys; pipe = joblib.load(sys.argv[1]); "
-            "print(pipe.named_steps['encoder'].verbose, len(pipe.predict(['a text', 'another'])))")
-    pred = subprocess.run([sys.executable, "-c", code, str(folder / "best_pipeline.joblib")],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    # (and the pickle-free copy predicts the same)
+    code = ("import joblib, sys; from embetter_plug import load_model; "
+            "pipe = joblib.load(sys.argv[1]); safe = load_model(sys.argv[2]); "
+            "texts = ['a text', 'another one']; p = pipe.predict_proba(texts); "
+            "print(pipe.named_steps['encoder'].verbose, len(p), "
+            "abs(p - safe.predict_proba(texts)).max() < 1e-6)")
+    pred = subprocess.run([sys.executable, "-c", code, str(folder / "best_pipeline.joblib"),
+                           str(folder / "best_pipeline")], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert pred.returncode == 0, pred.stderr
-    assert pred.stdout.split() == ["False", "2"]
+    assert pred.stdout.split() == ["False", "2", "True"]
     assert "%|" not in pred.stderr
     # the report opens in a browser with its chart drawn
     dom = _render(report, "metric=roc_auc")

@@ -12,7 +12,8 @@ It writes its results to a new folder `embetter-plug-runs/probe-<date>-<time>` (
 metric, fold, score; rewritten after each model, so an interrupted run keeps the finished
 ones), `probe.png`, `report.html` (interactive, self-contained: open it in a browser) and
 `best_pipeline.joblib` (the best encoder + probe refitted on all rows; load it with
-`joblib.load`, only from sources you trust). A DIR holding an earlier run's files is refused
+`joblib.load`, only from sources you trust), and the same as the folder `best_pipeline`, which
+`embetter_plug.load_model` reads without pickle. A DIR holding an earlier run's files is refused
 unless `--overwrite`. Progress bars show on a terminal; `--quiet` turns them off.
 """
 
@@ -30,7 +31,7 @@ from .extract import add_encoder_arguments, encoder_from_args
 
 DEFAULT_PARTS = "resid_post,attn_out,mlp_out"
 BUILTIN_MODEL = "all-MiniLM-L6-v2"
-OUTPUTS = ("results.csv", "best_pipeline.joblib", "probe.png", "report.html")
+OUTPUTS = ("results.csv", "best_pipeline.joblib", "best_pipeline", "probe.png", "report.html")
 #: --task auto: numbers with more distinct values than this are a regression target
 AUTO_MAX_CLASSES = 20
 TABLE_METRICS = {"classification": ["accuracy", "f1", "roc_auc"],
@@ -252,7 +253,7 @@ def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, es
     from sklearn.base import clone
     from sklearn.pipeline import Pipeline
 
-    from embetter_plug import LayerPooler
+    from embetter_plug import LayerPooler, save_model
 
     results.to_csv(out / "results.csv")
     best = results.best()
@@ -272,11 +273,13 @@ def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, es
                          ("probe", clone(estimator))]).fit(texts, y)
     pipe.set_params(encoder__verbose=False)  # this run's progress setting stays with this run
     joblib.dump(pipe, out / "best_pipeline.joblib")
+    save_model(pipe, out / "best_pipeline")  # the same, readable without pickle
     _plot(results, out / "probe.png")
     results.to_html(out / "report.html", title=f"Probes on {results.frame_['dataset'].iloc[0]}")
     print(f"wrote {out}{os.sep}: results.csv, probe.png, report.html and best_pipeline.joblib "
           f"(layer {best['layer']} {best['part']}, pooling {best['pooling']}, refitted on all "
-          f"{len(texts)} rows)\n{open_hint(out / 'report.html')}")
+          f"{len(texts)} rows; the folder best_pipeline is the same for "
+          f"embetter_plug.load_model, without pickle)\n{open_hint(out / 'report.html')}")
 
 
 def _plot(results, path: Path) -> None:
