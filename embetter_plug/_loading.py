@@ -85,10 +85,20 @@ def _explained(what: str, source: str):
         yield
     except OSError as exc:
         detail = str(exc).rstrip(". ")
-        raise OSError(
-            f"could not load {what} {source!r}: {detail}. If this is a hub name, check the name "
-            "and your network (or set HF_HUB_OFFLINE=1 and use a local folder)."
-        ) from exc
+        raise OSError(f"could not load {what} {source!r}: {detail}. {_hub_hint()}") from exc
+
+
+def _hub_hint() -> str:
+    """What to check after a failed load, depending on whether the hub is switched off."""
+    from huggingface_hub import constants
+
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in (
+        "1", "ON", "YES", "TRUE")
+    if offline:
+        return ("HF_HUB_OFFLINE is set, so a hub name loads only from the local hub cache: pass a "
+                "local folder, or unset HF_HUB_OFFLINE to download it.")
+    return ("If this is a hub name, check the name and your network (or set HF_HUB_OFFLINE=1 "
+            "and use a local folder).")
 
 
 def load_config(source: str, *, revision=None, trust_remote_code=False):

@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if not getattr(args, "progress", False):  # no weight-loading bars unless asked for
+    from ._cli._data import show_progress
+
+    args.progress = show_progress(args)  # --progress, --quiet, or whether stderr is a terminal
+    if not args.progress:  # no weight-loading bars either
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         try:
             from transformers.utils import logging as hf_logging
@@ -56,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted; finished work is kept where the command saves it", file=sys.stderr)
+    except KeyboardInterrupt:  # the command says what it kept so far and how to resume
+        note = getattr(args, "on_interrupt", None)
+        print(f"\ninterrupted{': ' + str(note) if note is not None else ''}", file=sys.stderr)
         return 130
     except (ValueError, TypeError, OSError, KeyError) as exc:
         # a KeyError's str() adds quotes around its message

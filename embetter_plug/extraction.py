@@ -147,7 +147,7 @@ class ActivationExtractor:
 
         Texts are tokenized chunk by chunk (on CUDA the next chunk while the current one runs).
         """
-        from tqdm.auto import tqdm
+        from ._progress import iterate
 
         texts = list(texts)
         prefix, suffix = _batching.split_template(self.prompt_template)
@@ -168,9 +168,10 @@ class ActivationExtractor:
                 truncated += plan.n_truncated
                 yield from plan.batches
 
-        yield from tqdm(self._run(batches(), device),
-                        total=_batching.n_batches(len(texts), self.batch_size),
-                        disable=not self.verbose, desc="encoding", unit="batch")
+        yield from iterate(self._run(batches(), device),  # or the caller's one overall bar
+                           total=_batching.n_batches(len(texts), self.batch_size),
+                           disable=not self.verbose, desc="encoding", unit="batch",
+                           size=lambda batch: len(batch[0]))
 
     def _run(self, batches, device):
         """``(row_indices, activations)`` per ``(row_indices, token ids[, spans])`` batch."""

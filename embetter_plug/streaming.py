@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._progress import advance_to, overall
 from ._utils import check_texts, logger
 from .io import (DATA, FORMAT, FORMAT_VERSION, MANIFEST, STORE_DTYPES, _read_manifest,
                  atomic_write, check_storable)
@@ -219,9 +220,14 @@ def extract_to(encoder, folder: str | os.PathLike, texts, *, shard_size: int | N
         or auto_shard_size(layout.shape, store_dtype, encoder.batch_size)
     plan.update(shard_size=size, n_shards=math.ceil(n / size))
     writer = ShardWriter.open(folder, plan, overwrite=overwrite)
-    for k in range(writer.n_done, plan["n_shards"]):
-        lo, hi = writer.shard_rows(k)
-        acts = encoder.encode(texts[lo:hi])
-        writer.write_shard(k, acts)
-        logger.info("shard %d/%d written (rows %d..%d)", k + 1, plan["n_shards"], lo, hi - 1)
+    done = min(n, writer.shard_rows(writer.n_done)[0])
+    # one bar over all rows (not one per shard); a resumed run starts at the rows stored
+    with overall(n, initial=done, desc="encoding", unit="text",
+                 disable=not encoder.verbose) as bar:
+        for k in range(writer.n_done, plan["n_shards"]):
+            lo, hi = writer.shard_rows(k)
+            acts = encoder.encode(texts[lo:hi])
+            writer.write_shard(k, acts)
+            advance_to(bar, hi)
+            logger.info("shard %d/%d written (rows %d..%d)", k + 1, plan["n_shards"], lo, hi - 1)
     return Path(folder)

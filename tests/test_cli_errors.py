@@ -20,6 +20,12 @@ from embetter_plug.io import MANIFEST
 pytestmark = pytest.mark.filterwarnings("ignore:.*were truncated:UserWarning")
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp(tmp_path, monkeypatch):
+    """`probe` writes a run folder under the current folder unless --out is given."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from embetter_plug import load_builtin_dataset

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.special import softmax
+from sklearn.exceptions import NotFittedError
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from sklearn.model_selection import GridSearchCV, cross_val_predict, cross_validate
 from sklearn.pipeline import Pipeline
@@ -246,7 +247,9 @@ def test_load_model_rejects_foreign_folders(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="not a model saved"):
         load_model(tmp_path)
-    with pytest.raises(TypeError, match="save_model saves"):
+    with pytest.raises(TypeError, match="save_model saves fitted scikit-learn estimators"):
+        save_model(object(), tmp_path / "p")
+    with pytest.raises(NotFittedError):
         save_model(LayerPooler(), tmp_path / "p")
 
 

@@ -33,6 +33,26 @@ def int_at_least(minimum: int):
 positive_int = int_at_least(1)
 
 
+def add_progress_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--progress`` / ``--quiet``: bars by default when stderr is a terminal."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--progress", action="store_true", default=None,
+                   help="show progress bars even when stderr is not a terminal (by default "
+                        "they show on a terminal)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def show_progress(args) -> bool:
+    """Whether this run shows progress bars: ``--progress``, else not ``--quiet`` on a terminal."""
+    import sys
+
+    if getattr(args, "quiet", False):
+        return False
+    if getattr(args, "progress", None):
+        return True
+    return hasattr(args, "quiet") and sys.stderr.isatty()
+
+
 def read_csv(path: str | None):
     """``(frame, name)`` of a CSV read with ``keep_default_na=False`` (the built-in data when None).
 

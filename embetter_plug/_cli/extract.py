@@ -2,7 +2,7 @@
 
 `--out acts.npz` writes one .npz file (array and layout); any other `--out` is a folder filled
 shard by shard as texts are encoded, which a rerun of the same command resumes after an
-interruption. Both are read back with `embetter_plug.load_activations`. An existing .npz file,
+interruption (a .npz output is streamed into `acts.npz.partial` first, so it resumes too). Both are read back with `embetter_plug.load_activations`. An existing .npz file,
 or a folder holding a different extraction, is replaced only with `--overwrite`.
 """
 
@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._data import HelpFormatter, check_cells, check_columns, positive_int, read_csv, select_split
+from ._data import (HelpFormatter, add_progress_arguments, check_cells, check_columns,
+                    positive_int, read_csv, select_split)
+from ._runs import InterruptNote
 
 
 def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +110,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing .npz file, or a folder that holds a different "
                              "extraction")
-    parser.add_argument("--progress", action="store_true", help="show a progress bar")
+    add_progress_arguments(parser)
     add_encoder_arguments(parser)
     parser.set_defaults(run=run)
     return parser
@@ -128,37 +130,59 @@ def check_out(args, texts: list[str]) -> dict | None:
         if out.exists() and not args.overwrite:
             raise ValueError(f"--out {args.out!r} already exists; pass --overwrite to replace it, "
                              "or choose another name.")
-        return None
-    if out.exists() and not out.is_dir():
+        out = staging_folder(args.out)  # shards go there first, so a rerun resumes
+    elif out.exists() and not out.is_dir():
         raise ValueError(f"--out {args.out!r} is a file; without the .npz suffix --out is a folder "
                          "to stream shards into. Give a new folder, or a name ending in .npz.")
     return check_extraction_folder(out, texts, store_dtype=args.store_dtype,
                                    shard_size=args.shard_size, overwrite=args.overwrite)
 
 
+def staging_folder(npz: str) -> Path:
+    """Where a ``.npz`` output's shards are streamed (and kept on interruption) until it is done."""
+    return Path(npz + ".partial")
+
+
+def _kept(folder: Path, n_texts: int) -> str:
+    """What an interrupted extraction left in ``folder``, from its manifest."""
+    from embetter_plug.io import _read_manifest
+
+    man = _read_manifest(folder) if folder.is_dir() else None
+    if not man or not man.get("n_done"):
+        return "nothing was kept (no shard was complete yet)"
+    rows = min(n_texts, man["n_done"] * man["shard_size"])
+    return (f"{man['n_done']} of {man['n_shards']} shards ({rows} of {n_texts} texts) in "
+            f"{str(folder)!r}")
+
+
 def run(args) -> int:
+    import shutil
+
     import numpy as np
 
-    from embetter_plug import save_activations
-    from embetter_plug.io import check_storable
+    from embetter_plug import load_activations, save_activations
 
     texts = read_texts(args.data, args.text_col, args.split, args.limit)
     old = check_out(args, texts)
+    npz = args.out.endswith(".npz")
+    folder = staging_folder(args.out) if npz else Path(args.out)
+    args.on_interrupt = InterruptNote(
+        lambda: _kept(folder, len(texts)),
+        "run the same command again to resume (it skips the complete shards)"
+        + (" (the .npz file is written when all are done)" if npz else ""))
     enc = encoder_from_args(args).fit(texts)
-    if args.out.endswith(".npz"):
-        X = enc.transform(texts)
-        check_storable(X, args.store_dtype)  # before anything is written
-        X = X.astype(args.store_dtype, copy=False)
-        out = save_activations(args.out, X, enc.layout_)
-        shape, dtype = X.shape, X.dtype
-    else:
-        out = enc.extract_to(args.out, texts, shard_size=args.shard_size,
-                             store_dtype=args.store_dtype, overwrite=args.overwrite)
-        shape, dtype = (len(texts), *enc.layout_.shape), np.dtype(args.store_dtype)
+    out = enc.extract_to(folder, texts, shard_size=args.shard_size,
+                         store_dtype=args.store_dtype, overwrite=args.overwrite)
+    shape, dtype = (len(texts), *enc.layout_.shape), np.dtype(args.store_dtype)
+    if npz:
+        X, layout = load_activations(folder)  # memory-mapped
+        out = save_activations(args.out, X, layout)
+        del X
+        shutil.rmtree(folder)
     what = (f"activations {shape} {dtype} (sample, layer, part, hidden) in {out}; "
             f"layers {list(enc.layout_.layers)}, parts {list(enc.layout_.parts)}")
     done, total = (old or {}).get("n_done", 0), (old or {}).get("n_shards", 0)
-    if old is not None and done >= total:
+    if old is not None and done >= total and not npz:
         print(f"already complete, nothing to do: {what}")
     elif old is not None and done:
         print(f"resumed after shard {done} of {total}, wrote the rest: {what}")

@@ -7,11 +7,14 @@ and prints mean ± std of accuracy, macro-F1 and ROC-AUC. The best probe, marked
 highest ROC-AUC (ties broken by macro-F1, then balanced accuracy, MCC and accuracy; R² for
 numeric labels); a warning says when it does not beat the dummy baseline.
 
-With `--out DIR` it also writes `results.csv` (tidy: dataset, model, pooling, layer, part,
+It writes its results to a new folder `embetter-plug-runs/probe-<date>-<time>` (or to
+`--out DIR`) and prints its path: `results.csv` (tidy: dataset, model, pooling, layer, part,
 metric, fold, score; rewritten after each model, so an interrupted run keeps the finished
-ones), `best_pipeline.joblib` (the best encoder + probe refitted on all rows; load it with
-`joblib.load`, only from sources you trust), `probe.png` and `report.html` (interactive,
-self-contained). A DIR holding an earlier run's files is refused unless `--overwrite`.
+ones), `probe.png`, `report.html` (interactive, self-contained: open it in a browser) and
+`best_pipeline.joblib` (the best encoder + probe refitted on all rows; load it with
+`joblib.load`, only from sources you trust), and the same as the folder `best_pipeline`, which
+`embetter_plug.load_model` reads without pickle. A DIR holding an earlier run's files is refused
+unless `--overwrite`. Progress bars show on a terminal; `--quiet` turns them off.
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ import os
 import warnings
 from pathlib import Path
 
-from ._data import (HelpFormatter, check_cells, check_columns, int_at_least, positive_int,
-                    read_csv, where)
+from ._data import (HelpFormatter, add_progress_arguments, check_cells, check_columns,
+                    int_at_least, positive_int, read_csv, where)
+from ._runs import InterruptNote, new_run_folder, open_hint
 from .extract import add_encoder_arguments, encoder_from_args
 
 DEFAULT_PARTS = "resid_post,attn_out,mlp_out"
 BUILTIN_MODEL = "all-MiniLM-L6-v2"
-OUTPUTS = ("results.csv", "best_pipeline.joblib", "probe.png", "report.html")
+OUTPUTS = ("results.csv", "best_pipeline.joblib", "best_pipeline", "probe.png", "report.html")
+#: --task auto: numbers with more distinct values than this are a regression target
+AUTO_MAX_CLASSES = 20
 TABLE_METRICS = {"classification": ["accuracy", "f1", "roc_auc"],
                  "regression": ["mse", "r2", "spearman"]}
 
@@ -45,17 +51,19 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--cv", type=int_at_least(2), default=5,
                         help="number of cross-validation folds")
     parser.add_argument("--task", default="auto", choices=["auto", "classification", "regression"],
-                        help="auto: numbers with many values are regression, the rest labels")
+                        help=f"auto: numbers with more than {AUTO_MAX_CLASSES} distinct values, "
+                             "or with fractions, are regression; the rest labels")
     parser.add_argument("--probe", default="logistic", choices=["logistic", "lda"],
                         help="probe model for labels: standardised logistic regression or "
                              "shrinkage LDA (numbers always use ridge regression)")
     parser.add_argument("--n-jobs", type=int, default=None, help="probes fitted in parallel")
     parser.add_argument("--seed", type=int, default=0, help="seed for --max-samples")
     parser.add_argument("--out", default=None, metavar="DIR",
-                        help="write results.csv, best_pipeline.joblib, probe.png, report.html here")
+                        help="write results.csv, probe.png, report.html and best_pipeline.joblib "
+                             "here (default: a new folder embetter-plug-runs/probe-<date>-<time>)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the files of an earlier run in --out")
-    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    add_progress_arguments(parser)
     add_encoder_arguments(parser)
     # several models and poolings in one run ("resolve" replaces the single-value options)
     parser.add_argument("--model", action="append", default=None,
@@ -73,20 +81,29 @@ def _read(args):
     """``(texts, y, dataset name, task)``, every cell and class count checked before extraction."""
     import numpy as np
 
-    from embetter_plug.probe._metrics import detect_task
+    from embetter_plug.probe._metrics import detect_task, plain
 
     df, name = read_csv(args.data)
     check_columns(df, args.data, text_col=args.text_col, label_col=args.label_col)
     df = df[[args.text_col, args.label_col]]
     check_cells(df, args.data, "--text-col", args.text_col, "text(s)")
     check_cells(df, args.data, "--label-col", args.label_col, "label(s)")
-    task, y = detect_task(df[args.label_col].to_numpy(), args.task)
+    values = df[args.label_col].unique()
+    if len(values) < 2:
+        raise ValueError(f"--label-col {args.label_col!r} holds a single class "
+                         f"({plain(values[0])!r}) in {args.data or 'the built-in data'}; a probe "
+                         "needs at least two classes, or numbers that vary.")
+    task, y = detect_task(df[args.label_col].to_numpy(), args.task, max_classes=AUTO_MAX_CLASSES)
+    if args.task == "auto" and task == "regression":
+        print(f"--task auto: --label-col {args.label_col!r} holds {len(np.unique(y))} distinct "
+              "numbers, probed as regression (pass --task classification to treat them as "
+              "classes)", flush=True)
     _check_class_counts(df, y, task, args)
     if args.max_samples is not None and args.max_samples < len(df):
         from sklearn.model_selection import train_test_split
 
         labels = df[args.label_col]
-        strat = labels if labels.nunique() <= max(2, len(labels) // 10) else None
+        strat = labels if task == "classification" else None
         df, _ = train_test_split(df, train_size=args.max_samples, stratify=strat,
                                  random_state=args.seed)
         task, y = detect_task(df[args.label_col].to_numpy(), task)
@@ -106,8 +123,9 @@ def _check_class_counts(df, y, task: str, args, scope: str = "") -> None:
     if message:
         rare = df.index[np.isin(y, [v for v, n in zip(*np.unique(y, return_counts=True))
                                     if n < args.cv])]
-        raise ValueError(f"{message}{scope} (at {where(rare, args.data)}); use a smaller --cv, "
-                         "or drop or merge those classes.")
+        numbers = " (or --task regression for numbers)" if y.dtype.kind in "biuf" else ""
+        raise ValueError(f"{message}{scope} (at {where(rare, args.data)}); use a smaller "
+                         f"--cv{numbers}, or drop or merge those classes.")
 
 
 def _estimator(args, task: str):
@@ -142,10 +160,13 @@ def _with_pooling(results, enc):
     return ProbeResults(frame, task=results.task)
 
 
-def _check_out(args) -> Path | None:
-    """Create ``--out`` before any model loads; refuse a file, or an earlier run's files."""
+def _check_out(args) -> Path:
+    """Create ``--out`` before any model loads; refuse a file, or an earlier run's files.
+
+    Without ``--out``: a new run folder (created when the first results are written).
+    """
     if args.out is None:
-        return None
+        return new_run_folder("probe")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {args.out!r} is a file; give a folder (new or empty) for "
@@ -169,6 +190,11 @@ def run(args) -> int:
     from embetter_plug.probe.results import NO_BETTER
 
     out = _check_out(args)
+    cache = (f"; the activations computed so far are kept in the cache {args.cache!r}, so it "
+             "computes only the rest" if args.cache else
+             " (it starts over: pass --cache DIR to keep activations across runs)")
+    args.on_interrupt = note = InterruptNote("nothing was written yet",
+                                             "run the same command again" + cache)
     texts, y, dataset, task = _read(args)
     _splits(args.cv, None, y, None, task, None)  # a bad --cv fails here, before any extraction
     poolings = ",".join(args.token_pooling or ["auto"])
@@ -181,6 +207,7 @@ def run(args) -> int:
     for model, label in zip(models, labels):
         ns = argparse.Namespace(**{**vars(args), "model": model, "token_pooling": poolings})
         enc = encoder_from_args(ns)
+        print(f"{label}: loading the model, then encoding {len(texts)} texts", flush=True)
         X = enc.fit(texts).transform(texts)
         print(f"{label}: activations {X.shape} (text, layer, part, hidden); probing "
               f"{X.shape[1] * X.shape[2]} layer x part slices with {args.cv}-fold CV", flush=True)
@@ -194,12 +221,14 @@ def run(args) -> int:
         del X
         all_results.append(_with_pooling(res, enc).with_context(model=label))
         encoders[label] = ns
-        if out is not None:  # an interrupted run keeps the models that finished
-            ProbeResults.concat(all_results).with_context(dataset=dataset).to_csv(out / "results.csv")
+        out.mkdir(parents=True, exist_ok=True)  # an interrupted run keeps the finished models
+        ProbeResults.concat(all_results).with_context(dataset=dataset).to_csv(out / "results.csv")
+        note.kept = f"{out / 'results.csv'} with the probes of {list(encoders)}"
+        if args.out:  # the same command finds that file
+            note.resume = "run the same command again with --overwrite" + cache
     results = ProbeResults.concat(all_results).with_context(dataset=dataset)
     _print_table(results, task)
-    if out is not None:
-        _write_outputs(results, out, args, encoders, best_slices, texts, y, estimator)
+    _write_outputs(results, out, args, encoders, best_slices, texts, y, estimator)
     return 0
 
 
@@ -224,7 +253,7 @@ def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, es
     from sklearn.base import clone
     from sklearn.pipeline import Pipeline
 
-    from embetter_plug import LayerPooler
+    from embetter_plug import LayerPooler, save_model
 
     results.to_csv(out / "results.csv")
     best = results.best()
@@ -242,12 +271,15 @@ def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, es
     else:  # pragma: no cover - a tie ranked differently across models: run the model again
         pipe = Pipeline([("encoder", encoder), ("pooler", LayerPooler()),
                          ("probe", clone(estimator))]).fit(texts, y)
+    pipe.set_params(encoder__verbose=False)  # this run's progress setting stays with this run
     joblib.dump(pipe, out / "best_pipeline.joblib")
+    save_model(pipe, out / "best_pipeline")  # the same, readable without pickle
     _plot(results, out / "probe.png")
     results.to_html(out / "report.html", title=f"Probes on {results.frame_['dataset'].iloc[0]}")
-    print(f"wrote {out / 'results.csv'}, {out / 'best_pipeline.joblib'} (layer {best['layer']} "
-          f"{best['part']}, pooling {best['pooling']}, refitted on all {len(texts)} rows), "
-          f"{out / 'probe.png'}, {out / 'report.html'}")
+    print(f"wrote {out}{os.sep}: results.csv, probe.png, report.html and best_pipeline.joblib "
+          f"(layer {best['layer']} {best['part']}, pooling {best['pooling']}, refitted on all "
+          f"{len(texts)} rows; the folder best_pipeline is the same for "
+          f"embetter_plug.load_model, without pickle)\n{open_hint(out / 'report.html')}")
 
 
 def _plot(results, path: Path) -> None:

@@ -1,7 +1,9 @@
 """save_model / load_model: weights as safetensors, parameters and fitted state as JSON.
 
 Loading reads only JSON and safetensors (no pickle), so a saved model from an untrusted source
-cannot run code. Ordinary ``pickle``/``joblib`` of the estimators also works.
+cannot run code. A whole fitted Pipeline (this package's estimators and scikit-learn's) is
+saved with skops next to its torch models' safetensors (:mod:`._pipeline_io`). Ordinary
+``pickle``/``joblib`` of the estimators also works, for trusted use.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ def save_model(model, path: str | Path) -> Path:
     Parameters that JSON cannot hold (``callbacks``, a ``RandomState``) are stored as ``None``;
     an optimizer class from ``torch.optim`` is stored by name. Training history is not saved.
 
+    Any other fitted scikit-learn estimator or Pipeline of this package's estimators
+    (``TransformerActivationEncoder``, ``LayerPooler``, the models above) and scikit-learn's is
+    saved with skops (``pipeline.skops``), its torch models as above in ``models/<step>``;
+    parts that skops cannot store without pickle are refused. The encoder stores where its
+    model comes from (a folder or hub name), not the weights.
+
     Examples
     --------
     >>> import numpy as np, tempfile
@@ -48,7 +56,9 @@ def save_model(model, path: str | Path) -> Path:
     """
     name = type(model).__name__
     if name not in _CLASSES:
-        raise TypeError(f"save_model saves {sorted(_CLASSES)}; got {name}.")
+        from ._pipeline_io import save_pipeline
+
+        return save_pipeline(model, path)
     check_is_fitted(model, "net_")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -79,9 +89,20 @@ def save_model(model, path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path, *, device: Any = None):
-    """Load a model saved by :func:`save_model`; ``device`` overrides the saved one."""
+def load_model(path: str | Path, *, device: Any = None, trusted: list[str] | None = None,
+               trust_remote_code: bool = False):
+    """Load a model or pipeline saved by :func:`save_model`; ``device`` overrides the saved one.
+
+    A pipeline's file may hold only types that this package or skops vouch for; ``trusted``
+    adds type names (``"module.Class"``) you trust after reviewing them. An encoder saved with
+    ``trust_remote_code=True`` is refused unless ``trust_remote_code=True`` is passed here.
+    """
+    from ._pipeline_io import is_saved_pipeline, load_pipeline
+
     path = Path(path)
+    if is_saved_pipeline(path):
+        return load_pipeline(path, device=device, trusted=trusted,
+                             trust_remote_code=trust_remote_code)
     cfg_file, weights = path / CONFIG, path / WEIGHTS
     if not cfg_file.is_file() or not weights.is_file():
         raise FileNotFoundError(f"{path} is not a saved model: expected {CONFIG} and {WEIGHTS} in it.")

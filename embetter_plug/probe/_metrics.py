@@ -36,6 +36,33 @@ RANKING = ("roc_auc", "f1", "balanced_accuracy", "matthews", "accuracy", "log_lo
            "r2", "spearman", "mse")
 
 
+#: the range a metric's value can take (as stored: losses positive); unknown metrics are unbounded
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    **{m: (0.0, 1.0) for m in ("accuracy", "balanced_accuracy", "precision", "recall", "f1",
+                                "roc_auc", "average_precision", "jaccard", "top_k_accuracy")},
+    "matthews": (-1.0, 1.0), "spearman": (-1.0, 1.0), "r2": (-np.inf, 1.0),
+    "log_loss": (0.0, np.inf), "mse": (0.0, np.inf),
+}
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """``(low, high)`` bounds of ``metric``, e.g. ``(0.0, 1.0)`` for accuracy; ``(-inf, inf)``
+    when unknown. Scikit-learn names such as ``f1_macro`` or ``roc_auc_ovr`` map to their family.
+
+    Examples
+    --------
+    >>> from embetter_plug.probe._metrics import metric_range
+    >>> metric_range("accuracy"), metric_range("f1_weighted"), metric_range("r2")
+    ((0.0, 1.0), (0.0, 1.0), (-inf, 1.0))
+    """
+    if metric in METRIC_RANGES:
+        return METRIC_RANGES[metric]
+    base = metric.split("_")[0]
+    family = {"f1": "f1", "precision": "precision", "recall": "recall", "jaccard": "jaccard",
+              "roc": "roc_auc"}.get(base)
+    return METRIC_RANGES[family] if family else (-np.inf, np.inf)
+
+
 def greater_is_better(metric: str) -> bool:
     """Whether a larger value of ``metric`` (as stored in a results frame) is better."""
     return metric not in LOWER_IS_BETTER
@@ -73,8 +100,28 @@ def spearman_scorer() -> Callable:
     return make_scorer(_spearman)
 
 
-def detect_task(y, task: str = "auto") -> tuple[str, np.ndarray]:
-    """Return ``(task, y)`` with ``y`` as an array; raise clear errors for unusable targets."""
+def plain(value: Any) -> Any:
+    """A NumPy scalar as the Python value it holds (for messages); anything else unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _missing(y: np.ndarray) -> np.ndarray:
+    """Mask of missing targets: NaN in a float array; None, NaN or NA among objects (strings)."""
+    if y.dtype.kind == "f":
+        return np.isnan(y)
+    if y.dtype == object:
+        import pandas as pd
+
+        return np.asarray(pd.isna(y), dtype=bool)
+    return np.zeros(len(y), dtype=bool)
+
+
+def detect_task(y, task: str = "auto", *, max_classes: int | None = None) -> tuple[str, np.ndarray]:
+    """Return ``(task, y)`` with ``y`` as an array; raise clear errors for unusable targets.
+
+    ``task="auto"`` is regression for non-integer numbers; with ``max_classes``, also for
+    numbers (integers included) with more than ``max_classes`` distinct values.
+    """
     from sklearn.utils.multiclass import type_of_target
 
     if task not in TASKS:
@@ -84,10 +131,10 @@ def detect_task(y, task: str = "auto") -> tuple[str, np.ndarray]:
     y = np.asarray(y)
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D (one target per sample), got shape {y.shape}.")
-    if y.dtype.kind == "f" and np.isnan(y).any():
-        raise ValueError(f"y has {int(np.isnan(y).sum())} missing (NaN) value(s); drop or fill them.")
-    if y.dtype == object and any(v is None for v in y):
-        raise ValueError("y has missing (None) values; drop or fill them.")
+    missing = _missing(y)
+    if missing.any():
+        raise ValueError(f"y has {int(missing.sum())} missing (NaN or None) value(s) at position(s) "
+                         f"{np.flatnonzero(missing)[:10].tolist()}; drop or fill them.")
     if task == "regression":
         if y.dtype.kind not in "biuf":
             try:
@@ -100,7 +147,9 @@ def detect_task(y, task: str = "auto") -> tuple[str, np.ndarray]:
         return task, y.astype(float)
     kind = type_of_target(y, input_name="y")
     if task == "auto":
-        task = "regression" if kind == "continuous" else "classification"
+        many = (max_classes is not None and y.dtype.kind in "biuf"
+                and len(np.unique(y)) > max_classes)
+        task = "regression" if kind == "continuous" or many else "classification"
         if task == "regression":
             return task, y.astype(float)
     if kind not in ("binary", "multiclass"):
@@ -111,7 +160,7 @@ def detect_task(y, task: str = "auto") -> tuple[str, np.ndarray]:
     n_classes = len(np.unique(y))
     if n_classes < 2:
         raise ValueError(
-            f"y has a single class ({np.unique(y)[0].item()!r}); a probe needs at least two classes."
+            f"y has a single class ({plain(np.unique(y)[0])!r}); a probe needs at least two classes."
         )
     return task, y
 

@@ -6,9 +6,36 @@ from typing import Any
 
 import numpy as np
 
+from ._metrics import metric_range
 from .results import ANY, DUMMY, ProbeResults
 
 __all__ = ["LayerMetricDisplay"]
+
+
+def thinned_ticks(layers, ax, min_gap_inch: float = 0.35) -> np.ndarray:
+    """The layers to label: as many as fit at least ``min_gap_inch`` apart on ``ax`` (30 layers
+    on a narrow panel would overlap), from the first one on.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import matplotlib.pyplot as plt
+    >>> from embetter_plug.probe.display import thinned_ticks
+    >>> fig, ax = plt.subplots(figsize=(4, 3))
+    >>> thinned_ticks(range(30), ax).tolist()
+    [0, 4, 8, 12, 16, 20, 24, 28]
+    """
+    layers = np.asarray(sorted(layers))
+    if len(layers) < 2:
+        return layers
+    inches = ax.get_position().width * ax.figure.get_figwidth()
+    gap = (layers[-1] - layers[0]) * min_gap_inch / inches  # in layers
+    kept = [layers[0]]
+    for layer in layers[1:]:
+        if layer - kept[-1] >= gap:
+            kept.append(layer)
+    return np.asarray(kept)
 
 
 class LayerMetricDisplay:
@@ -102,9 +129,12 @@ class LayerMetricDisplay:
             m, d = g["mean"].to_numpy(float), g["std"].to_numpy(float)
             (line,) = ax.plot(x, m, marker="o", label=label)
             self.lines_[label] = line
-            if std:
-                self.bands_[label] = ax.fill_between(x, m - d, m + d, color=line.get_color(),
-                                                     alpha=0.2, linewidth=0)
+            if std:  # a band never reaches beyond the metric's range (e.g. accuracy 1.0)
+                low, high = metric_range(self.metric)
+                self.bands_[label] = ax.fill_between(x, np.clip(m - d, low, high),
+                                                     np.clip(m + d, low, high),
+                                                     color=line.get_color(), alpha=0.2,
+                                                     linewidth=0)
         if baseline and not dummies.empty:
             context = [c for c in series if c != "part" and dummies[c].nunique() > 1]
             groups = dummies.groupby(context, sort=False) if context else [((), dummies)]
@@ -114,7 +144,7 @@ class LayerMetricDisplay:
                 self.baselines_[label] = ax.axhline(float(g["mean"].iloc[0]), color="0.4",
                                                     linestyle="--", linewidth=1, label=label)
         layers = np.unique(probes["layer"].astype(int)) if not probes.empty else []
-        ax.set_xticks(layers)
+        ax.set_xticks(thinned_ticks(layers, ax))
         ax.set_xlabel("layer")
         ax.set_ylabel(self.metric)
         ax.grid(alpha=0.3)

@@ -10,7 +10,7 @@ import numpy as np
 
 from .._utils import logger
 from ..layout import select_positions
-from ._metrics import FLIPPED, detect_task, resolve_scoring
+from ._metrics import FLIPPED, detect_task, plain, resolve_scoring
 from .results import DUMMY, ProbeResults
 
 __all__ = ["probe_layers", "default_probe"]
@@ -180,7 +180,7 @@ def class_count_error(y, n_splits: int, given: str) -> str | None:
     ``given`` names the setting, e.g. ``"cv=5"``.
     """
     values, counts = np.unique(y, return_counts=True)
-    rare = [(v.item(), int(n)) for v, n in zip(values, counts) if n < n_splits]
+    rare = [(plain(v), int(n)) for v, n in zip(values, counts) if n < n_splits]
     if not rare:
         return None
     shown = ", ".join(f"{v!r} has {n}" for v, n in rare[:10])
@@ -198,7 +198,8 @@ def _splits(cv, X4, y, groups, task, estimator) -> list:
         n_splits = 5 if cv is None else cv if isinstance(cv, Integral) else cv.n_splits
         message = class_count_error(y, n_splits, f"cv={cv!r}")
         if message:
-            raise ValueError(f"{message}; use a smaller cv, or drop or merge those classes.")
+            numbers = " (or task='regression' for numbers)" if np.asarray(y).dtype.kind in "biuf" else ""
+            raise ValueError(f"{message}; use a smaller cv{numbers}, or drop or merge those classes.")
     if groups is not None:
         groups = np.asarray(groups)
         if groups.ndim != 1 or len(groups) != len(y):

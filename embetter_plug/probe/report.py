@@ -12,7 +12,9 @@ import html
 import json
 from pathlib import Path
 
-from ._metrics import LOWER_IS_BETTER, ranking_metrics
+import numpy as np
+
+from ._metrics import LOWER_IS_BETTER, metric_range, ranking_metrics
 from .results import ANY, DUMMY, ProbeResults
 
 __all__ = ["write_report", "report_rows"]
@@ -62,13 +64,23 @@ def write_report(results, path, *, title: str | None = None) -> Path:
         results = ProbeResults.read(results)
     rows = report_rows(results)
     payload = {"rows": rows, "metrics": results.metrics, "lower": sorted(LOWER_IS_BETTER),
-               "primary": results.primary_metric, "ranking": ranking_metrics(results.metrics)}
+               "primary": results.primary_metric, "ranking": ranking_metrics(results.metrics),
+               "bounds": _bounds(results.metrics)}
     data = json.dumps(payload).replace("<", "\\u003c")
     title = title or "Probe results"
     page = _TEMPLATE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
     path = Path(path)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _bounds(metrics) -> dict[str, list]:
+    """Each metric's finite range ends (``None`` where unbounded), for clipping the ±std bands."""
+    out = {}
+    for m in metrics:
+        low, high = metric_range(m)
+        out[m] = [low if np.isfinite(low) else None, high if np.isfinite(high) else None]
+    return out
 
 
 _TEMPLATE = r"""<!DOCTYPE html>
@@ -130,7 +142,10 @@ function draw() {
   if (!rows.length) { chart.innerHTML = ''; return; }
   const W = 760, H = 420, m = {l: 60, r: 170, t: 20, b: 45};
   const layers = uniq(rows.map(r => r.layer)).sort((a, b) => a - b);
-  let lo = Math.min(...rows.map(r => r.mean - r.std)), hi = Math.max(...rows.map(r => r.mean + r.std));
+  const B = (D.bounds || {})[state.metric] || [null, null];
+  const clip = v => Math.min(B[1] === null ? v : B[1], Math.max(B[0] === null ? v : B[0], v));
+  const bandLo = r => clip(r.mean - r.std), bandHi = r => clip(r.mean + r.std);
+  let lo = Math.min(...rows.map(bandLo)), hi = Math.max(...rows.map(bandHi));
   if (base) { lo = Math.min(lo, base.mean); hi = Math.max(hi, base.mean); }
   if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
   const pad = (hi - lo) * 0.05; lo -= pad; hi += pad;
@@ -140,7 +155,9 @@ function draw() {
   let s = '<svg id="plot" xmlns="http://www.w3.org/2000/svg" width="' + W + '" height="' + H + '">';
   s += '<line x1="' + m.l + '" y1="' + (H - m.b) + '" x2="' + (W - m.r) + '" y2="' + (H - m.b) + '" stroke="#333"/>';
   s += '<line x1="' + m.l + '" y1="' + m.t + '" x2="' + m.l + '" y2="' + (H - m.b) + '" stroke="#333"/>';
-  layers.forEach(l => { s += '<text x="' + X(l) + '" y="' + (H - m.b + 16) + '" text-anchor="middle" font-size="12">' + l + '</text>'; });
+  const ticks = [];  // labels at least 30 px apart: 30 layers must not overlap
+  layers.forEach(l => { if (!ticks.length || X(l) - X(ticks[ticks.length - 1]) >= 30) ticks.push(l); });
+  ticks.forEach(l => { s += '<text class="tick" x="' + X(l) + '" y="' + (H - m.b + 16) + '" text-anchor="middle" font-size="12">' + l + '</text>'; });
   for (let i = 0; i <= 5; i++) { const v = lo + (hi - lo) * i / 5;
     s += '<text x="' + (m.l - 6) + '" y="' + (Y(v) + 4) + '" text-anchor="end" font-size="11">' + v.toFixed(3) + '</text>'; }
   s += '<text x="' + ((W - m.r + m.l) / 2) + '" y="' + (H - 8) + '" text-anchor="middle">layer</text>';
@@ -148,8 +165,8 @@ function draw() {
   const parts = uniq(rows.map(r => r.part));
   parts.forEach((p, i) => {
     const pts = rows.filter(r => r.part === p).sort((a, b) => a.layer - b.layer), c = COLORS[i % COLORS.length];
-    const up = pts.map(r => X(r.layer) + ',' + Y(r.mean + r.std)), dn = pts.map(r => X(r.layer) + ',' + Y(r.mean - r.std)).reverse();
-    s += '<g class="series" data-part="' + esc(p) + '" data-n="' + pts.length + '" data-means="' + pts.map(r => r.mean.toFixed(6)).join(' ') + '">';
+    const up = pts.map(r => X(r.layer) + ',' + Y(bandHi(r))), dn = pts.map(r => X(r.layer) + ',' + Y(bandLo(r))).reverse();
+    s += '<g class="series" data-part="' + esc(p) + '" data-n="' + pts.length + '" data-means="' + pts.map(r => r.mean.toFixed(6)).join(' ') + '" data-band="' + Math.min(...pts.map(bandLo)).toFixed(6) + ' ' + Math.max(...pts.map(bandHi)).toFixed(6) + '">';
     s += '<path class="band" d="M' + up.concat(dn).join('L') + 'Z" fill="' + c + '" fill-opacity="0.2" stroke="none"/>';
     s += '<path class="line" d="M' + pts.map(r => X(r.layer) + ',' + Y(r.mean)).join('L') + '" fill="none" stroke="' + c + '" stroke-width="2"/>';
     pts.forEach(r => { s += '<circle cx="' + X(r.layer) + '" cy="' + Y(r.mean) + '" r="3.5" fill="' + c + '"><title>' + esc(p) + ' layer ' + r.layer + ': ' + fmt(r.mean, r.std) + '</title></circle>'; });
