@@ -9,6 +9,7 @@ offline are skipped with the reason; the session's last lines give the coverage 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -114,9 +115,18 @@ def tiny_config(model_type: str):
     return cls(**kwargs)
 
 
+@contextlib.contextmanager
 def _quiet():
-    warnings.simplefilter("ignore")
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    """No warnings or transformers log lines from tiny, odd configurations; restored after."""
+    hf = logging.getLogger("transformers")
+    level = hf.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            hf.setLevel(level)
 
 
 def _short(e: Exception) -> str:
@@ -126,8 +136,7 @@ def _short(e: Exception) -> str:
 @functools.lru_cache(maxsize=None)
 def build(model_type: str):
     """``(model, None)`` or ``(None, reason it cannot be built tiny offline)``."""
-    with warnings.catch_warnings():
-        _quiet()
+    with _quiet():
         try:
             cfg = tiny_config(model_type)
             with torch.device("meta"):
@@ -148,8 +157,7 @@ def build(model_type: str):
 def reference(model, ids):
     """The model's own hidden states of one unpadded text: ``n_blocks + 1`` arrays ``(T, H)``."""
     run = _arch.runner(model)
-    with torch.no_grad(), warnings.catch_warnings():
-        _quiet()
+    with torch.no_grad(), _quiet():
         out = run(input_ids=torch.tensor([ids]), output_hidden_states=True)
     hs = getattr(out, "hidden_states", None)
     if not hs:
@@ -188,8 +196,7 @@ def check_architecture(model_type: str, model) -> None:
     for side in sides:
         tok = make_tokenizer("bpe", padding_side=side)
         enc = TransformerActivationEncoder(model, tok, parts=parts, batch_size=4)
-        with warnings.catch_warnings():
-            _quiet()
+        with _quiet():
             X = enc.fit_transform(TEXTS)
         assert enc.poolings_ == [pooling], f"auto pooling on a {'decoder' if decoder else 'encoder'}"
         assert X.shape == (len(TEXTS), n, len(parts), _arch.hidden_size(model))
