@@ -43,3 +43,21 @@ def texts() -> list[str]:
     from embetter_plug import load_builtin_dataset
 
     return load_builtin_dataset("train")["text"].tolist()[:24]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One local Ray cluster (2 CPUs) for the whole test run; actors record their forward
+    passes in ``counts`` (see ``tests/_ray_helpers.py``)."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    from types import SimpleNamespace
+
+    import _ray_helpers
+
+    counts = tmp_path_factory.mktemp("ray") / "forwarded.txt"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {_ray_helpers.COUNTS: str(counts)}})
+    _ray_helpers.register()
+    yield SimpleNamespace(address=ray.get_runtime_context().gcs_address, counts=counts)
+    ray.shutdown()
