@@ -91,3 +91,176 @@ def test_failed_task_keeps_finished_shards_and_a_rerun_computes_only_the_rest(en
     assert sum(counted(counts)) == 6 * (5 - len(complete))  # only unfinished shards, once each
     X, _ = load_activations(folder)
     np.testing.assert_allclose(X, ref, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------ command line, real driver SIGKILL
+DRIVER = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])  # tests/, for _ray_helpers
+import ray, _ray_helpers
+from embetter_plug import streaming
+from embetter_plug._cli import extract as cli_extract
+
+address, counts, delay = sys.argv[2], sys.argv[3], float(sys.argv[4])
+ray.init(address=address, log_to_driver=False,
+         runtime_env={"env_vars": {_ray_helpers.COUNTS: counts}})
+_ray_helpers.register()
+mark = streaming.ShardWriter.mark_complete
+def slow(self, shards):  # leave time to kill between completed shards
+    mark(self, shards)
+    time.sleep(delay)
+streaming.ShardWriter.mark_complete = slow
+make = cli_extract.encoder_from_args
+cli_extract.encoder_from_args = lambda args: _ray_helpers.CountingEncoder(**make(args).get_params())
+from embetter_plug.cli import main
+sys.exit(main(sys.argv[5:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def cli_setup(tmp_path_factory, distinct):
+    import pandas as pd
+
+    from embetter_plug.testing import save_tiny_model
+
+    root = tmp_path_factory.mktemp("raycli")
+    model = save_tiny_model("gpt2", root / "model")
+    csv = root / "data.csv"
+    pd.DataFrame({"text": distinct[:30] * 2, "label": 0}).to_csv(csv, index=False)
+    (root / "driver.py").write_text(DRIVER)
+    return root, model, csv
+
+
+def _complete(folder) -> set[int]:
+    try:
+        man = json.loads((folder / MANIFEST).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return set()
+    return set(range(man["n_done"])) | set(man.get("done_after", []))
+
+
+def test_driver_killed_mid_run_then_rerun_resumes_without_recomputing(cli_setup, ray_cluster,
+                                                                      distinct):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from embetter_plug import TransformerActivationEncoder
+
+    root, model, csv = cli_setup
+    out = root / "acts"
+    tests = os.path.dirname(__file__)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+    def cmd(counts, delay):
+        return [sys.executable, str(root / "driver.py"), tests, ray_cluster.address, str(counts),
+                str(delay), "extract", "--model", str(model), "--data", str(csv), "--out",
+                str(out), "--shard-size", "10", "--parts", "resid_post,mlp_out",
+                "--batch-size", "4", "--ray", ray_cluster.address, "--ray-actors", "2",
+                "--ray-num-cpus", "0.5", "--ray-batch-size", "5"]
+
+    proc = subprocess.Popen(cmd(root / "first.txt", 1.0), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None and len(_complete(out)) < 2:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    complete = _complete(out)
+    assert 2 <= len(complete) < 6
+    with pytest.raises(ValueError, match="unfinished"):
+        load_activations(out)
+
+    rerun = subprocess.run(cmd(root / "second.txt", 0), env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resumed" in rerun.stdout
+    # nothing finished is computed again (each text appears once per block of 5 rows here)
+    assert sum(counted(root / "second.txt")) == 60 - 10 * len(complete)
+    X, layout = load_activations(out)
+    ref = TransformerActivationEncoder(str(model), parts=["resid_post", "mlp_out"],
+                                       batch_size=4).fit()
+    np.testing.assert_allclose(X, ref.transform(distinct[:30] * 2), rtol=1e-5, atol=1e-6)
+    assert layout == ref.layout_
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_address_without_a_cluster_is_refused_before_the_model_loads(cli_setup, tmp_path):
+    import subprocess
+    import sys
+
+    root, _, csv = cli_setup
+    address = f"127.0.0.1:{_free_port()}"
+    run = subprocess.run([sys.executable, "-m", "embetter_plug.cli", "extract", "--data",
+                          str(csv), "--model", str(tmp_path / "no-model"), "--out",
+                          str(tmp_path / "o"), "--ray", address], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2
+    assert f"no Ray cluster answers at {address!r}" in run.stderr
+    assert "ray start --head" in run.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_gpus_on_a_cluster_without_gpus_are_refused_before_the_model_loads(cli_setup, ray_cluster,
+                                                                          tmp_path, capsys):
+    from embetter_plug.cli import main
+    from embetter_plug.distributed import connect_ray
+
+    root, _, csv = cli_setup
+    rc = main(["extract", "--data", str(csv), "--model", str(tmp_path / "no-model"), "--out",
+               str(tmp_path / "o"), "--ray", "--ray-num-gpus", "1"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "num_gpus=1.0 per actor, but the Ray cluster has no GPUs" in err
+    assert "--ray-num-gpus 0" in err and not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match="has no GPUs"):
+        connect_ray(num_gpus=0.5)
+
+
+def test_a_folder_with_another_extraction_is_refused_before_the_model_loads(cli_setup, enc,
+                                                                           ray_cluster, distinct,
+                                                                           tmp_path, capsys):
+    from embetter_plug.cli import main
+
+    root, _, csv = cli_setup
+    enc.extract_to(tmp_path / "o", distinct[:5])
+    rc = main(["extract", "--data", str(csv), "--model", str(tmp_path / "no-model"), "--out",
+               str(tmp_path / "o"), "--ray"])
+    assert rc == 2
+    assert "already holds a different extraction" in capsys.readouterr().err
+
+
+def test_without_ray_the_error_gives_the_install_line(monkeypatch, cli_setup, tmp_path, capsys):
+    import sys
+
+    from embetter_plug.cli import main
+    from embetter_plug.distributed import connect_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ImportError, match=r'pip install "embetter_plug\[ray\]"'):
+        connect_ray()
+    root, _, csv = cli_setup
+    assert main(["extract", "--data", str(csv), "--out", str(tmp_path / "o"), "--ray"]) == 2
+    assert 'pip install "embetter_plug[ray]"' in capsys.readouterr().err
+
+
+def test_the_core_package_does_not_import_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys, embetter_plug.encoder, embetter_plug.streaming, embetter_plug.cli, "
+            "embetter_plug.distributed, embetter_plug._cli.extract; "
+            "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -110,6 +110,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                              "extraction")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
     add_encoder_arguments(parser)
+    from . import _ray
+
+    _ray.add_arguments(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -142,6 +145,10 @@ def run(args) -> int:
     from embetter_plug import save_activations
     from embetter_plug.io import check_storable
 
+    if getattr(args, "ray", None) is not None:
+        from . import _ray
+
+        return _ray.run(args)
     texts = read_texts(args.data, args.text_col, args.split, args.limit)
     old = check_out(args, texts)
     enc = encoder_from_args(args).fit(texts)
