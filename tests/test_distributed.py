@@ -154,14 +154,14 @@ def test_driver_killed_mid_run_then_rerun_resumes_without_recomputing(cli_setup,
     tests = os.path.dirname(__file__)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
-    def cmd(counts, delay):
+    def cmd(counts, delay, actors):
         return [sys.executable, str(root / "driver.py"), tests, ray_cluster.address, str(counts),
                 str(delay), "extract", "--model", str(model), "--data", str(csv), "--out",
                 str(out), "--shard-size", "10", "--parts", "resid_post,mlp_out",
-                "--batch-size", "4", "--ray", ray_cluster.address, "--ray-actors", "2",
+                "--batch-size", "4", "--ray", ray_cluster.address, "--ray-actors", str(actors),
                 "--ray-num-cpus", "0.5", "--ray-batch-size", "5"]
 
-    proc = subprocess.Popen(cmd(root / "first.txt", 1.0), env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd(root / "first.txt", 1.0, 2), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     try:
@@ -176,7 +176,8 @@ def test_driver_killed_mid_run_then_rerun_resumes_without_recomputing(cli_setup,
     with pytest.raises(ValueError, match="unfinished"):
         load_activations(out)
 
-    rerun = subprocess.run(cmd(root / "second.txt", 0), env=env, capture_output=True, text=True,
+    # another pool size resumes the same extraction
+    rerun = subprocess.run(cmd(root / "second.txt", 0, 1), env=env, capture_output=True, text=True,
                            timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resumed" in rerun.stdout
