@@ -128,7 +128,7 @@ def connect_ray(address: str | None = None, *, concurrency: int = 1,
     return started
 
 
-def read_texts(data, text_column: str = "text") -> list[str]:
+def _read_texts(data, text_column: str = "text") -> list[str]:
     """Texts, in order, of a list, pandas Series/DataFrame, CSV/Parquet path or ``ray.data``
     Dataset (``text_column`` for tables)."""
     import pandas as pd
@@ -197,7 +197,7 @@ class _EncoderActor:
         return {"row": np.asarray(batch["row"]), "acts": acts}
 
 
-def actor_params(encoder) -> dict:
+def _actor_params(encoder) -> dict:
     """The encoder's parameters for the actors: no progress bars, and the dtype the driver
     resolved, so that a GPU actor computes what the driver's identity promises."""
     params = encoder.get_params(deep=False)
@@ -269,7 +269,7 @@ def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column
     batch_size = int(batch_size or 4 * encoder.batch_size)
     started = connect_ray(address, concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus)
     try:
-        texts = read_texts(data, text_column)
+        texts = _read_texts(data, text_column)
         plan = extraction_plan(encoder, folder, texts, shard_size=shard_size,
                                store_dtype=store_dtype, overwrite=overwrite)
         writer = ShardWriter.open(folder, plan, overwrite=overwrite)
@@ -305,7 +305,7 @@ def _run(encoder, writer, texts, plan, *, concurrency, num_cpus, num_gpus, batch
     ds = rd.from_arrow(blocks).map_batches(
         _EncoderActor, batch_size=batch_size, batch_format="numpy",
         compute=rd.ActorPoolStrategy(size=concurrency),
-        fn_constructor_kwargs={"cls": type(encoder), "params": actor_params(encoder),
+        fn_constructor_kwargs={"cls": type(encoder), "params": _actor_params(encoder),
                                "source": plan["source"], "layout": plan["layout"]},
         **remote)
 

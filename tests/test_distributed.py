@@ -265,3 +265,33 @@ def test_the_core_package_does_not_import_ray():
             "embetter_plug.distributed, embetter_plug._cli.extract; "
             "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ------------------------------------------------------------ searches through joblib's backend
+def test_probe_layers_and_grid_search_on_the_cluster_equal_the_local_results(ray_cluster):
+    import joblib
+    from ray.util.joblib import register_ray
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+
+    from embetter_plug import probe_layers
+
+    register_ray()
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 30)
+    X = rng.normal(size=(60, 3, 2, 8))
+    X[:, 2, 1, 0] += 3 * y  # only layer 2, part 1 carries the label
+    grid = {"C": [0.01, 0.1, 1.0]}
+    local_probe = probe_layers(X, y, cv=3, scoring="accuracy")
+    local_search = GridSearchCV(LogisticRegression(), grid, cv=3).fit(X[:, 2, 1], y)
+    seen = []
+    with joblib.parallel_backend("ray"):
+        seen.append(type(joblib.parallel.get_active_backend()[0]).__name__)
+        probe = probe_layers(X, y, cv=3, scoring="accuracy", n_jobs=2)
+        search = GridSearchCV(LogisticRegression(), grid, cv=3, n_jobs=2).fit(X[:, 2, 1], y)
+    assert seen == ["RayBackend"]
+    assert probe.best_ == local_probe.best_ == (2, "part1")
+    assert probe.frame_.equals(local_probe.frame_)
+    np.testing.assert_array_equal(search.cv_results_["mean_test_score"],
+                                  local_search.cv_results_["mean_test_score"])
+    assert search.best_params_ == local_search.best_params_
