@@ -178,12 +178,26 @@ def _dataset_column(ds, column: str) -> list:
         ctx.execution_options.preserve_order = old
 
 
+def _write_block(writer, rows: np.ndarray, acts: np.ndarray) -> None:
+    """Write a block's rows (any order, gaps allowed) into the folder, run by run."""
+    order = np.argsort(rows, kind="stable")
+    rows, acts = rows[order], acts[order]
+    for run in np.split(np.arange(len(rows)), np.flatnonzero(np.diff(rows) != 1) + 1):
+        lo = int(rows[run[0]])
+        writer.write_rows(lo, acts[run], where=f" in rows {lo}..{int(rows[run[-1]])}")
+
+
 class _EncoderActor:
-    """One model per actor: built from the driver's encoder parameters, checked against the plan."""
+    """One model per actor: built from the driver's encoder parameters, checked against the plan.
 
-    def __init__(self, cls, params: dict, source: str, layout: dict):
-        from .streaming import source_digest
+    With ``store`` (the folder and its manifest, on storage this node can write) the actor
+    writes and flushes its rows itself and returns only their numbers.
+    """
 
+    def __init__(self, cls, params: dict, source: str, layout: dict, store: dict | None = None):
+        from .streaming import ShardWriter, source_digest
+
+        self.writer = None if store is None else ShardWriter(store["folder"], store["manifest"])
         self.encoder = cls(**params).fit()
         if source_digest(self.encoder) != source or self.encoder.layout_.to_dict() != layout:
             raise RuntimeError(
@@ -193,8 +207,13 @@ class _EncoderActor:
 
     def __call__(self, batch: dict) -> dict:
         texts = [str(t) for t in batch["text"]]
+        rows = np.asarray(batch["row"], dtype=np.int64)
         acts = np.asarray(self.encoder.transform(texts), dtype=np.float32)
-        return {"row": np.asarray(batch["row"]), "acts": acts}
+        if self.writer is None:
+            return {"row": rows, "acts": acts}
+        _write_block(self.writer, rows, acts)
+        self.writer.flush()
+        return {"row": rows}
 
 
 def _actor_params(encoder) -> dict:
@@ -212,7 +231,7 @@ def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column
                         num_cpus: float | None = None, num_gpus: float = 0,
                         batch_size: int | None = None, shard_size: int | None = None,
                         store_dtype: str = "float32", overwrite: bool = False,
-                        verbose: bool = False) -> Path:
+                        shared_storage: bool = False, verbose: bool = False) -> Path:
     """Extract the activations of ``data`` on a Ray cluster into a streamed-extraction folder.
 
     The same folder, manifest and identity as :meth:`TransformerActivationEncoder.extract_to`:
@@ -239,6 +258,11 @@ def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column
         call are computed once.
     shard_size, store_dtype, overwrite
         As in ``extract_to``.
+    shared_storage : bool, default=False
+        ``folder`` is on storage every node can write at the same path (a local cluster, NFS,
+        Lustre): each actor writes and flushes its own rows and only row numbers travel to the
+        driver, which then only records complete shards. Otherwise activations travel to the
+        driver, which writes them.
     verbose : bool, default=False
         Show a progress bar over texts.
 
@@ -274,7 +298,8 @@ def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column
                                store_dtype=store_dtype, overwrite=overwrite)
         writer = ShardWriter.open(folder, plan, overwrite=overwrite)
         _run(encoder, writer, texts, plan, concurrency=concurrency, num_cpus=num_cpus,
-             num_gpus=num_gpus, batch_size=batch_size, verbose=verbose)
+             num_gpus=num_gpus, batch_size=batch_size, shared_storage=shared_storage,
+             verbose=verbose)
     finally:
         if started:
             _import_ray().shutdown()
@@ -282,7 +307,7 @@ def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column
 
 
 def _run(encoder, writer, texts, plan, *, concurrency, num_cpus, num_gpus, batch_size,
-         verbose) -> None:
+         shared_storage, verbose) -> None:
     import pyarrow as pa
     from ray import data as rd
     from tqdm.auto import tqdm
@@ -298,6 +323,8 @@ def _run(encoder, writer, texts, plan, *, concurrency, num_cpus, num_gpus, batch
                         "text": pa.array([texts[j] for j in rows[i:i + batch_size]],
                                          type=pa.large_string())})
               for i in range(0, len(rows), batch_size)]
+    store = ({"folder": str(writer.folder.resolve()), "manifest": writer.manifest}
+             if shared_storage else None)
     remote = {"num_gpus": num_gpus or None}
     if num_cpus is not None:
         remote["num_cpus"] = num_cpus
@@ -306,7 +333,8 @@ def _run(encoder, writer, texts, plan, *, concurrency, num_cpus, num_gpus, batch
         _EncoderActor, batch_size=batch_size, batch_format="numpy",
         compute=rd.ActorPoolStrategy(size=concurrency),
         fn_constructor_kwargs={"cls": type(encoder), "params": _actor_params(encoder),
-                               "source": plan["source"], "layout": plan["layout"]},
+                               "source": plan["source"], "layout": plan["layout"],
+                               "store": store},
         **remote)
 
     size = plan["shard_size"]
@@ -314,13 +342,10 @@ def _run(encoder, writer, texts, plan, *, concurrency, num_cpus, num_gpus, batch
     written = np.zeros(plan["shape"][0], dtype=bool)  # a retried block may arrive twice
     with tqdm(total=len(rows), disable=not verbose, desc="extract (ray)", unit="text") as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            r, acts = np.asarray(batch["row"], dtype=np.int64), batch["acts"]
-            order = np.argsort(r, kind="stable")
-            r, acts = r[order], acts[order]
-            for run in np.split(np.arange(len(r)), np.flatnonzero(np.diff(r) != 1) + 1):
-                lo = int(r[run[0]])
-                writer.write_rows(lo, acts[run], where=f" in rows {lo}..{int(r[run[-1]])}")
-            new = r[~written[r]]
+            r = np.asarray(batch["row"], dtype=np.int64)
+            if "acts" in batch:
+                _write_block(writer, r, batch["acts"])
+            new = np.unique(r[~written[r]])
             written[new] = True
             finished = []
             for k, c in zip(*np.unique(new // size, return_counts=True)):

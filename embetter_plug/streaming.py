@@ -204,10 +204,14 @@ class ShardWriter:
             f.seek(self._offset + lo * self._row_bytes)
             f.write(memoryview(acts).cast("B"))
 
-    def mark_complete(self, shards) -> None:
-        """Flush the data file to disk, then record ``shards`` as complete in the manifest."""
+    def flush(self) -> None:
+        """Make the rows written so far durable (``fsync`` of the data file)."""
         with open(self.folder / DATA, "r+b") as f:
             os.fsync(f.fileno())
+
+    def mark_complete(self, shards) -> None:
+        """Flush the data file to disk, then record ``shards`` as complete in the manifest."""
+        self.flush()
         done = self.complete_shards() | {int(k) for k in shards}
         n_done = self.n_done
         while n_done in done:

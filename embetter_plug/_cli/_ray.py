@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "cluster's CPUs so Ray Data's own tasks get one")
     g.add_argument("--ray-batch-size", type=positive_int, default=None, metavar="N",
                    help="texts per actor call (default: 4 x --batch-size)")
+    g.add_argument("--ray-shared-storage", action="store_true",
+                   help="--out is on storage every node can write at the same path (a local "
+                        "cluster, NFS): actors write their rows themselves instead of sending "
+                        "them to this process")
 
 
 def run(args) -> int:
@@ -64,7 +68,7 @@ def run(args) -> int:
             enc, args.out, texts, concurrency=args.ray_actors, num_cpus=args.ray_num_cpus,
             num_gpus=args.ray_num_gpus, batch_size=args.ray_batch_size,
             shard_size=args.shard_size, store_dtype=args.store_dtype, overwrite=args.overwrite,
-            verbose=args.progress)
+            shared_storage=args.ray_shared_storage, verbose=args.progress)
     finally:
         if started:
             ray.shutdown()
