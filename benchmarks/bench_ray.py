@@ -199,9 +199,10 @@ def main() -> None:
         "0.66 TB) is the bottleneck as soon as there are more than a few GPUs; model loading is "
         "a fixed cost per actor (a minute or so against hours of work); the GPUs themselves only "
         "limit a run that stores little per text (a few layers, or pooled parts). Storing one "
-        "layer instead of 16 cuts the driver's share 16-fold (last columns). Beyond that, "
-        "actors would have to write their blocks to shared storage themselves, which this "
-        "version does not do.",
+        "layer instead of 16 cuts the driver's share 16-fold (last columns). With "
+        "`shared_storage=True` the actors write their rows to a shared file system themselves "
+        "and the driver's share disappears; that file system's write bandwidth (not measured "
+        "here) takes its place.",
     ]
     text = "\n".join(body)
     print(text)
