@@ -172,8 +172,8 @@ def main() -> None:
         f"Fixed costs: `ray.init` of a local cluster {start:.1f} s; a run of 8 texts on 1 actor "
         f"(Ray Data start, actor start, importing torch and loading MiniLM in the actor) "
         f"{small:.1f} s. Per-actor efficiency (1 actor net / in-process, both 1 thread, "
-        f"capped at 1): {eff:.2f}. Two actors on two cores compete with the driver and with each other; on "
-        "this machine they cannot show scaling, only that the pool works.",
+        f"capped at 1): {eff:.2f}. Two actors on two cores compete with the driver and with "
+        "each other; on this machine they cannot show scaling, only that the pool works.",
         "",
         f"What the driver absorbs, rows of a ~1B model's 16 layers x hidden 2048 (float32, "
         f"{BIG['n_layers'] * BIG['hidden'] * 4 / 1024:.0f} KiB per text): Ray Data delivering "

@@ -245,7 +245,7 @@ def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column
         Fitted. Each actor builds its own from ``encoder.get_params()`` (a name or folder loads
         there; ``dtype="auto"`` becomes the dtype the driver resolved).
     folder : str or path
-    data : list of str, pandas Series or DataFrame, path of a .csv/.parquet file, or ray.data.Dataset
+    data : list of str, Series, DataFrame, path of a .csv/.parquet file, or ray.data.Dataset
         The texts; tables use ``text_column``.
     address : str or None, default=None
         See :func:`connect_ray`. Ray started here is shut down at the end.

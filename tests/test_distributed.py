@@ -161,7 +161,8 @@ def test_driver_killed_mid_run_then_rerun_resumes_without_recomputing(cli_setup,
                 "--ray-batch-size", "5", *ray_options]
 
     # the actors write their rows into the folder themselves (one machine: shared storage)
-    proc = subprocess.Popen(cmd(root / "first.txt", 1.0, "--ray-shared-storage"), env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd(root / "first.txt", 1.0, "--ray-shared-storage"), env=env,
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     try:
@@ -177,7 +178,8 @@ def test_driver_killed_mid_run_then_rerun_resumes_without_recomputing(cli_setup,
         load_activations(out)
 
     # another pool size, with the rows sent to the driver, resumes the same extraction
-    rerun = subprocess.run(cmd(root / "second.txt", 0, "--ray-actors", "2"), env=env, capture_output=True, text=True,
+    rerun = subprocess.run(cmd(root / "second.txt", 0, "--ray-actors", "2"), env=env,
+                           capture_output=True, text=True,
                            timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resumed" in rerun.stdout

@@ -51,13 +51,14 @@ def run(args) -> int:
     if args.out.endswith(".npz"):
         raise ValueError(f"--out {args.out!r}: --ray writes a folder (shards and a manifest, "
                          "resumable); give a folder name without .npz.")
+    from embetter_plug.distributed import connect_ray, extract_distributed
+
+    texts = read_texts(args.data, args.text_col, args.split, args.limit)
+    old = check_out(args, texts)
     try:
-        from embetter_plug.distributed import connect_ray, extract_distributed
-        texts = read_texts(args.data, args.text_col, args.split, args.limit)
-        old = check_out(args, texts)
         started = connect_ray(args.ray, concurrency=args.ray_actors,
                               num_cpus=args.ray_num_cpus, num_gpus=args.ray_num_gpus)
-    except ImportError as exc:
+    except ImportError as exc:  # the message gives the install line
         print(f"embetter-plug extract: error: {exc}", file=sys.stderr)
         return 2
     import ray
@@ -72,10 +73,11 @@ def run(args) -> int:
     finally:
         if started:
             ray.shutdown()
-    done, total = (old or {}).get("n_done", 0), (old or {}).get("n_shards", 0)
-    state = ("already complete, nothing to do" if old is not None and done >= total else
-             f"resumed ({done} of {total} shards were complete)" if old is not None and done
-             else "wrote")
+    old = old or {}
+    done = old.get("n_done", 0) + len(old.get("done_after", []))
+    total = old.get("n_shards", 0)
+    state = ("already complete, nothing to do" if old and done >= total else
+             f"resumed ({done} of {total} shards were complete)" if done else "wrote")
     print(f"{state}: activations ({len(texts)}, {', '.join(map(str, enc.layout_.shape))}) "
           f"{args.store_dtype} (sample, layer, part, hidden) in {out}, on "
           f"{args.ray_actors} Ray actor(s); layers {list(enc.layout_.layers)}, parts "
