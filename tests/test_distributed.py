@@ -297,3 +297,27 @@ def test_probe_layers_and_grid_search_on_the_cluster_equal_the_local_results(ray
     np.testing.assert_array_equal(search.cv_results_["mean_test_score"],
                                   local_search.cv_results_["mean_test_score"])
     assert search.best_params_ == local_search.best_params_
+
+
+def test_texts_come_in_input_order_from_every_kind_of_input(ray_cluster, distinct, tmp_path):
+    import pandas as pd
+    import ray.data
+
+    from embetter_plug.distributed import _read_texts
+
+    texts = distinct[:25]
+    frame = pd.DataFrame({"label": range(25), "body": texts})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    frame.to_parquet(tmp_path / "t.parquet")
+    dataset = ray.data.from_pandas([frame.iloc[i:i + 5] for i in range(0, 25, 5)])
+    for data in (texts, frame["body"], frame, tmp_path / "t.csv", str(tmp_path / "t.parquet"),
+                 dataset):
+        assert _read_texts(data, "body") == texts, type(data)
+    with pytest.raises(ValueError, match=r"text_column='text' is not a column .*'label', 'body'"):
+        _read_texts(dataset)
+    with pytest.raises(ValueError, match="text_column='text' is not a column"):
+        _read_texts(frame)
+    with pytest.raises(FileNotFoundError, match="no file at"):
+        _read_texts(tmp_path / "missing.csv")
+    with pytest.raises(ValueError, match="only .csv and .parquet"):
+        _read_texts(tmp_path)
