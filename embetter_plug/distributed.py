@@ -291,6 +291,9 @@ def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column
     if batch_size is not None and (not isinstance(batch_size, Integral) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
     batch_size = int(batch_size or 4 * encoder.batch_size)
+    if num_gpus and str(encoder.device).startswith("cpu"):
+        logger.warning("num_gpus=%s per actor, but the encoder has device=%r: the actors hold "
+                       "GPUs and compute on CPUs; use device='auto'", num_gpus, encoder.device)
     started = connect_ray(address, concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus)
     try:
         texts = _read_texts(data, text_column)
