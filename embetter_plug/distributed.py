@@ -163,19 +163,16 @@ def _dataset_column(ds, column: str) -> list:
     if column not in columns:
         raise ValueError(f"text_column={column!r} is not a column of the dataset; its columns "
                          f"are {columns}.")
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    old = ctx.execution_options.preserve_order
-    ctx.execution_options.preserve_order = True
+    sub = ds.select_columns([column])
+    options = sub.context.execution_options  # the context the dataset was made in
+    old, options.preserve_order = options.preserve_order, True
     try:
         out: list = []
-        for batch in ds.select_columns([column]).iter_batches(batch_size=None,
-                                                               batch_format="pyarrow"):
+        for batch in sub.iter_batches(batch_size=None, batch_format="pyarrow"):
             out.extend(batch.column(column).to_pylist())
         return out
     finally:
-        ctx.execution_options.preserve_order = old
+        options.preserve_order = old
 
 
 def _write_block(writer, rows: np.ndarray, acts: np.ndarray) -> None:
@@ -313,7 +310,6 @@ def _run(encoder, writer, texts, plan, *, concurrency, num_cpus, num_gpus, batch
          shared_storage, verbose) -> None:
     import pyarrow as pa
     from ray import data as rd
-    from tqdm.auto import tqdm
 
     pending = writer.pending_shards()
     if not pending:
@@ -331,19 +327,29 @@ def _run(encoder, writer, texts, plan, *, concurrency, num_cpus, num_gpus, batch
     remote = {"num_gpus": num_gpus or None}
     if num_cpus is not None:
         remote["num_cpus"] = num_cpus
-    rd.DataContext.get_current().enable_progress_bars = False
-    ds = rd.from_arrow(blocks).map_batches(
-        _EncoderActor, batch_size=batch_size, batch_format="numpy",
-        compute=rd.ActorPoolStrategy(size=concurrency),
-        fn_constructor_kwargs={"cls": type(encoder), "params": _actor_params(encoder),
-                               "source": plan["source"], "layout": plan["layout"],
-                               "store": store},
-        **remote)
-
-    size = plan["shard_size"]
     left = {k: writer.shard_rows(k)[1] - writer.shard_rows(k)[0] for k in pending}
-    written = np.zeros(plan["shape"][0], dtype=bool)  # a retried block may arrive twice
-    with tqdm(total=len(rows), disable=not verbose, desc="extract (ray)", unit="text") as bar:
+    ctx = rd.DataContext.get_current()  # a Dataset keeps the context it was made in
+    bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False  # ours counts texts
+    try:
+        ds = rd.from_arrow(blocks).map_batches(
+            _EncoderActor, batch_size=batch_size, batch_format="numpy",
+            compute=rd.ActorPoolStrategy(size=concurrency),
+            fn_constructor_kwargs={"cls": type(encoder), "params": _actor_params(encoder),
+                                   "source": plan["source"], "layout": plan["layout"],
+                                   "store": store},
+            **remote)
+        _collect(ds, writer, left, len(rows), verbose)
+    finally:
+        ctx.enable_progress_bars = bars
+
+
+def _collect(ds, writer, left: dict, n_rows: int, verbose: bool) -> None:
+    """Write each block that comes back; record shards complete as their last rows arrive."""
+    from tqdm.auto import tqdm
+
+    size = writer.manifest["shard_size"]
+    written = np.zeros(writer.manifest["shape"][0], dtype=bool)  # a retried block may come twice
+    with tqdm(total=n_rows, disable=not verbose, desc="extract (ray)", unit="text") as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             r = np.asarray(batch["row"], dtype=np.int64)
             if "acts" in batch:
