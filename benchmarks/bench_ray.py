@@ -185,7 +185,8 @@ def main() -> None:
         "local Ray cluster (`ray.init(num_cpus=2)`), blocks of 64 texts. Single runs on a 2-core "
         "machine that other jobs shared while they ran: the figures carry that noise. The "
         "first block of a Ray run arrives after Ray Data starts, the actors start, import "
-        "torch and load MiniLM, and compute it; texts/s after it is the pool's steady rate.",
+        "torch and load MiniLM, and compute it; texts/s after it is the pool's steady rate "
+        "(an upper estimate: the last blocks of a run reach the driver together).",
         "",
         "| extraction | texts/s (whole call) | s to the first block | texts/s after it |",
         "| --- | ---: | ---: | ---: |",
