@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "save_activations": "embetter_plug.io",
     "ActivationCache": "embetter_plug.cache",
     "load_builtin_dataset": "embetter_plug.datasets",
+    "extract_distributed": "embetter_plug.distributed",
     # models on activations (skorch)
     "PlugClassifier": "embetter_plug.models",
     "PlugRegressor": "embetter_plug.models",
@@ -67,6 +68,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for static type checkers and IDEs
     from .cache import ActivationCache
     from .datasets import load_builtin_dataset
+    from .distributed import extract_distributed
     from .encoder import TransformerActivationEncoder
     from .io import load_activations, save_activations
     from .labelling_map import LabellingMap

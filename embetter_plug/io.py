@@ -185,8 +185,9 @@ def _load_folder(folder: Path, *, mmap: bool):
             "`embetter-plug extract`; pass such a folder or a .npz file."
         )
     if man["n_done"] < man["n_shards"]:
+        done = man["n_done"] + len(man.get("done_after", []))
         raise ValueError(
-            f"the extraction in {str(folder)!r} is unfinished: {man['n_done']} of "
+            f"the extraction in {str(folder)!r} is unfinished: {done} of "
             f"{man['n_shards']} shards are complete; run the same extraction again to resume."
         )
     X = np.load(folder / DATA, mmap_mode="r" if mmap else None, allow_pickle=False)

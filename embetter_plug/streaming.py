@@ -1,9 +1,11 @@
 """Streamed extraction: activations written to a folder shard by shard, resumable.
 
 The folder holds one preallocated ``activations.npy`` plus ``manifest.json``. Shard ``k`` holds
-rows ``k*shard_size`` to ``(k+1)*shard_size - 1`` in input order; the manifest counts the shards
-that are completely written (data flushed first, then the manifest replaced atomically).
-Running the same extraction again resumes after the last complete shard.
+rows ``k*shard_size`` to ``(k+1)*shard_size - 1`` in input order; the manifest records the shards
+that are completely written (data flushed first, then the manifest replaced atomically):
+``n_done`` counts the complete shards at the start, ``done_after`` lists complete shards beyond
+them (written out of order by :mod:`embetter_plug.distributed`). Running the same extraction
+again computes only the shards that are not complete.
 :func:`embetter_plug.load_activations` opens the finished folder memory-mapped.
 """
 
@@ -22,7 +24,7 @@ from ._utils import check_texts, logger
 from .io import (DATA, FORMAT, FORMAT_VERSION, MANIFEST, STORE_DTYPES, _read_manifest,
                  atomic_write, check_storable)
 
-__all__ = ["extract_to", "check_extraction_folder", "ShardWriter"]
+__all__ = ["extract_to", "extraction_plan", "check_extraction_folder", "ShardWriter"]
 
 SHARD_BYTES = 64 * 2**20  # default shard: about 64 MiB of activations
 
@@ -116,7 +118,17 @@ class ShardWriter:
 
     @property
     def n_done(self) -> int:
+        """Number of complete shards at the start (shards ``0 .. n_done - 1``)."""
         return int(self.manifest["n_done"])
+
+    def complete_shards(self) -> set[int]:
+        """Indices of every complete shard, those finished out of order included."""
+        return set(range(self.n_done)) | set(self.manifest.get("done_after", []))
+
+    def pending_shards(self) -> list[int]:
+        """Indices of the shards still to compute, in order."""
+        done = self.complete_shards()
+        return [k for k in range(int(self.manifest["n_shards"])) if k not in done]
 
     def shard_rows(self, k: int) -> tuple[int, int]:
         s, n = self.manifest["shard_size"], self.manifest["shape"][0]
@@ -169,23 +181,48 @@ class ShardWriter:
 
     def write_shard(self, k: int, acts: np.ndarray) -> None:
         """Write shard ``k``'s rows, flush them to disk, then mark the shard complete."""
-        if k != self.n_done:
-            raise ValueError(f"shard {k} written out of order; {self.n_done} shards are complete.")
+        if not 0 <= k < self.manifest["n_shards"]:
+            raise ValueError(f"shard {k} is out of range; the plan has {self.manifest['n_shards']} "
+                             "shards.")
         lo, hi = self.shard_rows(k)
         acts = np.asarray(acts)
         if acts.shape != (hi - lo, *self.manifest["shape"][1:]):
             raise ValueError(f"shard {k} has shape {acts.shape}, expected {(hi - lo, *self.manifest['shape'][1:])}.")
-        # before writing: the shard stays incomplete and the complete ones are untouched
-        check_storable(acts, self.manifest["dtype"], where=f" in shard {k} (rows {lo}..{hi - 1})",
-                       fix=f" with overwrite=True (--overwrite); {k} of "
+        self.write_rows(lo, acts, where=f" in shard {k} (rows {lo}..{hi - 1})")
+        self.mark_complete([k])
+
+    def write_rows(self, lo: int, acts: np.ndarray, *, where: str = "") -> None:
+        """Write ``acts`` into rows ``lo, lo + 1, ...`` (not flushed; see :meth:`mark_complete`).
+
+        A value that ``store_dtype`` cannot hold is refused before anything is written.
+        """
+        done = len(self.complete_shards())
+        check_storable(acts, self.manifest["dtype"], where=where,
+                       fix=f" with overwrite=True (--overwrite); {done} of "
                            f"{self.manifest['n_shards']} shards were stored")
         acts = np.ascontiguousarray(acts, dtype=self.manifest["dtype"])
         with open(self.folder / DATA, "r+b") as f:
             f.seek(self._offset + lo * self._row_bytes)
             f.write(memoryview(acts).cast("B"))
-            f.flush()
+
+    def flush(self) -> None:
+        """Make the rows written so far durable (``fsync`` of the data file)."""
+        with open(self.folder / DATA, "r+b") as f:
             os.fsync(f.fileno())
-        self.manifest["n_done"] = k + 1
+
+    def mark_complete(self, shards) -> None:
+        """Flush the data file to disk, then record ``shards`` as complete in the manifest."""
+        self.flush()
+        done = self.complete_shards() | {int(k) for k in shards}
+        n_done = self.n_done
+        while n_done in done:
+            n_done += 1
+        self.manifest["n_done"] = n_done
+        after = sorted(k for k in done if k > n_done)
+        if after:
+            self.manifest["done_after"] = after
+        else:
+            self.manifest.pop("done_after", None)
         self._save_manifest()
 
     def _save_manifest(self) -> None:
@@ -200,10 +237,36 @@ def extract_to(encoder, folder: str | os.PathLike, texts, *, shard_size: int | N
     """
     from sklearn.utils.validation import check_is_fitted
 
-    from .identity import identity_digest
-
     check_is_fitted(encoder, "layout_")
     texts = check_texts(texts, name="texts")
+    plan = extraction_plan(encoder, folder, texts, shard_size=shard_size,
+                           store_dtype=store_dtype, overwrite=overwrite)
+    writer = ShardWriter.open(folder, plan, overwrite=overwrite)
+    pending = list(writer.pending_shards())
+    done = len(texts) - sum(hi - lo for lo, hi in map(writer.shard_rows, pending))
+    # one bar over all rows (not one per shard); a resumed run starts at the rows stored
+    with overall(len(texts), initial=done, desc="encoding", unit="text",
+                 disable=not encoder.verbose) as bar:
+        for k in pending:
+            lo, hi = writer.shard_rows(k)
+            acts = encoder.encode(texts[lo:hi])
+            writer.write_shard(k, acts)
+            advance_to(bar, bar.n + hi - lo)
+            logger.info("shard %d/%d written (rows %d..%d)", k + 1, plan["n_shards"], lo, hi - 1)
+    return Path(folder)
+
+
+def extraction_plan(encoder, folder, texts: list[str], *, shard_size: int | None = None,
+                    store_dtype: str = "float32", overwrite: bool = False) -> dict:
+    """What identifies the extraction of checked ``texts`` by a fitted ``encoder``: the manifest's
+    plan for :meth:`ShardWriter.open` (shape, dtype, shard size, texts digest, layout, model).
+
+    Without ``shard_size`` the shard size of a matching extraction in ``folder`` is kept (so a
+    rerun with another batch size resumes), else about :data:`SHARD_BYTES` per shard.
+    """
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(encoder, "layout_")
     if store_dtype not in STORE_DTYPES:
         raise ValueError(f"store_dtype={store_dtype!r} is not supported; valid values are {list(STORE_DTYPES)}.")
     if shard_size is not None and (not isinstance(shard_size, int) or isinstance(shard_size, bool)
@@ -214,20 +277,16 @@ def extract_to(encoder, folder: str | os.PathLike, texts, *, shard_size: int | N
     plan = {
         "format": FORMAT, "version": FORMAT_VERSION, "shape": [n, *layout.shape],
         "dtype": store_dtype, "texts_sha256": texts_digest(texts), "layout": layout.to_dict(),
-        "source": identity_digest(encoder.identity_),
+        "source": source_digest(encoder),
     }
     size = shard_size or (None if overwrite else resumable_shard_size(folder, plan)) \
         or auto_shard_size(layout.shape, store_dtype, encoder.batch_size)
     plan.update(shard_size=size, n_shards=math.ceil(n / size))
-    writer = ShardWriter.open(folder, plan, overwrite=overwrite)
-    done = min(n, writer.shard_rows(writer.n_done)[0])
-    # one bar over all rows (not one per shard); a resumed run starts at the rows stored
-    with overall(n, initial=done, desc="encoding", unit="text",
-                 disable=not encoder.verbose) as bar:
-        for k in range(writer.n_done, plan["n_shards"]):
-            lo, hi = writer.shard_rows(k)
-            acts = encoder.encode(texts[lo:hi])
-            writer.write_shard(k, acts)
-            advance_to(bar, hi)
-            logger.info("shard %d/%d written (rows %d..%d)", k + 1, plan["n_shards"], lo, hi - 1)
-    return Path(folder)
+    return plan
+
+
+def source_digest(encoder) -> str:
+    """SHA-256 of the fitted encoder's extraction identity (model, tokenizer, settings)."""
+    from .identity import identity_digest
+
+    return identity_digest(encoder.identity_)

@@ -71,3 +71,20 @@ def pytest_terminal_summary(terminalreporter):
     for t, s in sorted(coverage.items()):
         if s != "passed":
             write(f"  {t}: {s}")
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One local Ray cluster (2 CPUs) for the whole test run; actors record their forward
+    passes in ``counts`` (see ``tests/_ray_helpers.py``)."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    from types import SimpleNamespace
+
+    import _ray_helpers
+
+    counts = tmp_path_factory.mktemp("ray") / "forwarded.txt"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+             runtime_env={"env_vars": {_ray_helpers.COUNTS: str(counts)}})
+    _ray_helpers.register()
+    yield SimpleNamespace(address=ray.get_runtime_context().gcs_address, counts=counts)
+    ray.shutdown()

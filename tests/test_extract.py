@@ -289,3 +289,20 @@ def test_cli_extract_to_npz_reads_back_with_its_layout(cli_setup, corpus, tmp_pa
     assert layout.layers == (0, 2) and layout.parts == ("resid_post", "mlp_out")
     assert main(["extract", "--model", str(model), "--data", str(csv), "--out", str(out),
                  "--text-col", "nope"]) == 2
+
+
+def test_extract_to_skips_shards_finished_out_of_order(enc, corpus, tmp_path, monkeypatch):
+    from embetter_plug.streaming import ShardWriter, extraction_plan
+
+    texts = corpus[:30]
+    ref, _ = load_activations(enc.extract_to(tmp_path / "ref", texts, shard_size=10))
+    plan = extraction_plan(enc, tmp_path / "o", texts, shard_size=10)
+    writer = ShardWriter.open(tmp_path / "o", plan)
+    writer.write_shard(2, ref[20:30])  # as a distributed run may leave it
+    calls = []
+    original = ActivationExtractor.extract
+    monkeypatch.setattr(ActivationExtractor, "extract",
+                        lambda self, texts, **kw: calls.append(len(texts)) or original(self, texts, **kw))
+    enc.extract_to(tmp_path / "o", texts, shard_size=10)
+    assert calls == [10, 10]  # shards 0 and 1 only
+    np.testing.assert_allclose(load_activations(tmp_path / "o")[0], ref, rtol=1e-5, atol=1e-6)

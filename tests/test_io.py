@@ -92,3 +92,31 @@ def test_shard_beyond_float16_is_refused_and_complete_shards_stay(tmp_path):
     writer.write_shard(1, second)  # within range (the inf stays inf)
     X, _ = load_activations(tmp_path / "f")
     np.testing.assert_array_equal(X[2:], second.astype(np.float16))
+
+
+def test_shards_completed_out_of_order_are_recorded_and_counted(tmp_path):
+    lay = ActivationLayout(layers=(0,), parts=("resid_post",), hidden_size=2)
+    plan = {"format": FORMAT, "version": 1, "shape": [5, 1, 1, 2], "dtype": "float32",
+            "shard_size": 2, "n_shards": 3, "texts_sha256": "x", "layout": lay.to_dict(),
+            "source": "y"}
+    rows = np.arange(10, dtype=np.float32).reshape(5, 1, 1, 2)
+    writer = ShardWriter.open(tmp_path / "f", plan)
+    writer.write_rows(4, rows[4:])  # rows written but not recorded: the shard stays pending
+    assert writer.pending_shards() == [0, 1, 2]
+    writer.mark_complete([2])
+    man = json.loads((tmp_path / "f" / MANIFEST).read_text())
+    assert (man["n_done"], man["done_after"]) == (0, [2])
+    with pytest.raises(ValueError, match="1 of 3 shards are complete"):
+        load_activations(tmp_path / "f")
+    # a reopened writer sees the same state
+    writer = ShardWriter.open(tmp_path / "f", plan)
+    assert writer.pending_shards() == [0, 1] and writer.complete_shards() == {2}
+    writer.write_shard(0, rows[:2])
+    assert json.loads((tmp_path / "f" / MANIFEST).read_text())["done_after"] == [2]
+    writer.write_rows(2, rows[2:4])
+    writer.mark_complete([1])  # the gap closes: everything counts as done from the start
+    man = json.loads((tmp_path / "f" / MANIFEST).read_text())
+    assert man["n_done"] == 3 and "done_after" not in man
+    np.testing.assert_array_equal(load_activations(tmp_path / "f")[0], rows)
+    with pytest.raises(ValueError, match="out of range"):
+        writer.write_shard(3, rows[:2])

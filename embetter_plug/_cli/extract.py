@@ -112,6 +112,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                              "extraction")
     add_progress_arguments(parser)
     add_encoder_arguments(parser)
+    from . import _ray
+
+    _ray.add_arguments(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -162,6 +165,10 @@ def run(args) -> int:
 
     from embetter_plug import load_activations, save_activations
 
+    if getattr(args, "ray", None) is not None:
+        from . import _ray
+
+        return _ray.run(args)
     texts = read_texts(args.data, args.text_col, args.split, args.limit)
     old = check_out(args, texts)
     npz = args.out.endswith(".npz")

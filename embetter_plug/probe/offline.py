@@ -116,13 +116,13 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
     if dummy:
         jobs.insert(0, (None, None))
 
-    def run(l, p):
+    def job(l, p):  # a task is sent its own slice only (a worker on a cluster gets no more)
         est = base if l is None else estimator
         Xs = X4[:, 0, 0, :1] if l is None else X4[:, l, p]
-        return _cross_validate(clone(est), Xs, y, splits, scorers)
+        return delayed(_cross_validate)(clone(est), Xs, y, splits, scorers)
 
     it = tqdm(jobs, disable=not verbose, desc="probing", unit="probe")
-    scores = Parallel(n_jobs=n_jobs)(delayed(run)(l, p) for l, p in it)
+    scores = Parallel(n_jobs=n_jobs)(job(l, p) for l, p in it)
     rows = []
     for (l, p), sc in zip(jobs, scores):
         layer, part = (None, DUMMY) if l is None else (layer_names[l], part_names[p])
