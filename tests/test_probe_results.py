@@ -34,8 +34,9 @@ def test_frame_is_tidy(results):
     assert list(f.columns) == ["layer", "part", "metric", "fold", "score"]
     assert results.metrics == ["accuracy", "precision", "recall", "f1", "matthews", "roc_auc",
                                "log_loss"]
-    # 6 probes + dummy, 7 metrics, 4 folds
-    assert len(f) == 7 * 7 * 4
+    # 6 probes + dummy, 7 metrics, 4 folds; and the inner CV score of each probe per fold
+    assert len(f) == 7 * 7 * 4 + 6 * 4
+    assert set(f["metric"]) - set(results.metrics) == {"inner:roc_auc"}
     assert (f.loc[f["metric"] == "log_loss", "score"] > 0).all()
 
 
@@ -154,7 +155,9 @@ def test_context_and_concat(results):
                                 results.with_context(model="b")])
     assert both.context == ["model"]
     assert len(both.frame_) == 2 * len(results.frame_)
-    assert set(both.table()["model"]) == {"a", "b"}
+    table = both.table()
+    assert set(table["model"]) == {"a", "b", "-"}  # "-": the selection-free row, over both
+    assert table.loc[table["model"] == "-", "part"].tolist() == ["selection-free"]
     assert len(both.summary()) == 2 * len(results.summary())
     with pytest.raises(ValueError, match="core column"):
         results.with_context(layer=1)

@@ -89,10 +89,10 @@ def make_plan(X4, y, task: str, scorers: dict, splits, groups, estimator, *, nes
             else seed_from_random_state(random_state))
     plan = Plan(primary=primary_metric(list(scorers)), n_permutations=int(n_permutations),
                 perm_seed=seed, groups=None if groups is None else np.asarray(groups),
-                mdl=bool(mdl), mdl_seed=seed + 2)
+                mdl=bool(mdl), mdl_seed=seed)
     if control is not False and control is not None:
         types = row_types(X4) if control is True else np.asarray(control)
-        plan.control_y = control_labels(y, types, seed + 1)
+        plan.control_y = control_labels(y, types, seed)
     if nested:
         plan.inner = inner_splits(splits, y, plan.groups, task == "classification")
         if plan.inner is None:

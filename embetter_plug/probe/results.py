@@ -338,12 +338,11 @@ class ProbeResults:
         sf = {m: self.selection_free(m) for m in metrics}
         if any(v is None for v in sf.values()):
             return wide
-        row = {k: ANY for k in keys}
-        row.update(part=SELECTED, **{m: f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}"
-                                     for m, v in sf.items()})
+        row = {**dict.fromkeys(wide.columns, ""), **dict.fromkeys(keys, ANY), "part": SELECTED}
+        row.update({m: f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}" for m, v in sf.items()})
         dummies = (wide["part"] == DUMMY).to_numpy().nonzero()[0]
         at = int(dummies[0]) + 1 if len(dummies) else 0
-        top = pd.DataFrame([row]).reindex(columns=wide.columns).fillna("")
+        top = pd.DataFrame([row], columns=wide.columns)
         return pd.concat([wide.iloc[:at], top, wide.iloc[at:]], ignore_index=True)
 
     # ------------------------------------------------------------ combining
