@@ -73,7 +73,7 @@ def corrected_interval(scores, confidence: float = 0.95) -> tuple[float, float, 
     --------
     >>> mean, low, high = corrected_interval([0.8, 0.9, 0.85, 0.95, 0.9])
     >>> round(mean, 2), round(low, 3), round(high, 3)
-    (0.88, 0.79, 0.97)
+    (0.88, 0.774, 0.986)
     """
     s = np.asarray(scores, dtype=float)
     s = s[~np.isnan(s)]
