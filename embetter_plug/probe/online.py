@@ -11,7 +11,6 @@ nothing).
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from numbers import Integral, Real
 from typing import Any
@@ -22,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._utils import check_texts, logger, seed_from_random_state
 from ._metrics import detect_task
+from ._splits import three_way_split
 
 __all__ = ["OnlineProbes", "confusion_metrics"]
 
@@ -153,48 +153,9 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
                              f"needs texts too), got {self.validation_fraction!r} + "
                              f"{self.test_fraction!r}.")
 
-    def _split(self, y, seed) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """Stratified (train, validation, test) positions, or None when a side misses a class."""
-        from sklearn.model_selection import train_test_split
-
-        idx = np.arange(len(y))
-        try:
-            rest, te = train_test_split(idx, test_size=self.test_fraction, stratify=y,
-                                        random_state=seed)
-            tr, va = train_test_split(rest, test_size=self.validation_fraction /
-                                      (1 - self.test_fraction), stratify=y[rest],
-                                      random_state=seed)
-        except ValueError:
-            return None
-        k = len(np.unique(y))
-        if any(len(np.unique(y[side])) < k for side in (tr, va, te)):
-            return None
-        return tr, va, te
-
     def _check_split(self, y, seed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The three splits; labels too few for them are refused, saying what is needed."""
-        out = self._split(y, seed)
-        if out is not None:
-            return out
-        classes, counts = np.unique(y, return_counts=True)
-        k, n = len(classes), len(y)
-        need = 3 * k
-        while self._split(np.resize(np.arange(k), need), 0) is None:
-            need += 1
-        n_te = math.ceil(self.test_fraction * n)
-        n_va = math.ceil(self.validation_fraction / (1 - self.test_fraction) * (n - n_te))
-        few = [self.classes_[c].item() for c, m in zip(classes, counts) if m < 3]
-        problem = (f"class(es) {few[:5]} have fewer than 3 texts" if few else
-                   f"that is {n_va} validation, {n_te} test and {n - n_te - n_va} training "
-                   f"text(s) for {k} classes")
-        raise ValueError(
-            f"OnlineProbes holds out validation_fraction={self.validation_fraction!r} (early "
-            f"stopping, best probe) and test_fraction={self.test_fraction!r} (metrics_) of the "
-            f"texts, stratified, and needs texts of every class in all three splits: with {k} "
-            f"classes that is at least {need} texts, about {math.ceil(need / k)} per class, and "
-            f"at least 3 in every class. Got {n} texts; {problem}. Give more texts, or change "
-            "validation_fraction or test_fraction."
-        )
+        """The (train, validation, test) positions; too few labels are refused, saying why."""
+        return three_way_split(y, self.classes_, self.validation_fraction, self.test_fraction, seed)
 
     def _fitted_encoder(self):
         from ..encoder import TransformerActivationEncoder
