@@ -264,3 +264,22 @@ def test_bad_analysis_options_fail_before_fitting(kwargs, error, match):
     X, y = _noise(20, 0)
     with pytest.raises(error, match=match):
         probe_layers(X, y, cv=2, **kwargs)
+
+
+def test_selection_free_for_regression_and_for_folds_that_do_not_partition():
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import ShuffleSplit
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(90, 3, 1, 4))
+    target = X[:, 2, 0, 0] * 2 + 0.3 * rng.normal(size=90)
+    res = probe_layers(X, target, Ridge(), cv=4, task="regression")
+    sf = res.selection_free()
+    assert sf["metric"] == "r2" and sf["low"] > 0.5
+    assert all(c["layer"] == "2" for c in sf["chosen"])
+    # ShuffleSplit folds overlap: each training side gets its own inner 3-fold CV
+    y = (target > 0).astype(int)
+    res = probe_layers(X, y, FAST, cv=ShuffleSplit(3, test_size=0.3, random_state=0),
+                       scoring="roc_auc")
+    inner = res.frame_[res.frame_["metric"] == "inner:roc_auc"]
+    assert len(inner) == 3 * 3 and res.selection_free()["low"] > 0.5

@@ -51,6 +51,13 @@ class ProbeResults:
     best_ : tuple of (int, str)
         ``(layer, part)`` of the best probe: see :meth:`best`.
 
+    Notes
+    -----
+    Besides the plain scores, the frame can hold what the analyses of ``probe_layers`` computed,
+    under prefixed metric names (``inner:``, ``perm:``, ``control:``, ``mdl:``; see
+    ``embetter_plug.probe.stats``); :attr:`metrics` leaves them out, and
+    :meth:`selection_free`, :meth:`statistics`, :meth:`compare` and :meth:`verdict` read them.
+
     Examples
     --------
     >>> import pandas as pd
