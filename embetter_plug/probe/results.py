@@ -346,6 +346,9 @@ class ProbeResults:
         if any(v is None for v in sf.values()):
             return wide
         row = {**dict.fromkeys(wide.columns, ""), **dict.fromkeys(keys, ANY), "part": SELECTED}
+        for c in self.context:  # a context shared by every probe is the selection's too
+            values = set(wide.loc[wide["part"] != DUMMY, c])
+            row[c] = values.pop() if len(values) == 1 else ANY
         row.update({m: f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}" for m, v in sf.items()})
         dummies = (wide["part"] == DUMMY).to_numpy().nonzero()[0]
         at = int(dummies[0]) + 1 if len(dummies) else 0
