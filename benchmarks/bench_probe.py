@@ -244,9 +244,13 @@ def statistics(n: int, permutations: int, perm_datasets: list[str]) -> str:
                 res.table(["accuracy", "f1", "roc_auc"]).to_markdown(index=False), ""]
         print(f"{name}: done", flush=True)
     load1 = os.getloadavg()
+    threads = ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in
+                        ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
     out.append(f"Load average (1 min) of the shared machine: {load0[0]:.1f} at the start, "
                f"{load1[0]:.1f} at the end; other jobs ran at the same time, so seconds are "
-               "inflated, the ratios less so.")
+               "inflated and the ratios noisy (a run can even come out faster than the plain "
+               f"one). BLAS threads: {threads} (with more threads than free cores, a small "
+               "logistic regression fit was about 10x slower on this machine).")
     return "\n".join(out)
 
 
