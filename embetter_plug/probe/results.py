@@ -289,7 +289,9 @@ class ProbeResults:
                 f"{NO_BETTER} on {metric}: the selection-free estimate of the best probe (nested "
                 f"CV) is {sf['mean']:.3f} [{sf['confidence']:.0%} CI {sf['low']:.3f}, "
                 f"{sf['high']:.3f}] against the dummy's {sf['dummy']:.3f}. The activations may "
-                "not carry the labels, or the probe needs more rows or weaker regularisation.")}
+                "not carry the labels, or the probe needs more rows or weaker regularisation"
+                + (f"; with {sf['n_folds']} folds the interval is wide: use cv=5 or more."
+                   if sf["n_folds"] < 5 else "."))}
         row = self.best()
         return {"beats_chance": row["beats_dummy"], "basis": "best", "message": no_better_than_dummy(row)}
 
