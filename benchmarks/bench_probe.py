@@ -164,14 +164,15 @@ def online_vs_offline(sizes: list[int], n_test: int, epochs: int) -> str:
             print(f"{kind} {n}: {rows[-1]['wall_s']:.1f} s", flush=True)
     layers = sorted(rows[0]["acc"], key=int)
     lines = ["### OnlineProbes vs offline probes (sst2, resid_post, mean pooling)", "",
-             f"Trained on n sst2 train texts (OnlineProbes: 80% of them, 20% for early stopping, "
-             f"at most {epochs} epochs), accuracy on {n_test} sst2 test texts. Offline: encode "
+             f"Trained on n sst2 train texts (OnlineProbes: 60% of them, 20% validation for early "
+             f"stopping, 20% test for `metrics_`, at most {epochs} epochs), accuracy on {n_test} sst2 test texts. Offline: encode "
              "everything, keep the array, one standardised LogisticRegression(C=0.01) per layer. "
              "Heap peak: Python/NumPy allocations (tracemalloc, torch's own buffers excluded); "
              "RSS peak: the whole process, model included (ru_maxrss; loading the model sets it, "
              "so it hides the difference at these sizes). Offline probes hold all activations, so "
-             "their heap grows with n; OnlineProbes hold one batch, and their heap grows only by "
-             "the token ids of the texts, which the encoder keeps to form batches.", "",
+             "their heap grows with n; OnlineProbes hold one buffer of texts (buffer_size), "
+             "shuffled across the whole stream every epoch, and their heap grows only by that "
+             "buffer and the token ids of the texts, which the encoder keeps to form batches.", "",
              "| method | n | epochs | wall (s) | heap peak (MiB) | RSS peak (MiB) | "
              + " | ".join(f"acc L{k}" for k in layers) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(layers)]
