@@ -80,7 +80,8 @@ def test_probe_writes_table_files_and_best_pipeline(setup, tmp_path, capsys, mon
                                        token_pooling=["mean", 0.5], batch_size=16, max_length=64)
     X = enc.fit_transform(df["sentence"].tolist())
     ref = probe_layers(X, df["target"].to_numpy(), cv=3, layout=enc.layout_,
-                       layers=[2], parts=["mlp_out@mean"], dummy=False, scoring="accuracy")
+                       layers=[2], parts=["mlp_out@mean"], dummy=False, scoring="accuracy",
+                       nested=False)
     f = res.frame_
     got = f[(f.model == "bert") & (f.pooling == "mean") & (f.layer == 2) & (f.part == "mlp_out")
             & (f.metric == "accuracy")]["score"].to_numpy()
@@ -182,3 +183,27 @@ def test_defaults_use_builtin_model_and_data(minilm_path, tmp_path, capsys):
     assert "dataset: new_dataset; model: all-MiniLM-L6-v2" in text
     for part in ("resid_post", "attn_out", "mlp_out", "dummy"):
         assert part in text
+
+
+def test_statistics_in_the_headline_table_and_results(setup, tmp_path, capsys):
+    """--permutations, --control and --mdl: the headline's selection-free estimate across both
+    models, the table's columns and the saved rows agree with ProbeResults' own statistics."""
+    out = tmp_path / "out"
+    args = ["probe", "--data", setup["csv"], "--text-col", "sentence", "--label-col", "target",
+            "--model", setup["gpt2"], "--model", setup["bert"], "--layers", "0,2",
+            "--parts", "resid_post", "--cv", "3", "--max-length", "32", "--permutations", "3",
+            "--control", "--mdl", "--out", str(out)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    res = ProbeResults.read(out / "results.csv")
+    sf = res.selection_free()
+    assert len(sf["chosen"]) == 3 and {c["model"] for c in sf["chosen"]} <= {"gpt2", "bert"}
+    assert (f"rows that did not choose it (nested CV): {sf['mean']:.3f} "
+            f"[95% CI {sf['low']:.3f}, {sf['high']:.3f}]") in text
+    for col in ("selection-free", "selectivity", "p (holm)", "compression"):
+        assert col in text
+    st = res.statistics()
+    assert len(st) == 4 and st["n_permutations"].eq(3).all()
+    # 4 probes, 3 permutations: no p-value can be significant, and the warning says why
+    assert "warning: no probe beats the dummy baseline on roc_auc" in text
+    assert "use at least 80" in text

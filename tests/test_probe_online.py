@@ -59,8 +59,8 @@ def test_planted_probe_wins_and_streaming_is_bounded():
     assert probes.metrics_.loc["layer3__mlp_out", "accuracy"] > 0.9
     assert probes.metrics_.loc["layer0__resid_post", "accuracy"] < 0.75
     assert enc.largest_batch == 16
-    # each epoch streams train and validation once; nothing is kept between passes
-    assert enc.passes == 2 * probes.history_["epoch"].max()
+    # each epoch streams train and validation once, and the test texts once at the end
+    assert enc.passes == 2 * probes.history_["epoch"].max() + 1
 
 
 def test_metrics_equal_sklearn_on_the_rows():
@@ -85,17 +85,75 @@ def test_metrics_equal_sklearn_on_the_rows():
 def test_best_epoch_is_kept():
     texts, y = _data(n=160, seed=2)
     probes = OnlineProbes(StreamOnlyEncoder(y, seed=2), max_epochs=5, patience=1, warmup_epochs=0,
-                          alpha=1e-5, random_state=0).fit(texts, y)
+                          alpha=1e-5, tol=0.0, random_state=0).fit(texts, y)
     h = probes.history_
     assert set(h.columns) == {"probe", "epoch", "loss", "accuracy"}
     best = h.groupby("probe")["loss"].min()
     for name, loss in best.items():
-        assert probes.metrics_.loc[name, "loss"] == pytest.approx(loss)
+        assert probes.metrics_.loc[name, "validation_loss"] == pytest.approx(loss)
         assert probes.metrics_.loc[name, "epochs"] == h.loc[h["probe"] == name, "epoch"].max()
-    assert probes.metrics_["loss"].is_monotonic_increasing  # sorted by loss
+    # sorted by the validation loss that chose the epoch and the best probe
+    assert probes.metrics_["validation_loss"].is_monotonic_increasing
+    assert probes.metrics_.index[0] == probes.best_probe_
 
 
-def test_confusion_metrics_equal_sklearn():
+def test_metrics_come_from_held_out_rows_that_chose_nothing():
+    texts, y = _data(n=200, seed=4)
+    probes = OnlineProbes(StreamOnlyEncoder(y, seed=4), max_epochs=3, random_state=0)
+    probes.fit(texts, y)
+    sp = probes.splits_
+    assert sorted(np.concatenate(list(sp.values())).tolist()) == list(range(200))
+    assert len(sp["test"]) == 40 and len(sp["validation"]) == 40
+    test = [texts[i] for i in sp["test"]]
+    ref = probes.evaluate(test, y[sp["test"]])
+    pd.testing.assert_frame_equal(probes.metrics_[ref.columns].sort_index(), ref.sort_index())
+    # the validation loss of the kept epoch is that of the validation rows, not of the test rows
+    val = probes.evaluate([texts[i] for i in sp["validation"]], y[sp["validation"]])
+    np.testing.assert_allclose(probes.metrics_["validation_loss"], val.loc[probes.metrics_.index, "loss"])
+
+
+class SortedEncoder(StreamOnlyEncoder):
+    """Yields the texts it is given sorted by label, as a length-sorting encoder does when
+    length follows the label; remembers the largest request."""
+
+    def iter_batches(self, texts):
+        self.passes += 1
+        self.requests.append(len(texts))
+        rows = np.array([int(t[1:]) for t in texts])
+        order = np.argsort(self.y[rows], kind="stable")
+        for start in range(0, len(texts), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield idx, self.acts[rows[idx]].copy()
+
+
+def test_batches_are_shuffled_across_the_stream_every_epoch(monkeypatch):
+    from sklearn.linear_model import SGDClassifier
+
+    texts, y = _data(n=300, seed=5)
+    enc = SortedEncoder(y, seed=5)
+    enc.y, enc.requests = y, []
+    seen = []
+    original = SGDClassifier.partial_fit
+
+    def spy(self, X, yb, classes=None, sample_weight=None):
+        if X.shape[0] >= 8:
+            seen.append((id(self), yb.copy()))
+        return original(self, X, yb, classes=classes, sample_weight=sample_weight)
+
+    monkeypatch.setattr(SGDClassifier, "partial_fit", spy)
+    OnlineProbes(enc, max_epochs=2, patience=5, buffer_size=50, random_state=0).fit(texts, y)
+    first = seen[0][0]
+    batches = [b for k, b in seen if k == first]
+    per_epoch = len(batches) // 2
+    assert per_epoch >= 10
+    # the encoder sorts each request by label, yet no batch is one label: shuffled after it
+    assert not any(len(set(b.tolist())) == 1 for b in batches)
+    # a new order every epoch
+    assert any(not np.array_equal(a, b) for a, b in zip(batches[:per_epoch], batches[per_epoch:]))
+    # bounded memory: 180 training texts encoded 50 at a time (validation and test, 60 each,
+    # are streamed into confusion matrices, not held)
+    assert sorted(set(enc.requests)) == [30, 50, 60]
+
     rng = np.random.default_rng(0)
     t, p = rng.integers(0, 4, 300), rng.integers(0, 4, 300)
     conf = pd.crosstab(t, p).reindex(index=range(4), columns=range(4), fill_value=0).to_numpy()
@@ -237,7 +295,7 @@ def test_class_weight_dict_keys_are_the_original_labels():
         assert pipe.named_steps["sgd"].class_weight == {0: 1.0, 1: 3.0}
     with pytest.raises(ValueError, match=r"class_weight has labels \['zzz'\]"):
         OnlineProbes(enc, class_weight={"zzz": 2.0}).fit(texts, labels)
-    assert enc.passes == 2  # the bad class_weight is refused before anything is streamed
+    assert enc.passes == 3  # train, validation, test; the bad class_weight streams nothing
 
 
 @pytest.mark.slow
@@ -275,15 +333,28 @@ def test_numeric_target_points_to_the_regression_probe():
     assert enc.passes == 0
 
 
-@pytest.mark.parametrize("y, kwargs, need, problem", [
-    (["a", "b", "a", "b"], {}, 6, "1 validation and 3 training text(s) for 2 classes"),
-    (["a", "b", "a", "c"], {}, 11, "class(es) ['b', 'c'] have a single text"),
-    (["a", "b"] * 10, {"validation_fraction": 0.05}, 21, "1 validation and 19 training"),
-    (["a", "b"] * 10, {"validation_fraction": 0.97}, 67, "20 validation and 0 training"),
-])
-def test_too_few_texts_for_the_validation_split_say_what_is_needed(y, kwargs, need, problem):
+def _three_splits_work(labels, vf, tf):
+    """scikit-learn's own stratified splits: test, then validation from the rest."""
     from sklearn.model_selection import train_test_split
 
+    labels = np.asarray(labels)
+    try:
+        rest, te = train_test_split(np.arange(len(labels)), test_size=tf, stratify=labels,
+                                    random_state=0)
+        tr, va = train_test_split(rest, test_size=vf / (1 - tf), stratify=labels[rest],
+                                  random_state=0)
+    except ValueError:
+        return False
+    return all(len(set(labels[s])) == len(set(labels)) for s in (tr, va, te))
+
+
+@pytest.mark.parametrize("y, kwargs, need, problem", [
+    (["a", "b", "a", "b"], {}, 7, "class(es) ['a', 'b'] have fewer than 3 texts"),
+    (["a", "b", "a", "c"], {}, 12, "class(es) ['a', 'b', 'c'] have fewer than 3 texts"),
+    (["a", "b"] * 10, {"validation_fraction": 0.05}, 22, "1 validation, 4 test and 15 training"),
+    (["a", "b"] * 10, {"validation_fraction": 0.75}, 40, "15 validation, 4 test and 1 training"),
+])
+def test_too_few_texts_for_the_splits_say_what_is_needed(y, kwargs, need, problem):
     texts, _ = _data(n=len(y))
     enc = StreamOnlyEncoder(np.zeros(len(y), dtype=int))
     frac = kwargs.get("validation_fraction", 0.2)
@@ -292,14 +363,9 @@ def test_too_few_texts_for_the_validation_split_say_what_is_needed(y, kwargs, ne
                                          rf"Got {len(y)} texts; .*{re.escape(problem)}"):
         OnlineProbes(enc, max_epochs=1, **kwargs).fit(texts, y)
     assert enc.passes == 0
-    # the stated minimum is what scikit-learn's stratified split needs
+    # the stated minimum is what scikit-learn's stratified splits need
     for n, works in [(need, True), (need - 1, False)]:
-        labels = np.resize(sorted(set(y)), n)
-        try:
-            train_test_split(np.arange(n), test_size=frac, stratify=labels, random_state=0)
-            assert works
-        except ValueError:
-            assert not works
+        assert _three_splits_work(np.resize(sorted(set(y)), n), frac, 0.2) == works
     labels = np.resize(sorted(set(y)), need)
     OnlineProbes(StreamOnlyEncoder(np.zeros(need, dtype=int)), max_epochs=1,
                  **kwargs).fit(_data(n=need)[0], labels)

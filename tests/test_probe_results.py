@@ -34,8 +34,9 @@ def test_frame_is_tidy(results):
     assert list(f.columns) == ["layer", "part", "metric", "fold", "score"]
     assert results.metrics == ["accuracy", "precision", "recall", "f1", "matthews", "roc_auc",
                                "log_loss"]
-    # 6 probes + dummy, 7 metrics, 4 folds
-    assert len(f) == 7 * 7 * 4
+    # 6 probes + dummy, 7 metrics, 4 folds; and the inner CV score of each probe per fold
+    assert len(f) == 7 * 7 * 4 + 6 * 4
+    assert set(f["metric"]) - set(results.metrics) == {"inner:roc_auc"}
     assert (f.loc[f["metric"] == "log_loss", "score"] > 0).all()
 
 
@@ -154,7 +155,9 @@ def test_context_and_concat(results):
                                 results.with_context(model="b")])
     assert both.context == ["model"]
     assert len(both.frame_) == 2 * len(results.frame_)
-    assert set(both.table()["model"]) == {"a", "b"}
+    table = both.table()
+    assert set(table["model"]) == {"a", "b", "-"}  # "-": the selection-free row, over both
+    assert table.loc[table["model"] == "-", "part"].tolist() == ["selection-free"]
     assert len(both.summary()) == 2 * len(results.summary())
     with pytest.raises(ValueError, match="core column"):
         results.with_context(layer=1)
@@ -254,3 +257,35 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
     m2 = re.findall(r'data-part="part0" data-n="3" data-means="([^"]+)"', dom2)
     ref2 = results.summary("log_loss").query("part == 'part0'").sort_values("layer")["mean"]
     np.testing.assert_allclose([float(v) for v in m2[0].split()], ref2, atol=1e-6)
+
+
+def test_report_and_plot_show_the_statistics(tmp_path):
+    """The selection-free line and headline, the warning, and the statistics columns."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 30)
+    X = rng.normal(size=(60, 2, 2, 4))
+    X[:, 1, 0, 0] += 2 * y
+    res = probe_layers(X, y, LogisticRegression(), cv=3, control=True, mdl=True,
+                       scoring=["accuracy", "roc_auc"], random_state=0)
+    sf = res.selection_free()
+    disp = LayerMetricDisplay.from_results(res)
+    assert disp.selection_.get_ydata()[0] == pytest.approx(sf["mean"])
+    ctrl = res.summary("control:roc_auc").query("part == 'part0'").sort_values("layer")
+    np.testing.assert_allclose(disp.controls_["part0"].get_ydata(), ctrl["mean"])
+    assert disp.controls_["part0"].get_color() == disp.lines_["part0"].get_color()
+    plt.close(disp.figure_)
+    rows = report_rows(res)
+    st = res.statistics().set_index(["layer", "part"])
+    row = next(r for r in rows if r["layer"] == 1 and r["part"] == "part0")
+    assert row["selectivity"] == pytest.approx(st.loc[(1, "part0"), "selectivity"])
+    assert row["compression"] == pytest.approx(st.loc[(1, "part0"), "compression"])
+    path = write_report(res, tmp_path / "stats.html")
+    try:
+        dom = _render(path, "metric=roc_auc")
+    except pytest.skip.Exception:
+        return
+    line = float(re.search(r'<line class="selection" data-value="([^"]+)"', dom).group(1))
+    assert line == pytest.approx(sf["mean"], abs=1e-6)
+    assert "Best probe, selection-free" in dom and "<th>selectivity</th>" in dom

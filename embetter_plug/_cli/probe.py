@@ -5,7 +5,11 @@ each `--model` (the built-in all-MiniLM-L6-v2 by default) and every `--token-poo
 cross-validated probe (standardised logistic regression) per layer x part plus a dummy baseline,
 and prints mean ± std of accuracy, macro-F1 and ROC-AUC. The best probe, marked `*`, has the
 highest ROC-AUC (ties broken by macro-F1, then balanced accuracy, MCC and accuracy; R² for
-numeric labels); a warning says when it does not beat the dummy baseline.
+numeric labels). Its score is chosen on the same folds, so optimistic: the line after it gives
+the best probe's score from nested cross-validation (each fold scored by the probe that the other
+folds chose), with a 95% interval; a warning says when that does not beat the dummy baseline
+(or, with `--permutations`, when no probe's Holm-corrected permutation p-value is below 0.05).
+`--control` adds selectivity (Hewitt & Liang) and `--mdl` MDL compression (Voita & Titov).
 
 It writes its results to a new folder `embetter-plug-runs/probe-<date>-<time>` (or to
 `--out DIR`) and prints its path: `results.csv` (tidy: dataset, model, pooling, layer, part,
@@ -64,6 +68,14 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the files of an earlier run in --out")
     add_progress_arguments(parser)
+    parser.add_argument("--permutations", type=int_at_least(0), default=0, metavar="N",
+                        help="permutation test per probe with N label permutations; p-values "
+                             "Holm-corrected over the probes (N >= 20 x probes to reach 0.05)")
+    parser.add_argument("--control", action="store_true",
+                        help="probe a control task (a random label per text) too, and report "
+                             "selectivity: task minus control score")
+    parser.add_argument("--mdl", action="store_true",
+                        help="report each probe's MDL (online code) compression (labels only)")
     add_encoder_arguments(parser)
     # several models and poolings in one run ("resolve" replaces the single-value options)
     parser.add_argument("--model", action="append", default=None,
@@ -214,7 +226,9 @@ def run(args) -> int:
         with warnings.catch_warnings():  # the summary says it once, for all models
             warnings.filterwarnings("ignore", message=NO_BETTER)
             res = probe_layers(X, y, estimator, cv=args.cv, layout=enc.layout_, task=task,
-                               n_jobs=args.n_jobs, verbose=args.progress)
+                               n_jobs=args.n_jobs, verbose=args.progress,
+                               n_permutations=args.permutations, control=args.control,
+                               mdl=args.mdl, random_state=args.seed)
         layer, part = res.best_  # keep this model's best slice: the saved pipeline's probe
         best_slices[label] = (layer, part, X[:, enc.layout_.layers.index(layer),
                                             enc.layout_.parts.index(part)].copy())
@@ -233,8 +247,6 @@ def run(args) -> int:
 
 
 def _print_table(results, task: str) -> None:
-    from embetter_plug.probe.results import no_better_than_dummy
-
     metrics = [m for m in TABLE_METRICS[task] if m in results.metrics]
     table = results.table(metrics)
     fixed = [c for c in results.context if table[c].nunique() == 1]
@@ -244,8 +256,14 @@ def _print_table(results, task: str) -> None:
     where = ", ".join(f"{c}={best[c]}" for c in results.context if c not in fixed)
     print(f"best: layer {best['layer']} {best['part']}{' (' + where + ')' if where else ''} "
           f"{best['metric']} {best['mean']:.3f} ± {best['std']:.3f}")
-    if not best["beats_dummy"]:
-        print(f"warning: {no_better_than_dummy(best)}")
+    sf = results.selection_free()
+    if sf is not None:
+        print(f"best probe's {sf['metric']} on rows that did not choose it (nested CV): "
+              f"{sf['mean']:.3f} [{sf['confidence']:.0%} CI {sf['low']:.3f}, {sf['high']:.3f}]; "
+              "the best's own score above is chosen on its folds, so optimistic")
+    verdict = results.verdict()
+    if not verdict["beats_chance"]:
+        print(f"warning: {verdict['message']}")
 
 
 def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, estimator) -> None:

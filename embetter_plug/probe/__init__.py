@@ -6,6 +6,10 @@
   all activations.
 - :class:`LayerMetricDisplay` plots a metric against layer; :func:`write_report` writes an
   interactive, self-contained HTML page of the results.
+- Statistics you can believe: the selection-free (nested CV) estimate of the best probe,
+  corrected intervals and comparisons, permutation p-values with Holm's correction
+  (:mod:`~embetter_plug.probe.stats`), control tasks and selectivity
+  (:mod:`~embetter_plug.probe.control`) and MDL probing (:mod:`~embetter_plug.probe.mdl`).
 """
 
 from .display import LayerMetricDisplay

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ._metrics import metric_range
+from ._overlay import draw_statistics
 from .results import ANY, DUMMY, ProbeResults
 
 __all__ = ["LayerMetricDisplay"]
@@ -84,11 +85,15 @@ class LayerMetricDisplay:
     @classmethod
     def from_results(cls, results: ProbeResults, metric: str | None = None, *,
                      parts: list[str] | None = None, where: dict[str, Any] | None = None,
-                     ax=None, std: bool = True, baseline: bool = True) -> "LayerMetricDisplay":
+                     ax=None, std: bool = True, baseline: bool = True,
+                     statistics: bool = True) -> "LayerMetricDisplay":
         """Plot ``metric`` (default: the primary metric) from a ``ProbeResults``.
 
         ``parts`` keeps only those parts; ``where`` filters context columns, e.g.
-        ``{"model": "gpt2", "pooling": "mean"}``.
+        ``{"model": "gpt2", "pooling": "mean"}``. ``statistics`` adds what ``probe_layers``
+        computed beyond the plain scores: the selection-free estimate of the best probe (a black
+        line, its interval shaded; attribute ``selection_``) and each part's control-task score
+        (dotted, in the part's colour; ``controls_``).
         """
         metric = metric or results.primary_metric
         s = results.summary(metric)
@@ -109,7 +114,10 @@ class LayerMetricDisplay:
         if s.empty or dummy.all():
             raise ValueError(f"nothing to plot for metric={metric!r} with where={where!r}.")
         varying = [c for c in results.context if s.loc[~dummy, c].nunique() > 1]
-        return cls(s, metric, series=[*varying, "part"]).plot(ax=ax, std=std, baseline=baseline)
+        disp = cls(s, metric, series=[*varying, "part"]).plot(ax=ax, std=std, baseline=baseline)
+        if statistics:
+            draw_statistics(disp, results, metric)
+        return disp
 
     def plot(self, ax=None, *, std: bool = True, baseline: bool = True) -> "LayerMetricDisplay":
         """Draw the lines (and bands, and baselines) on ``ax`` (a new figure when ``None``)."""

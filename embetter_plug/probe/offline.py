@@ -10,6 +10,7 @@ import numpy as np
 
 from .._utils import logger
 from ..layout import select_positions
+from ._analyses import analyse, make_plan
 from ._metrics import FLIPPED, detect_task, plain, resolve_scoring
 from .results import DUMMY, ProbeResults
 
@@ -34,7 +35,9 @@ def default_probe(task: str = "classification"):
 def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=None,
                  n_jobs: int | None = None, *, layout=None, layers: Any = "all",
                  parts: Any = "all", task: str = "auto", dummy: bool = True,
-                 verbose: bool = False) -> ProbeResults:
+                 verbose: bool = False, nested: bool = True, n_permutations: int = 0,
+                 control: Any = False, mdl: bool = False,
+                 random_state: Any = None) -> ProbeResults:
     """Fit one cross-validated probe per layer x part, plus a dummy baseline.
 
     Every probe sees the same folds, so scores are comparable across layers and parts; each
@@ -70,6 +73,28 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
         Add a ``DummyClassifier(strategy="prior")`` / ``DummyRegressor`` baseline.
     verbose : bool, default=False
         A progress bar over probes.
+    nested : bool, default=True
+        Also estimate the best probe's score free of selection (nested cross-validation): for
+        every fold, the winner is chosen by a cross-validation on the other rows alone (the
+        other folds, when the folds partition the rows) and scored on that fold. Stored as
+        ``inner:<metric>`` rows; see ``ProbeResults.selection_free``. Costs about
+        ``(cv - 1) / 2`` times the plain probes' fits on the primary metric.
+    n_permutations : int, default=0
+        Permutation baseline per slice: the mean CV score on the primary metric with the labels
+        permuted (within groups), on the same folds, this many times, as
+        ``sklearn.model_selection.permutation_test_score``. Costs ``n_permutations`` times the
+        plain fits. ``ProbeResults.statistics`` gives p-values corrected for the number of
+        slices (Holm); with ``S`` slices, reaching p < 0.05 needs ``n_permutations >= 20 S``.
+    control : bool or array of shape (n_samples,), default=False
+        Probe a control task too (Hewitt & Liang, 2019) with the same probe and folds: each
+        *type* gets a random label from ``y``'s distribution, the same wherever it occurs.
+        ``True``: identical activation rows (the same text) are a type; an array gives each
+        row's type (e.g. its word). Gives ``selectivity`` in ``ProbeResults.statistics``.
+    mdl : bool, default=False
+        The online codelength of the labels per slice (Voita & Titov, 2020); labels only.
+    random_state : int, RandomState or None, default=None
+        Seeds the permutations (as ``permutation_test_score``'s own), the control labels and
+        the MDL order.
 
     Returns
     -------
@@ -110,6 +135,9 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
     if is_classifier(estimator) and task == "regression":
         raise ValueError(f"{type(estimator).__name__} is a classifier but y is a regression target.")
 
+    plan = make_plan(X4, y, task, scorers, splits, groups, estimator, nested=nested,
+                     n_permutations=n_permutations, control=control, mdl=mdl,
+                     random_state=random_state)
     jobs = [(l, p) for l in li for p in pi]
     logger.info("probing %d layer x part slices over %d folds", len(jobs), len(splits))
     base = DummyClassifier(strategy="prior") if task == "classification" else DummyRegressor()
@@ -119,22 +147,33 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
     def job(l, p):  # a task is sent its own slice only (a worker on a cluster gets no more)
         est = base if l is None else estimator
         Xs = X4[:, 0, 0, :1] if l is None else X4[:, l, p]
-        return delayed(_cross_validate)(clone(est), Xs, y, splits, scorers)
+        return delayed(_probe_task)(clone(est), Xs, y, splits, scorers,
+                                    None if l is None else plan)
 
     it = tqdm(jobs, disable=not verbose, desc="probing", unit="probe")
     scores = Parallel(n_jobs=n_jobs)(job(l, p) for l, p in it)
     rows = []
-    for (l, p), sc in zip(jobs, scores):
+    for (l, p), (sc, extra) in zip(jobs, scores):
         layer, part = (None, DUMMY) if l is None else (layer_names[l], part_names[p])
         for name in scorers:
             sign = -1.0 if name in FLIPPED else 1.0
             for fold, s in enumerate(sc[f"test_{name}"]):
                 rows.append((layer, part, name, fold, sign * float(s)))
+        rows += [(layer, part, *row) for row in extra]
     frame = pd.DataFrame(rows, columns=["layer", "part", "metric", "fold", "score"])
     results = ProbeResults(frame, task=task)
     if dummy:
         results._warn_if_dummy_wins()
     return results
+
+
+def _probe_task(est, X, y, splits, scorers, plan):
+    """One probe's cross-validated scores, and the analyses ``plan`` asks for (none for the
+    dummy)."""
+    from sklearn.base import clone
+
+    extra = [] if plan is None else analyse(est, X, y, splits, scorers, plan)
+    return _cross_validate(clone(est), X, y, splits, scorers), extra
 
 
 def _cross_validate(est, X, y, splits, scorers):

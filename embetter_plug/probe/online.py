@@ -1,13 +1,16 @@
 """OnlineProbes: train a probe for every layer x part from one streamed pass per epoch.
 
-Activations are never stored: each batch from the encoder updates a streaming scaler and an SGD
-logistic-regression probe per layer x part, then is dropped. Memory is bounded by one batch.
+Activations are never all stored: each epoch the training texts are put in a new random order
+and encoded ``buffer_size`` texts at a time; those rows are cut into random batches, each of which
+updates a streaming scaler and an SGD logistic-regression probe per layer x part, and are then
+dropped. Memory is bounded by one buffer. Three stratified splits: training, validation (picks
+each probe's epoch and the best probe) and test (the reported ``metrics_``, from rows that chose
+nothing).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from numbers import Integral, Real
 from typing import Any
@@ -18,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._utils import check_texts, logger, seed_from_random_state
 from ._metrics import detect_task
+from ._splits import three_way_split
 
 __all__ = ["OnlineProbes", "confusion_metrics"]
 
@@ -27,12 +31,14 @@ METRIC_COLUMNS = ("loss", "accuracy", "precision", "recall", "f1", "matthews")
 class OnlineProbes(ClassifierMixin, BaseEstimator):
     """Linear probes for every layer x part of a model, trained online from streamed batches.
 
-    Each epoch streams the training texts through the model once; every batch updates, for
-    every probe, a ``StandardScaler`` (``partial_fit``, first epoch only) and an
-    ``SGDClassifier(loss="log_loss")``. After each epoch the validation texts are streamed to
+    Each epoch streams the training texts through the model once, in a new random order; every
+    batch updates, for every probe, a ``StandardScaler`` (``partial_fit``, first epoch only) and
+    an ``SGDClassifier(loss="log_loss")``. After each epoch the validation texts are streamed to
     compute each probe's validation loss; a probe stops when its loss has not improved by ``tol``
     for ``patience`` epochs after the first ``warmup_epochs``, and keeps its best weights.
-    Streaming stops when every probe has stopped.
+    Streaming stops when every probe has stopped; then the test texts are streamed once for
+    ``metrics_``: the epoch and the best probe were chosen on the validation texts, so these
+    scores are not optimistic.
 
     Parameters
     ----------
@@ -41,8 +47,11 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
         probe. A fitted encoder is used as is; an unfitted one is cloned and fitted. ``None``
         is the built-in model with every layer's ``resid_post``.
     validation_fraction : float, default=0.2
-        Share of the texts held out (stratified, seeded) for early stopping and ``metrics_``;
-        both sides need every class, so ``fit`` first checks that there are texts enough.
+        Share of the texts held out (stratified, seeded) for early stopping and for choosing
+        ``best_probe_``.
+    test_fraction : float, default=0.2
+        Share of the texts held out (stratified, seeded) for ``metrics_`` alone. Every split
+        needs every class, so ``fit`` first checks that there are texts enough.
     max_epochs : int, default=5
     patience : int, default=2
         Epochs without improvement before a probe stops.
@@ -60,7 +69,12 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
     n_iter_per_batch : int, default=1
         SGD passes over each batch while it is at hand: more learning per forward pass.
     shuffle : bool, default=True
-        Shuffle the rows within each batch before the SGD step.
+        Each epoch, put the training texts in a new random order and batch them in that order
+        (batches are then random across the whole stream, not runs of similar length);
+        ``False``: the order given.
+    buffer_size : int, default=512
+        Texts encoded at once, whose activations are held (``buffer_size x layers x parts x
+        hidden`` floats) and cut into batches of the encoder's ``batch_size``.
     random_state : int, RandomState or None, default=None
         Seeds the split, the shuffling and every probe.
     verbose : bool, default=False
@@ -74,12 +88,15 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
         ``"layer{l}__{part}"`` (a per-layer module path with its layer filled in) -> fitted ``Pipeline(StandardScaler, SGDClassifier)`` that takes
         the activations ``get_probe_features`` returns.
     metrics_ : pandas.DataFrame
-        Per probe: validation loss, accuracy and macro precision, recall, F1, Matthews, at the
-        kept (best) epoch, plus ``epochs`` trained; sorted by loss.
+        Per probe, on the test texts: loss, accuracy and macro precision, recall, F1, Matthews,
+        at the kept (best) epoch; then ``validation_loss`` (which picked that epoch) and
+        ``epochs`` trained; sorted by validation loss, so the first row is ``best_probe_``.
     history_ : pandas.DataFrame
         ``probe, epoch, loss, accuracy`` after every epoch.
     best_probe_ : str
         The probe with the lowest validation loss; ``predict`` uses it.
+    splits_ : dict of str -> ndarray
+        Positions of the ``"train"``, ``"validation"`` and ``"test"`` texts.
 
     Examples
     --------
@@ -92,17 +109,18 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
     >>> sorted(probes.probes_)
     ['layer0__mlp_out', 'layer0__resid_post', 'layer2__mlp_out', 'layer2__resid_post']
     >>> list(probes.metrics_.columns)
-    ['loss', 'accuracy', 'precision', 'recall', 'f1', 'matthews', 'epochs']
+    ['loss', 'accuracy', 'precision', 'recall', 'f1', 'matthews', 'validation_loss', 'epochs']
     """
 
     def __init__(self, encoder: Any = None, *, validation_fraction: float = 0.2,
-                 max_epochs: int = 5, patience: int = 2, warmup_epochs: int = 1,
+                 test_fraction: float = 0.2, max_epochs: int = 5, patience: int = 2, warmup_epochs: int = 1,
                  tol: float = 1e-4, alpha: float = 0.01, learning_rate: str = "invscaling",
                  eta0: float = 0.01, average: Any = False, class_weight: Any = None,
-                 n_iter_per_batch: int = 1, shuffle: bool = True,
+                 n_iter_per_batch: int = 1, shuffle: bool = True, buffer_size: int = 512,
                  random_state: Any = None, verbose: bool = False):
         self.encoder = encoder
         self.validation_fraction = validation_fraction
+        self.test_fraction = test_fraction
         self.max_epochs = max_epochs
         self.patience = patience
         self.warmup_epochs = warmup_epochs
@@ -114,45 +132,30 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
         self.class_weight = class_weight
         self.n_iter_per_batch = n_iter_per_batch
         self.shuffle = shuffle
+        self.buffer_size = buffer_size
         self.random_state = random_state
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fitting
     def _check_params(self) -> None:
-        for name in ("max_epochs", "patience", "n_iter_per_batch"):
+        for name in ("max_epochs", "patience", "n_iter_per_batch", "buffer_size"):
             v = getattr(self, name)
             if not isinstance(v, Integral) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}.")
         if not isinstance(self.warmup_epochs, Integral) or self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be a non-negative integer, got {self.warmup_epochs!r}.")
-        if not isinstance(self.validation_fraction, Real) or not 0 < self.validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}.")
+        for name in ("validation_fraction", "test_fraction"):
+            v = getattr(self, name)
+            if not isinstance(v, Real) or not 0 < v < 1:
+                raise ValueError(f"{name} must be in (0, 1), got {v!r}.")
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ValueError(f"validation_fraction + test_fraction must be below 1 (training "
+                             f"needs texts too), got {self.validation_fraction!r} + "
+                             f"{self.test_fraction!r}.")
 
-    def _check_split(self, y) -> None:
-        """Refuse labels too few for the stratified validation split, saying what it needs."""
-        classes, counts = np.unique(y, return_counts=True)
-        k, n, frac = len(classes), len(y), self.validation_fraction
-
-        def sides(m):  # validation and training sizes, as train_test_split computes them
-            n_val = math.ceil(frac * m)
-            return n_val, m - n_val
-
-        single = [c.item() for c, m in zip(classes, counts) if m < 2]
-        n_val, n_train = sides(n)
-        if not single and min(n_val, n_train) >= k:
-            return
-        need = max(2 * k, int((k - 1) / frac), int(k / (1 - frac))) - 1
-        while min(sides(need)) < k:
-            need += 1
-        problem = (f"class(es) {single[:5]} have a single text" if single else
-                   f"that is {n_val} validation and {n_train} training text(s) for {k} classes")
-        raise ValueError(
-            f"OnlineProbes holds out validation_fraction={frac!r} of the texts (stratified) for "
-            f"early stopping and metrics_, and needs texts of every class on both sides: with "
-            f"{k} classes that is at least {need} texts, about {math.ceil(need / k)} per class, and "
-            f"at least 2 in every class. Got {n} texts; {problem}. Give more texts, or change "
-            "validation_fraction."
-        )
+    def _check_split(self, y, seed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The (train, validation, test) positions; too few labels are refused, saying why."""
+        return three_way_split(y, self.classes_, self.validation_fraction, self.test_fraction, seed)
 
     def _fitted_encoder(self):
         from ..encoder import TransformerActivationEncoder
@@ -166,7 +169,6 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y) -> "OnlineProbes":
         """Stream ``X`` (texts) through the model and train every probe on labels ``y``."""
-        from sklearn.model_selection import train_test_split
         from tqdm.auto import trange
 
         texts = check_texts(X)
@@ -181,12 +183,11 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
         if len(y) != len(texts):
             raise ValueError(f"X has {len(texts)} texts but y has {len(y)} labels; they must match.")
         self._check_params()
-        self._check_split(y)
         self.classes_, y_enc = np.unique(y, return_inverse=True)
         seed = seed_from_random_state(self.random_state)
         rng = np.random.default_rng(seed)
-        tr, va = train_test_split(np.arange(len(texts)), test_size=self.validation_fraction,
-                                  stratify=y_enc, random_state=seed)
+        tr, va, te = self._check_split(y_enc, seed)
+        self.splits_ = {"train": tr, "validation": va, "test": te}
         weights = self._class_weights(y_enc[tr])
         labels = np.arange(len(self.classes_))
         # bad SGD settings (alpha, learning_rate, eta0, ...) fail here, before the model loads
@@ -209,11 +210,10 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
             with warnings.catch_warnings():
                 if epoch > 0:
                     warnings.filterwarnings("ignore", message=".*were truncated", category=UserWarning)
-                for idx, acts in self.encoder_.iter_batches(train_texts):
-                    order = rng.permutation(len(idx)) if self.shuffle else np.arange(len(idx))
-                    yb = y_tr[idx][order]
+                for rows, acts in self._batches(train_texts, rng):
+                    yb = y_tr[rows]
                     for n in active:
-                        xb = acts[order, where[n][0], where[n][1]]
+                        xb = acts[:, where[n][0], where[n][1]]
                         if epoch == 0:
                             scalers[n].partial_fit(xb)
                         xb = scalers[n].transform(xb)
@@ -233,8 +233,26 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
                     if st["wait"] >= self.patience:
                         st["stopped"] = True
                         logger.info("early stopping after %d epochs for %s", epoch + 1, n)
-        self._finish(names, scalers, state, history)
+        order = self._finish(names, scalers, state, history)
+        self._report([texts[i] for i in te], y_enc[te], state, order)
         return self
+
+    def _batches(self, texts: list[str], rng):
+        """``(rows, activations)`` batches of one epoch: texts in a new random order (shuffle),
+        encoded ``buffer_size`` at a time, cut into batches in that order. The encoder sorts
+        the texts it is given by length; the rows are put back in the drawn order after it."""
+        n = len(texts)
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        size = int(getattr(self.encoder_, "batch_size", None) or 32)
+        for start in range(0, n, self.buffer_size):
+            ids = order[start:start + self.buffer_size]
+            buf = None
+            for idx, acts in self.encoder_.iter_batches([texts[i] for i in ids]):
+                if buf is None:
+                    buf = np.empty((len(ids), *acts.shape[1:]), dtype=acts.dtype)
+                buf[idx] = acts
+            for b in range(0, len(ids), size):
+                yield ids[b:b + size], buf[b:b + size]
 
     def _class_weights(self, y_train):
         """``class_weight`` keyed by the encoded labels the SGD probes are trained on."""
@@ -264,17 +282,30 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
                 for i, n in enumerate(names)}
         return scalers, sgds
 
-    def _finish(self, names, scalers, state, history) -> None:
+    def _finish(self, names, scalers, state, history) -> list[str]:
         import pandas as pd
         from sklearn.pipeline import Pipeline
 
         self.probes_ = {n: Pipeline([("scaler", scalers[n]), ("sgd", state[n]["model"])])
                         for n in names}
         rows = {n: {**state[n]["metrics"], "epochs": state[n]["epochs"]} for n in names}
-        self.metrics_ = pd.DataFrame.from_dict(rows, orient="index").sort_values(
+        chosen = pd.DataFrame.from_dict(rows, orient="index").sort_values(
             ["loss", "matthews"], ascending=[True, False], kind="stable")
         self.history_ = pd.DataFrame(history)
-        self.best_probe_ = str(self.metrics_.index[0])
+        self.best_probe_ = str(chosen.index[0])
+        return list(chosen.index)  # by validation loss: the choice made on validation
+
+    def _report(self, texts, y_enc, state, names) -> None:
+        """``metrics_`` from the test texts, which chose neither an epoch nor the best probe."""
+        import pandas as pd
+
+        where = self._where()
+        scalers = {n: self.probes_[n].named_steps["scaler"] for n in names}
+        sgds = {n: self.probes_[n].named_steps["sgd"] for n in names}
+        scores = self._stream_metrics(texts, y_enc, names, where, scalers, sgds)
+        self.metrics_ = pd.DataFrame.from_dict(
+            {n: {**scores[n], "validation_loss": state[n]["best"], "epochs": state[n]["epochs"]}
+             for n in names}, orient="index")
 
     def _stream_metrics(self, texts, y_enc, names, where, scalers, sgds) -> dict[str, dict]:
         """Validation metrics per probe from streamed batches (a confusion matrix, not the rows)."""

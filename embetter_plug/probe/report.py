@@ -2,7 +2,8 @@
 
 The page holds the summary as inline JSON and draws the layer curves as SVG with a little inline
 JavaScript: pick dataset, model, pooling and metric, see one line per part with a ±std band, the
-dummy baseline, and the table of every metric with the best probe marked. The initial choice can
+dummy baseline, the selection-free estimate of the best probe, and the table of every metric
+(with selectivity, corrected p-values and MDL compression where computed) with the best marked. The initial choice can
 be set in the address, e.g. ``report.html#metric=f1&pooling=mean``.
 """
 
@@ -28,6 +29,9 @@ def report_rows(results: ProbeResults) -> list[dict]:
     Part names such as ``mlp_out@mean`` (several token poolings) are split into part and pooling.
     """
     s = results.summary()
+    extra = _slice_statistics(results)
+    s["stats"] = [extra.get(tuple(r)) for r in
+                  s[[*results.context, "layer", "part"]].astype(str).to_numpy()]
     if "pooling" not in s.columns:
         split = s["part"].str.split("@", n=1, expand=True)
         if split.shape[1] == 2:
@@ -42,8 +46,34 @@ def report_rows(results: ProbeResults) -> list[dict]:
         rows.append({"dataset": str(r.dataset), "model": str(r.model), "pooling": str(r.pooling),
                      "layer": None if r.layer is None or str(r.layer) == "<NA>" else int(r.layer),
                      "part": str(r.part), "metric": str(r.metric), "mean": float(r.mean),
-                     "std": float(r.std)})
+                     "std": float(r.std), **(r.stats or {})})
     return rows
+
+
+#: per-probe statistics shown in the report's table: column name -> report label
+STAT_COLUMNS = {"selectivity": "selectivity", "p_holm": "p (holm)", "compression": "compression"}
+
+
+def _slice_statistics(results: ProbeResults) -> dict[tuple, dict]:
+    """(context..., layer, part) -> the statistics ``probe_layers`` computed for that probe."""
+    st = results.statistics()
+    cols = [c for c in STAT_COLUMNS if c in st.columns]
+    if st.empty or not cols:
+        return {}
+    keys = [*results.context, "layer", "part"]
+    st = st.assign(layer=[str(int(v)) for v in st["layer"]])
+    return {tuple(map(str, k)): {STAT_COLUMNS[c]: float(v) for c, v in zip(cols, vals) if v == v}
+            for k, vals in zip(st[keys].to_numpy(), st[cols].to_numpy())}
+
+
+def _selection(results: ProbeResults) -> dict:
+    """Per metric: the selection-free estimate of the best probe (empty without one)."""
+    out = {}
+    for m in results.metrics:
+        sf = results.selection_free(m)
+        if sf is not None:
+            out[m] = {k: sf[k] for k in ("mean", "std", "low", "high", "confidence", "n_folds")}
+    return out
 
 
 def write_report(results, path, *, title: str | None = None) -> Path:
@@ -63,9 +93,12 @@ def write_report(results, path, *, title: str | None = None) -> Path:
     if not isinstance(results, ProbeResults):
         results = ProbeResults.read(results)
     rows = report_rows(results)
+    verdict = results.verdict()
     payload = {"rows": rows, "metrics": results.metrics, "lower": sorted(LOWER_IS_BETTER),
                "primary": results.primary_metric, "ranking": ranking_metrics(results.metrics),
-               "bounds": _bounds(results.metrics)}
+               "bounds": _bounds(results.metrics),
+               "selection": _selection(results), "stats": list(STAT_COLUMNS.values()),
+               "warning": "" if verdict["beats_chance"] else verdict["message"]}
     data = json.dumps(payload).replace("<", "\\u003c")
     title = title or "Probe results"
     page = _TEMPLATE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
@@ -91,10 +124,11 @@ label{margin-right:1em} select{margin-left:.3em}
 table{border-collapse:collapse;margin-top:1em;font-size:.9em}
 td,th{border-bottom:1px solid #ddd;padding:.25em .7em;text-align:right;white-space:nowrap}
 th{background:#f4f4f4} td.l{text-align:left} tr.best{background:#fff3c4;font-weight:bold}
-tr.dummy{color:#777} #empty{color:#a00}
+tr.dummy{color:#777} #empty{color:#a00} #warning{color:#a00} #headline{margin:.5em 0}
 </style></head><body>
 <h1>__TITLE__</h1>
 <div id="controls"></div>
+<div id="headline"></div><div id="warning"></div>
 <div id="chart"></div><div id="empty"></div>
 <div id="tablewrap"></div>
 <script type="application/json" id="data">__DATA__</script>
@@ -131,7 +165,7 @@ function update() {
   fillOptions();
   const sel = KEYS.map(k => k + '=' + encodeURIComponent(state[k])).join('&');
   history.replaceState(null, '', '#' + sel);
-  draw(); table();
+  draw(); table(); headline();
   document.body.setAttribute('data-rendered', sel);
 }
 function draw() {
@@ -173,6 +207,13 @@ function draw() {
     s += '</g>';
     s += '<rect x="' + (W - m.r + 12) + '" y="' + (m.t + 18 * i) + '" width="12" height="12" fill="' + c + '"/><text x="' + (W - m.r + 30) + '" y="' + (m.t + 18 * i + 11) + '" font-size="12">' + esc(p) + '</text>';
   });
+  const sf = (D.selection || {})[state.metric];
+  if (sf && sf.mean >= lo && sf.mean <= hi) {
+    s += '<line class="selection" data-value="' + sf.mean.toFixed(6) + '" x1="' + m.l + '" x2="' + (W - m.r) + '" y1="' + Y(sf.mean) + '" y2="' + Y(sf.mean) + '" stroke="#000" stroke-width="1.5"><title>best, selection-free: ' + sf.mean.toFixed(3) + '</title></line>';
+    const sy = m.t + 18 * (parts.length + 1) + 6;
+    s += '<line x1="' + (W - m.r + 10) + '" x2="' + (W - m.r + 26) + '" y1="' + sy + '" y2="' + sy + '" stroke="#000" stroke-width="1.5"/>';
+    s += '<text x="' + (W - m.r + 30) + '" y="' + (sy + 5) + '" font-size="12">best, selection-free</text>';
+  }
   if (base) {
     s += '<line class="baseline" data-value="' + base.mean.toFixed(6) + '" x1="' + m.l + '" x2="' + (W - m.r) + '" y1="' + Y(base.mean) + '" y2="' + Y(base.mean) + '" stroke="#666" stroke-dasharray="6,4"/>';
     const ly = m.t + 18 * parts.length + 6;
@@ -180,6 +221,13 @@ function draw() {
     s += '<text x="' + (W - m.r + 30) + '" y="' + (ly + 5) + '" font-size="12">dummy baseline</text>';
   }
   chart.innerHTML = s + '</svg>';
+}
+function headline() {
+  const sf = (D.selection || {})[state.metric];
+  document.getElementById('headline').textContent = sf ? 'Best probe, selection-free (nested CV, ' +
+    sf.n_folds + ' folds): ' + state.metric + ' ' + sf.mean.toFixed(3) + ' [' + Math.round(sf.confidence * 100) +
+    '% CI ' + sf.low.toFixed(3) + ', ' + sf.high.toFixed(3) + ']. The table\'s best is chosen on its own folds, so its score is optimistic.' : '';
+  document.getElementById('warning').textContent = D.warning ? 'Warning: ' + D.warning : '';
 }
 function table() {
   const rows = ROWS.filter(r => r.dataset === state.dataset && r.model === state.model && (r.part === 'dummy' || r.pooling === state.pooling));
@@ -200,10 +248,12 @@ function table() {
   };
   let best = null;
   byKey.forEach((v, k) => { if (v.part !== 'dummy' && v.cells[state.metric] && (best === null || better(v, byKey.get(best)))) best = k; });
-  let h = '<table id="table"><thead><tr><th>layer</th><th>part</th>' + metrics.map(mt => '<th>' + esc(mt) + '</th>').join('') + '<th>best</th></tr></thead><tbody>';
+  const stats = (D.stats || []).filter(c => rows.some(r => r[c] !== undefined));
+  const statCell = (v, c) => { const r = Object.values(v.cells).find(x => x[c] !== undefined); return '<td>' + (r ? (c.startsWith('p ') ? r[c].toPrecision(3) : r[c].toFixed(3)) : '') + '</td>'; };
+  let h = '<table id="table"><thead><tr><th>layer</th><th>part</th>' + metrics.map(mt => '<th>' + esc(mt) + '</th>').join('') + stats.map(c => '<th>' + esc(c) + '</th>').join('') + '<th>best</th></tr></thead><tbody>';
   byKey.forEach((v, k) => {
     h += '<tr class="' + (k === best ? 'best' : (v.part === 'dummy' ? 'dummy' : '')) + '" data-key="' + esc(k) + '"><td>' + (v.layer === null ? '-' : v.layer) + '</td><td class="l">' + esc(v.part) + '</td>';
-    h += metrics.map(mt => '<td>' + (v.cells[mt] ? fmt(v.cells[mt].mean, v.cells[mt].std) : '') + '</td>').join('') + '<td>' + (k === best ? '\u2605' : '') + '</td></tr>';
+    h += metrics.map(mt => '<td>' + (v.cells[mt] ? fmt(v.cells[mt].mean, v.cells[mt].std) : '') + '</td>').join('') + stats.map(c => statCell(v, c)).join('') + '<td>' + (k === best ? '\u2605' : '') + '</td></tr>';
   });
   document.getElementById('tablewrap').innerHTML = h + '</tbody></table>';
 }

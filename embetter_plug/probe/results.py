@@ -9,6 +9,7 @@ import numpy as np
 
 from .._utils import logger, warn_user
 from ._metrics import greater_is_better, primary_metric, ranking_metrics
+from .stats import SELECTED, is_special
 
 __all__ = ["ProbeResults", "DUMMY"]
 
@@ -49,6 +50,13 @@ class ProbeResults:
         The tidy scores (losses such as ``log_loss`` and ``mse`` as positive numbers).
     best_ : tuple of (int, str)
         ``(layer, part)`` of the best probe: see :meth:`best`.
+
+    Notes
+    -----
+    Besides the plain scores, the frame can hold what the analyses of ``probe_layers`` computed,
+    under prefixed metric names (``inner:``, ``perm:``, ``control:``, ``mdl:``; see
+    ``embetter_plug.probe.stats``); :attr:`metrics` leaves them out, and
+    :meth:`selection_free`, :meth:`statistics`, :meth:`compare` and :meth:`verdict` read them.
 
     Examples
     --------
@@ -91,33 +99,44 @@ class ProbeResults:
 
     @property
     def metrics(self) -> list[str]:
-        """Metric names in the order they appear."""
-        return list(dict.fromkeys(self.frame_["metric"]))
+        """Metric names in the order they appear (not the analyses' ``inner:``, ``perm:``,
+        ``control:`` and ``mdl:`` rows)."""
+        return [m for m in dict.fromkeys(self.frame_["metric"]) if not is_special(m)]
 
     @property
     def primary_metric(self) -> str:
         return primary_metric(self.metrics)
 
-    def summary(self, metric: str | list[str] | None = None):
+    def summary(self, metric: str | list[str] | None = None, *, confidence: float | None = None):
         """Mean and standard deviation over folds per (context, layer, part, metric).
 
         Returns a tidy frame with the context columns, then ``layer, part, metric, mean, std,
         n_folds``; dummy rows come first within each context. ``std`` is the sample standard
-        deviation (``ddof=1``), as ``pandas`` computes it.
+        deviation (``ddof=1``), as ``pandas`` computes it. With ``confidence`` (e.g. 0.95), also
+        ``ci_low`` and ``ci_high``: the corrected resampled t interval of the mean over folds
+        (``embetter_plug.probe.stats.corrected_interval``). ``metric=None`` is every metric
+        (not the analyses' rows, which can be named explicitly).
         """
+        from .stats import clip, corrected_interval
+
         frame = self.frame_
-        if metric is not None:
-            wanted = [metric] if isinstance(metric, str) else list(metric)
-            self._check_metrics(wanted)
-            frame = frame[frame["metric"].isin(wanted)]
+        wanted = self.metrics if metric is None else [metric] if isinstance(metric, str) else list(metric)
+        self._check_metrics(wanted)
+        frame = frame[frame["metric"].isin(wanted)]
         keys = [*self.context, "layer", "part", "metric"]
-        out = (frame.groupby(keys, sort=False, dropna=False)["score"]
-               .agg(mean="mean", std="std", n_folds="count").reset_index())
+        grouped = frame.groupby(keys, sort=False, dropna=False)["score"]
+        out = grouped.agg(mean="mean", std="std", n_folds="count").reset_index()
         out["std"] = out["std"].fillna(0.0)
+        if confidence is not None:
+            ci = [clip(m, *corrected_interval(v.to_numpy(), confidence)[1:])
+                  for (*_, m), v in grouped]
+            out["ci_low"] = [c[0] for c in ci]
+            out["ci_high"] = [c[1] for c in ci]
         return out
 
     def _check_metrics(self, wanted) -> None:
-        unknown = [m for m in wanted if m not in self.metrics]
+        present = list(dict.fromkeys(self.frame_["metric"]))
+        unknown = [m for m in wanted if m not in present]
         if unknown:
             raise ValueError(f"metric(s) {unknown} are not in the results; available: {self.metrics}.")
 
@@ -170,12 +189,111 @@ class ProbeResults:
         return float(dummies["mean"].to_numpy()[hit][0]) if hit.any() else float("nan")
 
     def _warn_if_dummy_wins(self) -> None:
-        """Log and warn (``UserWarning``) when the best probe does not beat the dummy baseline."""
+        """Log and warn (``UserWarning``) when no probe beats chance (see :meth:`verdict`)."""
+        verdict = self.verdict()
+        if not verdict["beats_chance"]:
+            logger.info(verdict["message"])  # a warning too; logging it at WARNING prints it twice
+            warn_user(verdict["message"], UserWarning)
+
+    # ------------------------------------------------------------ statistics
+    def selection_free(self, metric: str | None = None, *,
+                       confidence: float = 0.95) -> dict[str, Any] | None:
+        """The best probe's score estimated on rows that did not choose it (nested CV).
+
+        For every fold, the probe with the best inner cross-validated primary metric on the
+        other rows alone is scored on that fold (``probe_layers(nested=True)``, the default,
+        stores what it needs). Selection runs over every probe in the results, across context
+        columns too (as :meth:`best` does). Returns ``metric``, ``mean``, ``std``, ``low`` and
+        ``high`` (the corrected t interval at ``confidence``), ``scores`` and ``chosen`` per
+        fold, ``dummy`` (the baseline's mean, NaN without one) and ``beats_dummy`` (the interval
+        lies above it); None when the results hold no inner scores.
+        """
+        from .stats import selection_free
+
+        metric = metric or self.primary_metric
+        self._check_metrics([metric])
+        out = selection_free(self.frame_[self.frame_["part"] != DUMMY], self.context, metric,
+                             self.primary_metric, confidence)
+        if out is None:
+            return None
+        dummies = self.summary(metric)
+        dummies = dummies[dummies["part"] == DUMMY]
+        out["dummy"] = self._dummy_mean(dummies, out["chosen"][0])
+        above = out["low"] > out["dummy"] if greater_is_better(metric) else out["high"] < out["dummy"]
+        out["beats_dummy"] = bool(above) if not np.isnan(out["dummy"]) else True
+        return out
+
+    def statistics(self, metric: str | None = None, *, alpha: float = 0.05,
+                   correction: str = "holm", confidence: float = 0.95):
+        """Per probe: ``mean``, ``ci_low``, ``ci_high`` of ``metric`` (default: the primary one),
+        and what ``probe_layers`` computed: ``p_value`` (permutation) with ``p_holm`` (or
+        ``p_bonferroni``) corrected over all probes tested and ``significant`` (below
+        ``alpha``); ``control`` and ``selectivity`` (task minus control score); ``mdl_bits``,
+        ``uniform_bits`` and ``compression`` (uniform over online codelength)."""
+        from .stats import slice_statistics
+
+        metric = metric or self.primary_metric
+        self._check_metrics([metric])
+        return slice_statistics(self, metric, alpha=alpha, correction=correction,
+                                confidence=confidence)
+
+    def compare(self, a: dict | tuple, b: dict | tuple, metric: str | None = None, *,
+                confidence: float = 0.95) -> dict[str, float]:
+        """Is probe ``a`` better than probe ``b``? The paired fold-wise difference ``a - b``
+        of ``metric``, its corrected resampled t interval and two-sided p-value (Nadeau &
+        Bengio, 2003). A probe is ``(layer, part)`` or a dict that also names its context."""
+        from .stats import corrected_ttest
+
+        metric = metric or self.primary_metric
+        self._check_metrics([metric])
+        return corrected_ttest(self._folds(a, metric), self._folds(b, metric), confidence)
+
+    def _folds(self, probe, metric: str) -> np.ndarray:
+        want = dict(probe) if isinstance(probe, dict) else dict(zip(("layer", "part"), probe))
+        f = self.frame_[self.frame_["metric"] == metric]
+        hit = np.ones(len(f), dtype=bool)
+        for k, v in want.items():
+            if k not in f.columns:
+                raise ValueError(f"{k!r} is not a column of the results; they have {list(f.columns)}.")
+            hit &= f[k].astype(str).to_numpy() == str(v)
+        g = f[hit]
+        if g.empty or g[[*self.context, "layer", "part"]].astype(str).drop_duplicates().shape[0] != 1:
+            raise ValueError(f"{probe!r} does not name exactly one probe with {metric!r} scores; "
+                             "give (layer, part), or a dict with the context columns too.")
+        return g.sort_values("fold")["score"].to_numpy(float)
+
+    def verdict(self, *, alpha: float = 0.05, correction: str = "holm") -> dict[str, Any]:
+        """Does any probe beat chance? ``beats_chance``, ``basis`` and ``message``.
+
+        The basis is the strongest test the results allow: permutation p-values corrected for
+        the number of probes when present; else the selection-free estimate's interval against
+        the dummy baseline; else the best probe's (selected, optimistic) mean against it.
+        """
+        metric = self.primary_metric
+        stats = self.statistics(metric, alpha=alpha, correction=correction)
+        if "p_value" in stats.columns:
+            p = stats[f"p_{correction}"]
+            n_perm, n = int(stats["n_permutations"].max()), int(p.notna().sum())
+            ok = bool((p < alpha).any())
+            floor = min(1.0, n / (n_perm + 1))
+            hint = (f" With {n_perm} permutations no p-value can go below {floor:.3f} after "
+                    f"correction; use at least {int(np.ceil(n / alpha))}."
+                    if floor >= alpha else "")
+            return {"beats_chance": ok, "basis": "permutation", "message": (
+                f"{NO_BETTER} on {metric}: no probe's permutation p-value is below {alpha} after "
+                f"{correction.capitalize()} correction over {n} probes (smallest "
+                f"{p.min():.3f}).{hint}")}
+        sf = self.selection_free(metric)
+        if sf is not None and not np.isnan(sf["dummy"]):
+            return {"beats_chance": sf["beats_dummy"], "basis": "selection-free", "message": (
+                f"{NO_BETTER} on {metric}: the selection-free estimate of the best probe (nested "
+                f"CV) is {sf['mean']:.3f} [{sf['confidence']:.0%} CI {sf['low']:.3f}, "
+                f"{sf['high']:.3f}] against the dummy's {sf['dummy']:.3f}. The activations may "
+                "not carry the labels, or the probe needs more rows or weaker regularisation"
+                + (f"; with {sf['n_folds']} folds the interval is wide: use cv=5 or more."
+                   if sf["n_folds"] < 5 else "."))}
         row = self.best()
-        if not row["beats_dummy"]:
-            message = no_better_than_dummy(row)
-            logger.info(message)  # as a warning too; logging it at WARNING would print it twice
-            warn_user(message, UserWarning)
+        return {"beats_chance": row["beats_dummy"], "basis": "best", "message": no_better_than_dummy(row)}
 
     @property
     def best_(self) -> tuple[int, str]:
@@ -208,7 +326,36 @@ class ProbeResults:
             for k in keys:
                 is_best &= wide[k].astype(str).to_numpy() == str(best[k])
             wide.insert(len(keys), "best", np.where(is_best, "*", ""))
-        return pd.DataFrame(wide)
+        return self._with_statistics(pd.DataFrame(wide), metrics, keys, digits)
+
+    def _with_statistics(self, wide, metrics, keys, digits: int):
+        """The table's analysis columns (selectivity, corrected p, compression, where computed)
+        and its selection-free row (after the dummy rows)."""
+        import pandas as pd
+
+        stats = self.statistics()
+        columns = {"selectivity": "selectivity", "p_holm": "p (holm)", "compression": "compression"}
+        if not stats.empty:
+            stats = stats.assign(layer=[str(int(v)) for v in stats["layer"]])
+            index = pd.MultiIndex.from_frame(wide[keys].astype(str))
+            lookup = stats.astype({k: str for k in keys}).set_index(keys)
+            for col, label in columns.items():
+                if col in lookup.columns:
+                    values = lookup[col].reindex(index).to_numpy(dtype=float)
+                    fmt = "{:.3g}" if col.startswith("p_") else f"{{:.{digits}f}}"
+                    wide[label] = ["" if np.isnan(v) else fmt.format(v) for v in values]
+        sf = {m: self.selection_free(m) for m in metrics}
+        if any(v is None for v in sf.values()):
+            return wide
+        row = {**dict.fromkeys(wide.columns, ""), **dict.fromkeys(keys, ANY), "part": SELECTED}
+        for c in self.context:  # a context shared by every probe is the selection's too
+            values = set(wide.loc[wide["part"] != DUMMY, c])
+            row[c] = values.pop() if len(values) == 1 else ANY
+        row.update({m: f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}" for m, v in sf.items()})
+        dummies = (wide["part"] == DUMMY).to_numpy().nonzero()[0]
+        at = int(dummies[0]) + 1 if len(dummies) else 0
+        top = pd.DataFrame([row], columns=wide.columns)
+        return pd.concat([wide.iloc[:at], top, wide.iloc[at:]], ignore_index=True)
 
     # ------------------------------------------------------------ combining
     def with_context(self, **columns: Any) -> "ProbeResults":
