@@ -251,7 +251,8 @@ def extract_to(encoder, folder: str | os.PathLike, texts, *, shard_size: int | N
             lo, hi = writer.shard_rows(k)
             acts = encoder.encode(texts[lo:hi])
             writer.write_shard(k, acts)
-            advance_to(bar, bar.n + hi - lo)
+            done += hi - lo
+            advance_to(bar, done)  # rows read from a cache did not move the bar
             logger.info("shard %d/%d written (rows %d..%d)", k + 1, plan["n_shards"], lo, hi - 1)
     return Path(folder)
 
