@@ -74,8 +74,11 @@ def make_tokenizer(kind: str = "bpe", padding_side: str = "right"):
     else:
         special = dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
                        sep_token="[SEP]", mask_token="[MASK]")
+    # no token_type_ids (the default of transformers 5; 4.x would return them, and GPT-2 adds an
+    # embedding of them), so the inputs are the same on every supported version
     return PreTrainedTokenizerFast(
-        tokenizer_object=_backend(kind), padding_side=padding_side, model_max_length=512, **special
+        tokenizer_object=_backend(kind), padding_side=padding_side, model_max_length=512,
+        model_input_names=["input_ids", "attention_mask"], **special
     )
 
 

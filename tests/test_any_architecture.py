@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 import logging
 import re
 import warnings
@@ -106,11 +107,15 @@ COVERAGE: dict[str, str] = {}  # model type -> "passed" / "skipped: reason"; see
 
 def tiny_config(model_type: str):
     cls = CONFIG_MAPPING[model_type]
-    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
-    kwargs = {k: v for k, v in TINY.items() if k in fields}
-    for name, f in fields.items():  # special tokens beyond the small vocabulary
-        if name.endswith("_token_id") and name not in kwargs and isinstance(f.default, int) \
-                and f.default >= 400:
+    if dataclasses.is_dataclass(cls):
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    else:  # transformers 4.x: the configuration's fields are its __init__ arguments
+        defaults = {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items()
+                    if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    kwargs = {k: v for k, v in TINY.items() if k in defaults}
+    for name, default in defaults.items():  # special tokens beyond the small vocabulary
+        if name.endswith("_token_id") and name not in kwargs and isinstance(default, int) \
+                and default >= 400:
             kwargs[name] = 3
     return cls(**kwargs)
 
