@@ -43,6 +43,9 @@ _EXPORTS: dict[str, str] = {
     "ProbeResults": "embetter_plug.probe",
     "OnlineProbes": "embetter_plug.probe",
     "LayerMetricDisplay": "embetter_plug.probe",
+    # inside attention
+    "attention_patterns": "embetter_plug.attention",
+    "attention_metrics": "embetter_plug.attention",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -63,6 +66,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for static type checkers and IDEs
+    from .attention import attention_metrics, attention_patterns
     from .cache import ActivationCache
     from .datasets import load_builtin_dataset
     from .encoder import TransformerActivationEncoder

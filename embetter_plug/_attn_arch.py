@@ -69,7 +69,8 @@ def canonical(part: str) -> str:
 
 
 def is_attn_part(part: str) -> bool:
-    return part in ATTN_PARTS
+    """An attention part, or one head's entry of it (``attn_result.h3``)."""
+    return part in ATTN_PARTS or split_head(part)[0] in ATTN_PARTS
 
 
 def validate_parts(parts) -> list[str]:
@@ -85,7 +86,7 @@ def validate_parts(parts) -> list[str]:
     for p in items:
         if isinstance(p, str):
             p = canonical(p)
-            if p.startswith("attn_") and p not in ATTN_PARTS and p != "attn_out":
+            if p.startswith("attn_") and not is_attn_part(p) and p != "attn_out":
                 close = difflib.get_close_matches(p, ATTN_PARTS + ("attn_out",), n=3, cutoff=0.6)
                 raise ValueError(f"unknown attention part {p!r}"
                                  + (f"; did you mean {close}?" if close else "")
@@ -100,7 +101,8 @@ def validate_parts(parts) -> list[str]:
         raise ValueError(f"parts {parts!r} name the same part twice.")
     groups = {}
     for p in out:
-        groups.setdefault(_width_group(p) if is_attn_part(p) else "d_model", []).append(p)
+        groups.setdefault(_width_group(split_head(p)[0]) if is_attn_part(p) else "d_model",
+                          []).append(p)
     if len(groups) > 1:
         desc = "; ".join(f"{g}: {ps}" for g, ps in groups.items())
         raise ValueError(f"parts {out} have different widths ({desc}); one encoder gives one "
@@ -227,9 +229,18 @@ def expand_parts(model, parts, heads) -> list[str]:
     if not any(is_attn_part(p) for p in parts):
         return list(parts)
     counts = head_counts(model)
-    return [entry for p in parts
-            for entry in ([f"{p}.h{h}" for h in select_heads(heads, p, counts)]
-                          if is_attn_part(p) else [p])]
+    out = []
+    for p in parts:
+        base, head = split_head(p)
+        if head is not None:  # one head named in the part: attn_result.h3
+            out.append(f"{base}.h{select_heads(head, base, counts)[0]}")
+        elif is_attn_part(p):
+            out.extend(f"{p}.h{h}" for h in select_heads(heads, p, counts))
+        else:
+            out.append(p)
+    if len(set(out)) != len(out):
+        raise ValueError(f"parts {list(parts)} with heads={heads!r} name the same head twice.")
+    return out
 
 
 def split_head(name: str) -> tuple[str, int | None]:

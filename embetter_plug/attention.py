@@ -26,7 +26,7 @@ from ._hooks import hook_manager
 from ._utils import check_texts, resolve_indices
 
 __all__ = ["AttentionPattern", "attention_metrics", "attention_patterns", "head_scores",
-           "plot_head_heatmap", "summarize_metrics"]
+           "metrics_frame", "plot_head_heatmap", "summarize_metrics"]
 
 
 @dataclass
@@ -198,8 +198,6 @@ def attention_metrics(model, tokenizer=None, texts: Sequence[str] = (), *,
     >>> summarize_metrics(frame).shape
     (16, 5)
     """
-    import pandas as pd
-
     from .encoder import TransformerActivationEncoder
 
     names = list(_attn_arch.METRICS) if isinstance(metrics, str) and metrics == "all" else (
@@ -212,17 +210,23 @@ def attention_metrics(model, tokenizer=None, texts: Sequence[str] = (), *,
     enc = TransformerActivationEncoder(model, tokenizer, layers=layers, parts=names, heads=heads,
                                        token_pooling=token_pooling, **encoder_params)
     X = enc.fit_transform(list(texts))
-    lay = enc.layout_
+    return metrics_frame(X, enc.layout_)
+
+
+def metrics_frame(X, layout):
+    """Tidy ``text, layer, head, metric, value`` frame of an array of attention metrics
+    (``(n, layers, entries, 1)``, entries named ``attn_entropy.h3``)."""
+    import pandas as pd
+
     n, L, P, _ = X.shape
-    parts = [_attn_arch.split_head(p) for p in lay.parts]
-    frame = pd.DataFrame({
+    parts = [_attn_arch.split_head(p) for p in layout.parts]
+    return pd.DataFrame({
         "text": np.repeat(np.arange(n), L * P),
-        "layer": np.tile(np.repeat(np.asarray(lay.layers), P), n),
+        "layer": np.tile(np.repeat(np.asarray(layout.layers), P), n),
         "head": np.tile([h for _, h in parts], n * L),
         "metric": np.tile([p for p, _ in parts], n * L),
         "value": np.asarray(X).reshape(-1).astype(float),
     })
-    return frame
 
 
 def summarize_metrics(frame):

@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "probe": "find where a model encodes your labels: a cross-validated probe per layer x part",
     "extract": "write the activations of a CSV's texts to disk",
     "cache": "inspect or clear the activation cache",
+    "attention": "attention metrics per layer and head (entropy, sink, distance, norms) for a CSV",
 }
 
 

@@ -178,3 +178,19 @@ def test_bad_input_before_forward():
     finally:
         hook.remove()
     assert calls == []
+
+
+def test_threads_share_one_model_and_leave_it_as_it_was():
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, tok = make_tiny_model("llama", padding_side="left")
+    encs = [TransformerActivationEncoder(model, tok, parts=p, heads="all", batch_size=1).fit()
+            for p in (["attn_q"], ["attn_entropy", "attn_sink"], ["resid_post"], ["attn_z"])]
+    texts = TEXTS * 2
+    serial = [e.transform(texts) for e in encs]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda e: e.transform(texts), encs * 2))
+    for got, want in zip(parallel, serial * 2):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert model.config._attn_implementation == "eager"
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
