@@ -2,7 +2,8 @@
 
 - :func:`attention_patterns` returns, per text, the post-softmax pattern of every requested
   layer and head over the text's real tokens (no padding), with the tokens;
-  :meth:`AttentionPattern.plot` draws one layer and head with the tokens on both axes.
+  :meth:`AttentionPattern.plot` draws one layer and head with the tokens on both axes, and
+  :meth:`AttentionPattern.to_html` writes a self-contained page to browse them.
 - :func:`attention_metrics` computes pattern metrics (entropy, attention to the first token,
   mean distance, density, value and head-output norms) on the fly, one layer at a time, and
   returns a tidy frame; :func:`summarize_metrics` averages it per layer and head and
@@ -61,12 +62,23 @@ class AttentionPattern:
         ax.figure.colorbar(im, ax=ax, fraction=0.046)
         return ax
 
+    def to_html(self, path, *, title: str | None = None):
+        """Write a self-contained HTML page showing the pattern of a chosen layer and head
+        (tokens on both axes, the weight on hover); returns the path."""
+        from ._attn_html import write_pattern_html
+
+        return write_pattern_html(self, path, title=title)
+
 
 def _model_and_settings(model, tokenizer, max_length, prompt_template):
     """A fitted encoder gives its model, tokenizer and settings; a model needs a tokenizer."""
-    if hasattr(model, "layout_") and hasattr(model, "model_"):
+    from .encoder import TransformerActivationEncoder
+
+    if isinstance(model, TransformerActivationEncoder):
         enc = model
-        enc._ensure_loaded()
+        if getattr(enc, "model_", None) is None:
+            raise ValueError("the encoder is not fitted (or was unpickled without its model); "
+                             "call its fit() first.")
         return (enc.model_, enc.tokenizer_, max_length or enc.max_length_,
                 prompt_template if prompt_template is not None else enc.prompt_template)
     if tokenizer is None:

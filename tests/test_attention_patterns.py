@@ -112,7 +112,7 @@ def test_metrics_equal_numpy_from_full_pattern(family, impl):
                                            want[m].mean(-1), rtol=1e-4, atol=1e-5, err_msg=m)
 
 
-def test_metrics_flow_through_encoder_and_summary_heatmap():
+def test_metrics_flow_through_encoder_and_summary_heatmap(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,8 +130,11 @@ def test_metrics_flow_through_encoder_and_summary_heatmap():
     assert table.shape == (2, 2) and list(table.columns) == [1, 2]
     ax = plot_head_heatmap(table, title="entropy")
     assert ax.get_xlabel() == "head"
-    pats = attention_patterns(model, tok, TEXTS[:1], layers=[1])
+    pats = attention_patterns(model, tok, ["x < y </script>"], layers=[1])
     assert pats[0].plot(1, 0).get_title() == "layer 1, head 0"
+    page = pats[0].to_html(tmp_path / "pattern.html").read_text()
+    assert "</script>" not in page.split("const DATA = ")[1].split(";\n")[0]
+    assert page.count("<script>") == 1
 
 
 def _no_forward(model):
