@@ -154,6 +154,8 @@ def test_tl_aliases_and_probe_per_head():
     assert set(res.frame_["part"]) == {"attn_result.h0", "attn_result.h1"}
     pooled = LayerPooler(layers=[1], parts=["attn_result.h1"]).fit_transform(X)
     np.testing.assert_array_equal(pooled, np.asarray(X)[:, 1, 1])
+    every = LayerPooler(layers=[0], parts="attn_result").fit_transform(X)  # every head
+    np.testing.assert_array_equal(every, np.asarray(X)[:, 0].reshape(len(texts), -1))
 
 
 def test_bad_input_before_forward():

@@ -173,3 +173,19 @@ def test_pattern_errors_before_forward(monkeypatch):
     with pytest.raises(ValueError, match="did you mean"):
         attention_metrics(model, tok, TEXTS, metrics=["attn_sinc"])
     assert model.config._attn_implementation == "eager"
+
+
+def test_metric_parts_through_cache_and_streaming(tmp_path):
+    from embetter_plug import load_activations
+
+    model, tok = make_tiny_model("llama")
+    kw = dict(parts=["attn_density", "attn_weighted_value_norm"], heads=[0, 3], layers=[1, 2])
+    want = TransformerActivationEncoder(model, tok, **kw).fit_transform(TEXTS)
+    cached = TransformerActivationEncoder(model, tok, cache=tmp_path / "cache", **kw).fit()
+    np.testing.assert_allclose(cached.transform(TEXTS[:2]), want[:2], atol=1e-6)
+    np.testing.assert_allclose(cached.transform(TEXTS), want, atol=1e-6)  # 2 read, 2 computed
+    streamed = TransformerActivationEncoder(model, tok, batch_size=2, **kw).fit()
+    X, layout = load_activations(streamed.extract_to(tmp_path / "stream", TEXTS))
+    np.testing.assert_allclose(np.asarray(X), want, atol=1e-6)
+    assert layout.parts == ("attn_density.h0", "attn_density.h3", "attn_weighted_value_norm.h0",
+                            "attn_weighted_value_norm.h3")
