@@ -197,28 +197,41 @@ def n_heads_of(part: str, counts: dict) -> int:
     return counts["n_kv_heads"] if part in ("attn_k", "attn_v") else counts["n_heads"]
 
 
-def select_heads(heads, part: str, counts: dict) -> list[int]:
-    """Head indices of ``heads`` (``"all"``, int or list) for ``part``; out of range names the
-    count."""
+def check_heads(heads) -> list[int] | str:
+    """``"all"`` or the list of ints ``heads`` names (types checked, not ranges)."""
     from numbers import Integral
 
-    n = n_heads_of(part, counts)
-    what = "key/value heads" if part in ("attn_k", "attn_v") else "attention heads"
     if isinstance(heads, str):
         if heads != "all":
             raise ValueError(f"heads={heads!r}: use 'all', an int or a list of ints.")
-        return list(range(n))
-    items = [heads] if isinstance(heads, Integral) else list(heads)
+        return heads
+    items = [heads] if isinstance(heads, Integral) else heads
+    try:
+        items = list(items)
+    except TypeError:
+        raise TypeError(f"heads={heads!r}: use 'all', an int or a list of ints.") from None
     if not items:
         raise ValueError("heads is empty; give at least one head index or 'all'.")
-    out = []
     for h in items:
         if isinstance(h, bool) or not isinstance(h, Integral):
             raise TypeError(f"heads entry {h!r} is not an int.")
+    return [int(h) for h in items]
+
+
+def select_heads(heads, part: str, counts: dict) -> list[int]:
+    """Head indices of ``heads`` (``"all"``, int or list) for ``part``; out of range names the
+    count."""
+    n = n_heads_of(part, counts)
+    items = check_heads(heads)
+    if items == "all":
+        return list(range(n))
+    what = "key/value heads" if part in ("attn_k", "attn_v") else "attention heads"
+    out = []
+    for h in items:
         if not -n <= h < n:
             raise ValueError(f"head {h} is out of range for {part}: the model has {n} {what} "
                              f"(0..{n - 1}; negative counts from the end).")
-        out.append(int(h) % n)
+        out.append(h % n)
     if len(set(out)) != len(out):
         raise ValueError(f"heads={heads!r} names the same head twice.")
     return out

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import _arch, _attn_arch, _attn_parts, _attn_tap, _batching
+from . import _arch, _attn_arch, _attn_parts, _batching
 from ._hooks import hook_manager
 from ._utils import check_texts, resolve_indices
 

@@ -164,7 +164,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
             if not any(_attn_arch.is_attn_part(p) for p in parts):
                 raise ValueError(f"heads={self.heads!r} applies to attention parts "
                                  f"({list(_attn_arch.ATTN_PARTS)}), but parts={parts}.")
-            _attn_arch.select_heads(self.heads, "attn_z", {"n_heads": 1 << 30})  # types only
+            _attn_arch.check_heads(self.heads)  # ranges are checked once the model is loaded
         validate_pooling(self.token_pooling)
         _batching.split_template(self.prompt_template)
         if isinstance(self.layers, str) and self.layers != "all":

@@ -27,8 +27,10 @@ def _eager_reference(model, tok, text):
         mods = dict(model.named_modules())
         v = mods[VALUE.get(family, "layers.{l}.self_attn.v_proj").format(l=l)]
         o = mods[O_PROJ.get(family, "layers.{l}.self_attn.o_proj").format(l=l)]
-        handles.append(v.register_forward_hook(lambda m, a, out, l=l: got.__setitem__(("v", l), out[0])))
-        handles.append(o.register_forward_hook(lambda m, a, out, l=l: got.__setitem__(("z", l), a[0][0])))
+        handles.append(v.register_forward_hook(
+            lambda m, a, out, l=l: got.__setitem__(("v", l), out[0])))
+        handles.append(o.register_forward_hook(
+            lambda m, a, out, l=l: got.__setitem__(("z", l), a[0][0])))
     try:
         with torch.no_grad():
             out = model(**tok([text], return_tensors="pt"), output_attentions=True)

@@ -17,7 +17,6 @@ def gpt2(tmp_path_factory):
 def test_attention_command_writes_summary_and_heatmaps(gpt2, tmp_path, capsys):
     from embetter_plug import load_builtin_dataset
     from embetter_plug.attention import attention_metrics, summarize_metrics
-    from embetter_plug.testing import make_tokenizer
 
     out = tmp_path / "attn"
     code = main(["attention", "--model", gpt2, "--limit", "6", "--layers", "0,2", "--heads", "1,3",
@@ -37,9 +36,12 @@ def test_attention_command_writes_summary_and_heatmaps(gpt2, tmp_path, capsys):
     assert list(got["head"].unique()) == [1, 3]
 
 
-def test_attention_command_typo(gpt2, capsys):
+def test_attention_command_errors(gpt2, tmp_path, capsys):
     assert main(["attention", "--model", gpt2, "--metrics", "attn_entrpy"]) == 2
     assert "did you mean" in capsys.readouterr().err
+    (tmp_path / "attention_metrics.csv").write_text("earlier")
+    assert main(["attention", "--model", gpt2, "--out", str(tmp_path)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
 
 
 def test_probe_per_head_table(gpt2, tmp_path, capsys):

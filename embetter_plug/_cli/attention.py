@@ -5,7 +5,8 @@ value and head-output norms; `--metrics`) per text, layer and head on the fly, o
 pattern at a time, pools it over query tokens (`--token-pooling`, default mean), and prints the
 mean over texts as a layer x head table per metric. With `--out DIR` it writes
 `attention_metrics.csv` (tidy: metric, layer, head, mean, std over texts) and one layer x head
-heatmap per metric, `attention_<metric>.png`.
+heatmap per metric, `attention_<metric>.png`; a DIR holding an earlier run's files is refused
+unless `--overwrite`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--metrics", default="all", help=METRICS_HELP)
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="write attention_metrics.csv and attention_<metric>.png here")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files of an earlier run in --out")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
     add_encoder_arguments(parser)
     parser.set_defaults(run=run, token_pooling="mean", parts=None)
@@ -52,6 +55,10 @@ def run(args) -> int:
     if out is not None:
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {args.out!r} is a file; give a folder.")
+        if (out / "attention_metrics.csv").exists() and not args.overwrite:
+            raise ValueError(f"--out {args.out!r} already holds an earlier run's "
+                             "attention_metrics.csv; pass --overwrite to replace it, or choose "
+                             "another folder.")
         out.mkdir(parents=True, exist_ok=True)
     texts = read_texts(args.data, args.text_col, args.split, args.limit)
     enc = encoder_from_args(argparse.Namespace(**{**vars(args), "parts": ",".join(metrics)}))
