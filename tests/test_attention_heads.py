@@ -196,3 +196,32 @@ def test_threads_share_one_model_and_leave_it_as_it_was():
         np.testing.assert_allclose(got, want, atol=1e-6)
     assert model.config._attn_implementation == "eager"
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+
+
+def test_sdpa_kept_and_no_pattern_unless_asked(monkeypatch):
+    """q/k/v and norm metrics run the model's SDPA and never the eager softmax; a pattern
+    metric computes the pattern for the requested layers only."""
+    from transformers import AttentionInterface
+    from transformers.models.llama import modeling_llama
+
+    model, tok = make_tiny_model("llama")
+    model = copy.deepcopy(model)
+    model.set_attn_implementation("sdpa")
+    calls = {"sdpa": 0, "eager": 0}
+    sdpa, eager = AttentionInterface._global_mapping["sdpa"], modeling_llama.eager_attention_forward
+
+    def count(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", count("sdpa", sdpa))
+    monkeypatch.setattr(modeling_llama, "eager_attention_forward", count("eager", eager))
+    TransformerActivationEncoder(model, tok, parts=["attn_q"], batch_size=4).fit_transform(TEXTS)
+    TransformerActivationEncoder(model, tok, parts=["attn_value_norm"],
+                                 batch_size=4).fit_transform(TEXTS)
+    assert calls == {"sdpa": 6, "eager": 0}  # 3 layers, twice
+    TransformerActivationEncoder(model, tok, parts=["attn_entropy"], layers=[1],
+                                 batch_size=4).fit_transform(TEXTS)
+    assert calls["eager"] == 1  # one layer's pattern; the forward stops after it
