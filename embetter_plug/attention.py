@@ -17,6 +17,7 @@ attention part) and ``heads=``; see ``docs/attention.md``.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -153,7 +154,9 @@ def attention_patterns(model, tokenizer=None, texts: Sequence[str] = (), *, laye
     runner = _arch.runner(model)
     pad = _batching.pad_id(tokenizer, model.config)
     side = getattr(tokenizer, "padding_side", "right")
-    use_pos = not _arch.positions_from_padding(model)
+    params = inspect.signature(runner.forward).parameters
+    use_pos = "position_ids" in params and not _arch.positions_from_padding(model)
+    extra = {"use_cache": False} if "use_cache" in params else {}
     from .extraction import input_device
 
     device = input_device(model)
@@ -173,7 +176,7 @@ def attention_patterns(model, tokenizer=None, texts: Sequence[str] = (), *, laye
                 kwargs = {k: v.to(device) for k, v in kwargs.items()}
                 collector = _Collector(keys, head_idx, kwargs["attention_mask"])
                 with manager.routing(collector):
-                    runner(**kwargs, use_cache=False)
+                    runner(**kwargs, **extra)
                 for b, i in enumerate(idx):
                     found[int(i)] = (seqs[b], np.stack([collector.out[li][b]
                                                         for li in range(len(infos))]))
