@@ -45,9 +45,9 @@ def _heatmaps(tables: dict, value: str, path: Path) -> None:
 
     from embetter_plug.attention import plot_head_heatmap
 
+    width = max(5.0, 2 + 0.5 * max(t.shape[1] for t in tables.values()))
     fig, axes = plt.subplots(len(tables), 1, squeeze=False,
-                             figsize=(2 + 0.5 * max(t.shape[1] for t in tables.values()),
-                                      1.5 + 2.2 * len(tables)))
+                             figsize=(width, 1.5 + 2.2 * len(tables)))
     for ax, (name, table) in zip(axes[:, 0], tables.items()):
         plot_head_heatmap(table, title=f"{name}: {value}", ax=ax)
     fig.tight_layout()
