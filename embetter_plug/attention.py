@@ -245,20 +245,48 @@ def metrics_frame(X, layout):
 
 
 def summarize_metrics(frame):
-    """Mean and standard deviation over texts per layer, head and metric (a tidy frame)."""
+    """Mean and standard deviation over texts per metric, layer and head (a tidy frame).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from embetter_plug.attention import summarize_metrics
+    >>> frame = pd.DataFrame({"text": [0, 1, 0, 1], "layer": [0, 0, 0, 0], "head": [0, 0, 1, 1],
+    ...                       "metric": ["attn_sink"] * 4, "value": [0.2, 0.4, 0.5, 0.7]})
+    >>> summarize_metrics(frame)[["head", "mean"]].round(2).values.tolist()
+    [[0.0, 0.3], [1.0, 0.6]]
+    """
     out = frame.groupby(["metric", "layer", "head"], sort=True)["value"].agg(["mean", "std"])
     return out.reset_index()
 
 
 def head_scores(frame, metric: str, *, value: str = "mean"):
-    """A layer x head table of ``value`` for one ``metric`` from a frame with ``layer``,
-    ``head``/``part`` and ``metric`` columns: :func:`summarize_metrics` output, or per-head
-    probe scores (``ProbeResults.summary()``, parts named ``attn_result.h3``)."""
+    """A layer x head table of ``value`` for one ``metric``.
+
+    ``frame`` has ``layer``, ``metric`` and either ``head`` (:func:`summarize_metrics` output)
+    or ``part`` with per-head names such as ``attn_result.h3`` (``ProbeResults.summary()`` of
+    per-head parts; with several token poolings, keep one pooling's rows first).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from embetter_plug.attention import head_scores
+    >>> summary = pd.DataFrame({"layer": [0, 0, 1, 1],
+    ...                         "part": ["attn_result.h0", "attn_result.h1"] * 2,
+    ...                         "metric": ["roc_auc"] * 4, "mean": [0.5, 0.9, 0.6, 0.7]})
+    >>> head_scores(summary, "roc_auc").values.tolist()
+    [[0.5, 0.9], [0.6, 0.7]]
+    """
     frame = frame[frame["metric"] == metric]
     if frame.empty:
         raise ValueError(f"no rows for metric {metric!r}.")
     if "head" not in frame.columns:
-        split = frame["part"].map(_attn_arch.split_head)
+        parts = frame["part"].astype(str)
+        poolings = {p.split("@", 1)[1] for p in parts if "@" in p}
+        if len(poolings) > 1:
+            raise ValueError(f"the frame holds several token poolings {sorted(poolings)}; keep "
+                             "one pooling's rows before making a layer x head table.")
+        split = parts.map(_attn_arch.split_head)
         frame = frame.assign(head=split.map(lambda t: t[1])).dropna(subset=["head"])
         frame = frame.assign(head=frame["head"].astype(int))
         if frame.empty:
@@ -267,7 +295,16 @@ def head_scores(frame, metric: str, *, value: str = "mean"):
 
 
 def plot_head_heatmap(table, *, title: str = "", ax=None, cmap: str = "viridis"):
-    """Draw a layer x head table (from :func:`head_scores`) as a heatmap; returns the axes."""
+    """Draw a layer x head table (from :func:`head_scores`) as a heatmap; returns the axes.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from embetter_plug.attention import plot_head_heatmap
+    >>> table = pd.DataFrame([[0.5, 0.9], [0.6, 0.7]], index=[0, 1], columns=[0, 1])
+    >>> plot_head_heatmap(table, title="roc_auc").get_ylabel()
+    'layer'
+    """
     import matplotlib.pyplot as plt
 
     if ax is None:
