@@ -46,6 +46,9 @@ _EXPORTS: dict[str, str] = {
     "LayerMetricDisplay": "embetter_plug.probe",
     # bulk labelling
     "LabellingMap": "embetter_plug.labelling_map",
+    # inside attention
+    "attention_patterns": "embetter_plug.attention",
+    "attention_metrics": "embetter_plug.attention",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -66,6 +69,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for static type checkers and IDEs
+    from .attention import attention_metrics, attention_patterns
     from .cache import ActivationCache
     from .datasets import load_builtin_dataset
     from .distributed import extract_distributed

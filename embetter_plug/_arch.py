@@ -412,8 +412,8 @@ def _missing_part_error(model, part, blocks_path, block) -> ValueError:
 
 
 def resolve_targets(model, layers: Sequence[int], parts: Sequence[str]):
-    """List ``(module, kind, layer_pos or None, part_pos[, occurrence, calls per forward])``
-    for every requested activation (see :class:`embetter_plug._hooks.Target`).
+    """List ``(module, kind, layer_pos or None, part_pos[, occurrence, None, calls per
+    forward])`` for every requested activation (see :class:`embetter_plug._hooks.Target`).
 
     ``kind`` is ``"pre"`` (the module's input: ``args[0]`` or ``kwargs["hidden_states"]`` of a
     forward pre-hook) or ``"post"`` (its output, the first tensor of a tuple); ``layer_pos`` is
@@ -437,7 +437,7 @@ def resolve_targets(model, layers: Sequence[int], parts: Sequence[str]):
                     if path is None:
                         raise _missing_part_error(model, part, blocks_path, block)
                     module, kind = block.get_submodule(path), "post"
-                targets.append((module, kind, li, pi, occurrence, repeats))
+                targets.append((module, kind, li, pi, occurrence, None, repeats))
         elif "{layer}" in part:
             for li, layer in enumerate(layers):
                 targets.append((find_module(model, part.format(layer=layer)), "post", li, pi))

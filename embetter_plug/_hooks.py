@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple
 from ._arch import resolve_targets  # noqa: F401  (re-exported: where targets come from)
 from ._token_pooling import make_pooler
 
-__all__ = ["Capture", "HookManager", "Target", "hook_manager"]
+__all__ = ["Capture", "HookManager", "Target", "hook_manager", "register_tap"]
 
 
 class _StopForward(Exception):
@@ -35,15 +35,34 @@ class _StopForward(Exception):
 class Target(NamedTuple):
     """One activation to read: ``module``'s input (``"pre"``) or output (``"post"``) at its
     ``occurrence``-th call in a forward, stored at ``(layer_pos, part_pos)`` (``layer_pos=None``:
-    a fixed module whose vector fills every layer row). ``repeats``: how many calls per forward
-    the module makes by design (a block a model reuses); more than that is an error."""
+    a fixed module whose vector fills every layer row).
+
+    ``fn``, when given, turns what the hook received into the pooled ``(batch, n_poolings,
+    width)`` tensor itself (``fn(received, pool)``): one attention head of a projection's input,
+    say. A ``kind`` other than ``"pre"``/``"post"`` names a tap registered with
+    :func:`register_tap` (the attention function's inputs and output, for instance).
+    ``repeats``: how many calls per forward the module makes by design (a block a model
+    reuses); more than that is an error."""
 
     module: object
     kind: str
     layer_pos: int | None
     part_pos: int
     occurrence: int = 0
+    fn: Callable | None = None
     repeats: int = 1
+
+
+# kind -> attach(module, deliver) returning a handle with .remove(): sources of activations
+# other than torch forward hooks (see embetter_plug._attn_tap)
+_TAPS: dict[str, Callable] = {}
+
+
+def register_tap(kind: str, attach: Callable) -> None:
+    """Let targets of ``kind`` be read through ``attach(module, deliver)``, which must call
+    ``deliver(payload)`` each time ``module`` produces what the targets read and return a
+    handle whose ``remove()`` undoes the attachment."""
+    _TAPS[kind] = attach
 
 
 def _first_tensor(output):
@@ -73,11 +92,16 @@ class HookManager:
                 cap = getattr(local, "capture", None)
                 if cap is not None:
                     cap.receive(key, args[0] if args else kwargs["hidden_states"])
-        else:
+        elif kind == "post":
             def hook(module, args, output):
                 cap = getattr(local, "capture", None)
                 if cap is not None:
                     cap.receive(key, _first_tensor(output))
+        else:  # a tap hands its payload as it is
+            def hook(payload):
+                cap = getattr(local, "capture", None)
+                if cap is not None:
+                    cap.receive(key, payload)
         return hook
 
     @contextlib.contextmanager
@@ -89,7 +113,9 @@ class HookManager:
                 entry = self._hooks.get(key)
                 if entry is None:
                     kind = key[1]
-                    if kind == "pre":
+                    if kind in _TAPS:
+                        handle = _TAPS[kind](module, self._hook(key, kind))
+                    elif kind == "pre":
                         handle = module.register_forward_pre_hook(self._hook(key, kind),
                                                                   with_kwargs=True)
                     else:
@@ -173,11 +199,15 @@ class Capture:
         self._slots: dict = defaultdict(list)  # (key, occurrence) -> [(layer_pos, part_pos)]
         self._modules: dict = {}
         self._repeats: dict = defaultdict(lambda: 1)
+        self._checks: list = []  # called with (batch, tokens) before each forward
         for t in targets:
             t = Target(*t)
             key = (id(t.module), t.kind)
             self._modules[key] = t.module
-            self._slots[(key, t.occurrence)].append((t.layer_pos, t.part_pos))
+            self._slots[(key, t.occurrence)].append((t.layer_pos, t.part_pos, t.fn))
+            check = getattr(t.fn, "check_batch", None)
+            if check is not None and check not in self._checks:
+                self._checks.append(check)
             self._repeats[key] = max(self._repeats[key], t.repeats, t.occurrence + 1)
 
     def __enter__(self) -> "Capture":
@@ -214,7 +244,18 @@ class Capture:
             "(print(model) lists the module paths)."
         )
 
-    def _store(self, tensor, where):
+    def _store(self, received, where):
+        k = len(self.poolings)
+        plain = [w for w in where if w[2] is None]
+        for li, pi, fn in where:
+            if fn is not None:
+                pooled = fn(received, self._pool).to(self._buf.device)
+                self._buf[:, slice(None) if li is None else li, pi * k:(pi + 1) * k, :] = (
+                    pooled[:, None] if li is None else pooled)
+        if plain:
+            self._store_plain(received, plain)
+
+    def _store_plain(self, tensor, where):
         batch, tokens = self._shape
         if tensor.device != self._buf.device:  # a model spread over devices
             tensor = tensor.to(self._buf.device)
@@ -229,7 +270,7 @@ class Capture:
             )
         pooled = self._pool(tensor)  # (B, K, H)
         k = len(self.poolings)
-        for li, pi in where:
+        for li, pi, _ in where:
             rows = slice(None) if li is None else li
             self._buf[:, rows, pi * k:(pi + 1) * k, :] = pooled[:, None] if li is None else pooled
 
@@ -242,6 +283,8 @@ class Capture:
         """
         import torch
 
+        for check in self._checks:
+            check(*mask.shape)
         self._stop_early = stop_early
         self._pool = make_pooler(mask, self.poolings, pool_mask=pool_mask)
         self._shape = tuple(mask.shape)

@@ -108,4 +108,5 @@ def make_pooler(mask, poolings: Sequence[str | float], pool_mask=None):
                 out.append(hidden[rows, index[p]])
         return torch.stack(out, 1)
 
+    pool.poolings, pool.mask = tuple(poolings), mask  # for readers that need the token mask
     return pool

@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "extract": "write the activations of a CSV's texts to disk",
     "cache": "inspect or clear the activation cache",
     "map": "a labelling map of a CSV's texts: one HTML page to search, select and export rows",
+    "attention": "attention metrics per layer and head (entropy, sink, distance, norms) for a CSV",
 }
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from . import _arch, _batching
+from . import _arch, _attn_arch, _batching
 from ._loading import (check_source_still_there, load_config, load_model, load_tokenizer,
                        place_model, resolve_model_source)
 from ._token_pooling import pooling_name, validate_pooling
@@ -40,6 +40,13 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
     parts : str or list of str, default="resid_post"
         Any of ``resid_post``, ``attn_out``, ``mlp_out``, ``resid_pre`` (aliases ``rs``, ``attn``,
         ``mlp``), or module paths: ``"model.layers.{layer}.mlp"`` per layer, or a fixed path.
+        Inside attention, one entry per head (named ``attn_z.h3``): ``attn_z``, ``attn_result``,
+        ``attn_q``, ``attn_k``, ``attn_v`` and the metrics ``attn_entropy``, ``attn_sink``,
+        ``attn_distance``, ``attn_density``, ``attn_value_norm``, ``attn_result_norm``,
+        ``attn_weighted_value_norm`` (TransformerLens names such as ``hook_z`` are accepted);
+        all entries of one encoder share one width. See ``docs/attention.md``.
+    heads : "all", int or list of int, default="all"
+        Heads read by the attention parts (key/value heads for ``attn_k``/``attn_v``).
     token_pooling : str, float or list, default="auto"
         ``lasttoken``, ``mean``, ``max``, ``min``, ``cls``/``first``, a relative position in
         ``[0, 1]``, or ``auto`` (lasttoken for decoder-only models, mean for encoders). Several
@@ -99,7 +106,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
     """
 
     def __init__(self, model: Any = None, tokenizer: Any = None, *, layers: Any = "all",
-                 parts: Any = "resid_post", token_pooling: Any = "auto",
+                 parts: Any = "resid_post", heads: Any = "all", token_pooling: Any = "auto",
                  prompt_template: str | None = None, include_prompt: bool = True,
                  max_length: int | None = None, batch_size: int = 32, device: Any = "auto",
                  dtype: Any = "auto", revision: str | None = None, trust_remote_code: bool = False,
@@ -109,6 +116,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         self.tokenizer = tokenizer
         self.layers = layers
         self.parts = parts
+        self.heads = heads
         self.token_pooling = token_pooling
         self.prompt_template = prompt_template
         self.include_prompt = include_prompt
@@ -151,7 +159,12 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
             raise ValueError(f"max_length must be a positive integer or None, got {self.max_length!r}.")
         if not isinstance(self.include_prompt, bool):
             raise TypeError(f"include_prompt must be True or False, got {self.include_prompt!r}.")
-        _arch.validate_parts(self.parts)
+        parts = _attn_arch.validate_parts(self.parts)
+        if not (isinstance(self.heads, str) and self.heads == "all"):
+            if not any(_attn_arch.is_attn_part(p) for p in parts):
+                raise ValueError(f"heads={self.heads!r} applies to attention parts "
+                                 f"({list(_attn_arch.ATTN_PARTS)}), but parts={parts}.")
+            _attn_arch.check_heads(self.heads)  # ranges are checked once the model is loaded
         validate_pooling(self.token_pooling)
         _batching.split_template(self.prompt_template)
         if isinstance(self.layers, str) and self.layers != "all":
@@ -203,7 +216,8 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
     def _setup_layout(self) -> None:
         model = self.model_
         self.layer_indices_ = self._resolve_layers(_arch.n_blocks(model))
-        self.parts_ = _arch.validate_parts(self.parts)
+        self.parts_ = _attn_arch.expand_parts(model, _attn_arch.validate_parts(self.parts),
+                                              self.heads)
         self.poolings_ = validate_pooling(self.token_pooling, is_decoder=_arch.is_decoder(model))
         limit = self._model_max_length()
         if self.max_length is not None and self.max_length > limit:
@@ -219,7 +233,8 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
                   "revision": self.revision, "token_pooling": [pooling_name(p) for p in self.poolings_],
                   "prompt_template": self.prompt_template, "max_length": self.max_length_,
                   "dtype": self.compute_dtype_, "n_blocks": _arch.n_blocks(model),
-                  **({} if self.include_prompt else {"include_prompt": False})},
+                  **({} if self.include_prompt else {"include_prompt": False}),
+                  **_attn_arch.layout_meta(model, self.parts_)},
         )
         self.n_features_out_ = int(np.prod(self.layout_.shape))
 

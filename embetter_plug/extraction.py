@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import _arch, _batching
+from . import _arch, _attn_arch, _batching
 from ._hooks import Capture
 from ._token_pooling import pooling_name
 
@@ -60,7 +60,8 @@ class ActivationExtractor:
     layers : sequence of int
         Block indices (non-negative).
     parts : sequence of str
-        Canonical part names or module paths (see :mod:`embetter_plug._arch`).
+        Canonical part names or module paths (see :mod:`embetter_plug._arch`), or per-head
+        entries ``attn_z.h3`` (see :mod:`embetter_plug._attn_arch`).
     poolings : sequence of str or float
         Resolved token poolings (no ``"auto"``).
     max_length : int
@@ -105,12 +106,14 @@ class ActivationExtractor:
 
     def __post_init__(self):
         # resolving module paths here makes a bad part fail before any text is read
-        object.__setattr__(self, "_targets",
-                           _arch.resolve_targets(self.model, list(self.layers), list(self.parts)))
+        object.__setattr__(self, "_targets", _attn_arch.resolve_targets(
+            self.model, list(self.layers), list(self.parts)))
 
     @property
     def hidden_size(self) -> int:
-        return _arch.hidden_size(self.model)
+        """Width of each vector: the model's hidden size, ``d_head`` for per-head
+        ``attn_z``/``attn_q``/``attn_k``/``attn_v`` entries, 1 for attention metrics."""
+        return _attn_arch.part_width(self.model, self.parts)
 
     @property
     def shape(self) -> tuple[int, int, int]:

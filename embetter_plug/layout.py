@@ -74,7 +74,8 @@ def select_positions(sel: Any, labels: list, *, name: str, what: str) -> list[in
 
     For layers (``what="layer"``) ``labels`` are model block indices: an int is a block index,
     a negative one counts back from the last block present. For parts, a string is a part name
-    (aliases such as ``rs`` allowed) and an int a position on the part axis. ``"all"`` selects
+    (aliases such as ``rs`` allowed; an attention part such as ``attn_result`` selects all its
+    per-head entries ``attn_result.h0``, ...) and an int a position on the part axis. ``"all"`` selects
     everything. An item that is not there is an error naming what is.
     """
     from numbers import Integral
@@ -102,6 +103,10 @@ def select_positions(sel: Any, labels: list, *, name: str, what: str) -> list[in
                                  "(layers are model block indices; -1 is the last one present).")
         elif isinstance(item, str):
             canon = canonical_part(item)
+            heads = _head_entries(canon, labels)
+            if heads and canon not in labels:  # "attn_result": every head's entry
+                out.extend(heads)
+                continue
             if canon not in labels and item not in labels:
                 raise ValueError(f"part {item!r} is not in the input; its parts are {labels} "
                                  f"(or positions 0..{len(labels) - 1}).")
@@ -114,6 +119,14 @@ def select_positions(sel: Any, labels: list, *, name: str, what: str) -> list[in
     if len(set(out)) != len(out):
         raise ValueError(f"{name}={sel!r} names the same {what} twice.")
     return out
+
+
+def _head_entries(part: str, labels: list) -> list[int]:
+    """Positions of the per-head entries (``attn_z.h3``, ``attn_z.h3@mean``) of ``part``."""
+    from ._attn_arch import split_head
+
+    return [i for i, label in enumerate(labels) if isinstance(label, str)
+            and split_head(label)[1] is not None and split_head(label)[0] == part]
 
 
 def _rows_only(key) -> bool:

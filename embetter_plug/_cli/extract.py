@@ -26,6 +26,9 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--parts", default="resid_post",
                    help="comma-separated: resid_post (alias rs, resid), attn_out (attn), "
                         "mlp_out (mlp), resid_pre, or module paths such as 'h.{layer}.mlp'")
+    g.add_argument("--heads", default="all",
+                   help="attention heads read by per-head parts (attn_z, attn_result, attn_q, "
+                        "attn_k, attn_v, attn_entropy, ...): 'all' or comma-separated ints")
     g.add_argument("--token-pooling", default="auto",
                    help="comma-separated: auto, lasttoken, mean, max, min, cls, or a float in [0, 1]")
     g.add_argument("--prompt-template", default=None, help="e.g. '{text}<end_of_turn>'")
@@ -55,6 +58,15 @@ def _layers(value: str):
         raise ValueError(f"--layers {value!r}: use 'all' or comma-separated ints such as 0,3,-1.") from None
 
 
+def _heads(value: str):
+    if value == "all":
+        return "all"
+    try:
+        return [int(v) for v in _list(value)]
+    except ValueError:
+        raise ValueError(f"--heads {value!r}: use 'all' or comma-separated ints such as 0,3.") from None
+
+
 def _pooling(value: str):
     out = []
     for v in _list(value):
@@ -71,6 +83,7 @@ def encoder_from_args(args):
 
     return TransformerActivationEncoder(
         args.model, args.tokenizer, layers=_layers(args.layers), parts=_list(args.parts),
+        heads=_heads(getattr(args, "heads", "all")),
         token_pooling=_pooling(args.token_pooling), prompt_template=args.prompt_template,
         max_length=args.max_length, batch_size=args.batch_size, device=args.device,
         dtype=args.dtype, revision=args.revision, trust_remote_code=args.trust_remote_code,

@@ -242,6 +242,9 @@ def run(args) -> int:
             note.resume = "run the same command again with --overwrite" + cache
     results = ProbeResults.concat(all_results).with_context(dataset=dataset)
     _print_table(results, task)
+    from ._heads import report_heads
+
+    report_heads(results, out)  # per-head parts: a layer x head table (and heads.png)
     _write_outputs(results, out, args, encoders, best_slices, texts, y, estimator)
     return 0
 

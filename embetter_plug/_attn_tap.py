@@ -1,0 +1,157 @@
+"""Read an attention module's q, k, v, mask and output through transformers' attention registry.
+
+In transformers 5.x every attention module calls one function looked up by name in
+``AttentionInterface`` (``config._attn_implementation``), with the query after rotary embeddings
+``(B, heads, S, d)``, the keys and values before ``repeat_kv`` ``(B, kv_heads, S, d)`` and the
+model's own mask, and gets back ``(output (B, S, heads, d), weights or None)``.
+
+While a capture needs it, the configuration of a tapped module names a tap registered here
+(``"embetter_tap:<original>"``) that calls the model's *original* implementation (SDPA stays
+SDPA, eager stays the modeling file's own eager function) and hands everything to the capture of
+the calling thread. The tap is registered with the original implementation's mask function in
+``AttentionMaskInterface``, so the mask is exactly the one the model would build (causal,
+sliding-window, bidirectional). The name is switched back when the last capture on that
+configuration ends; a thread without a capture going through the tap meanwhile gets the
+original implementation's result unchanged.
+
+The post-softmax pattern is computed only when a target asks for it (:meth:`AttnCall.pattern`):
+the eager implementation's weights when the model runs eager, otherwise the modeling file's own
+``eager_attention_forward`` on the same q, k and mask (soft-capping and windows included).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import weakref
+
+__all__ = ["AttnCall", "PATTERN_IMPLEMENTATIONS", "attach", "original_implementation"]
+
+PREFIX = "embetter_tap:"
+# implementations whose mask we can turn into the eager one (patterns need it)
+PATTERN_IMPLEMENTATIONS = ("eager", "sdpa")
+
+_LOCK = threading.Lock()
+_DELIVER: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_SWITCHED: dict = {}  # id(config) -> [config, original name, users]
+
+
+def eager_function(module):
+    """The modeling file's own ``eager_attention_forward`` of ``module``."""
+    fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if fn is None:
+        raise ValueError(f"{type(module).__name__}'s modeling file has no eager attention "
+                         "function; its attention patterns cannot be computed.")
+    return fn
+
+
+def _implementation(orig: str):
+    from transformers import AttentionInterface
+
+    return AttentionInterface._global_mapping[orig]
+
+
+def _make_tap(orig: str):
+    def tap(module, query, key, value, attention_mask, **kwargs):
+        impl = eager_function(module) if orig == "eager" else _implementation(orig)
+        out, weights = impl(module, query, key, value, attention_mask, **kwargs)
+        deliver = _DELIVER.get(module)
+        if deliver is not None:
+            deliver(AttnCall(module, query, key, value, attention_mask, kwargs, out, weights))
+        return out, weights
+
+    return tap
+
+
+def _tap_name(orig) -> str:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    if not isinstance(orig, str) or (orig != "eager"
+                                     and orig not in AttentionInterface._global_mapping):
+        raise ValueError(f"attention implementation {orig!r} cannot be tapped; load the model "
+                         "with attn_implementation='sdpa' or 'eager'.")
+    masks = AttentionMaskInterface._global_mapping
+    if orig not in masks:
+        raise ValueError(f"attention implementation {orig!r} has no mask function registered "
+                         "in transformers' AttentionMaskInterface, so it cannot be tapped "
+                         "with the model's own mask; load the model with "
+                         "attn_implementation='sdpa' or 'eager'.")
+    name = PREFIX + orig
+    if name not in AttentionInterface._global_mapping:
+        AttentionInterface.register(name, _make_tap(orig))
+        AttentionMaskInterface.register(name, masks[orig])
+    return name
+
+
+class _Handle:
+    def __init__(self, module, config):
+        self.module, self.config = module, config
+
+    def remove(self):
+        with _LOCK:
+            _DELIVER.pop(self.module, None)
+            entry = _SWITCHED[id(self.config)]
+            entry[2] -= 1
+            if entry[2] == 0:
+                self.config._attn_implementation = entry[1]
+                del _SWITCHED[id(self.config)]
+
+
+def attach(module, deliver) -> _Handle:
+    """Send each call of ``module``'s attention function to ``deliver(AttnCall)``."""
+    config = module.config
+    with _LOCK:
+        entry = _SWITCHED.get(id(config))
+        if entry is None:
+            orig = config._attn_implementation
+            config._attn_implementation = _tap_name(orig)
+            entry = _SWITCHED[id(config)] = [config, orig, 0]
+        entry[2] += 1
+        _DELIVER[module] = deliver
+    return _Handle(module, config)
+
+
+def original_implementation(config) -> str:
+    """The attention implementation of ``config`` as the model has it (not the tap)."""
+    with _LOCK:
+        entry = _SWITCHED.get(id(config))
+    return entry[1] if entry is not None else config._attn_implementation
+
+
+def additive_mask(mask, module, query, key):
+    """The eager (additive float) form of the mask the attention function received."""
+    import torch
+
+    dtype = query.dtype
+    if mask is None:
+        q, k = query.shape[-2], key.shape[-2]
+        if not getattr(module, "is_causal", False) or q == 1:
+            return None  # no padding, bidirectional: nothing is masked
+        full = torch.full((q, k), torch.finfo(dtype).min, dtype=dtype, device=query.device)
+        return full.triu(k - q + 1)[None, None]
+    if mask.dtype == torch.bool:
+        return torch.where(mask, torch.zeros((), dtype=dtype, device=mask.device),
+                           torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=mask.device))
+    return mask
+
+
+class AttnCall:
+    """One call of an attention function: ``query`` ``(B, heads, S, d)``, ``key``/``value``
+    ``(B, kv_heads, S, d)``, the ``output`` ``(B, S, heads, d)`` and, on demand, the pattern.
+    ``memo`` holds what several targets of the same call share."""
+
+    def __init__(self, module, query, key, value, mask, kwargs, output, weights):
+        self.module, self.query, self.key, self.value = module, query, key, value
+        self.mask, self.kwargs, self.output = mask, kwargs, output
+        self._weights = weights
+        self.memo: dict = {}
+
+    def pattern(self):
+        """Post-softmax weights ``(B, heads, S_q, S_k)`` as float32."""
+        if self._weights is None:
+            mask = additive_mask(self.mask, self.module, self.query, self.key)
+            kwargs = {k: v for k, v in self.kwargs.items() if k not in ("is_causal", "dropout")}
+            _, self._weights = eager_function(self.module)(
+                self.module, self.query, self.key, self.value, mask, dropout=0.0, **kwargs)
+        return self._weights.float()

@@ -1,0 +1,97 @@
+"""`embetter-plug attention`: attention metrics per layer and head for a CSV's texts.
+
+Computes each metric (entropy, attention to the first token, mean attention distance, density,
+value and head-output norms; `--metrics`) per text, layer and head on the fly, one layer's
+pattern at a time, pools it over query tokens (`--token-pooling`, default mean), and prints the
+mean over texts as a layer x head table per metric. With `--out DIR` it writes
+`attention_metrics.csv` (tidy: metric, layer, head, mean, std over texts) and one layer x head
+heatmap per metric, `attention_<metric>.png`; a DIR holding an earlier run's files is refused
+unless `--overwrite`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._data import HelpFormatter, positive_int
+from .extract import add_encoder_arguments, encoder_from_args, read_texts
+
+METRICS_HELP = ("comma-separated attention metrics, or 'all': attn_entropy, attn_sink, "
+                "attn_distance, attn_density, attn_value_norm, attn_result_norm, "
+                "attn_weighted_value_norm")
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=help_text, description=__doc__,
+                                   formatter_class=HelpFormatter)
+    parser.add_argument("--data", default=None, help="CSV file (default: the built-in data set)")
+    parser.add_argument("--text-col", default="text", help="column of texts")
+    parser.add_argument("--split", default=None, help="keep rows whose 'split' column equals this")
+    parser.add_argument("--limit", type=positive_int, default=None, help="only the first N texts")
+    parser.add_argument("--metrics", default="all", help=METRICS_HELP)
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="write attention_metrics.csv and attention_<metric>.png here")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files of an earlier run in --out")
+    parser.add_argument("--progress", action="store_true", help="show a progress bar")
+    add_encoder_arguments(parser)
+    parser.set_defaults(run=run, token_pooling="mean", parts=None)
+    return parser
+
+
+def run(args) -> int:
+    from embetter_plug._attn_arch import METRICS, validate_parts
+    from embetter_plug.attention import head_scores, summarize_metrics
+
+    metrics = list(METRICS) if args.metrics == "all" else [
+        m.strip() for m in args.metrics.split(",") if m.strip()]
+    for m in metrics:
+        if m not in METRICS:
+            validate_parts([m])  # close matches for a typo
+            raise ValueError(f"--metrics {m!r} is not an attention metric; choose from "
+                             f"{list(METRICS)} or 'all'.")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {args.out!r} is a file; give a folder.")
+        if (out / "attention_metrics.csv").exists() and not args.overwrite:
+            raise ValueError(f"--out {args.out!r} already holds an earlier run's "
+                             "attention_metrics.csv; pass --overwrite to replace it, or choose "
+                             "another folder.")
+        out.mkdir(parents=True, exist_ok=True)
+    texts = read_texts(args.data, args.text_col, args.split, args.limit)
+    enc = encoder_from_args(argparse.Namespace(**{**vars(args), "parts": ",".join(metrics)}))
+    frame = _frame(enc, texts)
+    summary = summarize_metrics(frame)
+    tables = {m: head_scores(summary, m) for m in metrics}
+    for m, table in tables.items():
+        print(f"{m}: mean over {len(texts)} texts, layer (rows) x head (columns)")
+        print(table.round(3).to_string())
+    if out is not None:
+        summary.to_csv(out / "attention_metrics.csv", index=False)
+        _plots(tables, out)
+        print(f"wrote {out / 'attention_metrics.csv'} and {len(tables)} heatmaps in {out}")
+    return 0
+
+
+def _frame(enc, texts):
+    """The tidy per-text frame of a metrics encoder (see ``attention_metrics``)."""
+    from embetter_plug.attention import metrics_frame
+
+    return metrics_frame(enc.fit(texts).transform(texts), enc.layout_)
+
+
+def _plots(tables: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from embetter_plug.attention import plot_head_heatmap
+
+    for m, table in tables.items():
+        ax = plot_head_heatmap(table, title=m)
+        ax.figure.tight_layout()
+        ax.figure.savefig(out / f"attention_{m}.png", dpi=110)
+        plt.close(ax.figure)

@@ -1,0 +1,320 @@
+"""Look inside attention: patterns per text, attention metrics per head, layer x head heatmaps.
+
+- :func:`attention_patterns` returns, per text, the post-softmax pattern of every requested
+  layer and head over the text's real tokens (no padding), with the tokens;
+  :meth:`AttentionPattern.plot` draws one layer and head with the tokens on both axes, and
+  :meth:`AttentionPattern.to_html` writes a self-contained page to browse them.
+- :func:`attention_metrics` computes pattern metrics (entropy, attention to the first token,
+  mean distance, density, value and head-output norms) on the fly, one layer at a time, and
+  returns a tidy frame; :func:`summarize_metrics` averages it per layer and head and
+  :func:`plot_head_heatmap` draws a layer x head heatmap of one metric (or of per-head probe
+  scores, :func:`head_scores`).
+
+Per-head vectors and metrics as features (for ``LayerPooler`` and ``probe_layers``) come from
+:class:`~embetter_plug.TransformerActivationEncoder` with ``parts="attn_result"`` (or any
+attention part) and ``heads=``; see ``docs/attention.md``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import _arch, _attn_arch, _attn_parts, _batching
+from ._hooks import hook_manager
+from ._utils import check_texts, resolve_indices
+
+__all__ = ["AttentionPattern", "attention_metrics", "attention_patterns", "head_scores",
+           "metrics_frame", "plot_head_heatmap", "summarize_metrics"]
+
+
+@dataclass
+class AttentionPattern:
+    """The attention of one text: ``pattern[layer_pos, head_pos, query, key]`` over its real
+    tokens; ``layers`` are block indices, ``heads`` head indices."""
+
+    text: str
+    tokens: list
+    layers: tuple
+    heads: tuple
+    pattern: np.ndarray
+
+    def plot(self, layer: int, head: int, ax=None):
+        """Heatmap of one layer and head, queries down, keys across, tokens on both axes."""
+        import matplotlib.pyplot as plt
+
+        if layer not in self.layers or head not in self.heads:
+            raise ValueError(f"layer {layer}, head {head} not computed; this pattern holds "
+                             f"layers {list(self.layers)} and heads {list(self.heads)}.")
+        p = self.pattern[self.layers.index(layer), self.heads.index(head)]
+        if ax is None:
+            size = 2 + 0.25 * len(self.tokens)
+            _, ax = plt.subplots(figsize=(size + 1, size))
+        im = ax.imshow(p, cmap="viridis", vmin=0.0, vmax=1.0)
+        ticks = range(len(self.tokens))
+        ax.set_xticks(ticks, self.tokens, rotation=90, fontsize=8)
+        ax.set_yticks(ticks, self.tokens, fontsize=8)
+        ax.set_xlabel("key")
+        ax.set_ylabel("query")
+        ax.set_title(f"layer {layer}, head {head}")
+        ax.figure.colorbar(im, ax=ax, fraction=0.046)
+        return ax
+
+    def to_html(self, path, *, title: str | None = None):
+        """Write a self-contained HTML page showing the pattern of a chosen layer and head
+        (tokens on both axes, the weight on hover); returns the path."""
+        from ._attn_html import write_pattern_html
+
+        return write_pattern_html(self, path, title=title)
+
+
+def _model_and_settings(model, tokenizer, max_length, prompt_template):
+    """A fitted encoder gives its model, tokenizer and settings; a model needs a tokenizer."""
+    from .encoder import TransformerActivationEncoder
+
+    if isinstance(model, TransformerActivationEncoder):
+        enc = model
+        if getattr(enc, "model_", None) is None:
+            raise ValueError("the encoder is not fitted (or was unpickled without its model); "
+                             "call its fit() first.")
+        return (enc.model_, enc.tokenizer_, max_length or enc.max_length_,
+                prompt_template if prompt_template is not None else enc.prompt_template)
+    if tokenizer is None:
+        raise ValueError("attention_patterns needs the model's tokenizer (or pass a fitted "
+                         "TransformerActivationEncoder).")
+    limit = getattr(tokenizer, "model_max_length", None)
+    return model, tokenizer, max_length or (limit if limit and limit < 1_000_000 else 512), \
+        prompt_template
+
+
+class _Collector:
+    """Receives the attention calls of one forward and keeps each text's real-token pattern."""
+
+    def __init__(self, keys, heads, mask):
+        self.keys, self.heads, self.mask = keys, heads, mask.bool()
+        self.out: dict = {}
+
+    def receive(self, key, call):
+        p = call.pattern()[:, self.heads]  # (B, heads, S, S)
+        self.out[self.keys[key]] = [p[b][:, m][:, :, m].cpu().numpy()
+                                    for b, m in enumerate(self.mask)]
+
+
+def attention_patterns(model, tokenizer=None, texts: Sequence[str] = (), *, layers: Any = "all",
+                       heads: Any = "all", max_length: int | None = None, batch_size: int = 8,
+                       prompt_template: str | None = None) -> list[AttentionPattern]:
+    """Post-softmax attention patterns of ``texts`` over their real tokens.
+
+    Parameters
+    ----------
+    model : transformers model or fitted TransformerActivationEncoder
+        Its attention must go through transformers' attention function with the eager or SDPA
+        implementation (under SDPA the pattern is computed from the same q, k and mask by the
+        modeling file's eager function; the model's own implementation is left in place).
+    tokenizer : tokenizer, optional
+        Needed with a model (an encoder brings its own).
+    texts : list of str
+    layers : "all", int or list of int, default="all"
+        Block indices; negative ones count from the end.
+    heads : "all", int or list of int, default="all"
+    max_length, batch_size, prompt_template
+        As for the encoder; the pattern does not depend on how texts are batched.
+
+    Returns
+    -------
+    list of :class:`AttentionPattern`, one per text, each row summing to 1.
+
+    Examples
+    --------
+    >>> from embetter_plug.attention import attention_patterns
+    >>> from embetter_plug.testing import make_tiny_model
+    >>> model, tok = make_tiny_model("llama")
+    >>> pats = attention_patterns(model, tok, ["a short text", "another one"], layers=[0, 2])
+    >>> pats[0].pattern.shape == (2, 4, len(pats[0].tokens), len(pats[0].tokens))
+    True
+    >>> bool(abs(pats[0].pattern.sum(-1) - 1).max() < 1e-5)
+    True
+    """
+    import torch
+
+    texts = check_texts(texts)
+    model, tokenizer, max_length, template = _model_and_settings(model, tokenizer, max_length,
+                                                                 prompt_template)
+    layer_idx = resolve_indices(layers, _arch.n_blocks(model), name="layers", what="layer",
+                                context="the model", unit="blocks")
+    infos = [_attn_arch.attn_info(model, b) for b in _attn_arch.blocks(model, layer_idx)]
+    counts = {"n_heads": infos[0].n_heads, "n_kv_heads": infos[0].n_kv_heads}
+    head_idx = _attn_arch.select_heads(heads, "attn_z", counts)
+    budget = _attn_parts.PatternBudget(model, infos[0], len(layer_idx))
+    modules = {(id(i.core), "attn"): i.core for i in infos}
+    keys = {k: pos for pos, k in enumerate(modules)}
+    runner = _arch.runner(model)
+    pad = _batching.pad_id(tokenizer, model.config)
+    side = getattr(tokenizer, "padding_side", "right")
+    params = inspect.signature(runner.forward).parameters
+    use_pos = "position_ids" in params and not _arch.positions_from_padding(model)
+    extra = {"use_cache": False} if "use_cache" in params else {}
+    from .extraction import input_device
+
+    device = input_device(model)
+    prefix, suffix = _batching.split_template(template)
+    manager = hook_manager(model)
+    found: dict = {}
+    with manager.attached(modules), torch.inference_mode():
+        for plan in _batching.plan_chunks(tokenizer, texts, prefix, suffix, max_length,
+                                          batch_size):
+            for batch in plan.batches:
+                idx, seqs = batch[0], batch[1]
+                input_ids, mask, pos = _batching.pad_batch(seqs, pad, side)
+                budget.check_batch(*mask.shape)
+                kwargs = {"input_ids": input_ids, "attention_mask": mask}
+                if use_pos:
+                    kwargs["position_ids"] = pos
+                kwargs = {k: v.to(device) for k, v in kwargs.items()}
+                collector = _Collector(keys, head_idx, kwargs["attention_mask"])
+                with manager.routing(collector):
+                    runner(**kwargs, **extra)
+                for b, i in enumerate(idx):
+                    found[int(i)] = (seqs[b], np.stack([collector.out[li][b]
+                                                        for li in range(len(infos))]))
+    return [AttentionPattern(texts[i], tokenizer.convert_ids_to_tokens(list(found[i][0])),
+                             tuple(layer_idx), tuple(head_idx), found[i][1])
+            for i in range(len(texts))]
+
+
+def attention_metrics(model, tokenizer=None, texts: Sequence[str] = (), *,
+                      metrics: Any = "all", layers: Any = "all", heads: Any = "all",
+                      token_pooling: Any = "mean", **encoder_params):
+    """Attention metrics per text, layer and head, computed on the fly, as a tidy frame.
+
+    Each metric is a per-head part of :class:`~embetter_plug.TransformerActivationEncoder`
+    (``attn_entropy``, ``attn_sink``, ``attn_distance``, ``attn_density``,
+    ``attn_value_norm``, ``attn_result_norm``, ``attn_weighted_value_norm``; see
+    ``docs/attention.md``), pooled over query tokens with ``token_pooling``; no pattern is kept
+    beyond the layer being computed.
+
+    Returns
+    -------
+    pandas.DataFrame with columns ``text, layer, head, metric, value`` (``text`` is the row
+    position in ``texts``).
+
+    Examples
+    --------
+    >>> from embetter_plug.attention import attention_metrics, summarize_metrics
+    >>> from embetter_plug.testing import make_tiny_model
+    >>> model, tok = make_tiny_model("gpt2")
+    >>> frame = attention_metrics(model, tok, ["one text", "and another"],
+    ...                           metrics=["attn_entropy", "attn_sink"], layers=[0, 1])
+    >>> list(frame.columns), len(frame)
+    (['text', 'layer', 'head', 'metric', 'value'], 32)
+    >>> summarize_metrics(frame).shape
+    (16, 5)
+    """
+    from .encoder import TransformerActivationEncoder
+
+    names = list(_attn_arch.METRICS) if isinstance(metrics, str) and metrics == "all" else (
+        [metrics] if isinstance(metrics, str) else list(metrics))
+    for m in names:
+        if m not in _attn_arch.METRICS:
+            _attn_arch.validate_parts([m])  # close matches for attn_* typos
+            raise ValueError(f"{m!r} is not an attention metric; choose from "
+                             f"{list(_attn_arch.METRICS)}.")
+    enc = TransformerActivationEncoder(model, tokenizer, layers=layers, parts=names, heads=heads,
+                                       token_pooling=token_pooling, **encoder_params)
+    X = enc.fit_transform(list(texts))
+    return metrics_frame(X, enc.layout_)
+
+
+def metrics_frame(X, layout):
+    """Tidy ``text, layer, head, metric, value`` frame of an array of attention metrics
+    (``(n, layers, entries, 1)``, entries named ``attn_entropy.h3``)."""
+    import pandas as pd
+
+    n, L, P, _ = X.shape
+    parts = [_attn_arch.split_head(p) for p in layout.parts]
+    return pd.DataFrame({
+        "text": np.repeat(np.arange(n), L * P),
+        "layer": np.tile(np.repeat(np.asarray(layout.layers), P), n),
+        "head": np.tile([h for _, h in parts], n * L),
+        "metric": np.tile([p for p, _ in parts], n * L),
+        "value": np.asarray(X).reshape(-1).astype(float),
+    })
+
+
+def summarize_metrics(frame):
+    """Mean and standard deviation over texts per metric, layer and head (a tidy frame).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from embetter_plug.attention import summarize_metrics
+    >>> frame = pd.DataFrame({"text": [0, 1, 0, 1], "layer": [0, 0, 0, 0], "head": [0, 0, 1, 1],
+    ...                       "metric": ["attn_sink"] * 4, "value": [0.2, 0.4, 0.5, 0.7]})
+    >>> summarize_metrics(frame)[["head", "mean"]].round(2).values.tolist()
+    [[0.0, 0.3], [1.0, 0.6]]
+    """
+    out = frame.groupby(["metric", "layer", "head"], sort=True)["value"].agg(["mean", "std"])
+    return out.reset_index()
+
+
+def head_scores(frame, metric: str, *, value: str = "mean"):
+    """A layer x head table of ``value`` for one ``metric``.
+
+    ``frame`` has ``layer``, ``metric`` and either ``head`` (:func:`summarize_metrics` output)
+    or ``part`` with per-head names such as ``attn_result.h3`` (``ProbeResults.summary()`` of
+    per-head parts; with several token poolings, keep one pooling's rows first).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from embetter_plug.attention import head_scores
+    >>> summary = pd.DataFrame({"layer": [0, 0, 1, 1],
+    ...                         "part": ["attn_result.h0", "attn_result.h1"] * 2,
+    ...                         "metric": ["roc_auc"] * 4, "mean": [0.5, 0.9, 0.6, 0.7]})
+    >>> head_scores(summary, "roc_auc").values.tolist()
+    [[0.5, 0.9], [0.6, 0.7]]
+    """
+    frame = frame[frame["metric"] == metric]
+    if frame.empty:
+        raise ValueError(f"no rows for metric {metric!r}.")
+    if "head" not in frame.columns:
+        parts = frame["part"].astype(str)
+        poolings = {p.split("@", 1)[1] for p in parts if "@" in p}
+        if len(poolings) > 1:
+            raise ValueError(f"the frame holds several token poolings {sorted(poolings)}; keep "
+                             "one pooling's rows before making a layer x head table.")
+        split = parts.map(_attn_arch.split_head)
+        frame = frame.assign(head=split.map(lambda t: t[1])).dropna(subset=["head"])
+        frame = frame.assign(head=frame["head"].astype(int))
+        if frame.empty:
+            raise ValueError("no per-head parts (named like 'attn_result.h3') in the frame.")
+    return frame.pivot_table(index="layer", columns="head", values=value, aggfunc="mean")
+
+
+def plot_head_heatmap(table, *, title: str = "", ax=None, cmap: str = "viridis"):
+    """Draw a layer x head table (from :func:`head_scores`) as a heatmap; returns the axes.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from embetter_plug.attention import plot_head_heatmap
+    >>> table = pd.DataFrame([[0.5, 0.9], [0.6, 0.7]], index=[0, 1], columns=[0, 1])
+    >>> plot_head_heatmap(table, title="roc_auc").get_ylabel()
+    'layer'
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.5 + 0.45 * table.shape[1], 1.2 + 0.4 * table.shape[0]))
+    im = ax.imshow(table.to_numpy(dtype=float), cmap=cmap, aspect="auto")
+    ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns])
+    ax.set_yticks(range(table.shape[0]), [str(i) for i in table.index])
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    if title:
+        ax.set_title(title)
+    ax.figure.colorbar(im, ax=ax, fraction=0.046)
+    return ax
