@@ -33,7 +33,7 @@ def _eager_reference(model, tok, text):
             lambda m, a, out, l=l: got.__setitem__(("z", l), a[0][0])))
     try:
         with torch.no_grad():
-            out = model(**tok([text], return_tensors="pt"), output_attentions=True)
+            out = copy.deepcopy(model)(**tok([text], return_tensors="pt"), output_attentions=True)
     finally:
         for h in handles:
             h.remove()
@@ -46,11 +46,12 @@ def _eager_reference(model, tok, text):
 def test_patterns_equal_eager_output_attentions(family, side, batch_size):
     model, tok = make_tiny_model(family, padding_side=side)
     pats = attention_patterns(model, tok, TEXTS, layers="all", batch_size=batch_size)
+    reference = copy.deepcopy(model)
     if family == "gemma2":
         assert len(pats[2].tokens) > model.config.sliding_window  # the window masks keys
     for text, pat in zip(TEXTS, pats):
-        with torch.no_grad():
-            out = model(**tok([text], return_tensors="pt"), output_attentions=True)
+        with torch.no_grad():  # on a copy: transformers leaves capturing hooks behind
+            out = reference(**tok([text], return_tensors="pt"), output_attentions=True)
         ref = np.stack([a[0].numpy() for a in out.attentions])
         assert pat.tokens == tok.convert_ids_to_tokens(tok([text])["input_ids"][0])
         assert pat.pattern.shape == ref.shape
