@@ -163,9 +163,9 @@ def main(argv=None) -> None:
     lines = [f"{len(texts)} texts from {source} ({min(args.n_gpt2, len(texts))} for the "
              f"GPT-2-shaped model); batch size {BATCH}; mean pooling; {torch.get_num_threads()} "
              f"torch threads; least CPU time (`time.process_time`) of {args.repeats} "
-             "interleaved runs; both models run SDPA. The machine was shared with other jobs "
-             "during the run (load average about 10 on 2 cores), so CPU time of this process, "
-             "not wall time, is measured.",
+             "interleaved runs; both models run SDPA. CPU time of this process, not wall "
+             f"time, is measured (load average {os.getloadavg()[0]:.1f} on "
+             f"{os.cpu_count()} cores when the run started).",
              "", "### Cost against a bare forward over the same batches", "",
              "| model | parts (every layer) | entries per layer | CPU seconds | ours / bare |",
              "| --- | --- | --- | --- | --- |"]
