@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._data import HelpFormatter, positive_int
-from .extract import add_encoder_arguments, encoder_from_args, read_texts
+from ._data import HelpFormatter
+from .extract import add_encoder_arguments, add_text_arguments, encoder_from_args, read_texts
 
 METRICS_HELP = ("comma-separated attention metrics, or 'all': attn_entropy, attn_sink, "
                 "attn_distance, attn_density, attn_value_norm, attn_result_norm, "
@@ -25,10 +25,7 @@ METRICS_HELP = ("comma-separated attention metrics, or 'all': attn_entropy, attn
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help_text, description=__doc__,
                                    formatter_class=HelpFormatter)
-    parser.add_argument("--data", default=None, help="CSV file (default: the built-in data set)")
-    parser.add_argument("--text-col", default="text", help="column of texts")
-    parser.add_argument("--split", default=None, help="keep rows whose 'split' column equals this")
-    parser.add_argument("--limit", type=positive_int, default=None, help="only the first N texts")
+    add_text_arguments(parser)
     parser.add_argument("--metrics", default="all", help=METRICS_HELP)
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="write attention_metrics.csv and attention_<metric>.png here")

@@ -106,13 +106,19 @@ def read_texts(path: str | None, text_col: str, split: str | None = None,
     return df[text_col].astype(str).tolist()
 
 
-def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(name, help=help_text, description=__doc__,
-                                   formatter_class=HelpFormatter)
+def add_text_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the texts come from: ``--data``, ``--text-col``, ``--split``, ``--limit`` (read
+    with :func:`read_texts`)."""
     parser.add_argument("--data", default=None, help="CSV file (default: the built-in data set)")
     parser.add_argument("--text-col", default="text", help="column of texts")
     parser.add_argument("--split", default=None, help="keep rows whose 'split' column equals this")
     parser.add_argument("--limit", type=positive_int, default=None, help="only the first N texts")
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=help_text, description=__doc__,
+                                   formatter_class=HelpFormatter)
+    add_text_arguments(parser)
     parser.add_argument("--out", required=True,
                         help="a .npz file, or a folder to stream shards into (resumable)")
     parser.add_argument("--shard-size", type=positive_int, default=None,
