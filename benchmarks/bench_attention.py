@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from _report import write_section  # noqa: E402
+import bench_encoder as encoder_bench  # noqa: E402
 from bench_encoder import BATCH, bare_forward_fn, load_texts  # noqa: E402
 from embetter_plug import TransformerActivationEncoder  # noqa: E402
 from embetter_plug._attn_arch import METRICS  # noqa: E402
@@ -45,28 +46,13 @@ LENGTHS = (128, 512, 2048)
 
 def gpt2_small_shaped(attn="sdpa"):
     """A random 12 x 768 GPT-2 (12 heads) with MiniLM's vocabulary, 2,048 positions."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2Model
-
-    tok = AutoTokenizer.from_pretrained(default_model_path())
-    tok.model_max_length = 2048
-    cfg = GPT2Config(vocab_size=len(tok), n_embd=768, n_layer=12, n_head=12, n_positions=2048,
-                     bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
-                     pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    return GPT2Model._from_config(cfg, attn_implementation=attn).eval(), tok
+    return encoder_bench.gpt2_small_shaped(attn, n_positions=2048)
 
 
 def interleaved_cpu(fns: dict, repeats: int) -> dict[str, float]:
-    """Run each function ``repeats`` times in turns; the least CPU time (``process_time``, all
-    threads of this process) of each. CPU time, unlike wall time, is not inflated by other jobs
-    taking turns on a shared machine."""
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.process_time()
-            fn()
-            times[k].append(time.process_time() - t0)
-    return {k: min(v) for k, v in times.items()}
+    """The least CPU time (all threads of this process) of each, in turns: unlike wall time,
+    not inflated by other jobs taking turns on a shared machine."""
+    return encoder_bench.interleaved(fns, repeats, clock=time.process_time)
 
 
 def cost_rows(name, model, tok, texts, repeats):
