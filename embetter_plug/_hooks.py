@@ -275,18 +275,21 @@ class Capture:
             self._buf[:, rows, pi * k:(pi + 1) * k, :] = pooled[:, None] if li is None else pooled
 
     def run(self, forward: Callable[[], object], mask, *, stop_early: bool = True,
-            pool_mask=None):
+            pool_mask=None, modalities=None, image_rows=None):
         """Call ``forward()`` with the hooks live; return ``(B, n_layers, parts*poolings, H)``.
 
         Use inside ``with capture:``. ``pool_mask`` (``(B, T)``, default ``mask``) limits
-        mean/max/min pooling to some tokens.
+        mean/max/min pooling to some tokens; ``modalities`` (``{"image": (B, T), ...}``) serves
+        modality-limited poolings; ``image_rows`` (the batch row of each image, in the order the
+        model reads the images) serves targets inside a vision tower.
         """
         import torch
 
         for check in self._checks:
             check(*mask.shape)
         self._stop_early = stop_early
-        self._pool = make_pooler(mask, self.poolings, pool_mask=pool_mask)
+        self._pool = make_pooler(mask, self.poolings, pool_mask=pool_mask, modalities=modalities)
+        self._pool.image_rows = image_rows
         self._shape = tuple(mask.shape)
         self._remaining = len(self._slots)
         self._calls: dict = defaultdict(int)

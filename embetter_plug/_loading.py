@@ -216,3 +216,34 @@ def load_tokenizer(tokenizer: Any, model, source: str | None, *, revision=None,
     with _explained("tokenizer" if tokenizer is not None else "the tokenizer of model", name):
         return AutoTokenizer.from_pretrained(name, revision=revision,
                                              trust_remote_code=trust_remote_code)
+
+
+def load_processor(processor: Any, model, source: str | None, *, revision=None,
+                   trust_remote_code=False, required: bool = False):
+    """The processor of a model that reads images: the given instance, or ``AutoProcessor`` from
+    a name/folder or the model's source. ``None`` where none can be found and none is
+    ``required`` (a vision-language model still reads plain texts without one)."""
+    if processor is not None and not isinstance(processor, (str, os.PathLike)):
+        return processor
+    from transformers import AutoProcessor
+
+    name = os.fspath(processor) if processor is not None else source
+    if name is None:
+        name = getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")
+        if not name or not Path(name).is_dir():
+            if required:
+                raise ValueError(
+                    f"{type(model).__name__} reads images, and was given as an instance without "
+                    "a folder to find its processor in; pass processor= an AutoProcessor "
+                    "instance, a folder or a hub name."
+                )
+            return None
+    try:
+        with _explained("the processor of" if processor is None else "processor", name):
+            return AutoProcessor.from_pretrained(name, revision=revision,
+                                                 trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        if required or processor is not None:
+            raise
+        logger.info("no processor found for %s; image+text samples need processor=", name)
+        return None

@@ -4,6 +4,10 @@ Names follow sentence-transformers (``mean``, ``max``, ``cls``, ``lasttoken``) p
 ``first``; a float in ``[0, 1]`` picks one token by its relative position among each text's real
 tokens (``0.0`` is the first, ``0.5`` the middle, ``1.0`` the last). Every method reads the
 attention mask, so it is right under left and right padding alike.
+
+With images, a pooling may be limited to one modality: ``"image:mean"`` averages the image tokens
+only, ``"text:lasttoken"`` takes the last text token (see :data:`MODALITIES`). A text with no token
+of that modality gets NaN for that pooling.
 """
 
 from __future__ import annotations
@@ -12,6 +16,15 @@ from numbers import Real
 from typing import Any, Sequence
 
 POOLINGS = ("lasttoken", "mean", "max", "min", "cls", "first")
+MODALITIES = ("image", "text")
+
+
+def split_modality(p: str | float) -> tuple[str | None, str | float]:
+    """``"image:mean"`` -> ``("image", "mean")``; ``"mean"`` -> ``(None, "mean")``."""
+    if isinstance(p, str) and ":" in p:
+        modality, base = p.split(":", 1)
+        return modality, base
+    return None, p
 
 
 def validate_pooling(token_pooling: Any, *, is_decoder: bool | None = None) -> list[str | float]:
@@ -39,10 +52,13 @@ def validate_pooling(token_pooling: Any, *, is_decoder: bool | None = None) -> l
                     out.append(p)
                     continue
                 p = "lasttoken" if is_decoder else "mean"
-            if p not in POOLINGS:
+            modality, base = split_modality(p)
+            if base not in POOLINGS or (modality is not None and modality not in MODALITIES):
                 raise ValueError(
                     f"token_pooling {p!r} is not supported; valid values are "
-                    f"{['auto', *POOLINGS]} or a float in [0, 1] (relative token position)."
+                    f"{['auto', *POOLINGS]}, a float in [0, 1] (relative token position), or a "
+                    f"name limited to one modality such as 'image:mean' (modalities "
+                    f"{list(MODALITIES)})."
                 )
             out.append(p)
         elif isinstance(p, Real) and not isinstance(p, bool):
@@ -64,48 +80,69 @@ def pooling_name(p: str | float) -> str:
     return p if isinstance(p, str) else f"pos{p:g}"
 
 
-def make_pooler(mask, poolings: Sequence[str | float], pool_mask=None):
+def make_pooler(mask, poolings: Sequence[str | float], pool_mask=None, modalities=None):
     """Return ``pool(hidden)`` mapping ``(B, T, H)`` to ``(B, len(poolings), H)`` float32.
 
-    Everything that depends only on ``mask`` (``(B, T)``, 1 on real tokens, padding on either
-    side) is computed here once per batch, so each hooked module pays only for the pooling.
-    ``pool_mask`` (default ``mask``) marks the tokens that ``mean``/``max``/``min`` read, e.g. the
-    text without its prompt template; positional poolings always count all real tokens.
+    Everything that depends only on the masks (``mask``: ``(B, T)``, 1 on real tokens, padding
+    on either side) is computed here once per batch, so each hooked module pays only for the
+    pooling. ``pool_mask`` (default ``mask``) marks the tokens that ``mean``/``max``/``min`` read,
+    e.g. the text without its prompt template; positional poolings count all real tokens.
+    ``modalities`` maps ``"image"``/``"text"`` to ``(B, T)`` masks for modality-limited poolings
+    (``"image:mean"``); such a pooling reads only that modality's real tokens.
     """
     import torch
 
     keep = mask.bool()
-    n_real = keep.sum(1).clamp(min=1)  # (B,)
     agg = keep if pool_mask is None else pool_mask.bool() & keep
-    n_agg = agg.sum(1).clamp(min=1)
-    weights = (agg.float() / n_agg[:, None].float())[:, None, :]  # (B, 1, T): mean as a bmm
-    rank = keep.long().cumsum(1) - 1  # rank of each real token within its text
     rows = torch.arange(mask.shape[0], device=mask.device)
-    index = {}
+    plan = []  # per pooling: (kind, data, rows with no token to read)
     for p in poolings:
-        if isinstance(p, str) and p in ("mean", "max", "min"):
-            continue
-        if p in ("cls", "first"):
-            target = torch.zeros_like(n_real)
-        elif p == "lasttoken":
-            target = n_real - 1
+        modality, base = split_modality(p)
+        if modality is None:
+            sel = agg if base in ("mean", "max", "min") else keep
         else:
-            target = torch.round(float(p) * (n_real - 1).float()).long()
-        index[p] = ((rank == target[:, None]) & keep).long().argmax(1)
-    pad = ~agg[..., None]
+            if not modalities or modality not in modalities:
+                plan.append(("missing", p, None))  # an error only if a module is pooled so
+                continue
+            sel = keep & modalities[modality].bool()
+            if modality == "text" and base in ("mean", "max", "min"):
+                sel = sel & agg
+        count = sel.sum(1)
+        empty = count == 0
+        if base == "mean":
+            data = (sel.float() / count.clamp(min=1)[:, None].float())[:, None, :]  # bmm weights
+        elif base in ("max", "min"):
+            data = ~sel[..., None]
+        else:
+            rank = sel.long().cumsum(1) - 1  # rank of each token among the selected ones
+            if base in ("cls", "first"):
+                target = torch.zeros_like(count)
+            elif base == "lasttoken":
+                target = (count - 1).clamp(min=0)
+            else:
+                target = torch.round(float(base) * (count - 1).clamp(min=0).float()).long()
+            data = ((rank == target[:, None]) & sel).long().argmax(1)
+        plan.append((base, data, empty if bool(empty.any()) else None))
 
     def pool(hidden):
         hidden = hidden.float()
         out = []
-        for p in poolings:
-            if p == "mean":
-                out.append(torch.bmm(weights, hidden)[:, 0])
-            elif p == "max":
-                out.append(hidden.masked_fill(pad, float("-inf")).amax(1))
-            elif p == "min":
-                out.append(hidden.masked_fill(pad, float("inf")).amin(1))
+        for base, data, empty in plan:
+            if base == "missing":
+                raise ValueError(f"token_pooling {data!r} needs to know which tokens are "
+                                 f"{split_modality(data)[0]} tokens, and these inputs do not say "
+                                 "(pass image+text samples).")
+            if base == "mean":
+                v = torch.bmm(data, hidden)[:, 0]
+            elif base == "max":
+                v = hidden.masked_fill(data, float("-inf")).amax(1)
+            elif base == "min":
+                v = hidden.masked_fill(data, float("inf")).amin(1)
             else:
-                out.append(hidden[rows, index[p]])
+                v = hidden[rows, data]
+            if empty is not None:
+                v = v.masked_fill(empty[:, None], float("nan"))
+            out.append(v)
         return torch.stack(out, 1)
 
     pool.poolings, pool.mask = tuple(poolings), mask  # for readers that need the token mask

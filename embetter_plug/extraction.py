@@ -23,9 +23,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import _arch, _attn_arch, _batching
+from . import _arch, _attn_arch, _batching, _vision
 from ._hooks import Capture
-from ._token_pooling import pooling_name
+from ._token_pooling import pooling_name, split_modality
+from .samples import has_images
 
 __all__ = ["ActivationExtractor", "input_device"]
 
@@ -72,6 +73,10 @@ class ActivationExtractor:
         When False, ``mean``/``max``/``min`` pool over the text's own tokens only (the template
         and the special tokens the tokenizer adds are left out), like sentence-transformers'
         ``include_prompt=False``.
+    processor : transformers processor or None, default=None
+        Turns image+text samples (:class:`~embetter_plug.samples.Sample`) into model inputs:
+        the ``AutoProcessor`` of a vision-language model, the image processor of a vision
+        encoder. Plain texts always go through ``tokenizer``.
     autocast_dtype : torch.dtype or None, default=None
         Run the forward under autocast to this dtype.
     warn_truncation : bool, default=True
@@ -99,6 +104,7 @@ class ActivationExtractor:
     batch_size: int = 32
     prompt_template: str | None = None
     include_prompt: bool = True
+    processor: Any = None
     autocast_dtype: Any = None
     warn_truncation: bool = True
     verbose: bool = False
@@ -106,14 +112,24 @@ class ActivationExtractor:
 
     def __post_init__(self):
         # resolving module paths here makes a bad part fail before any text is read
-        object.__setattr__(self, "_targets", _attn_arch.resolve_targets(
-            self.model, list(self.layers), list(self.parts)))
+        tower, parts = self._stack()
+        if tower:
+            targets = _vision.tower_targets(self.model, list(self.layers), parts)
+        else:
+            targets = _attn_arch.resolve_targets(self.model, list(self.layers), parts)
+        object.__setattr__(self, "_targets", targets)
+
+    def _stack(self) -> tuple[bool, list[str]]:
+        """``(reads a vision tower, parts without the 'vision.' prefix)``."""
+        tower, parts = _vision.split_stack(self.parts)
+        return tower or _vision.is_vision_only(self.model), parts
 
     @property
     def hidden_size(self) -> int:
-        """Width of each vector: the model's hidden size, ``d_head`` for per-head
+        """Width of each vector: the stack's hidden size, ``d_head`` for per-head
         ``attn_z``/``attn_q``/``attn_k``/``attn_v`` entries, 1 for attention metrics."""
-        return _attn_arch.part_width(self.model, self.parts)
+        tower, parts = self._stack()
+        return _attn_arch.part_width(_vision.stack_model(self.model, tower), parts)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -145,14 +161,20 @@ class ActivationExtractor:
                 on_batch(idx, out[idx])
         return out
 
-    def iter_batches(self, texts: Sequence[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_batches(self, texts: Sequence[Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(row_indices, activations)`` per batch, longest texts first per chunk.
 
-        Texts are tokenized chunk by chunk (on CUDA the next chunk while the current one runs).
+        Texts are tokenized chunk by chunk (on CUDA the next chunk while the current one runs);
+        image+text samples go through the processor one by one (see
+        :mod:`embetter_plug._mm_batching`).
         """
         from ._progress import iterate
 
         texts = list(texts)
+        if has_images(texts) or _vision.is_vision_only(self.model):
+            yield from self._iter_samples(texts)
+            return
+        self._check_text_inputs()
         prefix, suffix = _batching.split_template(self.prompt_template)
         plans = _batching.plan_chunks(self.tokenizer, texts, prefix, suffix, self.max_length,
                                       self.batch_size, spans=not self.include_prompt)
@@ -175,6 +197,83 @@ class ActivationExtractor:
                            total=_batching.n_batches(len(texts), self.batch_size),
                            disable=not self.verbose, desc="encoding", unit="batch",
                            size=lambda batch: len(batch[0]))
+
+    def _check_text_inputs(self) -> None:
+        tower, _ = self._stack()
+        modal = [pooling_name(p) for p in self.poolings if split_modality(p)[0] is not None]
+        if tower or modal:
+            what = f"token_pooling {modal}" if modal else "'vision.' parts"
+            raise ValueError(f"{what} read images, but the inputs are plain texts; pass image+"
+                             "text samples ({'text': ..., 'image': ...}).")
+
+    def _iter_samples(self, samples) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        from . import _mm_batching
+        from ._progress import iterate
+
+        vision_only = _vision.is_vision_only(self.model)
+        if not has_images(samples):  # texts given to a vision encoder
+            raise ValueError(f"{type(self.model).__name__} is a vision encoder: pass images "
+                             "(PIL images, arrays, {'image': path} dicts), not texts.")
+        if self.processor is None:
+            raise ValueError(f"image+text samples need a processor, and none was given for "
+                             f"{type(self.model).__name__}; pass processor= (a name, folder or "
+                             "AutoProcessor instance).")
+        _mm_batching.check_samples(samples, self.processor, vision_only=vision_only,
+                                   prompt_template=self.prompt_template)
+        tower, _ = self._stack()
+        no_image = [i for i, s in enumerate(samples) if s.image is None]
+        if tower and no_image:
+            raise ValueError(f"'vision.' parts read each sample's image, but samples "
+                             f"{no_image[:10]} have none; drop them or read the language stack.")
+        modal = [p for p in self.poolings if split_modality(p)[0] == "text"]
+        if tower and modal:
+            raise ValueError(f"token_pooling {modal}: a vision tower has no text tokens; use "
+                             "'cls', 'mean' or 'image:mean' (patches without the class token).")
+        tokenizer = getattr(self.processor, "tokenizer", None) or self.tokenizer
+        pad = 0 if vision_only else _batching.pad_id(tokenizer, self.model.config)
+        batches = _mm_batching.plan_batches(
+            self.processor, samples, self.batch_size, vision_only=vision_only,
+            max_length=self.max_length, pad_id=pad, prompt_template=self.prompt_template)
+        yield from iterate(self._run_samples(batches, vision_only),
+                           total=-(-len(samples) // self.batch_size), disable=not self.verbose,
+                           desc="encoding", unit="batch", size=lambda batch: len(batch[0]))
+
+    def _run_samples(self, batches, vision_only: bool):
+        """``(row_indices, activations)`` per ``(row_indices, model inputs, image rows)``."""
+        import torch
+
+        from ._mm_batching import image_token_ids
+
+        device = input_device(self.model)
+        forward = self.model
+        base = _arch.base_model(self.model)
+        if base is not self.model and "pixel_values" in inspect.signature(base.forward).parameters:
+            forward = base  # no LM head
+        params = inspect.signature(forward.forward).parameters
+        extra = {"use_cache": False} if "use_cache" in params else {}
+        dtype = next(self.model.parameters()).dtype
+        image_ids = torch.tensor(image_token_ids(self.model, self.processor) or [-1],
+                                 device=device)
+        L, P, H = self.shape
+        capture = Capture(self.model, self._targets, L, len(self.parts), self.poolings, H,
+                          list(self.parts))
+        autocast = (torch.autocast(device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None else contextlib.nullcontext())
+        with capture, torch.inference_mode(), autocast:
+            for idx, inputs, with_image in batches:
+                inputs = {k: v.to(device, dtype=dtype if v.is_floating_point() else None)
+                          for k, v in inputs.items()}
+                if vision_only:
+                    mask = torch.ones((len(idx), 1), dtype=torch.long, device=device)
+                    modalities = None
+                else:
+                    mask = inputs["attention_mask"]
+                    image = torch.isin(inputs["input_ids"], image_ids)
+                    modalities = {"image": image, "text": ~image}
+                rows = torch.as_tensor(with_image, device=device)
+                acts = capture.run(lambda: forward(**inputs, **extra), mask,
+                                   modalities=modalities, image_rows=rows)
+                yield idx, acts.cpu().numpy()
 
     def _run(self, batches, device):
         """``(row_indices, activations)`` per ``(row_indices, token ids[, spans])`` batch."""

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["load_identity", "extraction_identity", "identity_digest", "model_fingerprint",
-           "tokenizer_fingerprint"]
+           "processor_fingerprint", "tokenizer_fingerprint"]
 
 _VERSION = 2
 # from_pretrained options that place or fetch the weights without changing what they compute
@@ -137,8 +137,29 @@ def tokenizer_fingerprint(tok) -> str:
     return fp
 
 
+def processor_fingerprint(processor) -> str:
+    """Identity of a processor: its image settings (sizes, normalisation, ...), chat template
+    and tokenizer."""
+    settings = {}
+    for name in ("image_processor", "video_processor"):
+        sub = getattr(processor, name, None)
+        if sub is not None and hasattr(sub, "to_dict"):
+            settings[name] = sub.to_dict()
+    if not settings and hasattr(processor, "to_dict"):  # an image processor on its own
+        settings["self"] = processor.to_dict()
+    for name in ("chat_template", "image_token", "num_image_tokens", "image_seq_length",
+                 "patch_size", "num_additional_image_tokens", "vision_feature_select_strategy"):
+        value = getattr(processor, name, None)
+        if value is not None:
+            settings[name] = value
+    tok = getattr(processor, "tokenizer", None)
+    return _sha(type(processor).__name__, json.dumps(settings, sort_keys=True, default=str),
+                tokenizer_fingerprint(tok) if tok is not None else "")
+
+
 def load_identity(model, tokenizer, *, source: str | None, revision: str | None = None,
-                  model_kwargs: dict | None = None, dtype: str = "float32") -> dict[str, Any]:
+                  model_kwargs: dict | None = None, dtype: str = "float32",
+                  processor=None) -> dict[str, Any]:
     """Which weights, loaded how, tokenized how: a JSON-serialisable dict.
 
     Examples
@@ -151,9 +172,12 @@ def load_identity(model, tokenizer, *, source: str | None, revision: str | None 
     >>> a == b
     False
     """
-    return {"v": _VERSION, "model": model_fingerprint(model, source, revision),
-            "model_kwargs": canonical_kwargs(model_kwargs), "dtype": dtype,
-            "tokenizer": tokenizer_fingerprint(tokenizer)}
+    out = {"v": _VERSION, "model": model_fingerprint(model, source, revision),
+           "model_kwargs": canonical_kwargs(model_kwargs), "dtype": dtype,
+           "tokenizer": tokenizer_fingerprint(tokenizer) if tokenizer is not None else None}
+    if processor is not None:  # images: the keys of text-only runs stay as they were
+        out["processor"] = processor_fingerprint(processor)
+    return out
 
 
 def extraction_identity(load: dict, *, prompt_template: str | None, max_length: int,

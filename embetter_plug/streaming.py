@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ._progress import advance_to, overall
-from ._utils import check_texts, logger
+from ._utils import logger
+from .samples import check_inputs
 from .io import (DATA, FORMAT, FORMAT_VERSION, MANIFEST, STORE_DTYPES, _read_manifest,
                  atomic_write, check_storable)
 
@@ -74,7 +75,7 @@ def texts_digest(texts) -> str:
     """SHA-256 over the texts (length-prefixed), to recognise the same input on resume."""
     h = hashlib.sha256()
     for t in texts:
-        b = t.encode("utf-8")
+        b = str(t).encode("utf-8")  # a sample's content key (embetter_plug.samples)
         h.update(len(b).to_bytes(8, "little"))
         h.update(b)
     return h.hexdigest()
@@ -238,7 +239,7 @@ def extract_to(encoder, folder: str | os.PathLike, texts, *, shard_size: int | N
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(encoder, "layout_")
-    texts = check_texts(texts, name="texts")
+    texts = check_inputs(texts, name="texts")
     plan = extraction_plan(encoder, folder, texts, shard_size=shard_size,
                            store_dtype=store_dtype, overwrite=overwrite)
     writer = ShardWriter.open(folder, plan, overwrite=overwrite)

@@ -1,0 +1,144 @@
+"""Images as the encoder takes them: checked up front, fingerprinted by content, read as RGB.
+
+An image may be a PIL image, a path (``str`` or :class:`pathlib.Path`), encoded bytes (PNG,
+JPEG, ...) or an array (``H x W`` grey, ``H x W x 3`` RGB or ``H x W x 4`` RGBA; ``uint8``, or
+floats in ``[0, 1]``). :func:`check_image` runs before any model work: a missing or unreadable
+file, a wrongly shaped array or an image mode that cannot become RGB is named with its row.
+:func:`image_digest` keys the activation cache on the image's content, so changed pixels miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["check_image", "image_digest", "is_image", "load_image"]
+
+# modes PIL converts to RGB without losing what the picture shows
+_CONVERTIBLE = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB",
+                "HSV", "I", "I;16", "I;16B", "I;16L", "F", "La"}
+
+
+def is_image(obj: Any) -> bool:
+    """Whether ``obj`` is a PIL image, bytes or a 2-D/3-D array (a path is only known as an
+    image by where it is given)."""
+    from PIL import Image
+
+    return (isinstance(obj, (Image.Image, bytes, bytearray))
+            or (isinstance(obj, np.ndarray) and obj.ndim in (2, 3)))
+
+
+def _array_problem(a: np.ndarray) -> str | None:
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+        return (f"an array of shape {a.shape}; give H x W (grey), H x W x 3 (RGB) or "
+                "H x W x 4 (RGBA)")
+    if a.size == 0:
+        return f"an empty array of shape {a.shape}"
+    if a.dtype == np.uint8:
+        return None
+    if np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer):
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        if np.issubdtype(a.dtype, np.floating) and 0.0 <= lo and hi <= 1.0:
+            return None
+        return (f"a {a.dtype} array with values in [{lo:g}, {hi:g}]; give uint8 (0-255) or "
+                "floats in [0, 1], e.g. (a / a.max() * 255).astype('uint8')")
+    return f"an array of dtype {a.dtype}; give uint8 or floats in [0, 1]"
+
+
+def check_image(obj: Any, where: str) -> None:
+    """Raise a clear error when ``obj`` cannot be read as an image (``where`` names the row).
+
+    Files are opened only to read their header; nothing is decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(obj, Image.Image):
+        mode = obj.mode
+    elif isinstance(obj, (str, Path)):
+        path = Path(obj)
+        if not path.is_file():
+            raise FileNotFoundError(f"{where}: image file {str(obj)!r} does not exist (relative "
+                                    f"paths are read from {Path.cwd()}).")
+        try:
+            with Image.open(path) as im:
+                mode = im.mode
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"{where}: {str(obj)!r} is not a readable image ({e}).") from None
+    elif isinstance(obj, (bytes, bytearray)):
+        try:
+            with Image.open(io.BytesIO(obj)) as im:
+                mode = im.mode
+        except (UnidentifiedImageError, OSError):
+            raise ValueError(f"{where}: {len(obj)} bytes that are not an image file (PNG, JPEG, "
+                             "...).") from None
+    elif isinstance(obj, np.ndarray) or hasattr(obj, "__array__") and not isinstance(obj, str):
+        problem = _array_problem(np.asarray(obj))
+        if problem:
+            raise ValueError(f"{where}: the image is {problem}.")
+        return
+    else:
+        raise TypeError(f"{where}: {type(obj).__name__} is not an image; give a PIL image, a "
+                        "path, encoded bytes or an H x W (x 3) array.")
+    if mode not in _CONVERTIBLE:
+        raise ValueError(f"{where}: image mode {mode!r} cannot be converted to RGB; convert it "
+                         f"first (modes read as RGB: {sorted(_CONVERTIBLE)}).")
+
+
+def load_image(obj: Any):
+    """``obj`` as an RGB PIL image (alpha composited on white, grey repeated)."""
+    from PIL import Image
+
+    if isinstance(obj, (str, Path)):
+        with Image.open(obj) as im:
+            im.load()
+            img = im
+    elif isinstance(obj, (bytes, bytearray)):
+        img = Image.open(io.BytesIO(obj))
+        img.load()
+    elif isinstance(obj, Image.Image):
+        img = obj
+    else:
+        a = np.asarray(obj)
+        if a.dtype != np.uint8:
+            a = np.round(a.astype(np.float64) * 255).astype(np.uint8)
+        if a.ndim == 3 and a.shape[2] == 1:
+            a = a[:, :, 0]
+        img = Image.fromarray(a)
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P"
+                                                          and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # wide greys: scale to 8 bits
+        a = np.asarray(img, dtype=np.float64)
+        hi = a.max() or 1.0
+        img = Image.fromarray(np.round(a / hi * 255).astype(np.uint8))
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def image_digest(obj: Any) -> str:
+    """SHA-256 of an image's content: a file's or buffer's bytes, an array's or PIL image's
+    pixels (with shape and mode), so that changed pixels give a new digest."""
+    from PIL import Image
+
+    h = hashlib.sha256()
+    if isinstance(obj, (str, Path)):
+        with open(obj, "rb") as f:
+            for chunk in iter(lambda: f.read(2**20), b""):
+                h.update(chunk)
+        return "file:" + h.hexdigest()
+    if isinstance(obj, (bytes, bytearray)):
+        h.update(obj)
+        return "file:" + h.hexdigest()
+    if isinstance(obj, Image.Image):
+        h.update(f"{obj.mode}|{obj.size}".encode())
+        h.update(obj.tobytes())
+        return "pil:" + h.hexdigest()
+    a = np.ascontiguousarray(np.asarray(obj))
+    h.update(f"{a.dtype}|{a.shape}".encode())
+    h.update(a.tobytes())
+    return "array:" + h.hexdigest()

@@ -1,0 +1,178 @@
+"""Image+text samples into model inputs: placeholders, one processor call per sample, batches.
+
+Each sample goes through the processor alone (``AutoProcessor`` of a vision-language model, the
+image processor of a vision encoder), so its tokens never depend on the rest of the batch.
+Samples are then sorted by token count and collated: token-aligned tensors (``input_ids``,
+``attention_mask``, ``token_type_ids`` ...) are padded on the right, image tensors are
+concatenated in sample order (padded with zeros where their crop or tile counts differ). The
+model scatters image features into its placeholders in that same order, so a batch computes what
+each sample computes alone.
+
+Users pass plain text: where a sample has an image and its text no placeholder, the processor's
+chat template (a user turn holding the image and the text) writes the prompt, or, without a
+template, the model's image token is put before the text.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from ._images import load_image
+from .samples import Sample
+
+__all__ = ["check_samples", "image_token", "image_token_ids", "plan_batches"]
+
+
+def image_token(processor) -> str | None:
+    """The placeholder string the processor expands into image tokens (``"<image>"`` ...)."""
+    tok = getattr(processor, "image_token", None)
+    if isinstance(tok, str):
+        return tok
+    tokenizer = getattr(processor, "tokenizer", None)
+    tok = getattr(tokenizer, "image_token", None)
+    return tok if isinstance(tok, str) else None
+
+
+def image_token_ids(model, processor) -> list[int]:
+    """Ids of the tokens that a vision-language model replaces by image features, from its
+    config (``image_token_id``/``image_token_index``) or else its processor."""
+    from . import _arch
+
+    ids = []
+    for cfg in (model.config, _arch.text_config(model.config)):
+        for name in ("image_token_id", "image_token_index"):
+            v = getattr(cfg, name, None)
+            if isinstance(v, int) and v not in ids:
+                ids.append(v)
+    if not ids:
+        v = getattr(processor, "image_token_id", None)
+        if isinstance(v, int):
+            ids.append(v)
+    return ids
+
+
+def _uses_chat_template(processor) -> bool:
+    return bool(getattr(processor, "chat_template", None))
+
+
+def check_samples(samples: list[Sample], processor, *, vision_only: bool,
+                  prompt_template: str | None = None) -> None:
+    """Check what can be checked without the model: texts given to a vision encoder, and
+    placeholder counts that do not match the sample's image."""
+    if vision_only:
+        bad = [i for i, s in enumerate(samples) if s.text is not None or s.image is None]
+        if bad:
+            raise ValueError(
+                f"this model is a vision encoder: it reads one image per sample and no text, but "
+                f"samples at positions {bad[:10]} hold text or no image; pass images alone."
+            )
+        return
+    token = image_token(processor)
+    if token is None:
+        return
+    for i, s in enumerate(samples):
+        n = (s.text or "").count(token)
+        want = 0 if s.image is None else 1
+        if n not in (0, want) or (n and prompt_template is not None):
+            raise ValueError(
+                f"sample {i}: its text holds {n} image placeholder(s) {token!r} for {want} "
+                "image(s); pass plain text (the encoder inserts the placeholder) or exactly one "
+                "placeholder per image" + (" (and no prompt_template)" if prompt_template else "")
+                + "."
+            )
+
+
+def _prompt(s: Sample, processor, template: tuple[str, str]) -> str:
+    text = template[0] + (s.text or "") + template[1]
+    token = image_token(processor)
+    if s.image is None or (token and token in text):
+        if _uses_chat_template(processor):
+            return _chat(processor, text, image=False)
+        return text
+    if _uses_chat_template(processor):
+        return _chat(processor, text, image=True)
+    if token is None:
+        raise ValueError(f"{type(processor).__name__} names no image token to insert; put the "
+                         "model's image placeholder in the text yourself.")
+    return token + text
+
+
+def _chat(processor, text: str, image: bool) -> str:
+    content = ([{"type": "image"}] if image else []) + ([{"type": "text", "text": text}]
+                                                         if text else [])
+    return processor.apply_chat_template([{"role": "user", "content": content}],
+                                         tokenize=False, add_generation_prompt=False)
+
+
+def _process(processor, s: Sample, vision_only: bool, template) -> dict:
+    if vision_only:
+        return dict(processor(images=[load_image(s.image)], return_tensors="pt"))
+    kwargs = {"text": [_prompt(s, processor, template)], "return_tensors": "pt"}
+    if s.image is not None:
+        kwargs["images"] = [load_image(s.image)]
+    return dict(processor(**kwargs))
+
+
+def _length(inputs: dict) -> int:
+    ids = inputs.get("input_ids")
+    return int(ids.shape[-1]) if ids is not None else 1
+
+
+def collate(items: list[dict], pad_id: int) -> dict:
+    """One batch from per-sample processor outputs (batch dimension 1 each)."""
+    import torch
+
+    width = max(_length(it) for it in items)
+    keys = list(dict.fromkeys(k for it in items for k in it))
+    out = {}
+    for k in keys:
+        vals = [it[k] for it in items if k in it]
+        if not all(isinstance(v, torch.Tensor) for v in vals):
+            continue
+        aligned = all(v.dim() == 2 and v.shape[0] == 1 and "input_ids" in it
+                      and v.shape[1] == _length(it) for v, it in
+                      zip(vals, [it for it in items if k in it]))
+        if aligned and len(vals) == len(items):  # one value per token: pad on the right
+            fill = pad_id if k == "input_ids" else 0
+            out[k] = torch.stack([torch.nn.functional.pad(v[0], (0, width - v.shape[1]),
+                                                          value=fill) for v in vals])
+            continue
+        shape = [max(v.shape[d] for v in vals) for d in range(1, vals[0].dim())]
+        padded = []
+        for v in vals:
+            pad = []
+            for d in reversed(range(1, v.dim())):
+                pad += [0, shape[d - 1] - v.shape[d]]
+            padded.append(torch.nn.functional.pad(v, pad) if any(pad) else v)
+        out[k] = torch.cat(padded)
+    if "attention_mask" not in out and "input_ids" in out:
+        out["attention_mask"] = (torch.arange(width)[None, :]
+                                 < torch.tensor([_length(it) for it in items])[:, None]).long()
+    return out
+
+
+def plan_batches(processor, samples: list[Sample], batch_size: int, *, vision_only: bool,
+                 max_length: int | None, pad_id: int, prompt_template: str | None = None,
+                 chunk: int = 1024) -> Iterator[tuple[np.ndarray, dict, np.ndarray]]:
+    """Yield ``(row indices, model inputs, rows that hold an image)`` per batch, length-sorted
+    within chunks of ``chunk`` samples (images are decoded a chunk at a time)."""
+    from ._batching import length_sorted_batches, split_template
+
+    template = split_template(prompt_template)
+    for lo in range(0, len(samples), chunk):
+        part = samples[lo:lo + chunk]
+        items = [_process(processor, s, vision_only, template) for s in part]
+        lengths = [_length(it) for it in items]
+        if max_length is not None and not vision_only:
+            long = [lo + i for i, n in enumerate(lengths) if n > max_length]
+            if long:
+                raise ValueError(
+                    f"samples {long[:10]} need more than max_length={max_length} tokens (images "
+                    "are not truncated); shorten their texts or raise max_length."
+                )
+        for b in length_sorted_batches(lengths, batch_size):
+            with_image = np.array([j for j, i in enumerate(b) if part[i].image is not None],
+                                  dtype=np.int64)
+            yield b + lo, collate([items[i] for i in b], pad_id), with_image

@@ -1,0 +1,170 @@
+"""Vision towers and vision-language models: which stack a part reads, found from the model.
+
+A vision-language model (LLaVA, Qwen2-VL, Idefics3, PaliGemma, Gemma-3, Chameleon ...) is
+recognised by its forward taking ``pixel_values`` while its main input is ``input_ids``; a vision
+encoder (CLIP/SigLIP vision models, ViT) by its main input being ``pixel_values``
+(``model.main_input_name``, transformers' own marker).
+
+Parts read the *language stack* by default (its blocks are found as for any text model). A part
+prefixed ``vision.`` (``vision.resid_post``, ``vision.mlp_out``, or a module path relative to the
+tower such as ``vision.encoder.layers.{layer}.mlp``) reads the *vision tower*: the submodule
+that is a transformers model configured by ``config.vision_config``. Layers then count the
+tower's blocks. For a vision encoder the model is the tower, so plain parts read it.
+
+A tower's blocks run over images, not over samples: each image's tokens are pooled in the tower
+(``cls``/``first`` is the first token, ``image:mean`` the patches without the class token) and
+land in the row of the sample that holds the image. Towers that see a sample's image as several
+rows (crops, tiles) or as flattened patches are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from . import _arch
+
+__all__ = ["PREFIX", "find_tower", "is_vision_only", "reads_images", "split_stack",
+           "stack_model", "tower_targets"]
+
+PREFIX = "vision."
+
+
+def _model_class(model_or_config):
+    if hasattr(model_or_config, "forward"):
+        return type(model_or_config)
+    try:  # a configuration: the class transformers' AutoModel registry maps it to
+        import transformers
+        from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+    except ImportError:  # pragma: no cover
+        return None
+    name = MODEL_MAPPING_NAMES.get(getattr(model_or_config, "model_type", None))
+    if isinstance(name, (tuple, list)):
+        name = name[0]
+    return getattr(transformers, name, None) if isinstance(name, str) else None
+
+
+def reads_images(model_or_config) -> str | bool:
+    """``"vision"`` for a vision encoder (main input ``pixel_values``), ``"vlm"`` for a model
+    whose forward takes ``input_ids`` and ``pixel_values``, else ``False``. A configuration is
+    judged by the model class transformers' ``AutoModel`` registry gives it."""
+    cls = _model_class(model_or_config)
+    if cls is None:
+        return False
+    if getattr(cls, "main_input_name", "input_ids") == "pixel_values":
+        return "vision"
+    try:
+        params = inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "vlm" if "pixel_values" in params else False
+
+
+def is_vision_only(model) -> bool:
+    """A vision encoder: its main input is ``pixel_values``."""
+    return reads_images(model) == "vision"
+
+
+def split_stack(parts) -> tuple[bool, list]:
+    """``(reads the tower, parts without the prefix)``; mixing stacks is an error."""
+    items = [parts] if isinstance(parts, str) else list(parts)
+    tower = [isinstance(p, str) and p.startswith(PREFIX) for p in items]
+    if any(tower) and not all(tower):
+        mixed = [p for p, t in zip(items, tower) if not t]
+        raise ValueError(
+            f"parts {items} mix the vision tower ('{PREFIX}...') with the language stack "
+            f"({mixed}); their layers and widths differ, so use one encoder per stack and "
+            "combine the outputs (e.g. a FeatureUnion)."
+        )
+    stripped = [p[len(PREFIX):] if t else p for p, t in zip(items, tower)]
+    return any(tower), stripped
+
+
+def find_tower(model):
+    """The vision tower of a vision-language model (the model itself for a vision encoder).
+
+    The tower is the shallowest submodule that is a transformers model configured by
+    ``config.vision_config``; failing that, one whose main input is ``pixel_values``.
+    """
+    if is_vision_only(model):
+        return model
+    vcfg = getattr(model.config, "vision_config", None)
+    cands = []
+    for name, m in model.named_modules():
+        if m is model or not hasattr(m, "config"):
+            continue
+        if vcfg is not None and type(m.config) is type(vcfg):
+            cands.append((name.count("."), 0, name, m))
+        elif getattr(m, "main_input_name", None) == "pixel_values":
+            cands.append((name.count("."), 1, name, m))
+    if not cands:
+        mt = getattr(model.config, "model_type", type(model).__name__)
+        raise ValueError(
+            f"{type(model).__name__} (model_type={mt!r}) has no vision tower to read 'vision.' "
+            "parts from (Chameleon, for one, turns images into discrete tokens instead); read the "
+            "language stack's image tokens with token_pooling='image:mean'."
+        )
+    return min(cands, key=lambda c: c[:3])[3]
+
+
+def stack_model(model, tower: bool):
+    """The module whose blocks ``layers`` count: the tower or the model (language stack)."""
+    return find_tower(model) if tower else model
+
+
+def num_patches(tower) -> int | None:
+    """Patch tokens per image from the tower's embeddings (``num_patches``), if it says."""
+    for m in tower.modules():
+        n = getattr(m, "num_patches", None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def tower_targets(model, layers, parts):
+    """Hook targets reading the tower: the plain targets of ``parts`` in the tower, each
+    pooling its images' tokens itself and placing them in their samples' rows."""
+    from . import _attn_arch
+    from ._hooks import Target
+
+    tower = find_tower(model)
+    heads = [p for p in parts if _attn_arch.is_attn_part(p)]
+    if heads:
+        raise ValueError(f"parts {heads}: per-head attention parts are read from the language "
+                         f"stack; in the vision tower use {list(_arch.PARTS)} or module paths.")
+    fn = _TowerPool(num_patches(tower))
+    return [Target(*t)._replace(fn=fn) for t in _arch.resolve_targets(tower, layers, parts)]
+
+
+class _TowerPool:
+    """Pool a tower module's ``(images, tokens, hidden)`` output into ``(batch, poolings,
+    hidden)``: each image's vector goes to its sample's row, rows without an image are NaN."""
+
+    def __init__(self, n_patches: int | None):
+        self.n_patches = n_patches
+
+    def __call__(self, received, pool):
+        import torch
+
+        from ._token_pooling import make_pooler
+
+        rows = getattr(pool, "image_rows", None)
+        x = received
+        if x.dim() != 3 or rows is None or x.shape[0] != len(rows):
+            got = tuple(x.shape)
+            n = "?" if rows is None else len(rows)
+            raise ValueError(
+                f"the vision tower's module gives an output of shape {got} for {n} image(s); "
+                "'vision.' parts need one row of tokens per image, which this model's tower does "
+                "not give (it splits images into crops/tiles or flattens patches). Read the "
+                "language stack's image tokens instead: token_pooling='image:mean'."
+            )
+        n_img, n_tok = x.shape[:2]
+        ones = torch.ones((n_img, n_tok), dtype=torch.long, device=x.device)
+        patches = ones.clone()
+        prefix = max(n_tok - self.n_patches, 0) if self.n_patches else 0
+        patches[:, :prefix] = 0  # class (and register) tokens come first
+        pooled = make_pooler(ones, pool.poolings, modalities={"image": patches})(x)
+        out = torch.full((pool.mask.shape[0], *pooled.shape[1:]), float("nan"),
+                         dtype=pooled.dtype, device=pooled.device)
+        out[rows.to(out.device)] = pooled
+        return out

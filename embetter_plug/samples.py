@@ -1,0 +1,140 @@
+"""Inputs of the encoder: texts, or image+text samples.
+
+Wherever the encoder takes texts it also takes samples that carry an image:
+
+- a list of dicts ``{"text": ..., "image": ...}`` (either key may be missing or ``None``);
+- a DataFrame with an ``image`` column and, optionally, a ``text`` column;
+- ``(text, image)`` pairs;
+- images alone (PIL images, arrays, bytes, paths given as :class:`pathlib.Path`), or a stack of
+  images as one array ``(n, H, W)`` / ``(n, H, W, 3)``, for a vision encoder.
+
+An image is a PIL image, a path, encoded bytes or an array (see :mod:`embetter_plug._images`).
+Each sample is checked before any model work, and gets a content key (its text and its image's
+pixels or file bytes) that the activation cache and streamed extraction key on.
+
+Examples
+--------
+>>> import numpy as np
+>>> from embetter_plug.samples import check_inputs
+>>> rows = check_inputs([{"text": "a red square", "image": np.zeros((8, 8, 3), "uint8")},
+...                      {"text": "no picture here"}])
+>>> rows[0].text, rows[1].image is None
+('a red square', True)
+>>> check_inputs(["plain", "texts"])
+['plain', 'texts']
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._images import check_image, image_digest, is_image
+from ._utils import check_texts
+
+__all__ = ["Sample", "check_inputs", "has_images", "input_key"]
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """One image+text input: ``text`` (``None`` for an image alone) and ``image`` (``None``
+    for a text alone). ``str(sample)`` is its content key."""
+
+    text: str | None
+    image: Any = None
+    key: str = field(default="", repr=False)
+
+    def __str__(self) -> str:
+        return self.key
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sample) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+def _make(text, image, where: str) -> Sample:
+    if text is not None and not isinstance(text, str):
+        if _missing(text):
+            text = None
+        else:
+            raise TypeError(f"{where}: text must be a string or None, got {type(text).__name__}.")
+    if image is not None and _missing(image):
+        image = None
+    if image is None and not text:
+        raise ValueError(f"{where}: the sample is empty (no text and no image); drop it or give "
+                         "a text or an image.")
+    h = hashlib.sha256(b"sample-v1")
+    h.update(b"\x00" if text is None else b"\x01" + text.encode("utf-8"))
+    if image is not None:
+        check_image(image, where)
+        h.update(b"|" + image_digest(image).encode())
+    return Sample(text, image, "sample:" + h.hexdigest())
+
+
+def _missing(value) -> bool:
+    if isinstance(value, float):
+        return value != value
+    return value is None or type(value).__name__ in ("NAType", "NaTType")
+
+
+def _is_path_or_image(obj) -> bool:
+    return isinstance(obj, Path) or is_image(obj)
+
+
+def check_inputs(X: Any, *, name: str = "X") -> list[str] | list[Sample]:
+    """Texts as a list of ``str`` (checked as before), or samples as a list of :class:`Sample`.
+
+    Raises before any model work, naming the row and what is wrong with it.
+    """
+    if isinstance(X, np.ndarray) and X.ndim in (3, 4) and X.dtype != object:
+        return [_make(None, img, f"{name}[{i}]") for i, img in enumerate(X)]
+    if hasattr(X, "columns") and getattr(X, "ndim", 1) == 2 and "image" in X.columns:
+        extra = [c for c in X.columns if c not in ("text", "image")]
+        if extra:
+            raise ValueError(f"{name} has columns {list(X.columns)}; samples read 'image' and "
+                             f"'text' only, drop {extra}.")
+        texts = X["text"].tolist() if "text" in X.columns else [None] * len(X)
+        if len(X) == 0:
+            raise ValueError(f"{name} is empty: pass at least one sample.")
+        return [_make(t, im, f"{name} row {i}") for i, (t, im) in
+                enumerate(zip(texts, X["image"].tolist()))]
+    if isinstance(X, (list, tuple)) and X and any(
+            isinstance(x, (dict, Sample)) or _is_path_or_image(x)
+            or (isinstance(x, tuple) and len(x) == 2) for x in X):
+        return [_one(x, f"{name}[{i}]") for i, x in enumerate(X)]
+    return check_texts(X, name=name)
+
+
+def _one(x, where: str) -> Sample:
+    if isinstance(x, Sample):
+        return x
+    if isinstance(x, dict):
+        extra = set(x) - {"text", "image"}
+        if extra:
+            raise ValueError(f"{where}: unknown keys {sorted(extra)}; a sample has 'text' and/or "
+                             "'image'.")
+        return _make(x.get("text"), x.get("image"), where)
+    if isinstance(x, tuple) and len(x) == 2:
+        return _make(x[0], x[1], where)
+    if isinstance(x, str):
+        return _make(x, None, where)
+    if _is_path_or_image(x):
+        return _make(None, x, where)
+    raise TypeError(f"{where}: {type(x).__name__} is neither a text, an image nor a sample; give "
+                    "{'text': ..., 'image': ...} dicts, (text, image) pairs or images.")
+
+
+def has_images(inputs: list) -> bool:
+    """Whether checked inputs are samples (rather than plain texts)."""
+    return bool(inputs) and isinstance(inputs[0], Sample)
+
+
+def input_key(x: str | Sample) -> str:
+    """What identifies an input's content: the text itself, or a sample's content key."""
+    return x if isinstance(x, str) else x.key
