@@ -27,10 +27,12 @@ def split_modality(p: str | float) -> tuple[str | None, str | float]:
     return None, p
 
 
-def validate_pooling(token_pooling: Any, *, is_decoder: bool | None = None) -> list[str | float]:
+def validate_pooling(token_pooling: Any, *, is_decoder: bool | None = None,
+                     auto: str | None = None) -> list[str | float]:
     """Return the token poolings as a non-empty list, resolving ``"auto"``.
 
-    ``"auto"`` means ``lasttoken`` for decoder-only models and ``mean`` for encoders.
+    ``"auto"`` means ``auto`` when given (``"image:mean"`` for a vision tower), else
+    ``lasttoken`` for decoder-only models and ``mean`` for encoders.
     """
     items: Sequence[Any]
     if isinstance(token_pooling, (str, Real)) and not isinstance(token_pooling, bool):
@@ -48,10 +50,13 @@ def validate_pooling(token_pooling: Any, *, is_decoder: bool | None = None) -> l
     for p in items:
         if isinstance(p, str):
             if p == "auto":
-                if is_decoder is None:
+                if auto is not None:
+                    p = auto
+                elif is_decoder is None:
                     out.append(p)
                     continue
-                p = "lasttoken" if is_decoder else "mean"
+                else:
+                    p = "lasttoken" if is_decoder else "mean"
             modality, base = split_modality(p)
             if base not in POOLINGS or (modality is not None and modality not in MODALITIES):
                 raise ValueError(

@@ -263,8 +263,8 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         self.layer_indices_ = self._resolve_layers(_arch.n_blocks(stack))
         expanded = _attn_arch.expand_parts(stack, _attn_arch.validate_parts(parts), self.heads)
         self.parts_ = [_vision.PREFIX + p for p in expanded] if split else expanded
-        self.poolings_ = (["image:mean"] if tower and self.token_pooling == "auto" else
-                          validate_pooling(self.token_pooling, is_decoder=_arch.is_decoder(stack)))
+        self.poolings_ = validate_pooling(self.token_pooling, is_decoder=_arch.is_decoder(stack),
+                                          auto="image:mean" if tower else None)
         limit = self._model_max_length()
         if self.max_length is not None and self.max_length > limit:
             warn_user(f"max_length={self.max_length} is above the model's limit of {limit} "

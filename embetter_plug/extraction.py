@@ -211,6 +211,15 @@ class ActivationExtractor:
         from ._progress import iterate
 
         vision_only = _vision.is_vision_only(self.model)
+        if not _vision.reads_images(self.model):
+            with_image = [i for i, s in enumerate(samples) if s.image is not None]
+            if with_image:
+                raise ValueError(
+                    f"samples {with_image[:10]} hold images, but {type(self.model).__name__} "
+                    "reads text only; pass a model that reads images (a vision-language model "
+                    "or a vision encoder), or texts alone.")
+            yield from self.iter_batches([s.text for s in samples])
+            return
         if not has_images(samples):  # texts given to a vision encoder
             raise ValueError(f"{type(self.model).__name__} is a vision encoder: pass images "
                              "(PIL images, arrays, {'image': path} dicts), not texts.")

@@ -100,6 +100,33 @@ def check_cells(df, path: str | None, opt: str, col: str, what: str) -> None:
         )
 
 
+def read_samples(df, path: str | None, text_col: str, image_col: str) -> list:
+    """Image+text samples of a frame: ``image_col`` holds image paths (relative ones are read
+    from the CSV's folder; an empty cell is a sample without an image), ``text_col`` the texts
+    (optional: without that column the images stand alone). Missing files name their CSV line."""
+    from embetter_plug.samples import check_inputs
+
+    check_columns(df, path, image_col=image_col)
+    base = Path(path).resolve().parent if path else Path.cwd()
+    texts = df[text_col].tolist() if text_col in df.columns else [None] * len(df)
+    rows = []
+    for label, text, cell in zip(df.index, texts, df[image_col].tolist()):
+        image = None
+        if isinstance(cell, str) and cell.strip():
+            image = Path(cell.strip()).expanduser()
+            image = image if image.is_absolute() else base / image
+            if not image.is_file():
+                raise FileNotFoundError(
+                    f"--image-col {image_col!r}: no image file {cell!r} at {where([label], path)} "
+                    f"(relative paths are read from the CSV's folder, {str(base)!r}).")
+        text = text if isinstance(text, str) and text.strip() else None
+        if text is None and image is None:
+            raise ValueError(f"{where([label], path)} has neither a text nor an image; remove "
+                             "the row or fill it.")
+        rows.append({"text": text, "image": image})
+    return check_inputs(rows, name="--data")
+
+
 def select_split(df, split: str | None, path: str | None):
     """Rows whose ``split`` column equals ``split`` (all rows when None); errors list the values."""
     if split is None:

@@ -53,7 +53,7 @@ def run(args) -> int:
                          "resumable); give a folder name without .npz.")
     from embetter_plug.distributed import connect_ray, extract_distributed
 
-    texts = read_texts(args.data, args.text_col, args.split, args.limit)
+    texts = read_texts(args.data, args.text_col, args.split, args.limit, args.image_col)
     old = check_out(args, texts)
     try:
         started = connect_ray(args.ray, concurrency=args.ray_actors,

@@ -57,7 +57,7 @@ def run(args) -> int:
                              "attention_metrics.csv; pass --overwrite to replace it, or choose "
                              "another folder.")
         out.mkdir(parents=True, exist_ok=True)
-    texts = read_texts(args.data, args.text_col, args.split, args.limit)
+    texts = read_texts(args.data, args.text_col, args.split, args.limit, args.image_col)
     enc = encoder_from_args(argparse.Namespace(**{**vars(args), "parts": ",".join(metrics)}))
     frame = _frame(enc, texts)
     summary = summarize_metrics(frame)

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from ._data import (HelpFormatter, add_progress_arguments, check_cells, check_columns,
-                    positive_int, read_csv, select_split)
+                    positive_int, read_csv, read_samples, select_split)
 from ._runs import InterruptNote
 
 
@@ -22,6 +22,9 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=None,
                    help="hub name or local folder (default: the built-in all-MiniLM-L6-v2)")
     g.add_argument("--tokenizer", default=None, help="tokenizer name or folder (default: the model's own)")
+    g.add_argument("--processor", default=None,
+                   help="processor name or folder for a model that reads images (default: the "
+                        "model's own)")
     g.add_argument("--layers", default="all", help="'all' or comma-separated ints, e.g. 0,3,-1")
     g.add_argument("--parts", default="resid_post",
                    help="comma-separated: resid_post (alias rs, resid), attn_out (attn), "
@@ -82,7 +85,8 @@ def encoder_from_args(args):
     from embetter_plug import TransformerActivationEncoder
 
     return TransformerActivationEncoder(
-        args.model, args.tokenizer, layers=_layers(args.layers), parts=_list(args.parts),
+        args.model, args.tokenizer, processor=getattr(args, "processor", None),
+        layers=_layers(args.layers), parts=_list(args.parts),
         heads=_heads(getattr(args, "heads", "all")),
         token_pooling=_pooling(args.token_pooling), prompt_template=args.prompt_template,
         max_length=args.max_length, batch_size=args.batch_size, device=args.device,
@@ -92,16 +96,20 @@ def encoder_from_args(args):
 
 
 def read_texts(path: str | None, text_col: str, split: str | None = None,
-               limit: int | None = None) -> list[str]:
-    """Texts of a CSV column (the built-in data set when `path` is None).
+               limit: int | None = None, image_col: str | None = None) -> list:
+    """Texts of a CSV column (the built-in data set when `path` is None), or image+text samples
+    with `image_col` (see :func:`read_samples`).
 
     Rows of `split` only, then the first `limit`; an empty text is an error naming its CSV line.
     """
     df, _ = read_csv(path)
-    check_columns(df, path, text_col=text_col)
+    if image_col is None:
+        check_columns(df, path, text_col=text_col)
     df = select_split(df, split, path)
     if limit is not None:
         df = df.iloc[:limit]
+    if image_col is not None:
+        return read_samples(df, path, text_col, image_col)
     check_cells(df, path, "--text-col", text_col, "text(s)")
     return df[text_col].astype(str).tolist()
 
@@ -111,8 +119,16 @@ def add_text_arguments(parser: argparse.ArgumentParser) -> None:
     with :func:`read_texts`)."""
     parser.add_argument("--data", default=None, help="CSV file (default: the built-in data set)")
     parser.add_argument("--text-col", default="text", help="column of texts")
+    add_image_argument(parser)
     parser.add_argument("--split", default=None, help="keep rows whose 'split' column equals this")
     parser.add_argument("--limit", type=positive_int, default=None, help="only the first N texts")
+
+
+def add_image_argument(parser: argparse.ArgumentParser) -> None:
+    """``--image-col``: a column of image paths, for models that read images."""
+    parser.add_argument("--image-col", "--image-column", dest="image_col", default=None,
+                        help="column of image paths (relative to the CSV's folder; an empty cell "
+                             "is a row without an image), for models that read images")
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -188,7 +204,7 @@ def run(args) -> int:
         from . import _ray
 
         return _ray.run(args)
-    texts = read_texts(args.data, args.text_col, args.split, args.limit)
+    texts = read_texts(args.data, args.text_col, args.split, args.limit, args.image_col)
     old = check_out(args, texts)
     npz = args.out.endswith(".npz")
     folder = staging_folder(args.out) if npz else Path(args.out)

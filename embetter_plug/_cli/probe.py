@@ -28,10 +28,10 @@ import os
 import warnings
 from pathlib import Path
 
-from ._data import (HelpFormatter, add_progress_arguments, check_cells, check_columns,
+from ._data import (HelpFormatter, add_progress_arguments, check_cells, check_columns, read_samples,
                     int_at_least, positive_int, read_csv, where)
 from ._runs import InterruptNote, new_run_folder, open_hint
-from .extract import add_encoder_arguments, encoder_from_args
+from .extract import add_encoder_arguments, add_image_argument, encoder_from_args
 
 DEFAULT_PARTS = "resid_post,attn_out,mlp_out"
 BUILTIN_MODEL = "all-MiniLM-L6-v2"
@@ -47,6 +47,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                                    formatter_class=HelpFormatter, conflict_handler="resolve")
     parser.add_argument("--data", default=None, help="CSV file (default: the built-in data set)")
     parser.add_argument("--text-col", default="text", help="column of texts")
+    add_image_argument(parser)
     parser.add_argument("--label-col", default="label", help="column of labels (or numbers)")
     parser.add_argument("--name", default=None,
                         help="data set name in the results (default: the CSV's file name)")
@@ -96,9 +97,14 @@ def _read(args):
     from embetter_plug.probe._metrics import detect_task, plain
 
     df, name = read_csv(args.data)
-    check_columns(df, args.data, text_col=args.text_col, label_col=args.label_col)
-    df = df[[args.text_col, args.label_col]]
-    check_cells(df, args.data, "--text-col", args.text_col, "text(s)")
+    image_col = getattr(args, "image_col", None)
+    if image_col is None:
+        check_columns(df, args.data, text_col=args.text_col, label_col=args.label_col)
+        df = df[[args.text_col, args.label_col]]
+        check_cells(df, args.data, "--text-col", args.text_col, "text(s)")
+    else:  # image+text samples: the text column is optional
+        check_columns(df, args.data, image_col=image_col, label_col=args.label_col)
+        df = df[[c for c in (args.text_col, image_col, args.label_col) if c in df.columns]]
     check_cells(df, args.data, "--label-col", args.label_col, "label(s)")
     values = df[args.label_col].unique()
     if len(values) < 2:
@@ -120,7 +126,9 @@ def _read(args):
                                  random_state=args.seed)
         task, y = detect_task(df[args.label_col].to_numpy(), task)
         _check_class_counts(df, y, task, args, f" in the --max-samples {args.max_samples} subsample")
-    return df[args.text_col].tolist(), np.asarray(y), args.name or name, task
+    inputs = (df[args.text_col].tolist() if image_col is None
+              else read_samples(df, args.data, args.text_col, image_col))
+    return inputs, np.asarray(y), args.name or name, task
 
 
 def _check_class_counts(df, y, task: str, args, scope: str = "") -> None:

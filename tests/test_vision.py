@@ -1,0 +1,247 @@
+"""Images and text: activations of vision-language models and vision encoders, checked against a
+manual forward of each sample alone (``output_hidden_states``) on tiny offline models."""
+
+import numpy as np
+import pytest
+import torch
+
+from embetter_plug import TransformerActivationEncoder
+from embetter_plug.testing import VLM_KINDS, make_tiny_vision, make_tiny_vlm
+
+Image = pytest.importorskip("PIL.Image")
+
+
+def _built(kinds, make):
+    out = []
+    for k in kinds:
+        try:
+            make(k)
+        except (NotImplementedError, ValueError, ImportError) as e:  # a kind not built here
+            out.append(pytest.param(k, marks=pytest.mark.skip(reason=f"{k}: {e}")))
+        else:
+            out.append(k)
+    return out
+
+
+KINDS = _built(VLM_KINDS, make_tiny_vlm)
+TEXT_ONLY_REFUSED = {"paligemma"}  # its processor needs an image with every text
+TOWER_PER_IMAGE = {"llava", "paligemma", "gemma3", "chameleon_"}  # one tower row per image
+
+
+def _img(seed, size=(24, 30)):
+    rng = np.random.RandomState(seed)
+    return rng.randint(0, 255, (size[1], size[0], 3)).astype("uint8")
+
+
+def _samples(kind):
+    rows = [{"text": "a picture of cats", "image": _img(0)},
+            {"text": "the end of it and more words here", "image": _img(1, (48, 20))},
+            {"text": "dog", "image": _img(2, (32, 32))}]
+    if kind not in TEXT_ONLY_REFUSED:
+        rows.insert(1, {"text": "no image in this one"})
+    return rows
+
+
+def _prompt(processor, text, image):
+    """What the model reads for a sample: the processor's chat template (a user turn with the
+    image and the text) or the image placeholder before the text."""
+    if getattr(processor, "chat_template", None):
+        content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]
+        return processor.apply_chat_template([{"role": "user", "content": content}],
+                                             tokenize=False)
+    return (processor.image_token if image else "") + text
+
+
+def _alone(model, processor, sample):
+    """``(hidden_states, input_ids)`` of one sample run alone."""
+    from embetter_plug._images import load_image
+
+    image = sample.get("image")
+    kwargs = dict(text=[_prompt(processor, sample["text"], image is not None)],
+                  return_tensors="pt")
+    if image is not None:
+        kwargs["images"] = [load_image(image)]
+    inputs = processor(**kwargs)
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+    return out.hidden_states, inputs["input_ids"][0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_language_stack_equals_manual_forward(kind):
+    model, processor = make_tiny_vlm(kind)
+    samples = _samples(kind)
+    pool = ["mean", "image:mean", "text:mean", "lasttoken", "image:max"]
+    enc = TransformerActivationEncoder(model, processor=processor, layers=[0], token_pooling=pool,
+                                       batch_size=3)
+    acts = enc.fit_transform(samples)
+    assert acts.shape == (len(samples), 1, len(pool), model.config.text_config.hidden_size)
+    image_id = model.config.image_token_id
+    for i, s in enumerate(samples):
+        hs, ids = _alone(model, processor, s)
+        h = hs[1][0].numpy()  # block 0's output
+        img = (ids == image_id).numpy()
+        np.testing.assert_allclose(acts[i, 0, 0], h.mean(0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(acts[i, 0, 2], h[~img].mean(0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(acts[i, 0, 3], h[-1], rtol=1e-4, atol=1e-5)
+        if img.any():
+            np.testing.assert_allclose(acts[i, 0, 1], h[img].mean(0), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(acts[i, 0, 4], h[img].max(0), rtol=1e-4, atol=1e-5)
+        else:  # no image token to pool: NaN, never a silent zero
+            assert np.isnan(acts[i, 0, 1]).all() and np.isnan(acts[i, 0, 4]).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_batch_and_padding_invariance(kind):
+    model, processor = make_tiny_vlm(kind)
+    samples = _samples(kind)
+    params = dict(layers=[0], token_pooling=["mean", "image:mean", "lasttoken"])
+    one = TransformerActivationEncoder(model, processor=processor, batch_size=1,
+                                       **params).fit_transform(samples)
+    tok = processor.tokenizer
+    side = tok.padding_side
+    try:
+        tok.padding_side = "left" if side == "right" else "right"
+        many = TransformerActivationEncoder(model, processor=processor, batch_size=4,
+                                            **params).fit_transform(samples[::-1])[::-1]
+    finally:
+        tok.padding_side = side
+    np.testing.assert_allclose(many, one, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", sorted(TOWER_PER_IMAGE & set(VLM_KINDS)))
+def test_vision_tower_parts(kind):
+    from embetter_plug import _vision
+
+    model, processor = make_tiny_vlm(kind)
+    samples = [s for s in _samples(kind) if "image" in s]
+    enc = TransformerActivationEncoder(model, processor=processor,
+                                       parts=["vision.resid_post", "vision.mlp_out"],
+                                       token_pooling=["cls", "image:mean"], batch_size=2)
+    acts = enc.fit_transform(samples)
+    tower = _vision.find_tower(model)
+    assert type(tower.config) is type(model.config.vision_config)
+    n = model.config.vision_config.num_hidden_layers
+    assert enc.layout_.layers == tuple(range(n)) and enc.layout_.meta["stack"] == "vision"
+    assert enc.layout_.parts[0] == "vision.resid_post@cls"
+    from embetter_plug._images import load_image
+
+    for i, s in enumerate(samples):
+        pix = processor.image_processor(images=[load_image(s["image"])],
+                                        return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            hs = tower(pix, output_hidden_states=True).hidden_states
+        n_patches = model.config.vision_config.image_size ** 2 // (
+            model.config.vision_config.patch_size ** 2)
+        for layer in range(n - 1):  # the last hidden state may be normed
+            h = hs[layer + 1][0].numpy()
+            np.testing.assert_allclose(acts[i, layer, 0], h[0], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(acts[i, layer, 1], h[-n_patches:].mean(0), rtol=1e-4,
+                                       atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip", "vit"])
+def test_vision_encoder_on_digits(kind):
+    from sklearn.datasets import load_digits
+
+    from embetter_plug._images import load_image
+
+    model, image_processor = make_tiny_vision(kind)
+    digits = load_digits().images[:6] / 16.0  # (n, 8, 8) greys in [0, 1]
+    enc = TransformerActivationEncoder(model, processor=image_processor,
+                                       token_pooling=["auto", "cls"], batch_size=4)
+    acts = enc.fit_transform(digits)
+    assert enc.layout_.parts == ("resid_post@image:mean", "resid_post@cls")
+    n_patches = model.config.image_size ** 2 // model.config.patch_size ** 2
+    for i in (0, 5):
+        pix = image_processor(images=[load_image(digits[i])], return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            h = model(pixel_values=pix, output_hidden_states=True).hidden_states[1][0].numpy()
+        np.testing.assert_allclose(acts[i, 0, 0], h[-n_patches:].mean(0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(acts[i, 0, 1], h[0], rtol=1e-4, atol=1e-5)
+
+
+def test_cache_keys_on_pixels(tmp_path):
+    model, processor = make_tiny_vlm("llava")
+    samples = _samples("llava")
+    enc = TransformerActivationEncoder(model, processor=processor, layers=[0],
+                                       token_pooling="image:mean", cache=tmp_path / "c")
+    first = enc.fit_transform(samples)
+    again = enc.transform(samples)
+    np.testing.assert_allclose(again, first, rtol=1e-5, atol=1e-6)
+    from embetter_plug import ActivationCache
+
+    n = len(ActivationCache(tmp_path / "c"))
+    changed = dict(samples[0], image=samples[0]["image"].copy())
+    changed["image"][0, 0] = 255 - changed["image"][0, 0]
+    out = enc.transform([changed])
+    assert len(ActivationCache(tmp_path / "c")) == n + 1  # a miss: stored anew
+    assert not np.allclose(out[0], first[0])
+
+
+@pytest.fixture
+def counted():
+    model, processor = make_tiny_vlm("llava")
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    yield model, processor, calls
+    handle.remove()
+
+
+@pytest.mark.parametrize("bad, exc, match", [
+    ([{"text": "a", "image": "no/such/file.png"}], FileNotFoundError,
+     r"X\[0\]: image file 'no/such/file.png' does not exist"),
+    ([{"text": "a"}, {"text": "b", "image": b"not an image"}], ValueError,
+     r"X\[1\]: 12 bytes that are not an image"),
+    ([{"text": "two <image> <image>", "image": np.zeros((8, 8, 3), "uint8")}], ValueError,
+     r"sample 0: its text holds 2 image placeholder\(s\) '<image>' for 1 image"),
+    ([{"text": "a <image> b"}], ValueError, r"holds 1 image placeholder\(s\) '<image>' for 0"),
+    ([{"text": "a", "image": np.zeros((8, 8, 5), "uint8")}], ValueError,
+     r"X\[0\]: the image is an array of shape \(8, 8, 5\)"),
+    ([{"text": "a", "image": np.full((8, 8), 7.0)}], ValueError, r"values in \[7, 7\]"),
+    ([{"text": ""}], ValueError, r"X\[0\]: the sample is empty"),
+    ([{"text": "a", "image": None, "label": 1}], ValueError, r"unknown keys \['label'\]"),
+])
+def test_bad_samples_fail_before_the_forward(counted, bad, exc, match):
+    model, processor, calls = counted
+    enc = TransformerActivationEncoder(model, processor=processor, layers=[0]).fit()
+    with pytest.raises(exc, match=match):
+        enc.transform(bad)
+    assert calls == []
+
+
+def test_image_to_text_model_and_wrong_stack_errors(tmp_path):
+    from embetter_plug.testing import make_tiny_model
+
+    model, tok = make_tiny_model("gpt2")
+    enc = TransformerActivationEncoder(model, tok).fit()
+    with pytest.raises(ValueError, match="reads text only.*pass a model that reads images"):
+        enc.transform([{"text": "a", "image": np.zeros((8, 8, 3), "uint8")}])
+    vlm, processor = make_tiny_vlm("llava")
+    with pytest.raises(ValueError, match="mix the vision tower"):
+        TransformerActivationEncoder(vlm, processor=processor,
+                                     parts=["vision.resid_post", "resid_post"]).fit()
+    enc = TransformerActivationEncoder(vlm, processor=processor, parts="vision.resid_post").fit()
+    with pytest.raises(ValueError, match=r"samples \[1\] have none"):
+        enc.transform([{"text": "a", "image": _img(0)}, {"text": "b"}])
+    enc = TransformerActivationEncoder(vlm, processor=processor, token_pooling="image:mean").fit()
+    with pytest.raises(ValueError, match="inputs are plain texts"):
+        enc.transform(["a plain text"])
+
+
+def test_dataframe_pairs_and_paths(tmp_path):
+    import pandas as pd
+
+    model, processor = make_tiny_vlm("llava")
+    paths = []
+    for i in range(2):
+        p = tmp_path / f"im{i}.png"
+        Image.fromarray(_img(i)).save(p)
+        paths.append(str(p))
+    enc = TransformerActivationEncoder(model, processor=processor, layers=[0],
+                                       token_pooling="image:mean").fit()
+    from_df = enc.transform(pd.DataFrame({"text": ["a", "b"], "image": paths}))
+    from_pairs = enc.transform([("a", Image.open(paths[0])), ("b", Image.open(paths[1]))])
+    from_arrays = enc.transform([{"text": "a", "image": _img(0)}, {"text": "b", "image": _img(1)}])
+    np.testing.assert_allclose(from_df, from_pairs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(from_df, from_arrays, rtol=1e-5, atol=1e-6)
