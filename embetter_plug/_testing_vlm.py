@@ -1,0 +1,184 @@
+"""Tiny random vision-language models and vision encoders with working processors, built offline.
+
+Every model is built from a small config with a fixed seed (2 text layers of width 32, a 2-layer
+vision tower of width 32 on 32x32 images cut into 8x8 patches) and cached per kind; processors
+are assembled from the BPE tokenizer of :mod:`embetter_plug.testing` (plus each processor's
+special tokens) and the Pillow image processors (no ``torchvision`` needed). Nothing downloads.
+
+Facts per kind (transformers 5.24; "tower" is the vision encoder inside the model):
+
+llava
+    ``LlavaProcessor`` + ``CLIPImageProcessorPil``; placeholder ``"<image>"`` =
+    ``config.image_token_id``; ``return_mm_token_type_ids=True`` works. One image becomes 16
+    tokens whatever its size (resized and centre-cropped to 32x32; 4x4 patches, the CLS token
+    dropped by ``vision_feature_select_strategy="default"``). ``pixel_values`` ``[n_images, 3, 32,
+    32]``, nothing else. Tower ``model.model.vision_tower``: ``CLIPVisionModel``, a
+    ``PreTrainedModel`` whose ``.config`` is ``config.vision_config`` (``CLIPVisionConfig``);
+    blocks ``vision_tower.encoder.layers``, one row per image, 17 tokens (CLS + 16 patches;
+    ``vision_tower.embeddings.num_patches`` is 16). ``get_decoder()`` is the ``LlamaModel``. Text-only
+    rows in a batch with image rows work.
+
+Vision encoders (``make_tiny_vision``): ``clip`` is ``CLIPVisionModel`` + ``CLIPImageProcessorPil``
+(blocks ``encoder.layers``, 17 tokens: CLS + ``embeddings.num_patches``); ``siglip`` is
+``SiglipVisionModel`` + ``SiglipImageProcessorPil`` (blocks ``encoder.layers``, 16 tokens, no
+CLS, an attention-pooling ``head``); ``vit`` is ``ViTModel`` + ``ViTImageProcessorPil`` (blocks
+``layers`` at the top level, 17 tokens: CLS + ``embeddings.patch_embeddings.num_patches``; a
+``pooler``). No ``vision_model`` level in 5.x. All resize any image to 32x32: ``pixel_values`` ``[n_images, 3, 32, 32]``.
+
+Examples
+--------
+>>> from PIL import Image
+>>> from embetter_plug.testing import make_tiny_vlm
+>>> model, processor = make_tiny_vlm("llava")
+>>> batch = processor(text=["a <image> cat"], images=[Image.new("RGB", (24, 30))],
+...                   return_tensors="pt")
+>>> int((batch["input_ids"] == model.config.image_token_id).sum())
+16
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+VLM_KINDS = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "paligemma", "gemma3",
+             "chameleon")
+VISION_KINDS = ("clip", "siglip", "vit")
+
+SEED = 0
+IMAGE_SIZE = 32
+PATCH = 8
+# text stack: Llama-like sizes shared by every kind (GQA with 2 key/value heads)
+_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=512)
+_TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              image_size=IMAGE_SIZE, patch_size=PATCH)
+
+
+def _tokenizer(named: dict | None = None, extra: tuple = (), padding_side: str = "right"):
+    """The BPE test tokenizer with the named special tokens (``image_token`` ...) and ``extra`` ones."""
+    from transformers import PreTrainedTokenizerFast
+
+    from .testing import make_tokenizer  # imported here: testing re-exports this module
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=make_tokenizer("bpe").backend_tokenizer, pad_token="<pad>", bos_token="<s>",
+        eos_token="</s>", extra_special_tokens=dict(named or {}), padding_side=padding_side,
+        model_max_length=4096, model_input_names=["input_ids", "attention_mask"],
+    )
+    if extra:
+        tok.add_special_tokens({"additional_special_tokens": list(extra)})
+    return tok
+
+
+def _text_ids(tok) -> dict:
+    return dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id)
+
+
+def _llava():
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tok = _tokenizer({"image_token": "<image>"})
+    images = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
+                                   crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    processor = LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=PATCH,
+                               vision_feature_select_strategy="default",
+                               num_additional_image_tokens=1)
+    config = LlavaConfig(vision_config=CLIPVisionConfig(**_TOWER, projection_dim=32),
+                         text_config=LlamaConfig(**_TEXT, **_text_ids(tok)),
+                         image_token_id=tok.image_token_id, vision_feature_layer=-1,
+                         vision_feature_select_strategy="default")
+    return config, processor
+
+
+def _vision(kind: str):
+    import transformers as tf
+    from transformers.models.auto.image_processing_auto import get_image_processor_class_from_name
+
+    square = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    if kind == "clip":
+        images = get_image_processor_class_from_name("CLIPImageProcessorPil")(
+            size={"shortest_edge": IMAGE_SIZE}, crop_size=square)
+        return tf.CLIPVisionConfig(**_TOWER, projection_dim=32), images
+    name = {"siglip": ("SiglipVisionConfig", "SiglipImageProcessorPil"),
+            "vit": ("ViTConfig", "ViTImageProcessorPil")}[kind]
+    return getattr(tf, name[0])(**_TOWER), get_image_processor_class_from_name(name[1])(size=square)
+
+
+_BUILDERS = {"llava": _llava}
+
+
+def _check(kind: str, kinds: tuple) -> None:
+    if kind not in kinds:
+        raise ValueError(f"kind={kind!r} is not one of {kinds}.")
+
+
+@functools.lru_cache(maxsize=None)
+def _vlm_model(kind: str):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    config, _ = _BUILDERS[kind]()
+    torch.manual_seed(SEED)
+    return AutoModelForImageTextToText.from_config(config, attn_implementation="eager").eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _vision_model(kind: str):
+    import torch
+    from transformers import AutoModel
+
+    config, _ = _vision(kind)
+    torch.manual_seed(SEED)
+    return AutoModel.from_config(config, attn_implementation="eager").eval()
+
+
+def make_tiny_vlm(kind: str = "llava"):
+    """Return ``(model, processor)``: a tiny random vision-language model of ``kind``.
+
+    ``kind`` is one of :data:`VLM_KINDS`. The model is the ``*ForConditionalGeneration`` class
+    (what ``AutoModelForImageTextToText`` loads), float32, in eval mode, built once per kind with
+    a fixed seed and shared; the processor is fresh on every call.
+    """
+    _check(kind, VLM_KINDS)
+    if kind not in _BUILDERS:
+        raise NotImplementedError(f"No tiny {kind!r} model yet; available: {tuple(_BUILDERS)}.")
+    return _vlm_model(kind), _BUILDERS[kind]()[1]
+
+
+def make_tiny_vision(kind: str = "clip"):
+    """Return ``(model, image_processor)``: a tiny random vision encoder of ``kind``.
+
+    ``kind`` is one of :data:`VISION_KINDS` (``CLIPVisionModel``, ``SiglipVisionModel``,
+    ``ViTModel``), with the Pillow image processor of the family resizing to 32x32.
+    """
+    _check(kind, VISION_KINDS)
+    return _vision_model(kind), _vision(kind)[1]
+
+
+def _save(model, processor, path: str | Path) -> Path:
+    from ._loading import hf_progress
+
+    path = Path(path)
+    with hf_progress(False):
+        model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def save_tiny_vlm(kind: str, path: str | Path) -> Path:
+    """Write :func:`make_tiny_vlm`'s model and processor to ``path`` (``AutoModelForImageTextToText``
+    and ``AutoProcessor`` load it back offline)."""
+    return _save(*make_tiny_vlm(kind), path)
+
+
+def save_tiny_vision(kind: str, path: str | Path) -> Path:
+    """Write :func:`make_tiny_vision`'s model and image processor to ``path`` (``AutoModel`` and
+    ``AutoImageProcessor`` load it back offline)."""
+    return _save(*make_tiny_vision(kind), path)
+
+
+__all__ = ["VLM_KINDS", "VISION_KINDS", "make_tiny_vlm", "make_tiny_vision", "save_tiny_vlm",
+           "save_tiny_vision"]

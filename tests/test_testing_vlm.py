@@ -1,0 +1,140 @@
+"""The tiny offline vision-language and vision-encoder fixtures of ``embetter_plug.testing``."""
+
+import numpy as np
+import pytest
+import torch
+
+from embetter_plug.testing import (
+    VISION_KINDS, VLM_KINDS, make_tiny_vision, make_tiny_vlm, save_tiny_vision, save_tiny_vlm,
+)
+
+Image = pytest.importorskip("PIL.Image")
+
+BUILT = [k for k in VLM_KINDS if k in ("llava",)]
+
+
+def _images():
+    # different sizes and colours in one batch
+    return [Image.new("RGB", (24, 30), (200, 10, 10)), Image.new("RGB", (40, 33), (0, 100, 10)),
+            Image.new("RGB", (32, 32), (5, 5, 250))]
+
+
+def _batch(processor, texts, images):
+    return processor(text=texts, images=images, return_tensors="pt", padding=True)
+
+
+def _prompts(processor, n=3):
+    words = ["a picture of cats", "dog", "the end of it"]
+    return [f"{words[i]} {processor.image_token} here" for i in range(n)]
+
+
+def _image_positions(model, batch):
+    return batch["input_ids"] == model.config.image_token_id
+
+
+def _image_features(model, batch) -> torch.Tensor:
+    """The projected image features the model puts at the image positions, one row per token."""
+    out = model.get_image_features(pixel_values=batch["pixel_values"])
+    feats = out.pooler_output if hasattr(out, "pooler_output") else out
+    return torch.cat(list(feats)).reshape(-1, model.config.text_config.hidden_size)
+
+
+@pytest.mark.parametrize("kind", BUILT)
+def test_vlm_forward_and_image_tokens(kind):
+    model, processor = make_tiny_vlm(kind)
+    assert model.training is False and model.dtype == torch.float32
+    batch = _batch(processor, _prompts(processor), _images())
+    with torch.no_grad():
+        out = model(**batch, output_hidden_states=True)
+        feats = _image_features(model, batch)
+    assert len(out.hidden_states) == model.config.text_config.num_hidden_layers + 1
+    pos = _image_positions(model, batch)
+    # as many placeholder tokens as image features, and the embeddings at those positions are them
+    assert int(pos.sum()) == feats.shape[0]
+    torch.testing.assert_close(out.hidden_states[0][pos], feats)
+    assert make_tiny_vlm(kind)[0] is model  # cached
+
+
+def test_llava_facts():
+    model, processor = make_tiny_vlm("llava")
+    batch = processor(text=_prompts(processor), images=_images(), return_tensors="pt",
+                      padding=True, return_mm_token_type_ids=True)
+    assert batch["pixel_values"].shape == (3, 3, 32, 32)
+    pos = _image_positions(model, batch)
+    assert pos.sum(1).tolist() == [16, 16, 16]
+    assert torch.equal(batch["mm_token_type_ids"].bool(), pos)
+    tower = model.model.vision_tower
+    assert type(tower.config) is type(model.config.vision_config)
+    with torch.no_grad():
+        seq = tower(batch["pixel_values"]).last_hidden_state
+    assert seq.shape[1] == tower.embeddings.num_patches + 1 == 17  # CLS + patches
+    assert model.get_decoder() is model.model.language_model
+
+
+@pytest.mark.parametrize("kind", BUILT)
+def test_text_only_row_in_a_mixed_batch(kind):
+    model, processor = make_tiny_vlm(kind)
+    texts = _prompts(processor, 1) + ["no picture in this row at all"]
+    mixed = _batch(processor, texts, _images()[:1])
+    alone = processor(text=texts[1:], return_tensors="pt")
+    with torch.no_grad():
+        got = model(**mixed, output_hidden_states=True).hidden_states[-1][1]
+        want = model(**alone, output_hidden_states=True).hidden_states[-1][0]
+    keep = mixed["attention_mask"][1].bool()  # right padding: the real tokens come first
+    torch.testing.assert_close(got[keep], want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", VISION_KINDS)
+def test_vision_forward(kind):
+    model, images = make_tiny_vision(kind)
+    batch = images(images=_images(), return_tensors="pt")
+    assert batch["pixel_values"].shape == (3, 3, 32, 32)
+    # a one-colour 32x32 image is only rescaled and normalised
+    px = images(images=_images()[2:], return_tensors="pt")["pixel_values"][0, :, 0, 0].numpy()
+    want = (np.array([5, 5, 250]) / 255 - np.array(images.image_mean)) / np.array(images.image_std)
+    np.testing.assert_allclose(px, want, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        out = model(**batch, output_hidden_states=True)
+    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+    blocks = model.layers if kind == "vit" else model.encoder.layers
+    assert len(blocks) == model.config.num_hidden_layers
+    emb = model.embeddings
+    n_patches = emb.num_patches if kind != "vit" else emb.patch_embeddings.num_patches
+    cls = 0 if kind == "siglip" else 1
+    assert out.last_hidden_state.shape == (3, n_patches + cls, model.config.hidden_size)
+    assert n_patches == (32 // 8) ** 2
+
+
+def test_unknown_kind():
+    with pytest.raises(ValueError, match="not one of"):
+        make_tiny_vlm("blip")
+    with pytest.raises(ValueError, match="not one of"):
+        make_tiny_vision("llava")
+
+
+def test_save_and_load_llava(tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model, processor = make_tiny_vlm("llava")
+    save_tiny_vlm("llava", tmp_path)
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    loaded_processor = AutoProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is type(model) and type(loaded_processor) is type(processor)
+    batch = _batch(processor, _prompts(processor), _images())
+    again = _batch(loaded_processor, _prompts(processor), _images())
+    assert torch.equal(batch["input_ids"], again["input_ids"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**again).logits, model(**batch).logits)
+
+
+def test_save_and_load_clip(tmp_path):
+    from transformers import AutoImageProcessor, AutoModel
+
+    model, images = make_tiny_vision("clip")
+    save_tiny_vision("clip", tmp_path)
+    loaded, loaded_images = AutoModel.from_pretrained(tmp_path).eval(), AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is type(model)
+    batch, again = images(_images(), return_tensors="pt"), loaded_images(_images(), return_tensors="pt")
+    torch.testing.assert_close(again["pixel_values"], batch["pixel_values"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**again).last_hidden_state, model(**batch).last_hidden_state)
