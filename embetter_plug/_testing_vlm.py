@@ -17,6 +17,30 @@ llava
     blocks ``vision_tower.encoder.layers``, one row per image, 17 tokens (CLS + 16 patches;
     ``vision_tower.embeddings.num_patches`` is 16). ``get_decoder()`` is the ``LlamaModel``. Text-only
     rows in a batch with image rows work.
+paligemma
+    ``PaliGemmaProcessor`` + ``SiglipImageProcessorPil`` (``image_seq_length`` 16); placeholder
+    ``"<image>"`` = ``config.image_token_id``; the processor adds 1,152 ``<locNNNN>``/``<segNNN>``
+    tokens and a BOS after the last image token. Always returns ``token_type_ids`` (0 on the
+    prefix, 1 on a ``suffix=`` with its EOS; the prefix is attended both ways) and ``labels``;
+    ``return_mm_token_type_ids=True`` adds the modality mask. 16 tokens per image whatever its
+    size; ``pixel_values`` ``[n_images, 3, 32, 32]``. Tower ``model.model.vision_tower``:
+    ``SiglipVisionModel`` (config ``SiglipVisionConfig``), blocks ``vision_tower.encoder.layers``,
+    one row per image, 16 tokens, no CLS (= ``embeddings.num_patches``). ``get_decoder()`` is the
+    ``GemmaModel``. Text-only: the processor refuses ``text`` without ``images``, and a text-only
+    row next to image rows gets its BOS inserted 6 characters into the text (not supported).
+gemma3
+    ``Gemma3Processor`` + ``Gemma3ImageProcessorPil`` (no pan-and-scan). The placeholder in the
+    text is ``processor.image_token`` = ``"<start_of_image>"`` (the BOI token), expanded to
+    ``"\n\n<start_of_image>" + 4 x "<image_soft_token>" + "<end_of_image>\n\n"``;
+    ``config.image_token_id`` is the soft token (``tokenizer.image_token_id``), ``boi_token_id``
+    / ``eoi_token_id`` the brackets. The modality mask is always returned, as ``token_type_ids``
+    (1 on soft tokens; image blocks are attended both ways). Images must be nested per text
+    (``[[img], [img]]``): a flat list belongs to the first text. 4 tokens per image whatever its
+    size (the 4x4 patches average-pooled to 2x2, ``mm_tokens_per_image``); ``pixel_values``
+    ``[n_images, 3, 32, 32]``. Tower ``model.model.vision_tower``: ``SiglipVisionModel``, blocks
+    ``vision_tower.encoder.layers``, one row per image, 16 tokens, no CLS. ``get_decoder()`` is
+    the ``Gemma3TextModel``. Text-only rows work (``images=[[img], []]``). The projector weight,
+    zero at initialisation, is drawn at random here so that images change the activations.
 
 Vision encoders (``make_tiny_vision``): ``clip`` is ``CLIPVisionModel`` + ``CLIPImageProcessorPil``
 (blocks ``encoder.layers``, 17 tokens: CLS + ``embeddings.num_patches``); ``siglip`` is
@@ -48,6 +72,8 @@ VISION_KINDS = ("clip", "siglip", "vit")
 SEED = 0
 IMAGE_SIZE = 32
 PATCH = 8
+N_PATCHES = (IMAGE_SIZE // PATCH) ** 2
+GEMMA3_TOKENS = 4  # Gemma-3 average-pools the 4x4 patches of an image to 2x2 soft tokens
 # text stack: Llama-like sizes shared by every kind (GQA with 2 key/value heads)
 _TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=512)
@@ -107,7 +133,44 @@ def _vision(kind: str):
     return getattr(tf, name[0])(**_TOWER), get_image_processor_class_from_name(name[1])(size=square)
 
 
-_BUILDERS = {"llava": _llava}
+def _siglip_images(cls: str = "SiglipImageProcessorPil", **kwargs):
+    from transformers.models.auto.image_processing_auto import get_image_processor_class_from_name
+
+    return get_image_processor_class_from_name(cls)(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                                                    **kwargs)
+
+
+def _paligemma():
+    from transformers import GemmaConfig, PaliGemmaConfig, PaliGemmaProcessor, SiglipVisionConfig
+
+    tok = _tokenizer({"image_token": "<image>"})
+    images = _siglip_images()
+    images.image_seq_length = N_PATCHES  # read by PaliGemmaProcessor
+    processor = PaliGemmaProcessor(image_processor=images, tokenizer=tok)  # adds 1,152 <loc>/<seg>
+    config = PaliGemmaConfig(vision_config=SiglipVisionConfig(**_TOWER, vision_use_head=False),
+                             text_config=GemmaConfig(**_TEXT, head_dim=8, **_text_ids(tok)),
+                             image_token_id=tok.image_token_id, projection_dim=32, hidden_size=32,
+                             vocab_size=len(tok))
+    return config, processor
+
+
+def _gemma3():
+    from transformers import Gemma3Config, Gemma3Processor, Gemma3TextConfig, SiglipVisionConfig
+
+    tok = _tokenizer({"image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
+                      "eoi_token": "<end_of_image>"})
+    processor = Gemma3Processor(image_processor=_siglip_images("Gemma3ImageProcessorPil"),
+                                tokenizer=tok, image_seq_length=GEMMA3_TOKENS)
+    text = Gemma3TextConfig(**_TEXT, head_dim=8, query_pre_attn_scalar=8, sliding_window=16,
+                            layer_types=["sliding_attention", "full_attention"], **_text_ids(tok))
+    config = Gemma3Config(vision_config=SiglipVisionConfig(**_TOWER, vision_use_head=False),
+                          text_config=text, mm_tokens_per_image=GEMMA3_TOKENS,
+                          image_token_id=tok.image_token_id, boi_token_id=tok.boi_token_id,
+                          eoi_token_id=tok.eoi_token_id)
+    return config, processor
+
+
+_BUILDERS = {"llava": _llava, "paligemma": _paligemma, "gemma3": _gemma3}
 
 
 def _check(kind: str, kinds: tuple) -> None:
@@ -122,7 +185,11 @@ def _vlm_model(kind: str):
 
     config, _ = _BUILDERS[kind]()
     torch.manual_seed(SEED)
-    return AutoModelForImageTextToText.from_config(config, attn_implementation="eager").eval()
+    model = AutoModelForImageTextToText.from_config(config, attn_implementation="eager").eval()
+    for name, param in model.named_parameters():
+        if name.endswith("mm_input_projection_weight"):  # Gemma-3 starts it at zero: no image signal
+            torch.nn.init.normal_(param.data, std=0.02)
+    return model
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,7 +10,10 @@ from embetter_plug.testing import (
 
 Image = pytest.importorskip("PIL.Image")
 
-BUILT = [k for k in VLM_KINDS if k in ("llava",)]
+BUILT = [k for k in VLM_KINDS if k in ("llava", "paligemma", "gemma3")]
+NESTED = {"gemma3"}  # its processor reads a flat list of images as all belonging to the first text
+# image tokens per image (whatever its size)
+N_IMAGE_TOKENS = {"llava": 16, "paligemma": 16, "gemma3": 4}
 
 
 def _images():
@@ -19,8 +22,10 @@ def _images():
             Image.new("RGB", (32, 32), (5, 5, 250))]
 
 
-def _batch(processor, texts, images):
-    return processor(text=texts, images=images, return_tensors="pt", padding=True)
+def _batch(processor, texts, images, kind="llava", **kwargs):
+    if kind in NESTED:
+        images = [[im] for im in images]
+    return processor(text=texts, images=images, return_tensors="pt", padding=True, **kwargs)
 
 
 def _prompts(processor, n=3):
@@ -43,39 +48,77 @@ def _image_features(model, batch) -> torch.Tensor:
 def test_vlm_forward_and_image_tokens(kind):
     model, processor = make_tiny_vlm(kind)
     assert model.training is False and model.dtype == torch.float32
-    batch = _batch(processor, _prompts(processor), _images())
+    batch = _batch(processor, _prompts(processor), _images(), kind)
     with torch.no_grad():
         out = model(**batch, output_hidden_states=True)
         feats = _image_features(model, batch)
+    assert feats.std() > 0
     assert len(out.hidden_states) == model.config.text_config.num_hidden_layers + 1
     pos = _image_positions(model, batch)
     # as many placeholder tokens as image features, and the embeddings at those positions are them
+    assert pos.sum(1).tolist() == [N_IMAGE_TOKENS[kind]] * 3
     assert int(pos.sum()) == feats.shape[0]
     torch.testing.assert_close(out.hidden_states[0][pos], feats)
     assert make_tiny_vlm(kind)[0] is model  # cached
 
 
-def test_llava_facts():
-    model, processor = make_tiny_vlm("llava")
-    batch = processor(text=_prompts(processor), images=_images(), return_tensors="pt",
-                      padding=True, return_mm_token_type_ids=True)
-    assert batch["pixel_values"].shape == (3, 3, 32, 32)
-    pos = _image_positions(model, batch)
-    assert pos.sum(1).tolist() == [16, 16, 16]
-    assert torch.equal(batch["mm_token_type_ids"].bool(), pos)
-    tower = model.model.vision_tower
+def _tower_tokens(model, tower, pixel_values) -> int:
+    """Check the tower is a model of its own (config of ``config.vision_config``'s type); its length."""
     assert type(tower.config) is type(model.config.vision_config)
     with torch.no_grad():
-        seq = tower(batch["pixel_values"]).last_hidden_state
-    assert seq.shape[1] == tower.embeddings.num_patches + 1 == 17  # CLS + patches
+        return tower(pixel_values).last_hidden_state.shape[1]
+
+
+def test_llava_facts():
+    model, processor = make_tiny_vlm("llava")
+    batch = _batch(processor, _prompts(processor), _images(), return_mm_token_type_ids=True)
+    assert batch["pixel_values"].shape == (3, 3, 32, 32)
+    assert torch.equal(batch["mm_token_type_ids"].bool(), _image_positions(model, batch))
+    tower = model.model.vision_tower
+    n = _tower_tokens(model, tower, batch["pixel_values"])
+    assert n == tower.embeddings.num_patches + 1 == 17  # CLS + patches, CLS dropped for the LM
     assert model.get_decoder() is model.model.language_model
 
 
-@pytest.mark.parametrize("kind", BUILT)
+def test_paligemma_facts():
+    model, processor = make_tiny_vlm("paligemma")
+    batch = _batch(processor, _prompts(processor), _images(), return_mm_token_type_ids=True)
+    assert batch["pixel_values"].shape == (3, 3, 32, 32)
+    assert torch.equal(batch["mm_token_type_ids"].bool(), _image_positions(model, batch))
+    assert not batch["token_type_ids"].any()  # a prefix only: all 0 (attended both ways)
+    with_suffix = _batch(processor, _prompts(processor, 1), _images()[:1], suffix=["a dog"])
+    n_suffix = len(processor.tokenizer("a dog")["input_ids"]) + 1  # + EOS
+    assert with_suffix["token_type_ids"][0].tolist()[-n_suffix:] == [1] * n_suffix
+    with pytest.raises(ValueError, match="images"):
+        processor(text=["no picture"])
+    tower = model.model.vision_tower
+    assert _tower_tokens(model, tower, batch["pixel_values"]) == tower.embeddings.num_patches == 16
+    assert model.get_decoder() is model.model.language_model
+
+
+def test_gemma3_facts():
+    model, processor = make_tiny_vlm("gemma3")
+    tok = processor.tokenizer
+    assert processor.image_token == "<start_of_image>" != tok.image_token
+    assert model.config.image_token_id == tok.image_token_id
+    batch = _batch(processor, _prompts(processor), _images(), "gemma3")
+    # the modality mask comes as token_type_ids (1 on the soft image tokens)
+    assert torch.equal(batch["token_type_ids"].bool(), _image_positions(model, batch))
+    tower = model.model.vision_tower
+    assert _tower_tokens(model, tower, batch["pixel_values"]) == tower.embeddings.num_patches == 16
+    assert model.get_decoder() is model.model.language_model
+
+
+# kind -> the images argument for a batch of one image row and one text-only row
+MIXED = {"llava": lambda im: [im], "gemma3": lambda im: [[im], []]}
+
+
+@pytest.mark.parametrize("kind", [k for k in BUILT if k in MIXED])
 def test_text_only_row_in_a_mixed_batch(kind):
     model, processor = make_tiny_vlm(kind)
     texts = _prompts(processor, 1) + ["no picture in this row at all"]
-    mixed = _batch(processor, texts, _images()[:1])
+    mixed = processor(text=texts, images=MIXED[kind](_images()[0]), return_tensors="pt",
+                      padding=True)
     alone = processor(text=texts[1:], return_tensors="pt")
     with torch.no_grad():
         got = model(**mixed, output_hidden_states=True).hidden_states[-1][1]
