@@ -1,4 +1,4 @@
-"""Tiny random vision-language models and vision encoders with working processors, built offline.
+r"""Tiny random vision-language models and vision encoders with working processors, built offline.
 
 Every model is built from a small config with a fixed seed (2 text layers of width 32, a 2-layer
 vision tower of width 32 on 32x32 images cut into 8x8 patches) and cached per kind; processors
