@@ -41,6 +41,24 @@ gemma3
     ``vision_tower.encoder.layers``, one row per image, 16 tokens, no CLS. ``get_decoder()`` is
     the ``Gemma3TextModel``. Text-only rows work (``images=[[img], []]``). The projector weight,
     zero at initialisation, is drawn at random here so that images change the activations.
+qwen2_vl, qwen2_5_vl
+    ``Qwen2VLProcessor`` / ``Qwen2_5_VLProcessor`` without the video processor (the stock classes
+    cannot be built, nor loaded by ``AutoProcessor``, without ``torchvision``: build them here
+    with ``image_processor`` and ``tokenizer`` only) + ``Qwen2VLImageProcessorPil``;
+    placeholder ``"<|image_pad|>"`` = ``config.image_token_id`` (a minimal chat template writes
+    ``<|vision_start|><|image_pad|><|vision_end|>`` for an image item). The modality mask
+    ``mm_token_type_ids`` is always returned and the model requires it with ``image_grid_thw``
+    (M-RoPE positions). Images keep their aspect: sides rounded to multiples of 16 pixels
+    (between 16x16 and 48x48 pixels in all) and one token per 16x16 pixels, so the count varies
+    (24x30 -> 4, 48x20 -> 3). ``pixel_values`` ``[all patches of the batch, 2*3*8*8]``
+    (flattened 8x8 patches, 2 frames, in 2x2 merge-group order) and ``image_grid_thw``
+    ``[n_images, 3]`` (1, rows, columns of patches). Tower ``model.model.visual``:
+    ``Qwen2VisionTransformerPretrainedModel`` / ``Qwen2_5_VisionTransformerPretrainedModel``
+    (config ``Qwen2VLVisionConfig`` / ``Qwen2_5_VLVisionConfig``), blocks ``visual.blocks``,
+    which see every patch of the batch in one sequence ``[n_patches, 32]`` separated by
+    ``cu_seqlens`` (Qwen2.5-VL: in window order, window attention but in block 1), no CLS;
+    ``visual.merger`` makes 1 token of 2x2 patches. ``get_decoder()`` is the text model. Text-only
+    rows in a batch with image rows work.
 
 Vision encoders (``make_tiny_vision``): ``clip`` is ``CLIPVisionModel`` + ``CLIPImageProcessorPil``
 (blocks ``encoder.layers``, 17 tokens: CLS + ``embeddings.num_patches``); ``siglip`` is
@@ -170,7 +188,64 @@ def _gemma3():
     return config, processor
 
 
-_BUILDERS = {"llava": _llava, "paligemma": _paligemma, "gemma3": _gemma3}
+_QWEN_SPECIAL = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+                 "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"}
+# a minimal chat template: each image item of a message becomes the bracketed placeholder
+_QWEN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}"
+    "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif c['type'] == 'text' %}{{ c['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _image_only(name: str):
+    """``name`` (a Qwen-VL processor) without its video processor, which needs ``torchvision``."""
+    import transformers as tf
+    from transformers.processing_utils import ProcessorMixin
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        self.image_token, self.image_token_id = tokenizer.image_token, tokenizer.image_token_id
+        self.video_token, self.video_token_id = tokenizer.video_token, tokenizer.video_token_id
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    return type(name, (getattr(tf, name),), {"__init__": __init__, "__module__": __name__})
+
+
+def _qwen_vl(version: str):
+    import transformers as tf
+    from transformers.models.auto.image_processing_auto import get_image_processor_class_from_name
+
+    tok = _tokenizer(_QWEN_SPECIAL, extra=("<|im_start|>", "<|im_end|>"))
+    # 8x8 patches merged 2x2: sides become multiples of 16, between 16x16 and 48x48 pixels
+    images = get_image_processor_class_from_name("Qwen2VLImageProcessorPil")(
+        patch_size=PATCH, merge_size=2, temporal_patch_size=2,
+        size={"shortest_edge": 16 * 16, "longest_edge": 48 * 48})
+    name = {"2": "Qwen2VL", "2.5": "Qwen2_5_VL"}[version]
+    processor = _image_only(f"{name}Processor")(image_processor=images, tokenizer=tok,
+                                                chat_template=_QWEN_TEMPLATE)
+    text = getattr(tf, f"{name}TextConfig")(
+        **_TEXT, **_text_ids(tok),
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]})
+    vision = dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, patch_size=PATCH,
+                  spatial_merge_size=2, temporal_patch_size=2)
+    if version == "2":
+        vision.update(mlp_ratio=2)
+    else:  # Qwen2.5-VL: gated MLP, window attention on all but the full-attention blocks
+        vision.update(intermediate_size=64, out_hidden_size=32, window_size=16,
+                      fullatt_block_indexes=[1])
+    config = getattr(tf, f"{name}Config")(
+        text_config=text, vision_config=getattr(tf, f"{name}VisionConfig")(**vision),
+        image_token_id=tok.image_token_id, video_token_id=tok.video_token_id,
+        vision_start_token_id=tok.vision_start_token_id, vision_end_token_id=tok.vision_end_token_id)
+    return config, processor
+
+
+_BUILDERS = {"llava": _llava, "paligemma": _paligemma, "gemma3": _gemma3,
+             "qwen2_vl": functools.partial(_qwen_vl, "2"),
+             "qwen2_5_vl": functools.partial(_qwen_vl, "2.5")}
 
 
 def _check(kind: str, kinds: tuple) -> None:

@@ -10,15 +10,17 @@ from embetter_plug.testing import (
 
 Image = pytest.importorskip("PIL.Image")
 
-BUILT = [k for k in VLM_KINDS if k in ("llava", "paligemma", "gemma3")]
+BUILT = [k for k in VLM_KINDS if k in ("llava", "paligemma", "gemma3", "qwen2_vl", "qwen2_5_vl")]
 NESTED = {"gemma3"}  # its processor reads a flat list of images as all belonging to the first text
 # image tokens per image (whatever its size)
-N_IMAGE_TOKENS = {"llava": 16, "paligemma": 16, "gemma3": 4}
+N_IMAGE_TOKENS = {"llava": [16] * 3, "paligemma": [16] * 3, "gemma3": [4] * 3,
+                  # Qwen-VL: sides rounded to multiples of 16 pixels, one token per 16x16
+                  "qwen2_vl": [4, 3, 4], "qwen2_5_vl": [4, 3, 4]}
 
 
 def _images():
     # different sizes and colours in one batch
-    return [Image.new("RGB", (24, 30), (200, 10, 10)), Image.new("RGB", (40, 33), (0, 100, 10)),
+    return [Image.new("RGB", (24, 30), (200, 10, 10)), Image.new("RGB", (48, 20), (0, 100, 10)),
             Image.new("RGB", (32, 32), (5, 5, 250))]
 
 
@@ -39,7 +41,8 @@ def _image_positions(model, batch):
 
 def _image_features(model, batch) -> torch.Tensor:
     """The projected image features the model puts at the image positions, one row per token."""
-    out = model.get_image_features(pixel_values=batch["pixel_values"])
+    keys = ("pixel_values", "image_grid_thw", "image_sizes", "pixel_attention_mask")
+    out = model.get_image_features(**{k: batch[k] for k in keys if k in batch})
     feats = out.pooler_output if hasattr(out, "pooler_output") else out
     return torch.cat(list(feats)).reshape(-1, model.config.text_config.hidden_size)
 
@@ -56,7 +59,7 @@ def test_vlm_forward_and_image_tokens(kind):
     assert len(out.hidden_states) == model.config.text_config.num_hidden_layers + 1
     pos = _image_positions(model, batch)
     # as many placeholder tokens as image features, and the embeddings at those positions are them
-    assert pos.sum(1).tolist() == [N_IMAGE_TOKENS[kind]] * 3
+    assert pos.sum(1).tolist() == N_IMAGE_TOKENS[kind]
     assert int(pos.sum()) == feats.shape[0]
     torch.testing.assert_close(out.hidden_states[0][pos], feats)
     assert make_tiny_vlm(kind)[0] is model  # cached
@@ -109,8 +112,36 @@ def test_gemma3_facts():
     assert model.get_decoder() is model.model.language_model
 
 
+@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl"])
+def test_qwen_vl_facts(kind):
+    model, processor = make_tiny_vlm(kind)
+    batch = _batch(processor, _prompts(processor), _images())
+    # flattened patches of every image, 2 frames x 3 channels x 8 x 8 pixels each
+    assert batch["image_grid_thw"].tolist() == [[1, 4, 4], [1, 2, 6], [1, 4, 4]]
+    assert batch["pixel_values"].shape == (16 + 12 + 16, 2 * 3 * 8 * 8)
+    assert torch.equal(batch["mm_token_type_ids"].bool(), _image_positions(model, batch))
+    tower = model.model.visual
+    assert type(tower.config) is type(model.config.vision_config)
+    seen = []
+    hook = tower.blocks[0].register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    try:
+        with torch.no_grad():
+            merged = tower(batch["pixel_values"], grid_thw=batch["image_grid_thw"]).pooler_output
+    finally:
+        hook.remove()
+    assert seen == [(44, 32)]  # the blocks see all patches of the batch in one sequence
+    assert merged.shape == (11, 32)  # 2x2 patches merged into one token
+    assert model.get_decoder() is model.model.language_model
+    # the chat template brackets the placeholder
+    chat = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "a cat"}]}],
+        tokenize=False)
+    assert "<|vision_start|><|image_pad|><|vision_end|>a cat" in chat
+
+
 # kind -> the images argument for a batch of one image row and one text-only row
-MIXED = {"llava": lambda im: [im], "gemma3": lambda im: [[im], []]}
+MIXED = {"llava": lambda im: [im], "gemma3": lambda im: [[im], []], "qwen2_vl": lambda im: [im],
+         "qwen2_5_vl": lambda im: [im]}
 
 
 @pytest.mark.parametrize("kind", [k for k in BUILT if k in MIXED])
