@@ -59,6 +59,20 @@ qwen2_vl, qwen2_5_vl
     ``cu_seqlens`` (Qwen2.5-VL: in window order, window attention but in block 1), no CLS;
     ``visual.merger`` makes 1 token of 2x2 patches. ``get_decoder()`` is the text model. Text-only
     rows in a batch with image rows work.
+idefics3
+    ``Idefics3Processor`` + ``Idefics3ImageProcessorPil`` (a minimal chat template); placeholder
+    ``"<image>"`` = ``config.image_token_id``. An image is scaled to a longest edge of 64 pixels
+    and cut into 32x32 tiles plus the whole image scaled to 32x32; each becomes
+    ``<fake_token_around_image><row_i_col_j>`` (``<global-img>`` for the whole one) + 4 image
+    tokens (16 patches, pixel-shuffled by ``scale_factor`` 2), so the count varies with the aspect
+    (24x30 -> 2x2 tiles + 1 = 20 tokens, 48x20 -> 1x2 + 1 = 12). ``return_mm_token_type_ids=True``
+    works but marks each image's whole span (brackets, tags, line breaks), not only ``<image>``.
+    ``pixel_values`` ``[n_texts, most tiles in the batch, 3, 32, 32]`` (zero-padded) and
+    ``pixel_attention_mask`` ``[n_texts, tiles, 32, 32]`` (all 0 on padding tiles). Tower
+    ``model.model.vision_model``: ``Idefics3VisionTransformer`` (a ``PreTrainedModel``, config
+    ``Idefics3VisionConfig``), blocks ``vision_model.encoder.layers``, one row per real tile
+    (padding tiles dropped), 16 tokens, no CLS; then ``model.model.connector``.
+    ``get_decoder()`` is ``model.model.text_model``. Text-only rows in a mixed batch work.
 
 Vision encoders (``make_tiny_vision``): ``clip`` is ``CLIPVisionModel`` + ``CLIPImageProcessorPil``
 (blocks ``encoder.layers``, 17 tokens: CLS + ``embeddings.num_patches``); ``siglip`` is
@@ -188,6 +202,32 @@ def _gemma3():
     return config, processor
 
 
+def _idefics3():
+    from transformers import Idefics3Config, Idefics3Processor, Idefics3VisionConfig, LlamaConfig
+    from transformers.models.auto.image_processing_auto import get_image_processor_class_from_name
+
+    rows_cols = tuple(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7))
+    tok = _tokenizer({"image_token": "<image>"}, extra=(
+        "<fake_token_around_image>", "<global-img>", "<end_of_utterance>") + rows_cols)
+    # an image is scaled to a longest edge of 64 pixels and cut into 32x32 tiles, + the whole
+    images = get_image_processor_class_from_name("Idefics3ImageProcessorPil")(
+        size={"longest_edge": 2 * IMAGE_SIZE}, max_image_size={"longest_edge": IMAGE_SIZE})
+    processor = Idefics3Processor(image_processor=images, tokenizer=tok,
+                                  image_seq_len=N_PATCHES // 4, chat_template=_IDEFICS3_TEMPLATE)
+    config = Idefics3Config(vision_config=Idefics3VisionConfig(**_TOWER),
+                            text_config=LlamaConfig(**_TEXT, **_text_ids(tok)), scale_factor=2,
+                            image_token_id=tok.image_token_id, pad_token_id=tok.pad_token_id)
+    return config, processor
+
+
+_IDEFICS3_TEMPLATE = (
+    "<|im_start|>{% for m in messages %}{{ m['role'] | capitalize }}:{% if m['content'] is string %}"
+    "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
+    "{% elif c['type'] == 'text' %} {{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
 _QWEN_SPECIAL = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
                  "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"}
 # a minimal chat template: each image item of a message becomes the bracketed placeholder
@@ -245,7 +285,7 @@ def _qwen_vl(version: str):
 
 _BUILDERS = {"llava": _llava, "paligemma": _paligemma, "gemma3": _gemma3,
              "qwen2_vl": functools.partial(_qwen_vl, "2"),
-             "qwen2_5_vl": functools.partial(_qwen_vl, "2.5")}
+             "qwen2_5_vl": functools.partial(_qwen_vl, "2.5"), "idefics3": _idefics3}
 
 
 def _check(kind: str, kinds: tuple) -> None:

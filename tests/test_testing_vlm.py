@@ -10,12 +10,14 @@ from embetter_plug.testing import (
 
 Image = pytest.importorskip("PIL.Image")
 
-BUILT = [k for k in VLM_KINDS if k in ("llava", "paligemma", "gemma3", "qwen2_vl", "qwen2_5_vl")]
+BUILT = [k for k in VLM_KINDS if k in ("llava", "paligemma", "gemma3", "qwen2_vl", "qwen2_5_vl", "idefics3")]
 NESTED = {"gemma3"}  # its processor reads a flat list of images as all belonging to the first text
 # image tokens per image (whatever its size)
 N_IMAGE_TOKENS = {"llava": [16] * 3, "paligemma": [16] * 3, "gemma3": [4] * 3,
                   # Qwen-VL: sides rounded to multiples of 16 pixels, one token per 16x16
-                  "qwen2_vl": [4, 3, 4], "qwen2_5_vl": [4, 3, 4]}
+                  "qwen2_vl": [4, 3, 4], "qwen2_5_vl": [4, 3, 4],
+                  # Idefics3: 4 tokens per 32x32 tile, (2x2 or 1x2 tiles) + the whole image
+                  "idefics3": [20, 12, 20]}
 
 
 def _images():
@@ -139,9 +141,39 @@ def test_qwen_vl_facts(kind):
     assert "<|vision_start|><|image_pad|><|vision_end|>a cat" in chat
 
 
+def test_idefics3_facts():
+    model, processor = make_tiny_vlm("idefics3")
+    batch = _batch(processor, _prompts(processor), _images(), return_mm_token_type_ids=True)
+    # tiles padded to the batch's most: [texts, tiles, 3, 32, 32], and a mask of real pixels
+    assert batch["pixel_values"].shape == (3, 5, 3, 32, 32)
+    assert batch["pixel_attention_mask"].flatten(2).all(-1).sum(1).tolist() == [5, 3, 5]
+    pos = _image_positions(model, batch)
+    # the modality mask covers each image's whole span (brackets, tile tags, line breaks)
+    span = batch["mm_token_type_ids"].bool()
+    assert (span >= pos).all() and (span.sum(1) > pos.sum(1)).all()
+    ids = batch["input_ids"][0][span[0]].tolist()
+    tok = processor.tokenizer
+    assert ids[0] == tok.convert_tokens_to_ids("<fake_token_around_image>") == ids[-1]
+    tower = model.model.vision_model
+    seen = []
+    hook = tower.encoder.layers[0].register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    try:
+        assert _tower_tokens(model, tower, batch["pixel_values"][0]) == tower.embeddings.num_patches
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        hook.remove()
+    assert seen[1] == (5 + 3 + 5, 16, 32)  # one row per real tile, no CLS
+    assert model.get_decoder() is model.model.text_model
+    chat = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "a cat"}]}],
+        tokenize=False, add_generation_prompt=True)
+    assert chat == "<|im_start|>User:<image> a cat<end_of_utterance>\nAssistant:"
+
+
 # kind -> the images argument for a batch of one image row and one text-only row
 MIXED = {"llava": lambda im: [im], "gemma3": lambda im: [[im], []], "qwen2_vl": lambda im: [im],
-         "qwen2_5_vl": lambda im: [im]}
+         "qwen2_5_vl": lambda im: [im], "idefics3": lambda im: [im]}
 
 
 @pytest.mark.parametrize("kind", [k for k in BUILT if k in MIXED])
