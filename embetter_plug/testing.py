@@ -189,3 +189,9 @@ def save_smollm2(path: str | Path) -> Path:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+# vision-language models and vision encoders (defined apart to keep this module small)
+from ._testing_vlm import (  # noqa: E402
+    VISION_KINDS, VLM_KINDS, make_tiny_vision, make_tiny_vlm, save_tiny_vision, save_tiny_vlm,
+)
