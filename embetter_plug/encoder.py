@@ -344,10 +344,11 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         check_is_fitted(self, "layout_")
         self._ensure_loaded()
         texts = check_inputs(texts, name="texts")
+        extractor = self._extractor()
+        extractor.check(texts)  # before deduplication: positions are the caller's
         _, first, inverse = np.unique(np.asarray([input_key(t) for t in texts], dtype=object),
                                       return_index=True, return_inverse=True)
         uniq = [texts[i] for i in first]
-        extractor = self._extractor()
         if self.cache is None:
             out = extractor.extract(uniq)
         else:

@@ -171,10 +171,10 @@ class ActivationExtractor:
         from ._progress import iterate
 
         texts = list(texts)
+        self.check(texts)
         if has_images(texts) or _vision.is_vision_only(self.model):
             yield from self._iter_samples(texts)
             return
-        self._check_text_inputs()
         prefix, suffix = _batching.split_template(self.prompt_template)
         plans = _batching.plan_chunks(self.tokenizer, texts, prefix, suffix, self.max_length,
                                       self.batch_size, spans=not self.include_prompt)
@@ -198,39 +198,40 @@ class ActivationExtractor:
                            disable=not self.verbose, desc="encoding", unit="batch",
                            size=lambda batch: len(batch[0]))
 
-    def _check_text_inputs(self) -> None:
-        tower, _ = self._stack()
-        modal = [pooling_name(p) for p in self.poolings if split_modality(p)[0] is not None]
-        if tower or modal:
-            what = f"token_pooling {modal}" if modal else "'vision.' parts"
-            raise ValueError(f"{what} read images, but the inputs are plain texts; pass image+"
-                             "text samples ({'text': ..., 'image': ...}).")
-
-    def _iter_samples(self, samples) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def check(self, inputs: Sequence[Any]) -> None:
+        """Raise what is wrong with checked ``inputs`` (texts or samples) for these settings
+        before any forward pass: images for a text model, texts for a vision encoder, no
+        processor, placeholder counts, samples without an image for ``vision.`` parts,
+        modality poolings on plain texts. Positions refer to ``inputs``."""
         from . import _mm_batching
-        from ._progress import iterate
 
+        tower, _ = self._stack()
         vision_only = _vision.is_vision_only(self.model)
+        if not has_images(inputs) and not vision_only:
+            modal = [pooling_name(p) for p in self.poolings if split_modality(p)[0] is not None]
+            if tower or modal:
+                what = f"token_pooling {modal}" if modal else "'vision.' parts"
+                raise ValueError(f"{what} read images, but the inputs are plain texts; pass "
+                                 "image+text samples ({'text': ..., 'image': ...}).")
+            return
         if not _vision.reads_images(self.model):
-            with_image = [i for i, s in enumerate(samples) if s.image is not None]
+            with_image = [i for i, s in enumerate(inputs) if s.image is not None]
             if with_image:
                 raise ValueError(
                     f"samples {with_image[:10]} hold images, but {type(self.model).__name__} "
                     "reads text only; pass a model that reads images (a vision-language model "
                     "or a vision encoder), or texts alone.")
-            yield from self.iter_batches([s.text for s in samples])
-            return
-        if not has_images(samples):  # texts given to a vision encoder
+            return self.check([s.text for s in inputs])
+        if not has_images(inputs):  # texts given to a vision encoder
             raise ValueError(f"{type(self.model).__name__} is a vision encoder: pass images "
                              "(PIL images, arrays, {'image': path} dicts), not texts.")
         if self.processor is None:
             raise ValueError(f"image+text samples need a processor, and none was given for "
                              f"{type(self.model).__name__}; pass processor= (a name, folder or "
                              "AutoProcessor instance).")
-        _mm_batching.check_samples(samples, self.processor, vision_only=vision_only,
+        _mm_batching.check_samples(inputs, self.processor, vision_only=vision_only,
                                    prompt_template=self.prompt_template)
-        tower, _ = self._stack()
-        no_image = [i for i, s in enumerate(samples) if s.image is None]
+        no_image = [i for i, s in enumerate(inputs) if s.image is None]
         if tower and no_image:
             raise ValueError(f"'vision.' parts read each sample's image, but samples "
                              f"{no_image[:10]} have none; drop them or read the language stack.")
@@ -238,6 +239,15 @@ class ActivationExtractor:
         if tower and modal:
             raise ValueError(f"token_pooling {modal}: a vision tower has no text tokens; use "
                              "'cls', 'mean' or 'image:mean' (patches without the class token).")
+
+    def _iter_samples(self, samples) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        from . import _mm_batching
+        from ._progress import iterate
+
+        if not _vision.reads_images(self.model):  # text-only samples (checked): their texts
+            yield from self.iter_batches([s.text for s in samples])
+            return
+        vision_only = _vision.is_vision_only(self.model)
         tokenizer = getattr(self.processor, "tokenizer", None) or self.tokenizer
         pad = 0 if vision_only else _batching.pad_id(tokenizer, self.model.config)
         batches = _mm_batching.plan_batches(

@@ -173,7 +173,7 @@ def test_cache_keys_on_pixels(tmp_path):
 
     n = len(ActivationCache(tmp_path / "c"))
     changed = dict(samples[0], image=samples[0]["image"].copy())
-    changed["image"][0, 0] = 255 - changed["image"][0, 0]
+    changed["image"][8:22, 6:18] = 255 - changed["image"][8:22, 6:18]  # inside the crop
     out = enc.transform([changed])
     assert len(ActivationCache(tmp_path / "c")) == n + 1  # a miss: stored anew
     assert not np.allclose(out[0], first[0])
@@ -245,3 +245,58 @@ def test_dataframe_pairs_and_paths(tmp_path):
     from_arrays = enc.transform([{"text": "a", "image": _img(0)}, {"text": "b", "image": _img(1)}])
     np.testing.assert_allclose(from_df, from_pairs, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(from_df, from_arrays, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["qwen2_vl", "idefics3"])
+def test_tower_without_one_row_per_image_is_refused(kind):
+    if kind not in [k if isinstance(k, str) else None for k in KINDS]:
+        pytest.skip(f"no tiny {kind}")
+    model, processor = make_tiny_vlm(kind)
+    enc = TransformerActivationEncoder(model, processor=processor, parts="vision.resid_post",
+                                       layers=[0]).fit()
+    with pytest.raises(ValueError, match="one row of tokens per image.*image:mean"):
+        enc.transform([{"text": "a", "image": _img(0)}])
+
+
+def test_folder_load_pickle_stream_and_cli(tmp_path, monkeypatch, capsys):
+    import pickle
+
+    import pandas as pd
+
+    from embetter_plug import load_activations
+    from embetter_plug.cli import main
+    from embetter_plug.testing import save_tiny_vlm
+
+    folder = save_tiny_vlm("llava", tmp_path / "llava")
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        Image.fromarray(_img(i)).save(tmp_path / "imgs" / f"{i}.png")
+    df = pd.DataFrame({"text": ["a cat", "", "the dog"], "image": ["imgs/0.png", "imgs/1.png", ""],
+                       "label": [0, 1, 0]})
+    df.to_csv(tmp_path / "data.csv", index=False)
+    samples = [{"text": "a cat", "image": str(tmp_path / "imgs/0.png")},
+               {"image": str(tmp_path / "imgs/1.png")}, {"text": "the dog"}]
+    enc = TransformerActivationEncoder(str(folder), layers=[0, 1],
+                                       token_pooling=["image:mean", "lasttoken"]).fit()
+    assert type(enc.processor_).__name__ == "LlavaProcessor" and "processor" in enc.identity_
+    direct = enc.transform(samples)
+    again = pickle.loads(pickle.dumps(enc)).transform(samples)  # processor reloaded from folder
+    np.testing.assert_allclose(again, direct, rtol=1e-5, atol=1e-6)
+    enc.extract_to(tmp_path / "stream", samples, shard_size=2)
+    streamed, layout = load_activations(tmp_path / "stream")
+    np.testing.assert_allclose(np.asarray(streamed), direct, rtol=1e-5, atol=1e-6)
+    monkeypatch.chdir(tmp_path / "imgs")  # relative image paths are read from the CSV's folder
+    rc = main(["extract", "--data", str(tmp_path / "data.csv"), "--image-col", "image",
+               "--model", str(folder), "--layers", "0,1", "--token-pooling",
+               "image:mean,lasttoken", "--out", str(tmp_path / "cli.npz"), "--quiet"])
+    assert rc == 0
+    from_cli, _ = load_activations(tmp_path / "cli.npz")
+    np.testing.assert_allclose(np.asarray(from_cli), direct, rtol=1e-5, atol=1e-6)
+    df.loc[0, "image"] = "imgs/missing.png"
+    df.to_csv(tmp_path / "bad.csv", index=False)
+    capsys.readouterr()
+    rc = main(["extract", "--data", str(tmp_path / "bad.csv"), "--image-col", "image",
+               "--model", str(folder), "--out", str(tmp_path / "bad.npz"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "no image file 'imgs/missing.png'" in err and "line(s) [2]" in err
+    assert not (tmp_path / "bad.npz").exists()
