@@ -34,7 +34,9 @@ from . import _arch
 HEAD_PARTS = ("attn_z", "attn_result", "attn_q", "attn_k", "attn_v")
 METRICS = ("attn_entropy", "attn_sink", "attn_distance", "attn_density", "attn_value_norm",
            "attn_result_norm", "attn_weighted_value_norm")
-ATTN_PARTS = HEAD_PARTS + METRICS
+# metrics that need to know which tokens are image tokens (image+text samples)
+MODALITY_METRICS = ("attn_image",)
+ATTN_PARTS = HEAD_PARTS + METRICS + MODALITY_METRICS
 # TransformerLens hook names (``hook_z``, ``attn.hook_z``, ``blocks.{l}.attn.hook_z``)
 TL_ALIASES = {"hook_z": "attn_z", "hook_result": "attn_result", "hook_q": "attn_q",
               "hook_k": "attn_k", "hook_v": "attn_v", "hook_rot_q": "attn_q",
@@ -46,7 +48,7 @@ _HEAD_NAME = re.compile(r"^(attn_[a-z_]+)\.h(\d+)$")
 def _width_group(part: str) -> str:
     if part in ("attn_z", "attn_q", "attn_k", "attn_v"):
         return "d_head"
-    return "scalar" if part in METRICS else "d_model"
+    return "scalar" if part in METRICS + MODALITY_METRICS else "d_model"
 
 
 def canonical(part: str) -> str:

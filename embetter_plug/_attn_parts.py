@@ -19,7 +19,9 @@ Metrics, per query token ``i`` and query head ``h`` (``p`` the post-softmax row 
 - ``attn_value_norm``  ``||v_i||`` of the key/value head that ``h`` reads;
 - ``attn_result_norm`` ``||z_ih W_O[h]||``: the norm of the head's output written toward the
   residual stream;
-- ``attn_weighted_value_norm`` ``sum_j p_ij ||v_j||``: value norms weighted by the attention.
+- ``attn_weighted_value_norm`` ``sum_j p_ij ||v_j||``: value norms weighted by the attention;
+- ``attn_image`` ``sum_{j image} p_ij``: the attention mass on image tokens (image+text samples;
+  pooled with ``text:mean`` it is how much the text attends to the picture).
 
 Each is then pooled over query tokens with the encoder's token pooling, like any part.
 """
@@ -32,7 +34,7 @@ from ._hooks import register_tap
 __all__ = ["PatternBudget", "head_target", "token_metric"]
 
 PATTERN_METRICS = ("attn_entropy", "attn_sink", "attn_distance", "attn_density",
-                   "attn_weighted_value_norm")
+                   "attn_weighted_value_norm", "attn_image")
 DENSITY_MASS = 0.9
 # float32 (B, heads, S, S) copies alive while one layer's metrics are computed: the scores, the
 # pattern, the sorted pattern, its cumulative sum and one elementwise temporary
@@ -79,9 +81,9 @@ class _QKVHead:
         return pool(x[:, self.h])  # (B, S, d)
 
 
-def token_metric(name: str, call, info, mask):
+def token_metric(name: str, call, info, mask, modalities=None):
     """``(B, heads, S_q)`` float32 values of metric ``name`` for one attention call
-    (``mask``: ``(B, S)``, 1 on real tokens)."""
+    (``mask``: ``(B, S)``, 1 on real tokens; ``modalities``: ``{"image": (B, S)}`` masks)."""
     import torch
 
     memo = call.memo
@@ -109,6 +111,12 @@ def token_metric(name: str, call, info, mask):
             i = torch.arange(s_q, device=p.device)[:, None] + (s_k - s_q)
             j = torch.arange(s_k, device=p.device)[None, :]
             out = (p * (i - j).abs().float()).sum(-1)
+        elif name == "attn_image":
+            if not modalities or "image" not in modalities:
+                raise ValueError("attn_image needs image+text samples (which tokens are image "
+                                 "tokens); plain texts have none.")
+            image = modalities["image"].to(p.device).float()  # (B, S_k)
+            out = (p * image[:, None, None, -p.shape[-1]:]).sum(-1)
         elif name == "attn_density":
             cum = p.sort(dim=-1, descending=True).values.cumsum(-1)
             out = ((cum < DENSITY_MASS).sum(-1) + 1).clamp(max=p.shape[-1]).float()
@@ -124,7 +132,8 @@ class _MetricHead:
         self.check_batch = None  # set by head_target for pattern metrics
 
     def __call__(self, call, pool):
-        values = token_metric(self.name, call, self.info, pool.mask)[:, self.h]  # (B, S)
+        values = token_metric(self.name, call, self.info, pool.mask,
+                              getattr(pool, "modalities", None))[:, self.h]  # (B, S)
         return pool(values[..., None])
 
 

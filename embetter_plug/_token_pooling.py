@@ -150,5 +150,6 @@ def make_pooler(mask, poolings: Sequence[str | float], pool_mask=None, modalitie
             out.append(v)
         return torch.stack(out, 1)
 
-    pool.poolings, pool.mask = tuple(poolings), mask  # for readers that need the token mask
+    # for readers that need the token masks (attention metrics)
+    pool.poolings, pool.mask, pool.modalities = tuple(poolings), mask, modalities
     return pool

@@ -209,8 +209,11 @@ class ActivationExtractor:
         vision_only = _vision.is_vision_only(self.model)
         if not has_images(inputs) and not vision_only:
             modal = [pooling_name(p) for p in self.poolings if split_modality(p)[0] is not None]
-            if tower or modal:
-                what = f"token_pooling {modal}" if modal else "'vision.' parts"
+            needs = [p for p in self.parts if _attn_arch.split_head(p)[0]
+                     in _attn_arch.MODALITY_METRICS]
+            if tower or modal or needs:
+                what = (f"token_pooling {modal}" if modal else f"parts {needs[:3]}" if needs
+                        else "'vision.' parts")
                 raise ValueError(f"{what} read images, but the inputs are plain texts; pass "
                                  "image+text samples ({'text': ..., 'image': ...}).")
             return

@@ -300,3 +300,38 @@ def test_folder_load_pickle_stream_and_cli(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert rc != 0 and "no image file 'imgs/missing.png'" in err and "line(s) [2]" in err
     assert not (tmp_path / "bad.npz").exists()
+
+
+def test_heads_and_attention_to_image_tokens():
+    """Per-head parts and metrics on the language stack of a VLM: heads of ``attn_result`` sum
+    to ``attn_out`` (the projection has no bias), and ``attn_image`` equals the eager pattern's
+    mass on image keys."""
+    import copy
+
+    model, processor = make_tiny_vlm("llava")
+    samples = [s for s in _samples("llava")]
+    pool = ["text:mean", "lasttoken"]
+    heads = TransformerActivationEncoder(model, processor=processor, parts="attn_result",
+                                         layers=[0, 1], token_pooling=pool).fit_transform(samples)
+    whole = TransformerActivationEncoder(model, processor=processor, parts="attn_out",
+                                         layers=[0, 1], token_pooling=pool).fit_transform(samples)
+    n_heads = model.config.text_config.num_attention_heads
+    summed = heads.reshape(len(samples), 2, n_heads, len(pool), -1).sum(2)
+    np.testing.assert_allclose(summed, whole, rtol=1e-4, atol=1e-5)
+    metric = TransformerActivationEncoder(model, processor=processor, parts="attn_image",
+                                          layers=[1], token_pooling="text:mean")
+    got = metric.fit_transform(samples)[:, 0, :, 0]  # (n, heads)
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    for i, s in enumerate(samples):
+        from embetter_plug._images import load_image
+
+        kwargs = dict(text=[_prompt(processor, s["text"], "image" in s)], return_tensors="pt")
+        if "image" in s:
+            kwargs["images"] = [load_image(s["image"])]
+        inputs = processor(**kwargs)
+        with torch.no_grad():
+            att = eager(**inputs, output_attentions=True).attentions[1][0].numpy()  # (H, S, S)
+        img = (inputs["input_ids"][0] == model.config.image_token_id).numpy()
+        want = att[:, ~img][:, :, img].sum(-1).mean(-1)  # text queries' mass on image keys
+        np.testing.assert_allclose(got[i], want, rtol=1e-4, atol=1e-5)
