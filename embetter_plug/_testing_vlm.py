@@ -73,6 +73,16 @@ idefics3
     ``Idefics3VisionConfig``), blocks ``vision_model.encoder.layers``, one row per real tile
     (padding tiles dropped), 16 tokens, no CLS; then ``model.model.connector``.
     ``get_decoder()`` is ``model.model.text_model``. Text-only rows in a mixed batch work.
+llava_next
+    ``LlavaNextProcessor`` + ``LlavaNextImageProcessorPil`` ("anyres" with the grids 32x64,
+    64x32, 64x64); placeholder ``"<image>"`` = ``config.image_token_id``;
+    ``return_mm_token_type_ids=True`` works. An image becomes its whole self at 32x32 plus the
+    32x32 tiles of its best grid: 16 tokens + the tiles' patches with the padding cut off and an
+    ``image_newline`` token per row of patches, so the count varies (24x30 -> 36, 48x20 -> 52,
+    40x40 -> 88). ``pixel_values`` ``[n_images, most tiles + 1, 3, 32, 32]`` (zero-padded) and
+    ``image_sizes`` ``[n_images, 2]`` (height, width). Tower ``model.model.vision_tower``:
+    ``CLIPVisionModel`` as in LLaVA, one row per real tile (``[all tiles, 17, 32]``, CLS +
+    16). ``get_decoder()`` is the ``LlamaModel``. Text-only rows in a mixed batch work.
 
 Vision encoders (``make_tiny_vision``): ``clip`` is ``CLIPVisionModel`` + ``CLIPImageProcessorPil``
 (blocks ``encoder.layers``, 17 tokens: CLS + ``embeddings.num_patches``); ``siglip`` is
@@ -148,6 +158,29 @@ def _llava():
                          text_config=LlamaConfig(**_TEXT, **_text_ids(tok)),
                          image_token_id=tok.image_token_id, vision_feature_layer=-1,
                          vision_feature_select_strategy="default")
+    return config, processor
+
+
+_PINPOINTS = [[IMAGE_SIZE, 2 * IMAGE_SIZE], [2 * IMAGE_SIZE, IMAGE_SIZE],
+              [2 * IMAGE_SIZE, 2 * IMAGE_SIZE]]
+
+
+def _llava_next():
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextProcessor
+    from transformers.models.auto.image_processing_auto import get_image_processor_class_from_name
+
+    tok = _tokenizer({"image_token": "<image>"})
+    # "anyres": the image resized into the best of the pinpoint grids, cut into 32x32 tiles
+    images = get_image_processor_class_from_name("LlavaNextImageProcessorPil")(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_grid_pinpoints=_PINPOINTS)
+    processor = LlavaNextProcessor(image_processor=images, tokenizer=tok, patch_size=PATCH,
+                                   vision_feature_select_strategy="default",
+                                   num_additional_image_tokens=1)
+    config = LlavaNextConfig(vision_config=CLIPVisionConfig(**_TOWER, projection_dim=32),
+                             text_config=LlamaConfig(**_TEXT, **_text_ids(tok)),
+                             image_token_id=tok.image_token_id, image_grid_pinpoints=_PINPOINTS,
+                             vision_feature_layer=-1, image_seq_length=N_PATCHES)
     return config, processor
 
 
@@ -285,7 +318,8 @@ def _qwen_vl(version: str):
 
 _BUILDERS = {"llava": _llava, "paligemma": _paligemma, "gemma3": _gemma3,
              "qwen2_vl": functools.partial(_qwen_vl, "2"),
-             "qwen2_5_vl": functools.partial(_qwen_vl, "2.5"), "idefics3": _idefics3}
+             "qwen2_5_vl": functools.partial(_qwen_vl, "2.5"), "idefics3": _idefics3,
+             "llava_next": _llava_next}
 
 
 def _check(kind: str, kinds: tuple) -> None:

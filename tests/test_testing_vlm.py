@@ -10,14 +10,18 @@ from embetter_plug.testing import (
 
 Image = pytest.importorskip("PIL.Image")
 
-BUILT = [k for k in VLM_KINDS if k in ("llava", "paligemma", "gemma3", "qwen2_vl", "qwen2_5_vl", "idefics3")]
+BUILT = [k for k in VLM_KINDS if k in ("llava", "paligemma", "gemma3", "qwen2_vl", "qwen2_5_vl", "idefics3",
+                                         "llava_next")]
 NESTED = {"gemma3"}  # its processor reads a flat list of images as all belonging to the first text
 # image tokens per image (whatever its size)
 N_IMAGE_TOKENS = {"llava": [16] * 3, "paligemma": [16] * 3, "gemma3": [4] * 3,
                   # Qwen-VL: sides rounded to multiples of 16 pixels, one token per 16x16
                   "qwen2_vl": [4, 3, 4], "qwen2_5_vl": [4, 3, 4],
                   # Idefics3: 4 tokens per 32x32 tile, (2x2 or 1x2 tiles) + the whole image
-                  "idefics3": [20, 12, 20]}
+                  "idefics3": [20, 12, 20],
+                  # LLaVA-NeXT: 16 for the whole image + its best grid of tiles, unpadded, with
+                  # one "newline" per row of patches
+                  "llava_next": [36, 52, 36]}
 
 
 def _images():
@@ -171,9 +175,32 @@ def test_idefics3_facts():
     assert chat == "<|im_start|>User:<image> a cat<end_of_utterance>\nAssistant:"
 
 
+def test_llava_next_facts():
+    model, processor = make_tiny_vlm("llava_next")
+    images = _images()[:2] + [Image.new("RGB", (40, 40))]
+    batch = _batch(processor, _prompts(processor), images, return_mm_token_type_ids=True)
+    assert batch["image_sizes"].tolist() == [[30, 24], [20, 48], [40, 40]]  # (height, width)
+    assert batch["pixel_values"].shape == (3, 5, 3, 32, 32)  # whole image + tiles, padded
+    pos = _image_positions(model, batch)
+    assert pos.sum(1).tolist() == [36, 52, 88]
+    assert torch.equal(batch["mm_token_type_ids"].bool(), pos)
+    tower = model.model.vision_tower
+    seen = []
+    hook = tower.encoder.layers[0].register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        hook.remove()
+    assert seen == [(3 + 3 + 5, 17, 32)]  # one row per real tile, CLS + 16 patches
+    assert type(tower.config) is type(model.config.vision_config)
+    assert model.get_decoder() is model.model.language_model
+
+
 # kind -> the images argument for a batch of one image row and one text-only row
 MIXED = {"llava": lambda im: [im], "gemma3": lambda im: [[im], []], "qwen2_vl": lambda im: [im],
-         "qwen2_5_vl": lambda im: [im], "idefics3": lambda im: [im]}
+         "qwen2_5_vl": lambda im: [im], "idefics3": lambda im: [im],
+         "llava_next": lambda im: [im]}
 
 
 @pytest.mark.parametrize("kind", [k for k in BUILT if k in MIXED])
