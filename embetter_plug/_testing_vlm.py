@@ -98,6 +98,9 @@ chameleon
     ``model.model`` itself (``ChameleonModel``, blocks ``model.model.layers``; no separate
     language model). Text-only rows in a mixed batch work.
 
+Across kinds: images given nested per text (``[[img], [img, img], []]``, an empty list for a
+text-only row) work for every kind; a flat list (spread over the texts in order of their
+placeholders) works for all but Gemma-3. Padding follows the tokenizer (right here).
 Every saved folder loads back with ``AutoModelForImageTextToText`` and ``AutoProcessor``, but for
 Qwen-VL's processors (see above). The models are built with ``attn_implementation="eager"``.
 
