@@ -10,14 +10,18 @@ from embetter_plug.testing import (
 
 Image = pytest.importorskip("PIL.Image")
 
-BUILT = [k for k in VLM_KINDS if k in ("llava", "paligemma", "gemma3", "qwen2_vl", "qwen2_5_vl", "idefics3")]
+BUILT = VLM_KINDS
 NESTED = {"gemma3"}  # its processor reads a flat list of images as all belonging to the first text
 # image tokens per image (whatever its size)
 N_IMAGE_TOKENS = {"llava": [16] * 3, "paligemma": [16] * 3, "gemma3": [4] * 3,
                   # Qwen-VL: sides rounded to multiples of 16 pixels, one token per 16x16
                   "qwen2_vl": [4, 3, 4], "qwen2_5_vl": [4, 3, 4],
                   # Idefics3: 4 tokens per 32x32 tile, (2x2 or 1x2 tiles) + the whole image
-                  "idefics3": [20, 12, 20]}
+                  "idefics3": [20, 12, 20],
+                  # LLaVA-NeXT: 16 for the whole image + its best grid of tiles, unpadded, with
+                  # one "newline" per row of patches
+                  "llava_next": [36, 52, 36],
+                  "chameleon": [16] * 3}
 
 
 def _images():
@@ -46,7 +50,7 @@ def _image_features(model, batch) -> torch.Tensor:
     keys = ("pixel_values", "image_grid_thw", "image_sizes", "pixel_attention_mask")
     out = model.get_image_features(**{k: batch[k] for k in keys if k in batch})
     feats = out.pooler_output if hasattr(out, "pooler_output") else out
-    return torch.cat(list(feats)).reshape(-1, model.config.text_config.hidden_size)
+    return torch.cat(list(feats)).reshape(-1, model.config.get_text_config().hidden_size)
 
 
 @pytest.mark.parametrize("kind", BUILT)
@@ -58,7 +62,7 @@ def test_vlm_forward_and_image_tokens(kind):
         out = model(**batch, output_hidden_states=True)
         feats = _image_features(model, batch)
     assert feats.std() > 0
-    assert len(out.hidden_states) == model.config.text_config.num_hidden_layers + 1
+    assert len(out.hidden_states) == model.config.get_text_config().num_hidden_layers + 1
     pos = _image_positions(model, batch)
     # as many placeholder tokens as image features, and the embeddings at those positions are them
     assert pos.sum(1).tolist() == N_IMAGE_TOKENS[kind]
@@ -171,23 +175,76 @@ def test_idefics3_facts():
     assert chat == "<|im_start|>User:<image> a cat<end_of_utterance>\nAssistant:"
 
 
-# kind -> the images argument for a batch of one image row and one text-only row
-MIXED = {"llava": lambda im: [im], "gemma3": lambda im: [[im], []], "qwen2_vl": lambda im: [im],
-         "qwen2_5_vl": lambda im: [im], "idefics3": lambda im: [im]}
+def test_llava_next_facts():
+    model, processor = make_tiny_vlm("llava_next")
+    images = _images()[:2] + [Image.new("RGB", (40, 40))]
+    batch = _batch(processor, _prompts(processor), images, return_mm_token_type_ids=True)
+    assert batch["image_sizes"].tolist() == [[30, 24], [20, 48], [40, 40]]  # (height, width)
+    assert batch["pixel_values"].shape == (3, 5, 3, 32, 32)  # whole image + tiles, padded
+    pos = _image_positions(model, batch)
+    assert pos.sum(1).tolist() == [36, 52, 88]
+    assert torch.equal(batch["mm_token_type_ids"].bool(), pos)
+    tower = model.model.vision_tower
+    seen = []
+    hook = tower.encoder.layers[0].register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        hook.remove()
+    assert seen == [(3 + 3 + 5, 17, 32)]  # one row per real tile, CLS + 16 patches
+    assert type(tower.config) is type(model.config.vision_config)
+    assert model.get_decoder() is model.model.language_model
 
 
-@pytest.mark.parametrize("kind", [k for k in BUILT if k in MIXED])
-def test_text_only_row_in_a_mixed_batch(kind):
+def test_chameleon_facts():
+    model, processor = make_tiny_vlm("chameleon")
+    tok = processor.tokenizer
+    batch = _batch(processor, _prompts(processor), _images(), return_mm_token_type_ids=True)
+    assert batch["pixel_values"].shape == (3, 3, 32, 32)
+    pos = _image_positions(model, batch)
+    assert model.config.image_token_id == tok.image_token_id
+    # the modality mask also covers the <racm3:break> ... <eoss> brackets
+    assert (batch["mm_token_type_ids"].sum(1) == pos.sum(1) + 2).all()
+    # the image becomes 16 discrete codes (a 4x4 VQ grid), which are tokens of the vocabulary
+    codes = model.get_image_tokens(batch["pixel_values"])
+    assert codes.shape == (3, 16)
+    names = set(tok.convert_ids_to_tokens(codes.flatten().tolist()))
+    assert names and all(n.startswith("IMGIMG") for n in names)
+    assert type(model.model.vqmodel.config) is type(model.config.vq_config)
+    assert model.get_decoder() is model.model  # no separate language model
+
+
+# one image row and one text-only row: images as a flat list or nested per text
+LAYOUTS = {"flat": lambda im: [im], "nested": lambda im: [[im], []]}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("kind", [k for k in BUILT if k != "paligemma"])
+def test_text_only_row_in_a_mixed_batch(kind, layout):
     model, processor = make_tiny_vlm(kind)
     texts = _prompts(processor, 1) + ["no picture in this row at all"]
-    mixed = processor(text=texts, images=MIXED[kind](_images()[0]), return_tensors="pt",
-                      padding=True)
+    images = LAYOUTS[layout](_images()[0])
+    if kind in NESTED and layout == "flat":
+        with pytest.raises(ValueError, match="number of"):
+            processor(text=texts, images=images, return_tensors="pt", padding=True)
+        return
+    mixed = processor(text=texts, images=images, return_tensors="pt", padding=True)
     alone = processor(text=texts[1:], return_tensors="pt")
     with torch.no_grad():
         got = model(**mixed, output_hidden_states=True).hidden_states[-1][1]
         want = model(**alone, output_hidden_states=True).hidden_states[-1][0]
     keep = mixed["attention_mask"][1].bool()  # right padding: the real tokens come first
     torch.testing.assert_close(got[keep], want, atol=1e-5, rtol=1e-4)
+
+
+def test_paligemma_text_only_row_is_garbled():
+    # the processor inserts BOS after the last "<image>" of each text, and at character 6 of a
+    # text without one
+    _, processor = make_tiny_vlm("paligemma")
+    batch = processor(text=_prompts(processor, 1) + ["no picture"], images=[[_images()[0]], []],
+                      padding=True)
+    assert processor.tokenizer.decode(batch["input_ids"][1]).startswith("no pic<s>ture")
 
 
 @pytest.mark.parametrize("kind", VISION_KINDS)
@@ -244,3 +301,19 @@ def test_save_and_load_clip(tmp_path):
     torch.testing.assert_close(again["pixel_values"], batch["pixel_values"])
     with torch.no_grad():
         torch.testing.assert_close(loaded(**again).last_hidden_state, model(**batch).last_hidden_state)
+
+
+def test_built_the_same_in_a_fresh_process():
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from embetter_plug.testing import make_tiny_vlm;"
+            "m, _ = make_tiny_vlm('llava');"
+            "sys.stdout.write(json.dumps([float(p.detach().double().sum()) for p in m.parameters()]))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=300)
+    here = [float(p.detach().double().sum()) for p in make_tiny_vlm("llava")[0].parameters()]
+    assert json.loads(run.stdout) == here
+    other = [float(p.detach().double().sum()) for p in make_tiny_vlm("llava", seed=1)[0].parameters()]
+    assert other != here
