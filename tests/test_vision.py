@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from embetter_plug import TransformerActivationEncoder
+from embetter_plug import TransformerActivationEncoder, _arch
 from embetter_plug.testing import VLM_KINDS, make_tiny_vision, make_tiny_vlm
 
 Image = pytest.importorskip("PIL.Image")
@@ -75,7 +75,7 @@ def test_language_stack_equals_manual_forward(kind):
     enc = TransformerActivationEncoder(model, processor=processor, layers=[0], token_pooling=pool,
                                        batch_size=3)
     acts = enc.fit_transform(samples)
-    assert acts.shape == (len(samples), 1, len(pool), model.config.text_config.hidden_size)
+    assert acts.shape == (len(samples), 1, len(pool), _arch.hidden_size(model))
     image_id = model.config.image_token_id
     for i, s in enumerate(samples):
         hs, ids = _alone(model, processor, s)
@@ -247,7 +247,7 @@ def test_dataframe_pairs_and_paths(tmp_path):
     np.testing.assert_allclose(from_df, from_arrays, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["qwen2_vl", "idefics3"])
+@pytest.mark.parametrize("kind", ["qwen2_vl", "idefics3", "llava_next"])
 def test_tower_without_one_row_per_image_is_refused(kind):
     if kind not in [k if isinstance(k, str) else None for k in KINDS]:
         pytest.skip(f"no tiny {kind}")
@@ -335,3 +335,9 @@ def test_heads_and_attention_to_image_tokens():
         img = (inputs["input_ids"][0] == model.config.image_token_id).numpy()
         want = att[:, ~img][:, :, img].sum(-1).mean(-1)  # text queries' mass on image keys
         np.testing.assert_allclose(got[i], want, rtol=1e-4, atol=1e-5)
+
+
+def test_chameleon_has_no_tower():
+    model, processor = make_tiny_vlm("chameleon")
+    with pytest.raises(ValueError, match="no vision tower.*image:mean"):
+        TransformerActivationEncoder(model, processor=processor, parts="vision.resid_post").fit()
