@@ -170,7 +170,19 @@ def make_tiny_vlm(kind: str = "llava", *, seed: int = 0):
     ``kind`` is one of :data:`VLM_KINDS`. The model is the ``*ForConditionalGeneration`` class
     (what ``AutoModelForImageTextToText`` loads), float32, in eval mode with eager attention,
     built once per ``(kind, seed)`` and shared; the processor is fresh on every call (tests may
-    change its tokenizer's ``padding_side``, right by default).
+    change its tokenizer's ``padding_side``, right by default). The module docstring of
+    ``embetter_plug._testing_vlm`` lists the facts of each kind (placeholder, image tokens per
+    image, image tensors, where the vision tower and its blocks are).
+
+    Examples
+    --------
+    >>> from PIL import Image
+    >>> model, processor = make_tiny_vlm("qwen2_vl")
+    >>> batch = processor(text=["a <|image_pad|> cat", "no image"],
+    ...                   images=[[Image.new("RGB", (48, 20))], []], padding=True,
+    ...                   return_tensors="pt")
+    >>> batch["image_grid_thw"].tolist(), batch["mm_token_type_ids"].sum(1).tolist()
+    ([[1, 2, 6]], [3, 0])
     """
     _check(kind, VLM_KINDS)
     return _vlm_model(kind, seed), BUILDERS[kind]()[1]
@@ -182,6 +194,13 @@ def make_tiny_vision(kind: str = "clip", *, seed: int = 0):
     ``kind`` is one of :data:`VISION_KINDS` (``CLIPVisionModel``, ``SiglipVisionModel``,
     ``ViTModel``), with the Pillow image processor of the family resizing to 32x32; built once
     per ``(kind, seed)`` and shared.
+
+    Examples
+    --------
+    >>> from PIL import Image
+    >>> model, images = make_tiny_vision("siglip")
+    >>> model(**images(Image.new("RGB", (40, 24)), return_tensors="pt")).last_hidden_state.shape
+    torch.Size([1, 16, 32])
     """
     _check(kind, VISION_KINDS)
     return _vision_model(kind, seed), vision(kind)[1]
@@ -203,6 +222,13 @@ def save_tiny_vlm(kind: str, path: str | Path, *, seed: int = 0) -> Path:
     ``AutoModelForImageTextToText`` and ``AutoProcessor`` load it back offline, except the
     processors of ``qwen2_vl``/``qwen2_5_vl``, which ``AutoProcessor`` cannot load without
     ``torchvision`` (``AutoImageProcessor`` and ``AutoTokenizer`` can).
+
+    Examples
+    --------
+    >>> from transformers import AutoModelForImageTextToText
+    >>> folder = save_tiny_vlm("llava", "tiny-llava")
+    >>> type(AutoModelForImageTextToText.from_pretrained(folder)).__name__
+    'LlavaForConditionalGeneration'
     """
     return _save(*make_tiny_vlm(kind, seed=seed), path)
 
