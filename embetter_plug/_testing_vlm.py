@@ -21,7 +21,8 @@ paligemma
     ``PaliGemmaProcessor`` + ``SiglipImageProcessorPil`` (``image_seq_length`` 16); placeholder
     ``"<image>"`` = ``config.image_token_id``; the processor adds 1,152 ``<locNNNN>``/``<segNNN>``
     tokens and a BOS after the last image token. Always returns ``token_type_ids`` (0 on the
-    prefix, 1 on a ``suffix=`` with its EOS; the prefix is attended both ways) and ``labels``;
+    prefix, 1 on a ``suffix=`` with its EOS; the prefix is attended both ways, so a position's
+    activations depend on later prefix tokens) and ``labels``;
     ``return_mm_token_type_ids=True`` adds the modality mask. 16 tokens per image whatever its
     size; ``pixel_values`` ``[n_images, 3, 32, 32]``. Tower ``model.model.vision_tower``:
     ``SiglipVisionModel`` (config ``SiglipVisionConfig``), blocks ``vision_tower.encoder.layers``,

@@ -100,6 +100,13 @@ def test_paligemma_facts():
     assert with_suffix["token_type_ids"][0].tolist()[-n_suffix:] == [1] * n_suffix
     with pytest.raises(ValueError, match="images"):
         processor(text=["no picture"])
+    # the prefix is attended both ways: changing its last token changes the first position
+    one = _batch(processor, _prompts(processor, 1), _images()[:1])
+    other = dict(one, input_ids=one["input_ids"].clone())
+    other["input_ids"][0, -2] = one["input_ids"][0, -3]
+    with torch.no_grad():
+        first = [model(**b, output_hidden_states=True).hidden_states[-1][0, 0] for b in (one, other)]
+    assert not torch.allclose(*first)
     tower = model.model.vision_tower
     assert _tower_tokens(model, tower, batch["pixel_values"]) == tower.embeddings.num_patches == 16
     assert model.get_decoder() is model.model.language_model
