@@ -150,7 +150,8 @@ def _vlm_model(kind: str, seed: int):
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, attn_implementation="eager").eval()
     for name, param in model.named_parameters():
-        if name.endswith("mm_input_projection_weight"):  # Gemma-3 starts it at zero: no image signal
+        # Gemma-3 starts its projector at zero, which would leave images without any effect
+        if name.endswith("mm_input_projection_weight"):
             torch.nn.init.normal_(param.data, std=0.02)
     return model
 
