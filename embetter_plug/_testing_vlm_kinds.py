@@ -37,7 +37,8 @@ def _tokenizer(named: dict | None = None, extra: tuple = (), padding_side: str =
     tok = PreTrainedTokenizerFast(
         tokenizer_object=make_tokenizer("bpe").backend_tokenizer, pad_token="<pad>",
         bos_token="<s>", eos_token="</s>", extra_special_tokens=dict(named or {}),
-        padding_side=padding_side, model_max_length=4096, model_input_names=["input_ids", "attention_mask"],
+        padding_side=padding_side, model_max_length=4096,
+        model_input_names=["input_ids", "attention_mask"],
     )
     if extra:
         tok.add_special_tokens({"additional_special_tokens": list(extra)})
@@ -186,7 +187,8 @@ def _chameleon():
     images = get_image_processor_class_from_name("ChameleonImageProcessorPil")(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     # 3 halvings of 32x32 pixels: 4x4 = 16 codes per image (the real model: 32x32 = 1,024)
-    processor = ChameleonProcessor(image_processor=images, tokenizer=tok, image_seq_length=N_PATCHES)
+    processor = ChameleonProcessor(image_processor=images, tokenizer=tok,
+                                   image_seq_length=N_PATCHES)
     # channel counts of the VQ encoder are multiples of 32 (GroupNorm with 32 groups)
     vq = ChameleonVQVAEConfig(embed_dim=8, num_embeddings=CHAMELEON_CODES, latent_channels=8,
                               resolution=IMAGE_SIZE, base_channels=32,
