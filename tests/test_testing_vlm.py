@@ -242,6 +242,22 @@ def test_text_only_row_in_a_mixed_batch(kind, layout):
     torch.testing.assert_close(got[keep], want, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kind", BUILT)
+def test_left_padded_image_row(kind):
+    model, processor = make_tiny_vlm(kind)
+    processor.tokenizer.padding_side = "left"
+    texts = _prompts(processor, 1) + [" ".join(["plain words"] * 60)]  # longer than any image
+    images = [_images()[:1], []]
+    batch = processor(text=texts, images=images, return_tensors="pt", padding=True)
+    alone = processor(text=texts[:1], images=images[:1], return_tensors="pt")
+    keep = batch["attention_mask"][0].bool()
+    assert not keep[0]  # padded on the left
+    with torch.no_grad():
+        got = model(**batch, output_hidden_states=True).hidden_states[-1][0]
+        want = model(**alone, output_hidden_states=True).hidden_states[-1][0]
+    torch.testing.assert_close(got[keep], want, atol=1e-5, rtol=1e-4)
+
+
 def test_paligemma_text_only_row_is_garbled():
     # the processor inserts BOS after the last "<image>" of each text, and at character 6 of a
     # text without one
