@@ -102,7 +102,8 @@ chameleon
 Across kinds: images given nested per text (``[[img], [img, img], []]``, an empty list for a
 text-only row) work for every kind; a flat list (spread over the texts in order of their
 placeholders) works for all but Gemma-3. Padding follows the tokenizer (right here); with
-left padding too, an image row gives the activations it gives alone, for every kind.
+left padding too, an image row gives the activations it gives alone, for every kind. The whole
+processor output, with ``return_mm_token_type_ids=True``, goes into the model's forward.
 Every saved folder loads back with ``AutoModelForImageTextToText`` and ``AutoProcessor``, but for
 Qwen-VL's processors (see above). The models are built with ``attn_implementation="eager"``.
 

@@ -57,7 +57,8 @@ def _image_features(model, batch) -> torch.Tensor:
 def test_vlm_forward_and_image_tokens(kind):
     model, processor = make_tiny_vlm(kind)
     assert model.training is False and model.dtype == torch.float32
-    batch = _batch(processor, _prompts(processor), _images(), kind)
+    # the whole output, modality mask included, goes into the forward
+    batch = _batch(processor, _prompts(processor), _images(), kind, return_mm_token_type_ids=True)
     with torch.no_grad():
         out = model(**batch, output_hidden_states=True)
         feats = _image_features(model, batch)
