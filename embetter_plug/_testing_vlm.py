@@ -21,7 +21,8 @@ paligemma
     ``PaliGemmaProcessor`` + ``SiglipImageProcessorPil`` (``image_seq_length`` 16); placeholder
     ``"<image>"`` = ``config.image_token_id``; the processor adds 1,152 ``<locNNNN>``/``<segNNN>``
     tokens and a BOS after the last image token. Always returns ``token_type_ids`` (0 on the
-    prefix, 1 on a ``suffix=`` with its EOS; the prefix is attended both ways) and ``labels``;
+    prefix, 1 on a ``suffix=`` with its EOS; the prefix is attended both ways, so a position's
+    activations depend on later prefix tokens) and ``labels``;
     ``return_mm_token_type_ids=True`` adds the modality mask. 16 tokens per image whatever its
     size; ``pixel_values`` ``[n_images, 3, 32, 32]``. Tower ``model.model.vision_tower``:
     ``SiglipVisionModel`` (config ``SiglipVisionConfig``), blocks ``vision_tower.encoder.layers``,
@@ -100,7 +101,9 @@ chameleon
 
 Across kinds: images given nested per text (``[[img], [img, img], []]``, an empty list for a
 text-only row) work for every kind; a flat list (spread over the texts in order of their
-placeholders) works for all but Gemma-3. Padding follows the tokenizer (right here).
+placeholders) works for all but Gemma-3. Padding follows the tokenizer (right here); with
+left padding too, an image row gives the activations it gives alone, for every kind. The whole
+processor output, with ``return_mm_token_type_ids=True``, goes into the model's forward.
 Every saved folder loads back with ``AutoModelForImageTextToText`` and ``AutoProcessor``, but for
 Qwen-VL's processors (see above). The models are built with ``attn_implementation="eager"``.
 
@@ -149,7 +152,8 @@ def _vlm_model(kind: str, seed: int):
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, attn_implementation="eager").eval()
     for name, param in model.named_parameters():
-        if name.endswith("mm_input_projection_weight"):  # Gemma-3 starts it at zero: no image signal
+        # Gemma-3 starts its projector at zero, which would leave images without any effect
+        if name.endswith("mm_input_projection_weight"):
             torch.nn.init.normal_(param.data, std=0.02)
     return model
 
@@ -170,7 +174,19 @@ def make_tiny_vlm(kind: str = "llava", *, seed: int = 0):
     ``kind`` is one of :data:`VLM_KINDS`. The model is the ``*ForConditionalGeneration`` class
     (what ``AutoModelForImageTextToText`` loads), float32, in eval mode with eager attention,
     built once per ``(kind, seed)`` and shared; the processor is fresh on every call (tests may
-    change its tokenizer's ``padding_side``, right by default).
+    change its tokenizer's ``padding_side``, right by default). The module docstring of
+    ``embetter_plug._testing_vlm`` lists the facts of each kind (placeholder, image tokens per
+    image, image tensors, where the vision tower and its blocks are).
+
+    Examples
+    --------
+    >>> from PIL import Image
+    >>> model, processor = make_tiny_vlm("qwen2_vl")
+    >>> batch = processor(text=["a <|image_pad|> cat", "no image"],
+    ...                   images=[[Image.new("RGB", (48, 20))], []], padding=True,
+    ...                   return_tensors="pt")
+    >>> batch["image_grid_thw"].tolist(), batch["mm_token_type_ids"].sum(1).tolist()
+    ([[1, 2, 6]], [3, 0])
     """
     _check(kind, VLM_KINDS)
     return _vlm_model(kind, seed), BUILDERS[kind]()[1]
@@ -182,6 +198,13 @@ def make_tiny_vision(kind: str = "clip", *, seed: int = 0):
     ``kind`` is one of :data:`VISION_KINDS` (``CLIPVisionModel``, ``SiglipVisionModel``,
     ``ViTModel``), with the Pillow image processor of the family resizing to 32x32; built once
     per ``(kind, seed)`` and shared.
+
+    Examples
+    --------
+    >>> from PIL import Image
+    >>> model, images = make_tiny_vision("siglip")
+    >>> model(**images(Image.new("RGB", (40, 24)), return_tensors="pt")).last_hidden_state.shape
+    torch.Size([1, 16, 32])
     """
     _check(kind, VISION_KINDS)
     return _vision_model(kind, seed), vision(kind)[1]
@@ -203,6 +226,13 @@ def save_tiny_vlm(kind: str, path: str | Path, *, seed: int = 0) -> Path:
     ``AutoModelForImageTextToText`` and ``AutoProcessor`` load it back offline, except the
     processors of ``qwen2_vl``/``qwen2_5_vl``, which ``AutoProcessor`` cannot load without
     ``torchvision`` (``AutoImageProcessor`` and ``AutoTokenizer`` can).
+
+    Examples
+    --------
+    >>> from transformers import AutoModelForImageTextToText
+    >>> folder = save_tiny_vlm("llava", "tiny-llava")
+    >>> type(AutoModelForImageTextToText.from_pretrained(folder)).__name__
+    'LlavaForConditionalGeneration'
     """
     return _save(*make_tiny_vlm(kind, seed=seed), path)
 

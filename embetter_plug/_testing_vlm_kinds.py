@@ -1,4 +1,4 @@
-"""Configs and processors of the tiny vision-language and vision models of :mod:`embetter_plug.testing`.
+"""Configs and processors of the tiny vision-language and vision models of ``testing``.
 
 One builder per kind returns ``(config, processor)``; the sizes are shared: 2 text layers of width
 32 (4 heads, 2 key/value heads), a 2-layer vision tower of width 32 on 32x32 images cut into 8x8
@@ -29,15 +29,16 @@ _TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_att
 
 
 def _tokenizer(named: dict | None = None, extra: tuple = (), padding_side: str = "right"):
-    """The BPE test tokenizer with the named special tokens (``image_token`` ...) and ``extra`` ones."""
+    """The BPE test tokenizer with named special tokens (``image_token`` ...) and ``extra`` ones."""
     from transformers import PreTrainedTokenizerFast
 
     from .testing import make_tokenizer  # imported here: testing re-exports this module
 
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=make_tokenizer("bpe").backend_tokenizer, pad_token="<pad>", bos_token="<s>",
-        eos_token="</s>", extra_special_tokens=dict(named or {}), padding_side=padding_side,
-        model_max_length=4096, model_input_names=["input_ids", "attention_mask"],
+        tokenizer_object=make_tokenizer("bpe").backend_tokenizer, pad_token="<pad>",
+        bos_token="<s>", eos_token="</s>", extra_special_tokens=dict(named or {}),
+        padding_side=padding_side, model_max_length=4096,
+        model_input_names=["input_ids", "attention_mask"],
     )
     if extra:
         tok.add_special_tokens({"additional_special_tokens": list(extra)})
@@ -107,8 +108,8 @@ def vision(kind: str):
 def _siglip_images(cls: str = "SiglipImageProcessorPil", **kwargs):
     from transformers.models.auto.image_processing_auto import get_image_processor_class_from_name
 
-    return get_image_processor_class_from_name(cls)(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-                                                    **kwargs)
+    square = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    return get_image_processor_class_from_name(cls)(size=square, **kwargs)
 
 
 def _paligemma():
@@ -160,8 +161,9 @@ def _idefics3():
 
 
 _IDEFICS3_TEMPLATE = (
-    "<|im_start|>{% for m in messages %}{{ m['role'] | capitalize }}:{% if m['content'] is string %}"
-    "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
+    "<|im_start|>{% for m in messages %}{{ m['role'] | capitalize }}:"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<image>"
     "{% elif c['type'] == 'text' %} {{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
     "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
 )
@@ -185,12 +187,15 @@ def _chameleon():
     images = get_image_processor_class_from_name("ChameleonImageProcessorPil")(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     # 3 halvings of 32x32 pixels: 4x4 = 16 codes per image (the real model: 32x32 = 1,024)
-    processor = ChameleonProcessor(image_processor=images, tokenizer=tok, image_seq_length=16)
+    processor = ChameleonProcessor(image_processor=images, tokenizer=tok,
+                                   image_seq_length=N_PATCHES)
     # channel counts of the VQ encoder are multiples of 32 (GroupNorm with 32 groups)
     vq = ChameleonVQVAEConfig(embed_dim=8, num_embeddings=CHAMELEON_CODES, latent_channels=8,
-                              resolution=IMAGE_SIZE, base_channels=32, channel_multiplier=[1, 1, 1, 1],
-                              num_res_blocks=1, attn_resolutions=[])
-    config = ChameleonConfig(**_TEXT, **_text_ids(tok), vq_config=vq, vocabulary_map=tok.get_vocab())
+                              resolution=IMAGE_SIZE, base_channels=32,
+                              channel_multiplier=[1, 1, 1, 1], num_res_blocks=1,
+                              attn_resolutions=[])
+    config = ChameleonConfig(**_TEXT, **_text_ids(tok), vq_config=vq,
+                             vocabulary_map=tok.get_vocab())
     return config, processor
 
 
@@ -245,7 +250,8 @@ def _qwen_vl(version: str):
     config = getattr(tf, f"{name}Config")(
         text_config=text, vision_config=getattr(tf, f"{name}VisionConfig")(**vision),
         image_token_id=tok.image_token_id, video_token_id=tok.video_token_id,
-        vision_start_token_id=tok.vision_start_token_id, vision_end_token_id=tok.vision_end_token_id)
+        vision_start_token_id=tok.vision_start_token_id,
+        vision_end_token_id=tok.vision_end_token_id)
     return config, processor
 
 

@@ -195,3 +195,7 @@ def save_smollm2(path: str | Path) -> Path:
 from ._testing_vlm import (  # noqa: E402
     VISION_KINDS, VLM_KINDS, make_tiny_vision, make_tiny_vlm, save_tiny_vision, save_tiny_vlm,
 )
+
+__all__ = ["FAMILIES", "make_tokenizer", "make_tiny_model", "save_tiny_model", "is_decoder_family",
+           "save_smollm2", "VLM_KINDS", "VISION_KINDS", "make_tiny_vlm", "make_tiny_vision",
+           "save_tiny_vlm", "save_tiny_vision"]

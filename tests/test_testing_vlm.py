@@ -57,7 +57,8 @@ def _image_features(model, batch) -> torch.Tensor:
 def test_vlm_forward_and_image_tokens(kind):
     model, processor = make_tiny_vlm(kind)
     assert model.training is False and model.dtype == torch.float32
-    batch = _batch(processor, _prompts(processor), _images(), kind)
+    # the whole output, modality mask included, goes into the forward
+    batch = _batch(processor, _prompts(processor), _images(), kind, return_mm_token_type_ids=True)
     with torch.no_grad():
         out = model(**batch, output_hidden_states=True)
         feats = _image_features(model, batch)
@@ -71,8 +72,20 @@ def test_vlm_forward_and_image_tokens(kind):
     assert make_tiny_vlm(kind)[0] is model  # cached
 
 
+def _block_outputs(block, run) -> list:
+    """The output shapes of ``block`` while ``run()`` runs."""
+    seen = []
+    hook = block.register_forward_hook(lambda mod, args, out: seen.append(tuple(out.shape)))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        hook.remove()
+    return seen
+
+
 def _tower_tokens(model, tower, pixel_values) -> int:
-    """Check the tower is a model of its own (config of ``config.vision_config``'s type); its length."""
+    """Check the tower is a model of its own, configured by ``config.vision_config``; its length."""
     assert type(tower.config) is type(model.config.vision_config)
     with torch.no_grad():
         return tower(pixel_values).last_hidden_state.shape[1]
@@ -100,6 +113,14 @@ def test_paligemma_facts():
     assert with_suffix["token_type_ids"][0].tolist()[-n_suffix:] == [1] * n_suffix
     with pytest.raises(ValueError, match="images"):
         processor(text=["no picture"])
+    # the prefix is attended both ways: changing its last token changes the first position
+    one = _batch(processor, _prompts(processor, 1), _images()[:1])
+    other = dict(one, input_ids=one["input_ids"].clone())
+    other["input_ids"][0, -2] = one["input_ids"][0, -3]
+    with torch.no_grad():
+        first = [model(**b, output_hidden_states=True).hidden_states[-1][0, 0]
+                 for b in (one, other)]
+    assert not torch.allclose(*first)
     tower = model.model.vision_tower
     assert _tower_tokens(model, tower, batch["pixel_values"]) == tower.embeddings.num_patches == 16
     assert model.get_decoder() is model.model.language_model
@@ -128,15 +149,11 @@ def test_qwen_vl_facts(kind):
     assert torch.equal(batch["mm_token_type_ids"].bool(), _image_positions(model, batch))
     tower = model.model.visual
     assert type(tower.config) is type(model.config.vision_config)
-    seen = []
-    hook = tower.blocks[0].register_forward_hook(lambda mod, args, out: seen.append(out.shape))
-    try:
-        with torch.no_grad():
-            merged = tower(batch["pixel_values"], grid_thw=batch["image_grid_thw"]).pooler_output
-    finally:
-        hook.remove()
+    merged = []
+    seen = _block_outputs(tower.blocks[0], lambda: merged.append(
+        tower(batch["pixel_values"], grid_thw=batch["image_grid_thw"]).pooler_output))
     assert seen == [(44, 32)]  # the blocks see all patches of the batch in one sequence
-    assert merged.shape == (11, 32)  # 2x2 patches merged into one token
+    assert merged[0].shape == (11, 32)  # 2x2 patches merged into one token
     assert model.get_decoder() is model.model.language_model
     # the chat template brackets the placeholder
     chat = processor.apply_chat_template(
@@ -159,15 +176,9 @@ def test_idefics3_facts():
     tok = processor.tokenizer
     assert ids[0] == tok.convert_tokens_to_ids("<fake_token_around_image>") == ids[-1]
     tower = model.model.vision_model
-    seen = []
-    hook = tower.encoder.layers[0].register_forward_hook(lambda mod, args, out: seen.append(out.shape))
-    try:
-        assert _tower_tokens(model, tower, batch["pixel_values"][0]) == tower.embeddings.num_patches
-        with torch.no_grad():
-            model(**batch)
-    finally:
-        hook.remove()
-    assert seen[1] == (5 + 3 + 5, 16, 32)  # one row per real tile, no CLS
+    assert _tower_tokens(model, tower, batch["pixel_values"][0]) == tower.embeddings.num_patches
+    seen = _block_outputs(tower.encoder.layers[0], lambda: model(**batch))
+    assert seen == [(5 + 3 + 5, 16, 32)]  # one row per real tile, no CLS
     assert model.get_decoder() is model.model.text_model
     chat = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "a cat"}]}],
@@ -185,13 +196,7 @@ def test_llava_next_facts():
     assert pos.sum(1).tolist() == [36, 52, 88]
     assert torch.equal(batch["mm_token_type_ids"].bool(), pos)
     tower = model.model.vision_tower
-    seen = []
-    hook = tower.encoder.layers[0].register_forward_hook(lambda mod, args, out: seen.append(out.shape))
-    try:
-        with torch.no_grad():
-            model(**batch)
-    finally:
-        hook.remove()
+    seen = _block_outputs(tower.encoder.layers[0], lambda: model(**batch))
     assert seen == [(3 + 3 + 5, 17, 32)]  # one row per real tile, CLS + 16 patches
     assert type(tower.config) is type(model.config.vision_config)
     assert model.get_decoder() is model.model.language_model
@@ -235,6 +240,22 @@ def test_text_only_row_in_a_mixed_batch(kind, layout):
         got = model(**mixed, output_hidden_states=True).hidden_states[-1][1]
         want = model(**alone, output_hidden_states=True).hidden_states[-1][0]
     keep = mixed["attention_mask"][1].bool()  # right padding: the real tokens come first
+    torch.testing.assert_close(got[keep], want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", BUILT)
+def test_left_padded_image_row(kind):
+    model, processor = make_tiny_vlm(kind)
+    processor.tokenizer.padding_side = "left"
+    texts = _prompts(processor, 1) + [" ".join(["plain words"] * 60)]  # longer than any image
+    images = [_images()[:1], []]
+    batch = processor(text=texts, images=images, return_tensors="pt", padding=True)
+    alone = processor(text=texts[:1], images=images[:1], return_tensors="pt")
+    keep = batch["attention_mask"][0].bool()
+    assert not keep[0]  # padded on the left
+    with torch.no_grad():
+        got = model(**batch, output_hidden_states=True).hidden_states[-1][0]
+        want = model(**alone, output_hidden_states=True).hidden_states[-1][0]
     torch.testing.assert_close(got[keep], want, atol=1e-5, rtol=1e-4)
 
 
@@ -295,12 +316,15 @@ def test_save_and_load_clip(tmp_path):
 
     model, images = make_tiny_vision("clip")
     save_tiny_vision("clip", tmp_path)
-    loaded, loaded_images = AutoModel.from_pretrained(tmp_path).eval(), AutoImageProcessor.from_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    loaded_images = AutoImageProcessor.from_pretrained(tmp_path)
     assert type(loaded) is type(model)
-    batch, again = images(_images(), return_tensors="pt"), loaded_images(_images(), return_tensors="pt")
+    batch = images(_images(), return_tensors="pt")
+    again = loaded_images(_images(), return_tensors="pt")
     torch.testing.assert_close(again["pixel_values"], batch["pixel_values"])
     with torch.no_grad():
-        torch.testing.assert_close(loaded(**again).last_hidden_state, model(**batch).last_hidden_state)
+        torch.testing.assert_close(loaded(**again).last_hidden_state,
+                                   model(**batch).last_hidden_state)
 
 
 def test_built_the_same_in_a_fresh_process():
@@ -310,10 +334,14 @@ def test_built_the_same_in_a_fresh_process():
 
     code = ("import json, sys; from embetter_plug.testing import make_tiny_vlm;"
             "m, _ = make_tiny_vlm('llava');"
-            "sys.stdout.write(json.dumps([float(p.detach().double().sum()) for p in m.parameters()]))")
+            "sums = [float(p.detach().double().sum()) for p in m.parameters()];"
+            "sys.stdout.write(json.dumps(sums))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          timeout=300)
-    here = [float(p.detach().double().sum()) for p in make_tiny_vlm("llava")[0].parameters()]
+
+    def sums(model):
+        return [float(p.detach().double().sum()) for p in model.parameters()]
+
+    here = sums(make_tiny_vlm("llava")[0])
     assert json.loads(run.stdout) == here
-    other = [float(p.detach().double().sum()) for p in make_tiny_vlm("llava", seed=1)[0].parameters()]
-    assert other != here
+    assert sums(make_tiny_vlm("llava", seed=1)[0]) != here
