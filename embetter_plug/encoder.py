@@ -10,10 +10,10 @@ from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from . import _arch, _attn_arch, _batching, _vision
-from ._loading import (check_source_still_there, load_config, load_model, load_processor,
-                       load_tokenizer, place_model, resolve_model_source)
+from ._encoder_load import load_for
+from ._loading import check_source_still_there, resolve_model_source
 from ._token_pooling import pooling_name, validate_pooling
-from ._utils import reload_device, resolve_device, resolve_dtype, resolve_indices, warn_user
+from ._utils import reload_device, resolve_indices, warn_user
 from ._output import input_index, store_output_config, wrap_output
 from .extraction import ActivationExtractor
 from .identity import extraction_identity, load_identity
@@ -189,71 +189,11 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
             as_cache(self.cache)
 
     def _load(self, source):
-        """``(model, tokenizer, input device)``; sets the compute dtype."""
-        hub = dict(revision=self.revision, trust_remote_code=self.trust_remote_code)
-        if source is None:
-            model = self.model
-            device, dtype = place_model(model, self.device, self.dtype)
-            self.processor_ = self._load_processor(model, None, hub)
-            tok = self._load_tokenizer(model, None, hub)
-        else:
-            device = resolve_device(self.device)
-            dtype = resolve_dtype(self.dtype, device)
-            # the config and the tokenizer are cheap: a layer out of range or a bad tokenizer
-            # fails before the weights load
-            config = load_config(source, **hub)
-            tower = _vision.split_stack(self.parts)[0]
-            if not tower and not set(self.model_kwargs or {}) & {"config", "num_hidden_layers",
-                                                                  "n_layer"}:
-                n = _arch.config_n_blocks(config)
-                if n is not None:
-                    self._resolve_layers(n)
-            self.processor_ = self._load_processor(config, source, hub)
-            tok = self._load_tokenizer(config, source, hub)
-            model, device = load_model(source, dtype=dtype, device=device,
-                                       model_kwargs=self.model_kwargs, verbose=self.verbose, **hub)
-        param_dtype = next(model.parameters()).dtype
-        # a loaded model is already in ``dtype``; a given model runs under autocast when a
-        # half-precision dtype was asked for (or is "auto" on a bf16-capable GPU)
-        half = str(dtype) in ("torch.bfloat16", "torch.float16")
-        self.autocast_dtype_ = dtype if (dtype != param_dtype and half) else None
-        self.compute_dtype_ = str(self.autocast_dtype_ or param_dtype).replace("torch.", "")
-        return model, tok, device
-
-    def _load_processor(self, model_or_config, source, hub):
-        """The processor of a model that reads images (``None`` for a text model)."""
-        if not _vision.reads_images(model_or_config):
-            if self.processor is not None:
-                raise ValueError(f"processor={self.processor!r} was given, but the model reads "
-                                 "text only; drop processor= or pass a model that reads images.")
-            return None
-        model = model_or_config if hasattr(model_or_config, "forward") else None
-        return load_processor(self.processor, model, source,
-                              required=_vision.reads_images(model_or_config) == "vision", **hub)
-
-    def _load_tokenizer(self, model_or_config, source, hub):
-        """The tokenizer: given, the processor's, or the model's own; none for a vision
-        encoder."""
-        if _vision.reads_images(model_or_config) == "vision" and self.tokenizer is None:
-            return None
-        if self.tokenizer is None and getattr(self.processor_, "tokenizer", None) is not None:
-            tok = self.processor_.tokenizer
-        else:
-            model = model_or_config if hasattr(model_or_config, "forward") else None
-            tok = load_tokenizer(self.tokenizer, model, source, **hub)
-        self._check_tokenizer(tok)
-        return tok
-
-    def _check_tokenizer(self, tok) -> None:
-        if not self.include_prompt and self.processor_ is not None:
-            raise ValueError("include_prompt=False is for plain texts; a model that reads images "
-                             "builds its prompt with its processor. Pass include_prompt=True.")
-        if not self.include_prompt and not getattr(tok, "is_fast", True):
-            raise ValueError(
-                f"include_prompt=False needs a fast tokenizer (to tell the text's tokens from the "
-                f"template's), but {type(tok).__name__} is a slow one; pass a fast tokenizer "
-                "(AutoTokenizer.from_pretrained(..., use_fast=True)) or include_prompt=True."
-            )
+        """``(model, tokenizer, input device)``; sets the processor and the compute dtype."""
+        loaded = load_for(self, source, self._resolve_layers)
+        self.processor_ = loaded.processor
+        self.autocast_dtype_, self.compute_dtype_ = loaded.autocast_dtype, loaded.compute_dtype
+        return loaded.model, loaded.tokenizer, loaded.device
 
     def _setup_layout(self) -> None:
         model = self.model_

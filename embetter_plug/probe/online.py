@@ -19,7 +19,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from .._utils import check_texts, logger, seed_from_random_state
+from .._utils import logger, seed_from_random_state
+from ..samples import check_inputs
 from ._metrics import detect_task
 from ._splits import three_way_split
 
@@ -171,7 +172,7 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
         """Stream ``X`` (texts) through the model and train every probe on labels ``y``."""
         from tqdm.auto import trange
 
-        texts = check_texts(X)
+        texts = check_inputs(X)
         task, y = detect_task(y, "auto")
         if task == "regression":
             raise ValueError(
@@ -327,7 +328,7 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
     def get_probe_features(self, X) -> dict[str, np.ndarray]:
         """The activations each probe reads: ``{name: (n_samples, hidden)}`` in input order."""
         check_is_fitted(self, "probes_")
-        return self._slices(check_texts(X), list(self.probes_))
+        return self._slices(check_inputs(X), list(self.probes_))
 
     def _where(self) -> dict[str, tuple[int, int]]:
         """Probe name -> (layer position, part position) in the encoder's output."""
@@ -348,7 +349,7 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
     def evaluate(self, X, y) -> "pandas.DataFrame":  # noqa: F821
         """Metrics of every probe on labelled texts, streamed (memory bounded by a batch)."""
         check_is_fitted(self, "probes_")
-        texts = check_texts(X)
+        texts = check_inputs(X)
         y = np.asarray(y)
         if len(y) != len(texts):
             raise ValueError(f"X has {len(texts)} texts but y has {len(y)} labels; they must match.")
@@ -368,7 +369,7 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities from the best probe (``best_probe_``)."""
         check_is_fitted(self, "probes_")
-        feats = self._slices(check_texts(X), [self.best_probe_])[self.best_probe_]
+        feats = self._slices(check_inputs(X), [self.best_probe_])[self.best_probe_]
         return self.probes_[self.best_probe_].predict_proba(feats)
 
     def predict(self, X) -> np.ndarray:
