@@ -159,11 +159,16 @@ class _TowerPool:
                 "language stack's image tokens instead: token_pooling='image:mean'."
             )
         n_img, n_tok = x.shape[:2]
-        ones = torch.ones((n_img, n_tok), dtype=torch.long, device=x.device)
-        patches = ones.clone()
-        prefix = max(n_tok - self.n_patches, 0) if self.n_patches else 0
-        patches[:, :prefix] = 0  # class (and register) tokens come first
-        pooled = make_pooler(ones, pool.poolings, modalities={"image": patches})(x)
+        poolers = pool.__dict__.setdefault("tower_poolers", {})  # one per batch and shape
+        tower_pool = poolers.get((n_img, n_tok, x.device))
+        if tower_pool is None:
+            ones = torch.ones((n_img, n_tok), dtype=torch.long, device=x.device)
+            patches = ones.clone()
+            prefix = max(n_tok - self.n_patches, 0) if self.n_patches else 0
+            patches[:, :prefix] = 0  # class (and register) tokens come first
+            tower_pool = make_pooler(ones, pool.poolings, modalities={"image": patches})
+            poolers[(n_img, n_tok, x.device)] = tower_pool
+        pooled = tower_pool(x)
         out = torch.full((pool.mask.shape[0], *pooled.shape[1:]), float("nan"),
                          dtype=pooled.dtype, device=pooled.device)
         out[rows.to(out.device)] = pooled
