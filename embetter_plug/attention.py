@@ -217,11 +217,11 @@ def attention_metrics(model, tokenizer=None, texts: Sequence[str] = (), *,
 
     names = list(_attn_arch.METRICS) if isinstance(metrics, str) and metrics == "all" else (
         [metrics] if isinstance(metrics, str) else list(metrics))
+    known = _attn_arch.METRICS + _attn_arch.MODALITY_METRICS
     for m in names:
-        if m not in _attn_arch.METRICS:
+        if m not in known:
             _attn_arch.validate_parts([m])  # close matches for attn_* typos
-            raise ValueError(f"{m!r} is not an attention metric; choose from "
-                             f"{list(_attn_arch.METRICS)}.")
+            raise ValueError(f"{m!r} is not an attention metric; choose from {list(known)}.")
     enc = TransformerActivationEncoder(model, tokenizer, layers=layers, parts=names, heads=heads,
                                        token_pooling=token_pooling, **encoder_params)
     X = enc.fit_transform(list(texts))

@@ -292,6 +292,12 @@ def test_folder_load_pickle_stream_and_cli(tmp_path, monkeypatch, capsys):
     assert rc == 0
     from_cli, _ = load_activations(tmp_path / "cli.npz")
     np.testing.assert_allclose(np.asarray(from_cli), direct, rtol=1e-5, atol=1e-6)
+    rc = main(["attention", "--data", str(tmp_path / "data.csv"), "--image-col", "image",
+               "--model", str(folder), "--metrics", "attn_image", "--token-pooling", "text:mean",
+               "--out", str(tmp_path / "att")])
+    summary = pd.read_csv(tmp_path / "att" / "attention_metrics.csv")
+    assert rc == 0 and set(summary["metric"]) == {"attn_image"}
+    assert summary["mean"].between(0, 1).all() and summary["mean"].max() > 0
     df.loc[0, "image"] = "imgs/missing.png"
     df.to_csv(tmp_path / "bad.csv", index=False)
     capsys.readouterr()

@@ -19,7 +19,8 @@ from .extract import add_encoder_arguments, add_text_arguments, encoder_from_arg
 
 METRICS_HELP = ("comma-separated attention metrics, or 'all': attn_entropy, attn_sink, "
                 "attn_distance, attn_density, attn_value_norm, attn_result_norm, "
-                "attn_weighted_value_norm")
+                "attn_weighted_value_norm; with --image-col also attn_image (attention to image "
+                "tokens, in 'all' too)")
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -38,16 +39,18 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 
 def run(args) -> int:
-    from embetter_plug._attn_arch import METRICS, validate_parts
+    from embetter_plug._attn_arch import METRICS, MODALITY_METRICS, validate_parts
     from embetter_plug.attention import head_scores, summarize_metrics
 
-    metrics = list(METRICS) if args.metrics == "all" else [
+    known = list(METRICS) + (list(MODALITY_METRICS) if args.image_col else [])
+    metrics = known if args.metrics == "all" else [
         m.strip() for m in args.metrics.split(",") if m.strip()]
     for m in metrics:
-        if m not in METRICS:
+        if m not in known:
             validate_parts([m])  # close matches for a typo
             raise ValueError(f"--metrics {m!r} is not an attention metric; choose from "
-                             f"{list(METRICS)} or 'all'.")
+                             f"{known} or 'all'" + ("" if args.image_col or m not in
+                             MODALITY_METRICS else f" ({m} needs --image-col)") + ".")
     out = Path(args.out) if args.out else None
     if out is not None:
         if out.exists() and not out.is_dir():
