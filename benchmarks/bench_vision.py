@@ -89,7 +89,7 @@ def case(name, model, processor, samples, params, repeats, tower=False):
 
     def bare():
         with torch.inference_mode():
-            for _, inputs, _ in batches:
+            for _, inputs, *_ in batches:
                 if tower:  # the tower alone, as ours stops after its last block
                     model.model.vision_tower(inputs["pixel_values"])
                 else:

@@ -275,13 +275,14 @@ class Capture:
             self._buf[:, rows, pi * k:(pi + 1) * k, :] = pooled[:, None] if li is None else pooled
 
     def run(self, forward: Callable[[], object], mask, *, stop_early: bool = True,
-            pool_mask=None, modalities=None, image_rows=None):
+            pool_mask=None, modalities=None, image_rows=None, image_units=None):
         """Call ``forward()`` with the hooks live; return ``(B, n_layers, parts*poolings, H)``.
 
         Use inside ``with capture:``. ``pool_mask`` (``(B, T)``, default ``mask``) limits
         mean/max/min pooling to some tokens; ``modalities`` (``{"image": (B, T), ...}``) serves
         modality-limited poolings; ``image_rows`` (the batch row of each image, in the order the
-        model reads the images) serves targets inside a vision tower.
+        model reads the images) and ``image_units`` (the rows or patches the tower sees for
+        each) serve targets inside a vision tower.
         """
         import torch
 
@@ -289,7 +290,7 @@ class Capture:
             check(*mask.shape)
         self._stop_early = stop_early
         self._pool = make_pooler(mask, self.poolings, pool_mask=pool_mask, modalities=modalities)
-        self._pool.image_rows = image_rows
+        self._pool.image_rows, self._pool.image_units = image_rows, image_units
         self._shape = tuple(mask.shape)
         self._remaining = len(self._slots)
         self._calls: dict = defaultdict(int)

@@ -115,6 +115,16 @@ def _process(processor, s: Sample, vision_only: bool, template) -> dict:
     return dict(processor(**kwargs))
 
 
+def image_units(inputs: dict) -> int:
+    """How many rows (tiles, crops) or, for towers that flatten patches (``image_grid_thw``),
+    patch tokens the vision tower sees for the one image of a sample processed alone."""
+    grid = inputs.get("image_grid_thw")
+    if grid is not None:
+        return int(grid.prod(-1).sum())
+    pix = inputs["pixel_values"]
+    return int(pix.shape[1]) if pix.dim() == 5 else int(pix.shape[0])
+
+
 def _length(inputs: dict) -> int:
     ids = inputs.get("input_ids")
     return int(ids.shape[-1]) if ids is not None else 1
@@ -156,8 +166,9 @@ def collate(items: list[dict], pad_id: int) -> dict:
 def plan_batches(processor, samples: list[Sample], batch_size: int, *, vision_only: bool,
                  max_length: int | None, pad_id: int, prompt_template: str | None = None,
                  chunk: int = 1024) -> Iterator[tuple[np.ndarray, dict, np.ndarray]]:
-    """Yield ``(row indices, model inputs, rows that hold an image)`` per batch, length-sorted
-    within chunks of ``chunk`` samples (images are decoded a chunk at a time)."""
+    """Yield ``(row indices, model inputs, rows that hold an image, tower units of each image)``
+    per batch (see :func:`image_units`), length-sorted within chunks of ``chunk`` samples
+    (images are decoded a chunk at a time)."""
     from ._batching import length_sorted_batches, split_template
 
     template = split_template(prompt_template)
@@ -175,4 +186,5 @@ def plan_batches(processor, samples: list[Sample], batch_size: int, *, vision_on
         for b in length_sorted_batches(lengths, batch_size):
             with_image = np.array([j for j, i in enumerate(b) if part[i].image is not None],
                                   dtype=np.int64)
-            yield b + lo, collate([items[i] for i in b], pad_id), with_image
+            units = np.array([image_units(items[b[j]]) for j in with_image], dtype=np.int64)
+            yield b + lo, collate([items[i] for i in b], pad_id), with_image, units

@@ -13,8 +13,9 @@ tower's blocks. For a vision encoder the model is the tower, so plain parts read
 
 A tower's blocks run over images, not over samples: each image's tokens are pooled in the tower
 (``cls``/``first`` is the first token, ``image:mean`` the patches without the class token) and
-land in the row of the sample that holds the image. Towers that see a sample's image as several
-rows (crops, tiles) or as flattened patches are refused with a clear error.
+land in the row of the sample that holds the image. An image the tower sees as several rows
+(tiles, crops) is pooled over all its rows; where the tower flattens the patches of a batch into
+one sequence (Qwen2-VL), only order-free poolings (mean, max, min) are defined.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import inspect
 
 from . import _arch
+from ._token_pooling import split_modality
 
 __all__ = ["PREFIX", "find_tower", "is_vision_only", "reads_images", "split_stack",
            "stack_model", "tower_targets"]
@@ -136,8 +138,16 @@ def tower_targets(model, layers, parts):
 
 
 class _TowerPool:
-    """Pool a tower module's ``(images, tokens, hidden)`` output into ``(batch, poolings,
-    hidden)``: each image's vector goes to its sample's row, rows without an image are NaN."""
+    """Pool a tower module's output into ``(batch, poolings, hidden)``: each image's vector goes
+    to its sample's row, rows without an image are NaN.
+
+    The tower sees each image as one row of tokens (CLIP, SigLIP, ViT), as several rows (tiles
+    or crops: LLaVA-NeXT, Idefics3) or as patches flattened into one sequence for the whole
+    batch (Qwen2-VL); ``pool.image_units`` says how many rows (or patches) belong to each image,
+    in order. An image's tokens are all its rows' tokens in the order the tower sees them: its
+    first token is ``cls``/``first``, its patch tokens (class tokens of each row left out) are
+    what ``image:*`` poolings read.
+    """
 
     def __init__(self, n_patches: int | None):
         self.n_patches = n_patches
@@ -145,31 +155,55 @@ class _TowerPool:
     def __call__(self, received, pool):
         import torch
 
-        from ._token_pooling import make_pooler
-
         rows = getattr(pool, "image_rows", None)
+        units = getattr(pool, "image_units", None)
         x = received
-        if x.dim() != 3 or rows is None or x.shape[0] != len(rows):
-            got = tuple(x.shape)
+        flat = x.dim() == 2  # patches of the whole batch in one sequence
+        if flat:
+            x = x[:, None, :]
+        if rows is not None and units is None:
+            units = torch.ones(len(rows), dtype=torch.long, device=x.device)
+        if x.dim() != 3 or rows is None or x.shape[0] != int(units.sum()):
             n = "?" if rows is None else len(rows)
             raise ValueError(
-                f"the vision tower's module gives an output of shape {got} for {n} image(s); "
-                "'vision.' parts need one row of tokens per image, which this model's tower does "
-                "not give (it splits images into crops/tiles or flattens patches). Read the "
-                "language stack's image tokens instead: token_pooling='image:mean'."
+                f"the vision tower's module gives an output of shape {tuple(received.shape)} "
+                f"for {n} image(s), which does not split into the images' rows or patches; "
+                "read the language stack's image tokens instead: token_pooling='image:mean'."
             )
-        n_img, n_tok = x.shape[:2]
-        poolers = pool.__dict__.setdefault("tower_poolers", {})  # one per batch and shape
-        tower_pool = poolers.get((n_img, n_tok, x.device))
-        if tower_pool is None:
-            ones = torch.ones((n_img, n_tok), dtype=torch.long, device=x.device)
-            patches = ones.clone()
-            prefix = max(n_tok - self.n_patches, 0) if self.n_patches else 0
-            patches[:, :prefix] = 0  # class (and register) tokens come first
-            tower_pool = make_pooler(ones, pool.poolings, modalities={"image": patches})
-            poolers[(n_img, n_tok, x.device)] = tower_pool
-        pooled = tower_pool(x)
+        if flat:
+            positional = [p for p in pool.poolings if split_modality(p)[1]
+                          not in ("mean", "max", "min")]
+            if positional:
+                raise ValueError(
+                    f"token_pooling {positional}: this model's tower flattens (and may reorder) "
+                    "the patches of all images into one sequence, so only mean, max and min "
+                    "(or image:mean ...) are defined over an image's patches.")
+        tower_pool, index = self._pooler(pool, units.to(x.device), x.shape[1], flat, x.device)
+        n_rows, n_tok, hidden = x.shape
+        tokens = x.reshape(n_rows * n_tok, hidden)[index]  # (images, tokens, hidden)
+        pooled = tower_pool(tokens)
         out = torch.full((pool.mask.shape[0], *pooled.shape[1:]), float("nan"),
                          dtype=pooled.dtype, device=pooled.device)
         out[rows.to(out.device)] = pooled
         return out
+
+    def _pooler(self, pool, units, n_tok: int, flat: bool, device):
+        """A pooler over each image's tokens and the gather index that lines them up, made
+        once per batch."""
+        import torch
+
+        from ._token_pooling import make_pooler
+
+        key = (tuple(units.tolist()), n_tok, flat, device)
+        memo = pool.__dict__.setdefault("tower_poolers", {})
+        if key not in memo:
+            width = int(units.max()) * n_tok
+            pos = torch.arange(width, device=device)
+            starts = (units.cumsum(0) - units) * n_tok
+            valid = pos[None, :] < (units * n_tok)[:, None]
+            index = (starts[:, None] + pos[None, :]).clamp(max=int(units.sum()) * n_tok - 1)
+            prefix = 0 if flat or not self.n_patches else max(n_tok - self.n_patches, 0)
+            patches = valid & (pos[None, :] % n_tok >= prefix)  # class tokens come first
+            memo[key] = (make_pooler(valid.long(), pool.poolings,
+                                     modalities={"image": patches.long()}), index)
+        return memo[key]

@@ -264,7 +264,8 @@ class ActivationExtractor:
                            desc="encoding", unit="batch", size=lambda batch: len(batch[0]))
 
     def _run_samples(self, batches, vision_only: bool):
-        """``(row_indices, activations)`` per ``(row_indices, model inputs, image rows)``."""
+        """``(row_indices, activations)`` per ``(row_indices, model inputs, image rows, tower
+        units per image)`` (see :func:`embetter_plug._mm_batching.plan_batches`)."""
         import torch
 
         from ._mm_batching import image_token_ids
@@ -285,7 +286,7 @@ class ActivationExtractor:
         autocast = (torch.autocast(device.type, dtype=self.autocast_dtype)
                     if self.autocast_dtype is not None else contextlib.nullcontext())
         with capture, torch.inference_mode(), autocast:
-            for idx, inputs, with_image in batches:
+            for idx, inputs, with_image, units in batches:
                 inputs = {k: v.to(device, dtype=dtype if v.is_floating_point() else None)
                           for k, v in inputs.items()}
                 if vision_only:
@@ -297,7 +298,8 @@ class ActivationExtractor:
                     modalities = {"image": image, "text": ~image}
                 rows = torch.as_tensor(with_image, device=device)
                 acts = capture.run(lambda: forward(**inputs, **extra), mask,
-                                   modalities=modalities, image_rows=rows)
+                                   modalities=modalities, image_rows=rows,
+                                   image_units=torch.as_tensor(units, device=device))
                 yield idx, acts.cpu().numpy()
 
     def _run(self, batches, device):

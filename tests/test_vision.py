@@ -247,15 +247,54 @@ def test_dataframe_pairs_and_paths(tmp_path):
     np.testing.assert_allclose(from_df, from_arrays, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["qwen2_vl", "idefics3", "llava_next"])
-def test_tower_without_one_row_per_image_is_refused(kind):
-    if kind not in [k if isinstance(k, str) else None for k in KINDS]:
-        pytest.skip(f"no tiny {kind}")
+# where each kind's tower keeps its blocks, and whether it flattens the patches of a batch
+TILED = {"llava_next": ("model.vision_tower.encoder.layers", False),
+         "idefics3": ("model.vision_model.encoder.layers", False),
+         "qwen2_vl": ("model.visual.blocks", True), "qwen2_5_vl": ("model.visual.blocks", True)}
+
+
+@pytest.mark.parametrize("kind", sorted(TILED))
+def test_tiled_and_flattened_towers(kind):
+    """An image the tower sees as several tiles (LLaVA-NeXT, Idefics3) or as patches flattened
+    with the rest of the batch (Qwen2-VL) is pooled over all its tokens: checked against the
+    tower's blocks hooked during a forward of the sample alone."""
     model, processor = make_tiny_vlm(kind)
+    path, flat = TILED[kind]
+    samples = [{"text": "a picture of cats", "image": _img(0)},
+               {"text": "the end", "image": _img(1, (48, 20))},
+               {"text": "dog", "image": _img(2, (40, 40))}]
+    pool = ["image:mean", "image:max"] + ([] if flat else ["cls"])
     enc = TransformerActivationEncoder(model, processor=processor, parts="vision.resid_post",
-                                       layers=[0]).fit()
-    with pytest.raises(ValueError, match="one row of tokens per image.*image:mean"):
-        enc.transform([{"text": "a", "image": _img(0)}])
+                                       token_pooling=pool, batch_size=2)
+    acts = enc.fit_transform(samples)
+    blocks = model.get_submodule(path)
+    assert enc.layout_.layers == tuple(range(len(blocks)))
+    vcfg = model.config.vision_config
+    n_patches = None if flat else (vcfg.image_size // vcfg.patch_size) ** 2
+    for i, s in enumerate(samples):
+        seen = []
+        handles = [b.register_forward_hook(lambda m, a, o: seen.append(
+            (o[0] if isinstance(o, tuple) else o).detach())) for b in blocks]
+        try:
+            _alone(model, processor, s)
+        finally:
+            for h in handles:
+                h.remove()
+        for layer, out in enumerate(seen):
+            out = out.numpy()
+            if flat:  # (patches, hidden)
+                patches = out
+            else:  # (tiles, tokens, hidden): class tokens first in each tile
+                patches = out[:, out.shape[1] - n_patches:].reshape(-1, out.shape[-1])
+            np.testing.assert_allclose(acts[i, layer, 0], patches.mean(0), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(acts[i, layer, 1], patches.max(0), rtol=1e-4, atol=1e-5)
+            if not flat:
+                np.testing.assert_allclose(acts[i, layer, 2], out[0, 0], rtol=1e-4, atol=1e-5)
+    if flat:
+        bad = TransformerActivationEncoder(model, processor=processor, parts="vision.resid_post",
+                                           token_pooling="cls").fit()
+        with pytest.raises(ValueError, match="only mean, max and min"):
+            bad.transform(samples[:1])
 
 
 def test_folder_load_pickle_stream_and_cli(tmp_path, monkeypatch, capsys):
