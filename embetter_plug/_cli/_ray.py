@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from .extract import check_out, encoder_from_args, read_texts
 
+    if args.image_col is not None:
+        raise ValueError("--ray extracts texts only; for images drop --ray (extraction on this "
+                         "machine streams to --out and resumes the same way).")
     if args.out.endswith(".npz"):
         raise ValueError(f"--out {args.out!r}: --ray writes a folder (shards and a manifest, "
                          "resumable); give a folder name without .npz.")
