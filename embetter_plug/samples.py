@@ -104,6 +104,9 @@ def check_inputs(X: Any, *, name: str = "X") -> list[str] | list[Sample]:
             raise ValueError(f"{name} is empty: pass at least one sample.")
         return [_make(t, im, f"{name} row {i}") for i, (t, im) in
                 enumerate(zip(texts, X["image"].tolist()))]
+    if (type(X).__name__ == "Series" or (isinstance(X, np.ndarray) and X.ndim == 1
+                                         and X.dtype == object)):
+        X = list(X)  # a column of dicts or images reads like a list
     if isinstance(X, (list, tuple)) and X and any(  # bytes alone stay a (wrong) text
             isinstance(x, (dict, Sample)) or (_is_path_or_image(x) and not isinstance(x, bytes))
             or (isinstance(x, tuple) and len(x) == 2) for x in X):
