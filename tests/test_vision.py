@@ -464,3 +464,18 @@ def test_cli_probe_with_image_column(tmp_path):
     assert rc == 0
     table = pd.read_csv(tmp_path / "run" / "results.csv")
     assert {"cls", "image:mean"} <= set(table["pooling"]) and "resid_post" in set(table["part"])
+
+
+def test_threads_share_one_encoder():
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, processor = make_tiny_vlm("llava")
+    enc = TransformerActivationEncoder(model, processor=processor, layers=[0],
+                                       token_pooling=["image:mean", "text:mean"]).fit()
+    groups = [[{"text": f"group {g} item {i}", "image": _img(10 * g + i)} for i in range(3)]
+              for g in range(4)]
+    alone = [enc.transform(rows) for rows in groups]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(enc.transform, groups))
+    for a, b in zip(alone, together):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
