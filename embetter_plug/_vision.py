@@ -180,7 +180,10 @@ class _TowerPool:
                     "(or image:mean ...) are defined over an image's patches.")
         tower_pool, index = self._pooler(pool, units.to(x.device), x.shape[1], flat, x.device)
         n_rows, n_tok, hidden = x.shape
-        tokens = x.reshape(n_rows * n_tok, hidden)[index]  # (images, tokens, hidden)
+        if index is None:  # one row per image: the rows are the images
+            tokens = x
+        else:
+            tokens = x.reshape(n_rows * n_tok, hidden)[index]  # (images, tokens, hidden)
         pooled = tower_pool(tokens)
         out = torch.full((pool.mask.shape[0], *pooled.shape[1:]), float("nan"),
                          dtype=pooled.dtype, device=pooled.device)
@@ -204,6 +207,8 @@ class _TowerPool:
             index = (starts[:, None] + pos[None, :]).clamp(max=int(units.sum()) * n_tok - 1)
             prefix = 0 if flat or not self.n_patches else max(n_tok - self.n_patches, 0)
             patches = valid & (pos[None, :] % n_tok >= prefix)  # class tokens come first
+            if not flat and bool((units == 1).all()):
+                index = None  # no gather needed
             memo[key] = (make_pooler(valid.long(), pool.poolings,
                                      modalities={"image": patches.long()}), index)
         return memo[key]
