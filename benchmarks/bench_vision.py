@@ -126,13 +126,17 @@ def main(argv=None) -> None:
              tower=True),
         case("ViT-shaped encoder on digits (`resid_post`, cls + image:mean)", *vit_shaped(),
              list(digits), dict(token_pooling=["cls", "image:mean"]), args.repeats),
+        case("tiny LLaVA of the tests (width 32), language stack (`resid_post`, image:mean + "
+             "text:mean)", *make_tiny_vlm("llava"), pairs,
+             dict(token_pooling=["image:mean", "text:mean"]), args.repeats),
     ]
     body = ("## Images and text (`bench_vision`)\n\n"
             "Capture cost of image+text extraction: `(encoder - preparation) / bare forward`, "
             "CPU seconds of the whole set (least of the repeats, interleaved), batch "
             f"{BATCH}. Preparation (decoding, resizing, tokenizing, collating) is the same on "
             "both sides. The tower row's bare forward is the tower alone (ours stops after its "
-            "last block).\n\n"
+            "last block). On the tiny model of the tests a forward takes microseconds, so the "
+            "fixed cost per batch of the hooks and pooling weighs most there.\n\n"
             "| case | samples | preparation s | bare forward s | encoder s | capture cost |\n"
             "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     print(body)
