@@ -12,8 +12,9 @@ Our side is ``encoder.transform(samples)`` reading ``resid_post`` of every langu
 every tower block) with two poolings; the bare side runs ``model(**batch)`` over the same
 batches the processor made. Preparing the batches (decoding, resizing, tokenizing) is the same
 work on both sides, so it is timed on its own and left out of both: the ratio is the capture's
-cost, ``(encoder - preparation) / bare forward``. CPU time of this process, interleaved runs,
-least of ``--repeats``.
+cost, ``(encoder - preparation) / bare forward``. Wall-clock time (``--clock cpu``: CPU time of
+this process, which counts the threads' spinning too), interleaved runs, least of
+``--repeats``; run it on a quiet machine (the load average is recorded).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def vit_shaped():
     return model, ViTImageProcessor(size={"height": 224, "width": 224})
 
 
-def case(name, model, processor, samples, params, repeats, tower=False):
+def case(name, model, processor, samples, params, repeats, tower=False,
+         clock=time.perf_counter):
     enc = TransformerActivationEncoder(model, processor=processor, batch_size=BATCH,
                                        **params).fit()
     checked = check_inputs(samples)
@@ -96,7 +98,7 @@ def case(name, model, processor, samples, params, repeats, tower=False):
                     forward(**inputs)
 
     t = interleaved({"ours": lambda: enc.transform(samples), "prepare": prepare, "bare": bare},
-                    repeats, clock=time.process_time)
+                    repeats, clock=clock)
     ratio = (t["ours"] - t["prepare"]) / t["bare"]
     return (f"| {name} | {len(samples)} | {t['prepare']:.2f} | {t['bare']:.2f} | "
             f"{t['ours']:.2f} | {ratio:.3f}x |")
@@ -106,7 +108,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = ap.parse_args(argv)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    load = os.getloadavg()[0]
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     rng = np.random.default_rng(0)
     texts, _ = load_texts(args.n)
@@ -119,20 +124,21 @@ def main(argv=None) -> None:
     rows = [
         case("LLaVA-shaped, language stack (`resid_post`, image:mean + text:mean)",
              *llava_shaped(), pairs, dict(token_pooling=["image:mean", "text:mean"]),
-             args.repeats),
+             args.repeats, clock=clock),
         case("LLaVA-shaped, vision tower (`vision.resid_post`, cls + image:mean)",
              *llava_shaped(), pairs,
              dict(parts="vision.resid_post", token_pooling=["cls", "image:mean"]), args.repeats,
-             tower=True),
+             tower=True, clock=clock),
         case("ViT-shaped encoder on digits (`resid_post`, cls + image:mean)", *vit_shaped(),
-             list(digits), dict(token_pooling=["cls", "image:mean"]), args.repeats),
+             list(digits), dict(token_pooling=["cls", "image:mean"]), args.repeats, clock=clock),
         case("tiny LLaVA of the tests (width 32), language stack (`resid_post`, image:mean + "
              "text:mean)", *make_tiny_vlm("llava"), pairs,
-             dict(token_pooling=["image:mean", "text:mean"]), args.repeats),
+             dict(token_pooling=["image:mean", "text:mean"]), args.repeats, clock=clock),
     ]
     body = ("## Images and text (`bench_vision`)\n\n"
             "Capture cost of image+text extraction: `(encoder - preparation) / bare forward`, "
-            "CPU seconds of the whole set (least of the repeats, interleaved), batch "
+            f"{'wall-clock' if args.clock == 'wall' else 'CPU'} seconds of the whole set (least "
+            f"of the repeats, interleaved; load average {load:.1f} when the run started), batch "
             f"{BATCH}. Preparation (decoding, resizing, tokenizing, collating) is the same on "
             "both sides. The tower row's bare forward is the tower alone (ours stops after its "
             "last block). On the tiny model of the tests a forward takes microseconds, so the "
