@@ -5,9 +5,10 @@ attention function (``AttentionInterface``):
 
 - the *core* attention module of a block is the submodule whose ``forward`` calls that function
   (``self_attn``, ``attn``, ``attention.self`` ...);
-- its *output projection* is the last ``Linear``/``Conv1D`` writing the hidden size in the
-  block's child that holds the core (``o_proj``, ``c_proj``, ``dense``, ``out_proj``,
-  ``attention.output.dense``, ``out_lin``).
+- its *output projection* is the ``Linear``/``Conv1D`` writing the hidden size that the core's
+  forward calls first after its attention function (``o_proj`` also after a gate, ``c_proj``,
+  ``dense``, ``out_proj``, T5's ``o``), else the first one registered after the core in the block
+  (``attention.output.dense``, ``out_lin``).
 
 Per-head parts (names follow TransformerLens; one entry per head on the part axis, named
 ``{part}.h{head}``):
@@ -154,6 +155,51 @@ def _in_width(module) -> int:
                else module.weight.shape[1])
 
 
+_INTERFACE_CALL = re.compile(r"(?<![\w.])attention_interface\s*\(")
+_SELF_CALL = re.compile(r"self\.([A-Za-z_]\w*)\s*\(")
+
+
+@functools.lru_cache(maxsize=None)
+def _called_after_attention(cls) -> tuple[str, ...]:
+    """Names of the submodules ``cls.forward`` calls after its attention function, in order."""
+    try:
+        src = inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return ()
+    calls = list(_INTERFACE_CALL.finditer(src))
+    return tuple(_SELF_CALL.findall(src[calls[-1].end():])) if calls else ()
+
+
+def _is_projection_to(module, hidden: int) -> bool:
+    return hasattr(module, "weight") and _out_width(module) == hidden
+
+
+def _output_projection(block, core, hidden: int):
+    """The projection writing ``hidden`` features that the attention's output goes through:
+    the first such submodule the core's forward calls after its attention function (``o_proj``
+    after a gate, T5's ``o``; the last one inside a wrapper module), else the first one
+    registered after the core in the block's child that holds it (BERT's
+    ``attention.output.dense``)."""
+    from torch import nn
+
+    for name in _called_after_attention(type(core)):
+        module = getattr(core, name, None)
+        found = [m for m in module.modules() if _is_projection_to(m, hidden)] \
+            if isinstance(module, nn.Module) else []
+        if found:  # the projection, or the last one inside a wrapper around it
+            return found[-1]
+    top = next(c for _, c in block.named_children()
+               if c is core or any(m is core for m in c.modules()))
+    inside = {id(m) for m in core.modules()}
+    seen_core = False
+    for m in top.modules():
+        if m is core:
+            seen_core = True
+        elif seen_core and id(m) not in inside and _is_projection_to(m, hidden):
+            return m
+    return None
+
+
 def blocks(model, layers):
     """The block modules of ``layers`` (through the architecture registry)."""
     return [t[0] for t in _arch.resolve_targets(model, list(layers), ["resid_post"])]
@@ -169,17 +215,16 @@ def attn_info(model, block) -> AttnInfo:
             "transformers' attention function (AttentionInterface), so its heads, q/k/v and "
             "patterns cannot be read; per-head parts need a model whose modeling code uses it "
             "(every family in transformers 5.x does).")
-    top = next(c for _, c in block.named_children()
-               if c is core or any(m is core for m in c.modules()))
     hidden = _arch.hidden_size(model)
-    projs = [m for m in top.modules() if _out_width(m) == hidden and hasattr(m, "weight")]
+    o_proj = _output_projection(block, core, hidden)
     cfg = _arch.text_config(model.config)
     n_heads = int(getattr(cfg, "num_attention_heads"))
     n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
-    if not projs:
+    if o_proj is None:
+        top = next(c for _, c in block.named_children()
+                   if c is core or any(m is core for m in c.modules()))
         raise ValueError(f"no output projection (a Linear writing {hidden} features) found in "
                          f"{type(top).__name__} of model_type={mt!r}.")
-    o_proj = projs[-1]
     d_in = _in_width(o_proj)
     if d_in % n_heads:
         raise ValueError(f"the output projection of model_type={mt!r} reads {d_in} features, "
