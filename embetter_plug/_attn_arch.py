@@ -214,12 +214,11 @@ def attn_info(model, block) -> AttnInfo:
             f"the attention of {type(block).__name__} (model_type={mt!r}) does not call "
             "transformers' attention function (AttentionInterface), so its heads, q/k/v and "
             "patterns cannot be read; per-head parts need a model whose modeling code uses it "
-            "(every family in transformers 5.x does).")
+            "(most families in transformers 5.x do; docs/attention.md lists those that do "
+            "not).")
     hidden = _arch.hidden_size(model)
     o_proj = _output_projection(block, core, hidden)
-    cfg = _arch.text_config(model.config)
-    n_heads = int(getattr(cfg, "num_attention_heads"))
-    n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
+    n_heads, n_kv = _head_numbers(model, core)
     if o_proj is None:
         top = next(c for _, c in block.named_children()
                    if c is core or any(m is core for m in c.modules()))
@@ -232,9 +231,102 @@ def attn_info(model, block) -> AttnInfo:
     return AttnInfo(core, o_proj, n_heads, n_kv, d_in // n_heads, hidden)
 
 
+def _head_numbers(model, core) -> tuple[int, int]:
+    """Query and key/value heads: the attention module's own counts where it keeps them (they
+    may differ from the configuration's, or between layers), else the configuration's."""
+    cfg = _arch.text_config(model.config)
+    own = next((getattr(core, a) for a in ("num_heads", "num_attention_heads", "n_heads")
+                if isinstance(getattr(core, a, None), int)), None)
+    n_heads = int(own or getattr(cfg, "num_attention_heads"))
+    n_kv = getattr(core, "num_key_value_heads", None)
+    groups = getattr(core, "num_key_value_groups", None)
+    if not isinstance(n_kv, int):
+        n_kv = n_heads // groups if isinstance(groups, int) and groups > 0 and own is None \
+            and not n_heads % groups else None
+    if not isinstance(n_kv, int):
+        n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
+    return n_heads, n_kv
+
+
+def attention_calls(core) -> int:
+    """How many times the forward of ``core`` calls the attention function (2 in differential
+    attention, whose pattern is then a difference of two softmaxes)."""
+    try:
+        return len(_INTERFACE_CALL.findall(inspect.getsource(type(core).forward))) or 1
+    except (OSError, TypeError):
+        return 1
+
+
+def layer_infos(model, layers) -> list[AttnInfo]:
+    """:func:`attn_info` of each of ``layers``; an error names the block and the layers whose
+    attention can be read (hybrid models mix attention with other mixers)."""
+    found = blocks(model, layers)
+    out = []
+    for layer, block in zip(layers, found):
+        try:
+            out.append(attn_info(model, block))
+        except ValueError as exc:
+            readable = attention_layers(model)
+            hint = (f"; the layers with readable attention are {readable}: pass layers= "
+                    "among them" if readable else "")
+            raise ValueError(f"layer {layer}: {exc}{hint}") from None
+    return out
+
+
+def attention_layers(model, first: bool = False) -> list[int]:
+    """Block indices whose attention can be read per head (only the first with ``first``)."""
+    out = []
+    for i, block in enumerate(blocks(model, range(_arch.n_blocks(model)))):
+        try:
+            attn_info(model, block)
+        except ValueError:
+            continue
+        out.append(i)
+        if first:
+            break
+    return out
+
+
 def head_counts(model) -> dict:
-    """``{"n_heads", "n_kv_heads", "d_head"}`` of the model's first block."""
-    info = attn_info(model, blocks(model, [0])[0])
+    """``{"n_heads", "n_kv_heads", "d_head"}`` of the model's first block with attention."""
+    readable = attention_layers(model, first=True) or [0]  # none: block 0 gives the error
+    return head_counts_of(attn_info(model, blocks(model, readable)[0]))
+
+
+def check_same_heads(model, infos, layers, parts) -> None:
+    """Per-head entries of several layers share one axis: each layer's head numbers (and, for
+    ``d_head``-wide parts, head sizes) must be those of the model's first attention layer."""
+    counts = head_counts(model)
+    for layer, info in zip(layers, infos):
+        other = head_counts_of(info)
+        for p in parts:
+            keys = ["n_kv_heads" if p in ("attn_k", "attn_v") else "n_heads"]
+            keys += ["d_head"] if _width_group(p) == "d_head" else []
+            bad = [k for k in keys if other[k] != counts[k]]
+            if bad:
+                first = attention_layers(model, first=True)[0]
+                raise ValueError(
+                    f"part {p!r}: layer {layer} has {', '.join(f'{k}={other[k]}' for k in bad)} "
+                    f"but layer {first} has {', '.join(f'{k}={counts[k]}' for k in bad)}; per-"
+                    "head parts need the head sizes of the model's first attention layer in "
+                    "every requested layer" + (" (attn_result is d_model wide in every layer)"
+                                               if bad == ["d_head"] else "") + ".")
+
+
+def check_single_call(infos, layers, parts) -> None:
+    """q/k/v, patterns and metrics read one call of the attention function per forward."""
+    for layer, info in zip(layers, infos):
+        n = attention_calls(info.core)
+        if parts and n > 1:
+            raise ValueError(
+                f"{sorted(set(parts))}: the attention of layer {layer} "
+                f"({type(info.core).__name__}) calls the attention function {n} times per "
+                "forward (differential attention), so its q/k/v and pattern are not one "
+                "softmax's; attn_z and attn_result (before and through the output projection) "
+                "can be read.")
+
+
+def head_counts_of(info) -> dict:
     return {"n_heads": info.n_heads, "n_kv_heads": info.n_kv_heads, "d_head": info.d_head}
 
 
@@ -341,7 +433,10 @@ def resolve_targets(model, layers, parts):
             targets.append(t._replace(part_pos=plain[t.part_pos][0]))
     asked = [(pi, part, h) for pi, part, h in heads if h is not None]
     if asked:
-        infos = [attn_info(model, b) for b in blocks(model, layers)]
+        infos = layer_infos(model, layers)
+        check_same_heads(model, infos, layers, sorted({part for _, part, _ in asked}))
+        check_single_call(infos, layers, [part for _, part, _ in asked
+                                          if part not in ("attn_z", "attn_result")])
         budget = _attn_parts.PatternBudget(model, infos[0], len(layers))
         for li, info in enumerate(infos):
             for pi, part, h in asked:

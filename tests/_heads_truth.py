@@ -15,9 +15,10 @@ import copy
 import sys
 
 import numpy as np
+import pytest
 import torch
 
-from embetter_plug import TransformerActivationEncoder, _arch
+from embetter_plug import TransformerActivationEncoder, _arch, _attn_arch
 from embetter_plug.attention import attention_patterns
 from embetter_plug.testing import make_tokenizer
 
@@ -44,7 +45,7 @@ def _recording(model, events: list):
 
         def wrapped(module, query, key, value, *args, __fn=fn, **kwargs):
             out, weights = __fn(module, query, key, value, *args, **kwargs)
-            events.append(("attn", query.shape[1], out.shape[-1], weights))
+            events.append(("attn", module, query.shape[1], weights))
             return out, weights
 
         wrapped._recorded = True
@@ -62,15 +63,32 @@ def _recording(model, events: list):
             setattr(mod, "eager_attention_forward", fn)
 
 
-def reference(model, ids: list[int], n_blocks: int, hidden: int) -> dict:
-    """Per block of one unpadded text: ``z`` (T, H*d), ``out`` (T, hidden), ``bias``, ``heads``;
-    and ``attentions`` (blocks, H, T, T) from ``output_attentions`` (None when not returned)."""
+def _block_of(events, blocks) -> list[int]:
+    """Block index of each attention call: in call order when there is one call per block
+    (blocks shared between layers), else the block holding the calling module."""
+    calls = [e for e in events if e[0] == "attn"]
+    if len(calls) == len(blocks):
+        return list(range(len(blocks)))
+    return [next((i for i, b in enumerate(blocks) if any(m is e[1] for m in b.modules())), None)
+            for e in calls]  # None: a call outside the blocks
+
+
+def reference(model, ids: list[int], hidden: int) -> dict:
+    """Per block with attention, of one unpadded text: ``z`` (T, H*d) and ``out`` (T, hidden)
+    of the projection after the block's last attention call, its ``bias``, the ``heads`` and
+    the number of ``calls``; ``"attentions"``: (H, T, T) per such block from
+    ``output_attentions`` (None when not returned)."""
     events: list = []
     with _recording(model, events), torch.no_grad():
         out = _arch.runner(model)(input_ids=torch.tensor([ids]), output_attentions=True)
-    blocks = []
+    found = {}
+    blocks = _arch.find_blocks(model)[1]
+    index = iter(_block_of(events, blocks))
     for k, e in enumerate(events):
         if e[0] != "attn":
+            continue
+        layer = next(index)
+        if layer is None:
             continue
         proj = next((p for p in events[k + 1:] if p[0] == "proj" and p[3].shape[-1] == hidden),
                     None)
@@ -78,45 +96,77 @@ def reference(model, ids: list[int], n_blocks: int, hidden: int) -> dict:
             raise NotChecked("no projection writing the hidden size runs after the attention")
         _, module, z, o = proj
         bias = getattr(module, "bias", None)
-        blocks.append({"heads": e[1], "z": z[0].float().numpy(), "out": o[0].float().numpy(),
-                       "bias": 0.0 if bias is None else bias.detach().float().numpy()})
-    if not blocks:
+        calls = found.get(layer, {}).get("calls", 0) + 1
+        found[layer] = {"heads": e[2], "z": z[0].float().numpy(), "out": o[0].float().numpy(),
+                        "bias": 0.0 if bias is None else bias.detach().float().numpy(),
+                        "calls": calls}
+    if not found:
         raise NotChecked("attention does not run through its modeling file's "
                          "eager_attention_forward")
-    if len(blocks) != n_blocks:
-        raise NotChecked(f"{len(blocks)} attention calls for {n_blocks} blocks")
     att = getattr(out, "attentions", None)
-    att = np.stack([a[0].float().numpy() for a in att]) if att else None
-    return {"blocks": blocks, "attentions": att}
+    att = [None if a is None else a[0].float().numpy() for a in att] if att else None
+    if att is not None and len(att) == len(blocks):  # one entry per block: keep attention's
+        att = [att[layer] for layer in sorted(found)]
+    return {"blocks": found, "attentions": att}
 
 
 def check_heads(model, texts) -> str:
-    """Assert ``attn_z``, ``attn_result`` and the patterns of every block against the reference;
-    returns ``"passed"`` or ``"passed (no patterns: why)"``; raises :class:`NotChecked`."""
-    n, hidden = _arch.n_blocks(model), _arch.hidden_size(model)
+    """Assert ``attn_z``, ``attn_result`` and the patterns of every block with attention against
+    the reference; returns ``"passed"`` or ``"passed (...: what was not checked)"``; raises
+    :class:`NotChecked`."""
+    hidden = _arch.hidden_size(model)
     tok = make_tokenizer("bpe", padding_side=_arch.padding_side(model, "left"))
     ref_model = copy.deepcopy(model)  # output_attentions leaves capture hooks on a model
-    refs = [reference(ref_model, tok(t)["input_ids"], n, hidden) for t in texts]
-    kw = dict(heads="all", token_pooling="mean", batch_size=len(texts))
-    Z = np.asarray(TransformerActivationEncoder(model, tok, parts="attn_z", **kw)
-                   .fit_transform(texts))
+    try:
+        refs = [reference(ref_model, tok(t)["input_ids"], hidden) for t in texts]
+    except NotChecked as exc:  # then the library refuses per-head parts, before any forward
+        with pytest.raises(ValueError, match="attention function|no output projection") as err:
+            TransformerActivationEncoder(model, tok, parts="attn_z").fit()
+        why = ("its attention does not call transformers' attention function"
+               if "attention function" in str(err.value)
+               else "no output projection (a Linear writing the hidden size) after it")
+        raise NotChecked(f"per-head parts refused with an error: {why}") from None
+    layers = sorted(refs[0]["blocks"])
+    assert _attn_arch.attention_layers(model) == layers, "layers with attention"
+    notes = []
+    if len(layers) < _arch.n_blocks(model):
+        notes.append(f"attention in layers {layers} of {_arch.n_blocks(model)}")
+    kw = dict(layers=layers, heads="all", token_pooling="mean", batch_size=len(texts))
     R = np.asarray(TransformerActivationEncoder(model, tok, parts="attn_result", **kw)
                    .fit_transform(texts))
-    heads = refs[0]["blocks"][0]["heads"]
-    assert Z.shape[:3] == (len(texts), n, heads) and R.shape[:3] == Z.shape[:3]
+    try:
+        Z = np.asarray(TransformerActivationEncoder(model, tok, parts="attn_z", **kw)
+                       .fit_transform(texts))
+    except ValueError as exc:  # head sizes that differ between layers are refused
+        assert "d_head=" in str(exc), exc
+        Z = None
+        notes.append("attn_z refused: head sizes differ between layers")
+    heads = refs[0]["blocks"][layers[0]]["heads"]
+    assert R.shape[:3] == (len(texts), len(layers), heads)
     for i, ref in enumerate(refs):
-        for layer, b in enumerate(ref["blocks"]):
-            want = b["z"].mean(0).reshape(b["heads"], -1)
-            np.testing.assert_allclose(Z[i, layer], want, rtol=RTOL, atol=ATOL,
-                                       err_msg=f"attn_z, text {i}, layer {layer}")
-            np.testing.assert_allclose(R[i, layer].sum(0) + b["bias"], b["out"].mean(0),
+        for li, layer in enumerate(layers):
+            b = ref["blocks"][layer]
+            if Z is not None:
+                want = b["z"].mean(0).reshape(b["heads"], -1)
+                np.testing.assert_allclose(Z[i, li], want, rtol=RTOL, atol=ATOL,
+                                           err_msg=f"attn_z, text {i}, layer {layer}")
+            np.testing.assert_allclose(R[i, li].sum(0) + b["bias"], b["out"].mean(0),
                                        rtol=RTOL, atol=ATOL,
                                        err_msg=f"attn_result, text {i}, layer {layer}")
+    if any(b["calls"] > 1 for b in refs[0]["blocks"].values()):
+        with pytest.raises(ValueError, match="differential attention"):
+            attention_patterns(model, tok, texts, layers=layers)
+        return f"passed (patterns refused: several attention calls per block{_notes(notes)})"
     if any(r["attentions"] is None for r in refs):
         return "passed (no patterns: output_attentions gives none)"
-    pats = attention_patterns(model, tok, texts, batch_size=len(texts))
+    pats = attention_patterns(model, tok, texts, layers=layers, batch_size=len(texts))
     for i, (pat, ref) in enumerate(zip(pats, refs)):
-        assert pat.pattern.shape == ref["attentions"].shape, f"pattern shape, text {i}"
-        np.testing.assert_allclose(pat.pattern, ref["attentions"], atol=1e-5,
-                                   err_msg=f"pattern, text {i}")
-    return "passed"
+        assert len(ref["attentions"]) == len(layers), "one output_attentions entry per layer"
+        want = np.stack(ref["attentions"])
+        assert pat.pattern.shape == want.shape, f"pattern shape, text {i}"
+        np.testing.assert_allclose(pat.pattern, want, atol=1e-5, err_msg=f"pattern, text {i}")
+    return "passed" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _notes(notes):
+    return "".join(f"; {n}" for n in notes)

@@ -241,6 +241,30 @@ def test_extraction_matches_the_models_own_hidden_states(model_type):
     COVERAGE[model_type] = "passed"
 
 
+HEAD_COVERAGE: dict[str, str] = {}  # model type -> "passed ..." / "skipped: reason"
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_per_head_parts_match_the_models_own_attention(model_type):
+    """attn_z, attn_result and patterns of every attention layer against the projection found
+    by what runs after the attention function, and against output_attentions."""
+    from _heads_truth import NotChecked, check_heads
+
+    model, reason = build(model_type)
+    skip = (reason if model is None else UNSUPPORTED.get(model_type)
+            or ("attention-free blocks" if model_type in NO_ATTENTION else None))
+    if skip:
+        HEAD_COVERAGE[model_type] = f"skipped: {skip}"
+        pytest.skip(skip)
+    HEAD_COVERAGE[model_type] = "failed"
+    try:
+        with _quiet():
+            HEAD_COVERAGE[model_type] = check_heads(model, TEXTS[:3])
+    except NotChecked as exc:
+        HEAD_COVERAGE[model_type] = f"skipped: {exc}"
+        pytest.skip(str(exc))
+
+
 # ------------------------------------------------------------- families reported as failing
 REPORTED = ["falcon", "bloom", "starcoder2", "albert", "deberta-v2", "modernbert", "camembert",
             "qwen2_moe", "mixtral", "mpnet"]

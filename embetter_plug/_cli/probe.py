@@ -31,6 +31,7 @@ from pathlib import Path
 from ._data import (HelpFormatter, add_progress_arguments, check_cells, check_columns,
                     int_at_least, positive_int, read_csv, where)
 from ._runs import InterruptNote, new_run_folder, open_hint
+from ._heads import PATTERN_MAX_TOKENS, pattern_of, pattern_row, pattern_text
 from .extract import add_encoder_arguments, encoder_from_args
 
 DEFAULT_PARTS = "resid_post,attn_out,mlp_out"
@@ -76,6 +77,13 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                              "selectivity: task minus control score")
     parser.add_argument("--mdl", action="store_true",
                         help="report each probe's MDL (online code) compression (labels only)")
+    parser.add_argument("--pattern-text", type=pattern_row, default="auto",
+                        metavar="ROW|auto|none",
+                        help="show one text's attention pattern in report.html (tokens on both "
+                             "axes, a layer and head selector; one more forward pass of that "
+                             f"text, cut to {PATTERN_MAX_TOKENS} tokens): the text in data row "
+                             "ROW (0 is the first); auto: the first row when --parts reads "
+                             "attention heads (attn_*); none: no pattern")
     add_encoder_arguments(parser)
     # several models and poolings in one run ("resolve" replaces the single-value options)
     parser.add_argument("--model", action="append", default=None,
@@ -99,6 +107,8 @@ def _read(args):
     check_columns(df, args.data, text_col=args.text_col, label_col=args.label_col)
     df = df[[args.text_col, args.label_col]]
     check_cells(df, args.data, "--text-col", args.text_col, "text(s)")
+    args.pattern = pattern_text(df[args.text_col].tolist(), args.pattern_text, args.parts,
+                                args.data)
     check_cells(df, args.data, "--label-col", args.label_col, "label(s)")
     values = df[args.label_col].unique()
     if len(values) < 2:
@@ -215,12 +225,16 @@ def run(args) -> int:
     if len(set(labels)) != len(labels):
         labels = [str(m) if m is not None else BUILTIN_MODEL for m in models]
     estimator = _estimator(args, task)
-    all_results, encoders, best_slices = [], {}, {}
+    all_results, encoders, best_slices, patterns = [], {}, {}, {}
     for model, label in zip(models, labels):
         ns = argparse.Namespace(**{**vars(args), "model": model, "token_pooling": poolings})
         enc = encoder_from_args(ns)
         print(f"{label}: loading the model, then encoding {len(texts)} texts", flush=True)
         X = enc.fit(texts).transform(texts)
+        if args.pattern is not None:
+            pattern = pattern_of(enc, args.pattern, label)
+            if pattern is not None:
+                patterns[label] = pattern
         print(f"{label}: activations {X.shape} (text, layer, part, hidden); probing "
               f"{X.shape[1] * X.shape[2]} layer x part slices with {args.cv}-fold CV", flush=True)
         with warnings.catch_warnings():  # the summary says it once, for all models
@@ -245,7 +259,7 @@ def run(args) -> int:
     from ._heads import report_heads
 
     report_heads(results, out)  # per-head parts: a layer x head table (and heads.png)
-    _write_outputs(results, out, args, encoders, best_slices, texts, y, estimator)
+    _write_outputs(results, out, args, encoders, best_slices, texts, y, estimator, patterns)
     return 0
 
 
@@ -269,7 +283,8 @@ def _print_table(results, task: str) -> None:
         print(f"warning: {verdict['message']}")
 
 
-def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, estimator) -> None:
+def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, estimator,
+                   patterns) -> None:
     import joblib
     from sklearn.base import clone
     from sklearn.pipeline import Pipeline
@@ -296,7 +311,8 @@ def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, es
     joblib.dump(pipe, out / "best_pipeline.joblib")
     save_model(pipe, out / "best_pipeline")  # the same, readable without pickle
     _plot(results, out / "probe.png")
-    results.to_html(out / "report.html", title=f"Probes on {results.frame_['dataset'].iloc[0]}")
+    results.to_html(out / "report.html", title=f"Probes on {results.frame_['dataset'].iloc[0]}",
+                    patterns=patterns or None)
     print(f"wrote {out}{os.sep}: results.csv, probe.png, report.html and best_pipeline.joblib "
           f"(layer {best['layer']} {best['part']}, pooling {best['pooling']}, refitted on all "
           f"{len(texts)} rows; the folder best_pipeline is the same for "
