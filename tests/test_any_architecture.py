@@ -63,6 +63,10 @@ TINY = dict(
     num_experts_per_tok=2, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8,
     qk_nope_head_dim=8, v_head_dim=8, max_position_embeddings=512, n_positions=512,
     vocab_size=VOCAB, n_words=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    # state-space mixers: small chunks and states (their scans dominate the run time otherwise)
+    mamba_chunk_size=16, chunk_size=16, mamba_d_state=16, ssm_state_size=16,
+    linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+    linear_num_value_heads=4,
 )
 
 # post-norm blocks (norm after the residual add): resid_post != resid_pre + attn_out + mlp_out
@@ -411,3 +415,26 @@ def test_missing_part_names_the_submodules_and_the_path_way_out():
     X = TransformerActivationEncoder(model, tok, parts=["layers.{layer}.mixer"],
                                      token_pooling="mean").fit_transform(TEXTS[:2])
     assert X.shape == (2, 2, 1, 32) and np.abs(X).max() > 0
+
+
+def test_per_head_parts_name_the_layers_that_have_attention():
+    """A hybrid model (linear-attention blocks between attention blocks) reads heads in its
+    attention layers; asking for the others is an error before any forward, naming them."""
+    from embetter_plug import _attn_arch
+
+    model, reason = build("olmo_hybrid")
+    if model is None:
+        pytest.skip(reason)
+    layers = _attn_arch.attention_layers(model)
+    assert 0 < len(layers) < _arch.n_blocks(model)
+    other = next(i for i in range(_arch.n_blocks(model)) if i not in layers)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=rf"layer {other}: .*readable attention are "
+                                             rf"{re.escape(str(layers))}"):
+            TransformerActivationEncoder(model, make_tokenizer("bpe"), parts="attn_z",
+                                         layers="all").fit()
+    finally:
+        hook.remove()
+    assert calls == []
