@@ -251,8 +251,13 @@ def _head_numbers(model, core) -> tuple[int, int]:
 def attention_calls(core) -> int:
     """How many times the forward of ``core`` calls the attention function (2 in differential
     attention, whose pattern is then a difference of two softmaxes)."""
+    return _interface_calls(type(core))
+
+
+@functools.lru_cache(maxsize=None)
+def _interface_calls(cls) -> int:
     try:
-        return len(_INTERFACE_CALL.findall(inspect.getsource(type(core).forward))) or 1
+        return len(_INTERFACE_CALL.findall(inspect.getsource(cls.forward))) or 1
     except (OSError, TypeError):
         return 1
 
