@@ -124,12 +124,31 @@ class AttnInfo:
     d_head: int
     hidden: int
 
-    def w_o(self):
-        """Output projection weight as ``(n_heads, d_head, hidden)`` (``x @ W`` form)."""
+    def w_o(self, device=None):
+        """Output projection weight as ``(n_heads, d_head, hidden)`` (``x @ W`` form); a weight
+        offloaded by accelerate (on the meta device between forwards) is read from where it is
+        kept, onto ``device``."""
         w = self.o_proj.weight
+        if w.device.type == "meta":
+            w = _offloaded_weight(self.o_proj, device)
         if type(self.o_proj).__name__ != "Conv1D":  # nn.Linear stores (out, in)
             w = w.t()
         return w.reshape(self.n_heads, self.d_head, self.hidden)
+
+
+def _offloaded_weight(module, device):
+    """The weight of an accelerate-offloaded ``module``, loaded for this read only."""
+    try:
+        from accelerate.utils import align_module_device, has_offloaded_params
+    except ImportError:  # accelerate before 1.1
+        raise RuntimeError("the output projection's weight is offloaded (on the meta device "
+                           "between forwards); reading attn_result needs accelerate>=1.1 "
+                           "(pip install -U accelerate).") from None
+    if not has_offloaded_params(module):
+        raise ValueError("the output projection's weight is on the meta device and not "
+                         "offloaded by accelerate: the model's weights were never loaded.")
+    with align_module_device(module, device):
+        return module.weight.detach().clone()
 
 
 @functools.lru_cache(maxsize=None)
