@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import _arch, _attn_arch, _attn_parts, _batching
+from . import _arch, _attn_arch, _attn_find, _attn_parts, _batching
 from ._hooks import hook_manager
 from ._utils import check_texts, resolve_indices
 
@@ -145,10 +145,10 @@ def attention_patterns(model, tokenizer=None, texts: Sequence[str] = (), *, laye
                                                                  prompt_template)
     layer_idx = resolve_indices(layers, _arch.n_blocks(model), name="layers", what="layer",
                                 context="the model", unit="blocks")
-    infos = _attn_arch.layer_infos(model, layer_idx)
+    infos = _attn_find.layer_infos(model, layer_idx)
     _attn_arch.check_single_call(infos, layer_idx, ["pattern"])
     _attn_arch.check_same_heads(model, infos, layer_idx, ["attn_result"])  # one head axis
-    head_idx = _attn_arch.select_heads(heads, "attn_z", _attn_arch.head_counts(model))
+    head_idx = _attn_arch.select_heads(heads, "attn_z", _attn_find.head_counts(model))
     budget = _attn_parts.PatternBudget(model, infos[0], len(layer_idx))
     modules = {(id(i.core), "attn"): i.core for i in infos}
     keys = {k: pos for pos, k in enumerate(modules)}

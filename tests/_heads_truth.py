@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from embetter_plug import TransformerActivationEncoder, _arch, _attn_arch
+from embetter_plug import TransformerActivationEncoder, _arch, _attn_find
 from embetter_plug.attention import attention_patterns
 from embetter_plug.testing import make_tokenizer
 
@@ -119,7 +119,7 @@ def check_heads(model, texts) -> str:
     ref_model = copy.deepcopy(model)  # output_attentions leaves capture hooks on a model
     try:
         refs = [reference(ref_model, tok(t)["input_ids"], hidden) for t in texts]
-    except NotChecked as exc:  # then the library refuses per-head parts, before any forward
+    except NotChecked:  # then the library refuses per-head parts, before any forward
         with pytest.raises(ValueError, match="attention function|no output projection") as err:
             TransformerActivationEncoder(model, tok, parts="attn_z").fit()
         why = ("its attention does not call transformers' attention function"
@@ -127,7 +127,7 @@ def check_heads(model, texts) -> str:
                else "no output projection (a Linear writing the hidden size) after it")
         raise NotChecked(f"per-head parts refused with an error: {why}") from None
     layers = sorted(refs[0]["blocks"])
-    assert _attn_arch.attention_layers(model) == layers, "layers with attention"
+    assert _attn_find.attention_layers(model) == layers, "layers with attention"
     notes = []
     if len(layers) < _arch.n_blocks(model):
         notes.append(f"attention in layers {layers} of {_arch.n_blocks(model)}")

@@ -420,12 +420,12 @@ def test_missing_part_names_the_submodules_and_the_path_way_out():
 def test_per_head_parts_name_the_layers_that_have_attention():
     """A hybrid model (linear-attention blocks between attention blocks) reads heads in its
     attention layers; asking for the others is an error before any forward, naming them."""
-    from embetter_plug import _attn_arch
+    from embetter_plug import _attn_find
 
     model, reason = build("olmo_hybrid")
     if model is None:
         pytest.skip(reason)
-    layers = _attn_arch.attention_layers(model)
+    layers = _attn_find.attention_layers(model)
     assert 0 < len(layers) < _arch.n_blocks(model)
     other = next(i for i in range(_arch.n_blocks(model)) if i not in layers)
     calls = []

@@ -19,7 +19,8 @@ ones), `probe.png`, `report.html` (interactive, self-contained: open it in a bro
 `joblib.load`, only from sources you trust), and the same as the folder `best_pipeline`, which
 `embetter_plug.load_model` reads without pickle. With attention parts in `--parts` (or
 `--pattern-text ROW`), the report also shows one text's attention pattern, per layer and head.
-A DIR holding an earlier run's files is refused unless `--overwrite`. Progress bars show on a terminal; `--quiet` turns them off.
+A DIR holding an earlier run's files is refused unless `--overwrite`. Progress bars show on a
+terminal; `--quiet` turns them off.
 """
 
 from __future__ import annotations

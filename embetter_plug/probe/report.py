@@ -4,7 +4,9 @@ The page holds the summary as inline JSON and draws the layer curves as SVG with
 JavaScript: pick dataset, model, pooling and metric, see one line per part with a ±std band, the
 dummy baseline, the selection-free estimate of the best probe, and the table of every metric
 (with selectivity, corrected p-values and MDL compression where computed) with the best marked. The initial choice can
-be set in the address, e.g. ``report.html#metric=f1&pooling=mean``.
+be set in the address, e.g. ``report.html#metric=f1&pooling=mean``. With ``patterns=``, a
+section below shows one text's attention pattern per layer and head (the view of
+:meth:`embetter_plug.attention.AttentionPattern.to_html`).
 """
 
 from __future__ import annotations
