@@ -3,8 +3,10 @@
 The field, not a list: every model type in transformers' auto mappings that is a text model (in
 a causal-LM, masked-LM or sequence-classification mapping and in no mapping of another input
 modality) is built with small sizes and random weights, offline. The truth is the model's own
-``output_hidden_states`` on each text alone, without padding. Types that cannot be built tiny
-offline are skipped with the reason; the session's last lines give the coverage (n of N).
+``output_hidden_states`` on each text alone, without padding; for the per-head parts, the
+projection that runs after the attention function and ``output_attentions`` (see
+``_heads_truth.py``). Types that cannot be built tiny offline are skipped with the reason; the
+session's last lines give the coverage (n of N).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from embetter_plug import TransformerActivationEncoder
 from embetter_plug import _arch
 from embetter_plug.testing import make_tokenizer
+from _heads_truth import NotChecked, check_heads
 
 transformers = pytest.importorskip("transformers")
 from transformers import CONFIG_MAPPING, AutoModel  # noqa: E402
@@ -252,8 +255,6 @@ HEAD_COVERAGE: dict[str, str] = {}  # model type -> "passed ..." / "skipped: rea
 def test_per_head_parts_match_the_models_own_attention(model_type):
     """attn_z, attn_result and patterns of every attention layer against the projection found
     by what runs after the attention function, and against output_attentions."""
-    from _heads_truth import NotChecked, check_heads
-
     model, reason = build(model_type)
     skip = (reason if model is None else UNSUPPORTED.get(model_type)
             or ("attention-free blocks" if model_type in NO_ATTENTION else None))
