@@ -174,7 +174,7 @@ def _head_numbers(model, core) -> tuple[int, int]:
     n_kv = getattr(core, "num_key_value_heads", None)
     groups = getattr(core, "num_key_value_groups", None)
     if not isinstance(n_kv, int):
-        n_kv = n_heads // groups if isinstance(groups, int) and groups > 0 and own is None \
+        n_kv = n_heads // groups if isinstance(groups, int) and groups > 0 \
             and not n_heads % groups else None
     if not isinstance(n_kv, int):
         n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)

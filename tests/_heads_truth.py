@@ -45,7 +45,7 @@ def _recording(model, events: list):
 
         def wrapped(module, query, key, value, *args, __fn=fn, **kwargs):
             out, weights = __fn(module, query, key, value, *args, **kwargs)
-            events.append(("attn", module, query.shape[1], weights))
+            events.append(("attn", module, query.shape[1], weights, key.shape[1]))
             return out, weights
 
         wrapped._recorded = True
@@ -97,7 +97,8 @@ def reference(model, ids: list[int], hidden: int) -> dict:
         _, module, z, o = proj
         bias = getattr(module, "bias", None)
         calls = found.get(layer, {}).get("calls", 0) + 1
-        found[layer] = {"heads": e[2], "z": z[0].float().numpy(), "out": o[0].float().numpy(),
+        found[layer] = {"heads": e[2], "kv_heads": e[4],
+                        "z": z[0].float().numpy(), "out": o[0].float().numpy(),
                         "bias": 0.0 if bias is None else bias.detach().float().numpy(),
                         "calls": calls}
     if not found:
@@ -142,6 +143,9 @@ def check_heads(model, texts) -> str:
         Z = None
         notes.append("attn_z refused: head sizes differ between layers")
     heads = refs[0]["blocks"][layers[0]]["heads"]
+    counts = _attn_find.head_counts(model)  # what attn_q/attn_k/attn_v index
+    assert (counts["n_heads"], counts["n_kv_heads"]) == (
+        heads, refs[0]["blocks"][layers[0]]["kv_heads"]), "query and key/value heads"
     assert R.shape[:3] == (len(texts), len(layers), heads)
     for i, ref in enumerate(refs):
         for li, layer in enumerate(layers):
