@@ -3,15 +3,17 @@
 On a copy of the model, every modeling file's ``eager_attention_forward`` is wrapped to record
 each call, and every ``Linear``/``Conv1D`` records its calls. The output projection of a block's
 attention is the first of those writing the hidden size that runs after the block's attention
-function returns. Its input is ``attn_z`` (split per head by the width of the attention's own
-output), its output is what the heads of ``attn_result`` plus its bias sum to, and the weights
-the eager function returns are the patterns (``output_attentions`` of the same forward).
+function returns. Its input is ``attn_z`` (split per head by the attention's own head count),
+its output is what the heads of ``attn_result`` plus its bias sum to; the query, key and value
+the attention function receives are ``attn_q``/``attn_k``/``attn_v``, and ``output_attentions``
+of the same forward holds the patterns.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import re
 import sys
 
 import numpy as np
@@ -19,6 +21,7 @@ import pytest
 import torch
 
 from embetter_plug import TransformerActivationEncoder, _arch, _attn_find
+from embetter_plug._attn_arch import split_head
 from embetter_plug.attention import attention_patterns
 from embetter_plug.testing import make_tokenizer
 
@@ -45,7 +48,8 @@ def _recording(model, events: list):
 
         def wrapped(module, query, key, value, *args, __fn=fn, **kwargs):
             out, weights = __fn(module, query, key, value, *args, **kwargs)
-            events.append(("attn", module, query.shape[1], weights, key.shape[1]))
+            events.append(("attn", module, query.shape[1], weights, key.shape[1],
+                           [x[0].float().mean(1).numpy() for x in (query, key, value)]))
             return out, weights
 
         wrapped._recorded = True
@@ -97,7 +101,7 @@ def reference(model, ids: list[int], hidden: int) -> dict:
         _, module, z, o = proj
         bias = getattr(module, "bias", None)
         calls = found.get(layer, {}).get("calls", 0) + 1
-        found[layer] = {"heads": e[2], "kv_heads": e[4],
+        found[layer] = {"heads": e[2], "kv_heads": e[4], "qkv": e[5],
                         "z": z[0].float().numpy(), "out": o[0].float().numpy(),
                         "bias": 0.0 if bias is None else bias.detach().float().numpy(),
                         "calls": calls}
@@ -135,13 +139,21 @@ def check_heads(model, texts) -> str:
     kw = dict(layers=layers, heads="all", token_pooling="mean", batch_size=len(texts))
     R = np.asarray(TransformerActivationEncoder(model, tok, parts="attn_result", **kw)
                    .fit_transform(texts))
-    try:
-        Z = np.asarray(TransformerActivationEncoder(model, tok, parts="attn_z", **kw)
-                       .fit_transform(texts))
-    except ValueError as exc:  # head sizes that differ between layers are refused
-        assert "d_head=" in str(exc), exc
-        Z = None
-        notes.append("attn_z refused: head sizes differ between layers")
+    several = any(b["calls"] > 1 for b in refs[0]["blocks"].values())
+    Z = None
+    tries = [["attn_z", "attn_q", "attn_k", "attn_v"], ["attn_z"]][1 if several else 0:]
+    for d_head in tries:  # one encoder, one forward: every d_head-wide part
+        try:
+            enc = TransformerActivationEncoder(model, tok, parts=d_head, **kw)
+            Z = np.asarray(enc.fit_transform(texts))
+            entries = [split_head(p) for p in enc.layout_.parts]
+            break
+        except ValueError as exc:  # head numbers or sizes that differ between layers
+            assert re.search(r"layer \d+ has (n_heads|n_kv_heads|d_head)=", str(exc)), exc
+    refused = ("attn_z, attn_q/k/v" if Z is None else "attn_q/k/v"
+               if len(d_head) == 1 and not several else None)
+    if refused:
+        notes.append(f"{refused} refused: head numbers or sizes differ between layers")
     heads = refs[0]["blocks"][layers[0]]["heads"]
     counts = _attn_find.head_counts(model)  # what attn_q/attn_k/attn_v index
     assert (counts["n_heads"], counts["n_kv_heads"]) == (
@@ -151,16 +163,23 @@ def check_heads(model, texts) -> str:
         for li, layer in enumerate(layers):
             b = ref["blocks"][layer]
             if Z is not None:
-                want = b["z"].mean(0).reshape(b["heads"], -1)
-                np.testing.assert_allclose(Z[i, li], want, rtol=RTOL, atol=ATOL,
-                                           err_msg=f"attn_z, text {i}, layer {layer}")
+                wants = {"attn_z": b["z"].mean(0).reshape(b["heads"], -1),
+                         **dict(zip(("attn_q", "attn_k", "attn_v"), b["qkv"]))}
+                for part in d_head:
+                    rows = [k for k, (p, _) in enumerate(entries) if p == part]
+                    np.testing.assert_allclose(Z[i, li, rows], wants[part], rtol=RTOL,
+                                               atol=ATOL,
+                                               err_msg=f"{part}, text {i}, layer {layer}")
             np.testing.assert_allclose(R[i, li].sum(0) + b["bias"], b["out"].mean(0),
                                        rtol=RTOL, atol=ATOL,
                                        err_msg=f"attn_result, text {i}, layer {layer}")
-    if any(b["calls"] > 1 for b in refs[0]["blocks"].values()):
+    if several:
         with pytest.raises(ValueError, match="differential attention"):
             attention_patterns(model, tok, texts, layers=layers)
-        return f"passed (patterns refused: several attention calls per block{_notes(notes)})"
+        with pytest.raises(ValueError, match="differential attention"):
+            TransformerActivationEncoder(model, tok, parts="attn_q", **kw).fit()
+        return ("passed (q/k/v and patterns refused: several attention calls per block"
+                f"{_notes(notes)})")
     if any(r["attentions"] is None for r in refs):
         return "passed (no patterns: output_attentions gives none)"
     pats = attention_patterns(model, tok, texts, layers=layers, batch_size=len(texts))

@@ -78,8 +78,8 @@ def pytest_terminal_summary(terminalreporter):
         for t, s in heads.items():
             groups.setdefault(s, []).append(t)
         passed = sum(len(ts) for s, ts in groups.items() if s.startswith("passed"))
-        write(f"per-head parts (attn_z, attn_result, patterns): {passed} of {total} types "
-              f"passed; {len(heads)} ran")
+        write(f"per-head parts (attn_z, attn_result, attn_q/k/v, patterns): {passed} of "
+              f"{total} types passed; {len(heads)} ran")
         unbuilt = ("skipped: config not", "skipped: own forward", "skipped: tiny sizes")
         for s, ts in sorted(groups.items(), key=lambda kv: (kv[0] != "passed", kv[0])):
             if s != "passed" and not s.startswith(unbuilt):

@@ -253,8 +253,9 @@ HEAD_COVERAGE: dict[str, str] = {}  # model type -> "passed ..." / "skipped: rea
 
 @pytest.mark.parametrize("model_type", TYPES)
 def test_per_head_parts_match_the_models_own_attention(model_type):
-    """attn_z, attn_result and patterns of every attention layer against the projection found
-    by what runs after the attention function, and against output_attentions."""
+    """attn_z, attn_result, attn_q/k/v and patterns of every attention layer against the
+    projection that runs after the attention function, the attention call's own q, k and v,
+    and output_attentions."""
     model, reason = build(model_type)
     skip = (reason if model is None else UNSUPPORTED.get(model_type)
             or ("attention-free blocks" if model_type in NO_ATTENTION else None))
