@@ -112,7 +112,7 @@ def _output_projection(block, core, hidden: int):
     the first such submodule the core's forward calls after its attention function (``o_proj``
     after a gate, T5's ``o``; the last one inside a wrapper module), else the first one
     registered after the core in the block's child that holds it (BERT's
-    ``attention.output.dense``)."""
+    ``attention.output.dense``), else the core's last one."""
     from torch import nn
 
     for name in _called_after_attention(type(core)):
@@ -130,7 +130,8 @@ def _output_projection(block, core, hidden: int):
             seen_core = True
         elif seen_core and id(m) not in inside and _is_projection_to(m, hidden):
             return m
-    return None
+    own = [m for m in core.modules() if _is_projection_to(m, hidden)]
+    return own[-1] if own else None  # a forward that calls it another way: the core's last
 
 
 def blocks(model, layers):
