@@ -102,9 +102,6 @@ def test_cli_shows_the_pattern_when_parts_read_heads_or_when_asked(saved, tmp_pa
     assert _probe(saved, tmp_path / "c", "--model", saved["gpt2"], "--pattern-text", "5") == 0
     (view,) = section(tmp_path / "c" / "report.html")
     assert_view_equals(view, _reference(saved["gpt2"], TEXTS[5]))
-    assert _probe(saved, tmp_path / "d", "--model", saved["gpt2"], "--parts", "attn_z",
-                  "--pattern-text", "none") == 0
-    assert section(tmp_path / "d" / "report.html") is None
 
 
 def test_cli_pattern_row_errors_before_a_model_loads(saved, tmp_path, capsys, monkeypatch):
@@ -116,6 +113,18 @@ def test_cli_pattern_row_errors_before_a_model_loads(saved, tmp_path, capsys, mo
     with pytest.raises(SystemExit):
         _probe(saved, tmp_path / "f", "--pattern-text", "first")
     assert "use a row number" in capsys.readouterr().err
+
+
+def test_cli_pattern_choice():
+    from embetter_plug._cli._heads import pattern_text
+
+    texts = ["zero", "one", "two"]
+    assert pattern_text(texts, "auto", "attn_z", None) == "zero"
+    assert pattern_text(texts, "auto", "resid_post,blocks.{l}.attn.hook_result", None) == "zero"
+    assert pattern_text(texts, "auto", "attn_entropy", None) == "zero"  # metrics read heads
+    assert pattern_text(texts, "auto", "resid_post,attn_out", None) is None
+    assert pattern_text(texts, "none", "attn_z", None) is None
+    assert pattern_text(texts, 2, "resid_post", None) == "two"
 
 
 def test_cli_notes_a_model_that_cannot_give_patterns(capsys):
