@@ -1,13 +1,6 @@
 """Inside attention: where each block's attention is, and the per-head parts it offers.
 
-Found from the model's own structure, for every family whose attention calls transformers'
-attention function (``AttentionInterface``):
-
-- the *core* attention module of a block is the submodule whose ``forward`` calls that function
-  (``self_attn``, ``attn``, ``attention.self`` ...);
-- its *output projection* is the last ``Linear``/``Conv1D`` writing the hidden size in the
-  block's child that holds the core (``o_proj``, ``c_proj``, ``dense``, ``out_proj``,
-  ``attention.output.dense``, ``out_lin``).
+Where the attention is and its head sizes: :mod:`embetter_plug._attn_find`.
 
 Per-head parts (names follow TransformerLens; one entry per head on the part axis, named
 ``{part}.h{head}``):
@@ -24,12 +17,11 @@ Per-head parts (names follow TransformerLens; one entry per head on the part axi
 from __future__ import annotations
 
 import difflib
-import functools
-import inspect
 import re
-from dataclasses import dataclass
 
 from . import _arch
+from ._attn_find import (AttnInfo, attention_calls, attention_layers, attn_info,  # noqa: F401
+                         blocks, head_counts, head_counts_of, layer_infos)
 
 HEAD_PARTS = ("attn_z", "attn_result", "attn_q", "attn_k", "attn_v")
 METRICS = ("attn_entropy", "attn_sink", "attn_distance", "attn_density", "attn_value_norm",
@@ -114,85 +106,37 @@ def validate_parts(parts) -> list[str]:
     return out
 
 
-@dataclass(frozen=True)
-class AttnInfo:
-    """One block's attention: the core module, its output projection and the head sizes."""
-
-    core: object
-    o_proj: object
-    n_heads: int
-    n_kv_heads: int
-    d_head: int
-    hidden: int
-
-    def w_o(self):
-        """Output projection weight as ``(n_heads, d_head, hidden)`` (``x @ W`` form)."""
-        w = self.o_proj.weight
-        if type(self.o_proj).__name__ != "Conv1D":  # nn.Linear stores (out, in)
-            w = w.t()
-        return w.reshape(self.n_heads, self.d_head, self.hidden)
-
-
-@functools.lru_cache(maxsize=None)
-def _calls_interface(cls) -> bool:
-    try:
-        src = inspect.getsource(cls.forward)
-    except (OSError, TypeError):
-        return False
-    return "ALL_ATTENTION_FUNCTIONS" in src
+def check_same_heads(model, infos, layers, parts) -> None:
+    """Per-head entries of several layers share one axis: each layer's head numbers (and, for
+    ``d_head``-wide parts, head sizes) must be those of the model's first attention layer."""
+    counts = head_counts(model)
+    for layer, info in zip(layers, infos):
+        other = head_counts_of(info)
+        for p in parts:
+            keys = ["n_kv_heads" if p in ("attn_k", "attn_v") else "n_heads"]
+            keys += ["d_head"] if _width_group(p) == "d_head" else []
+            bad = [k for k in keys if other[k] != counts[k]]
+            if bad:
+                first = attention_layers(model, first=True)[0]
+                raise ValueError(
+                    f"part {p!r}: layer {layer} has {', '.join(f'{k}={other[k]}' for k in bad)} "
+                    f"but layer {first} has {', '.join(f'{k}={counts[k]}' for k in bad)}; per-"
+                    "head parts need the head sizes of the model's first attention layer in "
+                    "every requested layer" + (" (attn_result is d_model wide in every layer)"
+                                               if bad == ["d_head"] else "") + ".")
 
 
-def _out_width(module) -> int | None:
-    name = type(module).__name__
-    if name == "Conv1D":
-        return int(module.weight.shape[1])
-    if name == "Linear" or hasattr(module, "out_features"):
-        return getattr(module, "out_features", None)
-    return None
-
-
-def _in_width(module) -> int:
-    return int(module.weight.shape[0] if type(module).__name__ == "Conv1D"
-               else module.weight.shape[1])
-
-
-def blocks(model, layers):
-    """The block modules of ``layers`` (through the architecture registry)."""
-    return [t[0] for t in _arch.resolve_targets(model, list(layers), ["resid_post"])]
-
-
-def attn_info(model, block) -> AttnInfo:
-    """Discover ``block``'s attention; a clear error when it cannot be found."""
-    core = next((m for _, m in block.named_modules() if _calls_interface(type(m))), None)
-    mt = getattr(model.config, "model_type", type(model).__name__)
-    if core is None:
-        raise ValueError(
-            f"the attention of {type(block).__name__} (model_type={mt!r}) does not call "
-            "transformers' attention function (AttentionInterface), so its heads, q/k/v and "
-            "patterns cannot be read; per-head parts need a model whose modeling code uses it "
-            "(every family in transformers 5.x does).")
-    top = next(c for _, c in block.named_children()
-               if c is core or any(m is core for m in c.modules()))
-    hidden = _arch.hidden_size(model)
-    projs = [m for m in top.modules() if _out_width(m) == hidden and hasattr(m, "weight")]
-    cfg = _arch.text_config(model.config)
-    n_heads = int(getattr(cfg, "num_attention_heads"))
-    n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
-    if not projs:
-        raise ValueError(f"no output projection (a Linear writing {hidden} features) found in "
-                         f"{type(top).__name__} of model_type={mt!r}.")
-    o_proj = projs[-1]
-    d_in = _in_width(o_proj)
-    if d_in % n_heads:
-        raise ValueError(f"the output projection of model_type={mt!r} reads {d_in} features, "
-                         f"not a multiple of its {n_heads} heads.")
-    return AttnInfo(core, o_proj, n_heads, n_kv, d_in // n_heads, hidden)
-
-
-def head_counts(model) -> dict:
-    """``{"n_heads", "n_kv_heads", "d_head"}`` of the model's first block."""
-    info = attn_info(model, blocks(model, [0])[0])
-    return {"n_heads": info.n_heads, "n_kv_heads": info.n_kv_heads, "d_head": info.d_head}
+def check_single_call(infos, layers, parts) -> None:
+    """q/k/v, patterns and metrics read one call of the attention function per forward."""
+    for layer, info in zip(layers, infos):
+        n = attention_calls(info.core)
+        if parts and n > 1:
+            raise ValueError(
+                f"{sorted(set(parts))}: the attention of layer {layer} "
+                f"({type(info.core).__name__}) calls the attention function {n} times per "
+                "forward (differential attention), so its q/k/v and pattern are not one "
+                "softmax's; attn_z and attn_result (before and through the output projection) "
+                "can be read.")
 
 
 def n_heads_of(part: str, counts: dict) -> int:
@@ -298,7 +242,10 @@ def resolve_targets(model, layers, parts):
             targets.append(t._replace(part_pos=plain[t.part_pos][0]))
     asked = [(pi, part, h) for pi, part, h in heads if h is not None]
     if asked:
-        infos = [attn_info(model, b) for b in blocks(model, layers)]
+        infos = layer_infos(model, layers)
+        check_same_heads(model, infos, layers, sorted({part for _, part, _ in asked}))
+        check_single_call(infos, layers, [part for _, part, _ in asked
+                                          if part not in ("attn_z", "attn_result")])
         budget = _attn_parts.PatternBudget(model, infos[0], len(layers))
         for li, info in enumerate(infos):
             for pi, part, h in asked:

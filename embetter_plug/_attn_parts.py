@@ -65,7 +65,7 @@ class _ResultHead:
 
     def __call__(self, z, pool):
         d = self.info.d_head
-        w = self.info.w_o()[self.h]  # (d_head, hidden)
+        w = self.info.w_o(z.device)[self.h]  # (d_head, hidden)
         zh = z[..., self.h * d:(self.h + 1) * d]
         if _linear_only(pool):
             return pool(zh) @ w.float()
@@ -98,7 +98,7 @@ def token_metric(name: str, call, info, mask, modalities=None):
             out = (call.pattern() @ vnorm[..., None])[..., 0]
     elif name == "attn_result_norm":
         z = call.output.float()  # (B, S, H, d)
-        out = torch.einsum("bshd,hdm->bhsm", z, info.w_o().float()).norm(dim=-1)
+        out = torch.einsum("bshd,hdm->bhsm", z, info.w_o(z.device).float()).norm(dim=-1)
     else:
         p = call.pattern()
         if name == "attn_entropy":

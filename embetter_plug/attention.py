@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import _arch, _attn_arch, _attn_parts, _batching
+from . import _arch, _attn_arch, _attn_find, _attn_parts, _batching
 from ._hooks import hook_manager
 from ._utils import check_texts, resolve_indices
 
@@ -145,17 +145,19 @@ def attention_patterns(model, tokenizer=None, texts: Sequence[str] = (), *, laye
                                                                  prompt_template)
     layer_idx = resolve_indices(layers, _arch.n_blocks(model), name="layers", what="layer",
                                 context="the model", unit="blocks")
-    infos = [_attn_arch.attn_info(model, b) for b in _attn_arch.blocks(model, layer_idx)]
-    counts = {"n_heads": infos[0].n_heads, "n_kv_heads": infos[0].n_kv_heads}
-    head_idx = _attn_arch.select_heads(heads, "attn_z", counts)
+    infos = _attn_find.layer_infos(model, layer_idx)
+    _attn_arch.check_single_call(infos, layer_idx, ["pattern"])
+    _attn_arch.check_same_heads(model, infos, layer_idx, ["attn_result"])  # one head axis
+    head_idx = _attn_arch.select_heads(heads, "attn_z", _attn_find.head_counts(model))
     budget = _attn_parts.PatternBudget(model, infos[0], len(layer_idx))
     modules = {(id(i.core), "attn"): i.core for i in infos}
     keys = {k: pos for pos, k in enumerate(modules)}
     runner = _arch.runner(model)
     pad = _batching.pad_id(tokenizer, model.config)
-    side = getattr(tokenizer, "padding_side", "right")
+    # padded and positioned as the encoder does it (encoders on the right, without position_ids)
+    side = _arch.padding_side(model, getattr(tokenizer, "padding_side", "right"))
     params = inspect.signature(runner.forward).parameters
-    use_pos = "position_ids" in params and not _arch.positions_from_padding(model)
+    use_pos = _arch.takes_position_ids(model)
     extra = {"use_cache": False} if "use_cache" in params else {}
     from .extraction import input_device
 

@@ -72,7 +72,7 @@ _BOTTOM = """<script>
 %s
 (async function () {
   try {
-    var m = window.labellingMap, gd = await m.ready;
+    var m = window.labellingMap || {}, gd = m.ready ? await m.ready : null;  // other pages: none
     await sleep(200);
     window.__test.result = await (async function (m, gd) { %s })(m, gd);
   } catch (e) { window.__test.errors.push("driver: " + e + " " + (e && e.stack)); }

@@ -3,8 +3,10 @@
 The field, not a list: every model type in transformers' auto mappings that is a text model (in
 a causal-LM, masked-LM or sequence-classification mapping and in no mapping of another input
 modality) is built with small sizes and random weights, offline. The truth is the model's own
-``output_hidden_states`` on each text alone, without padding. Types that cannot be built tiny
-offline are skipped with the reason; the session's last lines give the coverage (n of N).
+``output_hidden_states`` on each text alone, without padding; for the per-head parts, the
+projection that runs after the attention function and ``output_attentions`` (see
+``_heads_truth.py``). Types that cannot be built tiny offline are skipped with the reason; the
+session's last lines give the coverage (n of N).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from embetter_plug import TransformerActivationEncoder
 from embetter_plug import _arch
 from embetter_plug.testing import make_tokenizer
+from _heads_truth import NotChecked, check_heads
 
 transformers = pytest.importorskip("transformers")
 from transformers import CONFIG_MAPPING, AutoModel  # noqa: E402
@@ -63,6 +66,10 @@ TINY = dict(
     num_experts_per_tok=2, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8,
     qk_nope_head_dim=8, v_head_dim=8, max_position_embeddings=512, n_positions=512,
     vocab_size=VOCAB, n_words=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    # state-space mixers: small chunks and states (their scans dominate the run time otherwise)
+    mamba_chunk_size=16, chunk_size=16, mamba_d_state=16, ssm_state_size=16,
+    linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+    linear_num_value_heads=4,
 )
 
 # post-norm blocks (norm after the residual add): resid_post != resid_pre + attn_out + mlp_out
@@ -241,6 +248,29 @@ def test_extraction_matches_the_models_own_hidden_states(model_type):
     COVERAGE[model_type] = "passed"
 
 
+HEAD_COVERAGE: dict[str, str] = {}  # model type -> "passed ..." / "skipped: reason"
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_per_head_parts_match_the_models_own_attention(model_type):
+    """attn_z, attn_result, attn_q/k/v and patterns of every attention layer against the
+    projection that runs after the attention function, the attention call's own q, k and v,
+    and output_attentions."""
+    model, reason = build(model_type)
+    skip = (reason if model is None else UNSUPPORTED.get(model_type)
+            or ("attention-free blocks" if model_type in NO_ATTENTION else None))
+    if skip:
+        HEAD_COVERAGE[model_type] = f"skipped: {skip}"
+        pytest.skip(skip)
+    HEAD_COVERAGE[model_type] = "failed"
+    try:
+        with _quiet():
+            HEAD_COVERAGE[model_type] = check_heads(model, [TEXTS[3], TEXTS[2]])
+    except NotChecked as exc:
+        HEAD_COVERAGE[model_type] = f"skipped: {exc}"
+        pytest.skip(str(exc))
+
+
 # ------------------------------------------------------------- families reported as failing
 REPORTED = ["falcon", "bloom", "starcoder2", "albert", "deberta-v2", "modernbert", "camembert",
             "qwen2_moe", "mixtral", "mpnet"]
@@ -387,3 +417,26 @@ def test_missing_part_names_the_submodules_and_the_path_way_out():
     X = TransformerActivationEncoder(model, tok, parts=["layers.{layer}.mixer"],
                                      token_pooling="mean").fit_transform(TEXTS[:2])
     assert X.shape == (2, 2, 1, 32) and np.abs(X).max() > 0
+
+
+def test_per_head_parts_name_the_layers_that_have_attention():
+    """A hybrid model (linear-attention blocks between attention blocks) reads heads in its
+    attention layers; asking for the others is an error before any forward, naming them."""
+    from embetter_plug import _attn_find
+
+    model, reason = build("olmo_hybrid")
+    if model is None:
+        pytest.skip(reason)
+    layers = _attn_find.attention_layers(model)
+    assert 0 < len(layers) < _arch.n_blocks(model)
+    other = next(i for i in range(_arch.n_blocks(model)) if i not in layers)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=rf"layer {other}: .*readable attention are "
+                                             rf"{re.escape(str(layers))}"):
+            TransformerActivationEncoder(model, make_tokenizer("bpe"), parts="attn_z",
+                                         layers="all").fit()
+    finally:
+        hook.remove()
+    assert calls == []

@@ -225,3 +225,23 @@ def test_sdpa_kept_and_no_pattern_unless_asked(monkeypatch):
     TransformerActivationEncoder(model, tok, parts=["attn_entropy"], layers=[1],
                                  batch_size=4).fit_transform(TEXTS)
     assert calls["eager"] == 1  # one layer's pattern; the forward stops after it
+
+
+def test_attn_result_of_a_disk_offloaded_model(tmp_path):
+    """accelerate keeps an offloaded projection's weight on the meta device between forwards;
+    attn_result and attn_result_norm read it from the offload folder."""
+    pytest.importorskip("accelerate", minversion="1.1")
+    from embetter_plug.testing import save_tiny_model
+
+    folder = str(save_tiny_model("gpt2", tmp_path / "gpt2"))
+    kw = {"device_map": "auto", "max_memory": {"cpu": "200KB"},
+          "offload_folder": str(tmp_path / "off")}
+    for part, pooling in [("attn_result", "mean"), ("attn_result", "max"),
+                          ("attn_result_norm", "mean")]:
+        big = TransformerActivationEncoder(folder, parts=part, layers=[0, 2],
+                                           token_pooling=pooling, model_kwargs=kw).fit()
+        assert "disk" in set(big.model_.hf_device_map.values())
+        assert big.model_.h[2].attn.c_proj.weight.device.type == "meta"
+        ref = TransformerActivationEncoder(folder, parts=part, layers=[0, 2],
+                                           token_pooling=pooling).fit()
+        np.testing.assert_allclose(big.transform(TEXTS), ref.transform(TEXTS), atol=1e-5)

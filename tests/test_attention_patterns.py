@@ -136,8 +136,13 @@ def test_metrics_flow_through_encoder_and_summary_heatmap(tmp_path):
     pats = attention_patterns(model, tok, ["x < y </script>"], layers=[1])
     assert pats[0].plot(1, 0).get_title() == "layer 1, head 0"
     page = pats[0].to_html(tmp_path / "pattern.html").read_text()
-    assert "</script>" not in page.split("const DATA = ")[1].split(";\n")[0]
-    assert page.count("<script>") == 1
+    data = page.split('id="pattern-data">')[1].split("</script>")[0]  # the text cannot end it
+    import json
+
+    (view,) = json.loads(data)
+    assert view["text"] == "x < y </script>" and view["tokens"] == list(pats[0].tokens)
+    np.testing.assert_allclose(view["pattern"], pats[0].pattern, atol=5.1e-5)
+    assert page.count("<script>") == 1 and "http" not in page
 
 
 def _no_forward(model):

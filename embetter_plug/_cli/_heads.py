@@ -53,3 +53,64 @@ def _heatmaps(tables: dict, value: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ------------------------------------------------------------- one text's pattern in the report
+#: tokens of the text shown in the report's pattern view (the page holds layers x heads x n^2)
+PATTERN_MAX_TOKENS = 64
+
+
+def pattern_row(value: str):
+    """An argparse ``type`` for ``--pattern-text``: ``auto``, ``none`` or a row number >= 0."""
+    import argparse
+
+    if value in ("auto", "none"):
+        return value
+    try:
+        row = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: use a row number (0 is the first data "
+                                         "row), 'auto' or 'none'.") from None
+    if row < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: row numbers start at 0.")
+    return row
+
+
+def reads_heads(parts: str) -> bool:
+    """Whether the comma-separated ``parts`` read attention per head (``attn_z``, metrics...)."""
+    from embetter_plug._attn_arch import canonical, is_attn_part
+
+    found = False
+    for p in str(parts).split(","):
+        try:
+            found |= is_attn_part(canonical(p.strip()))
+        except ValueError:  # the encoder reports a bad part
+            continue
+    return found
+
+
+def pattern_text(texts: list[str], choice, parts: str, data: str | None) -> str | None:
+    """The text whose pattern the report shows: row ``choice``; with ``auto`` the first row
+    when ``parts`` read attention heads; ``None`` for none. Checked before any model loads."""
+    if choice == "none" or (choice == "auto" and not reads_heads(parts)):
+        return None
+    row = 0 if choice == "auto" else choice
+    if row >= len(texts):
+        raise ValueError(f"--pattern-text {row}: {data or 'the built-in data'} has "
+                         f"{len(texts)} rows (0..{len(texts) - 1}).")
+    return texts[row]
+
+
+def pattern_of(enc, text: str, label: str):
+    """The :class:`~embetter_plug.attention.AttentionPattern` of ``text`` in the layers ``enc``
+    reads (its first :data:`PATTERN_MAX_TOKENS` tokens), or ``None`` with a note when the
+    model cannot give one (an attention implementation without patterns, no readable heads)."""
+    from embetter_plug.attention import attention_patterns
+
+    try:
+        return attention_patterns(enc, None, [text], layers=list(enc.layer_indices_),
+                                  max_length=min(enc.max_length_, PATTERN_MAX_TOKENS),
+                                  batch_size=1)[0]
+    except (ValueError, MemoryError) as exc:
+        print(f"{label}: no attention pattern in the report: {exc}", flush=True)
+        return None

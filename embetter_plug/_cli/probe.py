@@ -17,8 +17,10 @@ metric, fold, score; rewritten after each model, so an interrupted run keeps the
 ones), `probe.png`, `report.html` (interactive, self-contained: open it in a browser) and
 `best_pipeline.joblib` (the best encoder + probe refitted on all rows; load it with
 `joblib.load`, only from sources you trust), and the same as the folder `best_pipeline`, which
-`embetter_plug.load_model` reads without pickle. A DIR holding an earlier run's files is refused
-unless `--overwrite`. Progress bars show on a terminal; `--quiet` turns them off.
+`embetter_plug.load_model` reads without pickle. With attention parts in `--parts` (or
+`--pattern-text ROW`), the report also shows one text's attention pattern, per layer and head.
+A DIR holding an earlier run's files is refused unless `--overwrite`. Progress bars show on a
+terminal; `--quiet` turns them off.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 from ._data import (HelpFormatter, add_progress_arguments, check_cells, check_columns, read_samples,
                     int_at_least, positive_int, read_csv, where)
 from ._runs import InterruptNote, new_run_folder, open_hint
+from ._heads import PATTERN_MAX_TOKENS, pattern_of, pattern_row, pattern_text
 from .extract import add_encoder_arguments, add_image_argument, encoder_from_args
 
 DEFAULT_PARTS = "resid_post,attn_out,mlp_out"
@@ -77,6 +80,13 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                              "selectivity: task minus control score")
     parser.add_argument("--mdl", action="store_true",
                         help="report each probe's MDL (online code) compression (labels only)")
+    parser.add_argument("--pattern-text", type=pattern_row, default="auto",
+                        metavar="ROW|auto|none",
+                        help="show one text's attention pattern in report.html (tokens on both "
+                             "axes, a layer and head selector; one more forward pass of that "
+                             f"text, cut to {PATTERN_MAX_TOKENS} tokens): the text in data row "
+                             "ROW (0 is the first); auto: the first row when --parts reads "
+                             "attention heads (attn_*); none: no pattern")
     add_encoder_arguments(parser)
     # several models and poolings in one run ("resolve" replaces the single-value options)
     parser.add_argument("--model", action="append", default=None,
@@ -102,9 +112,15 @@ def _read(args):
         check_columns(df, args.data, text_col=args.text_col, label_col=args.label_col)
         df = df[[args.text_col, args.label_col]]
         check_cells(df, args.data, "--text-col", args.text_col, "text(s)")
-    else:  # image+text samples: the text column is optional
+        args.pattern = pattern_text(df[args.text_col].tolist(), args.pattern_text, args.parts,
+                                    args.data)
+    else:  # image+text samples: the text column is optional; the pattern view reads texts
         check_columns(df, args.data, image_col=image_col, label_col=args.label_col)
         df = df[[c for c in (args.text_col, image_col, args.label_col) if c in df.columns]]
+        if args.pattern_text not in ("auto", "none"):
+            raise ValueError("--pattern-text shows one text's attention pattern; with "
+                             "--image-col the report has none (pass --pattern-text none).")
+        args.pattern = None
     check_cells(df, args.data, "--label-col", args.label_col, "label(s)")
     values = df[args.label_col].unique()
     if len(values) < 2:
@@ -223,12 +239,16 @@ def run(args) -> int:
     if len(set(labels)) != len(labels):
         labels = [str(m) if m is not None else BUILTIN_MODEL for m in models]
     estimator = _estimator(args, task)
-    all_results, encoders, best_slices = [], {}, {}
+    all_results, encoders, best_slices, patterns = [], {}, {}, {}
     for model, label in zip(models, labels):
         ns = argparse.Namespace(**{**vars(args), "model": model, "token_pooling": poolings})
         enc = encoder_from_args(ns)
         print(f"{label}: loading the model, then encoding {len(texts)} texts", flush=True)
         X = enc.fit(texts).transform(texts)
+        if args.pattern is not None:
+            pattern = pattern_of(enc, args.pattern, label)
+            if pattern is not None:
+                patterns[label] = pattern
         print(f"{label}: activations {X.shape} (text, layer, part, hidden); probing "
               f"{X.shape[1] * X.shape[2]} layer x part slices with {args.cv}-fold CV", flush=True)
         with warnings.catch_warnings():  # the summary says it once, for all models
@@ -253,7 +273,7 @@ def run(args) -> int:
     from ._heads import report_heads
 
     report_heads(results, out)  # per-head parts: a layer x head table (and heads.png)
-    _write_outputs(results, out, args, encoders, best_slices, texts, y, estimator)
+    _write_outputs(results, out, args, encoders, best_slices, texts, y, estimator, patterns)
     return 0
 
 
@@ -277,7 +297,8 @@ def _print_table(results, task: str) -> None:
         print(f"warning: {verdict['message']}")
 
 
-def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, estimator) -> None:
+def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, estimator,
+                   patterns) -> None:
     import joblib
     from sklearn.base import clone
     from sklearn.pipeline import Pipeline
@@ -304,7 +325,8 @@ def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, es
     joblib.dump(pipe, out / "best_pipeline.joblib")
     save_model(pipe, out / "best_pipeline")  # the same, readable without pickle
     _plot(results, out / "probe.png")
-    results.to_html(out / "report.html", title=f"Probes on {results.frame_['dataset'].iloc[0]}")
+    results.to_html(out / "report.html", title=f"Probes on {results.frame_['dataset'].iloc[0]}",
+                    patterns=patterns or None)
     print(f"wrote {out}{os.sep}: results.csv, probe.png, report.html and best_pipeline.joblib "
           f"(layer {best['layer']} {best['part']}, pooling {best['pooling']}, refitted on all "
           f"{len(texts)} rows; the folder best_pipeline is the same for "

@@ -4,7 +4,9 @@ The page holds the summary as inline JSON and draws the layer curves as SVG with
 JavaScript: pick dataset, model, pooling and metric, see one line per part with a ±std band, the
 dummy baseline, the selection-free estimate of the best probe, and the table of every metric
 (with selectivity, corrected p-values and MDL compression where computed) with the best marked. The initial choice can
-be set in the address, e.g. ``report.html#metric=f1&pooling=mean``.
+be set in the address, e.g. ``report.html#metric=f1&pooling=mean``. With ``patterns=``, a
+section below shows one text's attention pattern per layer and head (the view of
+:meth:`embetter_plug.attention.AttentionPattern.to_html`).
 """
 
 from __future__ import annotations
@@ -76,8 +78,13 @@ def _selection(results: ProbeResults) -> dict:
     return out
 
 
-def write_report(results, path, *, title: str | None = None) -> Path:
+def write_report(results, path, *, title: str | None = None, patterns=None) -> Path:
     """Write the interactive report of ``results`` (a ``ProbeResults`` or a results file) to ``path``.
+
+    ``patterns``: an :class:`~embetter_plug.attention.AttentionPattern` (from
+    :func:`~embetter_plug.attention.attention_patterns`), or a dict ``{model label: pattern}``,
+    adds a section showing that text's attention with the tokens on both axes and a layer and
+    head (and model) selector.
 
     Examples
     --------
@@ -102,9 +109,26 @@ def write_report(results, path, *, title: str | None = None) -> Path:
     data = json.dumps(payload).replace("<", "\\u003c")
     title = title or "Probe results"
     page = _TEMPLATE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
+    if patterns is not None:
+        page = _with_patterns(page, patterns)
     path = Path(path)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _with_patterns(page: str, patterns) -> str:
+    """``page`` with the attention-pattern section before its end."""
+    from .._attn_html import pattern_section
+    from ..attention import AttentionPattern
+
+    if isinstance(patterns, AttentionPattern):
+        patterns = {"": patterns}
+    if not isinstance(patterns, dict) or not patterns or not all(
+            isinstance(p, AttentionPattern) for p in patterns.values()):
+        raise TypeError(f"patterns={type(patterns).__name__}: give an AttentionPattern (from "
+                        "attention_patterns) or a non-empty dict {model label: AttentionPattern}.")
+    end = page.rindex("</body>")
+    return page[:end] + pattern_section(patterns) + "\n" + page[end:]
 
 
 def _bounds(metrics) -> dict[str, list]:

@@ -408,11 +408,12 @@ class ProbeResults:
 
         return LayerMetricDisplay.from_results(self, metric, ax=ax, **kwargs)
 
-    def to_html(self, path, *, title: str | None = None) -> Path:
-        """Write the interactive, self-contained HTML report; see ``write_report``."""
+    def to_html(self, path, *, title: str | None = None, patterns=None) -> Path:
+        """Write the interactive, self-contained HTML report (with ``patterns``, one text's
+        attention patterns too); see ``write_report``."""
         from .report import write_report
 
-        return write_report(self, path, title=title)
+        return write_report(self, path, title=title, patterns=patterns)
 
     def __repr__(self) -> str:
         n = self.frame_.loc[self.frame_["part"] != DUMMY, [*self.context, "layer", "part"]].drop_duplicates()

@@ -1,0 +1,236 @@
+"""Where each block's attention is, and its head sizes, found from the model's own structure.
+
+For every family whose attention calls transformers' attention function (``AttentionInterface``):
+
+- the *core* attention module of a block is the submodule whose ``forward`` calls that function
+  (``self_attn``, ``attn``, ``attention.self`` ...);
+- its *output projection* is the ``Linear``/``Conv1D`` writing the hidden size that the core's
+  forward calls first after its attention function (``o_proj`` also after a gate, ``c_proj``,
+  ``dense``, ``out_proj``, T5's ``o``), else the first one registered after the core in the block
+  (``attention.output.dense``, ``out_lin``).
+- the head count is the core's own (``num_heads``...) where it keeps one, else the
+  configuration's; ``d_head`` is the projection's input width over the heads.
+
+Hybrid models have attention in some blocks only (:func:`attention_layers`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from dataclasses import dataclass
+
+from . import _arch
+
+__all__ = ["AttnInfo", "attention_calls", "attention_layers", "attn_info", "blocks",
+           "head_counts", "head_counts_of", "layer_infos"]
+
+
+@dataclass(frozen=True)
+class AttnInfo:
+    """One block's attention: the core module, its output projection and the head sizes."""
+
+    core: object
+    o_proj: object
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    hidden: int
+
+    def w_o(self, device=None):
+        """Output projection weight as ``(n_heads, d_head, hidden)`` (``x @ W`` form); a weight
+        offloaded by accelerate (on the meta device between forwards) is read from where it is
+        kept, onto ``device``."""
+        w = self.o_proj.weight
+        if w.device.type == "meta":
+            w = _offloaded_weight(self.o_proj, device)
+        if type(self.o_proj).__name__ != "Conv1D":  # nn.Linear stores (out, in)
+            w = w.t()
+        return w.reshape(self.n_heads, self.d_head, self.hidden)
+
+
+def _offloaded_weight(module, device):
+    """The weight of an accelerate-offloaded ``module``, loaded for this read only."""
+    try:
+        from accelerate.utils import align_module_device, has_offloaded_params
+    except ImportError:  # accelerate before 1.1
+        raise RuntimeError("the output projection's weight is offloaded (on the meta device "
+                           "between forwards); reading attn_result needs accelerate>=1.1 "
+                           "(pip install -U accelerate).") from None
+    if not has_offloaded_params(module):
+        raise ValueError("the output projection's weight is on the meta device and not "
+                         "offloaded by accelerate: the model's weights were never loaded.")
+    with align_module_device(module, device):
+        return module.weight.detach().clone()
+
+
+@functools.lru_cache(maxsize=None)
+def _calls_interface(cls) -> bool:
+    try:
+        src = inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return False
+    return "ALL_ATTENTION_FUNCTIONS" in src
+
+
+def _out_width(module) -> int | None:
+    name = type(module).__name__
+    if name == "Conv1D":
+        return int(module.weight.shape[1])
+    if name == "Linear" or hasattr(module, "out_features"):
+        return getattr(module, "out_features", None)
+    return None
+
+
+def _in_width(module) -> int:
+    return int(module.weight.shape[0] if type(module).__name__ == "Conv1D"
+               else module.weight.shape[1])
+
+
+_INTERFACE_CALL = re.compile(r"(?<![\w.])attention_interface\s*\(")
+_SELF_CALL = re.compile(r"self\.([A-Za-z_]\w*)\s*\(")
+
+
+@functools.lru_cache(maxsize=None)
+def _called_after_attention(cls) -> tuple[str, ...]:
+    """Names of the submodules ``cls.forward`` calls after its attention function, in order."""
+    try:
+        src = inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return ()
+    calls = list(_INTERFACE_CALL.finditer(src))
+    return tuple(_SELF_CALL.findall(src[calls[-1].end():])) if calls else ()
+
+
+def _is_projection_to(module, hidden: int) -> bool:
+    return hasattr(module, "weight") and _out_width(module) == hidden
+
+
+def _output_projection(block, core, hidden: int):
+    """The projection writing ``hidden`` features that the attention's output goes through:
+    the first such submodule the core's forward calls after its attention function (``o_proj``
+    after a gate, T5's ``o``; the last one inside a wrapper module), else the first one
+    registered after the core in the block's child that holds it (BERT's
+    ``attention.output.dense``), else the core's last one."""
+    from torch import nn
+
+    for name in _called_after_attention(type(core)):
+        module = getattr(core, name, None)
+        found = [m for m in module.modules() if _is_projection_to(m, hidden)] \
+            if isinstance(module, nn.Module) else []
+        if found:  # the projection, or the last one inside a wrapper around it
+            return found[-1]
+    top = next(c for _, c in block.named_children()
+               if c is core or any(m is core for m in c.modules()))
+    inside = {id(m) for m in core.modules()}
+    seen_core = False
+    for m in top.modules():
+        if m is core:
+            seen_core = True
+        elif seen_core and id(m) not in inside and _is_projection_to(m, hidden):
+            return m
+    own = [m for m in core.modules() if _is_projection_to(m, hidden)]
+    return own[-1] if own else None  # a forward that calls it another way: the core's last
+
+
+def blocks(model, layers):
+    """The block modules of ``layers`` (through the architecture registry)."""
+    return [t[0] for t in _arch.resolve_targets(model, list(layers), ["resid_post"])]
+
+
+def attn_info(model, block) -> AttnInfo:
+    """Discover ``block``'s attention; a clear error when it cannot be found."""
+    core = next((m for _, m in block.named_modules() if _calls_interface(type(m))), None)
+    mt = getattr(model.config, "model_type", type(model).__name__)
+    if core is None:
+        raise ValueError(
+            f"the attention of {type(block).__name__} (model_type={mt!r}) does not call "
+            "transformers' attention function (AttentionInterface), so its heads, q/k/v and "
+            "patterns cannot be read; per-head parts need a model whose modeling code uses it "
+            "(most families in transformers 5.x do; docs/attention.md lists those that do "
+            "not).")
+    hidden = _arch.hidden_size(model)
+    o_proj = _output_projection(block, core, hidden)
+    n_heads, n_kv = _head_numbers(model, core)
+    if o_proj is None:
+        top = next(c for _, c in block.named_children()
+                   if c is core or any(m is core for m in c.modules()))
+        raise ValueError(f"no output projection (a Linear writing {hidden} features) found in "
+                         f"{type(top).__name__} of model_type={mt!r}.")
+    d_in = _in_width(o_proj)
+    if d_in % n_heads:
+        raise ValueError(f"the output projection of model_type={mt!r} reads {d_in} features, "
+                         f"not a multiple of its {n_heads} heads.")
+    return AttnInfo(core, o_proj, n_heads, n_kv, d_in // n_heads, hidden)
+
+
+def _head_numbers(model, core) -> tuple[int, int]:
+    """Query and key/value heads: the attention module's own counts where it keeps them (they
+    may differ from the configuration's, or between layers), else the configuration's."""
+    cfg = _arch.text_config(model.config)
+    own = next((getattr(core, a) for a in ("num_heads", "num_attention_heads", "n_heads")
+                if isinstance(getattr(core, a, None), int)), None)
+    n_heads = int(own or getattr(cfg, "num_attention_heads"))
+    n_kv = getattr(core, "num_key_value_heads", None)
+    groups = getattr(core, "num_key_value_groups", None)
+    if not isinstance(n_kv, int):
+        n_kv = n_heads // groups if isinstance(groups, int) and groups > 0 \
+            and not n_heads % groups else None
+    if not isinstance(n_kv, int):
+        n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
+    return n_heads, n_kv
+
+
+def attention_calls(core) -> int:
+    """How many times the forward of ``core`` calls the attention function (2 in differential
+    attention, whose pattern is then a difference of two softmaxes)."""
+    return _interface_calls(type(core))
+
+
+@functools.lru_cache(maxsize=None)
+def _interface_calls(cls) -> int:
+    try:
+        return len(_INTERFACE_CALL.findall(inspect.getsource(cls.forward))) or 1
+    except (OSError, TypeError):
+        return 1
+
+
+def layer_infos(model, layers) -> list[AttnInfo]:
+    """:func:`attn_info` of each of ``layers``; an error names the block and the layers whose
+    attention can be read (hybrid models mix attention with other mixers)."""
+    found = blocks(model, layers)
+    out = []
+    for layer, block in zip(layers, found):
+        try:
+            out.append(attn_info(model, block))
+        except ValueError as exc:
+            readable = attention_layers(model)
+            hint = (f"; the layers with readable attention are {readable}: pass layers= "
+                    "among them" if readable else "")
+            raise ValueError(f"layer {layer}: {exc}{hint}") from None
+    return out
+
+
+def attention_layers(model, first: bool = False) -> list[int]:
+    """Block indices whose attention can be read per head (only the first with ``first``)."""
+    out = []
+    for i, block in enumerate(blocks(model, range(_arch.n_blocks(model)))):
+        try:
+            attn_info(model, block)
+        except ValueError:
+            continue
+        out.append(i)
+        if first:
+            break
+    return out
+
+
+def head_counts(model) -> dict:
+    """``{"n_heads", "n_kv_heads", "d_head"}`` of the model's first block with attention."""
+    readable = attention_layers(model, first=True) or [0]  # none: block 0 gives the error
+    return head_counts_of(attn_info(model, blocks(model, readable)[0]))
+
+
+def head_counts_of(info) -> dict:
+    return {"n_heads": info.n_heads, "n_kv_heads": info.n_kv_heads, "d_head": info.d_head}
