@@ -129,6 +129,12 @@ def check_same_heads(model, infos, layers, parts) -> None:
 def check_single_call(infos, layers, parts) -> None:
     """q/k/v, patterns and metrics read one call of the attention function per forward."""
     for layer, info in zip(layers, infos):
+        if parts and not info.interface:
+            raise ValueError(
+                f"{sorted(set(parts))}: the attention of layer {layer} "
+                f"({type(info.core).__name__}) has its own code instead of transformers' "
+                "attention function, so its queries, keys, values and pattern cannot be read; "
+                "attn_z and attn_result (before and through the output projection) can.")
         n = attention_calls(info.core)
         if parts and n > 1:
             raise ValueError(

@@ -12,6 +12,12 @@ For every family whose attention calls transformers' attention function (``Atten
   configuration's; ``d_head`` is the projection's input width over the heads.
 
 Hybrid models have attention in some blocks only (:func:`attention_layers`).
+
+A family whose modeling code never calls the attention function (BLOOM, Falcon, MPT, DeBERTa,
+MPNet, BERT-era encoders with their own attention code) still has heads before its output
+projection: there the core is the block's attention sublayer (found as for ``attn_out``), the
+output projection the last ``Linear``/``Conv1D`` writing the hidden size in it (or the sublayer
+itself), and only ``attn_z``/``attn_result`` can be read (``interface=False``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class AttnInfo:
     n_kv_heads: int
     d_head: int
     hidden: int
+    interface: bool = True  # the core calls transformers' attention function
 
     def w_o(self, device=None):
         """Output projection weight as ``(n_heads, d_head, hidden)`` (``x @ W`` form); a weight
@@ -143,6 +150,8 @@ def attn_info(model, block) -> AttnInfo:
     """Discover ``block``'s attention; a clear error when it cannot be found."""
     core = next((m for _, m in block.named_modules() if _calls_interface(type(m))), None)
     mt = getattr(model.config, "model_type", type(model).__name__)
+    if core is None and not _uses_interface(model):
+        return _own_attention_info(model, block, mt)
     if core is None:
         raise ValueError(
             f"the attention of {type(block).__name__} (model_type={mt!r}) does not call "
@@ -163,6 +172,36 @@ def attn_info(model, block) -> AttnInfo:
         raise ValueError(f"the output projection of model_type={mt!r} reads {d_in} features, "
                          f"not a multiple of its {n_heads} heads.")
     return AttnInfo(core, o_proj, n_heads, n_kv, d_in // n_heads, hidden)
+
+
+def _uses_interface(model) -> bool:
+    """Whether any module of the exposed stack calls the attention function (a hybrid model's
+    other blocks then have no attention, rather than attention of their own)."""
+    return any(_calls_interface(type(m)) for m in _arch.runner(model).modules())
+
+
+def _own_attention_info(model, block, mt: str) -> AttnInfo:
+    """:class:`AttnInfo` of a family with attention code of its own: its attention sublayer
+    and that sublayer's output projection; q/k/v and patterns cannot be read there."""
+    hidden = _arch.hidden_size(model)
+    path = _arch.sublayer_paths(block, hidden, mt).get("attn_out")
+    module = block.get_submodule(path) if path else None
+    o_proj = None
+    if module is not None:
+        own = [m for m in module.modules() if _is_projection_to(m, hidden)]
+        o_proj = own[-1] if own else None
+    try:
+        n_heads, n_kv = _head_numbers(model, module) if o_proj is not None else (0, 0)
+    except (AttributeError, TypeError):
+        n_heads = n_kv = 0
+    if o_proj is None or n_heads <= 0 or _in_width(o_proj) % n_heads:
+        raise ValueError(
+            f"the attention of {type(block).__name__} (model_type={mt!r}) neither calls "
+            "transformers' attention function (AttentionInterface) nor has an attention "
+            "sublayer with heads and an output projection writing the hidden size, so its "
+            "heads cannot be read.")
+    return AttnInfo(module, o_proj, n_heads, n_kv, _in_width(o_proj) // n_heads, hidden,
+                    interface=False)
 
 
 def _head_numbers(model, core) -> tuple[int, int]:

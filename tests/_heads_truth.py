@@ -124,7 +124,9 @@ def check_heads(model, texts) -> str:
     ref_model = copy.deepcopy(model)  # output_attentions leaves capture hooks on a model
     try:
         refs = [reference(ref_model, tok(t)["input_ids"], hidden) for t in texts]
-    except NotChecked:  # then the library refuses per-head parts, before any forward
+    except NotChecked:  # attention code of its own, or none: checked by name, else refused
+        if model.config.model_type in OWN_ATTENTION:
+            return check_own_attention(model, tok, texts, OWN_ATTENTION[model.config.model_type])
         with pytest.raises(ValueError, match="attention function|no output projection") as err:
             TransformerActivationEncoder(model, tok, parts="attn_z").fit()
         why = ("its attention does not call transformers' attention function"
@@ -189,6 +191,66 @@ def check_heads(model, texts) -> str:
         assert pat.pattern.shape == want.shape, f"pattern shape, text {i}"
         np.testing.assert_allclose(pat.pattern, want, atol=1e-5, err_msg=f"pattern, text {i}")
     return "passed" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+# families with attention code of their own (no eager_attention_forward to follow): where their
+# output projection is, relative to a block, written down here as the test's reference
+OWN_ATTENTION = {
+    "bloom": "self_attention.dense", "falcon": "self_attention.dense", "mpt": "attn.out_proj",
+    "deberta": "attention.output.dense", "deberta-v2": "attention.output.dense",
+    "mpnet": "attention.attn.o", "openai-gpt": "attn.c_proj", "xglm": "self_attn.out_proj",
+    "big_bird": "attention.output.dense", "bigbird_pegasus": "self_attn.output",
+    "gpt_neox_japanese": "attention.dense", "ibert": "attention.output.dense",
+    "megatron-bert": "attention.output.dense", "mvp": "self_attn.out_proj",
+    "prophetnet": "self_attn.out_proj", "rembert": "attention.output.dense",
+    "roformer": "attention.output.dense", "tapas": "attention.output.dense",
+}
+
+
+def check_own_attention(model, tok, texts, path: str) -> str:
+    """``attn_z``/``attn_result`` of a family with its own attention code against the input and
+    output of its output projection (``path`` in each block), hooked in a forward of each text
+    alone; q/k/v and patterns must be refused."""
+    ref = copy.deepcopy(model)
+    blocks = _arch.find_blocks(ref)[1]
+    layers = list(range(len(blocks)))
+    heads = int(_arch.text_config(model.config).num_attention_heads)
+    refs = []
+    for t in texts:
+        seen = {}
+        def keep(module, args, out, layer):
+            out = out[0] if isinstance(out, tuple) else out  # (output, scale): I-BERT
+            seen.setdefault(layer, (args[0][0].float().numpy(), out[0].float().numpy(), module))
+
+        handles = [blocks[l].get_submodule(path).register_forward_hook(
+            lambda m, a, o, l=l: keep(m, a, o, l)) for l in layers]
+        try:
+            with torch.no_grad():
+                _arch.runner(ref)(input_ids=torch.tensor([tok(t)["input_ids"]]))
+        finally:
+            for h in handles:
+                h.remove()
+        refs.append(seen)
+    kw = dict(layers=layers, heads="all", token_pooling="mean", batch_size=len(texts))
+    Z = np.asarray(TransformerActivationEncoder(model, tok, parts="attn_z", **kw)
+                   .fit_transform(texts))
+    R = np.asarray(TransformerActivationEncoder(model, tok, parts="attn_result", **kw)
+                   .fit_transform(texts))
+    assert Z.shape[2] == R.shape[2] == heads, "one entry per head"
+    for i, seen in enumerate(refs):
+        for layer in layers:
+            z, out, module = seen[layer]
+            bias = 0.0 if getattr(module, "bias", None) is None else \
+                module.bias.detach().float().numpy()
+            np.testing.assert_allclose(Z[i, layer], z.mean(0).reshape(heads, -1), rtol=RTOL,
+                                       atol=ATOL, err_msg=f"attn_z, text {i}, layer {layer}")
+            np.testing.assert_allclose(R[i, layer].sum(0) + bias, out.mean(0), rtol=RTOL,
+                                       atol=ATOL, err_msg=f"attn_result, text {i}, layer {layer}")
+    with pytest.raises(ValueError, match="its own code"):
+        TransformerActivationEncoder(model, tok, parts="attn_q").fit()
+    with pytest.raises(ValueError, match="its own code"):
+        attention_patterns(model, tok, texts[:1])
+    return "passed (attn_z, attn_result; q/k/v and patterns refused: attention code of its own)"
 
 
 def _notes(notes):
