@@ -174,7 +174,15 @@ def plan_batches(processor, samples: list[Sample], batch_size: int, *, vision_on
     template = split_template(prompt_template)
     for lo in range(0, len(samples), chunk):
         part = samples[lo:lo + chunk]
-        items = [_process(processor, s, vision_only, template) for s in part]
+        items = []
+        for s in part:
+            try:
+                items.append(_process(processor, s, vision_only, template))
+            except (ValueError, TypeError) as exc:  # e.g. a processor that needs an image
+                what = (f"text {s.text[:60]!r}" if s.text else "no text") + (
+                    ", no image" if s.image is None else ", an image")
+                raise ValueError(f"the sample with {what}: {type(processor).__name__} "
+                                 f"refused it: {exc}") from exc
         lengths = [_length(it) for it in items]
         if max_length is not None and not vision_only:
             long = [lo + i for i, n in enumerate(lengths) if n > max_length]

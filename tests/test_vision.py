@@ -479,3 +479,10 @@ def test_threads_share_one_encoder():
         together = list(pool.map(enc.transform, groups))
     for a, b in zip(alone, together):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_processor_refusal_names_the_sample():
+    model, processor = make_tiny_vlm("paligemma")  # its processor needs an image with every text
+    enc = TransformerActivationEncoder(model, processor=processor, layers=[0]).fit()
+    with pytest.raises(ValueError, match=r"the sample with text 'only text', no image: PaliGemmaProcessor refused"):
+        enc.transform([{"text": "a", "image": _img(0)}, {"text": "only text"}])
