@@ -185,11 +185,12 @@ def plan_batches(processor, samples: list[Sample], batch_size: int, *, vision_on
                                  f"refused it: {exc}") from exc
         lengths = [_length(it) for it in items]
         if max_length is not None and not vision_only:
-            long = [lo + i for i, n in enumerate(lengths) if n > max_length]
+            long = [(part[i].text or "")[:40] for i, n in enumerate(lengths) if n > max_length]
             if long:
                 raise ValueError(
-                    f"samples {long[:10]} need more than max_length={max_length} tokens (images "
-                    "are not truncated); shorten their texts or raise max_length."
+                    f"{len(long)} sample(s) need more than max_length={max_length} tokens "
+                    f"(images are not truncated), with texts starting {long[:3]}; shorten their "
+                    "texts or raise max_length."
                 )
         for b in length_sorted_batches(lengths, batch_size):
             with_image = np.array([j for j, i in enumerate(b) if part[i].image is not None],

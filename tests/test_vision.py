@@ -486,3 +486,13 @@ def test_processor_refusal_names_the_sample():
     enc = TransformerActivationEncoder(model, processor=processor, layers=[0]).fit()
     with pytest.raises(ValueError, match=r"the sample with text 'only text', no image: PaliGemmaProcessor refused"):
         enc.transform([{"text": "a", "image": _img(0)}, {"text": "only text"}])
+
+
+def test_samples_over_max_length_are_an_error_before_the_forward(counted):
+    model, processor, calls = counted
+    enc = TransformerActivationEncoder(model, processor=processor, layers=[0],
+                                       max_length=20).fit()
+    with pytest.raises(ValueError, match=r"1 sample\(s\) need more than max_length=20 .*"
+                                         r"'a picture of cats'"):
+        enc.transform([{"text": "a picture of cats", "image": _img(0)}])
+    assert calls == []
