@@ -64,16 +64,15 @@ def pattern_row(value: str):
     """An argparse ``type`` for ``--pattern-text``: ``auto``, ``none`` or a row number >= 0."""
     import argparse
 
+    from ._data import int_at_least
+
     if value in ("auto", "none"):
         return value
     try:
-        row = int(value)
-    except ValueError:
+        return int_at_least(0)(value)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"{value!r}: use a row number (0 is the first data "
                                          "row), 'auto' or 'none'.") from None
-    if row < 0:
-        raise argparse.ArgumentTypeError(f"{value!r}: row numbers start at 0.")
-    return row
 
 
 def reads_heads(parts: str) -> bool:
