@@ -38,14 +38,9 @@ def image_token(processor) -> str | None:
 def image_token_ids(model, processor) -> list[int]:
     """Ids of the tokens that a vision-language model replaces by image features, from its
     config (``image_token_id``/``image_token_index``) or else its processor."""
-    from . import _arch
+    from ._vision import config_image_token_ids
 
-    ids = []
-    for cfg in (model.config, _arch.text_config(model.config)):
-        for name in ("image_token_id", "image_token_index"):
-            v = getattr(cfg, name, None)
-            if isinstance(v, int) and v not in ids:
-                ids.append(v)
+    ids = config_image_token_ids(model.config)
     if not ids:
         v = getattr(processor, "image_token_id", None)
         if isinstance(v, int):

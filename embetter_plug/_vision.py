@@ -5,6 +5,10 @@ recognised by its forward taking ``pixel_values`` while its main input is ``inpu
 encoder (CLIP/SigLIP vision models, ViT) by its main input being ``pixel_values``
 (``model.main_input_name``, transformers' own marker).
 
+A dual encoder (CLIP, SigLIP: text and image encoders side by side, :func:`is_dual_encoder`)
+reads plain texts through its text stack and images alone through its tower (``vision.``
+parts), which then runs on its own.
+
 Parts read the *language stack* by default (its blocks are found as for any text model). A part
 prefixed ``vision.`` (``vision.resid_post``, ``vision.mlp_out``, or a module path relative to the
 tower such as ``vision.encoder.layers.{layer}.mlp``) reads the *vision tower*: the submodule
@@ -64,6 +68,27 @@ def reads_images(model_or_config) -> str | bool:
 def is_vision_only(model) -> bool:
     """A vision encoder: its main input is ``pixel_values``."""
     return reads_images(model) == "vision"
+
+
+def config_image_token_ids(config) -> list[int]:
+    """Ids of the tokens a vision-language model replaces by image features
+    (``image_token_id``/``image_token_index`` of its config or text config)."""
+    ids = []
+    for cfg in (config, _arch.text_config(config)):
+        for name in ("image_token_id", "image_token_index"):
+            v = getattr(cfg, name, None)
+            if isinstance(v, int) and v not in ids:
+                ids.append(v)
+    return ids
+
+
+def is_dual_encoder(model) -> bool:
+    """A model with a text and an image encoder side by side (CLIP, SigLIP, ALIGN ...): it
+    reads both but puts no image into its text's tokens (no image token), and offers
+    ``get_image_features`` and ``get_text_features``."""
+    return (reads_images(model) == "vlm" and not config_image_token_ids(model.config)
+            and callable(getattr(model, "get_image_features", None))
+            and callable(getattr(model, "get_text_features", None)))
 
 
 def split_stack(parts) -> tuple[bool, list]:

@@ -119,6 +119,12 @@ class ActivationExtractor:
             targets = _attn_arch.resolve_targets(self.model, list(self.layers), parts)
         object.__setattr__(self, "_targets", targets)
 
+    def _images_alone(self) -> bool:
+        """Whether samples are images alone run through a tower: a vision encoder, or the
+        ``vision.`` parts of a dual encoder (CLIP, SigLIP)."""
+        return _vision.is_vision_only(self.model) or (
+            _vision.split_stack(self.parts)[0] and _vision.is_dual_encoder(self.model))
+
     def _stack(self) -> tuple[bool, list[str]]:
         """``(reads a vision tower, parts without the 'vision.' prefix)``."""
         tower, parts = _vision.split_stack(self.parts)
@@ -172,7 +178,7 @@ class ActivationExtractor:
 
         texts = list(texts)
         self.check(texts)
-        if has_images(texts) or _vision.is_vision_only(self.model):
+        if has_images(texts) or self._images_alone():
             yield from self._iter_samples(texts)
             return
         prefix, suffix = _batching.split_template(self.prompt_template)
@@ -206,7 +212,7 @@ class ActivationExtractor:
         from . import _mm_batching
 
         tower, _ = self._stack()
-        vision_only = _vision.is_vision_only(self.model)
+        vision_only = self._images_alone()
         if not has_images(inputs) and not vision_only:
             modal = [pooling_name(p) for p in self.poolings if split_modality(p)[0] is not None]
             needs = [p for p in self.parts if _attn_arch.split_head(p)[0]
@@ -228,6 +234,11 @@ class ActivationExtractor:
         if not has_images(inputs):  # texts given to a vision encoder
             raise ValueError(f"{type(self.model).__name__} is a vision encoder: pass images "
                              "(PIL images, arrays, {'image': path} dicts), not texts.")
+        if _vision.is_dual_encoder(self.model) and not tower:
+            raise ValueError(
+                f"{type(self.model).__name__} encodes texts and images apart (a dual encoder): "
+                "read its text stack from plain texts, and its image tower from images alone "
+                "with 'vision.' parts (one encoder each).")
         if not self.include_prompt:
             raise ValueError("include_prompt=False applies to plain texts; image+text samples "
                              "are prompted by the processor. Pass include_prompt=True.")
@@ -253,11 +264,13 @@ class ActivationExtractor:
         if not _vision.reads_images(self.model):  # text-only samples (checked): their texts
             yield from self.iter_batches([s.text for s in samples])
             return
-        vision_only = _vision.is_vision_only(self.model)
+        vision_only = self._images_alone()
         tokenizer = getattr(self.processor, "tokenizer", None) or self.tokenizer
         pad = 0 if vision_only else _batching.pad_id(tokenizer, self.model.config)
+        processor = (getattr(self.processor, "image_processor", None) or self.processor
+                     if vision_only else self.processor)
         batches = _mm_batching.plan_batches(
-            self.processor, samples, self.batch_size, vision_only=vision_only,
+            processor, samples, self.batch_size, vision_only=vision_only,
             max_length=self.max_length, pad_id=pad, prompt_template=self.prompt_template)
         yield from iterate(self._run_samples(batches, vision_only),
                            total=-(-len(samples) // self.batch_size), disable=not self.verbose,
@@ -273,7 +286,10 @@ class ActivationExtractor:
         device = input_device(self.model)
         forward = self.model
         base = _arch.base_model(self.model)
-        if base is not self.model and "pixel_values" in inspect.signature(base.forward).parameters:
+        if vision_only:  # a vision encoder, or the tower of a dual encoder on its own
+            forward = _vision.find_tower(self.model)
+        elif base is not self.model and "pixel_values" in inspect.signature(
+                base.forward).parameters:
             forward = base  # no LM head
         params = inspect.signature(forward.forward).parameters
         extra = {"use_cache": False} if "use_cache" in params else {}

@@ -496,3 +496,60 @@ def test_samples_over_max_length_are_an_error_before_the_forward(counted):
                                          r"'a picture of cats'"):
         enc.transform([{"text": "a picture of cats", "image": _img(0)}])
     assert calls == []
+
+
+def _dual(kind):
+    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor,
+                              SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor)
+
+    from embetter_plug.testing import make_tokenizer
+
+    tok = make_tokenizer("bpe")
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, pad_token_id=tok.pad_token_id or 0)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                  num_attention_heads=4, image_size=32, patch_size=8)
+    torch.manual_seed(0)
+    if kind == "clip":
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+        ip = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        return model.eval(), CLIPProcessor(image_processor=ip, tokenizer=tok)
+    model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
+    ip = SiglipImageProcessor(size={"height": 32, "width": 32})
+    return model.eval(), SiglipProcessor(image_processor=ip, tokenizer=tok)
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_dual_encoders_read_texts_and_images_apart(kind):
+    """CLIP and SigLIP: plain texts through the text stack, images alone through the tower
+    (which runs on its own), each against the stack's own hidden states."""
+    from embetter_plug import _vision
+    from embetter_plug._images import load_image
+
+    model, processor = _dual(kind)
+    assert _vision.is_dual_encoder(model)
+    images = [_img(0), _img(1, (40, 28))]
+    tower = TransformerActivationEncoder(model, processor=processor, parts="vision.resid_post",
+                                         token_pooling=["first", "image:mean"])
+    acts = tower.fit_transform(images)
+    assert tower.layout_.layers == (0, 1, 2)
+    for i, im in enumerate(images):
+        pix = processor.image_processor(images=[load_image(im)], return_tensors="pt")
+        with torch.no_grad():
+            hs = model.vision_model(pixel_values=pix["pixel_values"],
+                                    output_hidden_states=True).hidden_states
+        for layer in (0, 1):
+            h = hs[layer + 1][0].numpy()
+            np.testing.assert_allclose(acts[i, layer, 0], h[0], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(acts[i, layer, 1], h[-16:].mean(0), rtol=1e-4, atol=1e-5)
+    texts = ["a photo of a cat", "two dogs"]
+    words = TransformerActivationEncoder(model, processor=processor, layers=[0],
+                                         token_pooling="mean").fit_transform(texts)
+    for i, t in enumerate(texts):
+        ids = torch.tensor([processor.tokenizer(t)["input_ids"]])
+        with torch.no_grad():
+            h = model.text_model(input_ids=ids, output_hidden_states=True).hidden_states[1]
+        np.testing.assert_allclose(words[i, 0, 0], h[0].mean(0).numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="dual encoder"):
+        TransformerActivationEncoder(model, processor=processor).fit().transform(
+            [{"text": "a cat", "image": images[0]}])
