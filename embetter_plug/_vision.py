@@ -50,19 +50,24 @@ def _model_class(model_or_config):
 
 
 def reads_images(model_or_config) -> str | bool:
-    """``"vision"`` for a vision encoder (main input ``pixel_values``), ``"vlm"`` for a model
-    whose forward takes ``input_ids`` and ``pixel_values``, else ``False``. A configuration is
+    """``"vision"`` for a vision encoder (main input ``pixel_values``, no ``input_ids``),
+    ``"vlm"`` for a model whose forward takes ``input_ids`` and ``pixel_values``, else
+    ``False``. A configuration is
     judged by the model class transformers' ``AutoModel`` registry gives it."""
     cls = _model_class(model_or_config)
     if cls is None:
         return False
-    if getattr(cls, "main_input_name", "input_ids") == "pixel_values":
-        return "vision"
     try:
         params = inspect.signature(cls.forward).parameters
     except (TypeError, ValueError):
         return False
-    return "vlm" if "pixel_values" in params else False
+    if "pixel_values" not in params:
+        return False
+    # BLIP-2 and Kosmos-2 name pixel_values their main input but read input_ids too
+    if getattr(cls, "main_input_name", "input_ids") == "pixel_values" \
+            and "input_ids" not in params:
+        return "vision"
+    return "vlm"
 
 
 def is_vision_only(model) -> bool:

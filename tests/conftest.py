@@ -58,6 +58,20 @@ def pytest_terminal_summary(terminalreporter):
     """Coverage of the any-architecture test: n of N text model types, and why the rest skip."""
     import sys
 
+    vlm = sys.modules.get("test_any_vlm") or sys.modules.get("tests.test_any_vlm")
+    vlm_coverage = getattr(vlm, "VLM_COVERAGE", None)
+    if vlm_coverage:
+        groups: dict[str, list[str]] = {}
+        for t, s in vlm_coverage.items():
+            groups.setdefault(s.split(":")[0] if s.startswith("skipped: config") or
+                              s.startswith("skipped: tiny") else s, []).append(t)
+        terminalreporter.section("image-text-to-text coverage")
+        terminalreporter.write_line(
+            f"{len(groups.get('passed', []))} of {len(vlm.TYPES)} image-text-to-text model types "
+            f"passed (language stack against its own hidden states, tower found); "
+            f"{len(vlm_coverage)} ran")
+        for s, ts in sorted(groups.items()):
+            terminalreporter.write_line(f"  {s} ({len(ts)}): {', '.join(sorted(ts))}")
     mod = sys.modules.get("test_any_architecture") or sys.modules.get("tests.test_any_architecture")
     coverage = getattr(mod, "COVERAGE", None)
     heads = getattr(mod, "HEAD_COVERAGE", None)

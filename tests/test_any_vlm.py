@@ -1,0 +1,97 @@
+"""Discovery over every image-text-to-text model type transformers ships (its auto mapping):
+tiny random models built from their configs, the language stack read from plain texts against
+the language model's own hidden states, and the vision tower found by its configuration.
+
+Processors cannot be built generically offline, so image inputs are checked on the kinds of
+``embetter_plug.testing.make_tiny_vlm`` (``test_vision.py``); here the point is that discovery
+follows the model on the whole field. The coverage is printed at the end of the run and written
+in ``docs/vision.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from embetter_plug import TransformerActivationEncoder, _arch, _vision
+from embetter_plug.testing import make_tokenizer
+
+transformers = pytest.importorskip("transformers")
+from transformers import CONFIG_MAPPING, AutoModel  # noqa: E402
+from transformers.models.auto import modeling_auto  # noqa: E402
+
+from test_any_architecture import TINY, _quiet, _short  # noqa: E402
+
+TYPES = sorted(modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+MAX_PARAMS = 5_000_000
+VISION = dict(image_size=32, patch_size=8, depth=2, num_channels=3)
+VLM_COVERAGE: dict[str, str] = {}  # model type -> "passed" / "skipped: reason"
+
+
+def _kwargs(cls) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    return {k: v for k, v in {**TINY, **VISION}.items() if k in names}
+
+
+@functools.lru_cache(maxsize=None)
+def build(model_type: str):
+    """``(model, None)`` or ``(None, why it cannot be built tiny offline)``."""
+    with _quiet():
+        try:
+            cls = CONFIG_MAPPING[model_type]
+            subs = {name: type(getattr(cls(), name))(**_kwargs(type(getattr(cls(), name))))
+                    for name in (getattr(cls(), "sub_configs", None) or {})
+                    if getattr(cls(), name, None) is not None}
+            cfg = cls(**subs)
+            with torch.device("meta"):
+                n = sum(p.numel() for p in AutoModel.from_config(cfg).parameters())
+        except Exception as e:  # noqa: BLE001 - every failure is a skip reason
+            return None, f"config not buildable tiny: {_short(e)}"
+        if n > MAX_PARAMS:
+            return None, f"tiny sizes leave {n:,} parameters"
+        torch.manual_seed(0)
+        return AutoModel.from_config(cfg, attn_implementation="eager").eval(), None
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_language_stack_and_tower_are_found(model_type):
+    model, reason = build(model_type)
+    if model is None:
+        VLM_COVERAGE[model_type] = f"skipped: {reason}"
+        pytest.skip(reason)
+    if not _vision.reads_images(model):  # images under another name (flattened_patches)
+        VLM_COVERAGE[model_type] = "skipped: its forward takes no pixel_values"
+        pytest.skip("its forward takes no pixel_values")
+    VLM_COVERAGE[model_type] = "failed"
+    stack = model.get_decoder() if callable(getattr(model, "get_decoder", None)) else None
+    n_text = _arch.config_n_blocks(model.config)
+    if stack is None or _arch.runner(model) is not stack or n_text is None:
+        VLM_COVERAGE[model_type] = "skipped: no language model behind get_decoder()"
+        pytest.skip("no language model behind get_decoder()")
+    assert _arch.n_blocks(model) == n_text
+    vcfg = getattr(model.config, "vision_config", None)
+    if vcfg is not None:
+        tower = _vision.find_tower(model)
+        assert type(tower.config) is type(vcfg)
+        assert _arch.n_blocks(tower) >= 1
+    tok = make_tokenizer("bpe")
+    vocab = _arch.text_config(model.config).vocab_size
+    ids = [i % vocab for i in tok("the cat sat on the mat")["input_ids"]]
+    with _quiet(), torch.no_grad():
+        try:
+            want = stack(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+        except Exception as e:  # noqa: BLE001
+            VLM_COVERAGE[model_type] = f"skipped: language model's own forward fails: {_short(e)}"
+            pytest.skip(_short(e))
+    with _quiet():
+        enc = TransformerActivationEncoder(model, tok, layers=[0], token_pooling="mean")
+        got = enc.fit_transform(["the cat sat on the mat"])
+    if max(ids) >= vocab or ids != tok("the cat sat on the mat")["input_ids"]:
+        VLM_COVERAGE[model_type] = "skipped: vocabulary smaller than the test tokenizer's"
+        pytest.skip("vocabulary smaller than the test tokenizer's")
+    np.testing.assert_allclose(got[0, 0, 0], want[1][0].mean(0).numpy(), rtol=1e-4, atol=1e-4)
+    VLM_COVERAGE[model_type] = "passed"
