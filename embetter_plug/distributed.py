@@ -154,6 +154,12 @@ def _read_texts(data, text_column: str = "text") -> list[str]:
         data = data[text_column]
     if isinstance(data, pd.Series):
         data = data.tolist()
+    from .samples import check_inputs, has_images
+
+    if has_images(check_inputs(data, name="texts")):
+        raise ValueError("extract_distributed takes texts only; for image+text samples use "
+                         "encoder.extract_to(folder, samples) on one machine (streamed and "
+                         "resumable the same way).")
     return check_texts(data, name="texts")
 
 

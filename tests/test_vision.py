@@ -553,3 +553,12 @@ def test_dual_encoders_read_texts_and_images_apart(kind):
     with pytest.raises(ValueError, match="dual encoder"):
         TransformerActivationEncoder(model, processor=processor).fit().transform(
             [{"text": "a cat", "image": images[0]}])
+
+
+def test_cluster_extraction_refuses_images_before_starting():
+    from embetter_plug import extract_distributed
+
+    model, processor = make_tiny_vlm("llava")
+    enc = TransformerActivationEncoder(model, processor=processor, layers=[0]).fit()
+    with pytest.raises(ValueError, match="extract_distributed takes texts only.*extract_to"):
+        extract_distributed(enc, "unused-folder", [{"text": "a", "image": _img(0)}])
