@@ -143,6 +143,20 @@ def stack_model(model, tower: bool):
     return find_tower(model) if tower else model
 
 
+def sample_forward(model, images_alone: bool):
+    """``(module, extra kwargs)`` that runs processed image+text inputs: the tower alone for
+    images alone, else the base model without its head where it takes ``pixel_values``, else
+    the model itself."""
+    if images_alone:
+        forward = find_tower(model)
+    else:
+        base = _arch.base_model(model)
+        forward = base if base is not model and "pixel_values" in inspect.signature(
+            base.forward).parameters else model
+    params = inspect.signature(forward.forward).parameters
+    return forward, ({"use_cache": False} if "use_cache" in params else {})
+
+
 def num_patches(tower) -> int | None:
     """Patch tokens per image from the tower's embeddings (``num_patches``), if it says."""
     for m in tower.modules():

@@ -25,7 +25,8 @@ import numpy as np
 
 from . import _arch, _attn_arch, _attn_find, _attn_parts, _batching
 from ._hooks import hook_manager
-from ._utils import check_texts, resolve_indices
+from ._utils import resolve_indices
+from .samples import check_inputs, has_images
 
 __all__ = ["AttentionPattern", "attention_metrics", "attention_patterns", "head_scores",
            "metrics_frame", "plot_head_heatmap", "summarize_metrics"]
@@ -116,7 +117,9 @@ def attention_patterns(model, tokenizer=None, texts: Sequence[str] = (), *, laye
         modeling file's eager function; the model's own implementation is left in place).
     tokenizer : tokenizer, optional
         Needed with a model (an encoder brings its own).
-    texts : list of str
+    texts : list of str, or image+text samples
+        Samples (see :mod:`embetter_plug.samples`) need a vision-language model and its
+        processor: pass the processor as ``tokenizer``, or a fitted encoder that has one.
     layers : "all", int or list of int, default="all"
         Block indices; negative ones count from the end.
     heads : "all", int or list of int, default="all"
@@ -140,9 +143,15 @@ def attention_patterns(model, tokenizer=None, texts: Sequence[str] = (), *, laye
     """
     import torch
 
-    texts = check_texts(texts)
-    model, tokenizer, max_length, template = _model_and_settings(model, tokenizer, max_length,
-                                                                 prompt_template)
+    texts = check_inputs(texts, name="texts")
+    samples = has_images(texts)
+    processor = tokenizer if tokenizer is not None else getattr(model, "processor_", None)
+    if samples and not hasattr(processor, "image_processor"):
+        raise ValueError("image+text samples need the model's processor: pass it as tokenizer= "
+                         "(or a fitted encoder with processor=).")
+    model, tokenizer, max_length, template = _model_and_settings(
+        model, getattr(processor, "tokenizer", processor) if samples else tokenizer,
+        max_length, prompt_template)
     layer_idx = resolve_indices(layers, _arch.n_blocks(model), name="layers", what="layer",
                                 context="the model", unit="blocks")
     infos = _attn_find.layer_infos(model, layer_idx)
@@ -165,6 +174,9 @@ def attention_patterns(model, tokenizer=None, texts: Sequence[str] = (), *, laye
     prefix, suffix = _batching.split_template(template)
     manager = hook_manager(model)
     found: dict = {}
+    if samples:
+        return _sample_patterns(model, processor, texts, layer_idx, head_idx, infos, budget,
+                                modules, keys, max_length, batch_size, template)
     with manager.attached(modules), torch.inference_mode():
         for plan in _batching.plan_chunks(tokenizer, texts, prefix, suffix, max_length,
                                           batch_size):
@@ -185,6 +197,40 @@ def attention_patterns(model, tokenizer=None, texts: Sequence[str] = (), *, laye
     return [AttentionPattern(texts[i], tokenizer.convert_ids_to_tokens(list(found[i][0])),
                              tuple(layer_idx), tuple(head_idx), found[i][1])
             for i in range(len(texts))]
+
+
+def _sample_patterns(model, processor, samples, layer_idx, head_idx, infos, budget, modules,
+                     keys, max_length, batch_size, template) -> list[AttentionPattern]:
+    """:func:`attention_patterns` of image+text samples, batched as the encoder batches them."""
+    import torch
+
+    from . import _mm_batching, _vision
+    from .extraction import input_device
+
+    _mm_batching.check_samples(samples, processor, vision_only=False, prompt_template=template)
+    tok = processor.tokenizer
+    forward, extra = _vision.sample_forward(model, False)
+    device, dtype = input_device(model), next(model.parameters()).dtype
+    manager = hook_manager(model)
+    found: dict = {}
+    with manager.attached(modules), torch.inference_mode():
+        for idx, inputs, _, _ in _mm_batching.plan_batches(
+                processor, samples, batch_size, vision_only=False, max_length=max_length,
+                pad_id=_batching.pad_id(tok, model.config), prompt_template=template):
+            inputs = {k: v.to(device, dtype=dtype if v.is_floating_point() else None)
+                      for k, v in inputs.items()}
+            mask = inputs["attention_mask"]
+            budget.check_batch(*mask.shape)
+            collector = _Collector(keys, head_idx, mask)
+            with manager.routing(collector):
+                forward(**inputs, **extra)
+            for b, i in enumerate(idx):
+                ids = inputs["input_ids"][b][mask[b].bool()].tolist()
+                found[int(i)] = (ids, np.stack([collector.out[li][b]
+                                                for li in range(len(infos))]))
+    return [AttentionPattern(samples[i].text or "", tok.convert_ids_to_tokens(found[i][0]),
+                             tuple(layer_idx), tuple(head_idx), found[i][1])
+            for i in range(len(samples))]
 
 
 def attention_metrics(model, tokenizer=None, texts: Sequence[str] = (), *,

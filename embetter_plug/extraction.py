@@ -284,15 +284,7 @@ class ActivationExtractor:
         from ._mm_batching import image_token_ids
 
         device = input_device(self.model)
-        forward = self.model
-        base = _arch.base_model(self.model)
-        if vision_only:  # a vision encoder, or the tower of a dual encoder on its own
-            forward = _vision.find_tower(self.model)
-        elif base is not self.model and "pixel_values" in inspect.signature(
-                base.forward).parameters:
-            forward = base  # no LM head
-        params = inspect.signature(forward.forward).parameters
-        extra = {"use_cache": False} if "use_cache" in params else {}
+        forward, extra = _vision.sample_forward(self.model, vision_only)
         dtype = next(self.model.parameters()).dtype
         image_ids = torch.tensor(image_token_ids(self.model, self.processor) or [-1],
                                  device=device)

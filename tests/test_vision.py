@@ -562,3 +562,54 @@ def test_cluster_extraction_refuses_images_before_starting():
     enc = TransformerActivationEncoder(model, processor=processor, layers=[0]).fit()
     with pytest.raises(ValueError, match="extract_distributed takes texts only.*extract_to"):
         extract_distributed(enc, "unused-folder", [{"text": "a", "image": _img(0)}])
+
+
+@pytest.mark.parametrize("kind", ["llava", "gemma3", "qwen2_vl"])
+def test_attention_patterns_of_samples_equal_eager_attentions(kind):
+    import copy
+
+    from embetter_plug.attention import attention_patterns
+
+    model, processor = make_tiny_vlm(kind)
+    samples = [s for s in _samples(kind)][:3]
+    enc = TransformerActivationEncoder(model, processor=processor, layers=[0]).fit()
+    pats = attention_patterns(enc, None, samples, layers=[0, 1], batch_size=2)
+    direct = attention_patterns(model, processor, samples[:1], layers=[0, 1])
+    np.testing.assert_allclose(direct[0].pattern, pats[0].pattern, rtol=1e-4, atol=1e-5)
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    for pat, s in zip(pats, samples):
+        from embetter_plug._images import load_image
+
+        kwargs = dict(text=[_prompt(processor, s["text"], "image" in s)], return_tensors="pt")
+        if "image" in s:
+            kwargs["images"] = [load_image(s["image"])]
+        inputs = processor(**kwargs)
+        with torch.no_grad():
+            att = eager(**inputs, output_attentions=True).attentions
+        want = np.stack([a[0].numpy() for a in att[:2]])
+        assert pat.pattern.shape == want.shape and len(pat.tokens) == want.shape[-1]
+        np.testing.assert_allclose(pat.pattern, want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(pat.pattern.sum(-1), 1, atol=1e-5)
+
+
+def test_cli_probe_report_shows_a_samples_pattern(tmp_path):
+    import pandas as pd
+
+    from embetter_plug.cli import main
+    from embetter_plug.testing import save_tiny_vlm
+
+    folder = save_tiny_vlm("llava", tmp_path / "llava")
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(12):
+        Image.fromarray(_img(i)).save(tmp_path / "img" / f"{i}.png")
+        rows.append({"text": f"picture {i}", "image": f"img/{i}.png", "label": i % 2})
+    pd.DataFrame(rows).to_csv(tmp_path / "pairs.csv", index=False)
+    rc = main(["probe", "--data", str(tmp_path / "pairs.csv"), "--image-col", "image",
+               "--model", str(folder), "--cv", "2", "--parts", "attn_result",
+               "--token-pooling", "image:mean", "--pattern-text", "3",
+               "--out", str(tmp_path / "run"), "--quiet"])
+    assert rc == 0
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert '"picture 3", "tokens": ["\\u003cimage>"' in html  # the sample's pattern, image first

@@ -114,13 +114,12 @@ def _read(args):
         check_cells(df, args.data, "--text-col", args.text_col, "text(s)")
         args.pattern = pattern_text(df[args.text_col].tolist(), args.pattern_text, args.parts,
                                     args.data)
-    else:  # image+text samples: the text column is optional; the pattern view reads texts
+    else:  # image+text samples: the text column is optional
         check_columns(df, args.data, image_col=image_col, label_col=args.label_col)
         df = df[[c for c in (args.text_col, image_col, args.label_col) if c in df.columns]]
-        if args.pattern_text not in ("auto", "none"):
-            raise ValueError("--pattern-text shows one text's attention pattern; with "
-                             "--image-col the report has none (pass --pattern-text none).")
-        args.pattern = None
+        row = pattern_text(list(range(len(df))), args.pattern_text, args.parts, args.data)
+        args.pattern = (None if row is None else
+                        read_samples(df.iloc[[row]], args.data, args.text_col, image_col)[0])
     check_cells(df, args.data, "--label-col", args.label_col, "label(s)")
     values = df[args.label_col].unique()
     if len(values) < 2:
