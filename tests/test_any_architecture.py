@@ -145,21 +145,39 @@ def _short(e: Exception) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())[:90]}"
 
 
-@functools.lru_cache(maxsize=None)
-def build(model_type: str):
-    """``(model, None)`` or ``(None, reason it cannot be built tiny offline)``."""
+def skip_as(coverage: dict, model_type: str, reason: str):
+    """Record why ``model_type`` is skipped in ``coverage`` (the run's summary), then skip."""
+    coverage[model_type] = f"skipped: {reason}"
+    pytest.skip(reason)
+
+
+def build_tiny(make_config, max_params: int):
+    """``(model, None)``, ``(None, reason)`` where the configuration cannot be built or stays
+    above ``max_params`` parameters; the model is built with eager attention, seed 0."""
     with _quiet():
         try:
-            cfg = tiny_config(model_type)
+            cfg = make_config()
             with torch.device("meta"):
                 n = sum(p.numel() for p in AutoModel.from_config(cfg).parameters())
         except Exception as e:  # noqa: BLE001 - every failure is a skip reason
             return None, f"config not buildable tiny: {_short(e)}"
-        if n > MAX_PARAMS:
+        if n > max_params:
             return None, f"tiny sizes leave {n:,} parameters (sizes under other names)"
         try:
             torch.manual_seed(0)
-            model = AutoModel.from_config(cfg, attn_implementation="eager").eval()
+            return AutoModel.from_config(cfg, attn_implementation="eager").eval(), None
+        except Exception as e:  # noqa: BLE001
+            return None, f"model not buildable tiny: {_short(e)}"
+
+
+@functools.lru_cache(maxsize=None)
+def build(model_type: str):
+    """``(model, None)`` or ``(None, reason it cannot be built tiny offline)``."""
+    model, reason = build_tiny(lambda: tiny_config(model_type), MAX_PARAMS)
+    if model is None:
+        return None, reason
+    with _quiet():
+        try:
             reference(model, (5, 6, 7))
         except Exception as e:  # noqa: BLE001
             return None, f"own forward fails on input_ids: {_short(e)}"
@@ -238,8 +256,7 @@ def check_architecture(model_type: str, model) -> None:
 def test_extraction_matches_the_models_own_hidden_states(model_type):
     model, reason = build(model_type)
     if model is None:
-        COVERAGE[model_type] = f"skipped: {reason}"
-        pytest.skip(reason)
+        skip_as(COVERAGE, model_type, reason)
     if model_type in UNSUPPORTED:
         COVERAGE[model_type] = f"skipped: built, not supported: {UNSUPPORTED[model_type]}"
         pytest.skip(UNSUPPORTED[model_type])

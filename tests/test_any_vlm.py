@@ -21,10 +21,10 @@ from embetter_plug import TransformerActivationEncoder, _arch, _vision
 from embetter_plug.testing import make_tokenizer
 
 transformers = pytest.importorskip("transformers")
-from transformers import CONFIG_MAPPING, AutoModel  # noqa: E402
+from transformers import CONFIG_MAPPING  # noqa: E402
 from transformers.models.auto import modeling_auto  # noqa: E402
 
-from test_any_architecture import TINY, _quiet, _short  # noqa: E402
+from test_any_architecture import TINY, _quiet, _short, build_tiny, skip_as  # noqa: E402
 
 TYPES = sorted(modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
 MAX_PARAMS = 5_000_000
@@ -37,41 +37,34 @@ def _kwargs(cls) -> dict:
     return {k: v for k, v in {**TINY, **VISION}.items() if k in names}
 
 
+def _tiny_config(model_type: str):
+    """The configuration with tiny sizes in every sub-configuration (text, vision ...)."""
+    cls = CONFIG_MAPPING[model_type]
+    default = cls()
+    subs = {name: type(getattr(default, name))(**_kwargs(type(getattr(default, name))))
+            for name in (getattr(default, "sub_configs", None) or {})
+            if getattr(default, name, None) is not None}
+    return cls(**subs)
+
+
 @functools.lru_cache(maxsize=None)
 def build(model_type: str):
     """``(model, None)`` or ``(None, why it cannot be built tiny offline)``."""
-    with _quiet():
-        try:
-            cls = CONFIG_MAPPING[model_type]
-            subs = {name: type(getattr(cls(), name))(**_kwargs(type(getattr(cls(), name))))
-                    for name in (getattr(cls(), "sub_configs", None) or {})
-                    if getattr(cls(), name, None) is not None}
-            cfg = cls(**subs)
-            with torch.device("meta"):
-                n = sum(p.numel() for p in AutoModel.from_config(cfg).parameters())
-        except Exception as e:  # noqa: BLE001 - every failure is a skip reason
-            return None, f"config not buildable tiny: {_short(e)}"
-        if n > MAX_PARAMS:
-            return None, f"tiny sizes leave {n:,} parameters"
-        torch.manual_seed(0)
-        return AutoModel.from_config(cfg, attn_implementation="eager").eval(), None
+    return build_tiny(lambda: _tiny_config(model_type), MAX_PARAMS)
 
 
 @pytest.mark.parametrize("model_type", TYPES)
 def test_language_stack_and_tower_are_found(model_type):
     model, reason = build(model_type)
     if model is None:
-        VLM_COVERAGE[model_type] = f"skipped: {reason}"
-        pytest.skip(reason)
+        skip_as(VLM_COVERAGE, model_type, reason)
     if not _vision.reads_images(model):  # images under another name (flattened_patches)
-        VLM_COVERAGE[model_type] = "skipped: its forward takes no pixel_values"
-        pytest.skip("its forward takes no pixel_values")
+        skip_as(VLM_COVERAGE, model_type, "its forward takes no pixel_values")
     VLM_COVERAGE[model_type] = "failed"
     stack = model.get_decoder() if callable(getattr(model, "get_decoder", None)) else None
     n_text = _arch.config_n_blocks(model.config)
     if stack is None or _arch.runner(model) is not stack or n_text is None:
-        VLM_COVERAGE[model_type] = "skipped: no language model behind get_decoder()"
-        pytest.skip("no language model behind get_decoder()")
+        skip_as(VLM_COVERAGE, model_type, "no language model behind get_decoder()")
     assert _arch.n_blocks(model) == n_text
     vcfg = getattr(model.config, "vision_config", None)
     if vcfg is not None:
@@ -85,13 +78,11 @@ def test_language_stack_and_tower_are_found(model_type):
         try:
             want = stack(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
         except Exception as e:  # noqa: BLE001
-            VLM_COVERAGE[model_type] = f"skipped: language model's own forward fails: {_short(e)}"
-            pytest.skip(_short(e))
+            skip_as(VLM_COVERAGE, model_type, f"language model's own forward fails: {_short(e)}")
     with _quiet():
         enc = TransformerActivationEncoder(model, tok, layers=[0], token_pooling="mean")
         got = enc.fit_transform(["the cat sat on the mat"])
     if max(ids) >= vocab or ids != tok("the cat sat on the mat")["input_ids"]:
-        VLM_COVERAGE[model_type] = "skipped: vocabulary smaller than the test tokenizer's"
-        pytest.skip("vocabulary smaller than the test tokenizer's")
+        skip_as(VLM_COVERAGE, model_type, "vocabulary smaller than the test tokenizer's")
     np.testing.assert_allclose(got[0, 0, 0], want[1][0].mean(0).numpy(), rtol=1e-4, atol=1e-4)
     VLM_COVERAGE[model_type] = "passed"
