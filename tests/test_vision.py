@@ -613,3 +613,24 @@ def test_cli_probe_report_shows_a_samples_pattern(tmp_path):
     assert rc == 0
     html = (tmp_path / "run" / "report.html").read_text()
     assert '"picture 3", "tokens": ["\\u003cimage>"' in html  # the sample's pattern, image first
+
+
+def test_pipeline_cross_validates_on_samples():
+    """The whole flow on images: encoder, LayerPooler and a classifier in one Pipeline that
+    cross_val_score and clone handle, with the samples as X."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+
+    from embetter_plug import LayerPooler
+
+    model, processor = make_tiny_vlm("llava")
+    rng = np.random.default_rng(0)
+    y = np.arange(16) % 2
+    rows = [{"text": "a square", "image": np.full((24, 24, 3), 40 + 170 * k, np.uint8)
+             + rng.integers(0, 30, (24, 24, 3)).astype(np.uint8)} for k in y]
+    pipe = make_pipeline(
+        TransformerActivationEncoder(model, processor=processor, token_pooling="image:mean"),
+        LayerPooler(layers=[0]), LogisticRegression(max_iter=500))
+    scores = cross_val_score(pipe, rows, y, cv=2)
+    assert scores.mean() > 0.9  # dark vs bright squares
