@@ -136,10 +136,10 @@ def collate(items: list[dict], pad_id: int) -> dict:
         vals = [it[k] for it in items if k in it]
         if not all(isinstance(v, torch.Tensor) for v in vals):
             continue
-        aligned = all(v.dim() == 2 and v.shape[0] == 1 and "input_ids" in it
-                      and v.shape[1] == _length(it) for v, it in
-                      zip(vals, [it for it in items if k in it]))
-        if aligned and len(vals) == len(items):  # one value per token: pad on the right
+        per_token = len(vals) == len(items) and all(  # one value per token of input_ids
+            "input_ids" in it and v.dim() == 2 and tuple(v.shape) == (1, _length(it))
+            for v, it in zip(vals, items))
+        if per_token:  # pad on the right
             fill = pad_id if k == "input_ids" else 0
             out[k] = torch.stack([torch.nn.functional.pad(v[0], (0, width - v.shape[1]),
                                                           value=fill) for v in vals])

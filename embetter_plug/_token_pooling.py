@@ -113,7 +113,6 @@ def make_pooler(mask, poolings: Sequence[str | float], pool_mask=None, modalitie
             if modality == "text" and base in ("mean", "max", "min"):
                 sel = sel & agg
         count = sel.sum(1)
-        empty = count == 0
         if base == "mean":
             data = (sel.float() / count.clamp(min=1)[:, None].float())[:, None, :]  # bmm weights
         elif base in ("max", "min"):
@@ -127,7 +126,8 @@ def make_pooler(mask, poolings: Sequence[str | float], pool_mask=None, modalitie
             else:
                 target = torch.round(float(base) * (count - 1).clamp(min=0).float()).long()
             data = ((rank == target[:, None]) & sel).long().argmax(1)
-        plan.append((base, data, empty if bool(empty.any()) else None))
+        # rows with no token of the modality are NaN (no check, so no device sync, otherwise)
+        plan.append((base, data, None if modality is None else count == 0))
 
     def pool(hidden):
         hidden = hidden.float()

@@ -24,6 +24,7 @@ one sequence (Qwen2-VL), only order-free poolings (mean, max, min) are defined.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 from . import _arch
@@ -52,11 +53,15 @@ def _model_class(model_or_config):
 def reads_images(model_or_config) -> str | bool:
     """``"vision"`` for a vision encoder (main input ``pixel_values``, no ``input_ids``),
     ``"vlm"`` for a model whose forward takes ``input_ids`` and ``pixel_values``, else
-    ``False``. A configuration is
-    judged by the model class transformers' ``AutoModel`` registry gives it."""
+    ``False``. A configuration is judged by the model class transformers' ``AutoModel``
+    registry gives it."""
     cls = _model_class(model_or_config)
-    if cls is None:
-        return False
+    return False if cls is None else _reads_images(cls)
+
+
+@functools.lru_cache(maxsize=None)
+def _reads_images(cls) -> str | bool:
+    """:func:`reads_images` of a model class (read once per class)."""
     try:
         params = inspect.signature(cls.forward).parameters
     except (TypeError, ValueError):

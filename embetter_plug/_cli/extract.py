@@ -33,7 +33,8 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
                    help="attention heads read by per-head parts (attn_z, attn_result, attn_q, "
                         "attn_k, attn_v, attn_entropy, ...): 'all' or comma-separated ints")
     g.add_argument("--token-pooling", default="auto",
-                   help="comma-separated: auto, lasttoken, mean, max, min, cls, or a float in [0, 1]")
+                   help="comma-separated: auto, lasttoken, mean, max, min, cls, a float in [0, "
+                        "1], or one modality's tokens such as image:mean, text:lasttoken")
     g.add_argument("--prompt-template", default=None, help="e.g. '{text}<end_of_turn>'")
     g.add_argument("--max-length", type=positive_int, default=None,
                    help="truncate texts to this many tokens (default: the model's limit)")
@@ -52,22 +53,15 @@ def _list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _layers(value: str):
+def _all_or_ints(value: str, option: str, example: str):
+    """``"all"`` or the comma-separated ints of ``option`` (``--layers``, ``--heads``)."""
     if value == "all":
         return "all"
     try:
         return [int(v) for v in _list(value)]
     except ValueError:
-        raise ValueError(f"--layers {value!r}: use 'all' or comma-separated ints such as 0,3,-1.") from None
-
-
-def _heads(value: str):
-    if value == "all":
-        return "all"
-    try:
-        return [int(v) for v in _list(value)]
-    except ValueError:
-        raise ValueError(f"--heads {value!r}: use 'all' or comma-separated ints such as 0,3.") from None
+        raise ValueError(f"{option} {value!r}: use 'all' or comma-separated ints such as "
+                         f"{example}.") from None
 
 
 def _pooling(value: str):
@@ -86,8 +80,8 @@ def encoder_from_args(args):
 
     return TransformerActivationEncoder(
         args.model, args.tokenizer, processor=getattr(args, "processor", None),
-        layers=_layers(args.layers), parts=_list(args.parts),
-        heads=_heads(getattr(args, "heads", "all")),
+        layers=_all_or_ints(args.layers, "--layers", "0,3,-1"), parts=_list(args.parts),
+        heads=_all_or_ints(getattr(args, "heads", "all"), "--heads", "0,3"),
         token_pooling=_pooling(args.token_pooling), prompt_template=args.prompt_template,
         max_length=args.max_length, batch_size=args.batch_size, device=args.device,
         dtype=args.dtype, revision=args.revision, trust_remote_code=args.trust_remote_code,
