@@ -1,6 +1,6 @@
 """The three stratified splits of ``OnlineProbes``: training, validation (chooses the epoch and
 the best probe) and test (the reported metrics), and the error that says how many texts they
-need."""
+need; the check that every fold of a cross-validation holds every class."""
 
 from __future__ import annotations
 
@@ -52,3 +52,23 @@ def three_way_split(y, classes, validation_fraction: float, test_fraction: float
         f"class. Got {n} texts; {problem}. Give more texts, or change validation_fraction or "
         "test_fraction."
     )
+
+
+def fold_class_error(splits, y) -> str | None:
+    """What is wrong when a fold's training or test rows lack a class of ``y``, else None.
+
+    A probe trained without a class cannot score it (log-loss and ROC-AUC fail), and a test
+    side of one class leaves ROC-AUC undefined (NaN), which would poison every mean and
+    p-value computed from the folds.
+    """
+    classes = np.unique(y)
+    bad = []
+    for k, (tr, te) in enumerate(splits):
+        for side, rows in (("training", tr), ("test", te)):
+            missing = np.setdiff1d(classes, y[np.asarray(rows)]).tolist()
+            if missing:
+                bad.append(f"fold {k}'s {side} rows have no class {missing[:5]}")
+    if not bad:
+        return None
+    more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+    return (f"every fold needs every class on both sides, but {'; '.join(bad[:5])}{more}")

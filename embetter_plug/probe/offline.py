@@ -12,6 +12,7 @@ from .._utils import logger
 from ..layout import select_positions
 from ._analyses import analyse, make_plan
 from ._metrics import FLIPPED, detect_task, plain, resolve_scoring
+from ._splits import fold_class_error
 from .results import DUMMY, ProbeResults
 
 __all__ = ["probe_layers", "default_probe"]
@@ -232,7 +233,7 @@ def _splits(cv, X4, y, groups, task, estimator) -> list:
     """Materialise the folds once, so every probe and the baseline share them."""
     from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold, check_cv
 
-    classifier = task == "classification"
+    classifier, given = task == "classification", cv
     if classifier and (cv is None or isinstance(cv, (Integral, StratifiedKFold, StratifiedGroupKFold))):
         n_splits = 5 if cv is None else cv if isinstance(cv, Integral) else cv.n_splits
         message = class_count_error(y, n_splits, f"cv={cv!r}")
@@ -261,4 +262,23 @@ def _splits(cv, X4, y, groups, task, estimator) -> list:
                     f"fold {k} puts group(s) {shared[:5].tolist()} on both sides; use a group-aware "
                     "splitter (GroupKFold, StratifiedGroupKFold, LeaveOneGroupOut) or an int cv."
                 )
+    if classifier:
+        message = fold_class_error(splits, y)
+        if message:
+            raise ValueError(f"cv={given!r}: {message}; {_fold_fix(y, groups, len(splits))}")
     return splits
+
+
+def _fold_fix(y, groups, n_splits: int) -> str:
+    """How to get folds that hold every class: a smaller cv that works, where one does."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if groups is None:
+        return ("use StratifiedKFold (or an int cv, which stratifies), or drop or merge the "
+                "rare classes.")
+    works = [k for k in range(n_splits - 1, 1, -1)
+             if fold_class_error(list(StratifiedGroupKFold(k).split(y, y, groups)), y) is None]
+    hint = (f"cv={works[0]} (StratifiedGroupKFold) gives such folds with these groups" if works
+            else "no StratifiedGroupKFold of these groups gives such folds")
+    return (f"whole groups go to one fold, so groups that hold few classes can leave a fold "
+            f"without a class: {hint}; or use groups that mix the classes.")

@@ -135,8 +135,19 @@ CORRECTIONS = {"holm": holm, "bonferroni": bonferroni}
 
 def permutation_pvalue(observed: float, null, greater: bool = True) -> float:
     """``(1 + #null scores at least as good as observed) / (1 + n_permutations)``, as
-    ``sklearn.model_selection.permutation_test_score`` computes it."""
+    ``sklearn.model_selection.permutation_test_score`` computes it.
+
+    NaN when ``observed`` or a null score is NaN (a metric undefined on a fold): an undefined
+    score is never significant.
+
+    Examples
+    --------
+    >>> permutation_pvalue(0.9, [0.5, 0.6, 0.95]), permutation_pvalue(float("nan"), [0.5, 0.6])
+    (0.5, nan)
+    """
     null = np.asarray(null, dtype=float)
+    if np.isnan(observed) or np.isnan(null).any():
+        return float("nan")
     hits = (null >= observed) if greater else (null <= observed)
     return float((hits.sum() + 1) / (len(null) + 1))
 
