@@ -36,7 +36,8 @@ RANKING = ("roc_auc", "f1", "balanced_accuracy", "matthews", "accuracy", "log_lo
            "r2", "spearman", "mse")
 
 
-#: the range a metric's value can take (as stored: losses positive); unknown metrics are unbounded
+#: the range a metric's value can take (as stored: losses positive); unknown metrics are
+#: unbounded. Intervals, plots and the report clip to it.
 METRIC_RANGES: dict[str, tuple[float, float]] = {
     **{m: (0.0, 1.0) for m in ("accuracy", "balanced_accuracy", "precision", "recall", "f1",
                                 "roc_auc", "average_precision", "jaccard", "top_k_accuracy")},
@@ -59,7 +60,7 @@ def metric_range(metric: str) -> tuple[float, float]:
         return METRIC_RANGES[metric]
     base = metric.split("_")[0]
     family = {"f1": "f1", "precision": "precision", "recall": "recall", "jaccard": "jaccard",
-              "roc": "roc_auc"}.get(base)
+              "roc": "roc_auc", "matthews": "matthews"}.get(base)
     return METRIC_RANGES[family] if family else (-np.inf, np.inf)
 
 

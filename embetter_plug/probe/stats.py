@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ._metrics import greater_is_better
+from ._metrics import greater_is_better, metric_range
 
 __all__ = ["corrected_interval", "corrected_ttest", "holm", "bonferroni", "permutation_pvalue",
            "INNER", "PERM", "CONTROL", "MDL_BITS", "MDL_UNIFORM", "is_special"]
@@ -36,16 +36,16 @@ MDL_UNIFORM = "mdl:uniform"
 SELECTED = "selection-free"
 
 
-#: the range of a metric's values: intervals are clipped to it
-BOUNDS = {"accuracy": (0.0, 1.0), "precision": (0.0, 1.0), "recall": (0.0, 1.0), "f1": (0.0, 1.0),
-          "roc_auc": (0.0, 1.0), "balanced_accuracy": (0.0, 1.0), "matthews": (-1.0, 1.0),
-          "spearman": (-1.0, 1.0), "r2": (-np.inf, 1.0), "log_loss": (0.0, np.inf),
-          "mse": (0.0, np.inf)}
-
-
 def clip(metric: str, low: float, high: float) -> tuple[float, float]:
-    """An interval clipped to the values ``metric`` can take."""
-    lo, hi = BOUNDS.get(metric.split(":")[-1], (-np.inf, np.inf))
+    """An interval clipped to the values ``metric`` can take (see ``metric_range``; an analysis
+    prefix such as ``control:`` is ignored).
+
+    Examples
+    --------
+    >>> clip("f1_weighted", 0.7, 1.04), clip("control:matthews", -1.2, 0.3)
+    ((0.7, 1.0), (-1.0, 0.3))
+    """
+    lo, hi = metric_range(metric.split(":")[-1])
     return float(np.clip(low, lo, hi)), float(np.clip(high, lo, hi))
 
 
