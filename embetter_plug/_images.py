@@ -121,8 +121,20 @@ def load_image(obj: Any):
 
 
 def image_digest(obj: Any) -> str:
-    """SHA-256 of an image's content: a file's or buffer's bytes, an array's or PIL image's
-    pixels (with shape and mode), so that changed pixels give a new digest."""
+    """SHA-256 of an image's content: a file's or buffer's bytes, an array's values (with dtype
+    and shape), or, for a PIL image, the RGB pixels :func:`load_image` gives the processor, so
+    that whatever changes those (pixels, size, mode, palette, transparency) gives a new digest.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> index = Image.fromarray(np.zeros((4, 4), "uint8")).convert("P")
+    >>> red, blue = index.copy(), index.copy()
+    >>> red.putpalette([255, 0, 0]); blue.putpalette([0, 0, 255])
+    >>> image_digest(red) == image_digest(blue)
+    False
+    """
     from PIL import Image
 
     h = hashlib.sha256()
@@ -134,10 +146,11 @@ def image_digest(obj: Any) -> str:
     if isinstance(obj, (bytes, bytearray)):
         h.update(obj)
         return "file:" + h.hexdigest()
-    if isinstance(obj, Image.Image):
-        h.update(f"{obj.mode}|{obj.size}".encode())
-        h.update(obj.tobytes())
-        return "pil:" + h.hexdigest()
+    if isinstance(obj, Image.Image):  # what the processor sees: a palette only shows here
+        rgb = load_image(obj)
+        h.update(f"{rgb.mode}|{rgb.size}".encode())
+        h.update(rgb.tobytes())
+        return "pil-rgb:" + h.hexdigest()
     a = np.ascontiguousarray(np.asarray(obj))
     h.update(f"{a.dtype}|{a.shape}".encode())
     h.update(a.tobytes())
