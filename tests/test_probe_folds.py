@@ -114,3 +114,17 @@ def test_a_nan_fold_never_makes_a_probe_significant():
     assert st["p_value"].isna().all() and not st["significant"].any()
     verdict = res.verdict()
     assert verdict["beats_chance"] is False and "no p-value" in verdict["message"]
+
+
+def test_test_folds_of_one_class_are_fine_for_metrics_defined_on_them():
+    # leave-one-out tests on one row: accuracy is defined there (and equals sklearn's own),
+    # ROC-AUC is not, so the default scoring is refused
+    from sklearn.model_selection import LeaveOneOut
+
+    X, y, _ = _pure_groups([2, 2], rows=5)
+    res = probe_layers(X, y, LogisticRegression(), cv=LeaveOneOut(), scoring="accuracy",
+                       layers=[0], dummy=False, nested=False)
+    ref = cross_validate(LogisticRegression(), X[:, 0, 0], y, cv=LeaveOneOut(), scoring="accuracy")
+    np.testing.assert_allclose(res.frame_.sort_values("fold")["score"], ref["test_score"])
+    with pytest.raises(ValueError, match=r"test rows have no class .*undefined on a test fold"):
+        probe_layers(X, y, _NeverFit(), cv=LeaveOneOut())

@@ -64,6 +64,23 @@ def metric_range(metric: str) -> tuple[float, float]:
     return METRIC_RANGES[family] if family else (-np.inf, np.inf)
 
 
+#: scikit-learn scorers that are undefined (NaN) or fail on a test fold that lacks a class
+_EVERY_CLASS = ("roc_auc", "neg_log_loss", "neg_brier_score", "d2_", "average_precision",
+                "top_k_accuracy", "positive_likelihood_ratio", "neg_negative_likelihood_ratio")
+
+
+def needs_every_class(scorers: dict) -> bool:
+    """Whether a scorer of ``scorers`` (from :func:`resolve_scoring`) needs every class in each
+    test fold (ROC-AUC, log-loss ...); a callable is not known to, and is not counted.
+
+    Examples
+    --------
+    >>> needs_every_class({"accuracy": "accuracy"}), needs_every_class({"roc_auc": "roc_auc_ovr"})
+    (False, True)
+    """
+    return any(isinstance(s, str) and s.startswith(_EVERY_CLASS) for s in scorers.values())
+
+
 def greater_is_better(metric: str) -> bool:
     """Whether a larger value of ``metric`` (as stored in a results frame) is better."""
     return metric not in LOWER_IS_BETTER

@@ -54,21 +54,23 @@ def three_way_split(y, classes, validation_fraction: float, test_fraction: float
     )
 
 
-def fold_class_error(splits, y) -> str | None:
-    """What is wrong when a fold's training or test rows lack a class of ``y``, else None.
+def fold_class_error(splits, y, test: bool = True) -> str | None:
+    """What is wrong when a fold's training rows (and with ``test``, its test rows) lack a class
+    of ``y``, else None.
 
     A probe trained without a class cannot score it (log-loss and ROC-AUC fail), and a test
-    side of one class leaves ROC-AUC undefined (NaN), which would poison every mean and
+    side without a class leaves ROC-AUC undefined (NaN), which would poison every mean and
     p-value computed from the folds.
     """
     classes = np.unique(y)
     bad = []
     for k, (tr, te) in enumerate(splits):
-        for side, rows in (("training", tr), ("test", te)):
+        for side, rows in (("training", tr), ("test", te))[:2 if test else 1]:
             missing = np.setdiff1d(classes, y[np.asarray(rows)]).tolist()
             if missing:
                 bad.append(f"fold {k}'s {side} rows have no class {missing[:5]}")
     if not bad:
         return None
     more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-    return (f"every fold needs every class on both sides, but {'; '.join(bad[:5])}{more}")
+    sides = "on both sides" if test else "in its training rows"
+    return f"every fold needs every class {sides}, but {'; '.join(bad[:5])}{more}"
