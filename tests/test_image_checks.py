@@ -4,7 +4,6 @@ opened PIL image) and NaN or infinite pixels are errors that name the row (and t
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -105,7 +105,8 @@ def test_allowed_model_kwargs_load_and_the_opt_ins(model_dir, tmp_path):
     assert loaded["encoder"].model_kwargs == kwargs
     # the loaded encoder passes them on: it equals one built here with the same settings
     texts = ["a short text", "and another one"]
-    want = TransformerActivationEncoder(model_dir, layers=[1], model_kwargs=kwargs).fit_transform(texts)
+    want = TransformerActivationEncoder(model_dir, layers=[1],
+                                        model_kwargs=kwargs).fit_transform(texts)
     np.testing.assert_allclose(loaded.fit_transform(texts), want[:, 0, 0], rtol=1e-5, atol=1e-6)
     # a reviewed key is let through by name; remote code settings need trust_remote_code=True
     sub = _write(_text_pipe(model_dir, model_kwargs={"subfolder": "x"}), tmp_path / "sub")
