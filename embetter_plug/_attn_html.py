@@ -13,6 +13,8 @@ import html
 import json
 from pathlib import Path
 
+from ._pages import check_writable, fill, write_page
+
 #: decimals kept per weight in the page
 DECIMALS = 4
 
@@ -93,16 +95,13 @@ def pattern_section(patterns: dict, *, heading: str = "Attention pattern") -> st
     """The view of ``{label: AttentionPattern}`` as an HTML section (style first), for a page's
     body."""
     data = json.dumps(pattern_payload(patterns)).replace("<", "\\u003c")
-    return _STYLE + "\n" + _SECTION.replace("__HEADING__", html.escape(heading)).replace(
-        "__DATA__", data)
+    return _STYLE + "\n" + fill(_SECTION, HEADING=html.escape(heading), DATA=data)
 
 
 def write_pattern_html(pattern, path, *, title: str | None = None) -> Path:
     """Write the patterns of one text (an ``AttentionPattern``) to ``path`` as an HTML page."""
     title = title or "Attention patterns"
+    check_writable(title, "title")
     section = pattern_section({"": pattern}, heading=title)
-    page = _PAGE.replace("__TITLE__", html.escape(title)).replace("__STYLE__", "").replace(
-        "__SECTION__", section)
-    path = Path(path)
-    path.write_text(page, encoding="utf-8")
-    return path
+    page = fill(_PAGE, TITLE=html.escape(title), STYLE="", SECTION=section)
+    return write_page(path, page, what="the pattern page")

@@ -3,7 +3,8 @@
 An image may be a PIL image, a path (``str`` or :class:`pathlib.Path`), encoded bytes (PNG,
 JPEG, ...) or an array (``H x W`` grey, ``H x W x 3`` RGB or ``H x W x 4`` RGBA; ``uint8``, or
 floats in ``[0, 1]``). :func:`check_image` runs before any model work: a missing or unreadable
-file, a wrongly shaped array or an image mode that cannot become RGB is named with its row.
+file (decoded in full, so a truncated one is caught), a wrongly shaped array, NaN pixels or an
+image mode that cannot become RGB is named with its row.
 :func:`image_digest` keys the activation cache on the image's content, so changed pixels miss.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +42,12 @@ def _array_problem(a: np.ndarray) -> str | None:
         return f"an empty array of shape {a.shape}"
     if a.dtype == np.uint8:
         return None
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        bad = np.argwhere(~np.isfinite(a))
+        return (f"a {a.dtype} array with {len(bad)} NaN or infinite value(s) (first at index "
+                f"{tuple(bad[0].tolist())}); fill them (e.g. np.nan_to_num(a)) or drop the image")
     if np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer):
-        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        lo, hi = float(np.min(a)), float(np.max(a))
         if np.issubdtype(a.dtype, np.floating) and 0.0 <= lo and hi <= 1.0:
             return None
         return (f"a {a.dtype} array with values in [{lo:g}, {hi:g}]; give uint8 (0-255) or "
@@ -49,32 +55,44 @@ def _array_problem(a: np.ndarray) -> str | None:
     return f"an array of dtype {a.dtype}; give uint8 or floats in [0, 1]"
 
 
+def _decode(open_image, what: str, where: str, not_image: str = "is not an image file") -> str:
+    """Decode an image fully (``load``): the mode it has, or a ValueError naming ``where`` and
+    ``what`` (the file) when it is not an image or cannot be decoded, e.g. a truncated JPEG."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open_image() as im:
+            mode = im.mode
+            im.load()
+        return mode
+    except UnidentifiedImageError:
+        raise ValueError(f"{where}: {what} {not_image} (PNG, JPEG, ...).") from None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{where}: {what} cannot be decoded ({e}); re-save or drop it.") from None
+
+
 def check_image(obj: Any, where: str) -> None:
     """Raise a clear error when ``obj`` cannot be read as an image (``where`` names the row).
 
-    Files are opened only to read their header; nothing is decoded.
+    Files and bytes are decoded fully, so a truncated or corrupt one fails here, before any
+    model work, rather than halfway through an extraction.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if isinstance(obj, Image.Image):
         mode = obj.mode
+        name = getattr(obj, "filename", "") or ""
+        _decode(lambda: nullcontext(obj), f"the image{f' read from {name!r}' if name else ''}",
+                where)
     elif isinstance(obj, (str, Path)):
         path = Path(obj)
         if not path.is_file():
             raise FileNotFoundError(f"{where}: image file {str(obj)!r} does not exist (relative "
                                     f"paths are read from {Path.cwd()}).")
-        try:
-            with Image.open(path) as im:
-                mode = im.mode
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"{where}: {str(obj)!r} is not a readable image ({e}).") from None
+        mode = _decode(lambda: Image.open(path), f"image file {str(obj)!r}", where)
     elif isinstance(obj, (bytes, bytearray)):
-        try:
-            with Image.open(io.BytesIO(obj)) as im:
-                mode = im.mode
-        except (UnidentifiedImageError, OSError):
-            raise ValueError(f"{where}: {len(obj)} bytes that are not an image file (PNG, JPEG, "
-                             "...).") from None
+        mode = _decode(lambda: Image.open(io.BytesIO(obj)), f"{len(obj)} bytes", where,
+                       "that are not an image file")
     elif isinstance(obj, np.ndarray) or hasattr(obj, "__array__") and not isinstance(obj, str):
         problem = _array_problem(np.asarray(obj))
         if problem:
@@ -121,8 +139,20 @@ def load_image(obj: Any):
 
 
 def image_digest(obj: Any) -> str:
-    """SHA-256 of an image's content: a file's or buffer's bytes, an array's or PIL image's
-    pixels (with shape and mode), so that changed pixels give a new digest."""
+    """SHA-256 of an image's content: a file's or buffer's bytes, an array's values (with dtype
+    and shape), or, for a PIL image, the RGB pixels :func:`load_image` gives the processor, so
+    that whatever changes those (pixels, size, mode, palette, transparency) gives a new digest.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> index = Image.fromarray(np.zeros((4, 4), "uint8")).convert("P")
+    >>> red, blue = index.copy(), index.copy()
+    >>> red.putpalette([255, 0, 0]); blue.putpalette([0, 0, 255])
+    >>> image_digest(red) == image_digest(blue)
+    False
+    """
     from PIL import Image
 
     h = hashlib.sha256()
@@ -134,10 +164,11 @@ def image_digest(obj: Any) -> str:
     if isinstance(obj, (bytes, bytearray)):
         h.update(obj)
         return "file:" + h.hexdigest()
-    if isinstance(obj, Image.Image):
-        h.update(f"{obj.mode}|{obj.size}".encode())
-        h.update(obj.tobytes())
-        return "pil:" + h.hexdigest()
+    if isinstance(obj, Image.Image):  # what the processor sees: a palette only shows here
+        rgb = load_image(obj)
+        h.update(f"{rgb.mode}|{rgb.size}".encode())
+        h.update(rgb.tobytes())
+        return "pil-rgb:" + h.hexdigest()
     a = np.ascontiguousarray(np.asarray(obj))
     h.update(f"{a.dtype}|{a.shape}".encode())
     h.update(a.tobytes())

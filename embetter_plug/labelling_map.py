@@ -11,6 +11,7 @@ import numpy as np
 from ._map_inputs import (PROJECTIONS, check_choice, check_classifier_output, check_embedding,
                           check_labels, project)
 from ._map_page import iframe_html, page_html, require_plotly
+from ._pages import check_writable, plotly_text, write_page
 from ._utils import check_texts
 
 __all__ = ["LabellingMap"]
@@ -118,6 +119,7 @@ class LabellingMap:
         X = check_embedding(X, len(texts))
         labels = check_labels(labels, len(texts), "labels")
         proba, classes, predictions = check_classifier_output(proba, classes, predictions, len(texts))
+        _check_writable(texts, labels, title, classes, predictions)
         check_choice("color_by", color_by, (None, *COLOR_MODES))
         check_choice("render_mode", render_mode, RENDER_MODES)
         xy, fitted, titles = project(X, projection, random_state)
@@ -167,7 +169,7 @@ class LabellingMap:
         texts = check_texts(texts, name="texts")
         if len(X) != len(texts):
             raise ValueError(f"X has {len(X)} rows but texts has {len(texts)}; give one text per row.")
-        check_labels(labels, len(texts), "labels")
+        _check_writable(texts, check_labels(labels, len(texts), "labels"), kwargs.get("title"))
         head, last = (estimator[:-1], estimator[-1]) if isinstance(estimator, Pipeline) else (None, estimator)
         if not (hasattr(last, "predict_proba") or is_classifier(last) or hasattr(last, "transform")):
             raise TypeError(f"the last step ({type(last).__name__}) is neither a classifier nor a "
@@ -212,6 +214,7 @@ class LabellingMap:
         labels = check_labels(self.labels, n, "labels") or [None] * n
         proba, classes, predictions = check_classifier_output(self.proba, self.classes,
                                                                self.predictions, n)
+        _check_writable(texts, labels, title, classes, predictions)
         modes = ["label"] + (["prediction"] if predictions is not None else []) + \
             (["uncertainty"] if proba is not None else [])
         color_by = color_by or ("uncertainty" if proba is not None else "label")
@@ -224,9 +227,10 @@ class LabellingMap:
         colors = dict(zip(order, _palette(len(order))))
         traces, group = [], []
 
-        def add(mode, rows, name, marker, **extra):
+        def add(mode, rows, name, marker, **extra):  # a label is text, never plotly markup
             traces.append(Scatter(
-                x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=name, customdata=rows.tolist(),
+                x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=plotly_text(name),
+                customdata=rows.tolist(),
                 hovertemplate="%{text}<extra></extra>", marker={"size": size, "opacity": 0.8, **marker},
                 visible=mode == color_by, **extra))
             group.append(mode)
@@ -255,8 +259,8 @@ class LabellingMap:
         group.append(None)
         layout = {"dragmode": "select",
                   "hovermode": "closest", "legend": {"itemsizing": "constant"},
-                  "xaxis": {"title": {"text": self.axis_titles[0]}, "zeroline": False},
-                  "yaxis": {"title": {"text": self.axis_titles[1]}, "zeroline": False},
+                  "xaxis": {"title": {"text": plotly_text(self.axis_titles[0])}, "zeroline": False},
+                  "yaxis": {"title": {"text": plotly_text(self.axis_titles[1])}, "zeroline": False},
                   "margin": {"l": 50, "r": 20, "t": 50 if title else 30, "b": 40},
                   "template": "plotly_white"}
         if len(modes) > 1:
@@ -266,7 +270,7 @@ class LabellingMap:
                     {"label": f"colour by {m}", "method": "restyle",
                      "args": [{"visible": [g in (m, None) for g in group]}]} for m in modes]}]
         if title:
-            layout["title"] = {"text": title}
+            layout["title"] = {"text": plotly_text(title)}
         fig = go.Figure(traces, layout)
         hover_text = _hover_texts(texts, labels, predictions, proba)
         for trace in fig.data:
@@ -297,8 +301,7 @@ class LabellingMap:
         if not path.parent.is_dir():
             raise FileNotFoundError(f"the folder of {str(path)!r} does not exist; create "
                                     f"{str(path.parent)!r} first or choose another path.")
-        path.write_text(self.to_html(), encoding="utf-8")
-        return path
+        return write_page(path, self.to_html(), what="the map")
 
     def _repr_html_(self) -> str:
         return iframe_html(self.to_html())
@@ -332,6 +335,18 @@ def _palette(k: int) -> list[str]:
 
     colors = list(q.Plotly) + list(q.Alphabet)
     return [colors[i % len(colors)] for i in range(k)]
+
+
+def _check_writable(texts, labels, title, classes=None, predictions=None) -> None:
+    """Everything the page will hold must be text UTF-8 can write: checked before the
+    projection (a lone surrogate would otherwise fail the write after all the work)."""
+    check_writable(texts, "texts")
+    check_writable(labels or [], "labels")
+    if title is not None:
+        check_writable(str(title), "title")
+    for name, values in (("classes", classes), ("predictions", predictions)):
+        if values is not None:
+            check_writable([str(v) for v in values], name)
 
 
 def _hover_texts(texts, labels, predictions, proba) -> list[str]:

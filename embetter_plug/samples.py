@@ -4,7 +4,8 @@ Wherever the encoder takes texts it also takes samples that carry an image:
 
 - a list of dicts ``{"text": ..., "image": ...}`` (either key may be missing or ``None``);
 - a DataFrame with an ``image`` column and, optionally, a ``text`` column;
-- ``(text, image)`` pairs;
+- ``(text, image)`` pairs (the image an image object, a path or an existing file's name; two
+  texts are not a pair);
 - images alone (PIL images, arrays, bytes, paths given as :class:`pathlib.Path`), or a stack of
   images as one array ``(n, H, W)`` / ``(n, H, W, 3)``, for a vision encoder.
 
@@ -124,6 +125,7 @@ def _one(x, where: str) -> Sample:
                              "'image'.")
         return _make(x.get("text"), x.get("image"), where)
     if isinstance(x, tuple) and len(x) == 2:
+        _check_pair(x, where)
         return _make(x[0], x[1], where)
     if isinstance(x, str):
         return _make(x, None, where)
@@ -131,6 +133,24 @@ def _one(x, where: str) -> Sample:
         return _make(None, x, where)
     raise TypeError(f"{where}: {type(x).__name__} is neither a text, an image nor a sample; give "
                     "{'text': ..., 'image': ...} dicts, (text, image) pairs or images.")
+
+
+def _check_pair(x: tuple, where: str) -> None:
+    """A ``(text, image)`` pair holds an image second: an image object, a Path, or a string that
+    names an existing file. Two strings otherwise are a pair of texts, which no model reads as
+    one sample."""
+    text, image = x
+    if not isinstance(image, str) or Path(image).is_file():
+        return
+    shown = ", ".join(repr(v if len(v) <= 40 else v[:37] + "...") if isinstance(v, str) else
+                      type(v).__name__ for v in x)
+    raise ValueError(
+        f"{where}: ({shown}) is a pair of texts, which is not a sample format: a pair is "
+        "(text, image), with an image (a PIL image, a path, bytes or an array) second. Join the "
+        "two texts into one string (e.g. f\"{a} {tokenizer.sep_token} {b}\") or encode each "
+        f"side on its own. If {image[:60]!r} names an image file, it does not exist (relative "
+        f"paths are read from {Path.cwd()})."
+    )
 
 
 def has_images(inputs: list) -> bool:

@@ -69,7 +69,9 @@ def read_csv(path: str | None):
         raise FileNotFoundError(f"--data {path!r} does not exist.")
     if p.is_dir():
         raise ValueError(f"--data {path!r} is a folder; give a CSV file.")
-    return pd.read_csv(p, keep_default_na=False), p.stem
+    from embetter_plug._pages import display_name
+
+    return pd.read_csv(p, keep_default_na=False), display_name(p.stem)  # written in pages, CSVs
 
 
 def check_columns(df, path: str | None, **columns: str) -> None:

@@ -104,6 +104,7 @@ def run(args) -> int:
     import numpy as np
 
     from embetter_plug import ContrastiveTuner, FeedForwardTuner, LabellingMap, LayerPooler
+    from embetter_plug._pages import display_name
 
     _check_installed(args)
     out = _check_out(args)
@@ -126,7 +127,8 @@ def run(args) -> int:
         clf = LogisticRegression(max_iter=1000).fit(X[train], y)
         kwargs = {"proba": clf.predict_proba(X), "classes": clf.classes_}
     m = LabellingMap.from_embeddings(X, texts, labels, projection=args.projection,
-                                     random_state=args.seed, title=args.title or name, **kwargs)
+                                     random_state=args.seed, title=display_name(args.title or name),
+                                     **kwargs)
     m.save(out)
     n_labelled = sum(v is not None for v in labels or [])
     print(f"wrote {out}: {len(texts)} texts ({n_labelled} labelled), {args.projection} of "

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ._data import (HelpFormatter, add_progress_arguments, check_cells, check_columns, read_samples,
                     int_at_least, positive_int, read_csv, where)
+from .._pages import display_name
 from ._runs import InterruptNote, new_run_folder, open_hint
 from ._heads import PATTERN_MAX_TOKENS, pattern_of, pattern_row, pattern_text
 from .extract import add_encoder_arguments, add_image_argument, encoder_from_args
@@ -143,7 +144,7 @@ def _read(args):
         _check_class_counts(df, y, task, args, f" in the --max-samples {args.max_samples} subsample")
     inputs = (df[args.text_col].tolist() if image_col is None
               else read_samples(df, args.data, args.text_col, image_col))
-    return inputs, np.asarray(y), args.name or name, task
+    return inputs, np.asarray(y), display_name(args.name or name), task
 
 
 def _check_class_counts(df, y, task: str, args, scope: str = "") -> None:
@@ -178,7 +179,7 @@ def _estimator(args, task: str):
 def _model_label(model) -> str:
     if model is None:
         return BUILTIN_MODEL
-    return Path(model).name if Path(model).exists() else str(model)
+    return display_name(Path(model).name if Path(model).exists() else str(model))
 
 
 def _with_pooling(results, enc):

@@ -5,8 +5,10 @@ The folder holds ``pipeline.skops`` (the pipeline, written by ``skops.io``) and,
 written by :func:`~embetter_plug.models.save_model` (``config.json`` + ``model.safetensors``).
 Loading checks skops' list of the types in the file against the types this package vouches
 for, plus the ones skops trusts itself (scikit-learn, NumPy, SciPy); anything else is refused
-unless the caller names it in ``trusted``. An encoder that would run a model's own code
-(``trust_remote_code=True``) is refused unless the caller allows it.
+unless the caller names it in ``trusted``. An encoder anywhere inside (a FeatureUnion, a
+ColumnTransformer, a grid search ...) that would run a model's own code
+(``trust_remote_code=True``) or pass loading settings that are not on a small allow-list is
+refused unless the caller allows it (:mod:`._load_checks`).
 """
 
 from __future__ import annotations
@@ -118,9 +120,12 @@ def is_saved_pipeline(path: Path) -> bool:
 
 
 def load_pipeline(path: str | Path, *, device: Any = None, trusted: list[str] | None = None,
-                  trust_remote_code: bool = False):
-    """Read a folder written by :func:`save_pipeline`, refusing types nobody vouched for."""
+                  trust_remote_code: bool = False, model_kwargs_allowed: list[str] | None = None):
+    """Read a folder written by :func:`save_pipeline`, refusing types nobody vouched for, and
+    remote code or loading settings nobody allowed anywhere inside (see ``_load_checks``)."""
     import skops.io as sio
+
+    from ._load_checks import check_loaded
 
     path = Path(path)
     data = (path / PIPELINE_FILE).read_bytes()
@@ -131,18 +136,6 @@ def load_pipeline(path: str | Path, *, device: Any = None, trusted: list[str] | 
                         "Loading them could run code; if you trust where the file comes from, "
                         "pass them as load_model(..., trusted=[...]).")
     pipe = sio.loads(data, trusted=sorted(found))
-    pipe = _restore_models(pipe, path, device)
-    _check_remote_code(pipe, trust_remote_code, path)
-    return pipe
-
-
-def _check_remote_code(est, allowed: bool, path: Path) -> None:
-    for step in [est, *[s for _, s in getattr(est, "steps", [])]]:
-        if getattr(step, "steps", None) is not None and step is not est:
-            _check_remote_code(step, allowed, path)
-        if type(step).__name__ == "TransformerActivationEncoder" and step.trust_remote_code \
-                and not allowed:
-            raise ValueError(f"the pipeline in {path} has an encoder with trust_remote_code=True "
-                             f"(model {step.model!r}), which runs that model's own code when it "
-                             "loads; pass load_model(..., trust_remote_code=True) only if you "
-                             "trust both.")
+    check_loaded(pipe, path, trust_remote_code=trust_remote_code,
+                 allowed_model_kwargs=model_kwargs_allowed)
+    return _restore_models(pipe, path, device)

@@ -90,19 +90,26 @@ def save_model(model, path: str | Path) -> Path:
 
 
 def load_model(path: str | Path, *, device: Any = None, trusted: list[str] | None = None,
-               trust_remote_code: bool = False):
+               trust_remote_code: bool = False, model_kwargs_allowed: list[str] | None = None):
     """Load a model or pipeline saved by :func:`save_model`; ``device`` overrides the saved one.
 
     A pipeline's file may hold only types that this package or skops vouch for; ``trusted``
-    adds type names (``"module.Class"``) you trust after reviewing them. An encoder saved with
-    ``trust_remote_code=True`` is refused unless ``trust_remote_code=True`` is passed here.
+    adds type names (``"module.Class"``) you trust after reviewing them. An encoder anywhere in
+    it (a step, inside a FeatureUnion, a ColumnTransformer or a grid search) saved with
+    ``trust_remote_code=True`` is refused unless ``trust_remote_code=True`` is passed here. Its
+    ``model_kwargs`` (passed to ``from_pretrained``) are taken as they are only for placement
+    and precision settings (``device_map``, ``dtype``, ``attn_implementation`` of
+    transformers' own kernels ...) and config overrides holding numbers; other keys (such as
+    ``code_revision``, ``weights_only`` or ``subfolder``) are refused unless named in
+    ``model_kwargs_allowed`` after reviewing them.
     """
     from ._pipeline_io import is_saved_pipeline, load_pipeline
 
     path = Path(path)
     if is_saved_pipeline(path):
         return load_pipeline(path, device=device, trusted=trusted,
-                             trust_remote_code=trust_remote_code)
+                             trust_remote_code=trust_remote_code,
+                             model_kwargs_allowed=model_kwargs_allowed)
     cfg_file, weights = path / CONFIG, path / WEIGHTS
     if not cfg_file.is_file() or not weights.is_file():
         raise FileNotFoundError(f"{path} is not a saved model: expected {CONFIG} and {WEIGHTS} in it.")

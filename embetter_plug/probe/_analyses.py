@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ._metrics import FLIPPED
+from ._metrics import FLIPPED, needs_every_class
+from ._splits import fold_class_error
 from .stats import CONTROL, INNER, MDL_BITS, MDL_UNIFORM, PERM
 
 
@@ -31,13 +32,22 @@ class Plan:
     mdl_seed: int = 0
 
 
-def inner_splits(splits, y, groups, classifier: bool) -> list[list[tuple]]:
+def inner_splits(splits, y, groups, classifier: bool, test: bool = True) -> list[list[tuple]]:
     """For every outer fold, the (train, test) pairs of a CV on the rows outside its test fold.
 
     When the outer test folds partition the rows (k-fold, k >= 3), the inner folds are the other
     outer folds, so a fit on "all but folds j and k" serves both outer folds j and k. Otherwise
     a 3-fold split (stratified, group-aware where the outer one is) of each training side.
+    None when there are too few rows, or (labels) an inner fold would lack a class (in its
+    test rows too with ``test``: the primary metric needs them all).
     """
+    out = _inner_splits(splits, y, groups, classifier)
+    if out is not None and classifier and any(fold_class_error(pairs, y, test) for pairs in out):
+        return None  # an inner fold without a class cannot be scored
+    return out
+
+
+def _inner_splits(splits, y, groups, classifier: bool) -> list[list[tuple]] | None:
     from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
     n = len(y)
@@ -94,10 +104,12 @@ def make_plan(X4, y, task: str, scorers: dict, splits, groups, estimator, *, nes
         types = row_types(X4) if control is True else np.asarray(control)
         plan.control_y = control_labels(y, types, seed)
     if nested:
-        plan.inner = inner_splits(splits, y, plan.groups, task == "classification")
+        plan.inner = inner_splits(splits, y, plan.groups, task == "classification",
+                                  needs_every_class({plan.primary: scorers[plan.primary]}))
         if plan.inner is None:
             logger.warning("no selection-free estimate: the training rows of a fold are too few "
-                           "for an inner cross-validation; use a larger cv or more rows.")
+                           "for an inner cross-validation, or an inner fold would lack a class; "
+                           "use a larger cv or more rows (or groups that mix the classes).")
     return plan
 
 

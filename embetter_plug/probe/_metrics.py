@@ -36,7 +36,8 @@ RANKING = ("roc_auc", "f1", "balanced_accuracy", "matthews", "accuracy", "log_lo
            "r2", "spearman", "mse")
 
 
-#: the range a metric's value can take (as stored: losses positive); unknown metrics are unbounded
+#: the range a metric's value can take (as stored: losses positive); unknown metrics are
+#: unbounded. Intervals, plots and the report clip to it.
 METRIC_RANGES: dict[str, tuple[float, float]] = {
     **{m: (0.0, 1.0) for m in ("accuracy", "balanced_accuracy", "precision", "recall", "f1",
                                 "roc_auc", "average_precision", "jaccard", "top_k_accuracy")},
@@ -59,8 +60,25 @@ def metric_range(metric: str) -> tuple[float, float]:
         return METRIC_RANGES[metric]
     base = metric.split("_")[0]
     family = {"f1": "f1", "precision": "precision", "recall": "recall", "jaccard": "jaccard",
-              "roc": "roc_auc"}.get(base)
+              "roc": "roc_auc", "matthews": "matthews"}.get(base)
     return METRIC_RANGES[family] if family else (-np.inf, np.inf)
+
+
+#: scikit-learn scorers that are undefined (NaN) or fail on a test fold that lacks a class
+_EVERY_CLASS = ("roc_auc", "neg_log_loss", "neg_brier_score", "d2_", "average_precision",
+                "top_k_accuracy", "positive_likelihood_ratio", "neg_negative_likelihood_ratio")
+
+
+def needs_every_class(scorers: dict) -> bool:
+    """Whether a scorer of ``scorers`` (from :func:`resolve_scoring`) needs every class in each
+    test fold (ROC-AUC, log-loss ...); a callable is not known to, and is not counted.
+
+    Examples
+    --------
+    >>> needs_every_class({"accuracy": "accuracy"}), needs_every_class({"roc_auc": "roc_auc_ovr"})
+    (False, True)
+    """
+    return any(isinstance(s, str) and s.startswith(_EVERY_CLASS) for s in scorers.values())
 
 
 def greater_is_better(metric: str) -> bool:

@@ -1,6 +1,6 @@
 """The three stratified splits of ``OnlineProbes``: training, validation (chooses the epoch and
 the best probe) and test (the reported metrics), and the error that says how many texts they
-need."""
+need; the check that every fold of a cross-validation holds every class."""
 
 from __future__ import annotations
 
@@ -52,3 +52,25 @@ def three_way_split(y, classes, validation_fraction: float, test_fraction: float
         f"class. Got {n} texts; {problem}. Give more texts, or change validation_fraction or "
         "test_fraction."
     )
+
+
+def fold_class_error(splits, y, test: bool = True) -> str | None:
+    """What is wrong when a fold's training rows (and with ``test``, its test rows) lack a class
+    of ``y``, else None.
+
+    A probe trained without a class cannot score it (log-loss and ROC-AUC fail), and a test
+    side without a class leaves ROC-AUC undefined (NaN), which would poison every mean and
+    p-value computed from the folds.
+    """
+    classes = np.unique(y)
+    bad = []
+    for k, (tr, te) in enumerate(splits):
+        for side, rows in (("training", tr), ("test", te))[:2 if test else 1]:
+            missing = np.setdiff1d(classes, y[np.asarray(rows)]).tolist()
+            if missing:
+                bad.append(f"fold {k}'s {side} rows have no class {missing[:5]}")
+    if not bad:
+        return None
+    more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+    sides = "on both sides" if test else "in its training rows"
+    return f"every fold needs every class {sides}, but {'; '.join(bad[:5])}{more}"

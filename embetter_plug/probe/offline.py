@@ -11,7 +11,8 @@ import numpy as np
 from .._utils import logger
 from ..layout import select_positions
 from ._analyses import analyse, make_plan
-from ._metrics import FLIPPED, detect_task, plain, resolve_scoring
+from ._metrics import FLIPPED, detect_task, needs_every_class, plain, resolve_scoring
+from ._splits import fold_class_error
 from .results import DUMMY, ProbeResults
 
 __all__ = ["probe_layers", "default_probe"]
@@ -130,7 +131,7 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
         estimator = default_probe(task)
     n_classes = len(np.unique(y)) if task == "classification" else 0
     scorers = resolve_scoring(scoring, task, n_classes, estimator)
-    splits = _splits(cv, X4, y, groups, task, estimator)
+    splits = _splits(cv, X4, y, groups, task, estimator, scorers)
 
     if is_classifier(estimator) and task == "regression":
         raise ValueError(f"{type(estimator).__name__} is a classifier but y is a regression target.")
@@ -228,11 +229,13 @@ def class_count_error(y, n_splits: int, given: str) -> str | None:
             f"{shown}{more}")
 
 
-def _splits(cv, X4, y, groups, task, estimator) -> list:
-    """Materialise the folds once, so every probe and the baseline share them."""
+def _splits(cv, X4, y, groups, task, estimator, scorers=None) -> list:
+    """Materialise the folds once, so every probe and the baseline share them. Labels: every
+    fold must train on every class, and (for ``scorers`` such as ROC-AUC, or when not given)
+    test on every class too."""
     from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold, check_cv
 
-    classifier = task == "classification"
+    classifier, given = task == "classification", cv
     if classifier and (cv is None or isinstance(cv, (Integral, StratifiedKFold, StratifiedGroupKFold))):
         n_splits = 5 if cv is None else cv if isinstance(cv, Integral) else cv.n_splits
         message = class_count_error(y, n_splits, f"cv={cv!r}")
@@ -261,4 +264,27 @@ def _splits(cv, X4, y, groups, task, estimator) -> list:
                     f"fold {k} puts group(s) {shared[:5].tolist()} on both sides; use a group-aware "
                     "splitter (GroupKFold, StratifiedGroupKFold, LeaveOneGroupOut) or an int cv."
                 )
+    if classifier:
+        test = scorers is None or needs_every_class(scorers)
+        message = fold_class_error(splits, y, test)
+        if message:
+            why = (" (the scoring, e.g. ROC-AUC or log-loss, is undefined on a test fold without "
+                   "a class)" if test and "test rows" in message else "")
+            raise ValueError(f"cv={given!r}: {message}{why}; "
+                             f"{_fold_fix(y, groups, len(splits), test)}")
     return splits
+
+
+def _fold_fix(y, groups, n_splits: int, test: bool) -> str:
+    """How to get folds that hold every class: a smaller cv that works, where one does."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if groups is None:
+        return ("use StratifiedKFold (or an int cv, which stratifies), or drop or merge the "
+                "rare classes.")
+    works = [k for k in range(n_splits - 1, 1, -1) if fold_class_error(
+        list(StratifiedGroupKFold(k).split(y, y, groups)), y, test) is None]
+    hint = (f"cv={works[0]} (StratifiedGroupKFold) gives such folds with these groups" if works
+            else "no StratifiedGroupKFold of these groups gives such folds")
+    return (f"whole groups go to one fold, so groups that hold few classes can leave a fold "
+            f"without a class: {hint}; or use groups that mix the classes.")

@@ -97,6 +97,10 @@ def write_report(results, path, *, title: str | None = None, patterns=None) -> P
     >>> write_report(res, "probe_report.html").name
     'probe_report.html'
     """
+    from .._pages import check_writable, fill, write_page
+
+    title = title or "Probe results"
+    check_writable(title, "title")
     if not isinstance(results, ProbeResults):
         results = ProbeResults.read(results)
     rows = report_rows(results)
@@ -107,13 +111,10 @@ def write_report(results, path, *, title: str | None = None, patterns=None) -> P
                "selection": _selection(results), "stats": list(STAT_COLUMNS.values()),
                "warning": "" if verdict["beats_chance"] else verdict["message"]}
     data = json.dumps(payload).replace("<", "\\u003c")
-    title = title or "Probe results"
-    page = _TEMPLATE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
+    page = fill(_TEMPLATE, TITLE=html.escape(title), DATA=data)
     if patterns is not None:
         page = _with_patterns(page, patterns)
-    path = Path(path)
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_page(path, page, what="the report")
 
 
 def _with_patterns(page: str, patterns) -> str:

@@ -278,7 +278,10 @@ class ProbeResults:
             floor = min(1.0, n / (n_perm + 1))
             hint = (f" With {n_perm} permutations no p-value can go below {floor:.3f} after "
                     f"correction; use at least {int(np.ceil(n / alpha))}."
-                    if floor >= alpha else "")
+                    if floor >= alpha and n else "")
+            if p.isna().any():
+                hint += (f" {int(p.isna().sum())} probe(s) have no p-value: {metric} is undefined "
+                         "(NaN) on a fold of theirs, so they are not counted as significant.")
             return {"beats_chance": ok, "basis": "permutation", "message": (
                 f"{NO_BETTER} on {metric}: no probe's permutation p-value is below {alpha} after "
                 f"{correction.capitalize()} correction over {n} probes (smallest "

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ._metrics import greater_is_better
+from ._metrics import greater_is_better, metric_range
 
 __all__ = ["corrected_interval", "corrected_ttest", "holm", "bonferroni", "permutation_pvalue",
            "INNER", "PERM", "CONTROL", "MDL_BITS", "MDL_UNIFORM", "is_special"]
@@ -36,16 +36,16 @@ MDL_UNIFORM = "mdl:uniform"
 SELECTED = "selection-free"
 
 
-#: the range of a metric's values: intervals are clipped to it
-BOUNDS = {"accuracy": (0.0, 1.0), "precision": (0.0, 1.0), "recall": (0.0, 1.0), "f1": (0.0, 1.0),
-          "roc_auc": (0.0, 1.0), "balanced_accuracy": (0.0, 1.0), "matthews": (-1.0, 1.0),
-          "spearman": (-1.0, 1.0), "r2": (-np.inf, 1.0), "log_loss": (0.0, np.inf),
-          "mse": (0.0, np.inf)}
-
-
 def clip(metric: str, low: float, high: float) -> tuple[float, float]:
-    """An interval clipped to the values ``metric`` can take."""
-    lo, hi = BOUNDS.get(metric.split(":")[-1], (-np.inf, np.inf))
+    """An interval clipped to the values ``metric`` can take (see ``metric_range``; an analysis
+    prefix such as ``control:`` is ignored).
+
+    Examples
+    --------
+    >>> clip("f1_weighted", 0.7, 1.04), clip("control:matthews", -1.2, 0.3)
+    ((0.7, 1.0), (-1.0, 0.3))
+    """
+    lo, hi = metric_range(metric.split(":")[-1])
     return float(np.clip(low, lo, hi)), float(np.clip(high, lo, hi))
 
 
@@ -135,8 +135,19 @@ CORRECTIONS = {"holm": holm, "bonferroni": bonferroni}
 
 def permutation_pvalue(observed: float, null, greater: bool = True) -> float:
     """``(1 + #null scores at least as good as observed) / (1 + n_permutations)``, as
-    ``sklearn.model_selection.permutation_test_score`` computes it."""
+    ``sklearn.model_selection.permutation_test_score`` computes it.
+
+    NaN when ``observed`` or a null score is NaN (a metric undefined on a fold): an undefined
+    score is never significant.
+
+    Examples
+    --------
+    >>> permutation_pvalue(0.9, [0.5, 0.6, 0.95]), permutation_pvalue(float("nan"), [0.5, 0.6])
+    (0.5, nan)
+    """
     null = np.asarray(null, dtype=float)
+    if np.isnan(observed) or np.isnan(null).any():
+        return float("nan")
     hits = (null >= observed) if greater else (null <= observed)
     return float((hits.sum() + 1) / (len(null) + 1))
 
