@@ -542,15 +542,6 @@ def test_dual_encoders_read_texts_and_images_apart(kind):
             [{"text": "a cat", "image": images[0]}])
 
 
-def test_cluster_extraction_refuses_images_before_starting():
-    from embetter_plug import extract_distributed
-
-    model, processor = make_tiny_vlm("llava")
-    enc = TransformerActivationEncoder(model, processor=processor, layers=[0]).fit()
-    with pytest.raises(ValueError, match="extract_distributed takes texts only.*extract_to"):
-        extract_distributed(enc, "unused-folder", [{"text": "a", "image": _img(0)}])
-
-
 @pytest.mark.parametrize("kind", ["llava", "gemma3", "qwen2_vl"])
 def test_attention_patterns_of_samples_equal_eager_attentions(kind):
     import copy
