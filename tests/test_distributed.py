@@ -368,3 +368,62 @@ def test_image_samples_equal_in_process_extraction_and_images_are_read_by_the_ac
     assert sum(counted(counts)) == 15  # each sample forwarded once, in the actors
     # in-memory images travel as a PNG of the RGB picture the encoder reads: the same rows
     np.testing.assert_allclose(X[10], enc.transform([inputs[10]])[0], rtol=1e-5, atol=1e-6)
+
+
+def test_image_dir_on_the_cluster_resumes_after_a_killed_driver(image_set, cli_setup,
+                                                                ray_cluster, tmp_path):
+    """`extract --image-dir --ray`: the driver is killed after two shards, the rerun resumes
+    and computes only the rest; the folder equals in-process extraction, the labels (two
+    levels) lie beside it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pandas as pd
+
+    from embetter_plug import TransformerActivationEncoder, read_image_folder
+
+    root, model = image_set
+    driver = cli_setup[0] / "driver.py"
+    out = tmp_path / "acts"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    options = ["--model", str(model), "--image-dir", str(root), "--prompt", "What is it?",
+               "--hierarchy", str(root / "hierarchy.csv"), "--out", str(out),
+               "--shard-size", "8", "--layers", "0,1", "--token-pooling", "image:mean,mean",
+               "--batch-size", "4", "--ray", ray_cluster.address, "--ray-num-cpus", "0.5",
+               "--ray-batch-size", "4"]
+
+    def cmd(counts, delay, *more):
+        return [sys.executable, str(driver), os.path.dirname(__file__), ray_cluster.address,
+                str(counts), str(delay), "extract", *options, *more]
+
+    proc = subprocess.Popen(cmd(tmp_path / "first.txt", 1.0, "--ray-shared-storage"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None and len(_complete(out)) < 2:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    complete = _complete(out)
+    assert 2 <= len(complete) < 4
+
+    rerun = subprocess.run(cmd(tmp_path / "second.txt", 0, "--ray-actors", "2"), env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resumed" in rerun.stdout
+    assert sum(counted(tmp_path / "second.txt")) == 32 - 8 * len(complete)
+    samples, labels = read_image_folder(root, prompt="What is it?",
+                                        hierarchy=root / "hierarchy.csv")
+    ref = TransformerActivationEncoder(str(model), layers=[0, 1],
+                                       token_pooling=["image:mean", "mean"], batch_size=4).fit()
+    X, layout = load_activations(out)
+    np.testing.assert_allclose(X, ref.transform(samples), rtol=1e-5, atol=1e-6)
+    assert layout == ref.layout_
+    written = pd.read_csv(tmp_path / "acts.labels.csv")
+    pd.testing.assert_frame_equal(written, labels)
+    assert set(written["level_1"]) == {"red", "blue"} and written["label"].nunique() == 4
