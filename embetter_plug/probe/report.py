@@ -81,6 +81,9 @@ def _selection(results: ProbeResults) -> dict:
 def write_report(results, path, *, title: str | None = None, patterns=None) -> Path:
     """Write the interactive report of ``results`` (a ``ProbeResults`` or a results file) to ``path``.
 
+    A dict ``{target: results}`` (from ``probe_layers`` with several targets) gives one report
+    per target, side by side on one page (each with its own plot, selectors and table).
+
     ``patterns``: an :class:`~embetter_plug.attention.AttentionPattern` (from
     :func:`~embetter_plug.attention.attention_patterns`), or a dict ``{model label: pattern}``,
     adds a section showing that text's attention with the tokens on both axes and a layer and
@@ -97,6 +100,15 @@ def write_report(results, path, *, title: str | None = None, patterns=None) -> P
     >>> write_report(res, "probe_report.html").name
     'probe_report.html'
     """
+    if isinstance(results, dict):
+        return _side_by_side(results, path, title=title, patterns=patterns)
+    path = Path(path)
+    path.write_text(_page(results, title, patterns), encoding="utf-8")
+    return path
+
+
+def _page(results, title: str | None, patterns) -> str:
+    """The report page of one results set."""
     if not isinstance(results, ProbeResults):
         results = ProbeResults.read(results)
     rows = report_rows(results)
@@ -109,6 +121,28 @@ def write_report(results, path, *, title: str | None = None, patterns=None) -> P
     data = json.dumps(payload).replace("<", "\\u003c")
     title = title or "Probe results"
     page = _TEMPLATE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
+    if patterns is not None:
+        page = _with_patterns(page, patterns)
+    return page
+
+
+def _side_by_side(results: dict, path, *, title: str | None, patterns) -> Path:
+    """One page holding each target's report in a frame, side by side (wrapping on narrow
+    screens), and the attention patterns once below them."""
+    if not results:
+        raise ValueError("results is an empty dict: give at least one target's ProbeResults.")
+    title = title or "Probe results"
+    frames = "\n".join(
+        f'<section><h2>{html.escape(str(name))}</h2><iframe title="{html.escape(str(name))}" '
+        f'srcdoc="{html.escape(_page(res, f"{title}: {name}", None), quote=True)}"></iframe>'
+        "</section>" for name, res in results.items())
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            "</title><style>body{font-family:system-ui,sans-serif;margin:1em}"
+            ".targets{display:flex;flex-wrap:wrap;gap:1em}.targets section{flex:1 1 560px}"
+            "iframe{width:100%;height:1100px;border:1px solid #ccc}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>One probe report per label, on the same "
+            f"activations: {', '.join(html.escape(str(n)) for n in results)}.</p>"
+            f"<div class='targets'>{frames}</div></body></html>")
     if patterns is not None:
         page = _with_patterns(page, patterns)
     path = Path(path)
