@@ -323,6 +323,30 @@ def test_texts_come_in_input_order_from_every_kind_of_input(ray_cluster, distinc
         _read_inputs(tmp_path)
 
 
+def test_image_samples_come_in_input_order_from_tables_and_datasets(ray_cluster, image_set,
+                                                                   tmp_path):
+    import pandas as pd
+    import ray.data
+
+    from embetter_plug import read_image_folder
+    from embetter_plug.distributed import _read_inputs
+
+    root, _ = image_set
+    samples, labels = read_image_folder(root, prompt="a prompt")
+    paths = [str(root / p) for p in labels["path"]]
+    frame = pd.DataFrame({"caption": ["a prompt"] * len(paths), "file": paths})
+    frame.loc[3, "caption"] = None  # an image alone
+    want = [s.key for s in samples]
+    want[3] = read_image_folder(root)[0][3].key
+    dataset = ray.data.from_pandas([frame.iloc[i:i + 8] for i in range(0, len(frame), 8)])
+    frame.to_parquet(tmp_path / "s.parquet")
+    for data in (frame, dataset, tmp_path / "s.parquet"):
+        got = _read_inputs(data, "caption", "file")
+        assert [s.key for s in got] == want, type(data)
+    only_images = _read_inputs(frame[["file"]], image_column="file")
+    assert [s.key for s in only_images] == [s.key for s in read_image_folder(root)[0]]
+
+
 # ------------------------------------------------------------ image+text samples
 @pytest.fixture(scope="module")
 def image_set(tmp_path_factory):

@@ -4,6 +4,8 @@
 shard by shard as texts are encoded, which a rerun of the same command resumes after an
 interruption (a .npz output is streamed into `acts.npz.partial` first, so it resumes too). Both are read back with `embetter_plug.load_activations`. An existing .npz file,
 or a folder holding a different extraction, is replaced only with `--overwrite`.
+`--image-dir DIR` reads a labelled image folder (one sub-folder per class) instead of a CSV and
+writes the labels of the rows beside `--out` (`<out>.labels.csv`).
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ the best probe's score from nested cross-validation (each fold scored by the pro
 folds chose), with a 95% interval; a warning says when that does not beat the dummy baseline
 (or, with `--permutations`, when no probe's Holm-corrected permutation p-value is below 0.05).
 `--control` adds selectivity (Hewitt & Liang) and `--mdl` MDL compression (Voita & Titov).
+`--label-col coarse,fine` probes several label columns on one extraction (a table each, a
+column of panels each in probe.png, the reports side by side; the saved pipeline predicts the
+first); `--image-dir DIR` reads a labelled image folder (one sub-folder per class, with
+`--hierarchy` a label column per level) instead of a CSV.
 
 It writes its results to a new folder `embetter-plug-runs/probe-<date>-<time>` (or to
 `--out DIR`) and prints its path: `results.csv` (tidy: dataset, model, pooling, layer, part,
