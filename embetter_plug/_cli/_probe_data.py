@@ -32,7 +32,8 @@ def read_targets(args):
         from sklearn.model_selection import train_test_split
 
         classes = [c for c in label_cols if tasks[c] == "classification"]
-        strat = df[classes].astype(str).agg("|".join, axis=1) if classes else None
+        strat = (None if not classes else df[classes[0]] if len(classes) == 1
+                 else df[classes].astype(str).agg("|".join, axis=1))  # every label's classes
         df, _ = train_test_split(df, train_size=args.max_samples, stratify=strat,
                                  random_state=args.seed)
         for col in label_cols:
