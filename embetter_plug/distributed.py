@@ -168,6 +168,21 @@ class _EncoderActor:
         return {"row": rows}
 
 
+def _check_model_travels(encoder) -> None:
+    """Refuse a vision-language model given as an object: transformers' output-capturing hooks
+    (installed at its first forward) do not survive the trip to the actors, whose forwards then
+    fail; a name or folder loads there as it should."""
+    from ._vision import reads_images
+
+    model = encoder.get_params(deep=False)["model"]
+    if not isinstance(model, (str, os.PathLike, type(None))) and reads_images(model) == "vlm":
+        raise ValueError(
+            f"extract_distributed builds each actor's encoder from the driver's parameters, and "
+            f"a {type(model).__name__} object does not survive that trip; save it with "
+            "model.save_pretrained(folder) and processor.save_pretrained(folder), then give "
+            "the folder (on storage every node reads) or a hub name as the model.")
+
+
 def _actor_params(encoder) -> dict:
     """The encoder's parameters for the actors: no progress bars, and the dtype the driver
     resolved, so that a GPU actor computes what the driver's identity promises."""
@@ -248,6 +263,7 @@ def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column
 
     check_is_fitted(encoder, "layout_")
     _check_resources(concurrency, num_cpus, num_gpus)
+    _check_model_travels(encoder)
     if batch_size is not None and (not isinstance(batch_size, Integral) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
     batch_size = int(batch_size or 4 * encoder.batch_size)
