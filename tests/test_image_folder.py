@@ -178,3 +178,26 @@ def test_cli_extract_image_dir_equals_in_process_and_writes_labels(image_dir, vl
     assert "drop --data" in capsys.readouterr().err
     assert main(["extract", "--hierarchy", "h.csv", "--out", str(tmp_path / "o")]) == 2
     assert "--hierarchy applies to --image-dir" in capsys.readouterr().err
+
+
+def test_cli_probe_two_label_columns_of_a_csv_with_max_samples(tmp_path, capsys):
+    """--max-samples keeps every class of both label columns (stratified on their pairs)."""
+    from embetter_plug import load_builtin_dataset
+    from embetter_plug.cli import main
+    from embetter_plug.testing import save_tiny_model
+
+    model = save_tiny_model("gpt2", tmp_path / "gpt2")
+    texts = list(dict.fromkeys(load_builtin_dataset()["text"]))[:120]
+    fine = np.arange(120) % 4
+    pd.DataFrame({"text": texts, "fine": fine, "coarse": np.where(fine < 2, "a", "b")}).to_csv(
+        tmp_path / "d.csv", index=False)
+    rc = main(["probe", "--data", str(tmp_path / "d.csv"), "--label-col", "coarse,fine",
+               "--max-samples", "40", "--cv", "2", "--model", str(model), "--parts",
+               "resid_post", "--out", str(tmp_path / "run"), "--quiet"])
+    assert rc == 0
+    assert "encoding 40 texts" in capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert list(dict.fromkeys(table["target"])) == ["coarse", "fine"]
+    assert main(["probe", "--data", str(tmp_path / "d.csv"), "--label-col", "coarse,nope",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "--label-col 'nope' is not a column" in capsys.readouterr().err
