@@ -41,21 +41,26 @@ def timed(fn):
     return time.perf_counter() - t, out
 
 
-def in_process(texts, tmp, threads: int) -> float:
-    import torch
-
+def minilm():
     from embetter_plug import TransformerActivationEncoder
 
+    return TransformerActivationEncoder(layers="all", token_pooling="mean").fit()
+
+
+def in_process(texts, tmp, threads: int, make=minilm) -> float:
+    import torch
+
     torch.set_num_threads(threads)
-    enc = TransformerActivationEncoder(layers="all", token_pooling="mean").fit()
+    enc = make()
     enc.transform(texts[:32])  # warm-up
     wall, _ = timed(lambda: enc.extract_to(tmp / f"local{threads}", texts))
     return wall
 
 
-def on_ray(texts, tmp, actors: int, tag: str, shared: bool = False) -> dict:
+def on_ray(texts, tmp, actors: int, tag: str, shared: bool = False, make=minilm,
+           batch_size: int = 64) -> dict:
     """Wall time of the call, time to the first block back, texts/s from then on."""
-    from embetter_plug import TransformerActivationEncoder, distributed
+    from embetter_plug import distributed
 
     stamps = []
     collect = distributed._collect
@@ -69,12 +74,12 @@ def on_ray(texts, tmp, actors: int, tag: str, shared: bool = False) -> dict:
 
         return collect(Stamped(), *args, **kwargs)
 
-    enc = TransformerActivationEncoder(layers="all", token_pooling="mean").fit()
+    enc = make()
     distributed._collect = stamped
     try:
         t0 = time.perf_counter()
         distributed.extract_distributed(enc, tmp / tag, texts, concurrency=actors, num_cpus=0.9,
-                                        batch_size=64, shared_storage=shared)
+                                        batch_size=batch_size, shared_storage=shared)
         wall = time.perf_counter() - t0
     finally:
         distributed._collect = collect

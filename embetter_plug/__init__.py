@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "ActivationCache": "embetter_plug.cache",
     "load_builtin_dataset": "embetter_plug.datasets",
     "extract_distributed": "embetter_plug.distributed",
+    "read_image_folder": "embetter_plug.image_folder",
     # models on activations (skorch)
     "PlugClassifier": "embetter_plug.models",
     "PlugRegressor": "embetter_plug.models",
@@ -73,6 +74,7 @@ if TYPE_CHECKING:  # pragma: no cover - for static type checkers and IDEs
     from .cache import ActivationCache
     from .datasets import load_builtin_dataset
     from .distributed import extract_distributed
+    from .image_folder import read_image_folder
     from .encoder import TransformerActivationEncoder
     from .io import load_activations, save_activations
     from .labelling_map import LabellingMap

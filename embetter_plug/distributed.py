@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._utils import check_texts, logger
+from ._cluster_inputs import _blocks, _read_inputs, _samples_of
+from ._utils import logger
 
 __all__ = ["extract_distributed", "connect_ray"]
 
@@ -128,59 +129,6 @@ def connect_ray(address: str | None = None, *, concurrency: int = 1,
     return started
 
 
-def _read_texts(data, text_column: str = "text") -> list[str]:
-    """Texts, in order, of a list, pandas Series/DataFrame, CSV/Parquet path or ``ray.data``
-    Dataset (``text_column`` for tables)."""
-    import pandas as pd
-
-    if isinstance(data, (str, os.PathLike)):
-        path = Path(data)
-        if not path.exists():
-            raise FileNotFoundError(f"no file at {str(path)!r}; pass texts, a DataFrame, a "
-                                    "ray.data.Dataset or a .csv/.parquet file.")
-        if path.suffix == ".csv":
-            data = pd.read_csv(path, keep_default_na=False)
-        elif path.suffix in (".parquet", ".pq"):
-            data = pd.read_parquet(path)
-        else:
-            raise ValueError(f"{str(path)!r}: only .csv and .parquet files are read; load other "
-                             "formats with pandas or ray.data and pass the result.")
-    if type(data).__module__.startswith("ray.data"):
-        data = _dataset_column(data, text_column)
-    elif isinstance(data, pd.DataFrame):
-        if text_column not in data.columns:
-            raise ValueError(f"text_column={text_column!r} is not a column; the columns are "
-                             f"{list(data.columns)}.")
-        data = data[text_column]
-    if isinstance(data, pd.Series):
-        data = data.tolist()
-    from .samples import check_inputs, has_images
-
-    if has_images(check_inputs(data, name="texts")):
-        raise ValueError("extract_distributed takes texts only; for image+text samples use "
-                         "encoder.extract_to(folder, samples) on one machine (streamed and "
-                         "resumable the same way).")
-    return check_texts(data, name="texts")
-
-
-def _dataset_column(ds, column: str) -> list:
-    """One column of a Ray Dataset, in the dataset's order."""
-    columns = ds.columns()
-    if column not in columns:
-        raise ValueError(f"text_column={column!r} is not a column of the dataset; its columns "
-                         f"are {columns}.")
-    sub = ds.select_columns([column])
-    options = sub.context.execution_options  # the context the dataset was made in
-    old, options.preserve_order = options.preserve_order, True
-    try:
-        out: list = []
-        for batch in sub.iter_batches(batch_size=None, batch_format="pyarrow"):
-            out.extend(batch.column(column).to_pylist())
-        return out
-    finally:
-        options.preserve_order = old
-
-
 def _write_block(writer, rows: np.ndarray, acts: np.ndarray) -> None:
     """Write a block's rows (any order, gaps allowed) into the folder, run by run."""
     order = np.argsort(rows, kind="stable")
@@ -209,14 +157,30 @@ class _EncoderActor:
                 f"layout is {self.encoder.layout_.to_dict()}, the driver's {layout}.")
 
     def __call__(self, batch: dict) -> dict:
-        texts = [str(t) for t in batch["text"]]
         rows = np.asarray(batch["row"], dtype=np.int64)
-        acts = np.asarray(self.encoder.transform(texts), dtype=np.float32)
+        inputs = (_samples_of(batch) if "image_path" in batch
+                  else [str(t) for t in batch["text"]])
+        acts = np.asarray(self.encoder.transform(inputs), dtype=np.float32)
         if self.writer is None:
             return {"row": rows, "acts": acts}
         _write_block(self.writer, rows, acts)
         self.writer.flush()
         return {"row": rows}
+
+
+def _check_model_travels(encoder) -> None:
+    """Refuse a vision-language model given as an object: transformers' output-capturing hooks
+    (installed at its first forward) do not survive the trip to the actors, whose forwards then
+    fail; a name or folder loads there as it should."""
+    from ._vision import reads_images
+
+    model = encoder.get_params(deep=False)["model"]
+    if not isinstance(model, (str, os.PathLike, type(None))) and reads_images(model) == "vlm":
+        raise ValueError(
+            f"extract_distributed builds each actor's encoder from the driver's parameters, and "
+            f"a {type(model).__name__} object does not survive that trip; save it with "
+            "model.save_pretrained(folder) and processor.save_pretrained(folder), then give "
+            "the folder (on storage every node reads) or a hub name as the model.")
 
 
 def _actor_params(encoder) -> dict:
@@ -230,6 +194,7 @@ def _actor_params(encoder) -> dict:
 
 
 def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column: str = "text",
+                        image_column: str = "image",
                         address: str | None = None, concurrency: int = 1,
                         num_cpus: float | None = None, num_gpus: float = 0,
                         batch_size: int | None = None, shard_size: int | None = None,
@@ -248,8 +213,15 @@ def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column
         Fitted. Each actor builds its own from ``encoder.get_params()`` (a name or folder loads
         there; ``dtype="auto"`` becomes the dtype the driver resolved).
     folder : str or path
-    data : list of str, Series, DataFrame, path of a .csv/.parquet file, or ray.data.Dataset
-        The texts; tables use ``text_column``.
+    data : texts or samples: a list, Series, DataFrame, .csv/.parquet path or ray.data.Dataset
+        Texts, or image+text samples as ``extract_to`` takes them (e.g. the samples of
+        :func:`~embetter_plug.read_image_folder`); tables use ``text_column`` and, for
+        samples, ``image_column`` (image paths or encoded bytes). The driver reads each image
+        file's bytes once to key the run (nothing is decoded) and ships paths (made absolute:
+        every node must read them at that path) or bytes; the actors read the images. Images
+        in memory (PIL, arrays) travel as lossless PNG.
+    text_column, image_column : str
+        Columns of a table's texts and images.
     address : str or None, default=None
         See :func:`connect_ray`. Ray started here is shut down at the end.
     concurrency : int, default=1
@@ -267,7 +239,7 @@ def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column
         driver, which then only records complete shards. Otherwise activations travel to the
         driver, which writes them.
     verbose : bool, default=False
-        Show a progress bar over texts.
+        Show a progress bar over texts (samples).
 
     Returns
     -------
@@ -291,6 +263,7 @@ def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column
 
     check_is_fitted(encoder, "layout_")
     _check_resources(concurrency, num_cpus, num_gpus)
+    _check_model_travels(encoder)
     if batch_size is not None and (not isinstance(batch_size, Integral) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
     batch_size = int(batch_size or 4 * encoder.batch_size)
@@ -299,7 +272,7 @@ def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column
                        "GPUs and compute on CPUs; use device='auto'", num_gpus, encoder.device)
     started = connect_ray(address, concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus)
     try:
-        texts = _read_texts(data, text_column)
+        texts = _read_inputs(data, text_column, image_column)
         plan = extraction_plan(encoder, folder, texts, shard_size=shard_size,
                                store_dtype=store_dtype, overwrite=overwrite)
         writer = ShardWriter.open(folder, plan, overwrite=overwrite)
@@ -314,7 +287,6 @@ def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column
 
 def _run(encoder, writer, texts, plan, *, concurrency, num_cpus, num_gpus, batch_size,
          shared_storage, verbose) -> None:
-    import pyarrow as pa
     from ray import data as rd
 
     pending = writer.pending_shards()
@@ -324,10 +296,7 @@ def _run(encoder, writer, texts, plan, *, concurrency, num_cpus, num_gpus, batch
     rows = np.concatenate([np.arange(*writer.shard_rows(k)) for k in pending])
     logger.info("%d of %d shards to compute (%d texts) on %d actors", len(pending),
                 plan["n_shards"], len(rows), concurrency)
-    blocks = [pa.table({"row": rows[i:i + batch_size],
-                        "text": pa.array([texts[j] for j in rows[i:i + batch_size]],
-                                         type=pa.large_string())})
-              for i in range(0, len(rows), batch_size)]
+    blocks = _blocks(texts, rows, batch_size)
     store = ({"folder": str(writer.folder.resolve()), "manifest": writer.manifest}
              if shared_storage else None)
     remote = {"num_gpus": num_gpus or None}

@@ -191,6 +191,48 @@ def save_smollm2(path: str | Path) -> Path:
     return path
 
 
+#: classes of :func:`save_image_folder`: fine class -> coarse class
+IMAGE_FOLDER_CLASSES = {"red_dots": "red", "red_stripes": "red", "blue_dots": "blue",
+                        "blue_stripes": "blue"}
+
+
+def save_image_folder(path: str | Path, *, per_class: int = 8, size: int = 16,
+                      seed: int = 0) -> Path:
+    """Write a tiny labelled image set in class folders (``path/<class>/<i>.png``) and its
+    two-level hierarchy (``path/hierarchy.csv``, columns ``label,parent``).
+
+    Four fine classes (:data:`IMAGE_FOLDER_CLASSES`: dots or stripes) in two coarse ones (red or
+    blue), ``per_class`` noisy ``size x size`` RGB images each; the hierarchy file sits beside
+    the class folders, which the reader skips (it is not a folder).
+
+    Examples
+    --------
+    >>> root = save_image_folder("imgs", per_class=2)
+    >>> sorted(p.name for p in root.iterdir())
+    ['blue_dots', 'blue_stripes', 'hierarchy.csv', 'red_dots', 'red_stripes']
+    """
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root = Path(path)
+    for label, coarse in IMAGE_FOLDER_CLASSES.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 90, (size, size, 3))
+            img[..., 0 if coarse == "red" else 2] += 150
+            mask = np.zeros((size, size), bool)
+            if label.endswith("dots"):
+                mask[::4, ::4] = True
+            else:
+                mask[::3] = True
+            img[mask] = 255
+            Image.fromarray(img.astype("uint8")).save(root / label / f"{i}.png")
+    lines = ["label,parent"] + [f"{k},{v}" for k, v in IMAGE_FOLDER_CLASSES.items()]
+    (root / "hierarchy.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
 # vision-language models and vision encoders (defined apart to keep this module small)
 from ._testing_vlm import (  # noqa: E402
     VISION_KINDS, VLM_KINDS, make_tiny_vision, make_tiny_vlm, save_tiny_vision, save_tiny_vlm,
@@ -198,4 +240,4 @@ from ._testing_vlm import (  # noqa: E402
 
 __all__ = ["FAMILIES", "make_tokenizer", "make_tiny_model", "save_tiny_model", "is_decoder_family",
            "save_smollm2", "VLM_KINDS", "VISION_KINDS", "make_tiny_vlm", "make_tiny_vision",
-           "save_tiny_vlm", "save_tiny_vision"]
+           "save_tiny_vlm", "save_tiny_vision", "save_image_folder"]

@@ -303,7 +303,7 @@ def test_texts_come_in_input_order_from_every_kind_of_input(ray_cluster, distinc
     import pandas as pd
     import ray.data
 
-    from embetter_plug.distributed import _read_texts
+    from embetter_plug.distributed import _read_inputs
 
     texts = distinct[:25]
     frame = pd.DataFrame({"label": range(25), "body": texts})
@@ -312,12 +312,142 @@ def test_texts_come_in_input_order_from_every_kind_of_input(ray_cluster, distinc
     dataset = ray.data.from_pandas([frame.iloc[i:i + 5] for i in range(0, 25, 5)])
     for data in (texts, frame["body"], frame, tmp_path / "t.csv", str(tmp_path / "t.parquet"),
                  dataset):
-        assert _read_texts(data, "body") == texts, type(data)
+        assert _read_inputs(data, "body") == texts, type(data)
     with pytest.raises(ValueError, match=r"text_column='text' is not a column .*'label', 'body'"):
-        _read_texts(dataset)
+        _read_inputs(dataset)
     with pytest.raises(ValueError, match="text_column='text' is not a column"):
-        _read_texts(frame)
+        _read_inputs(frame)
     with pytest.raises(FileNotFoundError, match="no file at"):
-        _read_texts(tmp_path / "missing.csv")
+        _read_inputs(tmp_path / "missing.csv")
     with pytest.raises(ValueError, match="only .csv and .parquet"):
-        _read_texts(tmp_path)
+        _read_inputs(tmp_path)
+
+
+def test_image_samples_come_in_input_order_from_tables_and_datasets(ray_cluster, image_set,
+                                                                   tmp_path):
+    import pandas as pd
+    import ray.data
+
+    from embetter_plug import read_image_folder
+    from embetter_plug.distributed import _read_inputs
+
+    root, _ = image_set
+    samples, labels = read_image_folder(root, prompt="a prompt")
+    paths = [str(root / p) for p in labels["path"]]
+    frame = pd.DataFrame({"caption": ["a prompt"] * len(paths), "file": paths})
+    frame.loc[3, "caption"] = None  # an image alone
+    want = [s.key for s in samples]
+    want[3] = read_image_folder(root)[0][3].key
+    dataset = ray.data.from_pandas([frame.iloc[i:i + 8] for i in range(0, len(frame), 8)])
+    frame.to_parquet(tmp_path / "s.parquet")
+    for data in (frame, dataset, tmp_path / "s.parquet"):
+        got = _read_inputs(data, "caption", "file")
+        assert [s.key for s in got] == want, type(data)
+    only_images = _read_inputs(frame[["file"]], image_column="file")
+    assert [s.key for s in only_images] == [s.key for s in read_image_folder(root)[0]]
+
+
+# ------------------------------------------------------------ image+text samples
+@pytest.fixture(scope="module")
+def image_set(tmp_path_factory):
+    """A class-folder image set (32 tiny images, two label levels) and a tiny VLM folder."""
+    from embetter_plug.testing import save_image_folder, save_tiny_vlm
+
+    root = tmp_path_factory.mktemp("rayimages")
+    return save_image_folder(root / "imgs"), save_tiny_vlm("llava", root / "llava")
+
+
+def test_image_samples_equal_in_process_extraction_and_images_are_read_by_the_actors(
+        image_set, counts, tmp_path):
+    """Paths, bytes, an array and a text alone travel to the actors; the driver sends paths and
+    bytes, never decoded pictures, and the folder equals ``extract_to``'s."""
+    from embetter_plug import read_image_folder
+    from embetter_plug.distributed import _blocks, extract_distributed
+    from embetter_plug.samples import check_inputs
+
+    root, model = image_set
+    samples, labels = read_image_folder(root, prompt="What is in the picture?")
+    pics = [str(root / p) for p in ("red_dots/0.png", "blue_stripes/1.png")]
+    from PIL import Image
+
+    extra = [{"text": "bytes", "image": open(pics[0], "rb").read()},
+             {"text": "an array", "image": np.asarray(Image.open(pics[1]))},
+             {"text": "no picture"}]
+    inputs = samples[:9] + extra + samples[9:12]
+    enc = CountingEncoder(str(model), layers=[0, 1], token_pooling=["image:mean", "lasttoken"],
+                          batch_size=3).fit()
+    blocks = _blocks(check_inputs(inputs), np.arange(len(inputs)), 5)
+    shipped = blocks[1].to_pydict()  # rows 5..9: paths, then bytes (the array as a PNG)
+    assert shipped["image_path"][:4] == [str((root / p).resolve()) for p in labels["path"][5:9]]
+    assert shipped["image_path"][4] is None and isinstance(shipped["image_bytes"][4], bytes)
+    assert blocks[2].to_pydict()["image_bytes"][2] is None  # the text alone
+    ref = enc.extract_to(tmp_path / "local", inputs, shard_size=4)
+    counts.unlink(missing_ok=True)
+    folder = extract_distributed(enc, tmp_path / "o", inputs, batch_size=5, shard_size=4,
+                                 **ACTOR)
+    X, layout = load_activations(folder)
+    local, _ = load_activations(ref)
+    assert X.shape == (15, 2, 2, 32) and layout == enc.layout_
+    np.testing.assert_allclose(X, local, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert sum(counted(counts)) == 15  # each sample forwarded once, in the actors
+    # in-memory images travel as a PNG of the RGB picture the encoder reads: the same rows
+    np.testing.assert_allclose(X[10], enc.transform([inputs[10]])[0], rtol=1e-5, atol=1e-6)
+
+
+def test_image_dir_on_the_cluster_resumes_after_a_killed_driver(image_set, cli_setup,
+                                                                ray_cluster, tmp_path):
+    """`extract --image-dir --ray`: the driver is killed after two shards, the rerun resumes
+    and computes only the rest; the folder equals in-process extraction, the labels (two
+    levels) lie beside it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pandas as pd
+
+    from embetter_plug import TransformerActivationEncoder, read_image_folder
+
+    root, model = image_set
+    driver = cli_setup[0] / "driver.py"
+    out = tmp_path / "acts"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    options = ["--model", str(model), "--image-dir", str(root), "--prompt", "What is it?",
+               "--hierarchy", str(root / "hierarchy.csv"), "--out", str(out),
+               "--shard-size", "8", "--layers", "0,1", "--token-pooling", "image:mean,mean",
+               "--batch-size", "4", "--ray", ray_cluster.address, "--ray-num-cpus", "0.5",
+               "--ray-batch-size", "4"]
+
+    def cmd(counts, delay, *more):
+        return [sys.executable, str(driver), os.path.dirname(__file__), ray_cluster.address,
+                str(counts), str(delay), "extract", *options, *more]
+
+    proc = subprocess.Popen(cmd(tmp_path / "first.txt", 1.0, "--ray-shared-storage"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None and len(_complete(out)) < 2:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    complete = _complete(out)
+    assert 2 <= len(complete) < 4
+
+    rerun = subprocess.run(cmd(tmp_path / "second.txt", 0, "--ray-actors", "2"), env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resumed" in rerun.stdout
+    assert sum(counted(tmp_path / "second.txt")) == 32 - 8 * len(complete)
+    samples, labels = read_image_folder(root, prompt="What is it?",
+                                        hierarchy=root / "hierarchy.csv")
+    ref = TransformerActivationEncoder(str(model), layers=[0, 1],
+                                       token_pooling=["image:mean", "mean"], batch_size=4).fit()
+    X, layout = load_activations(out)
+    np.testing.assert_allclose(X, ref.transform(samples), rtol=1e-5, atol=1e-6)
+    assert layout == ref.layout_
+    written = pd.read_csv(tmp_path / "acts.labels.csv")
+    pd.testing.assert_frame_equal(written, labels)
+    assert set(written["level_1"]) == {"red", "blue"} and written["label"].nunique() == 4

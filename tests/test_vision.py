@@ -542,13 +542,17 @@ def test_dual_encoders_read_texts_and_images_apart(kind):
             [{"text": "a cat", "image": images[0]}])
 
 
-def test_cluster_extraction_refuses_images_before_starting():
+def test_cluster_extraction_refuses_a_vlm_object_before_starting(tmp_path):
+    """A VLM object's forward hooks do not survive the trip to Ray actors: refused before Ray
+    starts, pointing to a folder (image samples themselves go to the cluster)."""
     from embetter_plug import extract_distributed
 
     model, processor = make_tiny_vlm("llava")
     enc = TransformerActivationEncoder(model, processor=processor, layers=[0]).fit()
-    with pytest.raises(ValueError, match="extract_distributed takes texts only.*extract_to"):
-        extract_distributed(enc, "unused-folder", [{"text": "a", "image": _img(0)}])
+    with pytest.raises(ValueError, match="LlavaForConditionalGeneration object does not "
+                                         "survive.*save_pretrained"):
+        extract_distributed(enc, tmp_path / "o", [{"text": "a", "image": _img(0)}])
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("kind", ["llava", "gemma3", "qwen2_vl"])

@@ -150,3 +150,42 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         if action.default is None or action.default is False:
             return action.help
         return super()._get_help_string(action)
+
+
+def add_image_dir_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--image-dir``, ``--prompt``, ``--hierarchy``: a labelled image folder instead of a CSV."""
+    g = parser.add_argument_group("labelled image folder (instead of --data)")
+    g.add_argument("--image-dir", default=None, metavar="DIR",
+                   help="one sub-folder of images per class (DIR/<class>/<file>, the layout of "
+                        "torchvision's ImageFolder); labels are the folder names, column 'label'")
+    g.add_argument("--prompt", default=None, metavar="TEXT",
+                   help="the text that goes with every image of --image-dir (a VLM's question); "
+                        "without it the images stand alone")
+    g.add_argument("--hierarchy", default=None, metavar="FILE",
+                   help="label hierarchy for --image-dir: a CSV with columns label,parent or a "
+                        "JSON tree; adds label columns level_1 (the top) ... down to the "
+                        "folders' parents")
+
+
+def read_image_dir(args):
+    """``(samples, labels)`` of ``--image-dir`` (:func:`embetter_plug.read_image_folder`), every
+    file checked before a model loads; options that read a CSV are refused with it."""
+    from embetter_plug.image_folder import read_image_folder
+
+    if args.image_dir is None:
+        for opt in ("prompt", "hierarchy"):
+            if getattr(args, opt, None) is not None:
+                raise ValueError(f"--{opt} applies to --image-dir; give --image-dir DIR too.")
+        return None
+    given = [f"--{o.replace('_', '-')}" for o in ("data", "image_col", "split")
+             if getattr(args, o, None) is not None]
+    if given:
+        raise ValueError(f"--image-dir reads its samples and labels from the folder; drop "
+                         f"{', '.join(given)} (for a split, point --image-dir at its folder, "
+                         "e.g. train/).")
+    samples, labels = read_image_folder(args.image_dir, prompt=args.prompt,
+                                        hierarchy=args.hierarchy)
+    limit = getattr(args, "limit", None)
+    if limit is not None:
+        samples, labels = samples[:limit], labels.iloc[:limit]
+    return samples, labels

@@ -46,18 +46,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .extract import check_out, encoder_from_args, read_texts
+    from .extract import check_out, encoder_from_args, read_inputs, write_labels
 
-    if args.image_col is not None:
-        raise ValueError("--ray extracts texts only; for images drop --ray (extraction on this "
-                         "machine streams to --out and resumes the same way).")
     if args.out.endswith(".npz"):
         raise ValueError(f"--out {args.out!r}: --ray writes a folder (shards and a manifest, "
                          "resumable); give a folder name without .npz.")
     from embetter_plug.distributed import connect_ray, extract_distributed
 
-    texts = read_texts(args.data, args.text_col, args.split, args.limit, args.image_col)
+    texts = read_inputs(args)
     old = check_out(args, texts)
+    write_labels(args)
     try:
         started = connect_ray(args.ray, concurrency=args.ray_actors,
                               num_cpus=args.ray_num_cpus, num_gpus=args.ray_num_gpus)

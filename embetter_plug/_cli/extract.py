@@ -4,6 +4,8 @@
 shard by shard as texts are encoded, which a rerun of the same command resumes after an
 interruption (a .npz output is streamed into `acts.npz.partial` first, so it resumes too). Both are read back with `embetter_plug.load_activations`. An existing .npz file,
 or a folder holding a different extraction, is replaced only with `--overwrite`.
+`--image-dir DIR` reads a labelled image folder (one sub-folder per class) instead of a CSV and
+writes the labels of the rows beside `--out` (`<out>.labels.csv`).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._data import (HelpFormatter, add_progress_arguments, check_cells, check_columns,
-                    positive_int, read_csv, read_samples, select_split)
+from ._data import (HelpFormatter, add_image_dir_arguments, add_progress_arguments, check_cells,
+                    check_columns, positive_int, read_csv, read_image_dir, read_samples,
+                    select_split)
 from ._runs import InterruptNote
 
 
@@ -108,6 +111,31 @@ def read_texts(path: str | None, text_col: str, split: str | None = None,
     return df[text_col].astype(str).tolist()
 
 
+def read_inputs(args) -> list:
+    """The samples of ``--image-dir`` (their labels kept for :func:`write_labels`), else
+    :func:`read_texts` of ``--data``."""
+    folder = read_image_dir(args)
+    if folder is None:
+        return read_texts(args.data, args.text_col, args.split, args.limit, args.image_col)
+    samples, args.image_labels = folder
+    return samples
+
+
+def write_labels(args) -> None:
+    """With ``--image-dir``: the labels of ``--out``'s rows, next to it (once ``--out`` is
+    accepted)."""
+    labels = getattr(args, "image_labels", None)
+    if labels is not None:
+        labels.to_csv(labels_path(args.out), index=False)
+        print(f"labels of the {len(labels)} rows ({', '.join(labels.columns[1:])}) in "
+              f"{labels_path(args.out)}", flush=True)
+
+
+def labels_path(out: str) -> Path:
+    """Where ``extract --image-dir`` writes the labels of ``--out``'s rows."""
+    return Path(out.rstrip("/\\") + ".labels.csv")
+
+
 def add_text_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the texts come from: ``--data``, ``--text-col``, ``--split``, ``--limit`` (read
     with :func:`read_texts`)."""
@@ -129,6 +157,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser = subparsers.add_parser(name, help=help_text, description=__doc__,
                                    formatter_class=HelpFormatter)
     add_text_arguments(parser)
+    add_image_dir_arguments(parser)
     parser.add_argument("--out", required=True,
                         help="a .npz file, or a folder to stream shards into (resumable)")
     parser.add_argument("--shard-size", type=positive_int, default=None,
@@ -198,8 +227,9 @@ def run(args) -> int:
         from . import _ray
 
         return _ray.run(args)
-    texts = read_texts(args.data, args.text_col, args.split, args.limit, args.image_col)
+    texts = read_inputs(args)
     old = check_out(args, texts)
+    write_labels(args)
     npz = args.out.endswith(".npz")
     folder = staging_folder(args.out) if npz else Path(args.out)
     args.on_interrupt = InterruptNote(

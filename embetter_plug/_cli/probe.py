@@ -10,6 +10,10 @@ the best probe's score from nested cross-validation (each fold scored by the pro
 folds chose), with a 95% interval; a warning says when that does not beat the dummy baseline
 (or, with `--permutations`, when no probe's Holm-corrected permutation p-value is below 0.05).
 `--control` adds selectivity (Hewitt & Liang) and `--mdl` MDL compression (Voita & Titov).
+`--label-col coarse,fine` probes several label columns on one extraction (a table each, a
+column of panels each in probe.png, the reports side by side; the saved pipeline predicts the
+first); `--image-dir DIR` reads a labelled image folder (one sub-folder per class, with
+`--hierarchy` a label column per level) instead of a CSV.
 
 It writes its results to a new folder `embetter-plug-runs/probe-<date>-<time>` (or to
 `--out DIR`) and prints its path: `results.csv` (tidy: dataset, model, pooling, layer, part,
@@ -30,18 +34,17 @@ import os
 import warnings
 from pathlib import Path
 
-from ._data import (HelpFormatter, add_progress_arguments, check_cells, check_columns, read_samples,
-                    int_at_least, positive_int, read_csv, where)
+from ._data import (HelpFormatter, add_image_dir_arguments, add_progress_arguments, int_at_least,
+                    positive_int)
+from ._probe_data import AUTO_MAX_CLASSES, read_targets as _read
 from .._pages import display_name
 from ._runs import InterruptNote, new_run_folder, open_hint
-from ._heads import PATTERN_MAX_TOKENS, pattern_of, pattern_row, pattern_text
+from ._heads import PATTERN_MAX_TOKENS, pattern_of, pattern_row
 from .extract import add_encoder_arguments, add_image_argument, encoder_from_args
 
 DEFAULT_PARTS = "resid_post,attn_out,mlp_out"
 BUILTIN_MODEL = "all-MiniLM-L6-v2"
 OUTPUTS = ("results.csv", "best_pipeline.joblib", "best_pipeline", "probe.png", "report.html")
-#: --task auto: numbers with more distinct values than this are a regression target
-AUTO_MAX_CLASSES = 20
 TABLE_METRICS = {"classification": ["accuracy", "f1", "roc_auc"],
                  "regression": ["mse", "r2", "spearman"]}
 
@@ -52,7 +55,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--data", default=None, help="CSV file (default: the built-in data set)")
     parser.add_argument("--text-col", default="text", help="column of texts")
     add_image_argument(parser)
-    parser.add_argument("--label-col", default="label", help="column of labels (or numbers)")
+    add_image_dir_arguments(parser)
+    parser.add_argument("--label-col", default="label",
+                        help="column of labels (or numbers); several separated by commas (e.g. "
+                             "coarse,fine) are probed on one extraction, a table and plot each")
     parser.add_argument("--name", default=None,
                         help="data set name in the results (default: the CSV's file name)")
     parser.add_argument("--max-samples", type=positive_int, default=None,
@@ -99,69 +105,6 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                              "(default: auto)")
     parser.set_defaults(run=run, parts=DEFAULT_PARTS)
     return parser
-
-
-def _read(args):
-    """``(texts, y, dataset name, task)``, every cell and class count checked before extraction."""
-    import numpy as np
-
-    from embetter_plug.probe._metrics import detect_task, plain
-
-    df, name = read_csv(args.data)
-    image_col = getattr(args, "image_col", None)
-    if image_col is None:
-        check_columns(df, args.data, text_col=args.text_col, label_col=args.label_col)
-        df = df[[args.text_col, args.label_col]]
-        check_cells(df, args.data, "--text-col", args.text_col, "text(s)")
-        args.pattern = pattern_text(df[args.text_col].tolist(), args.pattern_text, args.parts,
-                                    args.data)
-    else:  # image+text samples: the text column is optional
-        check_columns(df, args.data, image_col=image_col, label_col=args.label_col)
-        df = df[[c for c in (args.text_col, image_col, args.label_col) if c in df.columns]]
-        row = pattern_text(list(range(len(df))), args.pattern_text, args.parts, args.data)
-        args.pattern = (None if row is None else
-                        read_samples(df.iloc[[row]], args.data, args.text_col, image_col)[0])
-    check_cells(df, args.data, "--label-col", args.label_col, "label(s)")
-    values = df[args.label_col].unique()
-    if len(values) < 2:
-        raise ValueError(f"--label-col {args.label_col!r} holds a single class "
-                         f"({plain(values[0])!r}) in {args.data or 'the built-in data'}; a probe "
-                         "needs at least two classes, or numbers that vary.")
-    task, y = detect_task(df[args.label_col].to_numpy(), args.task, max_classes=AUTO_MAX_CLASSES)
-    if args.task == "auto" and task == "regression":
-        print(f"--task auto: --label-col {args.label_col!r} holds {len(np.unique(y))} distinct "
-              "numbers, probed as regression (pass --task classification to treat them as "
-              "classes)", flush=True)
-    _check_class_counts(df, y, task, args)
-    if args.max_samples is not None and args.max_samples < len(df):
-        from sklearn.model_selection import train_test_split
-
-        labels = df[args.label_col]
-        strat = labels if task == "classification" else None
-        df, _ = train_test_split(df, train_size=args.max_samples, stratify=strat,
-                                 random_state=args.seed)
-        task, y = detect_task(df[args.label_col].to_numpy(), task)
-        _check_class_counts(df, y, task, args, f" in the --max-samples {args.max_samples} subsample")
-    inputs = (df[args.text_col].tolist() if image_col is None
-              else read_samples(df, args.data, args.text_col, image_col))
-    return inputs, np.asarray(y), display_name(args.name or name), task
-
-
-def _check_class_counts(df, y, task: str, args, scope: str = "") -> None:
-    """Every label needs at least ``--cv`` rows, or a fold's scorer cannot work."""
-    import numpy as np
-
-    from embetter_plug.probe.offline import class_count_error
-
-    if task != "classification":
-        return
-    message = class_count_error(y, args.cv, f"--cv {args.cv}")
-    if message:
-        rare = df.index[np.isin(y, [v for v, n in zip(*np.unique(y, return_counts=True))
-                                    if n < args.cv])]
-        numbers = " (or --task regression for numbers)" if y.dtype.kind in "biuf" else ""
-        raise ValueError(f"{message}{scope} (at {where(rare, args.data)}); use a smaller "
-                         f"--cv{numbers}, or drop or merge those classes.")
 
 
 def _estimator(args, task: str):
@@ -231,50 +174,68 @@ def run(args) -> int:
              " (it starts over: pass --cache DIR to keep activations across runs)")
     args.on_interrupt = note = InterruptNote("nothing was written yet",
                                              "run the same command again" + cache)
-    texts, y, dataset, task = _read(args)
-    _splits(args.cv, None, y, None, task, None)  # a bad --cv fails here, before any extraction
+    texts, targets, dataset = _read(args)
+    for y, task in targets.values():  # a bad --cv fails here, before any extraction
+        _splits(args.cv, None, y, None, task, None)
+    first = next(iter(targets))  # the saved pipeline predicts the first label column
     poolings = ",".join(args.token_pooling or ["auto"])
     models = args.model or [None]
     labels = [_model_label(m) for m in models]
     if len(set(labels)) != len(labels):
         labels = [str(m) if m is not None else BUILTIN_MODEL for m in models]
-    estimator = _estimator(args, task)
-    all_results, encoders, best_slices, patterns = [], {}, {}, {}
+    all_results = {col: [] for col in targets}
+    encoders, best_slices, patterns = {}, {}, {}
     for model, label in zip(models, labels):
         ns = argparse.Namespace(**{**vars(args), "model": model, "token_pooling": poolings})
         enc = encoder_from_args(ns)
         print(f"{label}: loading the model, then encoding {len(texts)} texts", flush=True)
-        X = enc.fit(texts).transform(texts)
+        X = enc.fit(texts).transform(texts)  # once, for every label column
         if args.pattern is not None:
             pattern = pattern_of(enc, args.pattern, label)
             if pattern is not None:
                 patterns[label] = pattern
         print(f"{label}: activations {X.shape} (text, layer, part, hidden); probing "
-              f"{X.shape[1] * X.shape[2]} layer x part slices with {args.cv}-fold CV", flush=True)
-        with warnings.catch_warnings():  # the summary says it once, for all models
-            warnings.filterwarnings("ignore", message=NO_BETTER)
-            res = probe_layers(X, y, estimator, cv=args.cv, layout=enc.layout_, task=task,
-                               n_jobs=args.n_jobs, verbose=args.progress,
-                               n_permutations=args.permutations, control=args.control,
-                               mdl=args.mdl, random_state=args.seed)
-        layer, part = res.best_  # keep this model's best slice: the saved pipeline's probe
-        best_slices[label] = (layer, part, X[:, enc.layout_.layers.index(layer),
-                                            enc.layout_.parts.index(part)].copy())
+              f"{X.shape[1] * X.shape[2]} layer x part slices with {args.cv}-fold CV"
+              + (f" for each of {list(targets)}" if len(targets) > 1 else ""), flush=True)
+        for col, (y, task) in targets.items():
+            with warnings.catch_warnings():  # the summary says it once, for all models
+                warnings.filterwarnings("ignore", message=NO_BETTER)
+                res = probe_layers(X, y, _estimator(args, task), cv=args.cv,
+                                   layout=enc.layout_, task=task, n_jobs=args.n_jobs,
+                                   verbose=args.progress, n_permutations=args.permutations,
+                                   control=args.control, mdl=args.mdl, random_state=args.seed)
+            if col == first:  # keep this model's best slice: the saved pipeline's probe
+                layer, part = res.best_
+                best_slices[label] = (layer, part, X[:, enc.layout_.layers.index(layer),
+                                                    enc.layout_.parts.index(part)].copy())
+            all_results[col].append(_with_pooling(res, enc).with_context(model=label))
         del X
-        all_results.append(_with_pooling(res, enc).with_context(model=label))
         encoders[label] = ns
         out.mkdir(parents=True, exist_ok=True)  # an interrupted run keeps the finished models
-        ProbeResults.concat(all_results).with_context(dataset=dataset).to_csv(out / "results.csv")
+        by_target = {c: ProbeResults.concat(r).with_context(dataset=dataset)
+                     for c, r in all_results.items()}
+        _tidy(by_target).to_csv(out / "results.csv")
         note.kept = f"{out / 'results.csv'} with the probes of {list(encoders)}"
         if args.out:  # the same command finds that file
             note.resume = "run the same command again with --overwrite" + cache
-    results = ProbeResults.concat(all_results).with_context(dataset=dataset)
-    _print_table(results, task)
     from ._heads import report_heads
 
-    report_heads(results, out)  # per-head parts: a layer x head table (and heads.png)
-    _write_outputs(results, out, args, encoders, best_slices, texts, y, estimator, patterns)
+    for col, results in by_target.items():
+        if len(targets) > 1:
+            print(f"--label-col {col!r}:")
+        _print_table(results, targets[col][1])
+    report_heads(by_target[first], out)  # per-head parts: a layer x head table (and heads.png)
+    _write_outputs(by_target, out, args, encoders, best_slices, texts, targets, patterns)
     return 0
+
+
+def _tidy(by_target: dict):
+    """One results table: a single label column's as it is, several with a ``target`` column."""
+    from embetter_plug.probe import ProbeResults
+
+    if len(by_target) == 1:
+        return next(iter(by_target.values()))
+    return ProbeResults.concat([r.with_context(target=c) for c, r in by_target.items()])
 
 
 def _print_table(results, task: str) -> None:
@@ -297,7 +258,7 @@ def _print_table(results, task: str) -> None:
         print(f"warning: {verdict['message']}")
 
 
-def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, estimator,
+def _write_outputs(by_target: dict, out: Path, args, encoders, best_slices, texts, targets,
                    patterns) -> None:
     import joblib
     from sklearn.base import clone
@@ -305,7 +266,10 @@ def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, es
 
     from embetter_plug import LayerPooler, save_model
 
-    results.to_csv(out / "results.csv")
+    _tidy(by_target).to_csv(out / "results.csv")
+    first = next(iter(by_target))
+    results, (y, task) = by_target[first], targets[first]
+    estimator = _estimator(args, task)
     best = results.best()
     pooling = best["pooling"][3:] if best["pooling"].startswith("pos") else best["pooling"]
     ns = argparse.Namespace(**{**vars(encoders[best["model"]]), "layers": str(best["layer"]),
@@ -324,17 +288,22 @@ def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, es
     pipe.set_params(encoder__verbose=False)  # this run's progress setting stays with this run
     joblib.dump(pipe, out / "best_pipeline.joblib")
     save_model(pipe, out / "best_pipeline")  # the same, readable without pickle
-    _plot(results, out / "probe.png")
-    results.to_html(out / "report.html", title=f"Probes on {results.frame_['dataset'].iloc[0]}",
-                    patterns=patterns or None)
-    print(f"wrote {out}{os.sep}: results.csv, probe.png, report.html and best_pipeline.joblib "
-          f"(layer {best['layer']} {best['part']}, pooling {best['pooling']}, refitted on all "
+    _plot(by_target, out / "probe.png")
+    from embetter_plug.probe import write_report
+
+    write_report(by_target if len(by_target) > 1 else results, out / "report.html",
+                 title=f"Probes on {results.frame_['dataset'].iloc[0]}",
+                 patterns=patterns or None)
+    target = f" for --label-col {first!r}" if len(by_target) > 1 else ""
+    print(f"wrote {out}{os.sep}: results.csv, probe.png, report.html and best_pipeline.joblib"
+          f"{target} (layer {best['layer']} {best['part']}, pooling {best['pooling']}, refitted on all "
           f"{len(texts)} rows; the folder best_pipeline is the same for "
           f"embetter_plug.load_model, without pickle)\n{open_hint(out / 'report.html')}")
 
 
-def _plot(results, path: Path) -> None:
-    """One panel per (model, pooling): the primary metric against layer, a line per part."""
+def _plot(by_target: dict, path: Path) -> None:
+    """One panel per (model, pooling): the primary metric against layer, a line per part; one
+    column of panels per label column when there are several."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -343,20 +312,27 @@ def _plot(results, path: Path) -> None:
     from embetter_plug import LayerMetricDisplay
     from embetter_plug.probe.results import DUMMY
 
-    metric = results.primary_metric
-    probes = results.frame_[results.frame_["part"] != DUMMY]
+    some = next(iter(by_target.values())).frame_
+    probes = some[some["part"] != DUMMY]
     panels = list(dict.fromkeys(zip(probes["model"], probes["pooling"])))
-    ncols = min(3, len(panels))
-    nrows = -(-len(panels) // ncols)
+    several = len(by_target) > 1
+    # one label: a grid of up to 3 columns; several: a column per label, side by side
+    ncols = len(by_target) if several else min(3, len(panels))
+    nrows = len(panels) if several else -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.8 * nrows), squeeze=False,
-                             sharey=True)
-    for ax, (model, pooling) in zip(axes.ravel(), panels):
-        LayerMetricDisplay.from_results(results, metric, where={"model": model, "pooling": pooling},
-                                        ax=ax)
-        ax.set_title(f"{model}, {pooling} pooling", fontsize="medium")
-    for ax in axes.ravel()[len(panels):]:
-        ax.set_visible(False)
-    fig.suptitle(f"{results.frame_['dataset'].iloc[0]}: probe {metric} by layer")
+                             sharey="col" if several else True)
+    for t, (col, results) in enumerate(by_target.items()):
+        cells = axes[:, t] if several else axes.ravel()
+        for ax, (model, pooling) in zip(cells, panels):
+            LayerMetricDisplay.from_results(results, results.primary_metric,
+                                            where={"model": model, "pooling": pooling}, ax=ax)
+            name = f"{col}: " if several else ""
+            ax.set_title(f"{name}{model}, {pooling} pooling", fontsize="medium")
+        for ax in cells[len(panels):]:
+            ax.set_visible(False)
+    metrics = sorted({r.primary_metric for r in by_target.values()})
+    fig.suptitle(f"{some['dataset'].iloc[0]}: probe {', '.join(metrics)} by layer"
+                 + (f" for {', '.join(by_target)}" if len(by_target) > 1 else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

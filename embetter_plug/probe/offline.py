@@ -48,8 +48,11 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
     ----------
     X : array of shape (n_samples, n_layers, n_parts, hidden)
         Activations, e.g. from ``TransformerActivationEncoder``. A 3-D array is one part.
-    y : array of shape (n_samples,)
-        Labels, or numbers for a regression probe.
+    y : array of shape (n_samples,), or a DataFrame or dict of such columns
+        Labels, or numbers for a regression probe. Several targets (e.g. the levels of a label
+        hierarchy) are probed on the same ``X`` one after another, each exactly as a call with
+        that column alone (its own task, folds and baseline), and a dict ``{name:
+        ProbeResults}`` is returned.
     estimator : sklearn estimator, default=None
         Any classifier or regressor; ``None`` is a standardised ``LogisticRegression(C=0.01)``
         (``Ridge(alpha=100)`` for regression). Cloned for every fold.
@@ -99,7 +102,7 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
 
     Returns
     -------
-    ProbeResults
+    ProbeResults, or a dict of them (one per target, in order) when ``y`` has several columns
 
     Examples
     --------
@@ -111,7 +114,18 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
     >>> X[:, 2, 1, 0] += 3 * y          # only layer 2, part 1 carries the label
     >>> probe_layers(X, y, cv=3).best_
     (2, 'part1')
+    >>> coarse = np.tile([0, 1], 30)      # a second label, carried by layer 0, part 0
+    >>> X[:, 0, 0, 1] += 3 * coarse
+    >>> {k: r.best_ for k, r in probe_layers(X, {"fine": y, "coarse": coarse}, cv=3).items()}
+    {'fine': (2, 'part1'), 'coarse': (0, 'part0')}
     """
+    targets = _targets(y)
+    if targets is not None:  # several labels: one probe run each, on the same activations
+        kwargs = dict(layout=layout, layers=layers, parts=parts, task=task, dummy=dummy,
+                      verbose=verbose, nested=nested, n_permutations=n_permutations,
+                      control=control, mdl=mdl, random_state=random_state)
+        return {name: probe_layers(X, col, estimator, cv, scoring, groups, n_jobs, **kwargs)
+                for name, col in targets.items()}
     import pandas as pd
     from joblib import Parallel, delayed
     from sklearn.base import clone, is_classifier
@@ -166,6 +180,22 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
     if dummy:
         results._warn_if_dummy_wins()
     return results
+
+
+def _targets(y) -> dict | None:
+    """``{name: column}`` of several targets (a DataFrame or dict), else None (one target)."""
+    if isinstance(y, dict):
+        items = list(y.items())
+    elif hasattr(y, "columns") and getattr(y, "ndim", 1) == 2:
+        items = [(c, y[c].to_numpy()) for c in y.columns]
+    else:
+        return None
+    if not items:
+        raise ValueError("y has no columns: give at least one target.")
+    names = [str(k) for k, _ in items]
+    if len(set(names)) != len(names):
+        raise ValueError(f"y's target names {names} repeat; give each target its own name.")
+    return {n: np.asarray(v) for n, (_, v) in zip(names, items)}
 
 
 def _probe_task(est, X, y, splits, scorers, plan):

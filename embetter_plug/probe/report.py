@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._pages import check_writable, fill, write_page
 from ._metrics import LOWER_IS_BETTER, metric_range, ranking_metrics
 from .results import ANY, DUMMY, ProbeResults
 
@@ -81,6 +82,9 @@ def _selection(results: ProbeResults) -> dict:
 def write_report(results, path, *, title: str | None = None, patterns=None) -> Path:
     """Write the interactive report of ``results`` (a ``ProbeResults`` or a results file) to ``path``.
 
+    A dict ``{target: results}`` (from ``probe_layers`` with several targets) gives one report
+    per target, side by side on one page (each with its own plot, selectors and table).
+
     ``patterns``: an :class:`~embetter_plug.attention.AttentionPattern` (from
     :func:`~embetter_plug.attention.attention_patterns`), or a dict ``{model label: pattern}``,
     adds a section showing that text's attention with the tokens on both axes and a layer and
@@ -97,8 +101,13 @@ def write_report(results, path, *, title: str | None = None, patterns=None) -> P
     >>> write_report(res, "probe_report.html").name
     'probe_report.html'
     """
-    from .._pages import check_writable, fill, write_page
+    if isinstance(results, dict):
+        return _side_by_side(results, path, title=title, patterns=patterns)
+    return write_page(path, _page(results, title, patterns), what="the report")
 
+
+def _page(results, title: str | None, patterns) -> str:
+    """The report page of one results set."""
     title = title or "Probe results"
     check_writable(title, "title")
     if not isinstance(results, ProbeResults):
@@ -112,6 +121,31 @@ def write_report(results, path, *, title: str | None = None, patterns=None) -> P
                "warning": "" if verdict["beats_chance"] else verdict["message"]}
     data = json.dumps(payload).replace("<", "\\u003c")
     page = fill(_TEMPLATE, TITLE=html.escape(title), DATA=data)
+    if patterns is not None:
+        page = _with_patterns(page, patterns)
+    return page
+
+
+def _side_by_side(results: dict, path, *, title: str | None, patterns) -> Path:
+    """One page holding each target's report in a frame, side by side (wrapping on narrow
+    screens), and the attention patterns once below them."""
+    if not results:
+        raise ValueError("results is an empty dict: give at least one target's ProbeResults.")
+    title = title or "Probe results"
+    check_writable(title, "title")
+    for name in results:
+        check_writable(str(name), "target name")
+    frames = "\n".join(
+        f'<section><h2>{html.escape(str(name))}</h2><iframe title="{html.escape(str(name))}" '
+        f'srcdoc="{html.escape(_page(res, f"{title}: {name}", None), quote=True)}"></iframe>'
+        "</section>" for name, res in results.items())
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            "</title><style>body{font-family:system-ui,sans-serif;margin:1em}"
+            ".targets{display:flex;flex-wrap:wrap;gap:1em}.targets section{flex:1 1 560px}"
+            "iframe{width:100%;height:1100px;border:1px solid #ccc}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>One probe report per label, on the same "
+            f"activations: {', '.join(html.escape(str(n)) for n in results)}.</p>"
+            f"<div class='targets'>{frames}</div></body></html>")
     if patterns is not None:
         page = _with_patterns(page, patterns)
     return write_page(path, page, what="the report")
