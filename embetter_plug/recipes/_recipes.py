@@ -49,7 +49,8 @@ def _lr(C: Any = 1.0, random_state: int = 0):
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 
     if C == "cv":  # C chosen inside, by 3-fold CV on the rows it is given
-        return LogisticRegressionCV(Cs=[0.01, 0.1, 1.0], cv=3, max_iter=300,
+        return LogisticRegressionCV(Cs=[0.01, 0.1, 1.0], cv=3, max_iter=300, scoring="accuracy",
+                                    l1_ratios=(0.0,), use_legacy_attributes=False,
                                     random_state=random_state)
     return LogisticRegression(C=C, max_iter=1000, random_state=random_state)
 

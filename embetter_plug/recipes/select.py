@@ -192,7 +192,8 @@ def select_recipe(texts, y, *, model: Any = None, tokenizer: Any = None, budget:
         ``{recipe name: out-of-fold predictions}`` of an earlier, interrupted run with the
         same data and settings: those recipes are not run again.
     on_scored : callable or None
-        Called with the results so far after each recipe (to write them as they come).
+        Called after each recipe with the results so far and ``{recipe name: out-of-fold
+        predictions}`` (to write them as they come; ``done=`` takes the latter back).
     verbose : bool, default=False
         A progress bar over the recipes.
 

@@ -1,0 +1,185 @@
+"""Quality and cost of the recipes `embetter-plug train` compares, against sentence-transformers
+embeddings + LogisticRegression, on SST-2 and TREC (../shared/data).
+
+For each data set: 1,500 training rows sampled with a fixed seed, the official test rows.
+Measured in one run: ST + LR; `select_recipe` (train's pick, chosen on the training rows only,
+default budget 15 CPU-minutes); each recipe refitted on the 1,500 rows; CPU seconds of fit and
+predict. Also: fine-tuning throughput of TransformerTuner against a plain torch loop over the
+same model and batches, and the cost levers (bf16 autocast, frozen word embeddings, fused AdamW)
+in that plain loop.
+
+    python benchmarks/bench_quality.py [--rows 1500] [--threads 2] [--out bench_quality.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+DATA = DATA if DATA.is_dir() else Path("/work/shared/data")
+
+
+def cpu_wall(fn):
+    c, w = time.process_time(), time.perf_counter()
+    out = fn()
+    return out, time.process_time() - c, time.perf_counter() - w
+
+
+def load(name: str, rows: int, seed: int = 0):
+    df = pd.read_csv(DATA / name / f"{name}.csv")
+    train = df[df["split"] == "train"].sample(rows, random_state=seed)
+    test = df[df["split"] == "test"]
+    return (train["text"].tolist(), train["label"].astype(str).to_numpy(),
+            test["text"].tolist(), test["label"].astype(str).to_numpy())
+
+
+def st_lr(tr, ytr, te, yte):
+    from sentence_transformers import SentenceTransformer
+    from sklearn.linear_model import LogisticRegression
+
+    from embetter_plug._loading import default_model_path
+
+    st = SentenceTransformer(default_model_path(), device="cpu")
+    st.encode(tr[:8])
+
+    def fit():
+        E = st.encode(tr, batch_size=32, normalize_embeddings=True)
+        return LogisticRegression(C=1.0, max_iter=5000, random_state=0).fit(E, ytr)
+
+    lr, fit_cpu, fit_wall = cpu_wall(fit)
+    pred, pred_cpu, _ = cpu_wall(lambda: lr.predict(st.encode(te, batch_size=32,
+                                                              normalize_embeddings=True)))
+    return dict(recipe="ST + LR (baseline)", test_acc=float(np.mean(pred == yte)),
+                fit_cpu_s=fit_cpu, fit_wall_s=fit_wall, predict_cpu_s=pred_cpu)
+
+
+def each_recipe(tr, ytr, te, yte):
+    """Every default recipe refitted on the training rows, scored on the test rows."""
+    from embetter_plug import TransformerActivationEncoder, TransformerTuner
+    from embetter_plug.recipes import default_recipes
+    from embetter_plug.recipes.select import _refit
+
+    out = []
+    enc = TransformerActivationEncoder(layers="all", device="cpu", dtype="float32").fit()
+    (Xtr, c1, _) = cpu_wall(lambda: np.asarray(enc.transform(tr))[:, :, 0, :])
+    for recipe in default_recipes(len(enc.layout_.layers), random_state=0):
+        if recipe.frozen:
+            pipe, c, w = cpu_wall(lambda: _refit(recipe, None, None, tr, ytr, Xtr, dict(
+                parts="resid_post", token_pooling="auto", device="cpu", dtype="float32")))
+            c, w = c + c1 * len(recipe.layers) / Xtr.shape[1], w
+        else:
+            pipe, c, w = cpu_wall(lambda: _refit(recipe, None, None, tr, ytr, None, {}))
+            tuner = pipe.steps[0][1]
+            out.append(dict(note="fine_tune fit", epochs=tuner.n_epochs_, best=tuner.best_epoch_,
+                            autocast=tuner.autocast_, fit_cpu_s=c, fit_wall_s=w))
+        pred, pc, _ = cpu_wall(lambda: pipe.predict(te))
+        out.append(dict(recipe=recipe.name, test_acc=float(np.mean(pred == yte)),
+                        fit_cpu_s=c, fit_wall_s=w, predict_cpu_s=pc))
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def throughput(texts, y, batches: int = 24, batch_size: int = 16):
+    """TransformerTuner's training texts/s vs a plain torch loop over the same model and batches,
+    and the levers in the plain loop."""
+    import torch
+
+    from embetter_plug import TransformerTuner
+    from embetter_plug.tuners._finetune_net import FineTuneModule, tokenize
+
+    n = batches * batch_size
+    texts, y = texts[:n], y[:n]
+    tuner = TransformerTuner(max_epochs=1, batch_size=batch_size, early_stopping=False,
+                             random_state=0)
+    (_, c_t, w_t) = cpu_wall(lambda: tuner.fit(texts, y))
+    train_s = float(tuner.net_.history[-1, "dur"])  # the epoch itself (no loading, no predict)
+    codes = torch.as_tensor(np.searchsorted(tuner.classes_, y))
+    results = {"tuner": dict(texts_per_s=n / train_s, fit_cpu_s=c_t, fit_wall_s=w_t)}
+    backbone0, tok = tuner._load_backbone()
+    X = tokenize(tok, texts, 128)
+    lengths = X["attention_mask"].sum(1)
+    order = np.argsort(-lengths, kind="stable")  # the same bucketed batches for every loop
+    batch_idx = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+    def plain(bf16: bool, frozen: bool, fused: bool):
+        import copy
+        torch.manual_seed(0)
+        backbone = copy.deepcopy(backbone0)
+        if frozen:
+            backbone.get_input_embeddings().weight.requires_grad_(False)
+        module = FineTuneModule(backbone, 384, len(tuner.classes_), "mean",
+                                torch.bfloat16 if bf16 else None)
+        opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4,
+                                fused=fused)
+        module.train()
+        loss_fn = torch.nn.CrossEntropyLoss()
+        start = time.perf_counter()
+        for idx in batch_idx:
+            ids = torch.as_tensor(X["input_ids"][idx])
+            mask = torch.as_tensor(X["attention_mask"][idx])
+            opt.zero_grad()
+            loss_fn(module(ids, mask)[0], codes[idx]).backward()
+            opt.step()
+        return n / (time.perf_counter() - start)
+
+    for name, kw in [("plain, same settings as the tuner", dict(bf16=tuner.autocast_ == "bf16",
+                                                                 frozen=True, fused=True)),
+                     ("plain, fp32", dict(bf16=False, frozen=True, fused=True)),
+                     ("plain, embeddings trained", dict(bf16=tuner.autocast_ == "bf16",
+                                                        frozen=False, fused=True)),
+                     ("plain, unfused AdamW", dict(bf16=tuner.autocast_ == "bf16", frozen=True,
+                                                   fused=False))]:
+        results[name] = dict(texts_per_s=plain(**kw))
+        print(name, results[name], flush=True)
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1500)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--datasets", default="sst2,trec")
+    parser.add_argument("--out", default="bench_quality.json")
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    report = {"rows": args.rows, "threads": args.threads, "cpu": os.cpu_count(),
+              "load_at_start": os.getloadavg()}
+    if not args.skip_throughput:
+        tr, ytr, _, _ = load("sst2", args.rows)
+        report["throughput"] = throughput(tr, ytr)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    from embetter_plug.recipes import select_recipe
+
+    for name in args.datasets.split(","):
+        tr, ytr, te, yte = load(name, args.rows)
+        rows = [st_lr(tr, ytr, te, yte)]
+        print(json.dumps(rows[-1]), flush=True)
+        sel, c, w = cpu_wall(lambda: select_recipe(tr, ytr, budget=15, random_state=0))
+        pred, pc, _ = cpu_wall(lambda: sel.pipeline.predict(te))
+        rows.append(dict(recipe=f"train's pick ({sel.best}, {sel.scheme})",
+                         test_acc=float(np.mean(pred == yte)), fit_cpu_s=c, fit_wall_s=w,
+                         predict_cpu_s=pc))
+        print(sel.table(), flush=True)
+        print(json.dumps(rows[-1]), flush=True)
+        report[name] = {"rows": rows, "selection": sel.results.to_dict("records"),
+                        "load": os.getloadavg()}
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str))
+        report[name]["each_recipe"] = each_recipe(tr, ytr, te, yte)
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str))
+    report["load_at_end"] = os.getloadavg()
+    Path(args.out).write_text(json.dumps(report, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
