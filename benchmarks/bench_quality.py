@@ -65,36 +65,46 @@ def st_lr(tr, ytr, te, yte):
                 fit_cpu_s=fit_cpu, fit_wall_s=fit_wall, predict_cpu_s=pred_cpu)
 
 
-def each_recipe(tr, ytr, te, yte, sel):
-    """Every default recipe refitted on the training rows, scored on the test rows (the winner's
-    refit is `sel.pipeline`, timed inside select_recipe)."""
-    from embetter_plug import TransformerActivationEncoder, TransformerTuner
+def each_recipe(tr, ytr, te, yte, sel, save):
+    """Every default recipe refitted on the training rows, scored on the test rows. The frozen
+    ones read one encoding of the train and test texts (CPU-s: their share of it, by layers read,
+    plus the head); the winner's refit is `sel.pipeline`, timed inside select_recipe; the
+    fine-tuning recipe runs last (the dearest). ``save(rows)`` after each recipe."""
+    from sklearn.base import clone
+
+    from embetter_plug import TransformerActivationEncoder
+    from embetter_plug.pooler import LayerPooler
     from embetter_plug.recipes import default_recipes
     from embetter_plug.recipes.select import _refit
 
     out = []
     enc = TransformerActivationEncoder(layers="all", device="cpu", dtype="float32").fit()
-    (Xtr, c1, _) = cpu_wall(lambda: np.asarray(enc.transform(tr))[:, :, 0, :])
-    for recipe in default_recipes(len(enc.layout_.layers), random_state=0):
-        if recipe.name == sel.best:
-            pipe, c, w = sel.pipeline, sel.refit_cpu_s, float("nan")
-            if not recipe.frozen:
-                tuner = pipe.steps[0][1]
-                out.append(dict(note="fine_tune fit (train's refit)", epochs=tuner.n_epochs_,
-                                best=tuner.best_epoch_, autocast=tuner.autocast_, fit_cpu_s=c))
-        elif recipe.frozen:
-            pipe, c, w = cpu_wall(lambda: _refit(recipe, None, None, tr, ytr, Xtr, dict(
-                parts="resid_post", token_pooling="auto", device="cpu", dtype="float32")))
-            c, w = c + c1 * len(recipe.layers) / Xtr.shape[1], w
+    (Xtr, c_tr, _) = cpu_wall(lambda: np.asarray(enc.transform(tr))[:, :, 0, :])
+    (Xte, c_te, _) = cpu_wall(lambda: np.asarray(enc.transform(te))[:, :, 0, :])
+    n_layers = Xtr.shape[1]
+    for recipe in default_recipes(n_layers, random_state=0):
+        share = len(recipe.layers) / n_layers if recipe.frozen else 0.0
+        if recipe.frozen:
+            def fit():
+                pooler = LayerPooler(method=recipe.pool).fit(Xtr[:, recipe.layers])
+                return pooler, clone(recipe.head()).fit(pooler.transform(Xtr[:, recipe.layers]), ytr)
+            (pooler, head), c, w = cpu_wall(fit)
+            pred, pc, _ = cpu_wall(lambda: head.predict(pooler.transform(Xte[:, recipe.layers])))
+            c, pc = c + c_tr * share, pc + c_te * share
         else:
-            pipe, c, w = cpu_wall(lambda: _refit(recipe, None, None, tr, ytr, None, {}))
+            if recipe.name == sel.best:
+                pipe, c, w = sel.pipeline, sel.refit_cpu_s, float("nan")
+            else:
+                pipe, c, w = cpu_wall(lambda: _refit(recipe, None, None, tr, ytr, None, {}))
             tuner = pipe.steps[0][1]
-            out.append(dict(note="fine_tune fit", epochs=tuner.n_epochs_, best=tuner.best_epoch_,
-                            autocast=tuner.autocast_, fit_cpu_s=c, fit_wall_s=w))
-        pred, pc, _ = cpu_wall(lambda: pipe.predict(te))
+            out.append(dict(note="fine_tune fit on all training rows", epochs=tuner.n_epochs_,
+                            best_epoch=tuner.best_epoch_, autocast=tuner.autocast_, fit_cpu_s=c,
+                            fit_wall_s=w))
+            pred, pc, _ = cpu_wall(lambda: pipe.predict(te))
         out.append(dict(recipe=recipe.name, test_acc=float(np.mean(pred == yte)),
                         fit_cpu_s=c, fit_wall_s=w, predict_cpu_s=pc))
         print(json.dumps(out[-1]), flush=True)
+        save(out)
     return out
 
 
@@ -195,6 +205,8 @@ def main():
     parser.add_argument("--out", default="bench_quality.json")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--only-throughput", action="store_true")
+    parser.add_argument("--budget", type=float, default=15.0,
+                        help="train's budget in CPU-minutes (its default: 15)")
     args = parser.parse_args()
     import torch
 
@@ -211,7 +223,7 @@ def main():
         tr, ytr, te, yte = load(name, args.rows)
         rows = [st_lr(tr, ytr, te, yte)]
         print(json.dumps(rows[-1]), flush=True)
-        sel, c, w = cpu_wall(lambda: select_recipe(tr, ytr, budget=15, random_state=0))
+        sel, c, w = cpu_wall(lambda: select_recipe(tr, ytr, budget=args.budget, random_state=0))
         pred, pc, _ = cpu_wall(lambda: sel.pipeline.predict(te))
         rows.append(dict(recipe=f"train's pick ({sel.best}, {sel.scheme})",
                          test_acc=float(np.mean(pred == yte)), fit_cpu_s=c, fit_wall_s=w,
@@ -219,10 +231,14 @@ def main():
         print(sel.table(), flush=True)
         print(json.dumps(rows[-1]), flush=True)
         report[name] = {"rows": rows, "selection": sel.results.to_dict("records"),
-                        "load": os.getloadavg()}
+                        "scheme": sel.scheme, "budget_min": args.budget,
+                        "selection_cpu_s": sel.cpu_s, "load": os.getloadavg()}
         Path(args.out).write_text(json.dumps(report, indent=2, default=str))
-        report[name]["each_recipe"] = each_recipe(tr, ytr, te, yte, sel)
-        Path(args.out).write_text(json.dumps(report, indent=2, default=str))
+        def save(rows, name=name):
+            report[name]["each_recipe"] = rows
+            Path(args.out).write_text(json.dumps(report, indent=2, default=str))
+
+        each_recipe(tr, ytr, te, yte, sel, save)
     report["load_at_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(report, indent=2, default=str))
 
