@@ -14,9 +14,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-#: CPU-s of fine-tuning per token and epoch, in forward passes (forward + backward + step;
-#: measured 2.2-3 with frozen word embeddings, benchmarks/bench_quality.py)
-FINE_TUNE_PASSES = 3.0
+#: CPU-s of fine-tuning per token and epoch, in timed forward passes of the calibration
+#: (forward + backward + step with bf16, frozen word embeddings and bucketed batches measured
+#: about 1.2 of them on MiniLM; benchmarks/bench_quality.py), with a margin
+FINE_TUNE_PASSES = 1.5
 #: CPU-s per (row x feature x class x solve) of an lbfgs logistic regression, pessimistic
 LR_SEC = 1e-7
 #: CPU-s per (row x feature x epoch) of PlugClassifier's small MLP
