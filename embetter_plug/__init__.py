@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "SbertLearner": "embetter_plug.tuners",
     "SbertTuner": "embetter_plug.tuners",
     "SentenceEncoder": "embetter_plug.tuners",
+    "TransformerTuner": "embetter_plug.tuners",
     # probing
     "probe_layers": "embetter_plug.probe",
     "ProbeResults": "embetter_plug.probe",
@@ -83,4 +84,4 @@ if TYPE_CHECKING:  # pragma: no cover - for static type checkers and IDEs
     from .pooler import LayerPooler
     from .probe import LayerMetricDisplay, OnlineProbes, ProbeResults, probe_layers
     from .tuners import (ContrastiveLearner, ContrastiveTuner, FeedForwardTuner,
-                         SbertLearner, SbertTuner, SentenceEncoder)
+                         SbertLearner, SbertTuner, SentenceEncoder, TransformerTuner)

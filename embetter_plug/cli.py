@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "cache": "inspect or clear the activation cache",
     "map": "a labelling map of a CSV's texts: one HTML page to search, select and export rows",
     "attention": "attention metrics per layer and head (entropy, sink, distance, norms) for a CSV",
+    "train": "the best classifier for a labelled CSV: recipes compared by CV within a CPU budget",
+    "predict": "apply a saved pipeline (train's best_pipeline) to a CSV",
 }
 
 

@@ -74,7 +74,7 @@ def _numeric_data(est):
 
 
 def _text_estimators():
-    from embetter_plug import OnlineProbes, SentenceEncoder, TransformerActivationEncoder
+    from embetter_plug import OnlineProbes, SentenceEncoder, TransformerActivationEncoder, TransformerTuner
     from embetter_plug.testing import make_tiny_model
 
     # seed=1: a model no other test touches (transformers leaves unpicklable hooks on a model
@@ -85,6 +85,8 @@ def _text_estimators():
         SentenceEncoder(device="cpu"),  # model=None: the built-in MiniLM (tuners issue)
         OnlineProbes(TransformerActivationEncoder(model, tok, layers=[0, -1]), max_epochs=2,
                      random_state=0),  # probing issue
+        TransformerTuner(*make_tiny_model("bert", seed=1), max_epochs=1, batch_size=8,
+                         early_stopping=False, random_state=0),  # fine-tuning issue
         # --- more text-input estimators go here ---
     ]
 

@@ -58,3 +58,29 @@ class InterruptNote:
         kept = self.kept() if callable(self.kept) else self.kept
         kept = kept if kept.startswith("nothing") else f"kept: {kept}"
         return f"{kept}; {self.resume}"
+
+
+def prepare_out(out: str | None, command: str, outputs, *, overwrite: bool = False,
+                resumable: bool = False) -> Path:
+    """Create ``--out`` before any model loads; refuse a file, or an earlier run's ``outputs``
+    (unless ``overwrite``, or ``resumable``: the command picks up what that run finished).
+
+    Without ``--out``: a new run folder (created when the first results are written).
+    """
+    if out is None:
+        return new_run_folder(command)
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out!r} is a file; give a folder (new or empty) for "
+                         f"{', '.join(outputs)}.")
+    earlier = [n for n in outputs if (path / n).exists()]
+    if earlier and not (overwrite or resumable):
+        raise ValueError(f"--out {out!r} already holds an earlier run's {earlier}; pass "
+                         "--overwrite to replace them, or choose another folder.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"--out {out!r} cannot be created: {exc.strerror or exc}.") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out!r} is not writable; choose another folder.")
+    return path

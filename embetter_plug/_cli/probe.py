@@ -38,7 +38,7 @@ from ._data import (HelpFormatter, add_image_dir_arguments, add_progress_argumen
                     positive_int)
 from ._probe_data import AUTO_MAX_CLASSES, read_targets as _read
 from .._pages import display_name
-from ._runs import InterruptNote, new_run_folder, open_hint
+from ._runs import InterruptNote, open_hint, prepare_out
 from ._heads import PATTERN_MAX_TOKENS, pattern_of, pattern_row
 from .extract import add_encoder_arguments, add_image_argument, encoder_from_args
 
@@ -140,27 +140,8 @@ def _with_pooling(results, enc):
 
 
 def _check_out(args) -> Path:
-    """Create ``--out`` before any model loads; refuse a file, or an earlier run's files.
-
-    Without ``--out``: a new run folder (created when the first results are written).
-    """
-    if args.out is None:
-        return new_run_folder("probe")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {args.out!r} is a file; give a folder (new or empty) for "
-                         f"{', '.join(OUTPUTS)}.")
-    earlier = [n for n in OUTPUTS if (out / n).exists()]
-    if earlier and not args.overwrite:
-        raise ValueError(f"--out {args.out!r} already holds an earlier run's {earlier}; pass "
-                         "--overwrite to replace them, or choose another folder.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OSError(f"--out {args.out!r} cannot be created: {exc.strerror or exc}.") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise PermissionError(f"--out {args.out!r} is not writable; choose another folder.")
-    return out
+    """Create ``--out`` before any model loads; refuse a file, or an earlier run's files."""
+    return prepare_out(args.out, "probe", OUTPUTS, overwrite=args.overwrite)
 
 
 def run(args) -> int:

@@ -44,9 +44,9 @@ TRUSTED = [
 
 
 def _is_plug_model(obj) -> bool:
-    from .persistence import _CLASSES
+    from .persistence import is_saved_as_model
 
-    return type(obj).__name__ in _CLASSES and type(obj) is _CLASSES[type(obj).__name__]
+    return is_saved_as_model(obj)
 
 
 def _swap_models(est, prefix: str, models: dict) -> Any:

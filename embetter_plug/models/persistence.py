@@ -28,6 +28,23 @@ __all__ = ["save_model", "load_model"]
 
 _CLASSES = {c.__name__: c for c in (PlugClassifier, PlugRegressor, PlugContrastiveCNN)}
 _FORMAT = "embetter_plug.model/1"
+
+
+def _self_saving() -> dict:
+    """Models whose folders hold a whole transformer (imported when first needed)."""
+    from ..tuners.finetune import TransformerTuner
+
+    return {"TransformerTuner": TransformerTuner}
+
+
+def is_saved_as_model(est) -> bool:
+    """Whether ``est`` is stored by :func:`save_model` in a folder of its own (in a Pipeline:
+    ``models/<step>``), not by skops."""
+    name = type(est).__name__
+    for registry in (_CLASSES, _self_saving()):
+        if type(est) is registry.get(name):
+            return True
+    return False
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
@@ -55,6 +72,12 @@ def save_model(model, path: str | Path) -> Path:
     True
     """
     name = type(model).__name__
+    if name in _self_saving():
+        from ..tuners._finetune_io import save_tuner
+
+        check_is_fitted(model, "net_")
+        header = {"format": _FORMAT, "embetter_plug_version": __version__, "estimator": name}
+        return save_tuner(model, Path(path), header, _json_param)
     if name not in _CLASSES:
         from ._pipeline_io import save_pipeline
 
@@ -114,6 +137,10 @@ def load_model(path: str | Path, *, device: Any = None, trusted: list[str] | Non
     if not cfg_file.is_file() or not weights.is_file():
         raise FileNotFoundError(f"{path} is not a saved model: expected {CONFIG} and {WEIGHTS} in it.")
     config = json.loads(cfg_file.read_text())
+    if config.get("format") == _FORMAT and config.get("estimator") in _self_saving():
+        from ..tuners._finetune_io import load_tuner
+
+        return load_tuner(_self_saving()[config["estimator"]], path, config, device)
     if config.get("format") != _FORMAT or config.get("estimator") not in _CLASSES:
         raise ValueError(f"{cfg_file} is not a model saved by embetter_plug.save_model "
                          f"(format {config.get('format')!r}, estimator {config.get('estimator')!r}).")
