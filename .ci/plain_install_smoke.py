@@ -118,14 +118,16 @@ def _probe():
 
     from embetter_plug import (LayerPooler, TransformerActivationEncoder, load_builtin_dataset,
                                load_model, probe_layers, save_model)
-    from embetter_plug.testing import make_tiny_model
+    from embetter_plug.testing import save_tiny_model
 
     df = load_builtin_dataset("train").groupby("label").head(20)
     texts, y = df["text"].tolist(), df["label"].to_numpy()
-    model, tok = make_tiny_model("gpt2")
-    enc = TransformerActivationEncoder(model, tok, parts=["resid_post", "mlp_out"])
+    folder = str(save_tiny_model("gpt2", WORK / "gpt2"))  # save_model keeps an encoder by folder
+    enc = TransformerActivationEncoder(folder, parts=["resid_post", "mlp_out"])
     X = enc.fit_transform(texts)
-    res = probe_layers(X, y, cv=2, layout=enc.layout_)
+    with warnings.catch_warnings():  # a tiny random model: no signal, and a warning says so
+        warnings.simplefilter("ignore", UserWarning)
+        res = probe_layers(X, y, cv=2, layout=enc.layout_)
     assert res.to_html(WORK / "report.html").stat().st_size > 1000
     pipe = make_pipeline(enc, LayerPooler(layers=[1], parts=[0]), LogisticRegression()).fit(texts, y)
     save_model(pipe, WORK / "pipe")

@@ -6,7 +6,6 @@ The command line tests run the real ``embetter-plug`` command in a subprocess.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal
@@ -114,23 +113,44 @@ def test_streamed_extraction_shows_one_bar(tmp_path, capsys, tiny_gpt2, texts):
     assert enc.verbose is True
 
 
+#: runs `embetter-plug` with a pause after the second complete shard: it writes the file named
+#: by $PAUSED_AT then waits there, so a test sends SIGINT at a point it knows, whatever the load
+PAUSE_AFTER_SHARD_2 = """
+import os, sys, time
+from embetter_plug import streaming
+mark = streaming.ShardWriter.mark_complete
+def paused(self, shards):
+    mark(self, shards)
+    if self.n_done == 2:
+        open(os.environ["PAUSED_AT"], "w").close()
+        while True:
+            time.sleep(0.05)
+streaming.ShardWriter.mark_complete = paused
+from embetter_plug.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _paused_cli(args, cwd):
+    """The running command, once it is paused after its second complete shard."""
+    paused = cwd / "paused"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PAUSED_AT": str(paused)}
+    proc = subprocess.Popen([sys.executable, "-c", PAUSE_AFTER_SHARD_2, *args], cwd=cwd,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not paused.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert paused.exists(), proc.communicate(timeout=60)
+    return proc
+
+
 def test_ctrl_c_during_extract_says_what_was_kept_and_resumes(setup, tmp_path):
     """A real SIGINT to a running `embetter-plug extract ... --out acts.npz`, then a rerun."""
     out = tmp_path / "acts.npz"
     args = ["extract", "--model", setup["model"], "--layers", "0", "--batch-size", "4",
             "--shard-size", "4", "--limit", "200", "--out", str(out), "--quiet"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "embetter_plug.cli", *args], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _paused_cli(args, tmp_path)
     manifest = tmp_path / "acts.npz.partial" / "manifest.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if json.loads(manifest.read_text())["n_done"] >= 2:
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
@@ -139,7 +159,7 @@ def test_ctrl_c_during_extract_says_what_was_kept_and_resumes(setup, tmp_path):
                   r"the complete shards\) \(the \.npz file is written when all are done\)", stderr)
     assert m, stderr[-2000:]
     kept, n_shards, rows = map(int, m.groups())
-    assert kept >= 2 and n_shards == 50 and rows == 4 * kept
+    assert (kept, n_shards, rows) == (2, 50, 8)
     assert not out.exists()
     # files are readable like any file the user writes (not the temporary file's 0o600)
     assert manifest.stat().st_mode & 0o777 == 0o666 & ~_umask()
