@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 
 SUBCOMMANDS = {
@@ -38,10 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: options whose value may be a list of negative numbers, e.g. ``--layers -2,-1``
+NEGATIVE_LISTS = ("--layers", "--heads")
+_NUMBERS = re.compile(r"^-\d+(\s*,\s*-?\d+)*,?$")
+
+
+def negative_values(argv: list[str]) -> list[str]:
+    """``--layers -2,-1`` as ``--layers=-2,-1``: argparse reads a value that starts with ``-``
+    (and is not one plain number) as an option."""
+    out = list(argv)
+    for i in range(len(out) - 1):
+        if out[i] in NEGATIVE_LISTS and _NUMBERS.match(out[i + 1]):
+            out[i:i + 2] = [f"{out[i]}={out[i + 1]}", None]
+    return [a for a in out if a is not None]
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(negative_values(sys.argv[1:] if argv is None else argv))
     if args.command is None:
         parser.print_help()
         return 2
