@@ -349,3 +349,20 @@ def test_negative_layers_and_heads_as_separate_values(setup, tmp_path, capsys):
                                        heads=[-1]).fit(setup["df"]["text"].tolist())
     assert layout.layers == enc.layout_.layers and layout.parts == enc.layout_.parts
     np.testing.assert_allclose(X, enc.transform(setup["df"]["text"].tolist()), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("command", ["probe", "extract"])
+def test_image_errors_count_rows_by_csv_line(tmp_path, capsys, no_model, command):
+    """A missing and an unreadable image are both named by their CSV line (header: line 1)."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    (tmp_path / "broken.png").write_text("not an image")
+    images = ["ok.png", "ok.png", "ok.png", "broken.png"]
+    pd.DataFrame({"text": ["a", "b", "c", "d"], "image": images, "label": [0, 1, 0, 1]}).to_csv(
+        tmp_path / "data.csv", index=False)
+    out = ["--out", str(tmp_path / "acts.npz")] if command == "extract" else ["--cv", "2"]
+    assert main([command, "--data", str(tmp_path / "data.csv"), "--image-col", "image", *out]) == 2
+    err = capsys.readouterr().err
+    assert "line(s) [5] (the header is line 1)" in err and "broken.png" in err, err
+    assert "--data[" not in err

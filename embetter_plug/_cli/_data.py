@@ -161,7 +161,8 @@ def read_samples(df, path: str | None, text_col: str, image_col: str) -> list:
             raise ValueError(f"{where([label], path)} has neither a text nor an image; remove "
                              "the row or fill it.")
         rows.append({"text": text, "image": image})
-    return check_inputs(rows, name="--data")
+    labels = list(df.index)
+    return check_inputs(rows, name="--data", where=lambda i: where([labels[i]], path))
 
 
 def select_split(df, split: str | None, path: str | None):
