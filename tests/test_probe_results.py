@@ -289,3 +289,23 @@ def test_report_and_plot_show_the_statistics(tmp_path):
     line = float(re.search(r'<line class="selection" data-value="([^"]+)"', dom).group(1))
     assert line == pytest.approx(sf["mean"], abs=1e-6)
     assert "Best probe, selection-free" in dom and "<th>selectivity</th>" in dom
+
+
+def test_table_prints_every_row_and_column():
+    """pandas cuts frames over 60 rows (and wide ones) to `...`; the probe table prints whole."""
+    rng = np.random.default_rng(0)
+    metrics = ["accuracy", "f1", "roc_auc", "balanced_accuracy", "matthews", "log_loss"]
+    frame = pd.DataFrame([{"model": "a-model-with-a-long-name", "pooling": "mean", "layer": l,
+                           "part": f"part_{p}", "metric": m, "fold": f, "score": rng.uniform()}
+                          for l in range(40) for p in range(2) for m in metrics for f in range(2)])
+    table = ProbeResults(frame).table()
+    assert len(table) == 80
+    with pd.option_context("display.width", 80):
+        text, html = repr(table), table._repr_html_()
+    assert "..." not in text and "…" not in html and "..." not in html
+    lines = text.splitlines()
+    assert len(lines) == 81  # the header, then one line per probe
+    for col in table.columns:
+        assert col in lines[0]
+    for (_, row), line in zip(table.iterrows(), lines[1:]):
+        assert line.split()[1:] == " ".join(map(str, row)).split()

@@ -301,7 +301,9 @@ class ProbeResults:
         return row["layer"], row["part"]
 
     def table(self, metrics: list[str] | None = None, *, digits: int = 3, mark_best: bool = True):
-        """A wide table of ``mean ± std`` strings per (context, layer, part), best marked ``*``."""
+        """A wide table of ``mean ± std`` strings per (context, layer, part), best marked ``*``.
+
+        A DataFrame that prints whole (every row and column, not cut to ``...``)."""
         import pandas as pd
 
         metrics = list(metrics) if metrics is not None else self.metrics
@@ -326,7 +328,9 @@ class ProbeResults:
             for k in keys:
                 is_best &= wide[k].astype(str).to_numpy() == str(best[k])
             wide.insert(len(keys), "best", np.where(is_best, "*", ""))
-        return self._with_statistics(pd.DataFrame(wide), metrics, keys, digits)
+        from ._table import ProbeTable
+
+        return ProbeTable(self._with_statistics(pd.DataFrame(wide), metrics, keys, digits))
 
     def _with_statistics(self, wide, metrics, keys, digits: int):
         """The table's analysis columns (selectivity, corrected p, compression, where computed)
