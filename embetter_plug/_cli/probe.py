@@ -38,7 +38,10 @@ from .extract import add_encoder_arguments, add_image_argument, encoder_from_arg
 
 DEFAULT_PARTS = "resid_post,attn_out,mlp_out"
 BUILTIN_MODEL = "all-MiniLM-L6-v2"
-OUTPUTS = ("results.csv", "best_pipeline.joblib", "best_pipeline", "probe.png", "report.html")
+OUTPUTS = ("results.csv", "best_pipeline.joblib", "best_pipeline", "probe.png", "report.html",
+           "best_pipeline_no_signal.joblib", "best_pipeline_no_signal")
+#: the saved best pipeline's name when no probe beats chance: the warning is in the file's name
+NO_SIGNAL_PIPELINE = "best_pipeline_no_signal"
 #: --task auto: numbers with more distinct values than this are a regression target
 AUTO_MAX_CLASSES = 20
 TABLE_METRICS = {"classification": ["accuracy", "f1", "roc_auc"],
@@ -277,6 +280,11 @@ def run(args) -> int:
 
 
 def _print_table(results, task: str) -> None:
+    """The table (best ``*``, within noise of it ``~``), the ``best:`` line, the nested-CV line;
+    on no signal the warning comes first."""
+    verdict = results.verdict()
+    if not verdict["beats_chance"]:
+        print(f"warning: {verdict['message']}")
     metrics = [m for m in TABLE_METRICS[task] if m in results.metrics]
     table = results.table(metrics)
     fixed = [c for c in results.context if table[c].nunique() == 1]
@@ -285,15 +293,29 @@ def _print_table(results, task: str) -> None:
     best = results.best()
     where = ", ".join(f"{c}={best[c]}" for c in results.context if c not in fixed)
     print(f"best: layer {best['layer']} {best['part']}{' (' + where + ')' if where else ''} "
-          f"{best['metric']} {best['mean']:.3f} ± {best['std']:.3f}")
+          f"{best['metric']} {best['mean']:.3f} ± {best['std']:.3f}; {_near_best_words(results)}")
     sf = results.selection_free()
     if sf is not None:
         print(f"best probe's {sf['metric']} on rows that did not choose it (nested CV): "
               f"{sf['mean']:.3f} [{sf['confidence']:.0%} CI {sf['low']:.3f}, {sf['high']:.3f}]; "
               "the best's own score above is chosen on its folds, so optimistic")
-    verdict = results.verdict()
-    if not verdict["beats_chance"]:
-        print(f"warning: {verdict['message']}")
+
+
+def _near_best_words(results, alpha: float = 0.05) -> str:
+    """``"layers 2-4, all parts, are within noise of the best (~ ...)"``."""
+    from embetter_plug.probe.results import DUMMY
+    from embetter_plug.probe.stats import describe_probes
+
+    near = results.near_best(alpha=alpha)
+    rows = near[near["near_best"]]
+    how = "a paired comparison over the same folds cannot tell them apart"
+    if len(rows) <= 1:
+        return (f"no other probe is within noise of it (each scores lower on the same folds, "
+                f"p < {alpha})")
+    parts = list(dict.fromkeys(results.frame_.loc[results.frame_["part"] != DUMMY, "part"]))
+    context = [c for c in results.context if near[c].nunique() > 1]
+    return (f"{describe_probes(rows, context, parts)}, are within noise of the best "
+            f"(marked ~: {how}, p >= {alpha})")
 
 
 def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, estimator,
@@ -321,19 +343,33 @@ def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, es
         pipe = Pipeline([("encoder", encoder), ("pooler", LayerPooler()),
                          ("probe", clone(estimator))]).fit(texts, y)
     pipe.set_params(encoder__verbose=False)  # this run's progress setting stays with this run
-    joblib.dump(pipe, out / "best_pipeline.joblib")
-    save_model(pipe, out / "best_pipeline")  # the same, readable without pickle
-    _plot(results, out / "probe.png")
+    signal = results.verdict()["beats_chance"]
+    name = "best_pipeline" if signal else NO_SIGNAL_PIPELINE  # a noise probe says so in its name
+    joblib.dump(pipe, out / f"{name}.joblib")
+    save_model(pipe, out / name)  # the same, readable without pickle
+    _plot(results, out / "probe.png", signal=signal)
     results.to_html(out / "report.html", title=f"Probes on {results.frame_['dataset'].iloc[0]}",
                     patterns=patterns or None)
-    print(f"wrote {out}{os.sep}: results.csv, probe.png, report.html and best_pipeline.joblib "
+    noise = "" if signal else " (no probe beats chance: this one is noise, see the warning)"
+    print(f"wrote {out}{os.sep}: results.csv, probe.png, report.html and {name}.joblib "
           f"(layer {best['layer']} {best['part']}, pooling {best['pooling']}, refitted on all "
-          f"{len(texts)} rows; the folder best_pipeline is the same for "
+          f"{len(texts)} rows{noise}; the folder {name} is the same for "
           f"embetter_plug.load_model, without pickle)\n{open_hint(out / 'report.html')}")
 
 
-def _plot(results, path: Path) -> None:
-    """One panel per (model, pooling): the primary metric against layer, a line per part."""
+def _plot(results, path: Path, signal: bool = True) -> None:
+    """One panel per (model, pooling): the primary metric against layer, a line per part;
+    without ``signal`` (no probe beats chance) each panel and the title carry a "no signal"
+    mark."""
+    fig = probe_figure(results, signal)
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def probe_figure(results, signal: bool = True):
+    """The figure of :func:`_plot`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -353,9 +389,15 @@ def _plot(results, path: Path) -> None:
         LayerMetricDisplay.from_results(results, metric, where={"model": model, "pooling": pooling},
                                         ax=ax)
         ax.set_title(f"{model}, {pooling} pooling", fontsize="medium")
+        if not signal:
+            ax.text(0.5, 0.5, "no signal", transform=ax.transAxes, ha="center", va="center",
+                    fontsize=28, color="#b00", alpha=0.35, rotation=20, fontweight="bold",
+                    zorder=10)
     for ax in axes.ravel()[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(f"{results.frame_['dataset'].iloc[0]}: probe {metric} by layer")
+    title = f"{results.frame_['dataset'].iloc[0]}: probe {metric} by layer"
+    if not signal:
+        title = f"NO SIGNAL (no probe beats chance) - {title}"
+    fig.suptitle(title, color="#b00" if not signal else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
