@@ -56,6 +56,9 @@ def negative_values(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # torch's OpenMP threads sleep when idle instead of spinning (which burns several times the
+    # CPU of the work on a busy machine); read once, when torch loads, so set before it does
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(negative_values(sys.argv[1:] if argv is None else argv))
     if args.command is None:

@@ -348,3 +348,46 @@ def test_flat_result_reads_within_noise_of_the_best(capsys):
     out = capsys.readouterr().out
     assert "best: layer 0 a" in out and "no other probe is within noise of it" in out
     del pd
+
+
+class _RecordingProbe(LogisticRegression):
+    """A logistic regression that records the BLAS thread counts it is fitted under."""
+
+    seen: list = []
+
+    def fit(self, X, y, sample_weight=None):
+        from threadpoolctl import threadpool_info
+
+        type(self).seen.append([i["num_threads"] for i in threadpool_info()
+                                if i["user_api"] == "blas"])
+        return super().fit(X, y, sample_weight)
+
+
+def test_probe_fits_run_with_one_blas_thread():
+    """Many small fits: BLAS threads only add CPU time, so each probe runs with one; the caller's
+    own setting is back afterwards. Scores are those of cross_validate, unchanged."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    X, y = _noise(40, 0)
+    X[:, 1, 0, 0] += 2 * y
+    _RecordingProbe.seen = []
+    with threadpool_limits(limits=2, user_api="blas"):
+        res = probe_layers(X, y, _RecordingProbe(), cv=2, nested=False, layers=[1], parts=[0])
+        after = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    assert _RecordingProbe.seen and all(n == [1] * len(n) for n in _RecordingProbe.seen)
+    assert after and all(n == 2 for n in after)
+    ref = cross_validate(_RecordingProbe(), X[:, 1, 0], y, cv=StratifiedKFold(2),
+                         scoring="accuracy")["test_score"]
+    got = res.frame_.query("metric == 'accuracy' and part != 'dummy'").sort_values("fold")
+    np.testing.assert_allclose(got["score"], ref)
+
+
+def test_cli_sets_passive_openmp_waiting_unless_the_user_did(monkeypatch, capsys):
+    from embetter_plug.cli import main
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    main([])
+    assert __import__("os").environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    main([])
+    assert __import__("os").environ["OMP_WAIT_POLICY"] == "ACTIVE"
