@@ -55,8 +55,13 @@ def test_probe_leaves_a_run_folder_and_shows_progress(setup, tmp_path):
                   re.M)
     assert m, run.stdout
     folder = tmp_path / m.group(1)
-    for name in ("results.csv", "probe.png", "report.html", "best_pipeline.joblib",
-                 "best_pipeline/pipeline.skops"):
+    # a tiny random model on 40 rows: no signal, so the pipeline's name carries the warning
+    from embetter_plug import ProbeResults
+
+    best = ("best_pipeline" if ProbeResults.read(folder / "results.csv").verdict()["beats_chance"]
+            else "best_pipeline_no_signal")
+    for name in ("results.csv", "probe.png", "report.html", f"{best}.joblib",
+                 f"{best}/pipeline.skops"):
         assert (folder / name).is_file(), name
     report = (folder / "report.html").resolve()
     assert f"open the report in a browser: {report.as_uri()}" in run.stdout
@@ -67,8 +72,8 @@ def test_probe_leaves_a_run_folder_and_shows_progress(setup, tmp_path):
             "texts = ['a text', 'another one']; p = pipe.predict_proba(texts); "
             "print(pipe.named_steps['encoder'].verbose, len(p), "
             "abs(p - safe.predict_proba(texts)).max() < 1e-6)")
-    pred = subprocess.run([sys.executable, "-c", code, str(folder / "best_pipeline.joblib"),
-                           str(folder / "best_pipeline")], capture_output=True, text=True,
+    pred = subprocess.run([sys.executable, "-c", code, str(folder / f"{best}.joblib"),
+                           str(folder / best)], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert pred.returncode == 0, pred.stderr
     assert pred.stdout.split() == ["False", "2", "True"]

@@ -87,7 +87,8 @@ def test_probe_writes_table_files_and_best_pipeline(setup, tmp_path, capsys, mon
             & (f.metric == "accuracy")]["score"].to_numpy()
     np.testing.assert_allclose(got, ref.frame_["score"].to_numpy(), atol=1e-6)
     # the best pipeline: refitted on all rows, reads texts, predicts like its parts
-    pipe = joblib.load(out / "best_pipeline.joblib")
+    name = "best_pipeline" if res.verdict()["beats_chance"] else "best_pipeline_no_signal"
+    pipe = joblib.load(out / f"{name}.joblib")
     enc_best = pipe.named_steps["encoder"]
     assert enc_best.layers == [best["layer"]] and enc_best.parts == [best["part"]]
     pred = pipe.predict(df["sentence"].tolist())
