@@ -321,3 +321,28 @@ def test_texts_come_in_input_order_from_every_kind_of_input(ray_cluster, distinc
         _read_texts(tmp_path / "missing.csv")
     with pytest.raises(ValueError, match="only .csv and .parquet"):
         _read_texts(tmp_path)
+
+
+def test_ctrl_c_after_ray_says_what_was_kept(monkeypatch, cli_setup, tmp_path, capsys):
+    """The same "kept N of M" as without --ray, counting shards finished out of order (shard 2
+    holds rows 8 and 9)."""
+    import embetter_plug.distributed as dist
+    from embetter_plug.cli import main
+    from embetter_plug.streaming import ShardWriter, extraction_plan
+
+    def interrupted(enc, folder, texts, shard_size=None, **kwargs):  # shards 0 and 2, then Ctrl-C
+        writer = ShardWriter.open(folder, extraction_plan(enc, folder, texts, shard_size=4))
+        for k in (0, 2):
+            writer.write_shard(k, enc.encode(texts[4 * k:4 * k + 4]))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dist, "connect_ray", lambda *a, **k: False)
+    monkeypatch.setattr(dist, "extract_distributed", interrupted)
+    root, model, csv = cli_setup
+    out = tmp_path / "o"
+    assert main(["extract", "--data", str(csv), "--model", str(model), "--layers", "0",
+                 "--limit", "10", "--out", str(out), "--ray", "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert (f"interrupted: kept: 2 of 3 shards (6 of 10 texts) in {str(out)!r}; run the same "
+            "command again to resume (it skips the complete shards)") in err, err
+    assert "\x1b" not in err

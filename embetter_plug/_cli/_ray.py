@@ -46,7 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .extract import check_out, encoder_from_args, read_texts
+    from pathlib import Path
+
+    from ._runs import InterruptNote
+    from .extract import RESUME, check_out, encoder_from_args, kept, read_texts
 
     if args.image_col is not None:
         raise ValueError("--ray extracts texts only; for images drop --ray (extraction on this "
@@ -58,6 +61,7 @@ def run(args) -> int:
 
     texts = read_texts(args.data, args.text_col, args.split, args.limit, args.image_col)
     old = check_out(args, texts)
+    args.on_interrupt = InterruptNote(lambda: kept(Path(args.out), len(texts)), RESUME)
     try:
         started = connect_ray(args.ray, concurrency=args.ray_actors,
                               num_cpus=args.ray_num_cpus, num_gpus=args.ray_num_gpus)
