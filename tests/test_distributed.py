@@ -346,3 +346,31 @@ def test_ctrl_c_after_ray_says_what_was_kept(monkeypatch, cli_setup, tmp_path, c
     assert (f"interrupted: kept: 2 of 3 shards (6 of 10 texts) in {str(out)!r}; run the same "
             "command again to resume (it skips the complete shards)") in err, err
     assert "\x1b" not in err
+
+
+def test_ray_notices_go_to_debug_logging(monkeypatch, caplog):
+    """Ray's notices (token authentication, progress bars off, execution plans) are not for the
+    user unless asked (-vv): its log level is ERROR, DEBUG with this package's debug logging."""
+    import logging
+
+    import ray
+
+    import embetter_plug.distributed as dist
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def init(**kwargs):
+        seen.append(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    with pytest.raises(Stop):
+        dist.connect_ray()
+    with caplog.at_level(logging.DEBUG, logger="embetter_plug"), pytest.raises(Stop):
+        dist.connect_ray("auto")
+    assert [s["logging_level"] for s in seen] == [logging.ERROR, logging.DEBUG]
+    assert all(s["log_to_driver"] is False for s in seen)
