@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 
 SUBCOMMANDS = {
     "probe": "find where a model encodes your labels: a cross-validated probe per layer x part",
@@ -77,6 +78,26 @@ def main(argv: list[str] | None = None) -> int:
             pass
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_once()
+        return _run(args)
+
+
+def _warning_once():
+    """``warnings.showwarning`` for the command line: ``warning: <message>`` once per message
+    (Python's own form names this file's ``sys.exit(main())`` line, once per place warned)."""
+    said = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message)
+        if text not in said:
+            said.add(text)
+            print(f"warning: {text}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _run(args) -> int:
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:  # the command says what it kept so far and how to resume

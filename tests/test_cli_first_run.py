@@ -227,3 +227,19 @@ def test_interrupted_probe_says_what_was_kept(setup, tmp_path, monkeypatch, caps
     assert re.search(r"interrupted: kept: embetter-plug-runs/probe-[\d-]+/results.csv with the "
                      r"probes of \['gpt2'\]; run the same command again; the activations computed "
                      r"so far are kept in the cache '\S+cache', so it computes only the rest", err)
+
+
+def test_a_warning_shows_once_in_plain_words(setup, tmp_path):
+    """The model's own length limit is hit in the probe's encoding and again in its pattern view
+    and refit: one `warning: ...` line, not Python's `file:8: UserWarning` form per place."""
+    df = setup["df"].copy()
+    df.loc[df.index[0], "text"] = " ".join(["word"] * 600)  # past the tiny model's 512 positions
+    csv = tmp_path / "long.csv"
+    df.to_csv(csv, index=False)
+    run = _cli("probe", "--data", str(csv), "--model", setup["model"], "--layers", "0",
+               "--parts", "resid_post", "--cv", "2", "--quiet", "--out", str(tmp_path / "o"),
+               cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    lines = [l for l in run.stderr.splitlines() if "were truncated" in l]
+    assert len(lines) == 1 and lines[0].startswith("warning: texts longer than the model's limit")
+    assert "UserWarning" not in run.stderr and "sys.exit" not in run.stderr
