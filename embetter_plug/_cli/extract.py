@@ -132,7 +132,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--out", required=True,
                         help="a .npz file, or a folder to stream shards into (resumable)")
     parser.add_argument("--shard-size", type=positive_int, default=None,
-                        help="rows per shard when streaming (default: about 64 MiB per shard)")
+                        help="rows per shard when streaming (default: at most about 64 MiB, 256 "
+                             "rows or a minute of work per shard)")
     parser.add_argument("--store-dtype", default="float32", choices=["float32", "float16"],
                         help="dtype of the stored activations (float16 refuses values beyond "
                              "its maximum, 65504)")
