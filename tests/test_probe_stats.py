@@ -342,6 +342,8 @@ def test_flat_result_reads_within_noise_of_the_best(capsys):
     assert "layers 0-2, all parts, are within noise of the best (marked ~" in out
     best_line = next(l for l in out.splitlines() if l.startswith("best:"))
     assert "within noise" in best_line and "warning" not in out
+    _print_table(ProbeResults(_flat_frame()).with_context(dataset="d"), "classification")
+    assert "; all probes but layer 2 b are within noise of the best (marked ~" in capsys.readouterr().out
     apart = ProbeResults(_flat_frame().assign(score=lambda f: np.where(
         (f.layer == 0) & (f.part == "a"), f.score + 0.05, f.score - 0.1 * f.layer.fillna(0))))
     _print_table(apart.with_context(dataset="d"), "classification")

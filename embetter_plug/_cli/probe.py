@@ -314,6 +314,11 @@ def _near_best_words(results, alpha: float = 0.05) -> str:
                 f"p < {alpha})")
     parts = list(dict.fromkeys(results.frame_.loc[results.frame_["part"] != DUMMY, "part"]))
     context = [c for c in results.context if near[c].nunique() > 1]
+    apart = near[~near["near_best"]]
+    if 0 < len(apart) < len(rows) - 1:  # shorter to name the few that stand apart
+        words = " and ".join(describe_probes(apart, context, parts).rsplit("; ", 1))
+        return (f"all probes but {words} are within noise of the best (marked ~: {how}, "
+                f"p >= {alpha})")
     return (f"{describe_probes(rows, context, parts)}, are within noise of the best "
             f"(marked ~: {how}, p >= {alpha})")
 
