@@ -223,9 +223,11 @@ def test_shuffled_labels_warn_first_and_mark_the_plot(setup, tmp_path, capsys):
     csv = tmp_path / "shuffled.csv"
     df.to_csv(csv, index=False)
     out = tmp_path / "out"
+    (out / "best_pipeline").mkdir(parents=True)  # an earlier run's, with signal: replaced
+    (out / "best_pipeline.joblib").write_text("earlier")
     assert main(["probe", "--data", str(csv), "--text-col", "sentence", "--label-col", "target",
                  "--model", setup["gpt2"], "--layers", "0,1", "--cv", "3", "--quiet",
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--overwrite"]) == 0
     text = capsys.readouterr().out
     res = ProbeResults.read(out / "results.csv")
     assert not res.verdict()["beats_chance"]
@@ -233,7 +235,8 @@ def test_shuffled_labels_warn_first_and_mark_the_plot(setup, tmp_path, capsys):
     assert summary[0].startswith("warning: no probe beats the dummy baseline"), summary[:3]
     assert text.index("warning:") < text.index("best:")
     assert (out / "best_pipeline_no_signal.joblib").exists() and (out / "best_pipeline_no_signal").is_dir()
-    assert not (out / "best_pipeline.joblib").exists() and "best_pipeline_no_signal.joblib" in text
+    assert not (out / "best_pipeline.joblib").exists() and not (out / "best_pipeline").exists()
+    assert "best_pipeline_no_signal.joblib" in text and "this one is noise" in text
     fig = probe_figure(res, signal=False)
     fig.canvas.draw()
     marks = [t for ax in fig.axes for t in ax.texts if t.get_text() == "no signal"]

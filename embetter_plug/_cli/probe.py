@@ -325,6 +325,8 @@ def _near_best_words(results, alpha: float = 0.05) -> str:
 
 def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, estimator,
                    patterns) -> None:
+    import shutil
+
     import joblib
     from sklearn.base import clone
     from sklearn.pipeline import Pipeline
@@ -350,6 +352,9 @@ def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, es
     pipe.set_params(encoder__verbose=False)  # this run's progress setting stays with this run
     signal = results.verdict()["beats_chance"]
     name = "best_pipeline" if signal else NO_SIGNAL_PIPELINE  # a noise probe says so in its name
+    other = NO_SIGNAL_PIPELINE if signal else "best_pipeline"
+    for stale in (out / f"{other}.joblib", out / other):  # an --overwrite of the other kind
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
     joblib.dump(pipe, out / f"{name}.joblib")
     save_model(pipe, out / name)  # the same, readable without pickle
     _plot(results, out / "probe.png", signal=signal)
