@@ -75,8 +75,7 @@ def _heads():
 
 @step("every attention metric, and attention_patterns (rows sum to 1)")
 def _metrics():
-    from embetter_plug.attention import (attention_metrics, attention_patterns, head_scores,
-                                         plot_head_heatmap)
+    from embetter_plug.attention import attention_metrics, attention_patterns
     from embetter_plug.testing import make_tiny_model
 
     model, tok = make_tiny_model("llama")
@@ -88,7 +87,6 @@ def _metrics():
     pats = attention_patterns(model, tok, TEXTS[:2])
     for p in pats:
         np.testing.assert_allclose(p.pattern.sum(-1), 1.0, atol=1e-5)
-    del head_scores, plot_head_heatmap  # importable without extras
 
 
 @step("images: a tiny LLaVA (attn_image, image:mean) and a tiny CLIP tower")
@@ -153,7 +151,7 @@ def _cli():
                      "--out", str(WORK / "probe")]) == 0
         assert main(["attention", *common[:-1], "--layers", "0", "--out", str(WORK / "attn")]) == 0
         assert main(["extract", *common, "--out", str(WORK / "acts.npz")]) == 0
-    for name in ("results.csv", "probe.png", "report.html"):
+    for name in ("results.csv", "probe.png", "report.html", "heads.png"):  # a layer x head heatmap
         assert (WORK / "probe" / name).exists(), name
 
 
