@@ -331,8 +331,6 @@ def test_near_best_is_the_corrected_paired_t_test_against_the_best():
 
 def test_flat_result_reads_within_noise_of_the_best(capsys):
     """The command line's best line says in words which probes cannot be told apart from it."""
-    import pandas as pd
-
     from embetter_plug import ProbeResults
     from embetter_plug._cli.probe import _print_table
 
@@ -349,7 +347,6 @@ def test_flat_result_reads_within_noise_of_the_best(capsys):
     _print_table(apart.with_context(dataset="d"), "classification")
     out = capsys.readouterr().out
     assert "best: layer 0 a" in out and "no other probe is within noise of it" in out
-    del pd
 
 
 class _RecordingProbe(LogisticRegression):
