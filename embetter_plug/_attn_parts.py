@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from . import _attn_tap
 from ._hooks import register_tap
+from ._utils import available_ram
 
 __all__ = ["PatternBudget", "head_target", "token_metric"]
 
@@ -167,16 +168,16 @@ class PatternBudget:
                 "(attn_value_norm, attn_result_norm).")
 
 
-def free_memory(module) -> int:
-    """Bytes free where ``module`` computes (GPU memory, or the host's available RAM)."""
+def free_memory(module) -> float:
+    """Bytes free where ``module`` computes (GPU memory, or the host's available RAM; infinite
+    when the host does not say, so the check lets the batch run)."""
     import torch
 
     device = next(module.parameters()).device
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    import psutil
-
-    return int(psutil.virtual_memory().available)
+    free = available_ram()
+    return float("inf") if free is None else free
 
 
 def head_target(part: str, h: int, info, budget: PatternBudget):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 import weakref
@@ -76,6 +77,33 @@ def hf_progress(verbose: bool):
     finally:
         if was_on and not verbose:
             hf_logging.enable_progress_bar()
+
+
+class _ExpectedLoadReport(logging.Filter):
+    """transformers' LOAD REPORT that lists only UNEXPECTED weights (the head of a
+    ``*ForCausalLM`` / ``*ForConditionalGeneration`` folder, which the bare ``AutoModel`` does not
+    use: expected here) goes to this package's debug log; a report of MISSING or mismatched
+    weights (weights left random: the user must know) passes as it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "LOAD REPORT" not in text or any(w in text for w in ("MISSING", "MISMATCH",
+                                                                 "CONVERSION")):
+            return True
+        logger.debug("transformers: %s", text)
+        return False
+
+
+@contextlib.contextmanager
+def quiet_load_report():
+    """Within it, :class:`_ExpectedLoadReport` filters transformers' model-loading log."""
+    log = logging.getLogger("transformers.modeling_utils")
+    keep = _ExpectedLoadReport()
+    log.addFilter(keep)
+    try:
+        yield
+    finally:
+        log.removeFilter(keep)
 
 
 @contextlib.contextmanager
@@ -163,7 +191,7 @@ def load_model(source: str, *, dtype, device, revision=None, trust_remote_code=F
             return model, input_device(model)
         kwargs = dict(model_kwargs or {})
         kwargs.setdefault("dtype", dtype)
-        with _explained("model", source), hf_progress(verbose):
+        with _explained("model", source), hf_progress(verbose), quiet_load_report():
             model = AutoModel.from_pretrained(
                 source, revision=revision, trust_remote_code=trust_remote_code, **kwargs
             )

@@ -72,6 +72,31 @@ def reload_device(fitted, requested) -> "torch.device":  # noqa: F821
     return here
 
 
+def available_ram() -> int | None:
+    """Bytes of RAM the host can give without swapping, or None when it does not say.
+
+    Read from ``psutil`` when installed, else ``MemAvailable`` in ``/proc/meminfo`` (Linux),
+    else ``os.sysconf``; nothing beyond the standard library is needed.
+    """
+    try:
+        import psutil
+    except ImportError:
+        pass
+    else:
+        return int(psutil.virtual_memory().available)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def warn_user(message: str, category=UserWarning) -> None:
     """``warnings.warn`` pointing at the first caller outside this package (and tqdm), so the
     warning names the user's line, however deep in batch loops it was raised."""

@@ -10,7 +10,9 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
+import warnings
 
 SUBCOMMANDS = {
     "probe": "find where a model encodes your labels: a cross-validated probe per layer x part",
@@ -40,10 +42,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: options whose value may be a list of negative numbers, e.g. ``--layers -2,-1``
+NEGATIVE_LISTS = ("--layers", "--heads")
+_NUMBERS = re.compile(r"^-\d+(\s*,\s*-?\d+)*,?$")
+
+
+def negative_values(argv: list[str]) -> list[str]:
+    """``--layers -2,-1`` as ``--layers=-2,-1``: argparse reads a value that starts with ``-``
+    (and is not one plain number) as an option."""
+    out = list(argv)
+    for i in range(len(out) - 1):
+        if out[i] in NEGATIVE_LISTS and _NUMBERS.match(out[i + 1]):
+            out[i:i + 2] = [f"{out[i]}={out[i + 1]}", None]
+    return [a for a in out if a is not None]
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # torch's OpenMP threads sleep when idle instead of spinning (which burns several times the
+    # CPU of the work on a busy machine); read once, when torch loads, so set before it does
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(negative_values(sys.argv[1:] if argv is None else argv))
     if args.command is None:
         parser.print_help()
         return 2
@@ -60,6 +80,26 @@ def main(argv: list[str] | None = None) -> int:
             pass
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_once()
+        return _run(args)
+
+
+def _warning_once():
+    """``warnings.showwarning`` for the command line: ``warning: <message>`` once per message
+    (Python's own form names this file's ``sys.exit(main())`` line, once per place warned)."""
+    said = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message)
+        if text not in said:
+            said.add(text)
+            print(f"warning: {text}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _run(args) -> int:
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:  # the command says what it kept so far and how to resume

@@ -37,6 +37,14 @@ def _import_ray():
     return ray
 
 
+def ray_log_level() -> int:
+    """Ray's own log level: its notices (token authentication, progress bars off, execution
+    plans) show with this package's debug logging (``-vv``) only; its errors always."""
+    import logging
+
+    return logging.DEBUG if logger.isEnabledFor(logging.DEBUG) else logging.ERROR
+
+
 def _check_resources(concurrency, num_cpus, num_gpus) -> None:
     if not isinstance(concurrency, Integral) or isinstance(concurrency, bool) or concurrency < 1:
         raise ValueError(f"concurrency must be a positive integer (actors in the pool), got "
@@ -93,12 +101,13 @@ def connect_ray(address: str | None = None, *, concurrency: int = 1,
     _check_resources(concurrency, num_cpus, num_gpus)
     ray = _import_ray()
     started = False
+    quiet = {"log_to_driver": False, "logging_level": ray_log_level()}
     if not ray.is_initialized():
         if address in (None, "local"):
-            ray.init(include_dashboard=False, log_to_driver=False)
+            ray.init(include_dashboard=False, **quiet)
         elif address == "auto":
             try:
-                ray.init(address="auto", log_to_driver=False)
+                ray.init(address="auto", **quiet)
             except ConnectionError:
                 raise ConnectionError(
                     "address 'auto': no running Ray cluster was found on this machine; start "
@@ -106,7 +115,7 @@ def connect_ray(address: str | None = None, *, concurrency: int = 1,
                     "start a local cluster for the run.") from None
         else:
             _check_reachable(str(address))
-            ray.init(address=str(address), log_to_driver=False)
+            ray.init(address=str(address), **quiet)
         started = True
     elif address not in (None, "local", "auto"):
         logger.info("Ray is already initialised in this process; using that cluster, not %s",
@@ -305,6 +314,11 @@ def _run(encoder, writer, texts, plan, *, concurrency, num_cpus, num_gpus, batch
     left = {k: writer.shard_rows(k)[1] - writer.shard_rows(k)[0] for k in pending}
     ctx = rd.DataContext.get_current()  # a Dataset keeps the context it was made in
     bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False  # ours counts texts
+    import logging
+
+    data_log = logging.getLogger("ray.data")  # "progress bars disabled", the plan: at -vv only
+    level = data_log.level
+    data_log.setLevel(ray_log_level())
     try:
         ds = rd.from_arrow(blocks).map_batches(
             _EncoderActor, batch_size=batch_size, batch_format="numpy",
@@ -316,6 +330,7 @@ def _run(encoder, writer, texts, plan, *, concurrency, num_cpus, num_gpus, batch
         _collect(ds, writer, left, len(rows), verbose)
     finally:
         ctx.enable_progress_bars = bars
+        data_log.setLevel(level)
 
 
 def _collect(ds, writer, left: dict, n_rows: int, verbose: bool) -> None:

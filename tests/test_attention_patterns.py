@@ -197,3 +197,25 @@ def test_metric_parts_through_cache_and_streaming(tmp_path):
     np.testing.assert_allclose(np.asarray(X), want, atol=1e-6)
     assert layout.parts == ("attn_density.h0", "attn_density.h3", "attn_weighted_value_norm.h0",
                             "attn_weighted_value_norm.h3")
+
+
+def test_pattern_metrics_need_no_psutil(monkeypatch):
+    """A plain install has no psutil: the memory check reads the host itself, and the pattern
+    metrics and patterns equal those computed with psutil present."""
+    import sys
+
+    import psutil
+
+    from embetter_plug._utils import available_ram
+
+    model, tok = make_tiny_model("llama")
+    enc = TransformerActivationEncoder(model, tok, layers=[0, 1], parts=["attn_entropy", "attn_sink"])
+    before = enc.fit_transform(TEXTS)
+    pattern_before = attention_patterns(model, tok, TEXTS[:1])[0]
+    expected = psutil.virtual_memory().available
+    monkeypatch.setitem(sys.modules, "psutil", None)  # import psutil -> ImportError
+    free = available_ram()
+    assert free is not None and abs(free - expected) < 0.2 * expected
+    np.testing.assert_allclose(enc.fit_transform(TEXTS), before, rtol=1e-6, atol=1e-6)
+    after = attention_patterns(model, tok, TEXTS[:1])[0]
+    np.testing.assert_allclose(after.pattern, pattern_before.pattern, rtol=1e-6, atol=1e-6)

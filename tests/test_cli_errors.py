@@ -314,3 +314,55 @@ def test_probe_says_when_no_probe_beats_the_dummy(setup, tmp_path, capsys, recwa
     assert re.search(r"best: layer 0 resid_post .*roc_auc 0.500 ± 0.000", out)  # identical texts
     assert "warning: no probe beats the dummy baseline on roc_auc" in out
     assert not [w for w in recwarn if "dummy baseline" in str(w.message)]  # said once, in the summary
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", r"--data '.*bad\.csv' is empty; give a CSV file with a header line"),
+    ("text,label\n", r"--data '.*bad\.csv' holds a header line \(\['text', 'label'\]\) but no rows"),
+    ("text\tlabel\nhello world\t1\nbye\t0\nfoo, bar\t1\n",
+     r"--data '.*bad\.csv' cannot be read as a comma-separated CSV file .*tab-separated"),
+    ("text\tlabel\nhello world\t1\nbye\t0\n",
+     r"--data '.*bad\.csv' has a single column 'text\\tlabel'; its header line looks tab-separated"),
+    ('text,label\n"a,b",1,2\nx,1\n', r"rows have more fields than the header line's 2 column"),
+])
+@pytest.mark.parametrize("command", ["probe", "extract"])
+def test_malformed_csv_is_named_with_the_problem(tmp_path, capsys, no_model, content, message,
+                                                 command):
+    csv = tmp_path / "bad.csv"
+    csv.write_text(content)
+    out = ["--out", str(tmp_path / "acts.npz")] if command == "extract" else []
+    assert main([command, "--data", str(csv), *out]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_negative_layers_and_heads_as_separate_values(setup, tmp_path, capsys):
+    """`--layers -2,-1` (the help's own example has -1) reads like `--layers=-2,-1`."""
+    from embetter_plug import TransformerActivationEncoder
+
+    out = tmp_path / "acts.npz"
+    assert main(["extract", "--data", setup["csv"], "--model", setup["model"], "--layers", "-2,-1",
+                 "--parts", "attn_z", "--heads", "-1", "--out", str(out), "--quiet"]) == 0
+    X, layout = load_activations(out)
+    enc = TransformerActivationEncoder(setup["model"], layers=[-2, -1], parts="attn_z",
+                                       heads=[-1]).fit(setup["df"]["text"].tolist())
+    assert layout.layers == enc.layout_.layers and layout.parts == enc.layout_.parts
+    np.testing.assert_allclose(X, enc.transform(setup["df"]["text"].tolist()), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("command", ["probe", "extract"])
+def test_image_errors_count_rows_by_csv_line(tmp_path, capsys, no_model, command):
+    """A missing and an unreadable image are both named by their CSV line (header: line 1)."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    (tmp_path / "broken.png").write_text("not an image")
+    images = ["ok.png", "ok.png", "ok.png", "broken.png"]
+    pd.DataFrame({"text": ["a", "b", "c", "d"], "image": images, "label": [0, 1, 0, 1]}).to_csv(
+        tmp_path / "data.csv", index=False)
+    out = ["--out", str(tmp_path / "acts.npz")] if command == "extract" else ["--cv", "2"]
+    assert main([command, "--data", str(tmp_path / "data.csv"), "--image-col", "image", *out]) == 2
+    err = capsys.readouterr().err
+    assert "line(s) [5] (the header is line 1)" in err and "broken.png" in err, err
+    assert "--data[" not in err

@@ -6,7 +6,6 @@ The command line tests run the real ``embetter-plug`` command in a subprocess.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal
@@ -56,8 +55,13 @@ def test_probe_leaves_a_run_folder_and_shows_progress(setup, tmp_path):
                   re.M)
     assert m, run.stdout
     folder = tmp_path / m.group(1)
-    for name in ("results.csv", "probe.png", "report.html", "best_pipeline.joblib",
-                 "best_pipeline/pipeline.skops"):
+    # a tiny random model on 40 rows: no signal, so the pipeline's name carries the warning
+    from embetter_plug import ProbeResults
+
+    best = ("best_pipeline" if ProbeResults.read(folder / "results.csv").verdict()["beats_chance"]
+            else "best_pipeline_no_signal")
+    for name in ("results.csv", "probe.png", "report.html", f"{best}.joblib",
+                 f"{best}/pipeline.skops"):
         assert (folder / name).is_file(), name
     report = (folder / "report.html").resolve()
     assert f"open the report in a browser: {report.as_uri()}" in run.stdout
@@ -68,8 +72,8 @@ def test_probe_leaves_a_run_folder_and_shows_progress(setup, tmp_path):
             "texts = ['a text', 'another one']; p = pipe.predict_proba(texts); "
             "print(pipe.named_steps['encoder'].verbose, len(p), "
             "abs(p - safe.predict_proba(texts)).max() < 1e-6)")
-    pred = subprocess.run([sys.executable, "-c", code, str(folder / "best_pipeline.joblib"),
-                           str(folder / "best_pipeline")], capture_output=True, text=True,
+    pred = subprocess.run([sys.executable, "-c", code, str(folder / f"{best}.joblib"),
+                           str(folder / best)], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert pred.returncode == 0, pred.stderr
     assert pred.stdout.split() == ["False", "2", "True"]
@@ -114,23 +118,44 @@ def test_streamed_extraction_shows_one_bar(tmp_path, capsys, tiny_gpt2, texts):
     assert enc.verbose is True
 
 
+#: runs `embetter-plug` with a pause after the second complete shard: it writes the file named
+#: by $PAUSED_AT then waits there, so a test sends SIGINT at a point it knows, whatever the load
+PAUSE_AFTER_SHARD_2 = """
+import os, sys, time
+from embetter_plug import streaming
+mark = streaming.ShardWriter.mark_complete
+def paused(self, shards):
+    mark(self, shards)
+    if self.n_done == 2:
+        open(os.environ["PAUSED_AT"], "w").close()
+        while True:
+            time.sleep(0.05)
+streaming.ShardWriter.mark_complete = paused
+from embetter_plug.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _paused_cli(args, cwd):
+    """The running command, once it is paused after its second complete shard."""
+    paused = cwd / "paused"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PAUSED_AT": str(paused)}
+    proc = subprocess.Popen([sys.executable, "-c", PAUSE_AFTER_SHARD_2, *args], cwd=cwd,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not paused.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert paused.exists(), proc.communicate(timeout=60)
+    return proc
+
+
 def test_ctrl_c_during_extract_says_what_was_kept_and_resumes(setup, tmp_path):
     """A real SIGINT to a running `embetter-plug extract ... --out acts.npz`, then a rerun."""
     out = tmp_path / "acts.npz"
     args = ["extract", "--model", setup["model"], "--layers", "0", "--batch-size", "4",
             "--shard-size", "4", "--limit", "200", "--out", str(out), "--quiet"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "embetter_plug.cli", *args], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _paused_cli(args, tmp_path)
     manifest = tmp_path / "acts.npz.partial" / "manifest.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if json.loads(manifest.read_text())["n_done"] >= 2:
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
@@ -139,7 +164,7 @@ def test_ctrl_c_during_extract_says_what_was_kept_and_resumes(setup, tmp_path):
                   r"the complete shards\) \(the \.npz file is written when all are done\)", stderr)
     assert m, stderr[-2000:]
     kept, n_shards, rows = map(int, m.groups())
-    assert kept >= 2 and n_shards == 50 and rows == 4 * kept
+    assert (kept, n_shards, rows) == (2, 50, 8)
     assert not out.exists()
     # files are readable like any file the user writes (not the temporary file's 0o600)
     assert manifest.stat().st_mode & 0o777 == 0o666 & ~_umask()
@@ -202,3 +227,19 @@ def test_interrupted_probe_says_what_was_kept(setup, tmp_path, monkeypatch, caps
     assert re.search(r"interrupted: kept: embetter-plug-runs/probe-[\d-]+/results.csv with the "
                      r"probes of \['gpt2'\]; run the same command again; the activations computed "
                      r"so far are kept in the cache '\S+cache', so it computes only the rest", err)
+
+
+def test_a_warning_shows_once_in_plain_words(setup, tmp_path):
+    """The model's own length limit is hit in the probe's encoding and again in its pattern view
+    and refit: one `warning: ...` line, not Python's `file:8: UserWarning` form per place."""
+    df = setup["df"].copy()
+    df.loc[df.index[0], "text"] = " ".join(["word"] * 600)  # past the tiny model's 512 positions
+    csv = tmp_path / "long.csv"
+    df.to_csv(csv, index=False)
+    run = _cli("probe", "--data", str(csv), "--model", setup["model"], "--layers", "0",
+               "--parts", "resid_post", "--cv", "2", "--quiet", "--out", str(tmp_path / "o"),
+               cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    lines = [l for l in run.stderr.splitlines() if "were truncated" in l]
+    assert len(lines) == 1 and lines[0].startswith("warning: texts longer than the model's limit")
+    assert "UserWarning" not in run.stderr and "sys.exit" not in run.stderr

@@ -87,7 +87,8 @@ def test_probe_writes_table_files_and_best_pipeline(setup, tmp_path, capsys, mon
             & (f.metric == "accuracy")]["score"].to_numpy()
     np.testing.assert_allclose(got, ref.frame_["score"].to_numpy(), atol=1e-6)
     # the best pipeline: refitted on all rows, reads texts, predicts like its parts
-    pipe = joblib.load(out / "best_pipeline.joblib")
+    name = "best_pipeline" if res.verdict()["beats_chance"] else "best_pipeline_no_signal"
+    pipe = joblib.load(out / f"{name}.joblib")
     enc_best = pipe.named_steps["encoder"]
     assert enc_best.layers == [best["layer"]] and enc_best.parts == [best["part"]]
     pred = pipe.predict(df["sentence"].tolist())
@@ -207,3 +208,47 @@ def test_statistics_in_the_headline_table_and_results(setup, tmp_path, capsys):
     # 4 probes, 3 permutations: no p-value can be significant, and the warning says why
     assert "warning: no probe beats the dummy baseline on roc_auc" in text
     assert "use at least 80" in text
+
+
+def test_shuffled_labels_warn_first_and_mark_the_plot(setup, tmp_path, capsys):
+    """No signal: the warning is the first line of the summary, probe.png carries a visible
+    "no signal" mark, and the saved pipeline says no-signal in its name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from embetter_plug._cli.probe import probe_figure
+
+    df = setup["df"].copy()
+    df["target"] = np.random.default_rng(0).permutation(df["target"].to_numpy())
+    csv = tmp_path / "shuffled.csv"
+    df.to_csv(csv, index=False)
+    out = tmp_path / "out"
+    (out / "best_pipeline").mkdir(parents=True)  # an earlier run's, with signal: replaced
+    (out / "best_pipeline.joblib").write_text("earlier")
+    assert main(["probe", "--data", str(csv), "--text-col", "sentence", "--label-col", "target",
+                 "--model", setup["gpt2"], "--layers", "0,1", "--cv", "3", "--quiet",
+                 "--out", str(out), "--overwrite"]) == 0
+    text = capsys.readouterr().out
+    res = ProbeResults.read(out / "results.csv")
+    assert not res.verdict()["beats_chance"]
+    summary = text[text.index("activations"):].splitlines()[1:]
+    assert summary[0].startswith("warning: no probe beats the dummy baseline"), summary[:3]
+    assert text.index("warning:") < text.index("best:")
+    assert (out / "best_pipeline_no_signal.joblib").exists() and (out / "best_pipeline_no_signal").is_dir()
+    assert not (out / "best_pipeline.joblib").exists() and not (out / "best_pipeline").exists()
+    assert "best_pipeline_no_signal.joblib" in text and "this one is noise" in text
+    fig = probe_figure(res, signal=False)
+    fig.canvas.draw()
+    marks = [t for ax in fig.axes for t in ax.texts if t.get_text() == "no signal"]
+    assert marks and all(t.get_visible() and 0 < t.get_alpha() for t in marks)
+    box = fig.axes[0].get_window_extent()
+    assert box.contains(*marks[0].get_window_extent().get_points().mean(0))
+    assert fig._suptitle.get_text().startswith("NO SIGNAL")
+    clean = probe_figure(res, signal=True)
+    assert not [t for ax in clean.axes for t in ax.texts if t.get_text() == "no signal"]
+    # the saved image differs from the unmarked figure's
+    from matplotlib.image import imread
+
+    clean.savefig(tmp_path / "clean.png", dpi=110)
+    saved, plain = imread(out / "probe.png"), imread(tmp_path / "clean.png")
+    assert saved.shape == plain.shape and np.abs(saved - plain).max() > 0.2

@@ -451,3 +451,56 @@ def test_image_dir_on_the_cluster_resumes_after_a_killed_driver(image_set, cli_s
     written = pd.read_csv(tmp_path / "acts.labels.csv")
     pd.testing.assert_frame_equal(written, labels)
     assert set(written["level_1"]) == {"red", "blue"} and written["label"].nunique() == 4
+
+
+def test_ctrl_c_after_ray_says_what_was_kept(monkeypatch, cli_setup, tmp_path, capsys):
+    """The same "kept N of M" as without --ray, counting shards finished out of order (shard 2
+    holds rows 8 and 9)."""
+    import embetter_plug.distributed as dist
+    from embetter_plug.cli import main
+    from embetter_plug.streaming import ShardWriter, extraction_plan
+
+    def interrupted(enc, folder, texts, shard_size=None, **kwargs):  # shards 0 and 2, then Ctrl-C
+        writer = ShardWriter.open(folder, extraction_plan(enc, folder, texts, shard_size=4))
+        for k in (0, 2):
+            writer.write_shard(k, enc.encode(texts[4 * k:4 * k + 4]))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dist, "connect_ray", lambda *a, **k: False)
+    monkeypatch.setattr(dist, "extract_distributed", interrupted)
+    root, model, csv = cli_setup
+    out = tmp_path / "o"
+    assert main(["extract", "--data", str(csv), "--model", str(model), "--layers", "0",
+                 "--limit", "10", "--out", str(out), "--ray", "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert (f"interrupted: kept: 2 of 3 shards (6 of 10 texts) in {str(out)!r}; run the same "
+            "command again to resume (it skips the complete shards)") in err, err
+    assert "\x1b" not in err
+
+
+def test_ray_notices_go_to_debug_logging(monkeypatch, caplog):
+    """Ray's notices (token authentication, progress bars off, execution plans) are not for the
+    user unless asked (-vv): its log level is ERROR, DEBUG with this package's debug logging."""
+    import logging
+
+    import ray
+
+    import embetter_plug.distributed as dist
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def init(**kwargs):
+        seen.append(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    with pytest.raises(Stop):
+        dist.connect_ray()
+    with caplog.at_level(logging.DEBUG, logger="embetter_plug"), pytest.raises(Stop):
+        dist.connect_ray("auto")
+    assert [s["logging_level"] for s in seen] == [logging.ERROR, logging.DEBUG]
+    assert all(s["log_to_driver"] is False for s in seen)

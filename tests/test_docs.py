@@ -30,3 +30,13 @@ def test_site_builds_strictly(tmp_path):
                          text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert (tmp_path / "site" / "api" / "index.html").exists()
+
+
+def test_the_attention_page_runs_without_a_no_signal_warning(monkeypatch, tmp_path):
+    """Its heads example probes a label the tiny model can see, with enough rows and folds."""
+    import warnings
+
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="no probe beats the dummy")
+        mktestdocs.check_md_file(REPO / "docs" / "attention.md", memory=True)

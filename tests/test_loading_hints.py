@@ -35,3 +35,30 @@ def test_the_command_line_gives_the_offline_hint(tmp_path):
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 2
     assert "HF_HUB_OFFLINE is set" in run.stderr and "set HF_HUB_OFFLINE=1" not in run.stderr
+
+
+def test_an_expected_load_report_goes_to_debug(tmp_path, capfd, caplog):
+    """The bare model from a *ForConditionalGeneration folder leaves its LM head unused: expected,
+    so transformers' LOAD REPORT goes to the debug log; weights left MISSING still show."""
+    import logging
+
+    from embetter_plug import TransformerActivationEncoder
+    from embetter_plug._loading import _ExpectedLoadReport
+    from embetter_plug.testing import save_tiny_vlm
+
+    folder = save_tiny_vlm("llava", tmp_path / "llava")
+    capfd.readouterr()
+    with caplog.at_level(logging.DEBUG, logger="embetter_plug"):
+        TransformerActivationEncoder(str(folder), layers=[0]).fit()
+    assert "LOAD REPORT" not in capfd.readouterr().err
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any("LOAD REPORT" in m and "lm_head.weight" in m and "UNEXPECTED" in m for m in debug)
+
+    def record(text):
+        return logging.LogRecord("transformers.modeling_utils", logging.WARNING, "", 0, text,
+                                 None, None)
+
+    keep = _ExpectedLoadReport()
+    assert keep.filter(record("LlamaModel LOAD REPORT\nnorm.weight | MISSING")) is True
+    assert keep.filter(record("something else")) is True
+    assert keep.filter(record("LlavaModel LOAD REPORT\nlm_head.weight | UNEXPECTED")) is False

@@ -289,3 +289,54 @@ def test_report_and_plot_show_the_statistics(tmp_path):
     line = float(re.search(r'<line class="selection" data-value="([^"]+)"', dom).group(1))
     assert line == pytest.approx(sf["mean"], abs=1e-6)
     assert "Best probe, selection-free" in dom and "<th>selectivity</th>" in dom
+
+
+def test_table_prints_every_row_and_column():
+    """pandas cuts frames over 60 rows (and wide ones) to `...`; the probe table prints whole."""
+    rng = np.random.default_rng(0)
+    metrics = ["accuracy", "f1", "roc_auc", "balanced_accuracy", "matthews", "log_loss"]
+    frame = pd.DataFrame([{"model": "a-model-with-a-long-name", "pooling": "mean", "layer": l,
+                           "part": f"part_{p}", "metric": m, "fold": f, "score": rng.uniform()}
+                          for l in range(40) for p in range(2) for m in metrics for f in range(2)])
+    table = ProbeResults(frame).table()
+    assert len(table) == 80
+    with pd.option_context("display.width", 80):
+        text, html = repr(table), table._repr_html_()
+    assert "..." not in text and "…" not in html and "..." not in html
+    lines = text.splitlines()
+    assert len(lines) == 81  # the header, then one line per probe
+    for col in table.columns:
+        assert col in lines[0]
+    for (_, row), line in zip(table.iterrows(), lines[1:]):
+        assert line.split()[1:] == " ".join(map(str, row)).split()
+
+
+def test_report_shows_per_head_probes_as_a_layer_by_head_heatmap(tmp_path):
+    """Twelve heads are twelve unreadable lines: the report adds the layer x head heatmap the
+    command line draws, of the primary metric's mean per layer and head."""
+    import base64
+
+    from embetter_plug.layout import ActivationLayout
+    from embetter_plug.probe._heads import head_tables
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 30)
+    X = rng.normal(size=(60, 2, 12, 3))
+    X[:, 1, 5, 0] += 2 * y
+    layout = ActivationLayout(layers=(0, 1), parts=tuple(f"attn_result.h{h}" for h in range(12)),
+                              hidden_size=3)
+    res = probe_layers(X, y, cv=3, layout=layout, nested=False)
+    (name, table), = head_tables(res).items()
+    s = res.summary("roc_auc")
+    s = s[s["part"] != "dummy"]
+    expected = s.assign(head=s["part"].str.split(".h").str[1].astype(int)).pivot(
+        index="layer", columns="head", values="mean")
+    np.testing.assert_allclose(table.to_numpy(float), expected.to_numpy(float))
+    assert table.to_numpy(float).argmax() == 12 + 5  # layer 1, head 5
+    page = write_report(res, tmp_path / "r.html").read_text()
+    m = re.search(r'<section id="heads"><h2>Per head: roc_auc per layer \(rows\) x head '
+                  r'\(columns\)</h2><img alt="[^"]*" src="data:image/png;base64,([^"]+)">', page)
+    assert m and base64.b64decode(m.group(1))[:8] == b"\x89PNG\r\n\x1a\n"
+    assert page.index('id="heads"') < page.index('id="tablewrap"')
+    plain = probe_layers(X[:, :, :2], y, cv=3, nested=False)  # no per-head parts: no section
+    assert 'id="heads"' not in write_report(plain, tmp_path / "p.html").read_text()

@@ -283,3 +283,110 @@ def test_selection_free_for_regression_and_for_folds_that_do_not_partition():
                        scoring="roc_auc")
     inner = res.frame_[res.frame_["metric"] == "inner:roc_auc"]
     assert len(inner) == 3 * 3 and res.selection_free()["low"] > 0.5
+
+
+def _flat_frame(seed=0, k=5, worse=0.2):
+    """Six probes (layers 0-2 x parts a, b) with the same signal: fold scores share a fold effect
+    and differ by small noise; layer 2 of part b is clearly worse."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    fold = rng.normal(0.9, 0.02, size=k)
+    rows = []
+    for layer in range(3):
+        for part in ("a", "b"):
+            drop = worse if (layer, part) == (2, "b") else 0.0
+            for f, s in enumerate(fold + rng.normal(0, 0.01, size=k) - drop):
+                rows.append({"layer": layer, "part": part, "metric": "roc_auc", "fold": f,
+                             "score": s})
+    rows += [{"layer": None, "part": "dummy", "metric": "roc_auc", "fold": f, "score": 0.5}
+             for f in range(k)]
+    return pd.DataFrame(rows)
+
+
+def test_near_best_is_the_corrected_paired_t_test_against_the_best():
+    from embetter_plug import ProbeResults
+
+    frame = _flat_frame()
+    res = ProbeResults(frame)
+    best = res.best()
+    near = res.near_best()
+    ref = frame[(frame.layer == best["layer"]) & (frame.part == best["part"])]["score"].to_numpy()
+    for _, row in near.iterrows():
+        s = frame[(frame.layer == int(row["layer"])) & (frame.part == row["part"])]["score"]
+        d = s.to_numpy() - ref
+        k = len(d)
+        se = d.std(ddof=1) * math.sqrt(1 / k + 1 / (k - 1))
+        p = 1.0 if se == 0 else 2 * student.sf(abs(d.mean() / se), k - 1)
+        assert row["p_value"] == pytest.approx(p, rel=1e-9, abs=1e-12)
+        assert row["near_best"] == bool(p >= 0.05)
+    marked = near.loc[near["near_best"], ["layer", "part"]].astype(str).agg(" ".join, axis=1)
+    assert set(marked) == {"0 a", "0 b", "1 a", "1 b", "2 a"}  # all but the worse probe
+    table = res.table(["roc_auc"])
+    mark = dict(zip(table["layer"] + " " + table["part"], table["best"]))
+    assert mark[f"{best['layer']} {best['part']}"] == "*" and mark["2 b"] == ""
+    assert sorted(v for k, v in mark.items() if k not in ("2 b", "- dummy")) == sorted(
+        ["*"] + ["~"] * 4)
+
+
+def test_flat_result_reads_within_noise_of_the_best(capsys):
+    """The command line's best line says in words which probes cannot be told apart from it."""
+    from embetter_plug import ProbeResults
+    from embetter_plug._cli.probe import _print_table
+
+    frame = _flat_frame(worse=0.0)  # every probe the same
+    _print_table(ProbeResults(frame).with_context(dataset="d"), "classification")
+    out = capsys.readouterr().out
+    assert "layers 0-2, all parts, are within noise of the best (marked ~" in out
+    best_line = next(l for l in out.splitlines() if l.startswith("best:"))
+    assert "within noise" in best_line and "warning" not in out
+    _print_table(ProbeResults(_flat_frame()).with_context(dataset="d"), "classification")
+    assert "; all probes but layer 2 b are within noise of the best (marked ~" in capsys.readouterr().out
+    apart = ProbeResults(_flat_frame().assign(score=lambda f: np.where(
+        (f.layer == 0) & (f.part == "a"), f.score + 0.05, f.score - 0.1 * f.layer.fillna(0))))
+    _print_table(apart.with_context(dataset="d"), "classification")
+    out = capsys.readouterr().out
+    assert "best: layer 0 a" in out and "no other probe is within noise of it" in out
+
+
+class _RecordingProbe(LogisticRegression):
+    """A logistic regression that records the BLAS thread counts it is fitted under."""
+
+    seen: list = []
+
+    def fit(self, X, y, sample_weight=None):
+        from threadpoolctl import threadpool_info
+
+        type(self).seen.append([i["num_threads"] for i in threadpool_info()
+                                if i["user_api"] == "blas"])
+        return super().fit(X, y, sample_weight)
+
+
+def test_probe_fits_run_with_one_blas_thread():
+    """Many small fits: BLAS threads only add CPU time, so each probe runs with one; the caller's
+    own setting is back afterwards. Scores are those of cross_validate, unchanged."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    X, y = _noise(40, 0)
+    X[:, 1, 0, 0] += 2 * y
+    _RecordingProbe.seen = []
+    with threadpool_limits(limits=2, user_api="blas"):
+        res = probe_layers(X, y, _RecordingProbe(), cv=2, nested=False, layers=[1], parts=[0])
+        after = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    assert _RecordingProbe.seen and all(n == [1] * len(n) for n in _RecordingProbe.seen)
+    assert after and all(n == 2 for n in after)
+    ref = cross_validate(_RecordingProbe(), X[:, 1, 0], y, cv=StratifiedKFold(2),
+                         scoring="accuracy")["test_score"]
+    got = res.frame_.query("metric == 'accuracy' and part != 'dummy'").sort_values("fold")
+    np.testing.assert_allclose(got["score"], ref)
+
+
+def test_cli_sets_passive_openmp_waiting_unless_the_user_did(monkeypatch, capsys):
+    from embetter_plug.cli import main
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    main([])
+    assert __import__("os").environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    main([])
+    assert __import__("os").environ["OMP_WAIT_POLICY"] == "ACTIVE"

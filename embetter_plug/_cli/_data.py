@@ -69,9 +69,46 @@ def read_csv(path: str | None):
         raise FileNotFoundError(f"--data {path!r} does not exist.")
     if p.is_dir():
         raise ValueError(f"--data {path!r} is a folder; give a CSV file.")
+    try:
+        df = pd.read_csv(p, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"--data {path!r} is empty; give a CSV file with a header line (the "
+                         "column names) and one row per sample.") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--data {path!r} cannot be read as a comma-separated CSV file "
+                         f"({_first_line(exc)}){_delimiter_hint(p)}.") from None
+    if not isinstance(df.index, pd.RangeIndex):  # pandas made the extra fields an index
+        raise ValueError(f"--data {path!r}: rows have more fields than the header line's "
+                         f"{len(df.columns)} column names ({list(df.columns)}); put cells that "
+                         "hold commas in double quotes, or name every column in the header.")
+    if df.empty:
+        raise ValueError(f"--data {path!r} holds a header line ({list(df.columns)}) but no rows; "
+                         "add one row per sample.")
+    if len(df.columns) == 1:
+        hint = _delimiter_hint(p)
+        if hint:
+            raise ValueError(f"--data {path!r} has a single column {df.columns[0]!r}{hint}.")
     from embetter_plug._pages import display_name
 
-    return pd.read_csv(p, keep_default_na=False), display_name(p.stem)  # written in pages, CSVs
+    return df, display_name(p.stem)  # written in pages, CSVs
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _delimiter_hint(path: Path) -> str:
+    """``"; it looks tab-separated: ..."`` when the first line splits on another delimiter."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.readline()
+    except OSError:
+        return ""
+    for sep, name in (("\t", "tab"), (";", "semicolon"), ("|", "pipe")):
+        if head.count(sep) > head.count(","):
+            return (f"; its header line looks {name}-separated: save it with commas (for "
+                    "example pandas' df.to_csv(path, index=False))")
+    return ""
 
 
 def check_columns(df, path: str | None, **columns: str) -> None:
@@ -126,7 +163,8 @@ def read_samples(df, path: str | None, text_col: str, image_col: str) -> list:
             raise ValueError(f"{where([label], path)} has neither a text nor an image; remove "
                              "the row or fill it.")
         rows.append({"text": text, "image": image})
-    return check_inputs(rows, name="--data")
+    labels = list(df.index)
+    return check_inputs(rows, name="--data", where=lambda i: where([labels[i]], path))
 
 
 def select_split(df, split: str | None, path: str | None):

@@ -46,7 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .extract import check_out, encoder_from_args, read_inputs, write_labels
+    from pathlib import Path
+
+    from ._runs import InterruptNote
+    from .extract import RESUME, check_out, encoder_from_args, kept, read_inputs, write_labels
 
     if args.out.endswith(".npz"):
         raise ValueError(f"--out {args.out!r}: --ray writes a folder (shards and a manifest, "
@@ -56,6 +59,7 @@ def run(args) -> int:
     texts = read_inputs(args)
     old = check_out(args, texts)
     write_labels(args)
+    args.on_interrupt = InterruptNote(lambda: kept(Path(args.out), len(texts)), RESUME)
     try:
         started = connect_ray(args.ray, concurrency=args.ray_actors,
                               num_cpus=args.ray_num_cpus, num_gpus=args.ray_num_gpus)

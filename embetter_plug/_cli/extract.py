@@ -161,7 +161,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--out", required=True,
                         help="a .npz file, or a folder to stream shards into (resumable)")
     parser.add_argument("--shard-size", type=positive_int, default=None,
-                        help="rows per shard when streaming (default: about 64 MiB per shard)")
+                        help="rows per shard when streaming (default: at most about 64 MiB, 256 "
+                             "rows or a minute of work per shard)")
     parser.add_argument("--store-dtype", default="float32", choices=["float32", "float16"],
                         help="dtype of the stored activations (float16 refuses values beyond "
                              "its maximum, 65504)")
@@ -199,20 +200,25 @@ def check_out(args, texts: list[str]) -> dict | None:
                                    shard_size=args.shard_size, overwrite=args.overwrite)
 
 
+RESUME = "run the same command again to resume (it skips the complete shards)"
+
+
 def staging_folder(npz: str) -> Path:
     """Where a ``.npz`` output's shards are streamed (and kept on interruption) until it is done."""
     return Path(npz + ".partial")
 
 
-def _kept(folder: Path, n_texts: int) -> str:
+def kept(folder: Path, n_texts: int) -> str:
     """What an interrupted extraction left in ``folder``, from its manifest."""
     from embetter_plug.io import _read_manifest
 
     man = _read_manifest(folder) if folder.is_dir() else None
-    if not man or not man.get("n_done"):
+    done = sorted(set(range(man.get("n_done", 0))) | set(man.get("done_after", []))) if man else []
+    if not done:
         return "nothing was kept (no shard was complete yet)"
-    rows = min(n_texts, man["n_done"] * man["shard_size"])
-    return (f"{man['n_done']} of {man['n_shards']} shards ({rows} of {n_texts} texts) in "
+    size = man["shard_size"]  # shards complete out of order (a Ray run) count too
+    rows = sum(min(n_texts, (k + 1) * size) - k * size for k in done)
+    return (f"{len(done)} of {man['n_shards']} shards ({rows} of {n_texts} texts) in "
             f"{str(folder)!r}")
 
 
@@ -233,9 +239,8 @@ def run(args) -> int:
     npz = args.out.endswith(".npz")
     folder = staging_folder(args.out) if npz else Path(args.out)
     args.on_interrupt = InterruptNote(
-        lambda: _kept(folder, len(texts)),
-        "run the same command again to resume (it skips the complete shards)"
-        + (" (the .npz file is written when all are done)" if npz else ""))
+        lambda: kept(folder, len(texts)),
+        RESUME + (" (the .npz file is written when all are done)" if npz else ""))
     enc = encoder_from_args(args).fit(texts)
     out = enc.extract_to(folder, texts, shard_size=args.shard_size,
                          store_dtype=args.store_dtype, overwrite=args.overwrite)

@@ -44,7 +44,10 @@ from .extract import add_encoder_arguments, add_image_argument, encoder_from_arg
 
 DEFAULT_PARTS = "resid_post,attn_out,mlp_out"
 BUILTIN_MODEL = "all-MiniLM-L6-v2"
-OUTPUTS = ("results.csv", "best_pipeline.joblib", "best_pipeline", "probe.png", "report.html")
+OUTPUTS = ("results.csv", "best_pipeline.joblib", "best_pipeline", "probe.png", "report.html",
+           "best_pipeline_no_signal.joblib", "best_pipeline_no_signal")
+#: the saved best pipeline's name when no probe beats chance: the warning is in the file's name
+NO_SIGNAL_PIPELINE = "best_pipeline_no_signal"
 TABLE_METRICS = {"classification": ["accuracy", "f1", "roc_auc"],
                  "regression": ["mse", "r2", "spearman"]}
 
@@ -220,6 +223,11 @@ def _tidy(by_target: dict):
 
 
 def _print_table(results, task: str) -> None:
+    """The table (best ``*``, within noise of it ``~``), the ``best:`` line, the nested-CV line;
+    on no signal the warning comes first."""
+    verdict = results.verdict()
+    if not verdict["beats_chance"]:
+        print(f"warning: {verdict['message']}")
     metrics = [m for m in TABLE_METRICS[task] if m in results.metrics]
     table = results.table(metrics)
     fixed = [c for c in results.context if table[c].nunique() == 1]
@@ -228,19 +236,40 @@ def _print_table(results, task: str) -> None:
     best = results.best()
     where = ", ".join(f"{c}={best[c]}" for c in results.context if c not in fixed)
     print(f"best: layer {best['layer']} {best['part']}{' (' + where + ')' if where else ''} "
-          f"{best['metric']} {best['mean']:.3f} ± {best['std']:.3f}")
+          f"{best['metric']} {best['mean']:.3f} ± {best['std']:.3f}; {_near_best_words(results)}")
     sf = results.selection_free()
     if sf is not None:
         print(f"best probe's {sf['metric']} on rows that did not choose it (nested CV): "
               f"{sf['mean']:.3f} [{sf['confidence']:.0%} CI {sf['low']:.3f}, {sf['high']:.3f}]; "
               "the best's own score above is chosen on its folds, so optimistic")
-    verdict = results.verdict()
-    if not verdict["beats_chance"]:
-        print(f"warning: {verdict['message']}")
+
+
+def _near_best_words(results, alpha: float = 0.05) -> str:
+    """``"layers 2-4, all parts, are within noise of the best (~ ...)"``."""
+    from embetter_plug.probe.results import DUMMY
+    from embetter_plug.probe.stats import describe_probes
+
+    near = results.near_best(alpha=alpha)
+    rows = near[near["near_best"]]
+    how = "a paired comparison over the same folds cannot tell them apart"
+    if len(rows) <= 1:
+        return (f"no other probe is within noise of it (each scores lower on the same folds, "
+                f"p < {alpha})")
+    parts = list(dict.fromkeys(results.frame_.loc[results.frame_["part"] != DUMMY, "part"]))
+    context = [c for c in results.context if near[c].nunique() > 1]
+    apart = near[~near["near_best"]]
+    if 0 < len(apart) < len(rows) - 1:  # shorter to name the few that stand apart
+        words = " and ".join(describe_probes(apart, context, parts).rsplit("; ", 1))
+        return (f"all probes but {words} are within noise of the best (marked ~: {how}, "
+                f"p >= {alpha})")
+    return (f"{describe_probes(rows, context, parts)}, are within noise of the best "
+            f"(marked ~: {how}, p >= {alpha})")
 
 
 def _write_outputs(by_target: dict, out: Path, args, encoders, best_slices, texts, targets,
                    patterns) -> None:
+    import shutil
+
     import joblib
     from sklearn.base import clone
     from sklearn.pipeline import Pipeline
@@ -267,8 +296,13 @@ def _write_outputs(by_target: dict, out: Path, args, encoders, best_slices, text
         pipe = Pipeline([("encoder", encoder), ("pooler", LayerPooler()),
                          ("probe", clone(estimator))]).fit(texts, y)
     pipe.set_params(encoder__verbose=False)  # this run's progress setting stays with this run
-    joblib.dump(pipe, out / "best_pipeline.joblib")
-    save_model(pipe, out / "best_pipeline")  # the same, readable without pickle
+    signal = results.verdict()["beats_chance"]  # the saved pipeline's label column
+    name = "best_pipeline" if signal else NO_SIGNAL_PIPELINE  # a noise probe says so in its name
+    other = NO_SIGNAL_PIPELINE if signal else "best_pipeline"
+    for stale in (out / f"{other}.joblib", out / other):  # an --overwrite of the other kind
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+    joblib.dump(pipe, out / f"{name}.joblib")
+    save_model(pipe, out / name)  # the same, readable without pickle
     _plot(by_target, out / "probe.png")
     from embetter_plug.probe import write_report
 
@@ -276,15 +310,34 @@ def _write_outputs(by_target: dict, out: Path, args, encoders, best_slices, text
                  title=f"Probes on {results.frame_['dataset'].iloc[0]}",
                  patterns=patterns or None)
     target = f" for --label-col {first!r}" if len(by_target) > 1 else ""
-    print(f"wrote {out}{os.sep}: results.csv, probe.png, report.html and best_pipeline.joblib"
-          f"{target} (layer {best['layer']} {best['part']}, pooling {best['pooling']}, refitted on all "
-          f"{len(texts)} rows; the folder best_pipeline is the same for "
+    noise = "" if signal else " (no probe beats chance: this one is noise, see the warning)"
+    print(f"wrote {out}{os.sep}: results.csv, probe.png, report.html and {name}.joblib{target} "
+          f"(layer {best['layer']} {best['part']}, pooling {best['pooling']}, refitted on all "
+          f"{len(texts)} rows{noise}; the folder {name} is the same for "
           f"embetter_plug.load_model, without pickle)\n{open_hint(out / 'report.html')}")
 
 
 def _plot(by_target: dict, path: Path) -> None:
+    """Write :func:`probe_figure` of ``by_target`` to ``path``."""
+    fig = probe_figure(by_target)
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def probe_figure(by_target, signal: bool | None = None):
     """One panel per (model, pooling): the primary metric against layer, a line per part; one
-    column of panels per label column when there are several."""
+    column of panels per label column when there are several. A label column where no probe
+    beats chance (or ``signal=False``) carries a "no signal" mark on each panel and in the title.
+
+    ``by_target``: ``{label column: ProbeResults}``, or one ``ProbeResults``."""
+    from embetter_plug.probe import ProbeResults
+
+    if isinstance(by_target, ProbeResults):
+        by_target = {"": by_target}
+    signals = {c: (r.verdict()["beats_chance"] if signal is None else signal)
+               for c, r in by_target.items()}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -309,11 +362,19 @@ def _plot(by_target: dict, path: Path) -> None:
                                             where={"model": model, "pooling": pooling}, ax=ax)
             name = f"{col}: " if several else ""
             ax.set_title(f"{name}{model}, {pooling} pooling", fontsize="medium")
+            if not signals[col]:
+                ax.text(0.5, 0.5, "no signal", transform=ax.transAxes, ha="center",
+                        va="center", fontsize=28, color="#b00", alpha=0.35, rotation=20,
+                        fontweight="bold", zorder=10)
         for ax in cells[len(panels):]:
             ax.set_visible(False)
     metrics = sorted({r.primary_metric for r in by_target.values()})
-    fig.suptitle(f"{some['dataset'].iloc[0]}: probe {', '.join(metrics)} by layer"
-                 + (f" for {', '.join(by_target)}" if len(by_target) > 1 else ""))
+    title = (f"{some['dataset'].iloc[0]}: probe {', '.join(metrics)} by layer"
+             + (f" for {', '.join(by_target)}" if several else ""))
+    noise = [c for c, ok in signals.items() if not ok]
+    if noise:
+        what = f" for {', '.join(noise)}" if several else ""
+        title = f"NO SIGNAL{what} (no probe beats chance) - {title}"
+    fig.suptitle(title, color="#b00" if noise else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig

@@ -65,7 +65,8 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
     groups : array of shape (n_samples,), default=None
         Texts of one group stay on one side of every split (checked).
     n_jobs : int, default=None
-        Probes fitted in parallel (joblib).
+        Probes fitted in parallel (joblib). Each probe's fits run with one BLAS thread
+        (``threadpoolctl``): many small fits gain nothing from BLAS threads but their CPU cost.
     layout : ActivationLayout, default=None
         Names for the axes; by default the one the encoder's output carries. Without any,
         block ``i`` is position ``i`` and parts are ``part0, part1, ...``.
@@ -182,6 +183,10 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
     return results
 
 
+#: BLAS threads per probe task (the fits of one probe); parallel probes come from ``n_jobs``
+PROBE_BLAS_THREADS = 1
+
+
 def _targets(y) -> dict | None:
     """``{name: column}`` of several targets (a DataFrame or dict), else None (one target)."""
     if isinstance(y, dict):
@@ -200,11 +205,14 @@ def _targets(y) -> dict | None:
 
 def _probe_task(est, X, y, splits, scorers, plan):
     """One probe's cross-validated scores, and the analyses ``plan`` asks for (none for the
-    dummy)."""
+    dummy), with one BLAS thread: a probe is many small fits, for which BLAS's own threads cost
+    far more CPU than they save (and fight ``n_jobs`` workers for the cores)."""
     from sklearn.base import clone
+    from threadpoolctl import threadpool_limits
 
-    extra = [] if plan is None else analyse(est, X, y, splits, scorers, plan)
-    return _cross_validate(clone(est), X, y, splits, scorers), extra
+    with threadpool_limits(limits=PROBE_BLAS_THREADS, user_api="blas"):
+        extra = [] if plan is None else analyse(est, X, y, splits, scorers, plan)
+        return _cross_validate(clone(est), X, y, splits, scorers), extra
 
 
 def _cross_validate(est, X, y, splits, scorers):

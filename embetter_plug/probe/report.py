@@ -121,6 +121,7 @@ def _page(results, title: str | None, patterns) -> str:
                "warning": "" if verdict["beats_chance"] else verdict["message"]}
     data = json.dumps(payload).replace("<", "\\u003c")
     page = fill(_TEMPLATE, TITLE=html.escape(title), DATA=data)
+    page = _with_heads(page, results)
     if patterns is not None:
         page = _with_patterns(page, patterns)
     return page
@@ -149,6 +150,22 @@ def _side_by_side(results: dict, path, *, title: str | None, patterns) -> Path:
     if patterns is not None:
         page = _with_patterns(page, patterns)
     return write_page(path, page, what="the report")
+
+
+def _with_heads(page: str, results: ProbeResults) -> str:
+    """``page`` with a layer x head heatmap per per-head part (``attn_result.h3``, ...) after the
+    chart, where a line per head would be unreadable; unchanged without per-head parts."""
+    from ._heads import head_tables, heatmap_png
+
+    tables = head_tables(results)
+    if not tables:
+        return page
+    metric = results.primary_metric
+    section = (f'<section id="heads"><h2>Per head: {html.escape(metric)} per layer (rows) x '
+               f'head (columns)</h2><img alt="layer x head heatmap of {html.escape(metric)}" '
+               f'src="{heatmap_png(tables, metric)}"></section>')
+    at = page.index('<div id="tablewrap">')
+    return page[:at] + section + "\n" + page[at:]
 
 
 def _with_patterns(page: str, patterns) -> str:

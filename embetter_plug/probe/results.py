@@ -262,6 +262,16 @@ class ProbeResults:
                              "give (layer, part), or a dict with the context columns too.")
         return g.sort_values("fold")["score"].to_numpy(float)
 
+    def near_best(self, metric: str | None = None, *, alpha: float = 0.05):
+        """The probes that cannot be told apart from the best: every probe's paired fold-wise
+        difference to :meth:`best` (as :meth:`compare`), with ``diff``, ``p_value`` and
+        ``near_best`` (not significant at ``alpha``; the best itself included)."""
+        from .stats import near_best
+
+        metric = metric or self.primary_metric
+        self._check_metrics([metric])
+        return near_best(self.frame_, self.context, metric, self.best(metric), alpha=alpha)
+
     def verdict(self, *, alpha: float = 0.05, correction: str = "holm") -> dict[str, Any]:
         """Does any probe beat chance? ``beats_chance``, ``basis`` and ``message``.
 
@@ -304,7 +314,10 @@ class ProbeResults:
         return row["layer"], row["part"]
 
     def table(self, metrics: list[str] | None = None, *, digits: int = 3, mark_best: bool = True):
-        """A wide table of ``mean ± std`` strings per (context, layer, part), best marked ``*``."""
+        """A wide table of ``mean ± std`` strings per (context, layer, part), best marked ``*``
+        and the probes within noise of it ``~`` (see :meth:`near_best`).
+
+        A DataFrame that prints whole (every row and column, not cut to ``...``)."""
         import pandas as pd
 
         metrics = list(metrics) if metrics is not None else self.metrics
@@ -323,13 +336,17 @@ class ProbeResults:
                      for c in self.context}
             order = pd.DataFrame(ranks).sort_values(self.context, kind="stable").index
             wide = wide.loc[order].reset_index(drop=True)
-        if mark_best:
-            best = self.best()
+        if mark_best:  # * the best; ~ within noise of it (a paired comparison over the folds)
+            best, near = self.best(), self.near_best()
+            near = set(map(tuple, near.loc[near["near_best"], keys].astype(str).to_numpy()))
             is_best = np.ones(len(wide), dtype=bool)
             for k in keys:
                 is_best &= wide[k].astype(str).to_numpy() == str(best[k])
-            wide.insert(len(keys), "best", np.where(is_best, "*", ""))
-        return self._with_statistics(pd.DataFrame(wide), metrics, keys, digits)
+            is_near = [tuple(r) in near for r in wide[keys].astype(str).to_numpy()]
+            wide.insert(len(keys), "best", np.where(is_best, "*", np.where(is_near, "~", "")))
+        from ._table import ProbeTable
+
+        return ProbeTable(self._with_statistics(pd.DataFrame(wide), metrics, keys, digits))
 
     def _with_statistics(self, wide, metrics, keys, digits: int):
         """The table's analysis columns (selectivity, corrected p, compression, where computed)

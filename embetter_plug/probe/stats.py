@@ -238,3 +238,80 @@ def slice_statistics(results, metric: str, *, alpha: float = 0.05, correction: s
         out.insert(out.columns.get_loc("p_value") + 1, f"p_{correction}", adjusted)
         out["significant"] = adjusted < alpha
     return out
+
+
+def near_best(frame, context: list[str], metric: str, best: dict, *, alpha: float = 0.05,
+              confidence: float = 0.95):
+    """Every probe against the best one, paired over the same folds (``corrected_ttest``).
+
+    Returns a frame with the slice keys, ``diff`` (probe minus best, mean over folds), ``p_value``
+    and ``near_best``: the difference is not significant at ``alpha`` (the best itself, and a
+    probe scored on other folds or with a single fold, count as near: they cannot be told apart).
+    """
+    import pandas as pd
+
+    keys = slice_keys(frame, context)
+    probes = frame[frame["part"] != "dummy"]
+    wide = _pivot(probes, metric, keys)
+    if wide is None:
+        raise ValueError(f"no probe has {metric!r} scores.")
+    top = tuple(str(best[k]) for k in keys)
+    ref = wide[top].to_numpy(float)
+    rows = []
+    for key in wide.columns:
+        scores = wide[key].to_numpy(float)
+        ok = ~(np.isnan(scores) | np.isnan(ref))
+        test = corrected_ttest(scores[ok], ref[ok], confidence) if ok.sum() > 1 else {
+            "diff": float(np.nanmean(scores) - np.nanmean(ref)), "p_value": float("nan")}
+        p = test["p_value"]
+        rows.append({**dict(zip(keys, key)), "diff": test["diff"], "p_value": p,
+                     "near_best": key == top or not (p < alpha)})
+    return pd.DataFrame(rows)
+
+
+def _ranges(values: list[int]) -> str:
+    """``[2, 3, 4, 7]`` -> ``"2-4, 7"``."""
+    out, start = [], None
+    values = sorted(set(values))
+    for i, v in enumerate(values):
+        start = v if start is None else start
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            out.append(str(v) if v == start else f"{start}-{v}")
+            start = None
+    return ", ".join(out)
+
+
+def describe_probes(rows, context: list[str], all_parts: list[str]) -> str:
+    """Probes in words: ``"layers 2-4, all parts"``, ``"layer 3 mlp_out; layers 1-2
+    resid_post"``; ``rows`` holds ``layer``, ``part`` and the ``context`` columns, ``all_parts``
+    the parts probed (so that "all parts" can be said).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> rows = pd.DataFrame({"layer": [2, 3, 4, 2, 3, 4], "part": ["a"] * 3 + ["b"] * 3})
+    >>> describe_probes(rows, [], ["a", "b"])
+    'layers 2-4, all parts'
+    >>> describe_probes(rows.iloc[[0, 1, 5]], [], ["a", "b"])
+    'layers 2-3 a; layer 4 b'
+    """
+    groups = (rows.groupby(context, sort=False) if context else [((), rows)])
+    phrases = []
+    for ctx, g in groups:
+        ctx = ctx if isinstance(ctx, tuple) else (ctx,)
+        varying = [f"{v}" for c, v in zip(context, ctx) if rows[c].nunique() > 1]
+        by_part = {p: tuple(sorted(int(l) for l in s["layer"]))
+                   for p, s in g.groupby("part", sort=False)}
+        by_layers: dict[tuple, list[str]] = {}
+        for part, layers in by_part.items():
+            by_layers.setdefault(layers, []).append(part)
+        parts_said = []
+        for layers, parts in by_layers.items():
+            word = "layer" if len(layers) == 1 else "layers"
+            if len(by_layers) == 1 and sorted(parts) == sorted(all_parts) and len(parts) > 1:
+                parts_said.append(f"{word} {_ranges(list(layers))}, all parts")
+            else:
+                parts_said.append(f"{word} {_ranges(list(layers))} {' and '.join(parts)}")
+        prefix = f"{', '.join(varying)}: " if varying else ""
+        phrases.append(prefix + "; ".join(parts_said))
+    return "; ".join(phrases)
