@@ -124,8 +124,11 @@ def _result_norm(z, info):
 def _value_norm(call, groups):
     import torch
 
+    if "vnorm" in call.memo:
+        return call.memo["vnorm"]
     vnorm = torch.linalg.vector_norm(call.value, dim=-1, dtype=torch.float32)  # (B, kv, S)
-    return vnorm.repeat_interleave(groups, dim=1) if groups > 1 else vnorm
+    call.memo["vnorm"] = vnorm.repeat_interleave(groups, dim=1) if groups > 1 else vnorm
+    return call.memo["vnorm"]
 
 
 def _descending_cumsum(p):
