@@ -214,7 +214,7 @@ def _sample_patterns(model, processor, samples, layer_idx, head_idx, infos, budg
     manager = hook_manager(model)
     found: dict = {}
     with manager.attached(modules), torch.inference_mode():
-        for idx, inputs, _, _ in _mm_batching.plan_batches(
+        for idx, inputs, *_ in _mm_batching.plan_batches(
                 processor, samples, batch_size, vision_only=False, max_length=max_length,
                 pad_id=_batching.pad_id(tok, model.config), prompt_template=template):
             inputs = {k: v.to(device, dtype=dtype if v.is_floating_point() else None)
