@@ -89,3 +89,24 @@ def test_tiled_images_are_refused_before_the_forward():
     finally:
         hook.remove()
     assert calls == []
+
+
+def test_pattern_grouped_by_image_runs():
+    from embetter_plug.attention import attention_patterns
+
+    model, processor = make_tiny_vlm("llava")
+    tok = image_token(processor)
+    sample = {"text": f"compare {tok} with {tok} now", "images": [_img(0), _img(1)]}
+    pat = attention_patterns(model, processor, [sample], layers=[0, 1])[0]
+    got = pat.grouped([tok])
+    runs = [i for i, t in enumerate(got.tokens) if t.startswith("<16 x")]
+    assert len(runs) == 2 and len(got.tokens) == len(pat.tokens) - 30
+    img = np.array([t == tok for t in pat.tokens])
+    first = np.flatnonzero(img)[:16]
+    # a run as a key: its summed weight; as a query: the mean of its rows
+    np.testing.assert_allclose(got.pattern[:, :, -1, runs[0]], pat.pattern[:, :, -1, first].sum(-1),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got.pattern[:, :, runs[0], 0], pat.pattern[:, :, first, 0].mean(-1),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got.pattern.sum(-1), 1.0, atol=1e-5)
+    assert got.tokens[-1] == pat.tokens[-1] and pat.grouped(["nothing"]) is pat

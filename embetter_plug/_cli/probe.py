@@ -33,7 +33,8 @@ from pathlib import Path
 from ._data import (HelpFormatter, add_progress_arguments, check_cells, check_columns, read_samples,
                     int_at_least, positive_int, read_csv, where)
 from ._runs import InterruptNote, new_run_folder, open_hint
-from ._heads import PATTERN_MAX_TOKENS, pattern_of, pattern_row, pattern_text
+from ._heads import (PATTERN_MAX_TOKENS, image_attention_of, pattern_of, pattern_row,
+                     pattern_text)
 from .extract import add_encoder_arguments, add_image_argument, encoder_from_args
 
 DEFAULT_PARTS = "resid_post,attn_out,mlp_out"
@@ -239,6 +240,7 @@ def run(args) -> int:
         labels = [str(m) if m is not None else BUILTIN_MODEL for m in models]
     estimator = _estimator(args, task)
     all_results, encoders, best_slices, patterns = [], {}, {}, {}
+    picture = None  # where on the pattern sample's picture its text looks (first model)
     for model, label in zip(models, labels):
         ns = argparse.Namespace(**{**vars(args), "model": model, "token_pooling": poolings})
         enc = encoder_from_args(ns)
@@ -248,6 +250,8 @@ def run(args) -> int:
             pattern = pattern_of(enc, args.pattern, label)
             if pattern is not None:
                 patterns[label] = pattern
+            if not isinstance(args.pattern, str) and picture is None:
+                picture = image_attention_of(enc, args.pattern, label)
         print(f"{label}: activations {X.shape} (text, layer, part, hidden); probing "
               f"{X.shape[1] * X.shape[2]} layer x part slices with {args.cv}-fold CV", flush=True)
         with warnings.catch_warnings():  # the summary says it once, for all models
@@ -272,7 +276,8 @@ def run(args) -> int:
     from ._heads import report_heads
 
     report_heads(results, out)  # per-head parts: a layer x head table (and heads.png)
-    _write_outputs(results, out, args, encoders, best_slices, texts, y, estimator, patterns)
+    _write_outputs(results, out, args, encoders, best_slices, texts, y, estimator, patterns,
+                   picture)
     return 0
 
 
@@ -297,7 +302,7 @@ def _print_table(results, task: str) -> None:
 
 
 def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, estimator,
-                   patterns) -> None:
+                   patterns, picture=None) -> None:
     import joblib
     from sklearn.base import clone
     from sklearn.pipeline import Pipeline
@@ -325,7 +330,8 @@ def _write_outputs(results, out: Path, args, encoders, best_slices, texts, y, es
     save_model(pipe, out / "best_pipeline")  # the same, readable without pickle
     _plot(results, out / "probe.png")
     results.to_html(out / "report.html", title=f"Probes on {results.frame_['dataset'].iloc[0]}",
-                    patterns=patterns or None)
+                    patterns=patterns or None,
+                    image_attention=picture)
     print(f"wrote {out}{os.sep}: results.csv, probe.png, report.html and best_pipeline.joblib "
           f"(layer {best['layer']} {best['part']}, pooling {best['pooling']}, refitted on all "
           f"{len(texts)} rows; the folder best_pipeline is the same for "

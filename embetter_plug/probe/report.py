@@ -78,13 +78,16 @@ def _selection(results: ProbeResults) -> dict:
     return out
 
 
-def write_report(results, path, *, title: str | None = None, patterns=None) -> Path:
+def write_report(results, path, *, title: str | None = None, patterns=None,
+                 image_attention=None) -> Path:
     """Write the interactive report of ``results`` (a ``ProbeResults`` or a results file) to ``path``.
 
     ``patterns``: an :class:`~embetter_plug.attention.AttentionPattern` (from
     :func:`~embetter_plug.attention.attention_patterns`), or a dict ``{model label: pattern}``,
     adds a section showing that text's attention with the tokens on both axes and a layer and
-    head (and model) selector.
+    head (and model) selector. ``image_attention``: an
+    :class:`~embetter_plug.image_attention.ImageAttention` adds a section showing where on the
+    picture a token looks, with a layer and head selector.
 
     Examples
     --------
@@ -111,6 +114,11 @@ def write_report(results, path, *, title: str | None = None, patterns=None) -> P
     page = _TEMPLATE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
     if patterns is not None:
         page = _with_patterns(page, patterns)
+    if image_attention is not None:
+        from .._image_attn_html import image_attention_section
+
+        end = page.rindex("</body>")
+        page = page[:end] + image_attention_section(image_attention) + "\n" + page[end:]
     path = Path(path)
     path.write_text(page, encoding="utf-8")
     return path
