@@ -51,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     # inside attention
     "attention_patterns": "embetter_plug.attention",
     "attention_metrics": "embetter_plug.attention",
+    "image_attention": "embetter_plug.image_attention",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -72,6 +73,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for static type checkers and IDEs
     from .attention import attention_metrics, attention_patterns
+    from .image_attention import image_attention
     from .cache import ActivationCache
     from .datasets import load_builtin_dataset
     from .distributed import extract_distributed

@@ -252,7 +252,8 @@ def resolve_targets(model, layers, parts):
         check_same_heads(model, infos, layers, sorted({part for _, part, _ in asked}))
         check_single_call(infos, layers, [part for _, part, _ in asked
                                           if part not in ("attn_z", "attn_result")])
-        budget = _attn_parts.PatternBudget(model, infos[0], len(layers))
+        budget = _attn_parts.PatternBudget(model, infos[0], len(layers),
+                                            [part for _, part, _ in asked])
         for li, info in enumerate(infos):
             for pi, part, h in asked:
                 module, kind, fn = _attn_parts.head_target(part, h, info, budget)

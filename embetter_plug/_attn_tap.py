@@ -54,11 +54,13 @@ def _implementation(orig: str):
 def _make_tap(orig: str):
     def tap(module, query, key, value, attention_mask, **kwargs):
         impl = eager_function(module) if orig == "eager" else _implementation(orig)
-        out, weights = impl(module, query, key, value, attention_mask, **kwargs)
         deliver = _DELIVER.get(module)
-        if deliver is not None:
-            deliver(AttnCall(module, query, key, value, attention_mask, kwargs, out, weights))
-        return out, weights
+        if deliver is None:
+            return impl(module, query, key, value, attention_mask, **kwargs)
+        call = AttnCall(module, query, key, value, attention_mask, kwargs, impl=impl,
+                        returns_weights=orig == "eager")
+        deliver(call)
+        return call.result()
 
     return tap
 
@@ -139,19 +141,76 @@ def additive_mask(mask, module, query, key):
 class AttnCall:
     """One call of an attention function: ``query`` ``(B, heads, S, d)``, ``key``/``value``
     ``(B, kv_heads, S, d)``, the ``output`` ``(B, S, heads, d)`` and, on demand, the pattern.
-    ``memo`` holds what several targets of the same call share."""
+    ``memo`` holds what several targets of the same call share.
 
-    def __init__(self, module, query, key, value, mask, kwargs, output, weights):
+    The output is computed when first read (or when the model goes on). Where targets have
+    asked for the pattern of a model that runs SDPA before the output was read, the eager
+    function that gave the pattern's rows also gave the output's rows, which are then what
+    the layer returns (equal to SDPA's to float rounding), so that ``QK^T`` is not paid
+    twice."""
+
+    def __init__(self, module, query, key, value, mask, kwargs, *, impl,
+                 returns_weights=False):
         self.module, self.query, self.key, self.value = module, query, key, value
-        self.mask, self.kwargs, self.output = mask, kwargs, output
-        self._weights = weights
+        self.mask, self.kwargs = mask, kwargs
+        self._output = self._weights = None
+        self._impl, self._returns_weights = impl, returns_weights
+        self._rows: list = []  # (lo, hi, output rows) given by the eager function
         self.memo: dict = {}
 
-    def pattern(self):
-        """Post-softmax weights ``(B, heads, S_q, S_k)`` as float32."""
-        if self._weights is None:
-            mask = additive_mask(self.mask, self.module, self.query, self.key)
-            kwargs = {k: v for k, v in self.kwargs.items() if k not in ("is_causal", "dropout")}
-            _, self._weights = eager_function(self.module)(
-                self.module, self.query, self.key, self.value, mask, dropout=0.0, **kwargs)
-        return self._weights.float()
+    def _run(self):
+        self._output, weights = self._impl(self.module, self.query, self.key, self.value,
+                                           self.mask, **self.kwargs)
+        if weights is not None:
+            self._weights = weights
+
+    @property
+    def output(self):
+        if self._output is None:
+            import torch
+
+            rows, end = sorted(self._rows, key=lambda r: r[0]), 0
+            for lo, hi, _ in rows:
+                end = hi if lo == end else -1
+            if rows and end == self.query.shape[-2]:  # the eager rows cover every query
+                self._output = (rows[0][2] if len(rows) == 1
+                                else torch.cat([r[2] for r in rows], dim=1))
+            else:
+                self._run()
+            self._rows = []
+        return self._output
+
+    def result(self):
+        """``(output, weights)`` as the original implementation returns them."""
+        out = self.output
+        return out, self._weights if self._returns_weights else None
+
+    def _eager(self, lo, hi, value):
+        s_q = self.query.shape[-2]
+        if "additive" not in self.memo:
+            self.memo["additive"] = additive_mask(self.mask, self.module, self.query, self.key)
+        mask = self.memo["additive"]
+        if mask is not None and mask.shape[-2] > 1 and (lo, hi) != (0, s_q):
+            mask = mask[..., lo:hi, :]
+        kwargs = {k: v for k, v in self.kwargs.items() if k not in ("is_causal", "dropout")}
+        return eager_function(self.module)(self.module, self.query[..., lo:hi, :], self.key,
+                                           value, mask, dropout=0.0, **kwargs)
+
+    def pattern(self, lo: int = 0, hi: int | None = None):
+        """Post-softmax weights ``(B, heads, S_q, S_k)`` as float32, or only the query rows
+        ``lo:hi`` of them (ask for each row once: see the class's note on the output)."""
+        s_q = self.query.shape[-2]
+        hi = s_q if hi is None else hi
+        whole = (lo, hi) == (0, s_q)
+        if self._weights is None and self._returns_weights and self._output is None:
+            self._run()  # the model runs eager: its own weights
+        if self._weights is not None:
+            return (self._weights if whole else self._weights[..., lo:hi, :]).float()
+        if self._output is None and self._impl is not None:  # output rows come along
+            out, w = self._eager(lo, hi, self.value)
+            self._rows.append((lo, hi, out))
+        else:  # on an empty value: only QK^T and the softmax
+            w = self._eager(lo, hi, self.value[..., :0])[1]
+        if whole:
+            self._weights = w
+        return w.float()

@@ -54,49 +54,53 @@ def _uses_chat_template(processor) -> bool:
 
 def check_samples(samples: list[Sample], processor, *, vision_only: bool,
                   prompt_template: str | None = None) -> None:
-    """Check what can be checked without the model: texts given to a vision encoder, and
-    placeholder counts that do not match the sample's image."""
+    """Check what can be checked without the model: texts given to a vision encoder, several
+    images given to it, and placeholder counts that do not match the sample's images."""
     if vision_only:
-        bad = [i for i, s in enumerate(samples) if s.text is not None or s.image is None]
+        bad = [i for i, s in enumerate(samples) if s.text is not None or len(s.images) != 1]
         if bad:
             raise ValueError(
                 f"this model is a vision encoder: it reads one image per sample and no text, but "
-                f"samples at positions {bad[:10]} hold text or no image; pass images alone."
+                f"samples at positions {bad[:10]} hold text, no image or several images; pass "
+                "images alone, one per sample."
             )
         return
     token = image_token(processor)
     if token is None:
+        many = [i for i, s in enumerate(samples) if len(s.images) > 1]
+        if many:
+            raise ValueError(f"samples {many[:10]} hold several images, but "
+                             f"{type(processor).__name__} names no image placeholder to place "
+                             "them by; pass one image per sample.")
         return
     for i, s in enumerate(samples):
-        n = (s.text or "").count(token)
-        want = 0 if s.image is None else 1
+        n, want = (s.text or "").count(token), len(s.images)
         if n not in (0, want) or (n and prompt_template is not None):
             raise ValueError(
                 f"sample {i}: its text holds {n} image placeholder(s) {token!r} for {want} "
-                "image(s); pass plain text (the encoder inserts the placeholder) or exactly one "
-                "placeholder per image" + (" (and no prompt_template)" if prompt_template else "")
-                + "."
+                "image(s); pass plain text (the encoder puts the placeholders before it) or "
+                "exactly one placeholder per image"
+                + (" (and no prompt_template)" if prompt_template else "") + "."
             )
 
 
 def _prompt(s: Sample, processor, template: tuple[str, str]) -> str:
     text = template[0] + (s.text or "") + template[1]
     token = image_token(processor)
-    if s.image is None or (token and token in text):
+    if not s.images or (token and token in text):
         if _uses_chat_template(processor):
-            return _chat(processor, text, image=False)
+            return _chat(processor, text, images=0)
         return text
     if _uses_chat_template(processor):
-        return _chat(processor, text, image=True)
+        return _chat(processor, text, images=len(s.images))
     if token is None:
         raise ValueError(f"{type(processor).__name__} names no image token to insert; put the "
                          "model's image placeholder in the text yourself.")
-    return token + text
+    return token * len(s.images) + text
 
 
-def _chat(processor, text: str, image: bool) -> str:
-    content = ([{"type": "image"}] if image else []) + ([{"type": "text", "text": text}]
-                                                         if text else [])
+def _chat(processor, text: str, images: int) -> str:
+    content = [{"type": "image"}] * images + ([{"type": "text", "text": text}] if text else [])
     return processor.apply_chat_template([{"role": "user", "content": content}],
                                          tokenize=False, add_generation_prompt=False)
 
@@ -105,9 +109,26 @@ def _process(processor, s: Sample, vision_only: bool, template) -> dict:
     if vision_only:
         return dict(processor(images=[load_image(s.image)], return_tensors="pt"))
     kwargs = {"text": [_prompt(s, processor, template)], "return_tensors": "pt"}
-    if s.image is not None:
-        kwargs["images"] = [load_image(s.image)]
+    if s.images:
+        kwargs["images"] = [load_image(im) for im in s.images]
     return dict(processor(**kwargs))
+
+
+def image_token_counts(processor, s: Sample, image_ids) -> list[int] | None:
+    """How many image tokens each of a sample's several images becomes (each processed alone
+    after the placeholder; tiles and resolutions depend on the image only), or ``None`` for
+    a sample with one image or none, whose image tokens are all its own (and where no
+    ``image_ids`` are given: no pooling reads one image of several)."""
+    if len(s.images) < 2 or not len(image_ids):
+        return None
+    import torch
+
+    token, ids = image_token(processor), torch.as_tensor(list(image_ids))
+    counts = []
+    for im in s.images:
+        out = processor(text=[token], images=[load_image(im)], return_tensors="pt")
+        counts.append(int(torch.isin(out["input_ids"][0], ids).sum()))
+    return counts
 
 
 def image_units(inputs: dict) -> int:
@@ -160,10 +181,11 @@ def collate(items: list[dict], pad_id: int) -> dict:
 
 def plan_batches(processor, samples: list[Sample], batch_size: int, *, vision_only: bool,
                  max_length: int | None, pad_id: int, prompt_template: str | None = None,
-                 chunk: int = 1024) -> Iterator[tuple[np.ndarray, dict, np.ndarray]]:
-    """Yield ``(row indices, model inputs, rows that hold an image, tower units of each image)``
-    per batch (see :func:`image_units`), length-sorted within chunks of ``chunk`` samples
-    (images are decoded a chunk at a time)."""
+                 chunk: int = 1024, image_ids=()) -> Iterator[tuple]:
+    """Yield ``(row indices, model inputs, rows that hold an image, tower units of each image,
+    image tokens per image of each row)`` per batch (see :func:`image_units` and
+    :func:`image_token_counts`, which counts the tokens in ``image_ids``), length-sorted
+    within chunks of ``chunk`` samples (images are decoded a chunk at a time)."""
     from ._batching import length_sorted_batches, split_template
 
     template = split_template(prompt_template)
@@ -191,4 +213,39 @@ def plan_batches(processor, samples: list[Sample], batch_size: int, *, vision_on
             with_image = np.array([j for j, i in enumerate(b) if part[i].image is not None],
                                   dtype=np.int64)
             units = np.array([image_units(items[b[j]]) for j in with_image], dtype=np.int64)
-            yield b + lo, collate([items[i] for i in b], pad_id), with_image, units
+            counts = [image_token_counts(processor, part[i], image_ids) for i in b]
+            yield b + lo, collate([items[i] for i in b], pad_id), with_image, units, counts
+
+
+def image_masks(input_ids, image_ids, counts, n_images: int) -> dict:
+    """``{"image": (B, T), "text": (B, T), "image0": ..., "image<n-1>": ...}`` token masks:
+    the ``j``-th image's tokens are, in order, the ``counts[b][j]`` image tokens that follow
+    the earlier images' (a row whose ``counts`` is ``None`` has its image tokens all in
+    ``image0``)."""
+    import torch
+
+    image = torch.isin(input_ids, image_ids)
+    out = {"image": image, "text": ~image}
+    if n_images < 1:
+        return out
+    rank = image.long().cumsum(1) - 1  # rank of each image token in its row
+    big = torch.iinfo(torch.long).max
+    ends = torch.full((len(counts), n_images), big, dtype=torch.long)
+    for b, c in enumerate(counts):
+        if c is not None:
+            ends[b, :len(c)] = torch.as_tensor(c).cumsum(0)
+    given = [(b, sum(c)) for b, c in enumerate(counts) if c is not None]
+    if given:
+        found = image.sum(1).tolist()
+        wrong = [(b, n, found[b]) for b, n in given if n != found[b]]
+        if wrong:
+            b, n, f = wrong[0]
+            raise ValueError(
+                f"a sample's images come to {n} image tokens when each is processed alone but "
+                f"to {f} in the sample, so its image tokens cannot be told apart per image; "
+                "pool over all of them with 'image:mean' instead of 'image0:...'.")
+    ends = ends.to(input_ids.device)
+    which = torch.searchsorted(ends, rank.clamp(min=0), right=True)  # image of each token
+    for j in range(n_images):
+        out[f"image{j}"] = image & (which == j)
+    return out

@@ -6,8 +6,10 @@ tokens (``0.0`` is the first, ``0.5`` the middle, ``1.0`` the last). Every metho
 attention mask, so it is right under left and right padding alike.
 
 With images, a pooling may be limited to one modality: ``"image:mean"`` averages the image tokens
-only, ``"text:lasttoken"`` takes the last text token (see :data:`MODALITIES`). A text with no token
-of that modality gets NaN for that pooling.
+only, ``"text:lasttoken"`` takes the last text token (see :data:`MODALITIES`). Where a sample
+holds several images, ``"image0:mean"``, ``"image1:mean"`` ... read the tokens of its first,
+second ... image only (``"image:mean"`` reads those of all its images). A text with no token of
+that modality gets NaN for that pooling.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ from typing import Any, Sequence
 
 POOLINGS = ("lasttoken", "mean", "max", "min", "cls", "first")
 MODALITIES = ("image", "text")
+
+
+def is_modality(name: str) -> bool:
+    """``"image"``, ``"text"`` or one image of several: ``"image0"``, ``"image1"`` ..."""
+    return name in MODALITIES or (name.startswith("image") and name[5:].isdigit()
+                                  and str(int(name[5:])) == name[5:])
 
 
 def split_modality(p: str | float) -> tuple[str | None, str | float]:
@@ -58,12 +66,12 @@ def validate_pooling(token_pooling: Any, *, is_decoder: bool | None = None,
                 else:
                     p = "lasttoken" if is_decoder else "mean"
             modality, base = split_modality(p)
-            if base not in POOLINGS or (modality is not None and modality not in MODALITIES):
+            if base not in POOLINGS or (modality is not None and not is_modality(modality)):
                 raise ValueError(
                     f"token_pooling {p!r} is not supported; valid values are "
                     f"{['auto', *POOLINGS]}, a float in [0, 1] (relative token position), or a "
                     f"name limited to one modality such as 'image:mean' (modalities "
-                    f"{list(MODALITIES)})."
+                    f"{list(MODALITIES)}, or 'image0', 'image1' ... for one image of several)."
                 )
             out.append(p)
         elif isinstance(p, Real) and not isinstance(p, bool):
@@ -106,10 +114,14 @@ def make_pooler(mask, poolings: Sequence[str | float], pool_mask=None, modalitie
         if modality is None:
             sel = agg if base in ("mean", "max", "min") else keep
         else:
-            if not modalities or modality not in modalities:
+            if modalities and modality not in modalities and "image" in modalities \
+                    and modality != "text":  # image<j> where no sample has a j-th image
+                sel = torch.zeros_like(keep)
+            elif not modalities or modality not in modalities:
                 plan.append(("missing", p, None))  # an error only if a module is pooled so
                 continue
-            sel = keep & modalities[modality].bool()
+            else:
+                sel = keep & modalities[modality].bool()
             if modality == "text" and base in ("mean", "max", "min"):
                 sel = sel & agg
         count = sel.sum(1)

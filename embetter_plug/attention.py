@@ -64,6 +64,32 @@ class AttentionPattern:
         ax.figure.colorbar(im, ax=ax, fraction=0.046)
         return ax
 
+    def grouped(self, tokens) -> "AttentionPattern":
+        """The pattern with each run of consecutive tokens in ``tokens`` (an image's tokens,
+        say) as one entry ``<N x token>``: as a key it holds the run's summed weight, as a
+        query the mean of its rows, so each row still sums to 1 and a sample of hundreds of
+        image tokens fits a view."""
+        tokens = set(tokens)
+        groups: list[list[int]] = []
+        for i, t in enumerate(self.tokens):
+            if t in tokens and groups and groups[-1][-1] == i - 1 and \
+                    self.tokens[groups[-1][0]] in tokens:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        if len(groups) == len(self.tokens):
+            return self
+        n = len(self.tokens)
+        assign = np.zeros((n, len(groups)))
+        for g, members in enumerate(groups):
+            assign[members, g] = 1.0
+        keys = self.pattern @ assign  # summed over each run's keys
+        pattern = np.einsum("qg,lhqk->lhgk", assign / assign.sum(0), keys)  # mean of its rows
+        names = [self.tokens[m[0]] if len(m) == 1 else f"<{len(m)} x {self.tokens[m[0]]}>"
+                 for m in groups]
+        return AttentionPattern(self.text, names, self.layers, self.heads,
+                                pattern.astype(self.pattern.dtype))
+
     def to_html(self, path, *, title: str | None = None):
         """Write a self-contained HTML page showing the pattern of a chosen layer and head
         (tokens on both axes, the weight on hover); returns the path."""
@@ -214,7 +240,7 @@ def _sample_patterns(model, processor, samples, layer_idx, head_idx, infos, budg
     manager = hook_manager(model)
     found: dict = {}
     with manager.attached(modules), torch.inference_mode():
-        for idx, inputs, _, _ in _mm_batching.plan_batches(
+        for idx, inputs, *_ in _mm_batching.plan_batches(
                 processor, samples, batch_size, vision_only=False, max_length=max_length,
                 pad_id=_batching.pad_id(tok, model.config), prompt_template=template):
             inputs = {k: v.to(device, dtype=dtype if v.is_floating_point() else None)

@@ -252,6 +252,16 @@ class ActivationExtractor:
         if tower and no_image:
             raise ValueError(f"'vision.' parts read each sample's image, but samples "
                              f"{no_image[:10]} have none; drop them or read the language stack.")
+        many = [i for i, s in enumerate(inputs) if len(s.images) > 1]
+        if tower and many:
+            raise ValueError(f"'vision.' parts read one image per sample, but samples {many[:10]} "
+                             "hold several; read the language stack's tokens of each image "
+                             "instead (token_pooling='image0:mean', 'image1:mean' ...).")
+        per_image = [p for p in self.poolings if (split_modality(p)[0] or "text")
+                     not in ("text", "image")]
+        if tower and per_image:
+            raise ValueError(f"token_pooling {per_image}: 'vision.' parts read one image per "
+                             "sample; use 'image:mean' (or read the language stack).")
         modal = [p for p in self.poolings if split_modality(p)[0] == "text"]
         if tower and modal:
             raise ValueError(f"token_pooling {modal}: a vision tower has no text tokens; use "
@@ -271,17 +281,27 @@ class ActivationExtractor:
                      if vision_only else self.processor)
         batches = _mm_batching.plan_batches(
             processor, samples, self.batch_size, vision_only=vision_only,
-            max_length=self.max_length, pad_id=pad, prompt_template=self.prompt_template)
+            max_length=self.max_length, pad_id=pad, prompt_template=self.prompt_template,
+            image_ids=self._per_image_ids())
         yield from iterate(self._run_samples(batches, vision_only),
                            total=-(-len(samples) // self.batch_size), disable=not self.verbose,
                            desc="encoding", unit="batch", size=lambda batch: len(batch[0]))
+
+    def _per_image_ids(self) -> list[int]:
+        """The image token ids, where a pooling reads one image of several (``image0:...``);
+        else none, and no image is processed twice to count its tokens."""
+        from ._mm_batching import image_token_ids
+
+        if all(split_modality(p)[0] in (None, "image", "text") for p in self.poolings):
+            return []
+        return image_token_ids(self.model, self.processor)
 
     def _run_samples(self, batches, vision_only: bool):
         """``(row_indices, activations)`` per ``(row_indices, model inputs, image rows, tower
         units per image)`` (see :func:`embetter_plug._mm_batching.plan_batches`)."""
         import torch
 
-        from ._mm_batching import image_token_ids
+        from ._mm_batching import image_masks, image_token_ids
 
         device = input_device(self.model)
         forward, extra = _vision.sample_forward(self.model, vision_only)
@@ -294,7 +314,7 @@ class ActivationExtractor:
         autocast = (torch.autocast(device.type, dtype=self.autocast_dtype)
                     if self.autocast_dtype is not None else contextlib.nullcontext())
         with capture, torch.inference_mode(), autocast:
-            for idx, inputs, with_image, units in batches:
+            for idx, inputs, with_image, units, counts in batches:
                 inputs = {k: v.to(device, dtype=dtype if v.is_floating_point() else None)
                           for k, v in inputs.items()}
                 if vision_only:
@@ -302,8 +322,8 @@ class ActivationExtractor:
                     modalities = None
                 else:
                     mask = inputs["attention_mask"]
-                    image = torch.isin(inputs["input_ids"], image_ids)
-                    modalities = {"image": image, "text": ~image}
+                    n_images = max([len(c) for c in counts if c is not None] + [1])
+                    modalities = image_masks(inputs["input_ids"], image_ids, counts, n_images)
                 rows = torch.as_tensor(with_image, device=device)
                 acts = capture.run(lambda: forward(**inputs, **extra), mask,
                                    modalities=modalities, image_rows=rows,

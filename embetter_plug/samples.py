@@ -2,8 +2,10 @@
 
 Wherever the encoder takes texts it also takes samples that carry an image:
 
-- a list of dicts ``{"text": ..., "image": ...}`` (either key may be missing or ``None``);
-- a DataFrame with an ``image`` column and, optionally, a ``text`` column;
+- a list of dicts ``{"text": ..., "image": ...}`` (either key may be missing or ``None``), or
+  ``{"text": "compare <image> with <image>", "images": [a, b]}`` for several images;
+- a DataFrame with an ``image`` column (or an ``images`` column of lists) and, optionally, a
+  ``text`` column;
 - ``(text, image)`` pairs (the image an image object, a path or an existing file's name; two
   texts are not a pair);
 - images alone (PIL images, arrays, bytes, paths given as :class:`pathlib.Path`), or a stack of
@@ -43,11 +45,13 @@ __all__ = ["Sample", "check_inputs", "has_images", "input_key"]
 @dataclass(frozen=True, eq=False)
 class Sample:
     """One image+text input: ``text`` (``None`` for an image alone) and ``image`` (``None``
-    for a text alone). ``str(sample)`` is its content key."""
+    for a text alone; the first image where there are several). ``images`` holds every image
+    in the order the text's placeholders name them. ``str(sample)`` is its content key."""
 
     text: str | None
     image: Any = None
     key: str = field(default="", repr=False)
+    images: tuple = field(default=(), repr=False)
 
     def __str__(self) -> str:
         return self.key
@@ -59,23 +63,38 @@ class Sample:
         return hash(self.key)
 
 
-def _make(text, image, where: str) -> Sample:
+def _make(text, image, where: str, images=None) -> Sample:
     if text is not None and not isinstance(text, str):
         if _missing(text):
             text = None
         else:
             raise TypeError(f"{where}: text must be a string or None, got {type(text).__name__}.")
-    if image is not None and _missing(image):
-        image = None
-    if image is None and not text:
+    single = [] if image is None or _missing(image) else [image]
+    images = _image_list(images, where)
+    if images and single:
+        raise ValueError(f"{where}: give either 'image' (one) or 'images' (a list), not both.")
+    images = images or single
+    if not images and not text:
         raise ValueError(f"{where}: the sample is empty (no text and no image); drop it or give "
                          "a text or an image.")
     h = hashlib.sha256(b"sample-v1")
     h.update(b"\x00" if text is None else b"\x01" + text.encode("utf-8"))
-    if image is not None:
-        check_image(image, where)
-        h.update(b"|" + image_digest(image).encode())
-    return Sample(text, image, "sample:" + h.hexdigest())
+    for k, im in enumerate(images):  # one image: the key it always had
+        check_image(im, where if len(images) == 1 else f"{where}, image {k}")
+        h.update(b"|" + image_digest(im).encode())
+    return Sample(text, images[0] if images else None, "sample:" + h.hexdigest(), tuple(images))
+
+
+def _image_list(images, where: str) -> list:
+    if images is None or (not isinstance(images, (list, tuple, np.ndarray)) and _missing(images)):
+        return []
+    if isinstance(images, np.ndarray) and images.dtype != object and images.ndim in (2, 3):
+        raise TypeError(f"{where}: 'images' is one array; give a list of images (or use "
+                        "'image' for one).")
+    if not isinstance(images, (list, tuple, np.ndarray)):
+        raise TypeError(f"{where}: 'images' must be a list of images, got "
+                        f"{type(images).__name__}.")
+    return list(images)
 
 
 def _missing(value) -> bool:
@@ -96,16 +115,20 @@ def check_inputs(X: Any, *, name: str = "X", where=None) -> list[str] | list[Sam
     """
     if isinstance(X, np.ndarray) and X.ndim in (3, 4) and X.dtype != object:
         return [_make(None, img, f"{name}[{i}]") for i, img in enumerate(X)]
-    if hasattr(X, "columns") and getattr(X, "ndim", 1) == 2 and "image" in X.columns:
-        extra = [c for c in X.columns if c not in ("text", "image")]
+    if hasattr(X, "columns") and getattr(X, "ndim", 1) == 2 and ({"image", "images"}
+                                                                    & set(X.columns)):
+        extra = [c for c in X.columns if c not in ("text", "image", "images")]
         if extra:
-            raise ValueError(f"{name} has columns {list(X.columns)}; samples read 'image' and "
-                             f"'text' only, drop {extra}.")
-        texts = X["text"].tolist() if "text" in X.columns else [None] * len(X)
+            raise ValueError(f"{name} has columns {list(X.columns)}; samples read 'image' (or "
+                             f"'images') and 'text' only, drop {extra}.")
         if len(X) == 0:
             raise ValueError(f"{name} is empty: pass at least one sample.")
-        return [_make(t, im, f"{name} row {i}") for i, (t, im) in
-                enumerate(zip(texts, X["image"].tolist()))]
+        none = [None] * len(X)
+        texts = X["text"].tolist() if "text" in X.columns else none
+        singles = X["image"].tolist() if "image" in X.columns else none
+        lists = X["images"].tolist() if "images" in X.columns else none
+        return [_make(t, im, f"{name} row {i}", ims if "images" in X.columns else None)
+                for i, (t, im, ims) in enumerate(zip(texts, singles, lists))]
     if (type(X).__name__ == "Series" or (isinstance(X, np.ndarray) and X.ndim == 1
                                          and X.dtype == object)):
         X = list(X)  # a column of dicts or images reads like a list
@@ -120,11 +143,11 @@ def _one(x, where: str) -> Sample:
     if isinstance(x, Sample):
         return x
     if isinstance(x, dict):
-        extra = set(x) - {"text", "image"}
+        extra = set(x) - {"text", "image", "images"}
         if extra:
             raise ValueError(f"{where}: unknown keys {sorted(extra)}; a sample has 'text' and/or "
-                             "'image'.")
-        return _make(x.get("text"), x.get("image"), where)
+                             "'image' (or 'images', a list).")
+        return _make(x.get("text"), x.get("image"), where, x.get("images"))
     if isinstance(x, tuple) and len(x) == 2:
         _check_pair(x, where)
         return _make(x[0], x[1], where)

@@ -603,7 +603,9 @@ def test_cli_probe_report_shows_a_samples_pattern(tmp_path):
                "--out", str(tmp_path / "run"), "--quiet"])
     assert rc == 0
     html = (tmp_path / "run" / "report.html").read_text()
-    assert '"picture 3", "tokens": ["\\u003cimage>"' in html  # the sample's pattern, image first
+    # the sample's pattern, its 16 image tokens first, grouped into one entry
+    assert '"picture 3", "tokens": ["\\u003c16 x \\u003cimage>>"' in html
+    assert 'id="image-attention"' in html and '"text": "picture 3"' in html  # on the picture
 
 
 def test_pipeline_cross_validates_on_samples():

@@ -71,16 +71,42 @@ def pattern_text(texts: list[str], choice, parts: str, data: str | None) -> str 
     return texts[row]
 
 
-def pattern_of(enc, text: str, label: str):
-    """The :class:`~embetter_plug.attention.AttentionPattern` of ``text`` in the layers ``enc``
-    reads (its first :data:`PATTERN_MAX_TOKENS` tokens), or ``None`` with a note when the
-    model cannot give one (an attention implementation without patterns, no readable heads)."""
+def pattern_of(enc, text, label: str):
+    """The :class:`~embetter_plug.attention.AttentionPattern` of ``text`` (or of an image+text
+    sample, its image tokens grouped per run: :meth:`AttentionPattern.grouped`) in the layers
+    ``enc`` reads (its first :data:`PATTERN_MAX_TOKENS` entries), or ``None`` with a note when
+    the model cannot give one (an attention implementation without patterns, no readable
+    heads)."""
+    from embetter_plug._mm_batching import image_token_ids
     from embetter_plug.attention import attention_patterns
 
+    sample = not isinstance(text, str)
     try:
-        return attention_patterns(enc, None, [text], layers=list(enc.layer_indices_),
-                                  max_length=min(enc.max_length_, PATTERN_MAX_TOKENS),
-                                  batch_size=1)[0]
+        pat = attention_patterns(enc, None, [text], layers=list(enc.layer_indices_),
+                                 max_length=(enc.max_length_ if sample else
+                                             min(enc.max_length_, PATTERN_MAX_TOKENS)),
+                                 batch_size=1)[0]
     except (ValueError, MemoryError) as exc:
         print(f"{label}: no attention pattern in the report: {exc}", flush=True)
+        return None
+    if not sample:
+        return pat
+    tok = enc.processor_.tokenizer
+    pat = pat.grouped(tok.convert_ids_to_tokens(image_token_ids(enc.model_, enc.processor_)))
+    if len(pat.tokens) > PATTERN_MAX_TOKENS:
+        n = PATTERN_MAX_TOKENS
+        pat = type(pat)(pat.text, pat.tokens[:n], pat.layers, pat.heads,
+                        pat.pattern[..., :n, :n])
+    return pat
+
+
+def image_attention_of(enc, sample, label: str):
+    """Where on the picture the sample's text looks (the mean over its text tokens), or
+    ``None`` with a note where the model's image tokens cannot be laid out on the picture."""
+    from embetter_plug.image_attention import image_attention
+
+    try:
+        return image_attention(enc, sample=sample, layers=list(enc.layer_indices_))
+    except (ValueError, MemoryError) as exc:
+        print(f"{label}: no attention on the picture in the report: {exc}", flush=True)
         return None

@@ -39,7 +39,7 @@ from ._data import (HelpFormatter, add_image_dir_arguments, add_progress_argumen
 from ._probe_data import AUTO_MAX_CLASSES, read_targets as _read
 from .._pages import display_name
 from ._runs import InterruptNote, open_hint, prepare_out
-from ._heads import PATTERN_MAX_TOKENS, pattern_of, pattern_row
+from ._heads import PATTERN_MAX_TOKENS, image_attention_of, pattern_of, pattern_row
 from .extract import add_encoder_arguments, add_image_argument, encoder_from_args
 
 DEFAULT_PARTS = "resid_post,attn_out,mlp_out"
@@ -169,6 +169,7 @@ def run(args) -> int:
         labels = [str(m) if m is not None else BUILTIN_MODEL for m in models]
     all_results = {col: [] for col in targets}
     encoders, best_slices, patterns = {}, {}, {}
+    picture = None  # where on the pattern sample's picture its text looks (first model)
     for model, label in zip(models, labels):
         ns = argparse.Namespace(**{**vars(args), "model": model, "token_pooling": poolings})
         enc = encoder_from_args(ns)
@@ -178,6 +179,10 @@ def run(args) -> int:
             pattern = pattern_of(enc, args.pattern, label)
             if pattern is not None:
                 patterns[label] = pattern
+            if not isinstance(args.pattern, str) and picture is None:
+                picture = image_attention_of(enc, args.pattern, label)
+            if not isinstance(args.pattern, str) and picture is None:
+                picture = image_attention_of(enc, args.pattern, label)
         print(f"{label}: activations {X.shape} (text, layer, part, hidden); probing "
               f"{X.shape[1] * X.shape[2]} layer x part slices with {args.cv}-fold CV"
               + (f" for each of {list(targets)}" if len(targets) > 1 else ""), flush=True)
@@ -209,7 +214,8 @@ def run(args) -> int:
             print(f"--label-col {col!r}:")
         _print_table(results, targets[col][1])
     report_heads(by_target[first], out)  # per-head parts: a layer x head table (and heads.png)
-    _write_outputs(by_target, out, args, encoders, best_slices, texts, targets, patterns)
+    _write_outputs(by_target, out, args, encoders, best_slices, texts, targets, patterns,
+                   picture)
     return 0
 
 
@@ -267,7 +273,7 @@ def _near_best_words(results, alpha: float = 0.05) -> str:
 
 
 def _write_outputs(by_target: dict, out: Path, args, encoders, best_slices, texts, targets,
-                   patterns) -> None:
+                   patterns, picture=None) -> None:
     import shutil
 
     import joblib
@@ -308,7 +314,7 @@ def _write_outputs(by_target: dict, out: Path, args, encoders, best_slices, text
 
     write_report(by_target if len(by_target) > 1 else results, out / "report.html",
                  title=f"Probes on {results.frame_['dataset'].iloc[0]}",
-                 patterns=patterns or None)
+                 patterns=patterns or None, image_attention=picture)
     target = f" for --label-col {first!r}" if len(by_target) > 1 else ""
     noise = "" if signal else " (no probe beats chance: this one is noise, see the warning)"
     print(f"wrote {out}{os.sep}: results.csv, probe.png, report.html and {name}.joblib{target} "

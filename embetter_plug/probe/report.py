@@ -79,7 +79,8 @@ def _selection(results: ProbeResults) -> dict:
     return out
 
 
-def write_report(results, path, *, title: str | None = None, patterns=None) -> Path:
+def write_report(results, path, *, title: str | None = None, patterns=None,
+                 image_attention=None) -> Path:
     """Write the interactive report of ``results`` (a ``ProbeResults`` or a results file) to ``path``.
 
     A dict ``{target: results}`` (from ``probe_layers`` with several targets) gives one report
@@ -88,7 +89,9 @@ def write_report(results, path, *, title: str | None = None, patterns=None) -> P
     ``patterns``: an :class:`~embetter_plug.attention.AttentionPattern` (from
     :func:`~embetter_plug.attention.attention_patterns`), or a dict ``{model label: pattern}``,
     adds a section showing that text's attention with the tokens on both axes and a layer and
-    head (and model) selector.
+    head (and model) selector. ``image_attention``: an
+    :class:`~embetter_plug.image_attention.ImageAttention` adds a section showing where on the
+    picture a token looks, with a layer and head selector.
 
     Examples
     --------
@@ -102,11 +105,13 @@ def write_report(results, path, *, title: str | None = None, patterns=None) -> P
     'probe_report.html'
     """
     if isinstance(results, dict):
-        return _side_by_side(results, path, title=title, patterns=patterns)
-    return write_page(path, _page(results, title, patterns), what="the report")
+        return _side_by_side(results, path, title=title, patterns=patterns,
+                             image_attention=image_attention)
+    return write_page(path, _page(results, title, patterns, image_attention),
+                      what="the report")
 
 
-def _page(results, title: str | None, patterns) -> str:
+def _page(results, title: str | None, patterns, image_attention=None) -> str:
     """The report page of one results set."""
     title = title or "Probe results"
     check_writable(title, "title")
@@ -124,10 +129,13 @@ def _page(results, title: str | None, patterns) -> str:
     page = _with_heads(page, results)
     if patterns is not None:
         page = _with_patterns(page, patterns)
+    if image_attention is not None:
+        page = _with_image_attention(page, image_attention)
     return page
 
 
-def _side_by_side(results: dict, path, *, title: str | None, patterns) -> Path:
+def _side_by_side(results: dict, path, *, title: str | None, patterns,
+                  image_attention=None) -> Path:
     """One page holding each target's report in a frame, side by side (wrapping on narrow
     screens), and the attention patterns once below them."""
     if not results:
@@ -149,7 +157,17 @@ def _side_by_side(results: dict, path, *, title: str | None, patterns) -> Path:
             f"<div class='targets'>{frames}</div></body></html>")
     if patterns is not None:
         page = _with_patterns(page, patterns)
+    if image_attention is not None:
+        page = _with_image_attention(page, image_attention)
     return write_page(path, page, what="the report")
+
+
+def _with_image_attention(page: str, image_attention) -> str:
+    """``page`` with the section showing where on the picture a token looks, before the end."""
+    from .._image_attn_html import image_attention_section
+
+    end = page.rindex("</body>")
+    return page[:end] + image_attention_section(image_attention) + "\n" + page[end:]
 
 
 def _with_heads(page: str, results: ProbeResults) -> str:

@@ -428,12 +428,15 @@ class ProbeResults:
 
         return LayerMetricDisplay.from_results(self, metric, ax=ax, **kwargs)
 
-    def to_html(self, path, *, title: str | None = None, patterns=None) -> Path:
+    def to_html(self, path, *, title: str | None = None, patterns=None,
+                image_attention=None) -> Path:
         """Write the interactive, self-contained HTML report (with ``patterns``, one text's
-        attention patterns too); see ``write_report``."""
+        attention patterns too; with ``image_attention``, where on a picture a text looks);
+        see ``write_report``."""
         from .report import write_report
 
-        return write_report(self, path, title=title, patterns=patterns)
+        return write_report(self, path, title=title, patterns=patterns,
+                            image_attention=image_attention)
 
     def __repr__(self) -> str:
         n = self.frame_.loc[self.frame_["part"] != DUMMY, [*self.context, "layer", "part"]].drop_duplicates()
