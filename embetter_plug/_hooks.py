@@ -145,6 +145,12 @@ class HookManager:
                         m.training = True
                     self._training = []
 
+    def check_others(self, check: Callable) -> None:
+        """Call ``check(ids)`` with the ids of the torch hooks this manager holds, while no
+        capture can add or remove one (so hooks of other threads' captures are known)."""
+        with self._lock:
+            check({getattr(h[0], "id", None) for h in self._hooks.values()} - {None})
+
     @contextlib.contextmanager
     def routing(self, capture: "Capture"):
         """Send this thread's hook calls to ``capture`` while the block runs."""

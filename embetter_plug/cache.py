@@ -207,9 +207,9 @@ def _decode(raw: bytes) -> tuple[dict, np.ndarray]:
 
 # ------------------------------------------------------------------ reading through the cache
 def encoder_identity(enc) -> dict[str, Any]:
-    """The extraction identity of a fitted encoder (its ``identity_``; see
-    :mod:`embetter_plug.identity`)."""
-    return enc.identity_
+    """The extraction identity of a fitted encoder as its model is now (see
+    :meth:`TransformerActivationEncoder.current_identity`)."""
+    return enc.current_identity(cache=True)
 
 
 def as_cache(cache) -> ActivationCache:

@@ -232,6 +232,36 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         return extraction_identity(load, prompt_template=self.prompt_template,
                                    max_length=self.max_length_, include_prompt=self.include_prompt)
 
+    def current_identity(self, *, cache: bool = False) -> dict:
+        """The extraction identity of the model as it is now (see :mod:`embetter_plug.identity`).
+
+        For a model given as an instance, the bytes of its weights are hashed again (a model
+        changed in place since ``fit`` gets a new identity); a model the encoder loaded is
+        identified by its source, as in ``identity_``. With ``cache=True``, a model carrying
+        forward hooks other than the encoder's own is refused (hooks change the vectors
+        without changing the weights), before any forward pass.
+
+        Examples
+        --------
+        >>> from embetter_plug import TransformerActivationEncoder
+        >>> from embetter_plug.testing import make_tiny_model
+        >>> model, tok = make_tiny_model("gpt2")
+        >>> enc = TransformerActivationEncoder(model, tok).fit()
+        >>> enc.current_identity() == enc.identity_
+        True
+        >>> model.h[1].mlp.c_proj.weight.data[:2] = 0  # an ablation after fit
+        >>> enc.current_identity() == enc.identity_
+        False
+        """
+        check_is_fitted(self, "layout_")
+        self._ensure_loaded()
+        if cache:
+            from ._hooks import hook_manager
+            from .identity import check_cacheable
+
+            hook_manager(self.model_).check_others(lambda ours: check_cacheable(self.model_, ours))
+        return self._identity() if self._source_ is None else self.identity_
+
     def _resolve_layers(self, n_blocks: int) -> list[int]:
         return resolve_indices(self.layers, n_blocks, name="layers", what="layer",
                                context="the model", unit="blocks")
@@ -294,7 +324,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         else:
             from .cache import read_through
 
-            out = read_through(self.cache, extractor, self.identity_, uniq,
+            out = read_through(self.cache, extractor, self.current_identity(cache=True), uniq,
                                label=str(self.layout_.meta.get("model")))
         return out[inverse.reshape(-1)]
 

@@ -288,7 +288,8 @@ def extraction_plan(encoder, folder, texts: list[str], *, shard_size: int | None
 
 
 def source_digest(encoder) -> str:
-    """SHA-256 of the fitted encoder's extraction identity (model, tokenizer, settings)."""
+    """SHA-256 of the fitted encoder's extraction identity (model, tokenizer, settings), as the
+    model is now (:meth:`TransformerActivationEncoder.current_identity`)."""
     from .identity import identity_digest
 
-    return identity_digest(encoder.identity_)
+    return identity_digest(encoder.current_identity())
