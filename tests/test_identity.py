@@ -149,3 +149,28 @@ def test_weights_digest_covers_buffers_and_adapter_state():
     d1 = weights_digest(m)
     m.disable_adapters, m.active_adapters = False, ["other"]
     assert len({d0, d1, weights_digest(m)}) == 3
+
+
+def test_a_disk_offloaded_model_instance_fits_and_is_identified_by_its_real_weights(tmp_path):
+    """accelerate keeps offloaded weights on the meta device between forwards; the identity
+    reads them from the offload folder: the same digest as the model loaded whole."""
+    pytest.importorskip("accelerate", minversion="1.1")
+    from transformers import AutoModel
+
+    from embetter_plug.testing import save_tiny_model
+
+    folder = str(save_tiny_model("gpt2", tmp_path / "gpt2"))
+    big = AutoModel.from_pretrained(folder, device_map="auto", max_memory={"cpu": "200KB"},
+                                    offload_folder=str(tmp_path / "off"))
+    assert "disk" in set(big.hf_device_map.values())
+    assert big.h[2].attn.c_proj.weight.device.type == "meta"
+    whole = AutoModel.from_pretrained(folder)
+    assert weights_digest(big) == weights_digest(whole)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    enc = TransformerActivationEncoder(big, tok, cache=tmp_path / "c").fit()
+    ref = TransformerActivationEncoder(whole, tok).fit()
+    assert enc.identity_ == ref.identity_
+    np.testing.assert_allclose(enc.transform(TEXTS), ref.transform(TEXTS), atol=1e-5)
+    np.testing.assert_allclose(enc.transform(TEXTS), ref.transform(TEXTS), atol=1e-5)  # read
