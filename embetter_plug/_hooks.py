@@ -87,21 +87,23 @@ class HookManager:
     def _hook(self, key, kind) -> Callable:
         local = self._local
 
+        # a hook reaches the receiver of the calling thread only for the keys that receiver
+        # asked for: hooks another thread's capture holds on the same model are not its own
         if kind == "pre":
             def hook(module, args, kwargs):
-                cap = getattr(local, "capture", None)
-                if cap is not None:
-                    cap.receive(key, args[0] if args else kwargs["hidden_states"])
+                route = getattr(local, "route", None)
+                if route is not None and key in route[1]:
+                    route[0].receive(key, args[0] if args else kwargs["hidden_states"])
         elif kind == "post":
             def hook(module, args, output):
-                cap = getattr(local, "capture", None)
-                if cap is not None:
-                    cap.receive(key, _first_tensor(output))
+                route = getattr(local, "route", None)
+                if route is not None and key in route[1]:
+                    route[0].receive(key, _first_tensor(output))
         else:  # a tap hands its payload as it is
             def hook(payload):
-                cap = getattr(local, "capture", None)
-                if cap is not None:
-                    cap.receive(key, payload)
+                route = getattr(local, "route", None)
+                if route is not None and key in route[1]:
+                    route[0].receive(key, payload)
         return hook
 
     @contextlib.contextmanager
@@ -152,14 +154,16 @@ class HookManager:
             check({getattr(h[0], "id", None) for h in self._hooks.values()} - {None})
 
     @contextlib.contextmanager
-    def routing(self, capture: "Capture"):
-        """Send this thread's hook calls to ``capture`` while the block runs."""
-        previous = getattr(self._local, "capture", None)
-        self._local.capture = capture
+    def routing(self, receiver, keys):
+        """Send this thread's calls of the hooks ``keys`` (``(id(module), kind)``) to
+        ``receiver.receive(key, value)`` while the block runs; calls of other hooks on the
+        model (another thread's) are not passed on."""
+        previous = getattr(self._local, "route", None)
+        self._local.route = (receiver, frozenset(keys))
         try:
             yield
         finally:
-            self._local.capture = previous
+            self._local.route = previous
 
 
 _MANAGERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -305,7 +309,7 @@ class Capture:
             dtype=torch.float32, device=mask.device,
         )
         try:
-            with self._manager.routing(self):
+            with self._manager.routing(self, self._modules):
                 forward()
         except _StopForward:
             pass

@@ -189,7 +189,7 @@ def attention_patterns(model, tokenizer=None, texts: Sequence[str] = (), *, laye
                     kwargs["position_ids"] = pos
                 kwargs = {k: v.to(device) for k, v in kwargs.items()}
                 collector = _Collector(keys, head_idx, kwargs["attention_mask"])
-                with manager.routing(collector):
+                with manager.routing(collector, keys):
                     runner(**kwargs, **extra)
                 for b, i in enumerate(idx):
                     found[int(i)] = (seqs[b], np.stack([collector.out[li][b]
@@ -222,7 +222,7 @@ def _sample_patterns(model, processor, samples, layer_idx, head_idx, infos, budg
             mask = inputs["attention_mask"]
             budget.check_batch(*mask.shape)
             collector = _Collector(keys, head_idx, mask)
-            with manager.routing(collector):
+            with manager.routing(collector, keys):
                 forward(**inputs, **extra)
             for b, i in enumerate(idx):
                 ids = inputs["input_ids"][b][mask[b].bool()].tolist()

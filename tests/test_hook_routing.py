@@ -1,0 +1,87 @@
+"""Hooks reach only the capture that asked for them: another thread's capture on the same model
+(mid-forward, its hooks live) never receives what it did not ask for, and a module that runs
+twice per forward is an error even when it is the deepest one asked."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from embetter_plug import TransformerActivationEncoder
+from embetter_plug.attention import attention_patterns
+from embetter_plug.testing import make_tiny_model, make_tokenizer
+
+TEXTS = ["the film was great and long", "a plot", "short one here", "and more words to read"]
+
+
+def _while_paused(model, pause_at, first, second):
+    """Run ``first()`` in a thread that stops inside its forward (at ``pause_at``'s output, its
+    hooks attached) until ``second()`` has run to the end in this thread; return both results."""
+    paused, resume = threading.Event(), threading.Event()
+    worker = threading.current_thread()
+    out: dict = {}
+
+    def hold(module, args, output):
+        if threading.current_thread() is not worker and not resume.is_set():
+            paused.set()
+            assert resume.wait(60)
+
+    def run_first():
+        try:
+            out["first"] = first()
+        except Exception as exc:  # noqa: BLE001  (reported by the test)
+            out["first"] = exc
+        finally:
+            paused.set()
+
+    handle = pause_at.register_forward_hook(hold)
+    t = threading.Thread(target=run_first)
+    try:
+        t.start()
+        assert paused.wait(60)
+        try:
+            out["second"] = second()
+        finally:
+            resume.set()
+            t.join(60)
+    finally:
+        handle.remove()
+    for v in out.values():
+        if isinstance(v, Exception):
+            raise v
+    return out["first"], out["second"]
+
+
+@pytest.mark.parametrize("repeat", range(3))
+def test_attention_patterns_while_another_thread_transforms_the_same_model(repeat):
+    model, tok = make_tiny_model("llama")
+    enc = TransformerActivationEncoder(model, tok, layers=[2], batch_size=2).fit()
+    want_x = enc.transform(TEXTS)
+    want_p = attention_patterns(model, tok, TEXTS, layers=[1])
+    x, pats = _while_paused(model, model.layers[1], lambda: enc.transform(TEXTS),
+                            lambda: attention_patterns(model, tok, TEXTS, layers=[1]))
+    np.testing.assert_allclose(x, want_x, atol=1e-6)
+    for got, want in zip(pats, want_p):
+        np.testing.assert_allclose(got.pattern, want.pattern, atol=1e-6)
+
+
+@pytest.mark.parametrize("repeat", range(3))
+def test_threads_reading_different_layers_of_a_reused_albert_block(repeat):
+    from transformers import AlbertConfig, AutoModel
+
+    tok = make_tokenizer("bpe")
+    cfg = AlbertConfig(vocab_size=len(tok), embedding_size=16, hidden_size=32,
+                       num_hidden_layers=6, num_attention_heads=4, intermediate_size=64)
+    torch.manual_seed(0)
+    model = AutoModel.from_config(cfg).eval()
+    first = TransformerActivationEncoder(model, tok, layers=[0], batch_size=2).fit()
+    second = TransformerActivationEncoder(model, tok, layers=[4], parts="mlp_out",
+                                          batch_size=2).fit()
+    want = first.transform(TEXTS), second.transform(TEXTS)
+    got = _while_paused(model, model.embeddings, lambda: first.transform(TEXTS),
+                        lambda: second.transform(TEXTS))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-6)
