@@ -83,6 +83,7 @@ class HookManager:
         self._local = threading.local()
         self._users = 0
         self._training: list = []
+        self._blocks: dict = {}  # id(module) -> weakref of its enclosing block (or None)
 
     def _hook(self, key, kind) -> Callable:
         local = self._local
@@ -94,7 +95,7 @@ class HookManager:
                 route = getattr(local, "route", None)
                 if route is not None and key in route[1]:
                     route[0].receive(key, args[0] if args else kwargs["hidden_states"])
-        elif kind == "post":
+        elif kind in ("post", "guard"):
             def hook(module, args, output):
                 route = getattr(local, "route", None)
                 if route is not None and key in route[1]:
@@ -146,6 +147,28 @@ class HookManager:
                     for m in self._training:
                         m.training = True
                     self._training = []
+
+    def enclosing_block(self, module):
+        """The block (an entry of a ``ModuleList``) that holds ``module`` strictly inside it,
+        or ``None`` (``module`` is a block itself, or outside every block)."""
+        import torch
+
+        key = id(module)
+        if key not in self._blocks:
+            model, found = self._model(), None
+            lists = [(n, m) for n, m in model.named_modules()
+                     if isinstance(m, torch.nn.ModuleList)]
+            path = next((n for n, m in model.named_modules(remove_duplicate=False)
+                         if m is module), None)
+            for name, mlist in lists:
+                prefix = f"{name}." if name else ""
+                if path is not None and path.startswith(prefix):
+                    head, _, rest = path[len(prefix):].partition(".")
+                    if rest and head.isdigit() and int(head) < len(mlist):
+                        found = mlist[int(head)]
+            self._blocks[key] = weakref.ref(found) if found is not None else None
+        ref = self._blocks[key]
+        return ref() if ref is not None else None
 
     def check_others(self, check: Callable) -> None:
         """Call ``check(ids)`` with the ids of the torch hooks this manager holds, while no
@@ -222,7 +245,17 @@ class Capture:
 
     def __enter__(self) -> "Capture":
         self._manager = hook_manager(self.model)
-        self._attached = self._manager.attached(self._modules)
+        # the forward stops early only once the block holding the last module read has ended:
+        # a module that runs again inside it (a dropout shared by two branches) is then seen
+        self._guard_of: dict = {}
+        hooked = dict(self._modules)
+        for key, module in self._modules.items():
+            block = self._manager.enclosing_block(module)
+            if block is not None:
+                self._guard_of[key] = (id(block), "guard")
+                hooked[(id(block), "guard")] = block
+        self._hooked = hooked
+        self._attached = self._manager.attached(hooked)
         self._attached.__enter__()
         return self
 
@@ -232,6 +265,10 @@ class Capture:
 
     def receive(self, key, tensor) -> None:
         """Called by a hook of this thread: store ``tensor`` where the targets want it."""
+        if key[1] == "guard":  # a block ended
+            if key == self._awaiting:
+                raise _StopForward
+            return
         n = self._calls[key]
         self._calls[key] = n + 1
         where = self._slots.get((key, n))
@@ -242,7 +279,9 @@ class Capture:
         self._store(tensor, where)
         self._remaining -= 1
         if self._remaining == 0 and self._stop_early:
-            raise _StopForward
+            self._awaiting = self._guard_of.get(key)
+            if self._awaiting is None:
+                raise _StopForward
 
     def _ran_twice(self, key, times):
         slots = [w for (k, _), ws in self._slots.items() if k == key for w in ws]
@@ -304,12 +343,13 @@ class Capture:
         self._shape = tuple(mask.shape)
         self._remaining = len(self._slots)
         self._calls: dict = defaultdict(int)
+        self._awaiting = None
         self._buf = torch.zeros(
             (mask.shape[0], self.n_layers, self.n_parts * len(self.poolings), self.hidden_size),
             dtype=torch.float32, device=mask.device,
         )
         try:
-            with self._manager.routing(self, self._modules):
+            with self._manager.routing(self, self._hooked):
                 forward()
         except _StopForward:
             pass

@@ -85,3 +85,44 @@ def test_threads_reading_different_layers_of_a_reused_albert_block(repeat):
                         lambda: second.transform(TEXTS))
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, atol=1e-6)
+
+
+@pytest.mark.parametrize("layers", [[2], [1], [-1]])
+def test_a_module_that_runs_twice_is_an_error_when_it_is_the_deepest_asked(layers):
+    """Phi's resid_dropout runs on the attention branch, then on the MLP branch, of each block;
+    the forward stops only once the block holding it has ended, so the second call is seen."""
+    model, tok = make_tiny_model("phi")
+    calls = []
+    handle = model.layers[-1].resid_dropout.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        model(**tok(["a b c"], return_tensors="pt"))
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # the premise: it runs twice per forward
+    enc = TransformerActivationEncoder(model, tok, layers=layers,
+                                       parts="layers.{layer}.resid_dropout").fit()
+    with pytest.raises(RuntimeError, match=r"module 'layers\.\d\.resid_dropout' .* ran 2 times "
+                                           r"in one forward pass"):
+        enc.transform(TEXTS)
+
+
+def test_the_forward_still_stops_after_the_block_holding_the_deepest_module():
+    model, tok = make_tiny_model("llama")
+    ran = []
+    handle = model.layers[2].register_forward_hook(lambda *a: ran.append(1))
+    try:
+        X = TransformerActivationEncoder(model, tok, layers=[1], parts="mlp_out").fit() \
+            .transform(TEXTS)
+    finally:
+        handle.remove()
+    assert ran == []  # block 2 never ran
+    ids = tok(TEXTS[0], return_tensors="pt")
+    seen = []
+    h = model.layers[1].mlp.register_forward_hook(lambda m, a, o: seen.append(o))
+    try:
+        with torch.no_grad():
+            model(**ids)
+    finally:
+        h.remove()
+    np.testing.assert_allclose(X[0, 0, 0], seen[0][0, -1].numpy(), atol=1e-5)  # lasttoken
+
