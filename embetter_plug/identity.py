@@ -187,10 +187,16 @@ def foreign_hooks(model, ours=()) -> list[str]:
             found.append(f"<every module> ({kind[8:]})")
     for name, module in model.named_modules():
         for kind in ("_forward_hooks", "_forward_pre_hooks"):
-            ids = [i for i in getattr(module, kind, {}) if i not in ours]
+            ids = [i for i, fn in getattr(module, kind, {}).items()
+                   if i not in ours and getattr(fn, "__module__", None) not in _OBSERVERS]
             if ids:
                 found.append(f"{name or '<model>'} ({kind[1:]})")
     return found
+
+
+# modules whose hooks only record outputs and never change them: transformers installs these
+# for output_hidden_states / output_attentions and keeps them on the model
+_OBSERVERS = {"transformers.utils.output_capturing"}
 
 
 def check_cacheable(model, ours=()) -> None:

@@ -174,3 +174,19 @@ def test_a_disk_offloaded_model_instance_fits_and_is_identified_by_its_real_weig
     assert enc.identity_ == ref.identity_
     np.testing.assert_allclose(enc.transform(TEXTS), ref.transform(TEXTS), atol=1e-5)
     np.testing.assert_allclose(enc.transform(TEXTS), ref.transform(TEXTS), atol=1e-5)  # read
+
+
+def test_transformers_own_output_recording_hooks_are_not_refused(tmp_path):
+    """transformers keeps hooks that record hidden states on some models (a vision tower after
+    a forward with output_hidden_states): they never change an output, so a cache works."""
+    from embetter_plug.testing import make_tiny_vlm
+
+    model, processor = make_tiny_vlm("llava")
+    tower = model.model.vision_tower
+    with torch.no_grad():
+        tower(pixel_values=torch.zeros(1, 3, 32, 32), output_hidden_states=True)
+    recorders = [fn for m in model.modules() for fn in m._forward_hooks.values()
+                 if fn.__module__ == "transformers.utils.output_capturing"]
+    if not recorders:
+        pytest.skip("this transformers version keeps no output-recording hooks")
+    check_cacheable(model)
