@@ -126,3 +126,35 @@ def test_the_forward_still_stops_after_the_block_holding_the_deepest_module():
         h.remove()
     np.testing.assert_allclose(X[0, 0, 0], seen[0][0, -1].numpy(), atol=1e-5)  # lasttoken
 
+
+def test_the_loop_body_of_iter_batches_runs_outside_inference_mode_autocast_and_eval_mode():
+    """A training step between batches works; the batches are computed in eval mode, under
+    inference mode and autocast, each with the weights as they are when it runs."""
+    import copy
+
+    from embetter_plug.extraction import ActivationExtractor
+
+    model, tok = make_tiny_model("gpt2")
+    model = copy.deepcopy(model)
+    ext = ActivationExtractor(model, tok, layers=[2], parts=["resid_post"], poolings=["mean"],
+                              max_length=32, batch_size=2, autocast_dtype=torch.bfloat16)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+    for idx, acts in ext.iter_batches(TEXTS):
+        assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+        assert not torch.is_autocast_enabled("cpu")
+        assert model.training and model.h[0].attn.training  # the caller's mode
+        # the batch equals a forward of the model as it is now, in eval mode under autocast
+        model.eval()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            want = ext.extract([TEXTS[i] for i in idx])
+        model.train()
+        np.testing.assert_array_equal(acts, want)
+        seen.append(acts.copy())
+        ids = tok(TEXTS[:2], return_tensors="pt", padding=True)
+        loss = model(**ids).last_hidden_state.float().pow(2).mean()
+        loss.backward()  # raises inside inference mode
+        opt.step()
+        opt.zero_grad()
+    assert len(seen) == 2
