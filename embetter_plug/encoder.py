@@ -267,12 +267,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
                                context="the model", unit="blocks")
 
     def _model_max_length(self) -> int:
-        config = _arch.text_config(self.model_.config)
-        cands = [getattr(self.tokenizer_, "model_max_length", None),
-                 getattr(config, "max_position_embeddings", None),
-                 getattr(config, "n_positions", None)]
-        cands = [int(c) for c in cands if c and 0 < c < 1_000_000]
-        return min(cands) if cands else 512
+        return _arch.token_limit(self.model_, self.tokenizer_)
 
     def _extractor(self) -> ActivationExtractor:
         return ActivationExtractor(
