@@ -326,7 +326,9 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
     def iter_batches(self, texts: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(row_indices, activations)`` per batch of ``texts`` as the model computes
         them (longest texts first; no cache, no deduplication): for work that keeps only a
-        summary of each batch, such as :class:`~embetter_plug.OnlineProbes`."""
+        summary of each batch, such as :class:`~embetter_plug.OnlineProbes`. The loop body
+        runs outside inference mode and autocast, with the model in the mode the caller left
+        it, so a training step between batches works."""
         check_is_fitted(self, "layout_")
         self._ensure_loaded()
         return self._extractor().iter_batches(texts)
