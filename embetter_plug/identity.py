@@ -165,6 +165,8 @@ def _adapter_state(model) -> list:
     out = []
     for name, module in model.named_modules():
         if hasattr(module, "active_adapters") and hasattr(module, "disable_adapters"):
+            if callable(getattr(type(module), "active_adapters", None)):
+                continue  # transformers' model-level methods; the tuner layers say it all
             try:
                 active = module.active_adapters
                 active = [active] if isinstance(active, str) else list(active)
