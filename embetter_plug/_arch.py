@@ -236,6 +236,26 @@ def positions_from_padding(model) -> bool:
                for m in runner(model).modules())
 
 
+def token_limit(model, tokenizer) -> int:
+    """The most tokens one text may have: the tokenizer's limit, the configured positions and,
+    for RoBERTa-style embeddings that count positions from ``padding_idx + 1``, the position
+    table less those offsets (``max_position_embeddings - padding_idx - 1``); 512 when none is
+    known. The encoder and :func:`embetter_plug.attention.attention_patterns` both use it."""
+    config = text_config(model.config)
+    cands = [getattr(tokenizer, "model_max_length", None),
+             getattr(config, "max_position_embeddings", None),
+             getattr(config, "n_positions", None)]
+    if positions_from_padding(model):
+        for m in runner(model).modules():
+            if callable(getattr(type(m), "create_position_ids_from_input_ids", None)):
+                table = getattr(m, "position_embeddings", None)
+                pad = getattr(m, "padding_idx", getattr(table, "padding_idx", None))
+                if table is not None and pad is not None:
+                    cands.append(int(table.num_embeddings) - int(pad) - 1)
+    cands = [int(c) for c in cands if c and 0 < c < 1_000_000]
+    return min(cands) if cands else 512
+
+
 def takes_position_ids(model) -> bool:
     """Whether the extractor passes mask-aware ``position_ids``: to decoders that accept them.
 

@@ -51,17 +51,18 @@ def tokenize(tokenizer, texts, prefix: str, suffix: str, max_length: int, *,
     ids = enc["input_ids"]
     offsets = enc["offset_mapping"] if spans else None
     too_long = [i for i, s in enumerate(ids) if len(s) > max_length]
+    kept = list(texts)  # each text as it is fed: truncated ones cut
     for i in too_long:
-        ids[i], cut = _truncate_one(tokenizer, texts[i], prefix, suffix, max_length, ids[i])
+        ids[i], kept[i] = _truncate_one(tokenizer, texts[i], prefix, suffix, max_length, ids[i])
         if spans:
-            offsets[i] = tokenizer(prefix + cut + suffix, add_special_tokens=True, verbose=False,
-                                   return_offsets_mapping=True)["offset_mapping"]
+            offsets[i] = tokenizer(prefix + kept[i] + suffix, add_special_tokens=True,
+                                   verbose=False, return_offsets_mapping=True)["offset_mapping"]
     if not spans:
         return ids, len(too_long)
     lo = len(prefix)
     out = []
     for i, offs in enumerate(offsets):
-        hi = len(full[i]) - len(suffix)
+        hi = lo + len(kept[i])  # the suffix starts after the text that was kept
         inside = [k for k, (s, e) in enumerate(offs) if e > s and lo <= s < hi]
         out.append((inside[0], inside[-1] + 1) if inside else (0, len(ids[i])))
     return ids, len(too_long), out

@@ -83,25 +83,28 @@ class HookManager:
         self._local = threading.local()
         self._users = 0
         self._training: list = []
+        self._blocks: dict = {}  # id(module) -> weakref of its enclosing block (or None)
 
     def _hook(self, key, kind) -> Callable:
         local = self._local
 
+        # a hook reaches the receiver of the calling thread only for the keys that receiver
+        # asked for: hooks another thread's capture holds on the same model are not its own
         if kind == "pre":
             def hook(module, args, kwargs):
-                cap = getattr(local, "capture", None)
-                if cap is not None:
-                    cap.receive(key, args[0] if args else kwargs["hidden_states"])
-        elif kind == "post":
+                route = getattr(local, "route", None)
+                if route is not None and key in route[1]:
+                    route[0].receive(key, args[0] if args else kwargs["hidden_states"])
+        elif kind in ("post", "guard"):
             def hook(module, args, output):
-                cap = getattr(local, "capture", None)
-                if cap is not None:
-                    cap.receive(key, _first_tensor(output))
+                route = getattr(local, "route", None)
+                if route is not None and key in route[1]:
+                    route[0].receive(key, _first_tensor(output))
         else:  # a tap hands its payload as it is
             def hook(payload):
-                cap = getattr(local, "capture", None)
-                if cap is not None:
-                    cap.receive(key, payload)
+                route = getattr(local, "route", None)
+                if route is not None and key in route[1]:
+                    route[0].receive(key, payload)
         return hook
 
     @contextlib.contextmanager
@@ -145,15 +148,45 @@ class HookManager:
                         m.training = True
                     self._training = []
 
+    def enclosing_block(self, module):
+        """The block (an entry of a ``ModuleList``) that holds ``module`` strictly inside it,
+        or ``None`` (``module`` is a block itself, or outside every block)."""
+        import torch
+
+        key = id(module)
+        if key not in self._blocks:
+            model, found = self._model(), None
+            lists = [(n, m) for n, m in model.named_modules()
+                     if isinstance(m, torch.nn.ModuleList)]
+            path = next((n for n, m in model.named_modules(remove_duplicate=False)
+                         if m is module), None)
+            for name, mlist in lists:
+                prefix = f"{name}." if name else ""
+                if path is not None and path.startswith(prefix):
+                    head, _, rest = path[len(prefix):].partition(".")
+                    if rest and head.isdigit() and int(head) < len(mlist):
+                        found = mlist[int(head)]
+            self._blocks[key] = weakref.ref(found) if found is not None else None
+        ref = self._blocks[key]
+        return ref() if ref is not None else None
+
+    def check_others(self, check: Callable) -> None:
+        """Call ``check(ids)`` with the ids of the torch hooks this manager holds, while no
+        capture can add or remove one (so hooks of other threads' captures are known)."""
+        with self._lock:
+            check({getattr(h[0], "id", None) for h in self._hooks.values()} - {None})
+
     @contextlib.contextmanager
-    def routing(self, capture: "Capture"):
-        """Send this thread's hook calls to ``capture`` while the block runs."""
-        previous = getattr(self._local, "capture", None)
-        self._local.capture = capture
+    def routing(self, receiver, keys):
+        """Send this thread's calls of the hooks ``keys`` (``(id(module), kind)``) to
+        ``receiver.receive(key, value)`` while the block runs; calls of other hooks on the
+        model (another thread's) are not passed on."""
+        previous = getattr(self._local, "route", None)
+        self._local.route = (receiver, frozenset(keys))
         try:
             yield
         finally:
-            self._local.capture = previous
+            self._local.route = previous
 
 
 _MANAGERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -212,7 +245,17 @@ class Capture:
 
     def __enter__(self) -> "Capture":
         self._manager = hook_manager(self.model)
-        self._attached = self._manager.attached(self._modules)
+        # the forward stops early only once the block holding the last module read has ended:
+        # a module that runs again inside it (a dropout shared by two branches) is then seen
+        self._guard_of: dict = {}
+        hooked = dict(self._modules)
+        for key, module in self._modules.items():
+            block = self._manager.enclosing_block(module)
+            if block is not None:
+                self._guard_of[key] = (id(block), "guard")
+                hooked[(id(block), "guard")] = block
+        self._hooked = hooked
+        self._attached = self._manager.attached(hooked)
         self._attached.__enter__()
         return self
 
@@ -222,6 +265,10 @@ class Capture:
 
     def receive(self, key, tensor) -> None:
         """Called by a hook of this thread: store ``tensor`` where the targets want it."""
+        if key[1] == "guard":  # a block ended
+            if key == self._awaiting:
+                raise _StopForward
+            return
         n = self._calls[key]
         self._calls[key] = n + 1
         where = self._slots.get((key, n))
@@ -232,7 +279,9 @@ class Capture:
         self._store(tensor, where)
         self._remaining -= 1
         if self._remaining == 0 and self._stop_early:
-            raise _StopForward
+            self._awaiting = self._guard_of.get(key)
+            if self._awaiting is None:
+                raise _StopForward
 
     def _ran_twice(self, key, times):
         slots = [w for (k, _), ws in self._slots.items() if k == key for w in ws]
@@ -294,12 +343,13 @@ class Capture:
         self._shape = tuple(mask.shape)
         self._remaining = len(self._slots)
         self._calls: dict = defaultdict(int)
+        self._awaiting = None
         self._buf = torch.zeros(
             (mask.shape[0], self.n_layers, self.n_parts * len(self.poolings), self.hidden_size),
             dtype=torch.float32, device=mask.device,
         )
         try:
-            with self._manager.routing(self):
+            with self._manager.routing(self, self._hooked):
                 forward()
         except _StopForward:
             pass

@@ -150,7 +150,9 @@ def make_pooler(mask, poolings: Sequence[str | float], pool_mask=None, modalitie
                                  f"{split_modality(data)[0]} tokens, and these inputs do not say "
                                  "(pass image+text samples).")
             if base == "mean":
-                v = torch.bmm(data, hidden)[:, 0]
+                # float32 under autocast too (autocast would run bmm, the sum, in bfloat16)
+                with torch.autocast(hidden.device.type, enabled=False):
+                    v = torch.bmm(data, hidden)[:, 0]
             elif base == "max":
                 v = hidden.masked_fill(data, float("-inf")).amax(1)
             elif base == "min":

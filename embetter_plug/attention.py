@@ -25,7 +25,7 @@ import numpy as np
 
 from . import _arch, _attn_arch, _attn_find, _attn_parts, _batching
 from ._hooks import hook_manager
-from ._utils import resolve_indices
+from ._utils import resolve_indices, warn_user
 from .samples import check_inputs, has_images
 
 __all__ = ["AttentionPattern", "attention_metrics", "attention_patterns", "head_scores",
@@ -107,14 +107,17 @@ def _model_and_settings(model, tokenizer, max_length, prompt_template):
         if getattr(enc, "model_", None) is None:
             raise ValueError("the encoder is not fitted (or was unpickled without its model); "
                              "call its fit() first.")
-        return (enc.model_, enc.tokenizer_, max_length or enc.max_length_,
+        limit = _arch.token_limit(enc.model_, enc.tokenizer_)
+        return (enc.model_, enc.tokenizer_, min(max_length or enc.max_length_, limit),
                 prompt_template if prompt_template is not None else enc.prompt_template)
     if tokenizer is None:
         raise ValueError("attention_patterns needs the model's tokenizer (or pass a fitted "
                          "TransformerActivationEncoder).")
-    limit = getattr(tokenizer, "model_max_length", None)
-    return model, tokenizer, max_length or (limit if limit and limit < 1_000_000 else 512), \
-        prompt_template
+    limit = _arch.token_limit(model, tokenizer)  # the encoder's rule
+    if max_length is not None and max_length > limit:
+        warn_user(f"max_length={max_length} is above the model's limit of {limit} tokens; "
+                  f"texts are cut to {limit}.", UserWarning)
+    return model, tokenizer, min(max_length or limit, limit), prompt_template
 
 
 class _Collector:
@@ -215,7 +218,7 @@ def attention_patterns(model, tokenizer=None, texts: Sequence[str] = (), *, laye
                     kwargs["position_ids"] = pos
                 kwargs = {k: v.to(device) for k, v in kwargs.items()}
                 collector = _Collector(keys, head_idx, kwargs["attention_mask"])
-                with manager.routing(collector):
+                with manager.routing(collector, keys):
                     runner(**kwargs, **extra)
                 for b, i in enumerate(idx):
                     found[int(i)] = (seqs[b], np.stack([collector.out[li][b]
@@ -248,7 +251,7 @@ def _sample_patterns(model, processor, samples, layer_idx, head_idx, infos, budg
             mask = inputs["attention_mask"]
             budget.check_batch(*mask.shape)
             collector = _Collector(keys, head_idx, mask)
-            with manager.routing(collector):
+            with manager.routing(collector, keys):
                 forward(**inputs, **extra)
             for b, i in enumerate(idx):
                 ids = inputs["input_ids"][b][mask[b].bool()].tolist()

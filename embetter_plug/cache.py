@@ -117,12 +117,15 @@ class ActivationCache:
         return dict(zip(header["names"], data))
 
     def put(self, key: str, vectors: dict[str, np.ndarray], *, label: str = "") -> None:
-        """Store ``vectors`` (``{name: 1-D array}``, same length) under ``key``, atomically."""
+        """Store ``vectors`` (``{name: 1-D array}``, any lengths: a residual vector and a
+        head's ``attn_z`` live side by side) under ``key``, atomically."""
         names = list(vectors)
-        data = np.stack([np.asarray(vectors[n], dtype=np.float32) for n in names])
+        flat = [np.asarray(vectors[n], dtype=np.float32).reshape(-1) for n in names]
+        data = np.concatenate(flat) if flat else np.zeros(0, np.float32)
         path = self._file(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, _encode({"names": names, "label": label}, data))
+        atomic_write(path, _encode({"names": names, "label": label,
+                                    "widths": [len(v) for v in flat]}, data))
 
     def _entry_files(self) -> Iterator[Path]:
         if self._root.is_dir():
@@ -200,16 +203,24 @@ def _decode(raw: bytes) -> tuple[dict, np.ndarray]:
     if hashlib.blake2b(body, digest_size=_DIGEST).digest() != digest:
         raise ValueError("checksum mismatch")
     n = int.from_bytes(body[8:12], "little")
-    header = json.loads(body[12:12 + n])
-    data = np.frombuffer(body[12 + n:], dtype="<f4").reshape(header["shape"]).astype(np.float32)
+    try:  # a header written by something else: reported as damaged, never a raw KeyError
+        header = json.loads(body[12:12 + n])
+        data = np.frombuffer(body[12 + n:], dtype="<f4").reshape(header["shape"])
+        data = data.astype(np.float32)
+        if "widths" in header:  # vectors of several widths, one after the other
+            data = np.split(data, np.cumsum(header["widths"])[:-1]) if header["widths"] else []
+        if len(header["names"]) != len(data):
+            raise ValueError(f"{len(header['names'])} names for {len(data)} vectors")
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ValueError(f"malformed header ({type(exc).__name__}: {exc})") from None
     return header, data
 
 
 # ------------------------------------------------------------------ reading through the cache
 def encoder_identity(enc) -> dict[str, Any]:
-    """The extraction identity of a fitted encoder (its ``identity_``; see
-    :mod:`embetter_plug.identity`)."""
-    return enc.identity_
+    """The extraction identity of a fitted encoder as its model is now (see
+    :meth:`TransformerActivationEncoder.current_identity`)."""
+    return enc.current_identity(cache=True)
 
 
 def as_cache(cache) -> ActivationCache:
@@ -252,7 +263,7 @@ def read_through(cache, extractor, identity: dict, texts: list[str], *,
     def store(rows, acts):
         for j, a in zip(rows, acts):
             i = missing[j]
-            merged = {n: v for n, v in stored.pop(i).items() if len(v) == H}
+            merged = dict(stored.pop(i))  # vectors of other widths (parts) stay
             merged.update(zip(names, a.reshape(L * P, H)))
             cache.put(keys[i], merged, label=label)
 

@@ -268,6 +268,7 @@ def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column
     """
     from sklearn.utils.validation import check_is_fitted
 
+    from ._folder_lock import folder_lock
     from .streaming import ShardWriter, extraction_plan
 
     check_is_fitted(encoder, "layout_")
@@ -282,12 +283,13 @@ def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column
     started = connect_ray(address, concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus)
     try:
         texts = _read_inputs(data, text_column, image_column)
-        plan = extraction_plan(encoder, folder, texts, shard_size=shard_size,
-                               store_dtype=store_dtype, overwrite=overwrite)
-        writer = ShardWriter.open(folder, plan, overwrite=overwrite)
-        _run(encoder, writer, texts, plan, concurrency=concurrency, num_cpus=num_cpus,
-             num_gpus=num_gpus, batch_size=batch_size, shared_storage=shared_storage,
-             verbose=verbose)
+        with folder_lock(folder):  # one writer at a time (the actors write for this one)
+            plan = extraction_plan(encoder, folder, texts, shard_size=shard_size,
+                                   store_dtype=store_dtype, overwrite=overwrite)
+            writer = ShardWriter.open(folder, plan, overwrite=overwrite)
+            _run(encoder, writer, texts, plan, concurrency=concurrency, num_cpus=num_cpus,
+                 num_gpus=num_gpus, batch_size=batch_size, shared_storage=shared_storage,
+                 verbose=verbose)
     finally:
         if started:
             _import_ray().shutdown()

@@ -232,17 +232,42 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         return extraction_identity(load, prompt_template=self.prompt_template,
                                    max_length=self.max_length_, include_prompt=self.include_prompt)
 
+    def current_identity(self, *, cache: bool = False) -> dict:
+        """The extraction identity of the model as it is now (see :mod:`embetter_plug.identity`).
+
+        For a model given as an instance, the bytes of its weights are hashed again (a model
+        changed in place since ``fit`` gets a new identity); a model the encoder loaded is
+        identified by its source, as in ``identity_``. With ``cache=True``, a model carrying
+        forward hooks other than the encoder's own is refused (hooks change the vectors
+        without changing the weights), before any forward pass.
+
+        Examples
+        --------
+        >>> from embetter_plug import TransformerActivationEncoder
+        >>> from embetter_plug.testing import make_tiny_model
+        >>> model, tok = make_tiny_model("gpt2")
+        >>> enc = TransformerActivationEncoder(model, tok).fit()
+        >>> enc.current_identity() == enc.identity_
+        True
+        >>> model.h[1].mlp.c_proj.weight.data[:2] = 0  # an ablation after fit
+        >>> enc.current_identity() == enc.identity_
+        False
+        """
+        check_is_fitted(self, "layout_")
+        self._ensure_loaded()
+        if cache:
+            from ._hooks import hook_manager
+            from .identity import check_cacheable
+
+            hook_manager(self.model_).check_others(lambda ours: check_cacheable(self.model_, ours))
+        return self._identity() if self._source_ is None else self.identity_
+
     def _resolve_layers(self, n_blocks: int) -> list[int]:
         return resolve_indices(self.layers, n_blocks, name="layers", what="layer",
                                context="the model", unit="blocks")
 
     def _model_max_length(self) -> int:
-        config = _arch.text_config(self.model_.config)
-        cands = [getattr(self.tokenizer_, "model_max_length", None),
-                 getattr(config, "max_position_embeddings", None),
-                 getattr(config, "n_positions", None)]
-        cands = [int(c) for c in cands if c and 0 < c < 1_000_000]
-        return min(cands) if cands else 512
+        return _arch.token_limit(self.model_, self.tokenizer_)
 
     def _extractor(self) -> ActivationExtractor:
         return ActivationExtractor(
@@ -294,14 +319,16 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         else:
             from .cache import read_through
 
-            out = read_through(self.cache, extractor, self.identity_, uniq,
+            out = read_through(self.cache, extractor, self.current_identity(cache=True), uniq,
                                label=str(self.layout_.meta.get("model")))
         return out[inverse.reshape(-1)]
 
     def iter_batches(self, texts: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(row_indices, activations)`` per batch of ``texts`` as the model computes
         them (longest texts first; no cache, no deduplication): for work that keeps only a
-        summary of each batch, such as :class:`~embetter_plug.OnlineProbes`."""
+        summary of each batch, such as :class:`~embetter_plug.OnlineProbes`. The loop body
+        runs outside inference mode and autocast, with the model in the mode the caller left
+        it, so a training step between batches works."""
         check_is_fitted(self, "layout_")
         self._ensure_loaded()
         return self._extractor().iter_batches(texts)

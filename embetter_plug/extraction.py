@@ -161,7 +161,7 @@ class ActivationExtractor:
         ``on_batch(row_indices, activations)``, when given, sees each batch as it is done.
         """
         out = np.empty((len(texts), *self.shape), dtype=np.float32)
-        for idx, acts in self.iter_batches(texts):
+        for idx, acts in self._batches(texts, hold=True):
             out[idx] = acts
             if on_batch is not None:
                 on_batch(idx, out[idx])
@@ -172,14 +172,21 @@ class ActivationExtractor:
 
         Texts are tokenized chunk by chunk (on CUDA the next chunk while the current one runs);
         image+text samples go through the processor one by one (see
-        :mod:`embetter_plug._mm_batching`).
+        :mod:`embetter_plug._mm_batching`). The loop body runs as the caller left things:
+        inference mode, autocast, eval mode and the hooks are held only while a batch is
+        computed, so a training step on the same model may run between batches.
         """
+        return self._batches(texts, hold=False)
+
+    def _batches(self, texts, *, hold: bool):
+        """:meth:`iter_batches`; ``hold`` keeps the forward's contexts across the yields (for a
+        loop body of ours that runs no torch code)."""
         from ._progress import iterate
 
         texts = list(texts)
         self.check(texts)
         if has_images(texts) or self._images_alone():
-            yield from self._iter_samples(texts)
+            yield from self._iter_samples(texts, hold)
             return
         prefix, suffix = _batching.split_template(self.prompt_template)
         plans = _batching.plan_chunks(self.tokenizer, texts, prefix, suffix, self.max_length,
@@ -199,7 +206,7 @@ class ActivationExtractor:
                 truncated += plan.n_truncated
                 yield from plan.batches
 
-        yield from iterate(self._run(batches(), device),  # or the caller's one overall bar
+        yield from iterate(self._run(batches(), device, hold),  # or the caller's one bar
                            total=_batching.n_batches(len(texts), self.batch_size),
                            disable=not self.verbose, desc="encoding", unit="batch",
                            size=lambda batch: len(batch[0]))
@@ -267,12 +274,12 @@ class ActivationExtractor:
             raise ValueError(f"token_pooling {modal}: a vision tower has no text tokens; use "
                              "'cls', 'mean' or 'image:mean' (patches without the class token).")
 
-    def _iter_samples(self, samples) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _iter_samples(self, samples, hold: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         from . import _mm_batching
         from ._progress import iterate
 
         if not _vision.reads_images(self.model):  # text-only samples (checked): their texts
-            yield from self.iter_batches([s.text for s in samples])
+            yield from self._batches([s.text for s in samples], hold=hold)
             return
         vision_only = self._images_alone()
         tokenizer = getattr(self.processor, "tokenizer", None) or self.tokenizer
@@ -283,7 +290,7 @@ class ActivationExtractor:
             processor, samples, self.batch_size, vision_only=vision_only,
             max_length=self.max_length, pad_id=pad, prompt_template=self.prompt_template,
             image_ids=self._per_image_ids())
-        yield from iterate(self._run_samples(batches, vision_only),
+        yield from iterate(self._run_samples(batches, vision_only, hold),
                            total=-(-len(samples) // self.batch_size), disable=not self.verbose,
                            desc="encoding", unit="batch", size=lambda batch: len(batch[0]))
 
@@ -296,7 +303,23 @@ class ActivationExtractor:
             return []
         return image_token_ids(self.model, self.processor)
 
-    def _run_samples(self, batches, vision_only: bool):
+    def _forward_contexts(self, capture, device, hold: bool):
+        """``(outer, inner)``: context factories for the whole loop and for each batch. The
+        hooks (and eval mode), inference mode and autocast are live in one of them: around
+        every forward, and across the yields too only when ``hold``."""
+        import torch
+
+        def live():
+            stack = contextlib.ExitStack()
+            stack.enter_context(capture)
+            stack.enter_context(torch.inference_mode())
+            if self.autocast_dtype is not None:
+                stack.enter_context(torch.autocast(device.type, dtype=self.autocast_dtype))
+            return stack
+
+        return (live, contextlib.nullcontext) if hold else (contextlib.nullcontext, live)
+
+    def _run_samples(self, batches, vision_only: bool, hold: bool = True):
         """``(row_indices, activations)`` per ``(row_indices, model inputs, image rows, tower
         units per image)`` (see :func:`embetter_plug._mm_batching.plan_batches`)."""
         import torch
@@ -311,9 +334,8 @@ class ActivationExtractor:
         L, P, H = self.shape
         capture = Capture(self.model, self._targets, L, len(self.parts), self.poolings, H,
                           list(self.parts))
-        autocast = (torch.autocast(device.type, dtype=self.autocast_dtype)
-                    if self.autocast_dtype is not None else contextlib.nullcontext())
-        with capture, torch.inference_mode(), autocast:
+        outer, inner = self._forward_contexts(capture, device, hold)
+        with outer():
             for idx, inputs, with_image, units, counts in batches:
                 inputs = {k: v.to(device, dtype=dtype if v.is_floating_point() else None)
                           for k, v in inputs.items()}
@@ -325,15 +347,15 @@ class ActivationExtractor:
                     n_images = max([len(c) for c in counts if c is not None] + [1])
                     modalities = image_masks(inputs["input_ids"], image_ids, counts, n_images)
                 rows = torch.as_tensor(with_image, device=device)
-                acts = capture.run(lambda: forward(**inputs, **extra), mask,
-                                   modalities=modalities, image_rows=rows,
-                                   image_units=torch.as_tensor(units, device=device))
-                yield idx, acts.cpu().numpy()
+                with inner():
+                    acts = capture.run(lambda: forward(**inputs, **extra), mask,
+                                       modalities=modalities, image_rows=rows,
+                                       image_units=torch.as_tensor(units, device=device))
+                    acts = acts.cpu().numpy()
+                yield idx, acts
 
-    def _run(self, batches, device):
+    def _run(self, batches, device, hold: bool = True):
         """``(row_indices, activations)`` per ``(row_indices, token ids[, spans])`` batch."""
-        import torch
-
         runner = _arch.runner(self.model)
         accepts_pos = _arch.takes_position_ids(self.model)
         extra = ({"use_cache": False} if "use_cache" in inspect.signature(runner.forward).parameters
@@ -343,8 +365,7 @@ class ActivationExtractor:
         L, P, H = self.shape
         capture = Capture(self.model, self._targets, L, len(self.parts), self.poolings, H,
                           list(self.parts))
-        autocast = (torch.autocast(device.type, dtype=self.autocast_dtype)
-                    if self.autocast_dtype is not None else contextlib.nullcontext())
+        outer, inner = self._forward_contexts(capture, device, hold)
 
         def prepare(batch, pin=False):
             idx, seqs = batch[0], batch[1]
@@ -360,9 +381,10 @@ class ActivationExtractor:
 
         def run(kwargs, mask):
             pool_mask = kwargs.pop("pool_mask", None)
-            return capture.run(lambda: runner(**kwargs, **extra), mask, pool_mask=pool_mask)
+            with inner():
+                return capture.run(lambda: runner(**kwargs, **extra), mask, pool_mask=pool_mask)
 
-        with capture, torch.inference_mode(), autocast:
+        with outer():
             if device.type == "cuda":  # overlapped, pinned, one sync per batch (see _gpu)
                 from . import _gpu
 

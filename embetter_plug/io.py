@@ -170,11 +170,29 @@ def load_activations(path: str | os.PathLike, *, mmap: bool = True) -> tuple[np.
     return X, layout
 
 
+_MANIFEST_KEYS = ("shape", "dtype", "n_done", "n_shards", "shard_size", "data_offset", "layout")
+
+
 def _read_manifest(folder: Path) -> dict | None:
+    """The folder's manifest, ``None`` when there is none; a ``ValueError`` naming the file when
+    it is not one an extraction wrote whole (never a raw ``KeyError`` or ``JSONDecodeError``)."""
+    path = Path(folder) / MANIFEST
     try:
-        return json.loads((Path(folder) / MANIFEST).read_text())
+        man = json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except (ValueError, UnicodeDecodeError) as exc:
+        man = exc
+    if isinstance(man, dict) and man.get("format") != FORMAT:
+        return man  # someone else's manifest.json: the callers say it is not an extraction
+    missing = ([k for k in _MANIFEST_KEYS if k not in man] if isinstance(man, dict)
+               else ["(not a JSON object)"])
+    if missing:
+        why = f"not JSON ({man})" if isinstance(man, Exception) else f"lacks {missing}"
+        raise ValueError(
+            f"the manifest {str(path)!r} is damaged: {why}. Its rows cannot be trusted; write "
+            "the extraction again with overwrite=True (--overwrite) or into a new folder.")
+    return man
 
 
 def _load_folder(folder: Path, *, mmap: bool):

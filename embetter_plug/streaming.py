@@ -22,6 +22,7 @@ import numpy as np
 
 from ._progress import advance_to, overall
 from ._utils import logger
+from ._folder_lock import LOCK, check_not_in_use, folder_lock
 from .samples import check_inputs
 from .io import (DATA, FORMAT, FORMAT_VERSION, MANIFEST, STORE_DTYPES, _read_manifest,
                  atomic_write, check_storable)
@@ -38,7 +39,7 @@ SHARD_SECONDS = 60.0
 
 def _foreign_files(folder: Path) -> list[str]:
     """Names in ``folder`` that an extraction did not write."""
-    ours = (DATA, MANIFEST, f".{MANIFEST}.")
+    ours = (DATA, MANIFEST, f".{MANIFEST}.", LOCK)
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith(ours))
 
 
@@ -55,6 +56,7 @@ def check_extraction_folder(folder, texts, *, store_dtype: str = "float32",
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{str(folder)!r} is a file; streamed extraction writes a folder (a "
                          "new or empty one, or one of an earlier run to resume).")
+    check_not_in_use(folder)
     if not folder.is_dir() or overwrite:
         return None
     old = _read_manifest(folder)
@@ -157,9 +159,14 @@ class ShardWriter:
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"{str(folder)!r} is a file; streamed extraction writes a folder.")
-        old = _read_manifest(folder) if folder.is_dir() else None
+        old = _read_manifest(folder) if folder.is_dir() and not overwrite else None
         if old is not None and not overwrite:
             same = {k: old.get(k) for k in plan} == plan and (folder / DATA).exists()
+            if same and (folder / DATA).is_symlink():
+                raise ValueError(
+                    f"{str(folder / DATA)!r} is a symbolic link; a resumed extraction writes "
+                    "only into the file it made, never through a link. Remove the link (or "
+                    "pass overwrite=True to start over) and run again.")
             if same:
                 logger.info("resuming %s: %d of %d shards already complete", folder,
                             old["n_done"], old["n_shards"])
@@ -213,13 +220,18 @@ class ShardWriter:
                        fix=f" with overwrite=True (--overwrite); {done} of "
                            f"{self.manifest['n_shards']} shards were stored")
         acts = np.ascontiguousarray(acts, dtype=self.manifest["dtype"])
-        with open(self.folder / DATA, "r+b") as f:
+        with self._open_data() as f:
             f.seek(self._offset + lo * self._row_bytes)
             f.write(memoryview(acts).cast("B"))
 
+    def _open_data(self):
+        """The data file for writing, never through a symbolic link."""
+        fd = os.open(self.folder / DATA, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+        return os.fdopen(fd, "r+b")
+
     def flush(self) -> None:
         """Make the rows written so far durable (``fsync`` of the data file)."""
-        with open(self.folder / DATA, "r+b") as f:
+        with self._open_data() as f:
             os.fsync(f.fileno())
 
     def mark_complete(self, shards) -> None:
@@ -251,6 +263,13 @@ def extract_to(encoder, folder: str | os.PathLike, texts, *, shard_size: int | N
 
     check_is_fitted(encoder, "layout_")
     texts = check_inputs(texts, name="texts")
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise ValueError(f"{str(folder)!r} is a file; streamed extraction writes a folder.")
+    with folder_lock(folder):  # one writer at a time, from the plan to the last shard
+        return _extract_locked(encoder, folder, texts, shard_size, store_dtype, overwrite)
+
+
+def _extract_locked(encoder, folder, texts, shard_size, store_dtype, overwrite) -> Path:
     head = []  # the first forward pass, timed for a new folder's shard size, then stored
 
     def seconds_per_row() -> float:
@@ -315,7 +334,8 @@ def extraction_plan(encoder, folder, texts: list[str], *, shard_size: int | None
 
 
 def source_digest(encoder) -> str:
-    """SHA-256 of the fitted encoder's extraction identity (model, tokenizer, settings)."""
+    """SHA-256 of the fitted encoder's extraction identity (model, tokenizer, settings), as the
+    model is now (:meth:`TransformerActivationEncoder.current_identity`)."""
     from .identity import identity_digest
 
-    return identity_digest(encoder.identity_)
+    return identity_digest(encoder.current_identity())

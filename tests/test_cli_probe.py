@@ -49,13 +49,13 @@ def test_probe_writes_table_files_and_best_pipeline(setup, tmp_path, capsys, mon
             "--token-pooling", "0.5", "--layers", "0,2", "--cv", "3", "--batch-size", "16",
             "--max-length", "64", "--out", str(out)]
     runs = []
-    original = ActivationExtractor.iter_batches
+    original = ActivationExtractor._batches  # what extract and iter_batches both run
 
-    def counted(self, texts):
+    def counted(self, texts, **kw):
         runs.append(len(texts))
-        return original(self, texts)
+        return original(self, texts, **kw)
 
-    monkeypatch.setattr(ActivationExtractor, "iter_batches", counted)
+    monkeypatch.setattr(ActivationExtractor, "_batches", counted)
     assert main(args) == 0
     monkeypatch.undo()
     # one pass over the texts per model; the saved pipeline reuses the activations
