@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import weakref
 from dataclasses import dataclass
 
 from . import _arch
@@ -70,6 +71,47 @@ def _offloaded_weight(module, device):
                          "offloaded by accelerate: the model's weights were never loaded.")
     with align_module_device(module, device):
         return module.weight.detach().clone()
+
+
+# attention seen at run time (:func:`observe`): runner -> True once observed; attention module ->
+# (attention-function calls per run of its block, output projection or None)
+_OBSERVED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CORES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def observe(model, sequence) -> None:
+    """Record which modules called the attention function in one forward of ``model``, and the
+    first projection writing the hidden size that ran after each (``sequence``: ``("attn",
+    calling module)`` and ``("proj", projection)`` in call order; see
+    :func:`embetter_plug._attn_tap.recording`). From then on :func:`attn_info` finds the
+    attention of ``model`` from this record, not from its source text."""
+    cores: dict = {}
+    pending: dict = {}  # core -> calls since the last projection
+    for kind, module in sequence:
+        if kind == "attn":
+            pending[module] = pending.get(module, 0) + 1
+            continue
+        for core, n in pending.items():
+            calls, proj = cores.get(core, (0, None))
+            cores[core] = (max(calls, n), proj or module)
+        pending = {}
+    for core, n in pending.items():  # no projection after it
+        calls, proj = cores.get(core, (0, None))
+        cores[core] = (max(calls, n), proj)
+    run = _arch.runner(model)
+    for m in run.modules():
+        _CORES.pop(m, None)
+    _CORES.update(cores)
+    _OBSERVED[run] = True
+
+
+def _observed(model) -> bool:
+    return _OBSERVED.get(_arch.runner(model), False)
+
+
+def writes(module, hidden: int) -> bool:
+    """Whether ``module`` is a projection (``Linear``/``Conv1D``) writing ``hidden`` features."""
+    return _is_projection_to(module, hidden)
 
 
 @functools.lru_cache(maxsize=None)
@@ -143,12 +185,21 @@ def _output_projection(block, core, hidden: int):
 
 def blocks(model, layers):
     """The block modules of ``layers`` (through the architecture registry)."""
-    return [t[0] for t in _arch.resolve_targets(model, list(layers), ["resid_post"])]
+    calls = _arch.block_calls(model)
+    return [calls[layer][0] for layer in layers]
 
 
 def attn_info(model, block) -> AttnInfo:
-    """Discover ``block``'s attention; a clear error when it cannot be found."""
-    core = next((m for _, m in block.named_modules() if _calls_interface(type(m))), None)
+    """Discover ``block``'s attention; a clear error when it cannot be found.
+
+    Where a forward of ``model`` was observed (:func:`observe`), the attention is the module
+    that called the attention function and its output projection the first projection writing
+    the hidden size that ran after it; otherwise both are read from the modeling source."""
+    observed = _observed(model)
+    if observed:
+        core = next((m for m in block.modules() if m in _CORES), None)
+    else:
+        core = next((m for _, m in block.named_modules() if _calls_interface(type(m))), None)
     mt = getattr(model.config, "model_type", type(model).__name__)
     if core is None and not _uses_interface(model):
         return _own_attention_info(model, block, mt)
@@ -160,7 +211,8 @@ def attn_info(model, block) -> AttnInfo:
             "(most families in transformers 5.x do; docs/attention.md lists those that do "
             "not).")
     hidden = _arch.hidden_size(model)
-    o_proj = _output_projection(block, core, hidden)
+    seen = _CORES.get(core, (0, None))[1] if observed else None
+    o_proj = seen if seen is not None else _output_projection(block, core, hidden)
     n_heads, n_kv = _head_numbers(model, core)
     if o_proj is None:
         top = next(c for _, c in block.named_children()
@@ -177,6 +229,8 @@ def attn_info(model, block) -> AttnInfo:
 def _uses_interface(model) -> bool:
     """Whether any module of the exposed stack calls the attention function (a hybrid model's
     other blocks then have no attention, rather than attention of their own)."""
+    if _observed(model):
+        return any(m in _CORES for m in _arch.runner(model).modules())
     return any(_calls_interface(type(m)) for m in _arch.runner(model).modules())
 
 
@@ -223,7 +277,10 @@ def _head_numbers(model, core) -> tuple[int, int]:
 
 def attention_calls(core) -> int:
     """How many times the forward of ``core`` calls the attention function (2 in differential
-    attention, whose pattern is then a difference of two softmaxes)."""
+    attention, whose pattern is then a difference of two softmaxes); seen at run time where
+    the model's forward was observed."""
+    if core in _CORES:
+        return _CORES[core][0]
     return _interface_calls(type(core))
 
 

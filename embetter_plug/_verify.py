@@ -1,0 +1,402 @@
+"""Check what discovery reads against what the model itself returns, on the user's own model.
+
+Discovery (:mod:`._arch`, :mod:`._attn_find`) is tested on tiny builds of every architecture
+transformers ships, but a user's model may be remote code, a patched kernel or a newer release.
+So at ``fit`` the encoder runs a short text (a handful of tokens) through the model and compares:
+
+- ``resid_pre``/``resid_post`` of every block (what the hooks read) with the model's own
+  ``output_hidden_states`` of the same forward (``hidden_states[l]`` and ``hidden_states[l + 1]``;
+  the last block's output is left out, where a final norm may apply). A model that returns no
+  hidden states is checked as far as it can be: each block's input must be the previous block's
+  output, and that it could not be checked further is logged once;
+- for per-head parts, the attention calls seen at run time (through transformers'
+  ``AttentionInterface``, :func:`._attn_tap.recording`): the module that calls the attention
+  function is the attention, the first projection writing the hidden size after the call its
+  output projection (:func:`._attn_find.observe`); the head numbers must be the call's, and the
+  heads of ``attn_result`` plus the projection's bias must sum to the projection's output; for the
+  pattern metrics, the pattern times the values must give the attention function's own output;
+- with ``batch_size > 1``, the extractor's vectors of the short text in a padded batch (beside a
+  longer one) against the same text alone: a model whose forward depends on the padding (Fourier
+  mixing, landmark or hashed attention) cannot be read in batches.
+
+A disagreement is a :class:`VerificationError` naming the model class, the part, the layer and
+the error size, and saying how to pass module paths instead. A forward that fails inside the model
+is reported the same way, at ``fit`` rather than in the middle of ``transform``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+
+import numpy as np
+
+from . import _arch, _attn_arch, _attn_find, _attn_tap
+from ._attn_parts import PATTERN_METRICS
+
+__all__ = ["Observation", "VerificationError", "check", "observe", "verify_extractor"]
+
+logger = logging.getLogger("embetter_plug")
+
+TEXTS = ("The cat sat on the mat.", "Models read text one token at a time, left to right.")
+N_TOKENS = 8  # the short text's tokens (a handful)
+# largest relative error (max |read - truth| / max |truth|) taken as agreement: the same forward
+# gives the same tensors; a padded batch differs by rounding of the model's dtype
+SAME_FORWARD = 1e-5
+PADDED = {"float32": 1e-4, "float64": 1e-6, "float16": 5e-3, "bfloat16": 3e-2}
+_SAID: set = set()
+_SAID_LOCK = threading.Lock()
+
+
+class VerificationError(ValueError):
+    """What discovery reads in the user's model disagrees with what the model returns."""
+
+
+@dataclasses.dataclass
+class Observation:
+    """One forward of the short text: the reads of every block, the hidden states, and (when
+    recorded) the attention calls and the projections writing the hidden size, in call order."""
+
+    model: object
+    targets: list = dataclasses.field(default_factory=list)  # resolved resid targets, all layers
+    reads: dict = dataclasses.field(default_factory=dict)  # (id(module), kind) -> [tensor, ...]
+    hidden_states: tuple | None = None
+    events: list = dataclasses.field(default_factory=list)  # ("attn", call) / ("proj", m, x, y)
+    untapped: bool = False  # some attention could not be tapped (flash attention)
+
+
+def _say_once(model, what: str) -> None:
+    key = (type(model).__name__, what)
+    with _SAID_LOCK:
+        if key in _SAID:
+            return
+        _SAID.add(key)
+    logger.warning("verification of %s: %s", type(model).__name__, what)
+
+
+def _describe(model) -> str:
+    mt = getattr(_arch.text_config(model.config), "model_type", None)
+    return f"{type(model).__name__} (model_type={mt!r})"
+
+
+def _way_out(model) -> str:
+    try:
+        path = _arch.find_blocks(model)[0]
+    except ValueError:
+        path = "<path to the blocks>"
+    return (f"Pass parts as module paths instead, e.g. parts=['{path}.{{layer}}'] (print(model) "
+            "lists the paths), or verify=False to skip this check.")
+
+
+def _relative_error(read, truth) -> float:
+    read, truth = read.float(), truth.float().to(read.device)
+    if read.shape != truth.shape:
+        return float("inf")
+    scale = float(truth.abs().max()) if truth.numel() else 0.0
+    return float((read - truth).abs().max()) / max(scale, 1e-6) if truth.numel() else 0.0
+
+
+def _short_ids(tokenizer, max_length: int) -> list[int]:
+    ids = list(tokenizer(TEXTS[0])["input_ids"])
+    return ids[:max(2, min(N_TOKENS, max_length))]
+
+
+def _forward_failed(model, what: str, exc: Exception) -> VerificationError:
+    return VerificationError(
+        f"{_describe(model)}: the model's own forward fails on {what} during the check at "
+        f"fit ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}), so its activations "
+        "cannot be read this way. " + _way_out(model))
+
+
+def _keep(store, key):
+    def hook(module, args, kwargs_or_output, *rest):
+        if threading.get_ident() != owner:
+            return
+        x = args[0] if key[1] == "pre" and args else (
+            kwargs_or_output.get("hidden_states") if key[1] == "pre" else kwargs_or_output)
+        x = x[0] if isinstance(x, (tuple, list)) else getattr(x, "last_hidden_state", x)
+        if hasattr(x, "detach"):
+            store.setdefault(key, []).append(x.detach().clone())
+
+    owner = threading.get_ident()
+    return hook
+
+
+def _attention_parts(parts) -> bool:
+    return any(_attn_arch.split_head(p)[1] is not None or _attn_arch.is_attn_part(p)
+               for p in parts)
+
+
+def observe(model, tokenizer, parts, *, max_length: int = 512, autocast_dtype=None):
+    """Run the short text once through ``model``'s stack with the reads of every block hooked
+    and ``output_hidden_states``; with per-head ``parts``, record the attention calls and hand
+    them to :func:`embetter_plug._attn_find.observe` (attention found at run time).
+
+    Returns an :class:`Observation`; a forward that fails inside the model raises
+    :class:`VerificationError`."""
+    import torch
+
+    from ._hooks import hook_manager
+
+    obs = Observation(model)
+    named = [p for p in parts if p in _arch.PARTS]
+    attention = _attention_parts(parts)
+    if named:
+        n = _arch.n_blocks(model)
+        obs.targets = _arch.resolve_targets(model, list(range(n)), ["resid_pre", "resid_post"])
+    handles = []
+    for t in obs.targets:
+        module, kind = t[0], t[1]
+        key = (id(module), kind)
+        if any(h[0] == key for h in handles):
+            continue
+        hook = _keep(obs.reads, key)
+        handle = (module.register_forward_pre_hook(hook, with_kwargs=True) if kind == "pre"
+                  else module.register_forward_hook(hook))
+        handles.append((key, handle))
+    run = _arch.runner(model)
+    if attention:
+        hidden = _arch.hidden_size(model)
+        owner = threading.get_ident()
+
+        def keep_proj(module, args, output):
+            if threading.get_ident() == owner and args:
+                obs.events.append(("proj", module, args[0].detach().clone(),
+                                   _first(output).detach().clone()))
+
+        for m in run.modules():
+            if hasattr(m, "weight") and _attn_find.writes(m, hidden):
+                handles.append((None, m.register_forward_hook(keep_proj)))
+    ids = _short_ids(tokenizer, max_length)
+    device = _input_device(model)
+    kwargs = {"input_ids": torch.tensor([ids], device=device),
+              "attention_mask": torch.ones((1, len(ids)), dtype=torch.long, device=device),
+              "output_hidden_states": True}
+    if _accepts(run, "use_cache"):
+        kwargs["use_cache"] = False
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    record = (_attn_tap.recording(model, lambda call: obs.events.append(("attn", call)))
+              if attention else contextlib.nullcontext([]))
+    try:
+        with hook_manager(model).attached({}), torch.inference_mode(), autocast, \
+                record as refused:
+            obs.untapped = bool(refused)
+            try:
+                out = run(**kwargs)
+            except Exception as exc:  # noqa: BLE001 - any failure inside the model's forward
+                raise _forward_failed(model, f"a short text of {len(ids)} tokens", exc) from exc
+    finally:
+        for _, h in handles:
+            h.remove()
+    hs = getattr(out, "hidden_states", None)
+    obs.hidden_states = tuple(hs) if hs else None
+    if attention and not obs.untapped:
+        _attn_find.observe(model, [("attn", e[1].module) if e[0] == "attn" else ("proj", e[1])
+                                   for e in obs.events])
+    return obs
+
+
+def _first(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _accepts(module, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _input_device(model):
+    from .extraction import input_device
+
+    return input_device(model)
+
+
+# ----------------------------------------------------------------------------- checks
+def check(obs: Observation, extractor) -> None:
+    """Compare what ``extractor`` reads with the truths of ``obs`` (see the module's text);
+    raise :class:`VerificationError` on a disagreement."""
+    import torch
+
+    model = obs.model
+    if obs.targets:
+        _check_blocks(obs)
+    heads = [p for p in extractor.parts if _attn_arch.split_head(p)[1] is not None]
+    if heads:
+        if obs.untapped:
+            _say_once(model, "its attention implementation cannot be tapped, so the attention "
+                             "found in its blocks is not checked at run time")
+        else:
+            with torch.inference_mode():
+                _check_heads(obs, extractor, heads)
+    if extractor.batch_size > 1:
+        _check_padding(model, extractor)
+
+
+def _check_blocks(obs: Observation) -> None:
+    model = obs.model
+    n = _arch.n_blocks(model)
+    read = {}
+    for t in obs.targets:
+        t = tuple(t) + (0,) * (5 - len(t))
+        module, kind, layer, part, occurrence = t[:5]
+        got = obs.reads.get((id(module), kind), [])
+        if occurrence >= len(got):
+            raise VerificationError(
+                f"{_describe(model)}: block {layer}'s {'input' if kind == 'pre' else 'output'} "
+                f"(module {_arch._path_of(model, module)!r}) never ran in the model's forward, "
+                "so the blocks discovery found are not the ones the model runs. "
+                + _way_out(model))
+        read[("resid_pre", "resid_post")[part], layer] = got[occurrence][0]
+    hs = obs.hidden_states
+    pairs = []  # (part, layer, truth, what)
+    if hs is not None and len(hs) in (n, n + 1):
+        offset = len(hs) - n  # 1: hidden_states[0] is the first block's input
+        for layer in range(n):
+            if layer + offset - 1 >= 0:
+                pairs.append(("resid_pre", layer, hs[layer + offset - 1][0],
+                              f"hidden_states[{layer + offset - 1}]"))
+            if layer < n - 1:  # the last entry may have the final norm applied
+                pairs.append(("resid_post", layer, hs[layer + offset][0],
+                              f"hidden_states[{layer + offset}]"))
+    else:
+        why = ("returns no hidden states" if hs is None else
+               f"returns {len(hs)} hidden states for {n} blocks")
+        _say_once(model, f"it {why}, so its blocks are checked against each other only (each "
+                         "block's input is the previous block's output)")
+        for layer in range(1, n):
+            pairs.append(("resid_pre", layer, read["resid_post", layer - 1],
+                          f"the output of block {layer - 1}"))
+    for part, layer, truth, what in pairs:
+        err = _relative_error(read[part, layer], truth)
+        if not err <= SAME_FORWARD:
+            raise VerificationError(
+                f"{_describe(model)}: part {part!r} at layer {layer} as discovery reads it "
+                f"differs from the model's own {what} by {err:.3g} (relative max error), so "
+                "the blocks or their inputs and outputs are not where discovery looks. "
+                + _way_out(model))
+
+
+def _calls_of(obs, core):
+    return [e[1] for e in obs.events if e[0] == "attn" and e[1].module is core]
+
+
+def _proj_after(obs, call, o_proj):
+    """The projection event of ``o_proj`` that runs after ``call``."""
+    start = next(i for i, e in enumerate(obs.events) if e[0] == "attn" and e[1] is call)
+    return next((e for e in obs.events[start + 1:] if e[0] == "proj" and e[1] is o_proj), None)
+
+
+def _check_heads(obs: Observation, extractor, heads) -> None:
+    model = obs.model
+    layers = list(extractor.layers)
+    infos = _attn_find.layer_infos(model, layers)
+    wanted = {_attn_arch.split_head(p)[0] for p in heads}
+    for layer, info in zip(layers, infos):
+        where = f"{_describe(model)}: the attention of layer {layer}"
+        calls = _calls_of(obs, info.core) if info.interface else []
+        if info.interface and not calls:
+            raise VerificationError(
+                f"{where} ({type(info.core).__name__}) never called the attention function in "
+                "the model's forward, so it is not the module that attends. " + _way_out(model))
+        if calls:
+            call = calls[-1]
+            got = {"n_heads": call.query.shape[1], "n_kv_heads": call.key.shape[1]}
+            want = {"n_heads": info.n_heads, "n_kv_heads": info.n_kv_heads}
+            bad = {k: (want[k], got[k]) for k in got if got[k] != want[k]
+                   and (k == "n_heads" or wanted - {"attn_z", "attn_result", "attn_q"})}
+            if bad and len(calls) == 1:  # several calls: differential, z and result only
+                raise VerificationError(
+                    f"{where}: discovery counts other heads than the attention call has "
+                    f"({', '.join(f'{k}: {a} found, {b} in the call' for k, (a, b) in bad.items())}"
+                    "), so the per-head split would be wrong. " + _way_out(model))
+            proj = _proj_after(obs, call, info.o_proj)
+        else:  # attention code of its own: the sublayer's projection as it ran
+            proj = next((e for e in obs.events if e[0] == "proj" and e[1] is info.o_proj), None)
+        if proj is None:
+            raise VerificationError(
+                f"{where}: its output projection "
+                f"({_arch._path_of(model, info.o_proj)!r}) did not run after the attention, "
+                "so attn_z/attn_result would read another module. " + _way_out(model))
+        _, o_proj, z, y = proj
+        w = info.w_o(z.device).float()
+        summed = (z.float().reshape(*z.shape[:-1], info.n_heads, info.d_head)[..., None, :]
+                  @ w).squeeze(-2).sum(-2)
+        bias = getattr(o_proj, "bias", None)
+        if bias is not None:
+            summed = summed + bias.float()
+        err = _relative_error(summed, y)
+        if not err <= 1e-4:
+            raise VerificationError(
+                f"{where}: the heads of attn_result plus the bias differ from the output "
+                f"projection's own output by {err:.3g} (relative max error). " + _way_out(model))
+        if calls and wanted & set(PATTERN_METRICS) and layer == layers[0]:
+            _check_pattern(model, where, calls[-1], info)
+
+
+def _check_pattern(model, where, call, info) -> None:
+    """The pattern the metrics read, times the values, must be the attention's own output."""
+    p = call.pattern()  # (B, H, Q, K)
+    v = call.value.float().repeat_interleave(info.n_heads // info.n_kv_heads, dim=1)
+    out = (p @ v).transpose(1, 2)  # (B, Q, H, d)
+    err = _relative_error(out, call.output.float().reshape(out.shape)
+                          if call.output.numel() == out.numel() else call.output)
+    if not err <= 1e-3:
+        raise VerificationError(
+            f"{where}: the attention pattern computed for the metrics, applied to the values, "
+            f"differs from the attention function's own output by {err:.3g} (relative max "
+            "error), so the patterns would be wrong. Read attn_z/attn_result or module paths "
+            "instead, or pass verify=False to skip this check.")
+
+
+def _check_padding(model, extractor) -> None:
+    """The short text in a padded batch beside a longer one against the same text alone."""
+    import torch
+
+    ext = dataclasses.replace(extractor, batch_size=2, verbose=False, warn_truncation=False)
+    text = " ".join(TEXTS[0].split()[:4])
+    try:
+        alone = ext.extract([text])
+        batch = ext.extract([text, TEXTS[1]])
+    except Exception as exc:  # noqa: BLE001
+        if _raised_here(exc):
+            raise
+        raise _forward_failed(model, "a padded batch of two short texts", exc) from exc
+    dtype = str(extractor.autocast_dtype or next(model.parameters()).dtype).replace("torch.", "")
+    tol = PADDED.get(dtype, 1e-4)
+    names = extractor.part_names()
+    for li, layer in enumerate(extractor.layers):
+        for pi, name in enumerate(names):
+            err = _relative_error(torch.from_numpy(batch[0, li, pi]),
+                                  torch.from_numpy(alone[0, li, pi]))
+            if not err <= tol:
+                raise VerificationError(
+                    f"{_describe(model)}: part {name!r} at layer {layer} of a text in a padded "
+                    f"batch differs from the same text alone by {err:.3g} (relative max "
+                    "error): the model's forward depends on the padding. Use batch_size=1 "
+                    "(no padding), or verify=False to accept the difference.")
+
+
+def _raised_here(exc: Exception) -> bool:
+    """Whether ``exc`` is one of this package's own errors (raised in its code, not inside the
+    model's forward): those already say what is wrong."""
+    import os
+
+    tb, last = exc.__traceback__, ""
+    while tb is not None:
+        last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    return os.path.dirname(os.path.abspath(last)) == os.path.dirname(os.path.abspath(__file__))
+
+
+def verify_extractor(extractor) -> None:
+    """Check ``extractor``'s reading of its model (see the module's text): for runners other
+    than the encoder, which does it in ``fit`` (``verify=True``)."""
+    obs = observe(extractor.model, extractor.tokenizer, extractor.parts,
+                  max_length=extractor.max_length, autocast_dtype=extractor.autocast_dtype)
+    check(obs, extractor)
