@@ -255,32 +255,57 @@ def _check_blocks(obs: Observation) -> None:
                 + _way_out(model))
         read[("resid_pre", "resid_post")[part], layer] = got[occurrence][0]
     hs = obs.hidden_states
-    pairs = []  # (part, layer, truth, what)
     if hs is not None and len(hs) in (n, n + 1):
-        offset = len(hs) - n  # 1: hidden_states[0] is the first block's input
-        for layer in range(n):
-            if layer + offset - 1 >= 0:
-                pairs.append(("resid_pre", layer, hs[layer + offset - 1][0],
-                              f"hidden_states[{layer + offset - 1}]"))
-            if layer < n - 1:  # the last entry may have the final norm applied
-                pairs.append(("resid_post", layer, hs[layer + offset][0],
-                              f"hidden_states[{layer + offset}]"))
-    else:
-        why = ("returns no hidden states" if hs is None else
-               f"returns {len(hs)} hidden states for {n} blocks")
-        _say_once(model, f"it {why}, so its blocks are checked against each other only (each "
-                         "block's input is the previous block's output)")
-        for layer in range(1, n):
-            pairs.append(("resid_pre", layer, read["resid_post", layer - 1],
-                          f"the output of block {layer - 1}"))
+        # hidden_states[0] is the first block's input (n + 1 entries), or the entries are the
+        # blocks' outputs (Mamba, RWKV: then a last, normed one may follow)
+        offsets = (1, 0) if len(hs) == n + 1 else (0,)
+        failures = [_disagreement(model, read, _hidden_pairs(hs, n, o)) for o in offsets]
+        if all(failures):
+            raise failures[0]
+        return
+    why = ("returns no hidden states" if hs is None else
+           f"returns {len(hs)} hidden states for {n} blocks")
+    _say_once(model, f"it {why}, so its blocks are checked against each other only (each "
+                     "block's input is the previous block's output)")
+    failure = _disagreement(model, read, [("resid_pre", layer, read["resid_post", layer - 1],
+                                           f"the output of block {layer - 1}")
+                                          for layer in range(1, n)])
+    if failure:
+        raise failure
+
+
+def _hidden_pairs(hs, n: int, offset: int) -> list:
+    """``(part, layer, truth, what)`` with ``hs[l + offset]`` the output of block ``l`` (the last
+    block's left out: a final norm may apply to its entry)."""
+    pairs = []
+    for layer in range(n):
+        if layer + offset - 1 >= 0:
+            pairs.append(("resid_pre", layer, hs[layer + offset - 1][0],
+                          f"hidden_states[{layer + offset - 1}]"))
+        if layer < n - 1:
+            pairs.append(("resid_post", layer, hs[layer + offset][0],
+                          f"hidden_states[{layer + offset}]"))
+    return pairs
+
+
+def _disagreement(model, read, pairs) -> VerificationError | None:
+    """The error for the first of ``pairs`` whose read differs from its truth, else ``None``."""
     for part, layer, truth, what in pairs:
-        err = _relative_error(read[part, layer], truth)
+        got = read[part, layer]
+        if got.shape != truth.shape:
+            return VerificationError(
+                f"{_describe(model)}: part {part!r} at layer {layer} as discovery reads it has "
+                f"shape {tuple(got.shape)}, the model's own {what} {tuple(truth.shape)}, so the "
+                "blocks or their inputs and outputs are not where discovery looks. "
+                + _way_out(model))
+        err = _relative_error(got, truth)
         if not err <= SAME_FORWARD:
-            raise VerificationError(
+            return VerificationError(
                 f"{_describe(model)}: part {part!r} at layer {layer} as discovery reads it "
                 f"differs from the model's own {what} by {err:.3g} (relative max error), so "
                 "the blocks or their inputs and outputs are not where discovery looks. "
                 + _way_out(model))
+    return None
 
 
 def _calls_of(obs, core):
@@ -332,7 +357,7 @@ def _check_heads(obs: Observation, extractor, heads) -> None:
         if bias is not None:
             summed = summed + bias.float()
         err = _relative_error(summed, y)
-        if not err <= 1e-4:
+        if not err <= _tolerance(y.dtype):
             raise VerificationError(
                 f"{where}: the heads of attn_result plus the bias differ from the output "
                 f"projection's own output by {err:.3g} (relative max error). " + _way_out(model))
@@ -347,7 +372,7 @@ def _check_pattern(model, where, call, info) -> None:
     out = (p @ v).transpose(1, 2)  # (B, Q, H, d)
     err = _relative_error(out, call.output.float().reshape(out.shape)
                           if call.output.numel() == out.numel() else call.output)
-    if not err <= 1e-3:
+    if not err <= 10 * _tolerance(call.output.dtype):
         raise VerificationError(
             f"{where}: the attention pattern computed for the metrics, applied to the values, "
             f"differs from the attention function's own output by {err:.3g} (relative max "
@@ -364,12 +389,15 @@ def _check_padding(model, extractor) -> None:
     try:
         alone = ext.extract([text])
         batch = ext.extract([text, TEXTS[1]])
+    except ValueError as exc:
+        if _raised_here(exc):  # the package's own message: which model it is said too
+            raise VerificationError(f"{_describe(model)}: {exc}") from exc
+        raise _forward_failed(model, "a padded batch of two short texts", exc) from exc
     except Exception as exc:  # noqa: BLE001
         if _raised_here(exc):
             raise
         raise _forward_failed(model, "a padded batch of two short texts", exc) from exc
-    dtype = str(extractor.autocast_dtype or next(model.parameters()).dtype).replace("torch.", "")
-    tol = PADDED.get(dtype, 1e-4)
+    tol = _tolerance(extractor.autocast_dtype or next(model.parameters()).dtype)
     names = extractor.part_names()
     for li, layer in enumerate(extractor.layers):
         for pi, name in enumerate(names):
@@ -381,6 +409,11 @@ def _check_padding(model, extractor) -> None:
                     f"batch differs from the same text alone by {err:.3g} (relative max "
                     "error): the model's forward depends on the padding. Use batch_size=1 "
                     "(no padding), or verify=False to accept the difference.")
+
+
+def _tolerance(dtype) -> float:
+    """Relative error taken as rounding in ``dtype`` (a padded batch, a sum in float32)."""
+    return PADDED.get(str(dtype).replace("torch.", ""), 1e-4)
 
 
 def _raised_here(exc: Exception) -> bool:
