@@ -386,9 +386,9 @@ def _check_padding(model, extractor) -> None:
 
     ext = dataclasses.replace(extractor, batch_size=2, verbose=False, warn_truncation=False)
     text = " ".join(TEXTS[0].split()[:4])
-    try:
-        alone = ext.extract([text])
-        batch = ext.extract([text, TEXTS[1]])
+    try:  # longest first: [long, short] padded in one batch, then the short text alone
+        both = ext.extract([TEXTS[1], text, text])
+        batch, alone = both[1:2], both[2:3]
     except ValueError as exc:
         if _raised_here(exc):  # the package's own message: which model it is said too
             raise VerificationError(f"{_describe(model)}: {exc}") from exc

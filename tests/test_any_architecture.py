@@ -513,3 +513,38 @@ def test_per_head_parts_name_the_layers_that_have_attention():
     finally:
         hook.remove()
     assert calls == []
+
+
+def test_opt_without_layer_norm_before_is_read_as_post_norm():
+    """OPT-350m's layout (``do_layer_norm_before=False``) puts each norm after its residual add:
+    ``attn_out``/``mlp_out`` are the sublayer outputs before add-and-norm (the attention's and
+    ``fc2``'s own outputs), and ``resid_pre + attn_out + mlp_out`` is not ``resid_post``
+    (docs/extraction.md lists it with the post-norm blocks)."""
+    from transformers import OPTConfig
+
+    cfg = OPTConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=512,
+                    do_layer_norm_before=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    model = AutoModel.from_config(cfg).eval()
+    tok = make_tokenizer("bpe")
+    X = TransformerActivationEncoder(model, tok, parts=PARTS, token_pooling="mean",
+                                     batch_size=4).fit_transform(TEXTS)
+    for i, text in enumerate(TEXTS):
+        seen = {}
+        handles = [m.register_forward_hook(lambda mod, a, o, k=k: seen.setdefault(k, o))
+                   for layer, block in enumerate(model.decoder.layers)
+                   for k, m in (((layer, "attn"), block.self_attn), ((layer, "mlp"), block.fc2))]
+        with torch.no_grad():
+            hs = model(input_ids=torch.tensor([tok(text)["input_ids"]]),
+                       output_hidden_states=True).hidden_states
+        for h in handles:
+            h.remove()
+        for layer in range(2):
+            attn = seen[layer, "attn"][0][0].mean(0).numpy()
+            mlp = seen[layer, "mlp"].reshape(-1, 32).mean(0).numpy()
+            np.testing.assert_allclose(X[i, layer, 1], attn, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(X[i, layer, 2], mlp, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(X[i, layer, 0], hs[layer][0].mean(0).numpy(), rtol=1e-4,
+                                       atol=1e-4)
+    assert np.abs(X[:, :, 0] + X[:, :, 1] + X[:, :, 2] - X[:, :, 3]).max() > 0.1
