@@ -65,6 +65,8 @@ class Observation:
     hidden_states: tuple | None = None
     events: list = dataclasses.field(default_factory=list)  # ("attn", call) / ("proj", m, x, y)
     untapped: bool = False  # some attention could not be tapped (flash attention)
+    padded: dict | None = None  # the reads of the short text padded beside a longer one
+    padded_rows: tuple = ()  # (side, tokens of the short text)
 
 
 def _say_once(model, what: str) -> None:
@@ -98,9 +100,11 @@ def _relative_error(read, truth) -> float:
     return float((read - truth).abs().max()) / max(scale, 1e-6) if truth.numel() else 0.0
 
 
-def _short_ids(tokenizer, max_length: int) -> list[int]:
+def _short_ids(tokenizer, max_length: int) -> tuple[list[int], list[int]]:
+    """The short text's ids (a handful) and a longer text's, both within ``max_length``."""
     ids = list(tokenizer(TEXTS[0])["input_ids"])
-    return ids[:max(2, min(N_TOKENS, max_length))]
+    longer = list(tokenizer(TEXTS[1])["input_ids"])[:max_length]
+    return ids[:max(2, min(N_TOKENS, max_length - 2))], longer
 
 
 def _forward_failed(model, what: str, exc: Exception) -> VerificationError:
@@ -111,6 +115,7 @@ def _forward_failed(model, what: str, exc: Exception) -> VerificationError:
 
 
 def _keep(store, key):
+    """A hook keeping a copy of what ``key`` reads in ``store[0]`` (this thread's calls only)."""
     def hook(module, args, kwargs_or_output, *rest):
         if threading.get_ident() != owner:
             return
@@ -118,7 +123,7 @@ def _keep(store, key):
             kwargs_or_output.get("hidden_states") if key[1] == "pre" else kwargs_or_output)
         x = x[0] if isinstance(x, (tuple, list)) else getattr(x, "last_hidden_state", x)
         if hasattr(x, "detach"):
-            store.setdefault(key, []).append(x.detach().clone())
+            store[0].setdefault(key, []).append(x.detach().clone())
 
     owner = threading.get_ident()
     return hook
@@ -129,10 +134,12 @@ def _attention_parts(parts) -> bool:
                for p in parts)
 
 
-def observe(model, tokenizer, parts, *, max_length: int = 512, autocast_dtype=None):
+def observe(model, tokenizer, parts, *, max_length: int = 512, autocast_dtype=None,
+            padding_side: str | None = None):
     """Run the short text once through ``model``'s stack with the reads of every block hooked
     and ``output_hidden_states``; with per-head ``parts``, record the attention calls and hand
-    them to :func:`embetter_plug._attn_find.observe` (attention found at run time).
+    them to :func:`embetter_plug._attn_find.observe` (attention found at run time). With
+    ``padding_side`` (batches will be padded), run it again padded beside a longer text.
 
     Returns an :class:`Observation`; a forward that fails inside the model raises
     :class:`VerificationError`."""
@@ -143,16 +150,17 @@ def observe(model, tokenizer, parts, *, max_length: int = 512, autocast_dtype=No
     obs = Observation(model)
     named = [p for p in parts if p in _arch.PARTS]
     attention = _attention_parts(parts)
-    if named:
+    if named or attention:  # both rest on the blocks discovery found
         n = _arch.n_blocks(model)
         obs.targets = _arch.resolve_targets(model, list(range(n)), ["resid_pre", "resid_post"])
+    store = [obs.reads]
     handles = []
     for t in obs.targets:
         module, kind = t[0], t[1]
         key = (id(module), kind)
         if any(h[0] == key for h in handles):
             continue
-        hook = _keep(obs.reads, key)
+        hook = _keep(store, key)
         handle = (module.register_forward_pre_hook(hook, with_kwargs=True) if kind == "pre"
                   else module.register_forward_hook(hook))
         handles.append((key, handle))
@@ -162,14 +170,14 @@ def observe(model, tokenizer, parts, *, max_length: int = 512, autocast_dtype=No
         owner = threading.get_ident()
 
         def keep_proj(module, args, output):
-            if threading.get_ident() == owner and args:
+            if threading.get_ident() == owner and args and store[0] is obs.reads:
                 obs.events.append(("proj", module, args[0].detach().clone(),
                                    _first(output).detach().clone()))
 
         for m in run.modules():
             if hasattr(m, "weight") and _attn_find.writes(m, hidden):
                 handles.append((None, m.register_forward_hook(keep_proj)))
-    ids = _short_ids(tokenizer, max_length)
+    ids, longer = _short_ids(tokenizer, max_length)
     device = _input_device(model)
     kwargs = {"input_ids": torch.tensor([ids], device=device),
               "attention_mask": torch.ones((1, len(ids)), dtype=torch.long, device=device),
@@ -178,8 +186,12 @@ def observe(model, tokenizer, parts, *, max_length: int = 512, autocast_dtype=No
         kwargs["use_cache"] = False
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
-    record = (_attn_tap.recording(model, lambda call: obs.events.append(("attn", call)))
-              if attention else contextlib.nullcontext([]))
+    def keep_call(call):
+        if store[0] is obs.reads:  # the short text alone
+            obs.events.append(("attn", call))
+
+    record = (_attn_tap.recording(model, keep_call) if attention
+              else contextlib.nullcontext([]))
     try:
         with hook_manager(model).attached({}), torch.inference_mode(), autocast, \
                 record as refused:
@@ -188,6 +200,10 @@ def observe(model, tokenizer, parts, *, max_length: int = 512, autocast_dtype=No
                 out = run(**kwargs)
             except Exception as exc:  # noqa: BLE001 - any failure inside the model's forward
                 raise _forward_failed(model, f"a short text of {len(ids)} tokens", exc) from exc
+            if padding_side and obs.targets and len(longer) > len(ids):
+                store[0] = obs.padded = {}
+                obs.padded_rows = _run_padded(model, run, tokenizer, [ids, longer],
+                                              padding_side, device)
     finally:
         for _, h in handles:
             h.remove()
@@ -197,6 +213,28 @@ def observe(model, tokenizer, parts, *, max_length: int = 512, autocast_dtype=No
         _attn_find.observe(model, [("attn", e[1].module) if e[0] == "attn" else ("proj", e[1])
                                    for e in obs.events])
     return obs
+
+
+def _run_padded(model, run, tokenizer, seqs, requested_side, device):
+    """Run ``seqs`` as one padded batch, as the extractor pads it (side, mask, positions)."""
+    import torch
+
+    from . import _batching
+
+    side = _arch.padding_side(model, requested_side)
+    ids, mask, positions = _batching.pad_batch(seqs, _batching.pad_id(tokenizer, model.config),
+                                               side)
+    kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    if _arch.takes_position_ids(model):
+        kwargs["position_ids"] = positions.to(device)
+    if _accepts(run, "use_cache"):
+        kwargs["use_cache"] = False
+    try:
+        with torch.inference_mode():
+            run(**kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise _forward_failed(model, "a padded batch of two short texts", exc) from exc
+    return side, len(seqs[0])
 
 
 def _first(output):
@@ -236,7 +274,10 @@ def check(obs: Observation, extractor) -> None:
             with torch.inference_mode():
                 _check_heads(obs, extractor, heads)
     if extractor.batch_size > 1:
-        _check_padding(model, extractor)
+        if obs.padded is not None:
+            _check_padded_blocks(obs)
+        else:  # parts named by module path: the extractor's own vectors
+            _check_padding(model, extractor)
 
 
 def _check_blocks(obs: Observation) -> None:
@@ -380,6 +421,33 @@ def _check_pattern(model, where, call, info) -> None:
             "instead, or pass verify=False to skip this check.")
 
 
+def _check_padded_blocks(obs: Observation) -> None:
+    """Every block's input and output for the short text padded in a batch against the text
+    alone, on its real tokens."""
+    model = obs.model
+    side, k = obs.padded_rows
+    tol = _tolerance(next(model.parameters()).dtype)
+    for t in sorted(obs.targets, key=lambda t: (t[2], t[3])):  # by layer, input first
+        t = tuple(t) + (0,) * (5 - len(t))
+        module, kind, layer, part, occurrence = t[:5]
+        alone = obs.reads.get((id(module), kind), [])
+        padded = obs.padded.get((id(module), kind), [])
+        if occurrence >= min(len(alone), len(padded)):
+            continue  # said by the check of the blocks
+        a, b = alone[occurrence][0], padded[occurrence][0]
+        if b.dim() != 2 or a.shape[-1] != b.shape[-1]:
+            continue  # not (tokens, hidden): said by the check of the blocks
+        b = b[b.shape[0] - k:] if side == "left" else b[:k]
+        err = _relative_error(b, a)
+        if not err <= tol:
+            name = ("resid_pre", "resid_post")[part]
+            raise VerificationError(
+                f"{_describe(model)}: part {name!r} at layer {layer} of a text in a padded "
+                f"batch differs from the same text alone by {err:.3g} (relative max error): "
+                "the model's forward depends on the padding. Use batch_size=1 (no padding), "
+                "or verify=False to accept the difference.")
+
+
 def _check_padding(model, extractor) -> None:
     """The short text in a padded batch beside a longer one against the same text alone."""
     import torch
@@ -430,6 +498,8 @@ def _raised_here(exc: Exception) -> bool:
 def verify_extractor(extractor) -> None:
     """Check ``extractor``'s reading of its model (see the module's text): for runners other
     than the encoder, which does it in ``fit`` (``verify=True``)."""
+    side = getattr(extractor.tokenizer, "padding_side", "right")
     obs = observe(extractor.model, extractor.tokenizer, extractor.parts,
-                  max_length=extractor.max_length, autocast_dtype=extractor.autocast_dtype)
+                  max_length=extractor.max_length, autocast_dtype=extractor.autocast_dtype,
+                  padding_side=side if extractor.batch_size > 1 else None)
     check(obs, extractor)

@@ -216,9 +216,11 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         if self.verify and not tower:  # attention found at run time: before heads are counted
             from . import _verify
 
+            side = getattr(self.tokenizer_, "padding_side", "right")
             observed = _verify.observe(stack, self.tokenizer_, checked,
                                        max_length=self.max_length or 512,
-                                       autocast_dtype=self.autocast_dtype_)
+                                       autocast_dtype=self.autocast_dtype_,
+                                       padding_side=side if self.batch_size > 1 else None)
         expanded = _attn_arch.expand_parts(stack, checked, self.heads)
         self.parts_ = [_vision.PREFIX + p for p in expanded] if split else expanded
         self.poolings_ = validate_pooling(self.token_pooling, is_decoder=_arch.is_decoder(stack),
