@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -77,6 +78,7 @@ def _offloaded_weight(module, device):
 # (attention-function calls per run of its block, output projection or None)
 _OBSERVED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _CORES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_OBSERVE_LOCK = threading.Lock()
 
 
 def observe(model, sequence) -> None:
@@ -99,10 +101,12 @@ def observe(model, sequence) -> None:
         calls, proj = cores.get(core, (0, None))
         cores[core] = (max(calls, n), proj)
     run = _arch.runner(model)
-    for m in run.modules():
-        _CORES.pop(m, None)
-    _CORES.update(cores)
-    _OBSERVED[run] = True
+    with _OBSERVE_LOCK:  # the new record in before the stale one out: readers never see none
+        _CORES.update(cores)
+        for m in run.modules():
+            if m not in cores:
+                _CORES.pop(m, None)
+        _OBSERVED[run] = True
 
 
 def _observed(model) -> bool:

@@ -31,7 +31,7 @@ from __future__ import annotations
 from . import _attn_tap
 from ._hooks import register_tap
 
-__all__ = ["PatternBudget", "head_target", "token_metric"]
+__all__ = ["PatternBudget", "check_implementation", "head_target", "token_metric"]
 
 PATTERN_METRICS = ("attn_entropy", "attn_sink", "attn_distance", "attn_density",
                    "attn_weighted_value_norm", "attn_image")
@@ -148,13 +148,7 @@ class PatternBudget:
         return PATTERN_COPIES * 4 * batch * self.info.n_heads * tokens * tokens
 
     def check_batch(self, batch: int, tokens: int) -> None:
-        impl = _attn_tap.original_implementation(self.info.core.config)
-        if impl not in _attn_tap.PATTERN_IMPLEMENTATIONS:
-            raise ValueError(
-                f"attention patterns (and the metrics computed from them) need the mask of the "
-                f"eager or SDPA implementation, but the model runs {impl!r}; load it with "
-                "attn_implementation='sdpa' or 'eager', or call "
-                "model.set_attn_implementation('sdpa').")
+        check_implementation(self.info.core.config)
         need, free = self.bytes_needed(batch, tokens), free_memory(self.info.core)
         if need > free:
             fit = max(1, int(batch * free / need))
@@ -165,6 +159,18 @@ class PatternBudget:
                 f"copies), but only {free / 2**30:.2f} GiB is free; use batch_size={fit} or "
                 "less, a smaller max_length, or metrics that need no pattern "
                 "(attn_value_norm, attn_result_norm).")
+
+
+def check_implementation(config) -> None:
+    """Patterns need the mask of the eager or SDPA implementation: an error naming the one
+    ``config`` runs otherwise."""
+    impl = _attn_tap.original_implementation(config)
+    if impl not in _attn_tap.PATTERN_IMPLEMENTATIONS:
+        raise ValueError(
+            f"attention patterns (and the metrics computed from them) need the mask of the "
+            f"eager or SDPA implementation, but the model runs {impl!r}; load it with "
+            "attn_implementation='sdpa' or 'eager', or call "
+            "model.set_attn_implementation('sdpa').")
 
 
 def free_memory(module) -> int:

@@ -33,6 +33,7 @@ import threading
 
 
 from . import _arch, _attn_arch, _attn_find, _attn_tap
+from ._attn_parts import PATTERN_METRICS, check_implementation
 
 __all__ = ["Observation", "VerificationError", "check", "observe", "verify_extractor"]
 
@@ -128,6 +129,12 @@ def _keep(store, key):
     return hook
 
 
+def _needs_tap(parts) -> bool:
+    """Parts read through the attention function (q/k/v, metrics), not the projection."""
+    return any(_attn_arch.split_head(p)[0] not in ("attn_z", "attn_result")
+               for p in parts if _attn_arch.is_attn_part(p))
+
+
 def _attention_parts(parts) -> bool:
     return any(_attn_arch.split_head(p)[1] is not None or _attn_arch.is_attn_part(p)
                for p in parts)
@@ -152,6 +159,10 @@ def observe(model, tokenizer, parts, *, max_length: int = 512, autocast_dtype=No
     if named or attention:  # both rest on the blocks discovery found
         n = _arch.n_blocks(model)
         obs.targets = _arch.resolve_targets(model, list(range(n)), ["resid_pre", "resid_post"])
+    if not obs.targets and not attention:
+        return obs  # parts named by module path: nothing the model's outputs could confirm
+    if any(_attn_arch.split_head(p)[0] in PATTERN_METRICS for p in parts):
+        check_implementation(_arch.text_config(model.config))  # its message, before a forward
     store = [obs.reads]
     handles = []
     for t in obs.targets:
@@ -196,6 +207,8 @@ def observe(model, tokenizer, parts, *, max_length: int = 512, autocast_dtype=No
         with hook_manager(model).attached({}), torch.inference_mode(), autocast, \
                 record as refused:
             obs.untapped = bool(refused)
+            if refused and _needs_tap(parts):  # the encoder's own message, before any forward
+                _attn_tap._tap_name(refused[0]._attn_implementation)
             try:
                 out = run(**kwargs)
             except Exception as exc:  # noqa: BLE001 - any failure inside the model's forward

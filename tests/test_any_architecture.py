@@ -507,13 +507,14 @@ def test_per_head_parts_name_the_layers_that_have_attention():
     calls = []
     hook = model.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
-        with pytest.raises(ValueError, match=rf"layer {other}: .*readable attention are "
-                                             rf"{re.escape(str(layers))}"):
-            TransformerActivationEncoder(model, make_tokenizer("bpe"), parts="attn_z",
-                                         layers="all").fit()
+        for verify in (False, True):  # from the source; from the calls of the check's forward
+            with pytest.raises(ValueError, match=rf"layer {other}: .*readable attention are "
+                                                 rf"{re.escape(str(layers))}"):
+                TransformerActivationEncoder(model, make_tokenizer("bpe"), parts="attn_z",
+                                             layers="all", verify=verify).fit()
+            assert len(calls) == (0 if not verify else 1)  # at most the check's short text
     finally:
         hook.remove()
-    assert calls == []
 
 
 def test_opt_without_layer_norm_before_is_read_as_post_norm():
