@@ -232,7 +232,6 @@ def test_verify_extractor_checks_a_runner_of_its_own():
     ext = ActivationExtractor(model, tok, layers=[0, 1], parts=["resid_post"],
                               poolings=["mean"], max_length=64, batch_size=4)
     with pytest.raises(VerificationError, match="padded batch"):
-        _verify.verify_extractor(ext)
-    _verify.verify_extractor(ActivationExtractor(model, tok, layers=[0, 1],
-                                                 parts=["resid_post"], poolings=["mean"],
-                                                 max_length=64, batch_size=1))
+        ext.verify()
+    ActivationExtractor(model, tok, layers=[0, 1], parts=["resid_post"], poolings=["mean"],
+                        max_length=64, batch_size=1).verify()
