@@ -273,7 +273,10 @@ def check_architecture(model_type: str, model) -> None:
     sides = ("right", "left") if _arch.padding_side(model, "left") == "left" else ("right",)
     for side in sides:
         tok = make_tokenizer("bpe", padding_side=side)
-        enc = fit_or_refuse(TransformerActivationEncoder(model, tok, parts=parts, batch_size=4),
+        # the check at fit once per type (its blocks are the same on both sides), on the side
+        # a decoder is read with by default (left)
+        enc = fit_or_refuse(TransformerActivationEncoder(model, tok, parts=parts, batch_size=4,
+                                                         verify=side == sides[-1]),
                             model, model_type)
         n = _arch.n_blocks(model)
         with _quiet():
