@@ -270,13 +270,13 @@ def check_architecture(model_type: str, model) -> None:
         parts = ["resid_pre", "resid_post"]
     texts_ids = {}
     # encoders are always padded on the right (see _arch.padding_side): one run covers both
-    sides = ("right", "left") if _arch.padding_side(model, "left") == "left" else ("right",)
+    sides = ("left", "right") if _arch.padding_side(model, "left") == "left" else ("right",)
     for side in sides:
         tok = make_tokenizer("bpe", padding_side=side)
-        # the check at fit once per type (its blocks are the same on both sides), on the side
-        # a decoder is read with by default (left)
+        # the check at fit once per type (its blocks are the same on both sides), on the first
+        # side (left for a decoder): a refusal comes before any numbers
         enc = fit_or_refuse(TransformerActivationEncoder(model, tok, parts=parts, batch_size=4,
-                                                         verify=side == sides[-1]),
+                                                         verify=side == sides[0]),
                             model, model_type)
         n = _arch.n_blocks(model)
         with _quiet():
