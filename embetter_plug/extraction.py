@@ -158,7 +158,16 @@ class ActivationExtractor:
         ``verify=True`` (see ``docs/extraction.md``): one short text against the model's own
         hidden states and attention calls, and padded in a batch against the text alone.
         Raises ``embetter_plug._verify.VerificationError`` (a ``ValueError``) on a
-        disagreement."""
+        disagreement.
+
+        Examples
+        --------
+        >>> from embetter_plug.extraction import ActivationExtractor
+        >>> from embetter_plug.testing import make_tiny_model
+        >>> model, tok = make_tiny_model("gpt2")
+        >>> ActivationExtractor(model, tok, layers=[0, 2], parts=["resid_post"],
+        ...                     poolings=["mean"], max_length=64).verify()
+        """
         from ._verify import verify_extractor
 
         verify_extractor(self)
