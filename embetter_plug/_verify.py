@@ -66,6 +66,7 @@ class Observation:
     untapped: bool = False  # some attention could not be tapped (flash attention)
     padded: dict | None = None  # the reads of the short text padded beside a longer one
     n_tokens: int = 0  # of the short text
+    sublayers: list = dataclasses.field(default_factory=list)  # (part, target): attn/mlp_out
     padded_rows: tuple = ()  # (side, tokens of the short text)
 
 
@@ -159,13 +160,16 @@ def observe(model, tokenizer, parts, *, max_length: int = 512, autocast_dtype=No
     if named or attention:  # both rest on the blocks discovery found
         n = _arch.n_blocks(model)
         obs.targets = _arch.resolve_targets(model, list(range(n)), ["resid_pre", "resid_post"])
+        sub = [p for p in named if p in ("attn_out", "mlp_out")]
+        obs.sublayers = [(sub[t[3]], t) for t in _arch.resolve_targets(model, list(range(n)),
+                                                                        sub)] if sub else []
     if not obs.targets and not attention:
         return obs  # parts named by module path: nothing the model's outputs could confirm
     if any(_attn_arch.split_head(p)[0] in PATTERN_METRICS for p in parts):
         check_implementation(_arch.text_config(model.config))  # its message, before a forward
     store = [obs.reads]
     handles = []
-    for t in obs.targets:
+    for t in list(obs.targets) + [t for _, t in obs.sublayers]:
         module, kind = t[0], t[1]
         key = (id(module), kind)
         if any(h[0] == key for h in handles):
@@ -317,6 +321,15 @@ def _check_blocks(obs: Observation) -> None:
                 f"text of {obs.n_tokens} tokens, not (tokens, hidden): the model changes the "
                 "sequence (downsampling, an internal pad or prompt) or its layout, so the "
                 "tokens cannot be pooled with the attention mask. " + _way_out(model))
+    width = _arch.hidden_size(model)
+    for name, layer, value in [(p, layer, v) for (p, layer), v in read.items()] + [
+            (part, t[2], obs.reads.get((id(t[0]), t[1]), [None])[0]) for part, t in obs.sublayers]:
+        if value is not None and tuple(value.shape[-2:]) != (obs.n_tokens, width):
+            raise VerificationError(
+                f"{_describe(model)}: part {name!r} at layer {layer} reads shape "
+                f"{tuple(value.shape)} for a text of {obs.n_tokens} tokens, not (tokens, "
+                f"{width}): it is not on the residual stream's width (a bottleneck, several "
+                "streams). " + _way_out(model))
     hs = obs.hidden_states
     if hs is not None and len(hs) in (n, n + 1):
         # hidden_states[0] is the first block's input (n + 1 entries), or the entries are the

@@ -94,7 +94,8 @@ NOT_ADDITIVE = {"beam": "depth-scaled residual add", "hyperclovax": "residual mu
                 "minimax": "weighted residual adds", "falcon_h1": "a Mamba mixer beside attention",
                 "inkling2_text": "attention residuals mix earlier blocks into the MLP input",
                 "inkling2_loop_text": "attention residuals mix earlier blocks into the MLP input",
-                "rwkv": "block 0 normalises its input before the residual"}
+                "rwkv": "block 0 normalises its input before the residual",
+                "dory": "the residual interpolates towards each normalised update"}
 # attention-free blocks: the residual stream is read, attn_out is refused with the submodules
 NO_ATTENTION = {"mamba", "falcon_mamba", "nemotron_h", "xlstm"}
 # output_hidden_states holds each block's output, without the embeddings entry
@@ -105,21 +106,22 @@ ZERO_ATTENTION = {"mra": "approximate attention gives exact zeros at tiny sizes"
 # read exactly with this file's sizes on transformers 5.25 (and checked by the verification at
 # fit): one of these refused at fit is a failure, not a refusal
 EXPECTED_EXACT = frozenset("""
-afmoe albert apertus apertus1p5_text arcee aria_text bart beam bert bert-generation big_bird
-bigbird_pegasus biogpt bitnet blenderbot blenderbot-small bloom camembert codegen cohere cohere2
-cohere2_moe ctrl cwm data2vec-text deberta deberta-v2 diffllama distilbert doge electra ernie
-ernie4_5 ernie4_5_moe esm eurobert exaone exaone4 exaone_moe falcon falcon_h1 falcon_mamba
-flaubert flex_olmo flint gemma gemma2 gemma3_text gemma4_unified_text glm glm4 glm4_moe gpt-sw3
-gpt2 gpt_bigcode gpt_neox gpt_neox_japanese gpt_oss gptj granite granite_swa granitemoe
-granitemoe_swa granitemoeshared gte helium hunyuan_v1_dense hunyuan_v1_moe hy_v3 hyperclovax
-ibert inkling2_loop_text inkling2_text inkling_text internlm3 iquestcoder jais2 jetmoe
-jina_embeddings_v3 kolibri1 laguna lara_mini lfm2 lfm3 llama llama4_text mamba marian mbart
-megatron-bert mellum mimo_v2_flash minicpm5_moe minimax minimax_m2 minimax_m3_vl_text ministral
-ministral3 mistral mixtral modernbert modernbert-decoder moshi mpnet mpt mra mt5 mvp nanochat
-nemotron nemotron_h nomic_bert olmo olmo2 olmo3 olmo_hybrid olmoe openai-gpt opt param2moe
-pegasus persimmon phi phi3 phimoe plbart prophetnet qwen2 qwen2_moe qwen3 qwen3_moe rembert
+afmoe albert apertus apertus1p5_text arcee aria_text bailing_hybrid bart beam bert
+bert-generation big_bird bigbird_pegasus biogpt bitnet blenderbot blenderbot-small bloom
+camembert codegen cohere cohere2 cohere2_moe ctrl cwm data2vec-text deberta deberta-v2 diffllama
+distilbert doge dory electra ernie ernie4_5 ernie4_5_moe esm eurobert exaone exaone4 exaone_moe
+falcon falcon_h1 falcon_mamba flaubert flex_olmo flint gemma gemma2 gemma3_text
+gemma4_unified_text glm glm4 glm4_moe gpt-sw3 gpt2 gpt_bigcode gpt_neox gpt_neox_japanese
+gpt_oss gptj granite granite_swa granitemoe granitemoe_swa granitemoeshared gte helium
+hunyuan_v1_dense hunyuan_v1_moe hy_v3 hyperclovax ibert inkling2_loop_text inkling2_text
+inkling_text internlm3 iquestcoder jais2 jetmoe jina_embeddings_v3 kolibri1 laguna lara_mini
+lfm2 lfm3 llama llama4_text mamba marian mbart megatron-bert mellum mimo_v2_flash minicpm5_moe
+minimax minimax_m2 minimax_m3_vl_text ministral ministral3 mistral mixtral modernbert
+modernbert-decoder moshi mpnet mpt mra mt5 mvp nanochat nemotron nemotron_h nomic_bert olmo
+olmo2 olmo3 olmo_hybrid olmoe openai-gpt opt param2moe pegasus persimmon phi phi3 phimoe plbart
+prophetnet qwen2 qwen2_moe qwen3 qwen3_5_moe_text qwen3_5_text qwen3_moe qwen3_next rembert
 roberta roberta-prelayernorm roformer rwkv sarvam_moe seed_oss smollm3 solar_open stablelm
-starcoder2 t5 tapas ultrabert umt5 vaultgemma xglm xlm xlm-roberta xlm-roberta-xl
+starcoder2 t5 tapas ultrabert umt5 vaultgemma xglm xlm xlm-roberta xlm-roberta-xl xlstm
 """.split())
 
 COVERAGE: dict[str, str] = {}  # model type -> "passed" / "skipped: reason"; see conftest
