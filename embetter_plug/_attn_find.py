@@ -118,10 +118,15 @@ def writes(module, hidden: int) -> bool:
     return _is_projection_to(module, hidden)
 
 
-@functools.lru_cache(maxsize=None)
 def _calls_interface(cls) -> bool:
+    return _source_calls_interface(getattr(cls, "forward", None))
+
+
+@functools.lru_cache(maxsize=None)
+def _source_calls_interface(forward) -> bool:
+    """Keyed by the forward function itself: a class whose forward is replaced is read anew."""
     try:
-        src = inspect.getsource(cls.forward)
+        src = inspect.getsource(forward)
     except (OSError, TypeError):
         return False
     return "ALL_ATTENTION_FUNCTIONS" in src
@@ -145,11 +150,15 @@ _INTERFACE_CALL = re.compile(r"(?<![\w.])attention_interface\s*\(")
 _SELF_CALL = re.compile(r"self\.([A-Za-z_]\w*)\s*\(")
 
 
-@functools.lru_cache(maxsize=None)
 def _called_after_attention(cls) -> tuple[str, ...]:
     """Names of the submodules ``cls.forward`` calls after its attention function, in order."""
+    return _source_called_after(getattr(cls, "forward", None))
+
+
+@functools.lru_cache(maxsize=None)
+def _source_called_after(forward) -> tuple[str, ...]:
     try:
-        src = inspect.getsource(cls.forward)
+        src = inspect.getsource(forward)
     except (OSError, TypeError):
         return ()
     calls = list(_INTERFACE_CALL.finditer(src))
@@ -288,10 +297,14 @@ def attention_calls(core) -> int:
     return _interface_calls(type(core))
 
 
-@functools.lru_cache(maxsize=None)
 def _interface_calls(cls) -> int:
+    return _source_interface_calls(getattr(cls, "forward", None))
+
+
+@functools.lru_cache(maxsize=None)
+def _source_interface_calls(forward) -> int:
     try:
-        return len(_INTERFACE_CALL.findall(inspect.getsource(cls.forward))) or 1
+        return len(_INTERFACE_CALL.findall(inspect.getsource(forward))) or 1
     except (OSError, TypeError):
         return 1
 
