@@ -214,7 +214,8 @@ def observe(model, tokenizer, parts, *, max_length: int = 512, autocast_dtype=No
             if refused and _needs_tap(parts):  # the encoder's own message, before any forward
                 _attn_tap._tap_name(refused[0]._attn_implementation)
             try:
-                out = run(**kwargs)
+                with _no_lasting_capture_hooks(model):
+                    out = run(**kwargs)
             except Exception as exc:  # noqa: BLE001 - any failure inside the model's forward
                 raise _forward_failed(model, f"a short text of {len(ids)} tokens", exc) from exc
             if padding_side and obs.targets and len(longer) > len(ids):
@@ -230,6 +231,24 @@ def observe(model, tokenizer, parts, *, max_length: int = 512, autocast_dtype=No
         _attn_find.observe(model, [("attn", e[1].module) if e[0] == "attn" else ("proj", e[1])
                                    for e in obs.events])
     return obs
+
+
+@contextlib.contextmanager
+def _no_lasting_capture_hooks(model):
+    """transformers installs forward hooks that collect ``hidden_states`` on the first forward
+    that asks for them, for good (and they cannot be pickled): the model is left as it was."""
+    flag = "_output_capturing_hooks_installed"
+    before = {id(m): (set(m._forward_hooks), flag in vars(m)) for m in model.modules()}
+    try:
+        yield
+    finally:
+        for m in model.modules():
+            keys, had_flag = before.get(id(m), (set(), False))
+            for key in [k for k, fn in m._forward_hooks.items() if k not in keys
+                        and "output_capturing_hook" in getattr(fn, "__qualname__", "")]:
+                del m._forward_hooks[key]
+            if flag in vars(m) and not had_flag:
+                delattr(m, flag)
 
 
 def _run_padded(model, run, tokenizer, seqs, requested_side, device):

@@ -235,3 +235,17 @@ def test_verify_extractor_checks_a_runner_of_its_own():
         ext.verify()
     ActivationExtractor(model, tok, layers=[0, 1], parts=["resid_post"], poolings=["mean"],
                         max_length=64, batch_size=1).verify()
+
+
+def test_the_check_leaves_the_model_as_it_was():
+    """The check's forward asks for hidden states, on which transformers installs hooks for
+    good; the model comes back without them (and still pickles)."""
+    import pickle
+
+    model, tok = make_tiny_model("llama", seed=12)
+    before = [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()]
+    TransformerActivationEncoder(model, tok, parts=["resid_post", "attn_out"]).fit()
+    TransformerActivationEncoder(model, tok, parts="attn_q").fit()
+    assert [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()] == before
+    assert model.config._attn_implementation == "eager"
+    pickle.loads(pickle.dumps(model))
