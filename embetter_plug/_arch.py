@@ -169,7 +169,45 @@ def find_blocks(model):
             f"module lists: {found}). Name modules directly with module-path parts, e.g. "
             "parts=['<path to blocks>.{layer}'] (print(model) shows the paths)."
         )
+    unrolled = _unrolled_lists(exact, _registration_order(model))
+    if unrolled is not None:  # no block modules: the attention list stands for the blocks
+        return unrolled["attn_out"]
     return exact[0]
+
+
+def _registration_order(model) -> list[str]:
+    run = runner(model)
+    prefix = _path_of(model, run)
+    return [f"{prefix}.{n}" if prefix else n for n, _ in run.named_modules()]
+
+
+def _unrolled_lists(exact, order):
+    """``{"first", "last", "attn_out", "mlp_out": (path, ModuleList)}`` where the layers have no
+    block module: sibling lists of the layer count, one of attention modules and one of MLPs
+    (XLM, FlauBERT: ``attentions``, ``layer_norm1``, ``ffns``, ``layer_norm2``), in the order
+    they are registered; else ``None``."""
+    from ._sublayers import _ATTN, _MLP
+
+    parent = exact[0][0].rpartition(".")[0]
+    siblings = [(p, m) for p, m in exact if p.rpartition(".")[0] == parent]
+    if len(siblings) < 2:
+        return None
+    leaf = {p: p.rpartition(".")[2] for p, _ in siblings}
+    attn = next((pm for pm in siblings if _ATTN.search(leaf[pm[0]])), None)
+    mlp = next((pm for pm in siblings if _MLP.search(leaf[pm[0]])), None)
+    if attn is None or mlp is None:
+        return None
+    registered = sorted(siblings, key=lambda pm: order.index(pm[0]))
+    return {"first": registered[0], "last": registered[-1], "attn_out": attn, "mlp_out": mlp}
+
+
+def unrolled_layers(model):
+    """The lists a stack without block modules runs per layer (see :func:`find_blocks`), or
+    ``None`` for a stack of blocks."""
+    n = config_n_blocks(model.config)
+    lists, _ = _block_lists(model)
+    exact = [(name, m) for name, m in lists if len(m) == n] if n is not None else []
+    return _unrolled_lists(exact, _registration_order(model)) if exact else None
 
 
 def _shares_blocks(config) -> bool:
@@ -290,14 +328,21 @@ def resolve_targets(model, layers: Sequence[int], parts: Sequence[str]):
     ``None`` for a fixed module path, whose vector fills every layer row.
     """
     named = [p for p in parts if p in PARTS]
+    unrolled = None
     if named:
         blocks_path, _ = find_blocks(model)
         calls = block_calls(model)
         width = hidden_size(model)
         mt = getattr(text_config(model.config), "model_type", None)
+        unrolled = unrolled_layers(model)
     targets = []
     for pi, part in enumerate(parts):
-        if part in PARTS:
+        if part in PARTS and unrolled is not None:  # per-layer lists, no block modules
+            key, kind = {"resid_pre": ("first", "pre"), "resid_post": ("last", "post")}.get(
+                part, (part, "post"))
+            for li, layer in enumerate(layers):
+                targets.append((unrolled[key][1][layer], kind, li, pi))
+        elif part in PARTS:
             for li, layer in enumerate(layers):
                 block, occurrence, repeats = calls[layer]
                 if part in ("resid_pre", "resid_post"):

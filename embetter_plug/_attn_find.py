@@ -25,6 +25,8 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import threading
+import weakref
 from dataclasses import dataclass
 
 from . import _arch
@@ -72,10 +74,59 @@ def _offloaded_weight(module, device):
         return module.weight.detach().clone()
 
 
-@functools.lru_cache(maxsize=None)
+# attention seen at run time (:func:`observe`): runner -> True once observed; attention module ->
+# (attention-function calls per run of its block, output projection or None)
+_OBSERVED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CORES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_OBSERVE_LOCK = threading.Lock()
+
+
+def observe(model, sequence) -> None:
+    """Record which modules called the attention function in one forward of ``model``, and the
+    first projection writing the hidden size that ran after each (``sequence``: ``("attn",
+    calling module)`` and ``("proj", projection)`` in call order; see
+    :func:`embetter_plug._attn_tap.recording`). From then on :func:`attn_info` finds the
+    attention of ``model`` from this record, not from its source text."""
+    cores: dict = {}
+    pending: dict = {}  # core -> calls since the last projection
+    for kind, module in sequence:
+        if kind == "attn":
+            pending[module] = pending.get(module, 0) + 1
+            continue
+        for core, n in pending.items():
+            calls, proj = cores.get(core, (0, None))
+            cores[core] = (max(calls, n), proj or module)
+        pending = {}
+    for core, n in pending.items():  # no projection after it
+        calls, proj = cores.get(core, (0, None))
+        cores[core] = (max(calls, n), proj)
+    run = _arch.runner(model)
+    with _OBSERVE_LOCK:  # the new record in before the stale one out: readers never see none
+        _CORES.update(cores)
+        for m in run.modules():
+            if m not in cores:
+                _CORES.pop(m, None)
+        _OBSERVED[run] = True
+
+
+def _observed(model) -> bool:
+    return _OBSERVED.get(_arch.runner(model), False)
+
+
+def writes(module, hidden: int) -> bool:
+    """Whether ``module`` is a projection (``Linear``/``Conv1D``) writing ``hidden`` features."""
+    return _is_projection_to(module, hidden)
+
+
 def _calls_interface(cls) -> bool:
+    return _source_calls_interface(getattr(cls, "forward", None))
+
+
+@functools.lru_cache(maxsize=None)
+def _source_calls_interface(forward) -> bool:
+    """Keyed by the forward function itself: a class whose forward is replaced is read anew."""
     try:
-        src = inspect.getsource(cls.forward)
+        src = inspect.getsource(forward)
     except (OSError, TypeError):
         return False
     return "ALL_ATTENTION_FUNCTIONS" in src
@@ -99,11 +150,15 @@ _INTERFACE_CALL = re.compile(r"(?<![\w.])attention_interface\s*\(")
 _SELF_CALL = re.compile(r"self\.([A-Za-z_]\w*)\s*\(")
 
 
-@functools.lru_cache(maxsize=None)
 def _called_after_attention(cls) -> tuple[str, ...]:
     """Names of the submodules ``cls.forward`` calls after its attention function, in order."""
+    return _source_called_after(getattr(cls, "forward", None))
+
+
+@functools.lru_cache(maxsize=None)
+def _source_called_after(forward) -> tuple[str, ...]:
     try:
-        src = inspect.getsource(cls.forward)
+        src = inspect.getsource(forward)
     except (OSError, TypeError):
         return ()
     calls = list(_INTERFACE_CALL.finditer(src))
@@ -143,12 +198,21 @@ def _output_projection(block, core, hidden: int):
 
 def blocks(model, layers):
     """The block modules of ``layers`` (through the architecture registry)."""
-    return [t[0] for t in _arch.resolve_targets(model, list(layers), ["resid_post"])]
+    calls = _arch.block_calls(model)
+    return [calls[layer][0] for layer in layers]
 
 
 def attn_info(model, block) -> AttnInfo:
-    """Discover ``block``'s attention; a clear error when it cannot be found."""
-    core = next((m for _, m in block.named_modules() if _calls_interface(type(m))), None)
+    """Discover ``block``'s attention; a clear error when it cannot be found.
+
+    Where a forward of ``model`` was observed (:func:`observe`), the attention is the module
+    that called the attention function and its output projection the first projection writing
+    the hidden size that ran after it; otherwise both are read from the modeling source."""
+    observed = _observed(model)
+    if observed:
+        core = next((m for m in block.modules() if m in _CORES), None)
+    else:
+        core = next((m for _, m in block.named_modules() if _calls_interface(type(m))), None)
     mt = getattr(model.config, "model_type", type(model).__name__)
     if core is None and not _uses_interface(model):
         return _own_attention_info(model, block, mt)
@@ -160,7 +224,8 @@ def attn_info(model, block) -> AttnInfo:
             "(most families in transformers 5.x do; docs/attention.md lists those that do "
             "not).")
     hidden = _arch.hidden_size(model)
-    o_proj = _output_projection(block, core, hidden)
+    seen = _CORES.get(core, (0, None))[1] if observed else None
+    o_proj = seen if seen is not None else _output_projection(block, core, hidden)
     n_heads, n_kv = _head_numbers(model, core)
     if o_proj is None:
         top = next(c for _, c in block.named_children()
@@ -177,6 +242,8 @@ def attn_info(model, block) -> AttnInfo:
 def _uses_interface(model) -> bool:
     """Whether any module of the exposed stack calls the attention function (a hybrid model's
     other blocks then have no attention, rather than attention of their own)."""
+    if _observed(model):
+        return any(m in _CORES for m in _arch.runner(model).modules())
     return any(_calls_interface(type(m)) for m in _arch.runner(model).modules())
 
 
@@ -223,14 +290,21 @@ def _head_numbers(model, core) -> tuple[int, int]:
 
 def attention_calls(core) -> int:
     """How many times the forward of ``core`` calls the attention function (2 in differential
-    attention, whose pattern is then a difference of two softmaxes)."""
+    attention, whose pattern is then a difference of two softmaxes); seen at run time where
+    the model's forward was observed."""
+    if core in _CORES:
+        return _CORES[core][0]
     return _interface_calls(type(core))
 
 
-@functools.lru_cache(maxsize=None)
 def _interface_calls(cls) -> int:
+    return _source_interface_calls(getattr(cls, "forward", None))
+
+
+@functools.lru_cache(maxsize=None)
+def _source_interface_calls(forward) -> int:
     try:
-        return len(_INTERFACE_CALL.findall(inspect.getsource(cls.forward))) or 1
+        return len(_INTERFACE_CALL.findall(inspect.getsource(forward))) or 1
     except (OSError, TypeError):
         return 1
 

@@ -32,7 +32,7 @@ from . import _attn_tap
 from ._hooks import register_tap
 from ._utils import available_ram
 
-__all__ = ["PatternBudget", "head_target", "token_metric"]
+__all__ = ["PatternBudget", "check_implementation", "head_target", "token_metric"]
 
 PATTERN_METRICS = ("attn_entropy", "attn_sink", "attn_distance", "attn_density",
                    "attn_weighted_value_norm", "attn_image")
@@ -250,24 +250,15 @@ class PatternBudget:
     def bytes_needed(self, batch: int, tokens: int) -> int:
         return PATTERN_COPIES * 4 * batch * self.info.n_heads * tokens * tokens
 
-    def check_implementation(self) -> None:
-        impl = _attn_tap.original_implementation(self.info.core.config)
-        if impl not in _attn_tap.PATTERN_IMPLEMENTATIONS:
-            raise ValueError(
-                f"attention patterns (and the metrics computed from them) need the mask of the "
-                f"eager or SDPA implementation, but the model runs {impl!r}; load it with "
-                "attn_implementation='sdpa' or 'eager', or call "
-                "model.set_attn_implementation('sdpa').")
-
     def check_rows(self, batch: int, tokens: int) -> None:
         """Before a forward computing metrics: the pattern is computed a chunk of query rows
         at a time, so one row of it must fit (:func:`query_chunk` raises otherwise)."""
-        self.check_implementation()
+        check_implementation(self.info.core.config)
         _RowsOf(batch, self.info.n_heads, tokens).check(free_memory(self.info.core))
 
     def check_batch(self, batch: int, tokens: int) -> None:
         """Before a forward returning whole patterns: one layer's pattern must fit."""
-        self.check_implementation()
+        check_implementation(self.info.core.config)
         need, free = self.bytes_needed(batch, tokens), free_memory(self.info.core)
         if need > free:
             fit = max(1, int(batch * free / need))
@@ -278,6 +269,18 @@ class PatternBudget:
                 f"copies), but only {free / 2**30:.2f} GiB is free; use batch_size={fit} or "
                 "less, a smaller max_length, or metrics that need no pattern "
                 "(attn_value_norm, attn_result_norm).")
+
+
+def check_implementation(config) -> None:
+    """Patterns need the mask of the eager or SDPA implementation: an error naming the one
+    ``config`` runs otherwise."""
+    impl = _attn_tap.original_implementation(config)
+    if impl not in _attn_tap.PATTERN_IMPLEMENTATIONS:
+        raise ValueError(
+            f"attention patterns (and the metrics computed from them) need the mask of the "
+            f"eager or SDPA implementation, but the model runs {impl!r}; load it with "
+            "attn_implementation='sdpa' or 'eager', or call "
+            "model.set_attn_implementation('sdpa').")
 
 
 def free_memory(module) -> float:

@@ -21,11 +21,13 @@ the eager implementation's weights when the model runs eager, otherwise the mode
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import weakref
 
-__all__ = ["AttnCall", "PATTERN_IMPLEMENTATIONS", "attach", "original_implementation"]
+__all__ = ["AttnCall", "PATTERN_IMPLEMENTATIONS", "attach", "original_implementation",
+           "recording"]
 
 PREFIX = "embetter_tap:"
 # implementations whose mask we can turn into the eager one (patterns need it)
@@ -34,6 +36,7 @@ PATTERN_IMPLEMENTATIONS = ("eager", "sdpa")
 _LOCK = threading.Lock()
 _DELIVER: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _SWITCHED: dict = {}  # id(config) -> [config, original name, users]
+_RECORDING = threading.local()  # .recorder: this thread's recorder of every call
 
 
 def eager_function(module):
@@ -45,21 +48,38 @@ def eager_function(module):
     return fn
 
 
-def _implementation(orig: str):
-    from transformers import AttentionInterface
+def _functions():
+    """transformers' registries of attention functions and of their mask functions (the public
+    mapping objects; ``register`` is their public way in)."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    return AttentionInterface._global_mapping[orig]
+    return ALL_ATTENTION_FUNCTIONS, ALL_MASK_ATTENTION_FUNCTIONS
+
+
+def _eager_call(module, query, key, value, attention_mask, **kwargs):
+    """What the module runs when its configuration says ``"eager"``: the modeling file's eager
+    function, or GPT-2's upcast-and-reordered attention where the module asks for it (its
+    forward takes that branch only when the implementation is named ``"eager"``)."""
+    upcast = getattr(module, "_upcast_and_reordered_attn", None)
+    if getattr(module, "reorder_and_upcast_attn", False) and callable(upcast):
+        return upcast(query, key, value, attention_mask)
+    return eager_function(module)(module, query, key, value, attention_mask, **kwargs)
 
 
 def _make_tap(orig: str):
     def tap(module, query, key, value, attention_mask, **kwargs):
-        impl = eager_function(module) if orig == "eager" else _implementation(orig)
+        impl = _eager_call if orig == "eager" else _functions()[0][orig]
         deliver = _DELIVER.get(module)
-        if deliver is None:
+        recorder = getattr(_RECORDING, "recorder", None)
+        if deliver is None and recorder is None:
             return impl(module, query, key, value, attention_mask, **kwargs)
         call = AttnCall(module, query, key, value, attention_mask, kwargs, impl=impl,
                         returns_weights=orig == "eager")
-        deliver(call)
+        if deliver is not None:
+            deliver(call)
+        if recorder is not None:
+            recorder(call)
         return call.result()
 
     return tap
@@ -69,21 +89,39 @@ def _tap_name(orig) -> str:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    if not isinstance(orig, str) or (orig != "eager"
-                                     and orig not in AttentionInterface._global_mapping):
+    functions, masks = _functions()
+    if not isinstance(orig, str) or (orig != "eager" and orig not in functions):
         raise ValueError(f"attention implementation {orig!r} cannot be tapped; load the model "
                          "with attn_implementation='sdpa' or 'eager'.")
-    masks = AttentionMaskInterface._global_mapping
     if orig not in masks:
         raise ValueError(f"attention implementation {orig!r} has no mask function registered "
                          "in transformers' AttentionMaskInterface, so it cannot be tapped "
                          "with the model's own mask; load the model with "
                          "attn_implementation='sdpa' or 'eager'.")
     name = PREFIX + orig
-    if name not in AttentionInterface._global_mapping:
+    if name not in functions:
         AttentionInterface.register(name, _make_tap(orig))
         AttentionMaskInterface.register(name, masks[orig])
     return name
+
+
+def _switch(config) -> None:
+    """Name the tap in ``config`` (under ``_LOCK``); one more user of the switch."""
+    entry = _SWITCHED.get(id(config))
+    if entry is None:
+        orig = config._attn_implementation
+        config._attn_implementation = _tap_name(orig)
+        entry = _SWITCHED[id(config)] = [config, orig, 0]
+    entry[2] += 1
+
+
+def _switch_back(config) -> None:
+    """One user less (under ``_LOCK``); the last one puts the original name back."""
+    entry = _SWITCHED[id(config)]
+    entry[2] -= 1
+    if entry[2] == 0:
+        config._attn_implementation = entry[1]
+        del _SWITCHED[id(config)]
 
 
 class _Handle:
@@ -93,25 +131,44 @@ class _Handle:
     def remove(self):
         with _LOCK:
             _DELIVER.pop(self.module, None)
-            entry = _SWITCHED[id(self.config)]
-            entry[2] -= 1
-            if entry[2] == 0:
-                self.config._attn_implementation = entry[1]
-                del _SWITCHED[id(self.config)]
+            _switch_back(self.config)
 
 
 def attach(module, deliver) -> _Handle:
     """Send each call of ``module``'s attention function to ``deliver(AttnCall)``."""
     config = module.config
     with _LOCK:
-        entry = _SWITCHED.get(id(config))
-        if entry is None:
-            orig = config._attn_implementation
-            config._attn_implementation = _tap_name(orig)
-            entry = _SWITCHED[id(config)] = [config, orig, 0]
-        entry[2] += 1
+        _switch(config)
         _DELIVER[module] = deliver
     return _Handle(module, config)
+
+
+@contextlib.contextmanager
+def recording(model, recorder):
+    """While the block runs, hand every attention-function call this thread makes in ``model``
+    to ``recorder(AttnCall)``, whichever module makes it (the module is the call's first
+    argument): which modules call the attention function is seen at run time, not read from
+    source. Yields the configurations that could not be tapped (flash attention, say)."""
+    configs = {id(c): c for m in model.modules()
+               for c in [getattr(m, "config", None)]
+               if getattr(c, "_attn_implementation", None) is not None}
+    switched, refused = [], []
+    with _LOCK:
+        for config in configs.values():
+            try:
+                _switch(config)
+                switched.append(config)
+            except ValueError:
+                refused.append(config)
+    previous = getattr(_RECORDING, "recorder", None)
+    _RECORDING.recorder = recorder
+    try:
+        yield refused
+    finally:
+        _RECORDING.recorder = previous
+        with _LOCK:
+            for config in switched:
+                _switch_back(config)
 
 
 def original_implementation(config) -> str:

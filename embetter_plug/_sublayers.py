@@ -34,7 +34,9 @@ _MLP = re.compile(r"mlp|ffn|feed_?forward|^ff$|moe|experts?$|denserelu|layerff",
 # a norm placed on a sublayer's output before the add (Gemma-2/3, OLMo-2 "sandwich" norms)
 # (``post_self_attn_layernorm`` first: GLM-4 also has a pre-MLP ``post_attention_layernorm``)
 _POST_ATTN_NORM = (re.compile(r"^post_self_att(n|ention)_(layer)?norm$"),
-                   re.compile(r"^post_att(n|ention)_(layer)?norm$"))
+                   re.compile(r"^post_att(n|ention)_(layer)?norm$"),
+                   # LFM-3: the token mixer (attention or a short convolution) is the "operator"
+                   re.compile(r"^post_operator_(layer)?norm$"))
 _POST_MLP_NORM = (re.compile(r"^post_(feedforward|mlp|ffn)_(layer)?norm$"),)
 
 

@@ -91,6 +91,13 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         Read activations through an on-disk :class:`~embetter_plug.ActivationCache` (a folder
         is turned into one): stored vectors are reused, only missing texts run through the
         model. Keys cover the model, tokenizer, settings and text; see ``docs/cache.md``.
+    verify : bool, default=True
+        At ``fit``, run a short text (a handful of tokens) through the model and check what
+        discovery reads against what the model itself returns: the blocks' inputs and outputs
+        against its ``hidden_states``, per-head parts against the attention calls seen at run
+        time, and a padded batch against a text alone. A disagreement is an error naming the
+        part, the layer and the error size. ``False`` skips the check (it costs one short
+        forward, a few more with ``batch_size > 1``); see ``docs/extraction.md``.
 
     Attributes
     ----------
@@ -122,7 +129,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
                  max_length: int | None = None, batch_size: int = 32, device: Any = "auto",
                  dtype: Any = "auto", revision: str | None = None, trust_remote_code: bool = False,
                  model_kwargs: dict | None = None, verbose: bool = False, flatten: bool = False,
-                 cache: Any = None):
+                 cache: Any = None, verify: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.processor = processor
@@ -142,6 +149,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         self.verbose = verbose
         self.flatten = flatten
         self.cache = cache
+        self.verify = verify
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X=None, y=None):
@@ -171,6 +179,8 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
             raise ValueError(f"max_length must be a positive integer or None, got {self.max_length!r}.")
         if not isinstance(self.include_prompt, bool):
             raise TypeError(f"include_prompt must be True or False, got {self.include_prompt!r}.")
+        if not isinstance(self.verify, bool):
+            raise TypeError(f"verify must be True or False, got {self.verify!r}.")
         parts = _attn_arch.validate_parts(_vision.split_stack(self.parts)[1])
         if not (isinstance(self.heads, str) and self.heads == "all"):
             if not any(_attn_arch.is_attn_part(p) for p in parts):
@@ -201,7 +211,17 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         tower = split or _vision.is_vision_only(model)
         stack = _vision.stack_model(model, tower)
         self.layer_indices_ = self._resolve_layers(_arch.n_blocks(stack))
-        expanded = _attn_arch.expand_parts(stack, _attn_arch.validate_parts(parts), self.heads)
+        checked = _attn_arch.validate_parts(parts)
+        observed = None
+        if self.verify and not tower:  # attention found at run time: before heads are counted
+            from . import _verify
+
+            side = getattr(self.tokenizer_, "padding_side", "right")
+            observed = _verify.observe(stack, self.tokenizer_, checked,
+                                       max_length=self.max_length or 512,
+                                       autocast_dtype=self.autocast_dtype_,
+                                       padding_side=side if self.batch_size > 1 else None)
+        expanded = _attn_arch.expand_parts(stack, checked, self.heads)
         self.parts_ = [_vision.PREFIX + p for p in expanded] if split else expanded
         self.poolings_ = validate_pooling(self.token_pooling, is_decoder=_arch.is_decoder(stack),
                                           auto="image:mean" if tower else None)
@@ -211,6 +231,8 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
                       f"tokens; texts are cut to {limit}.", UserWarning)
         self.max_length_ = min(self.max_length, limit) if self.max_length else limit
         extractor = self._extractor()  # resolves module paths: a bad part fails in fit
+        if observed is not None:
+            _verify.check(observed, extractor)
         self.identity_ = self._identity()
         self.layout_ = ActivationLayout(
             layers=tuple(self.layer_indices_), parts=tuple(extractor.part_names()),

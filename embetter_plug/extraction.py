@@ -153,6 +153,25 @@ class ActivationExtractor:
         return [f"{layer}|{part}|{pooling_name(k)}" for layer in self.layers
                 for part in self.parts for k in self.poolings]
 
+    def verify(self) -> None:
+        """Check this reading on the model itself, as the encoder's ``fit`` does with
+        ``verify=True`` (see ``docs/extraction.md``): one short text against the model's own
+        hidden states and attention calls, and padded in a batch against the text alone.
+        Raises ``embetter_plug._verify.VerificationError`` (a ``ValueError``) on a
+        disagreement.
+
+        Examples
+        --------
+        >>> from embetter_plug.extraction import ActivationExtractor
+        >>> from embetter_plug.testing import make_tiny_model
+        >>> model, tok = make_tiny_model("gpt2")
+        >>> ActivationExtractor(model, tok, layers=[0, 2], parts=["resid_post"],
+        ...                     poolings=["mean"], max_length=64).verify()
+        """
+        from ._verify import verify_extractor
+
+        verify_extractor(self)
+
     # ------------------------------------------------------------------ extraction
     def extract(self, texts: Sequence[str],
                 on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:

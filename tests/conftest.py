@@ -81,11 +81,15 @@ def pytest_terminal_summary(terminalreporter):
     write = terminalreporter.write_line
     terminalreporter.section("architecture coverage")
     if coverage:
-        passed = sorted(t for t, s in coverage.items() if s == "passed")
-        write(f"{len(passed)} of {total} text model types in transformers' auto mappings built "
-              f"tiny and passed; {len(coverage)} ran")
+        exact = sorted(t for t, s in coverage.items() if s == "exact")
+        refused = sorted(t for t, s in coverage.items() if s.startswith("refused"))
+        write(f"{len(exact)} of {total} text model types in transformers' auto mappings built "
+              f"tiny and read exactly, {len(refused)} refused at fit with a clear error; "
+              f"{len(coverage)} ran")
+        write(f"  exact ({len(exact)}): {', '.join(exact)}")
+        write(f"  refused ({len(refused)}): {', '.join(refused)}")
         for t, s in sorted(coverage.items()):
-            if s != "passed":
+            if s != "exact":
                 write(f"  {t}: {s}")
     if heads:
         groups: dict[str, list[str]] = {}

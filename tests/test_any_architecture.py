@@ -5,8 +5,13 @@ a causal-LM, masked-LM or sequence-classification mapping and in no mapping of a
 modality) is built with small sizes and random weights, offline. The truth is the model's own
 ``output_hidden_states`` on each text alone, without padding; for the per-head parts, the
 projection that runs after the attention function and ``output_attentions`` (see
-``_heads_truth.py``). Types that cannot be built tiny offline are skipped with the reason; the
-session's last lines give the coverage (n of N).
+``_heads_truth.py``).
+
+Each built type is either read exactly or refused at ``fit`` with the encoder's own message (the
+verification on the model, or discovery's own error) naming the model. It fails on wrong numbers,
+on a crash, or when a type of :data:`EXPECTED_EXACT` is refused. Types that cannot be built tiny
+offline are skipped with the reason; the session's last lines give the coverage (exact and
+refused, by name).
 """
 
 from __future__ import annotations
@@ -55,12 +60,13 @@ TEXTS = ["The cat sat on the mat.", "A new dataset of images",
 
 # small sizes under every name configs use for them
 TINY = dict(
-    hidden_size=32, d_model=32, n_embd=32, dim=32, embed_dim=32, embedding_size=32,
+    hidden_size=32, d_model=32, n_embd=32, dim=32, embed_dim=32, emb_dim=32, embedding_size=32,
     word_embed_proj_dim=32, num_hidden_layers=2, n_layer=2, num_layers=2, n_layers=2,
     encoder_layers=2, decoder_layers=2, num_decoder_layers=2, num_hidden_groups=2,
     num_attention_heads=4, n_head=4, n_heads=4, num_heads=4, encoder_attention_heads=4,
     decoder_attention_heads=4, num_key_value_heads=2, head_dim=8, d_kv=8, attention_head_dim=8,
-    rotary_dim=4, intermediate_size=64, ffn_dim=64, d_ff=64, hidden_dim=64, n_inner=64,
+    rotary_dim=4, intermediate_size=64, ffn_dim=64, d_ff=64, dim_ff=64, hidden_dim=64, n_inner=64,
+    dim_head=8,
     encoder_ffn_dim=64, decoder_ffn_dim=64, moe_intermediate_size=32,
     shared_expert_intermediate_size=32, num_experts=4, num_local_experts=4, n_routed_experts=4,
     num_experts_per_tok=2, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8,
@@ -80,7 +86,7 @@ POST_NORM = {
     "marian", "markuplm", "megatron-bert", "mobilebert", "mpnet", "mra", "mvp", "nomic_bert",
     "nystromformer", "rembert", "roberta", "roc_bert", "roformer", "splinter", "squeezebert",
     "tapas", "xlm-roberta", "xlnet", "xmod", "yoso", "t5", "mt5", "umt5", "bigbird_pegasus",
-    "openai-gpt", "plbart", "prophetnet", "blenderbot-small",
+    "openai-gpt", "plbart", "prophetnet", "blenderbot-small", "xlm", "flaubert",
 }
 
 # blocks where attn_out + mlp_out is not all that is added (scaled residual adds, a second mixer)
@@ -88,26 +94,35 @@ NOT_ADDITIVE = {"beam": "depth-scaled residual add", "hyperclovax": "residual mu
                 "minimax": "weighted residual adds", "falcon_h1": "a Mamba mixer beside attention",
                 "inkling2_text": "attention residuals mix earlier blocks into the MLP input",
                 "inkling2_loop_text": "attention residuals mix earlier blocks into the MLP input",
-                "rwkv": "block 0 normalises its input before the residual"}
+                "rwkv": "block 0 normalises its input before the residual",
+                "dory": "the residual interpolates towards each normalised update"}
 # attention-free blocks: the residual stream is read, attn_out is refused with the submodules
 NO_ATTENTION = {"mamba", "falcon_mamba", "nemotron_h", "xlstm"}
 # output_hidden_states holds each block's output, without the embeddings entry
 HS_AFTER_BLOCKS = {"mamba", "falcon_mamba", "rwkv"}
-# built, but not read per layer/part (each raises a clear error or is documented)
-UNSUPPORTED = {
-    "deepseek_v4": "hyper-connections: the block input carries several residual streams",
-    "hy_v4": "hyper-connections: the block input carries several residual streams",
-    "hrm_text": "a hierarchical recurrent model: two stacks run in cycles, not one block list",
-    "longformer": "pads the sequence to its attention window inside the forward",
-    "mobilebert": "bottleneck blocks: the sublayers work at an inner width",
-    "squeezebert": "channels-first convolutions: sublayer outputs are (batch, hidden, tokens)",
-    "convbert": "its convolution reads padding: a padded batch differs from single texts",
-    "fnet": "Fourier mixing over the padded length: a padded batch differs from single texts",
-    "nystromformer": "landmark attention depends on the padded length",
-    "yoso": "hashed attention depends on the padded length",
-    "xlnet": "sequence-first layout: hidden states are (tokens, batch, hidden)",
-    "mra": "approximate attention gives exact zeros at tiny sizes: not checked",
-}
+# attention that gives exact zeros at tiny sizes: the numbers are checked, not that it ran
+ZERO_ATTENTION = {"mra": "approximate attention gives exact zeros at tiny sizes"}
+
+# read exactly with this file's sizes on transformers 5.25 (and checked by the verification at
+# fit): one of these refused at fit is a failure, not a refusal
+EXPECTED_EXACT = frozenset("""
+afmoe albert apertus apertus1p5_text arcee aria_text bailing_hybrid bart beam bert
+bert-generation big_bird bigbird_pegasus biogpt bitnet blenderbot blenderbot-small bloom
+camembert codegen cohere cohere2 cohere2_moe ctrl cwm data2vec-text deberta deberta-v2 diffllama
+distilbert doge dory electra ernie ernie4_5 ernie4_5_moe esm eurobert exaone exaone4 exaone_moe
+falcon falcon_h1 falcon_mamba flaubert flex_olmo flint gemma gemma2 gemma3_text
+gemma4_unified_text glm glm4 glm4_moe gpt-sw3 gpt2 gpt_bigcode gpt_neox gpt_neox_japanese
+gpt_oss gptj granite granite_swa granitemoe granitemoe_swa granitemoeshared gte helium
+hunyuan_v1_dense hunyuan_v1_moe hy_v3 hyperclovax ibert inkling2_loop_text inkling2_text
+inkling_text internlm3 iquestcoder jais2 jetmoe jina_embeddings_v3 kolibri1 laguna lara_mini
+lfm2 lfm3 llama llama4_text mamba marian mbart megatron-bert mellum mimo_v2_flash minicpm5_moe
+minimax minimax_m2 minimax_m3_vl_text ministral ministral3 mistral mixtral modernbert
+modernbert-decoder moshi mpnet mpt mra mt5 mvp nanochat nemotron nemotron_h nomic_bert olmo
+olmo2 olmo3 olmo_hybrid olmoe openai-gpt opt param2moe pegasus persimmon phi phi3 phimoe plbart
+prophetnet qwen2 qwen2_moe qwen3 qwen3_5_moe_text qwen3_5_text qwen3_moe qwen3_next rembert
+roberta roberta-prelayernorm roformer rwkv sarvam_moe seed_oss smollm3 solar_open stablelm
+starcoder2 t5 tapas ultrabert umt5 vaultgemma xglm xlm xlm-roberta xlm-roberta-xl xlstm
+""".split())
 
 COVERAGE: dict[str, str] = {}  # model type -> "passed" / "skipped: reason"; see conftest
 
@@ -171,24 +186,60 @@ def build_tiny(make_config, max_params: int):
 
 
 @functools.lru_cache(maxsize=None)
-def build(model_type: str):
-    """``(model, None)`` or ``(None, reason it cannot be built tiny offline)``."""
+def build_any(model_type: str):
+    """``(model, None)``, ``(model, why its own forward fails)`` or ``(None, reason it cannot be
+    built tiny offline)``."""
     model, reason = build_tiny(lambda: tiny_config(model_type), MAX_PARAMS)
     if model is None:
         return None, reason
     with _quiet():
         try:
-            reference(model, (5, 6, 7))
+            reference(model, make_tokenizer("bpe")(TEXTS[0])["input_ids"])
         except Exception as e:  # noqa: BLE001
-            return None, f"own forward fails on input_ids: {_short(e)}"
+            return model, f"own forward fails on input_ids: {_short(e)}"
     return model, None
+
+
+def build(model_type: str):
+    """``(model, None)`` or ``(None, reason it cannot be built tiny offline or run)``."""
+    model, reason = build_any(model_type)
+    return (None, reason) if reason else (model, None)
+
+
+class Refused(Exception):
+    """The encoder refused the type at ``fit`` with its own message (``__cause__``)."""
+
+
+def _from_package(exc: BaseException) -> bool:
+    """Raised in embetter_plug's own code (its message), not inside the model's forward."""
+    tb, last = exc.__traceback__, ""
+    while tb is not None:
+        last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    return "/embetter_plug/" in last.replace("\\", "/")
+
+
+def fit_or_refuse(enc, model, model_type):
+    """``enc.fit(TEXTS)``; a refusal (the package's ``ValueError`` naming the model) becomes
+    :class:`Refused`; anything else propagates (a crash)."""
+    try:
+        with _quiet():
+            return enc.fit(TEXTS)
+    except ValueError as exc:
+        msg = str(exc)
+        if not _from_package(exc):
+            raise
+        assert type(model).__name__ in msg or f"model_type={model_type!r}" in msg, \
+            f"a refusal must name the model: {msg}"
+        raise Refused(msg) from exc
 
 
 def reference(model, ids):
     """The model's own hidden states of one unpadded text: ``n_blocks + 1`` arrays ``(T, H)``."""
     run = _arch.runner(model)
+    extra = ({"use_cache": False} if "use_cache" in inspect.signature(run.forward).parameters
+             else {})
     with torch.no_grad(), _quiet():
-        out = run(input_ids=torch.tensor([ids]), output_hidden_states=True)
+        out = run(input_ids=torch.tensor([ids]), output_hidden_states=True, **extra)
     hs = getattr(out, "hidden_states", None)
     if not hs:
         raise ValueError("no hidden_states in the output")
@@ -214,7 +265,6 @@ def check_architecture(model_type: str, model) -> None:
     """Every assertion of the any-architecture test for one built model."""
     decoder = is_decoder_truth(model_type, model)
     pooling = "lasttoken" if decoder else "mean"
-    n = _arch.n_blocks(model)
     parts = PARTS if model_type not in NO_ATTENTION else ["resid_pre", "mlp_out", "resid_post"]
     if model_type in NO_ATTENTION:
         with pytest.raises(ValueError, match="no attention sublayer.*its submodules are"):
@@ -222,16 +272,21 @@ def check_architecture(model_type: str, model) -> None:
         parts = ["resid_pre", "resid_post"]
     texts_ids = {}
     # encoders are always padded on the right (see _arch.padding_side): one run covers both
-    sides = ("right", "left") if _arch.padding_side(model, "left") == "left" else ("right",)
+    sides = ("left", "right") if _arch.padding_side(model, "left") == "left" else ("right",)
     for side in sides:
         tok = make_tokenizer("bpe", padding_side=side)
-        enc = TransformerActivationEncoder(model, tok, parts=parts, batch_size=4)
+        # the check at fit once per type (its blocks are the same on both sides), on the first
+        # side (left for a decoder): a refusal comes before any numbers
+        enc = fit_or_refuse(TransformerActivationEncoder(model, tok, parts=parts, batch_size=4,
+                                                         verify=side == sides[0]),
+                            model, model_type)
+        n = _arch.n_blocks(model)
         with _quiet():
-            X = enc.fit_transform(TEXTS)
+            X = enc.transform(TEXTS)
         assert enc.poolings_ == [pooling], f"auto pooling on a {'decoder' if decoder else 'encoder'}"
         assert X.shape == (len(TEXTS), n, len(parts), _arch.hidden_size(model))
         assert np.isfinite(X).all()
-        if len(parts) == 4:
+        if len(parts) == 4 and model_type not in ZERO_ATTENTION:
             assert np.abs(X[:, :, 1]).max() > 0 and np.abs(X[:, :, 2]).max() > 0  # attn/mlp ran
         X = X[:, :, [0, -1]] if len(parts) == 2 else X
         for i, text in enumerate(TEXTS):
@@ -252,34 +307,64 @@ def check_architecture(model_type: str, model) -> None:
                                        rtol=1e-4, atol=1e-4, err_msg="residual identity")
 
 
+@functools.lru_cache(maxsize=None)
+def refusal(model_type: str) -> str | None:
+    """Why the encoder refuses ``model_type`` at fit (its message), or ``None``: read exactly
+    (every check of :func:`check_architecture` passed)."""
+    model, own_error = build_any(model_type)
+    try:
+        if own_error:  # the model's own forward fails: the check at fit must say so
+            fit_or_refuse(TransformerActivationEncoder(model, make_tokenizer("bpe")), model,
+                          model_type)
+            raise AssertionError(f"fit accepted a model whose forward fails ({own_error})")
+        check_architecture(model_type, model)
+    except Refused as exc:
+        assert model_type not in EXPECTED_EXACT, f"{model_type} was exact, now refused: {exc}"
+        return str(exc)
+    return None
+
+
 @pytest.mark.parametrize("model_type", TYPES)
-def test_extraction_matches_the_models_own_hidden_states(model_type):
-    model, reason = build(model_type)
+def test_extraction_is_exact_or_refused_at_fit(model_type):
+    model, reason = build_any(model_type)
     if model is None:
         skip_as(COVERAGE, model_type, reason)
-    if model_type in UNSUPPORTED:
-        COVERAGE[model_type] = f"skipped: built, not supported: {UNSUPPORTED[model_type]}"
-        pytest.skip(UNSUPPORTED[model_type])
     COVERAGE[model_type] = "failed"
-    check_architecture(model_type, model)
-    COVERAGE[model_type] = "passed"
+    why = refusal(model_type)
+    COVERAGE[model_type] = "exact" if why is None else f"refused: {' '.join(why.split())[:150]}"
+
+
+def test_every_expected_exact_type_is_in_the_field():
+    """The list of exact types names types transformers ships (a rename would hide one)."""
+    assert EXPECTED_EXACT <= set(TYPES), sorted(EXPECTED_EXACT - set(TYPES))
 
 
 HEAD_COVERAGE: dict[str, str] = {}  # model type -> "passed ..." / "skipped: reason"
 
 
+# per-head numbers known to differ from the truth (built tiny since transformers 5.25 and the
+# cache-free reference; its blocks are read exactly): expected to fail until fixed
+HEADS_KNOWN_WRONG = {"dory": "its blocks run in loops (5 hidden states for 2 blocks): attn_z is "
+                             "read at a block's first call, the truth at its last"}
+
+
 @pytest.mark.parametrize("model_type", TYPES)
-def test_per_head_parts_match_the_models_own_attention(model_type):
+def test_per_head_parts_match_the_models_own_attention(model_type, request):
     """attn_z, attn_result, attn_q/k/v and patterns of every attention layer against the
     projection that runs after the attention function, the attention call's own q, k and v,
     and output_attentions."""
     model, reason = build(model_type)
-    skip = (reason if model is None else UNSUPPORTED.get(model_type)
-            or ("attention-free blocks" if model_type in NO_ATTENTION else None))
+    skip = (reason if model is None else
+            ("attention-free blocks" if model_type in NO_ATTENTION else None)
+            or (f"refused at fit: {' '.join(refusal(model_type).split())[:120]}"
+                if refusal(model_type) else None))
     if skip:
         HEAD_COVERAGE[model_type] = f"skipped: {skip}"
         pytest.skip(skip)
     HEAD_COVERAGE[model_type] = "failed"
+    if model_type in HEADS_KNOWN_WRONG:
+        request.node.add_marker(pytest.mark.xfail(reason=HEADS_KNOWN_WRONG[model_type],
+                                                  strict=True))
     try:
         with _quiet():
             HEAD_COVERAGE[model_type] = check_heads(model, [TEXTS[3], TEXTS[2]])
@@ -299,7 +384,7 @@ def test_reported_families_build_and_extract(model_type):
     assert model_type in TYPES
     model, reason = build(model_type)
     assert model is not None, reason
-    assert model_type not in UNSUPPORTED
+    assert model_type in EXPECTED_EXACT
     parts = _arch.sublayer_paths(_arch.find_blocks(model)[1][0], _arch.hidden_size(model),
                                  model_type)
     assert None not in parts.values()
@@ -450,10 +535,46 @@ def test_per_head_parts_name_the_layers_that_have_attention():
     calls = []
     hook = model.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
-        with pytest.raises(ValueError, match=rf"layer {other}: .*readable attention are "
-                                             rf"{re.escape(str(layers))}"):
-            TransformerActivationEncoder(model, make_tokenizer("bpe"), parts="attn_z",
-                                         layers="all").fit()
+        for verify in (False, True):  # from the source; from the calls of the check's forward
+            with pytest.raises(ValueError, match=rf"layer {other}: .*readable attention are "
+                                                 rf"{re.escape(str(layers))}"):
+                TransformerActivationEncoder(model, make_tokenizer("bpe"), parts="attn_z",
+                                             layers="all", verify=verify).fit()
+            assert len(calls) == (0 if not verify else 1)  # at most the check's short text
     finally:
         hook.remove()
-    assert calls == []
+
+
+def test_opt_without_layer_norm_before_is_read_as_post_norm():
+    """OPT-350m's layout (``do_layer_norm_before=False``) puts each norm after its residual add:
+    ``attn_out``/``mlp_out`` are the sublayer outputs before add-and-norm (the attention's and
+    ``fc2``'s own outputs), and ``resid_pre + attn_out + mlp_out`` is not ``resid_post``
+    (docs/extraction.md lists it with the post-norm blocks)."""
+    from transformers import OPTConfig
+
+    cfg = OPTConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=512,
+                    do_layer_norm_before=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    model = AutoModel.from_config(cfg).eval()
+    tok = make_tokenizer("bpe")
+    X = TransformerActivationEncoder(model, tok, parts=PARTS, token_pooling="mean",
+                                     batch_size=4).fit_transform(TEXTS)
+    for i, text in enumerate(TEXTS):
+        seen = {}
+        handles = [m.register_forward_hook(lambda mod, a, o, k=k: seen.setdefault(k, o))
+                   for layer, block in enumerate(model.decoder.layers)
+                   for k, m in (((layer, "attn"), block.self_attn), ((layer, "mlp"), block.fc2))]
+        with torch.no_grad():
+            hs = model(input_ids=torch.tensor([tok(text)["input_ids"]]),
+                       output_hidden_states=True).hidden_states
+        for h in handles:
+            h.remove()
+        for layer in range(2):
+            attn = seen[layer, "attn"][0][0].mean(0).numpy()
+            mlp = seen[layer, "mlp"].reshape(-1, 32).mean(0).numpy()
+            np.testing.assert_allclose(X[i, layer, 1], attn, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(X[i, layer, 2], mlp, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(X[i, layer, 0], hs[layer][0].mean(0).numpy(), rtol=1e-4,
+                                       atol=1e-4)
+    assert np.abs(X[:, :, 0] + X[:, :, 1] + X[:, :, 2] - X[:, :, 3]).max() > 0.1

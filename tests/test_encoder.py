@@ -146,9 +146,11 @@ def test_forward_stops_after_deepest_requested_layer(tiny_gpt2, texts):
              model.h[2].register_forward_hook(lambda *a: ran.__setitem__("h2", ran["h2"] + 1)),
              model.ln_f.register_forward_hook(lambda *a: ran.__setitem__("ln_f", ran["ln_f"] + 1))]
     try:
-        TransformerActivationEncoder(model, tok, layers=[0], parts="mlp_out").fit_transform(texts[:4])
+        TransformerActivationEncoder(model, tok, layers=[0], parts="mlp_out",
+                                     verify=False).fit_transform(texts[:4])
         assert ran == {"h1": 0, "h2": 0, "ln_f": 0}
-        TransformerActivationEncoder(model, tok, layers=[1], parts="resid_pre").fit_transform(texts[:4])
+        TransformerActivationEncoder(model, tok, layers=[1], parts="resid_pre",
+                                     verify=False).fit_transform(texts[:4])
         assert ran["h1"] == 0  # resid_pre of block 1 is its input: block 1 itself never runs
     finally:
         for h in hooks:
