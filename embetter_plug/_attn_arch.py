@@ -20,8 +20,9 @@ import difflib
 import re
 
 from . import _arch
-from ._attn_find import (AttnInfo, attention_calls, attention_layers, attn_info,  # noqa: F401
-                         blocks, head_counts, head_counts_of, layer_infos)
+from ._attn_find import (AttentionNotFound, AttnInfo, attention_calls,  # noqa: F401
+                         attention_layers, attn_info, blocks, head_counts, head_counts_of,
+                         layer_infos)
 
 HEAD_PARTS = ("attn_z", "attn_result", "attn_q", "attn_k", "attn_v")
 METRICS = ("attn_entropy", "attn_sink", "attn_distance", "attn_density", "attn_value_norm",
@@ -130,7 +131,7 @@ def check_single_call(infos, layers, parts) -> None:
     """q/k/v, patterns and metrics read one call of the attention function per forward."""
     for layer, info in zip(layers, infos):
         if parts and not info.interface:
-            raise ValueError(
+            raise AttentionNotFound(
                 f"{sorted(set(parts))}: the attention of layer {layer} "
                 f"({type(info.core).__name__}) has its own code instead of transformers' "
                 "attention function, so its queries, keys, values and pattern cannot be read; "

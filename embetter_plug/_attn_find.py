@@ -53,14 +53,19 @@ class AttnInfo:
         kept, onto ``device``."""
         w = self.o_proj.weight
         if w.device.type == "meta":
-            w = _offloaded_weight(self.o_proj, device)
+            w = offloaded_param(self.o_proj, device)
         if type(self.o_proj).__name__ != "Conv1D":  # nn.Linear stores (out, in)
             w = w.t()
         return w.reshape(self.n_heads, self.d_head, self.hidden)
 
 
-def _offloaded_weight(module, device):
-    """The weight of an accelerate-offloaded ``module``, loaded for this read only."""
+
+class AttentionNotFound(ValueError):
+    """Reading the model (its modules and modeling source) did not find an attention that can
+    give per-head parts; a forward observed at run time may still find it."""
+
+def offloaded_param(module, device, name: str = "weight"):
+    """Parameter ``name`` of an accelerate-offloaded ``module``, loaded for this read only."""
     try:
         from accelerate.utils import align_module_device, has_offloaded_params
     except ImportError:  # accelerate before 1.1
@@ -71,7 +76,7 @@ def _offloaded_weight(module, device):
         raise ValueError("the output projection's weight is on the meta device and not "
                          "offloaded by accelerate: the model's weights were never loaded.")
     with align_module_device(module, device):
-        return module.weight.detach().clone()
+        return getattr(module, name).detach().clone()
 
 
 # attention seen at run time (:func:`observe`): runner -> True once observed; attention module ->
@@ -217,7 +222,7 @@ def attn_info(model, block) -> AttnInfo:
     if core is None and not _uses_interface(model):
         return _own_attention_info(model, block, mt)
     if core is None:
-        raise ValueError(
+        raise AttentionNotFound(
             f"the attention of {type(block).__name__} (model_type={mt!r}) does not call "
             "transformers' attention function (AttentionInterface), so its heads, q/k/v and "
             "patterns cannot be read; per-head parts need a model whose modeling code uses it "
@@ -230,8 +235,8 @@ def attn_info(model, block) -> AttnInfo:
     if o_proj is None:
         top = next(c for _, c in block.named_children()
                    if c is core or any(m is core for m in c.modules()))
-        raise ValueError(f"no output projection (a Linear writing {hidden} features) found in "
-                         f"{type(top).__name__} of model_type={mt!r}.")
+        raise AttentionNotFound(f"no output projection (a Linear writing {hidden} features) "
+                                f"found in {type(top).__name__} of model_type={mt!r}.")
     d_in = _in_width(o_proj)
     if d_in % n_heads:
         raise ValueError(f"the output projection of model_type={mt!r} reads {d_in} features, "
@@ -262,7 +267,7 @@ def _own_attention_info(model, block, mt: str) -> AttnInfo:
     except (AttributeError, TypeError):
         n_heads = n_kv = 0
     if o_proj is None or n_heads <= 0 or _in_width(o_proj) % n_heads:
-        raise ValueError(
+        raise AttentionNotFound(
             f"the attention of {type(block).__name__} (model_type={mt!r}) neither calls "
             "transformers' attention function (AttentionInterface) nor has an attention "
             "sublayer with heads and an output projection writing the hidden size, so its "
@@ -321,7 +326,7 @@ def layer_infos(model, layers) -> list[AttnInfo]:
             readable = attention_layers(model)
             hint = (f"; the layers with readable attention are {readable}: pass layers= "
                     "among them" if readable else "")
-            raise ValueError(f"layer {layer}: {exc}{hint}") from None
+            raise type(exc)(f"layer {layer}: {exc}{hint}") from None
     return out
 
 

@@ -66,6 +66,10 @@ def check_heads(obs, extractor, heads) -> None:
                   @ w).squeeze(-2).sum(-2)
         bias = getattr(o_proj, "bias", None)
         if bias is not None:
+            if bias.device.type == "meta":  # offloaded by accelerate between forwards
+                from ._attn_find import offloaded_param
+
+                bias = offloaded_param(o_proj, z.device, "bias")
             summed = summed + bias.float()
         err = _relative_error(summed, y)
         if not err <= _tolerance(y.dtype):

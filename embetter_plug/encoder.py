@@ -212,17 +212,6 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         stack = _vision.stack_model(model, tower)
         self.layer_indices_ = self._resolve_layers(_arch.n_blocks(stack))
         checked = _attn_arch.validate_parts(parts)
-        observed = None
-        if self.verify and not tower:  # attention found at run time: before heads are counted
-            from . import _verify
-
-            side = getattr(self.tokenizer_, "padding_side", "right")
-            observed = _verify.observe(stack, self.tokenizer_, checked,
-                                       max_length=self.max_length or 512,
-                                       autocast_dtype=self.autocast_dtype_,
-                                       padding_side=side if self.batch_size > 1 else None)
-        expanded = _attn_arch.expand_parts(stack, checked, self.heads)
-        self.parts_ = [_vision.PREFIX + p for p in expanded] if split else expanded
         self.poolings_ = validate_pooling(self.token_pooling, is_decoder=_arch.is_decoder(stack),
                                           auto="image:mean" if tower else None)
         limit = self._model_max_length()
@@ -230,7 +219,22 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
             warn_user(f"max_length={self.max_length} is above the model's limit of {limit} "
                       f"tokens; texts are cut to {limit}.", UserWarning)
         self.max_length_ = min(self.max_length, limit) if self.max_length else limit
-        extractor = self._extractor()  # resolves module paths: a bad part fails in fit
+        verifying = self.verify and not tower
+        try:  # every parameter error before the check's forward
+            self._set_parts(stack, checked, split)
+        except _attn_arch.AttentionNotFound:
+            if not verifying:
+                raise  # else the forward may find what reading the source could not
+        observed = None
+        if verifying:  # attention found at run time, then heads counted again
+            from . import _verify
+
+            side = getattr(self.tokenizer_, "padding_side", "right")
+            observed = _verify.observe(stack, self.tokenizer_, checked,
+                                       max_length=self.max_length or 512,
+                                       autocast_dtype=self.autocast_dtype_,
+                                       padding_side=side if self.batch_size > 1 else None)
+        extractor, expanded = self._set_parts(stack, checked, split)
         if observed is not None:
             _verify.check(observed, extractor)
         self.identity_ = self._identity()
@@ -246,6 +250,13 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
                   **_attn_arch.layout_meta(stack, expanded)},
         )
         self.n_features_out_ = int(np.prod(self.layout_.shape))
+
+    def _set_parts(self, stack, checked, split):
+        """Expand ``checked`` parts (heads counted) into ``parts_``; ``(extractor, expanded
+        parts)``: the extractor resolves module paths, so a bad part fails in ``fit``."""
+        expanded = _attn_arch.expand_parts(stack, checked, self.heads)
+        self.parts_ = [_vision.PREFIX + p for p in expanded] if split else expanded
+        return self._extractor(), expanded
 
     def _identity(self) -> dict:
         load = load_identity(self.model_, self.tokenizer_, source=self._source_,
