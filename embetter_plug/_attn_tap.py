@@ -155,6 +155,8 @@ def recording(model, recorder):
     switched, refused = [], []
     with _LOCK:
         for config in configs.values():
+            if str(config._attn_implementation).startswith(PREFIX):
+                continue  # tapped already (a composite config sets its parts' too): once only
             try:
                 _switch(config)
                 switched.append(config)
