@@ -134,6 +134,11 @@ def check_heads(model, texts) -> str:
         try:
             TransformerActivationEncoder(model, tok, parts="attn_z").fit()
         except ValueError as err:
+            from embetter_plug._verify import VerificationError
+
+            if isinstance(err, VerificationError):  # the check at fit refuses it: a clear no
+                raise NotChecked("per-head parts refused at fit by the check on the model: "
+                                 + " ".join(str(err).split())[:160]) from None
             assert re.search("attention function|no output projection", str(err)), err
             why = ("its attention does not call transformers' attention function"
                    if "attention function" in str(err)
