@@ -197,6 +197,10 @@ def _actor_params(encoder) -> dict:
     resolved, so that a GPU actor computes what the driver's identity promises."""
     params = encoder.get_params(deep=False)
     params["verbose"] = False
+    for key in ("model", "tokenizer", "processor"):  # a local folder: the same from any cwd
+        value = params.get(key)
+        if isinstance(value, (str, os.PathLike)) and Path(value).exists():
+            params[key] = str(Path(value).resolve())
     if params.get("dtype") == "auto":
         params["dtype"] = encoder.layout_.meta["dtype"]
     return params

@@ -278,7 +278,9 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         --------
         >>> from embetter_plug import TransformerActivationEncoder
         >>> from embetter_plug.testing import make_tiny_model
+        >>> import copy
         >>> model, tok = make_tiny_model("gpt2")
+        >>> model = copy.deepcopy(model)  # a private copy to change
         >>> enc = TransformerActivationEncoder(model, tok).fit()
         >>> enc.current_identity() == enc.identity_
         True

@@ -97,7 +97,8 @@ def weights_digest(model) -> str:
     >>> import torch
     >>> from embetter_plug.identity import weights_digest
     >>> from embetter_plug.testing import make_tiny_model
-    >>> model, _ = make_tiny_model("gpt2")
+    >>> import copy
+    >>> model = copy.deepcopy(make_tiny_model("gpt2")[0])  # a private copy to change
     >>> before = weights_digest(model)
     >>> model.h[0].mlp.c_fc.weight.data[:2] = 0
     >>> weights_digest(model) == before

@@ -51,6 +51,7 @@ def model_tok():
 
 def _enc(model, tok, cache, **kw):
     kw.setdefault("parts", ["resid_post", "mlp_out"])
+    kw.setdefault("verify", False)  # these count transform's forwards, not the check at fit
     return TransformerActivationEncoder(model, tok, cache=cache, **kw).fit()
 
 
@@ -178,7 +179,8 @@ def test_grid_search_runs_each_distinct_text_once_then_never(model_tok, tmp_path
     df = load_builtin_dataset("train").iloc[:40]
     X, y = df["text"].tolist(), df["label"].to_numpy()
     model, tok = model_tok
-    pipe = make_pipeline(TransformerActivationEncoder(model, tok, cache=tmp_path / "c"),
+    pipe = make_pipeline(TransformerActivationEncoder(model, tok, cache=tmp_path / "c",
+                                                      verify=False),  # transform's forwards
                          LayerPooler(), LogisticRegression(max_iter=200))
     grid = {"layerpooler__layers": [0, 1, 2], "logisticregression__C": [0.1, 1.0]}
     with count_forwards(model) as c:
