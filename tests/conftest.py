@@ -45,6 +45,13 @@ def texts() -> list[str]:
     return load_builtin_dataset("train")["text"].tolist()[:24]
 
 
+@pytest.fixture
+def in_tmp_path(tmp_path, monkeypatch):
+    """Run the test with ``tmp_path`` as the current folder."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 def assert_same_activations(actual, expected, **kw):
     """Activations computed in different batches agree to float32 precision, not bit for bit:
     the matrix kernels sum in an order that depends on the batch's shape."""

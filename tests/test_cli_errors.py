@@ -17,13 +17,9 @@ from embetter_plug import ProbeResults, load_activations
 from embetter_plug.cli import build_parser, main
 from embetter_plug.io import MANIFEST
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*were truncated:UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def _run_in_tmp(tmp_path, monkeypatch):
-    """`probe` writes a run folder under the current folder unless --out is given."""
-    monkeypatch.chdir(tmp_path)
+# `probe` writes a run folder under the current folder unless --out is given: run in tmp_path.
+pytestmark = [pytest.mark.filterwarnings("ignore:.*were truncated:UserWarning"),
+              pytest.mark.usefixtures("in_tmp_path")]
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,9 @@ from sklearn.base import clone
 from embetter_plug import ProbeResults, TransformerActivationEncoder, probe_layers
 from embetter_plug.cli import main
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*were truncated:UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def _run_in_tmp(tmp_path, monkeypatch):
-    """`probe` writes a run folder under the current folder unless --out is given."""
-    monkeypatch.chdir(tmp_path)
+# `probe` writes a run folder under the current folder unless --out is given: run in tmp_path.
+pytestmark = [pytest.mark.filterwarnings("ignore:.*were truncated:UserWarning"),
+              pytest.mark.usefixtures("in_tmp_path")]
 
 
 @pytest.fixture(scope="module")

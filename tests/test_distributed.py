@@ -130,6 +130,19 @@ def cli_setup(tmp_path_factory, distinct):
     return root, model, csv
 
 
+def _kill_after_two_shards(proc, out) -> set[int]:
+    """SIGKILL the run once two shards of ``out`` are complete; return the complete ones."""
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None and len(_complete(out)) < 2:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    return _complete(out)
+
+
 def _complete(folder) -> set[int]:
     try:
         man = json.loads((folder / MANIFEST).read_text())
@@ -164,15 +177,7 @@ def test_driver_killed_mid_run_then_rerun_resumes_without_recomputing(cli_setup,
     proc = subprocess.Popen(cmd(root / "first.txt", 1.0, "--ray-shared-storage"), env=env,
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None and len(_complete(out)) < 2:
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    complete = _complete(out)
+    complete = _kill_after_two_shards(proc, out)
     assert 2 <= len(complete) < 6
     with pytest.raises(ValueError, match="unfinished"):
         load_activations(out)
@@ -425,15 +430,7 @@ def test_image_dir_on_the_cluster_resumes_after_a_killed_driver(image_set, cli_s
 
     proc = subprocess.Popen(cmd(tmp_path / "first.txt", 1.0, "--ray-shared-storage"), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None and len(_complete(out)) < 2:
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    complete = _complete(out)
+    complete = _kill_after_two_shards(proc, out)
     assert 2 <= len(complete) < 4
 
     rerun = subprocess.run(cmd(tmp_path / "second.txt", 0, "--ray-actors", "2"), env=env,
