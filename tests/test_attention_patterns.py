@@ -92,8 +92,6 @@ def _numpy_metrics(att, vals, layer, n_kv, w_o):
 @pytest.mark.parametrize("family,impl", [("llama", "eager"), ("llama", "sdpa"),
                                          ("gemma2", "eager"), ("bert", "sdpa")])
 def test_metrics_equal_numpy_from_full_pattern(family, impl):
-    from embetter_plug._attn_arch import METRICS
-
     model, tok = make_tiny_model(family, padding_side="left")
     eager = model
     if impl == "sdpa":
@@ -101,7 +99,14 @@ def test_metrics_equal_numpy_from_full_pattern(family, impl):
         model.set_attn_implementation("sdpa")
     frame = attention_metrics(model, tok, TEXTS, layers=[0, 2], batch_size=3)
     assert model.config._attn_implementation == impl
-    n_kv = getattr(model.config, "num_key_value_heads", None) or 4
+    _assert_metrics_equal_numpy(frame, eager, tok, family)
+
+
+def _assert_metrics_equal_numpy(frame, eager, tok, family):
+    """Every metric of layers 0 and 2 in ``frame`` equals the NumPy reference of the eager model."""
+    from embetter_plug._attn_arch import METRICS
+
+    n_kv = getattr(eager.config, "num_key_value_heads", None) or 4
     for t, text in enumerate(TEXTS):
         att, vals = _eager_reference(eager, tok, text)
         for layer in (0, 2):
@@ -121,7 +126,6 @@ def test_metrics_in_query_chunks_equal_numpy(family, impl, side, monkeypatch):
     """One query row at a time (as where a layer's pattern does not fit): the same metrics,
     and, under SDPA, a layer output pieced from the rows that later layers read correctly."""
     from embetter_plug import _attn_parts
-    from embetter_plug._attn_arch import METRICS
 
     monkeypatch.setattr(_attn_parts, "CHUNK_BYTES", 1)
     model, tok = make_tiny_model(family, padding_side=side)
@@ -135,18 +139,7 @@ def test_metrics_in_query_chunks_equal_numpy(family, impl, side, monkeypatch):
         _attn_parts.query_chunk(call)) or original(call, *a, **k))
     frame = attention_metrics(model, tok, TEXTS, layers=[0, 2], batch_size=2)
     assert set(seen) == {1}
-    n_kv = getattr(model.config, "num_key_value_heads", None) or 4
-    for t, text in enumerate(TEXTS):
-        att, vals = _eager_reference(eager, tok, text)
-        for layer in (0, 2):
-            mods = dict(eager.named_modules())
-            o = mods[O_PROJ.get(family, "layers.{l}.self_attn.o_proj").format(l=layer)]
-            w_o = o.weight.detach().numpy().T.reshape(4, 8, 32).astype(np.float64)
-            want = _numpy_metrics(att, vals, layer, n_kv, w_o)
-            for m in METRICS:
-                got = frame[(frame.text == t) & (frame.layer == layer) & (frame.metric == m)]
-                np.testing.assert_allclose(got.sort_values("head")["value"].to_numpy(),
-                                           want[m].mean(-1), rtol=1e-4, atol=1e-5, err_msg=m)
+    _assert_metrics_equal_numpy(frame, eager, tok, family)
 
 
 def test_metrics_flow_through_encoder_and_summary_heatmap(tmp_path):
