@@ -11,8 +11,14 @@ saw:
   else the whole picture (resized to the model's input);
 - patches merged on a grid of the image's own resolution (Qwen2-VL, ``image_grid_thw``): the
   grid is the merged ``h x w`` over the whole picture;
-- images cut into tiles (LLaVA-NeXT, Idefics3) are refused: their tiles' order and overlap are
-  not read here; ``attn_image`` gives the attention to the image as a whole.
+- images cut into tiles (LLaVA-NeXT "anyres", Idefics3/SmolVLM image splitting): two grids,
+  the tiles' mosaic in its place on the picture (LLaVA-NeXT: with the padding's rows or columns
+  cut off as the model does, the box may then reach a little past the picture's edge) and the
+  overview (the whole picture seen as one tile); LLaVA-NeXT's row-end tokens lie on neither (see
+  :mod:`embetter_plug._image_tiles`). The two are drawn side by side rather than averaged: they
+  are different tokens, and the model may attend to the one and not the other;
+- any other layout (several crops of unknown place, video frames) is refused with an error
+  before the forward pass; ``attn_image`` gives the attention to the image as a whole.
 
 Each cell holds the attention to that image token; :meth:`ImageAttention.plot` draws it over
 the picture, :meth:`ImageAttention.to_html` writes a page with layer and head selectors (the same
@@ -236,6 +242,10 @@ def _place(weights, maps) -> tuple:
     weights laid out on its maps; ``rest`` is the weight of its tokens on no map."""
     on = {m.name: m for m in maps}
     main, over = on.get("tiles") or on["grid"], on.get("overview")
-    rest = weights.sum(-1) - sum(weights[..., m.tokens].sum((-1, -2)) for m in maps)
-    return (weights[..., main.tokens], main.box, None if over is None else weights[..., over.tokens],
-            None if over is None else over.box, rest)
+    off = np.ones(weights.shape[-1], dtype=bool)
+    for m in maps:
+        off[m.tokens.ravel()] = False
+    rest = weights[..., off].sum(-1)
+    if over is None:
+        return weights[..., main.tokens], main.box, None, None, rest
+    return weights[..., main.tokens], main.box, weights[..., over.tokens], over.box, rest

@@ -138,6 +138,15 @@ def test_tiled_plot_and_page(tmp_path):
     np.testing.assert_allclose(np.asarray(over.get_array()), got.overviews[0][0, 0])
     page = got.to_html(tmp_path / "tiles.html").read_text()
     assert page.count('"name": "overview"') == 1 and page.count('"name": "tiles"') == 1
+    # the probe report's section
+    from embetter_plug import probe_layers
+    from embetter_plug.probe import write_report
+
+    y = np.repeat([0, 1], 20)
+    x = np.random.default_rng(0).normal(size=(40, 2, 1, 4)) + 3 * y[:, None, None, None]
+    res = probe_layers(x, y, cv=5)
+    report = write_report(res, tmp_path / "report.html", image_attention=got).read_text()
+    assert 'id="image-attention"' in report and report.count('"name": "tiles"') == 1
 
 
 def test_processor_and_model_that_disagree_on_tiles_are_refused_before_the_forward():
