@@ -209,9 +209,9 @@ def image_attention(model, processor=None, sample: Any = None, *, query: Any = "
     pat = attention_patterns(model, proc, [s], layers=layers, heads=heads)[0]
     tok_ids = proc.tokenizer.convert_tokens_to_ids(pat.tokens)
     image = torch.isin(torch.as_tensor(tok_ids), torch.as_tensor(ids)).numpy()
-    if int(image.sum()) != sum(n for _, n in layouts):
+    if int(image.sum()) != sum(n for *_, n in layouts):
         raise ValueError(f"the sample has {int(image.sum())} image tokens, but its images "
-                         f"come to {[n for _, n in layouts]} processed alone; their tokens "
+                         f"come to {[n for *_, n in layouts]} processed alone; their tokens "
                          "cannot be told apart per image.")
     p = pat.pattern  # (layers, heads, S, S)
     if isinstance(query, str) and query == "mean":
