@@ -25,7 +25,8 @@ _SECTION = """<section id="image-attention">
 <label>layer <select id="image-attention-layer"></select></label>
 <label>head <select id="image-attention-head"></select></label>
 <p>the attention of <b id="image-attention-query"></b> to each image token, on the image's
-patch grid (brighter: more); hover a cell for its weight</p>
+patch grid (brighter: more; a tiled image: its tiles in place, and its overview of the whole
+picture); hover a cell for its weight</p>
 <div id="image-attention-pictures"></div>
 <script type="application/json" id="image-attention-data">__DATA__</script>
 <script>
@@ -39,9 +40,10 @@ sel('text').textContent = D.text; sel('query').textContent = D.query;
 const box = sel('pictures');
 D.images.forEach((im, j) => {
   const d = document.createElement('div');
-  d.style = 'position:relative;display:inline-block;margin:0 1em 1em 0';
-  d.innerHTML = '<img src="' + im.png + '" width="' + im.width + '"><div class="cells" ' +
-    'style="position:absolute;left:0;top:0"></div><div>image ' + j + '</div>';
+  d.style = 'position:relative;display:inline-block;margin:0 1em 1em 0;overflow:hidden';
+  d.innerHTML = '<img src="' + D.pngs[im.picture] + '" width="' + im.width + '"><div ' +
+    'class="cells" style="position:absolute;left:0;top:0"></div><div>image ' + im.picture +
+    (im.name === 'grid' ? '' : ': ' + im.name) + '</div>';
   box.appendChild(d);
 });
 function draw() {
@@ -79,16 +81,24 @@ def _png(picture) -> tuple[str, float]:
 
 
 def image_attention_section(att, *, heading: str = "Attention on the picture") -> str:
-    """The view of an ``ImageAttention`` as an HTML section, for a page's body."""
-    images = []
-    for pic, box, grid in zip(att.pictures, att.boxes, att.grids):
+    """The view of an ``ImageAttention`` as an HTML section, for a page's body: one panel per
+    grid (a tiled image: its tiles' mosaic and its overview), each picture embedded once."""
+    pngs, panels = [], []
+    overviews = att.overviews or [None] * len(att.grids)
+    boxes = att.overview_boxes or [None] * len(att.grids)
+    for j, pic in enumerate(att.pictures):
         png, scale = _png(pic)
-        images.append({"png": png, "scale": scale, "width": round(pic.shape[1] * scale),
-                       "box": [float(v) for v in box],
-                       "grid": grid.astype(float).round(DECIMALS + 2).tolist()})
+        pngs.append(png)
+        grids = [("grid" if overviews[j] is None else "tiles", att.boxes[j], att.grids[j])]
+        if overviews[j] is not None:
+            grids.append(("overview", boxes[j], overviews[j]))
+        panels += [{"picture": j, "name": name, "scale": scale,
+                    "width": round(pic.shape[1] * scale), "box": [float(v) for v in box],
+                    "grid": grid.astype(float).round(DECIMALS + 2).tolist()}
+                   for name, box, grid in grids]
     data = json.dumps({"text": att.text, "query": str(att.query),
                        "layers": [int(x) for x in att.layers],
-                       "heads": [int(x) for x in att.heads], "images": images})
+                       "heads": [int(x) for x in att.heads], "pngs": pngs, "images": panels})
     return _SECTION.replace("__HEADING__", html.escape(heading)).replace(
         "__DATA__", data.replace("<", "\\u003c"))
 

@@ -11,8 +11,14 @@ saw:
   else the whole picture (resized to the model's input);
 - patches merged on a grid of the image's own resolution (Qwen2-VL, ``image_grid_thw``): the
   grid is the merged ``h x w`` over the whole picture;
-- images cut into tiles (LLaVA-NeXT, Idefics3) are refused: their tiles' order and overlap are
-  not read here; ``attn_image`` gives the attention to the image as a whole.
+- images cut into tiles (LLaVA-NeXT "anyres", Idefics3/SmolVLM image splitting): two grids,
+  the tiles' mosaic in its place on the picture (LLaVA-NeXT: with the padding's rows or columns
+  cut off as the model does, the box may then reach a little past the picture's edge) and the
+  overview (the whole picture seen as one tile); LLaVA-NeXT's row-end tokens lie on neither (see
+  :mod:`embetter_plug._image_tiles`). The two are drawn side by side rather than averaged: they
+  are different tokens, and the model may attend to the one and not the other;
+- any other layout (several crops of unknown place, video frames) is refused with an error
+  before the forward pass; ``attn_image`` gives the attention to the image as a whole.
 
 Each cell holds the attention to that image token; :meth:`ImageAttention.plot` draws it over
 the picture, :meth:`ImageAttention.to_html` writes a page with layer and head selectors (the same
@@ -44,8 +50,13 @@ __all__ = ["ImageAttention", "image_attention"]
 @dataclass
 class ImageAttention:
     """Attention of one query over each image of a sample: ``grids[j][layer_pos, head_pos]``
-    is image ``j``'s ``(rows, cols)`` grid; ``boxes[j]`` the ``(left, top, right, bottom)``
-    pixels of ``pictures[j]`` the grid covers; ``query`` the token (or ``"mean"``)."""
+    is image ``j``'s ``(rows, cols)`` grid (for a tiled image, the mosaic of its tiles);
+    ``boxes[j]`` the ``(left, top, right, bottom)`` pixels of ``pictures[j]`` the grid covers;
+    ``query`` the token (or ``"mean"``). For a tiled image, ``overviews[j]`` is the grid of its
+    overview (the whole picture seen as one tile) over ``overview_boxes[j]`` (``None`` for an
+    image seen as one grid); ``rest[j]`` (``(layers, heads)``) the weight of its image tokens on
+    no grid (LLaVA-NeXT's row ends), so that grid + overview + rest sum to the weight on all the
+    image's tokens."""
 
     text: str
     query: str
@@ -54,9 +65,14 @@ class ImageAttention:
     pictures: list
     boxes: list
     grids: list
+    overviews: list | None = None
+    overview_boxes: list | None = None
+    rest: list | None = None
 
     def plot(self, layer: int, head: int, image: int = 0, ax=None, alpha: float = 0.6):
-        """The grid of ``layer``/``head`` over picture ``image``, as a matplotlib figure."""
+        """The grid of ``layer``/``head`` over picture ``image``, as a matplotlib figure; for a
+        tiled image, the tiles' mosaic and beside it the overview (with ``ax``: the mosaic
+        alone, on ``ax``)."""
         import matplotlib.pyplot as plt
 
         if layer not in self.layers or head not in self.heads:
@@ -64,17 +80,27 @@ class ImageAttention:
                              f"{list(self.layers)} and heads {list(self.heads)}.")
         if not 0 <= image < len(self.grids):
             raise ValueError(f"image {image}: the sample has {len(self.grids)} image(s).")
-        grid = self.grids[image][self.layers.index(layer), self.heads.index(head)]
+        at = (self.layers.index(layer), self.heads.index(head))
+        over = self.overviews[image] if self.overviews else None
         if ax is None:
-            _, ax = plt.subplots(figsize=(5, 5))
-        left, top, right, bottom = self.boxes[image]
+            _, axes = plt.subplots(1, 1 if over is None else 2,
+                                   figsize=(5 if over is None else 10, 5), squeeze=False)
+            ax = axes[0, 0]
+            if over is not None:
+                self._draw(axes[0, 1], over[at], self.overview_boxes[image], image, alpha,
+                           f"overview, layer {layer}, head {head}")
+        what = "tiles" if over is not None else f"{self.query!r} -> image {image}"
+        return self._draw(ax, self.grids[image][at], self.boxes[image], image, alpha,
+                          f"{what}, layer {layer}, head {head}")
+
+    def _draw(self, ax, grid, box, image: int, alpha: float, title: str):
+        left, top, right, bottom = box
         ax.imshow(self.pictures[image])
         im = ax.imshow(grid, cmap="inferno", alpha=alpha, extent=(left, right, bottom, top),
                        interpolation="nearest")
         ax.set_xlim(0, self.pictures[image].shape[1])
         ax.set_ylim(self.pictures[image].shape[0], 0)
-        ax.set_title(f"{self.query!r} -> image {image}, layer {layer}, head {head} "
-                     f"(sum {grid.sum():.3f})", fontsize=9)
+        ax.set_title(f"{title} (sum {grid.sum():.3f})", fontsize=9)
         ax.figure.colorbar(im, ax=ax, fraction=0.046, label="attention")
         return ax.figure
 
@@ -89,10 +115,12 @@ class ImageAttention:
         return path
 
 
-def _grid_of(processor, image, image_ids) -> tuple[int, int, tuple, int]:
-    """``(rows, cols, box, tokens)`` of one image processed alone (see the module's notes)."""
+def _grid_of(processor, image, image_ids, model=None) -> tuple[list, int]:
+    """``(maps, tokens)`` of one image processed alone: the :class:`GridMap` s of its tokens on
+    the picture (see the module's notes) and its number of image tokens."""
     import torch
 
+    from ._image_tiles import GridMap, pinpoint_maps, split_maps
     from ._mm_batching import image_token
 
     w, h = image.size
@@ -105,7 +133,11 @@ def _grid_of(processor, image, image_ids) -> tuple[int, int, tuple, int]:
         merge = int(getattr(processor.image_processor, "merge_size", None) or 1)
         rows, cols = gh // merge, gw // merge
         if t * rows * cols == n and t == 1:
-            return rows, cols, full, n
+            return [GridMap("grid", full, np.arange(n).reshape(rows, cols))], n
+    maps = pinpoint_maps(model, processor, out, n, w, h) if model is not None else None
+    maps = maps or split_maps(processor, image, n, w, h)
+    if maps:
+        return maps, n
     pix = out.get("pixel_values")
     side = math.isqrt(n)
     if pix is None or pix.dim() != 4 or pix.shape[0] != 1 or side * side != n:
@@ -114,9 +146,10 @@ def _grid_of(processor, image, image_ids) -> tuple[int, int, tuple, int]:
             f"{type(processor).__name__} gives this image {n} image tokens (pixel_values of "
             f"shape {shape}), which this model lays out as tiles or crops that cannot be mapped "
             "back to the picture here; read the attention to the image as a whole with the "
-            "attn_image metric, or use a model that sees an image as one grid (LLaVA, "
-            "Gemma-3, PaliGemma, Qwen2-VL).")
-    return side, side, _crop_box(processor.image_processor, w, h) or full, n
+            "attn_image metric, or use a model that sees an image as one grid or as tiles read "
+            "here (LLaVA, Gemma-3, PaliGemma, Qwen2-VL, LLaVA-NeXT, Idefics3).")
+    box = _crop_box(processor.image_processor, w, h) or full
+    return [GridMap("grid", box, np.arange(n).reshape(side, side))], n
 
 
 def _crop_box(ip, w: int, h: int):
@@ -172,7 +205,7 @@ def image_attention(model, processor=None, sample: Any = None, *, query: Any = "
     mdl = getattr(model, "model_", None) or model
     ids = image_token_ids(mdl, proc)
     pictures = [load_image(im) for im in s.images]
-    layouts = [_grid_of(proc, pic, ids) for pic in pictures]  # refuses before the forward
+    layouts = [_grid_of(proc, pic, ids, mdl) for pic in pictures]  # refuses before the forward
     pat = attention_patterns(model, proc, [s], layers=layers, heads=heads)[0]
     tok_ids = proc.tokenizer.convert_tokens_to_ids(pat.tokens)
     image = torch.isin(torch.as_tensor(tok_ids), torch.as_tensor(ids)).numpy()
@@ -194,10 +227,25 @@ def image_attention(model, processor=None, sample: Any = None, *, query: Any = "
     else:
         raise ValueError(f"query={query!r}: give 'mean', 'last' or a token position (int).")
     keys = np.flatnonzero(image)
-    grids, start = [], 0
-    for r, c, _, n in layouts:
-        grids.append(row[..., keys[start:start + n]].reshape(*row.shape[:2], r, c))
+    placed, start = [], 0
+    for maps, n in layouts:
+        placed.append(_place(row[..., keys[start:start + n]], maps))
         start += n
+    grids, boxes, overviews, overview_boxes, rest = (list(v) for v in zip(*placed))
     return ImageAttention(s.text or "", label, pat.layers, pat.heads,
-                          [np.asarray(pic) for pic in pictures], [b for _, _, b, _ in layouts],
-                          grids)
+                          [np.asarray(pic) for pic in pictures], boxes, grids, overviews,
+                          overview_boxes, rest)
+
+
+def _place(weights, maps) -> tuple:
+    """``(grid, box, overview, overview box, rest)`` of one image's ``(layers, heads, tokens)``
+    weights laid out on its maps; ``rest`` is the weight of its tokens on no map."""
+    on = {m.name: m for m in maps}
+    main, over = on.get("tiles") or on["grid"], on.get("overview")
+    off = np.ones(weights.shape[-1], dtype=bool)
+    for m in maps:
+        off[m.tokens.ravel()] = False
+    rest = weights[..., off].sum(-1)
+    if over is None:
+        return weights[..., main.tokens], main.box, None, None, rest
+    return weights[..., main.tokens], main.box, weights[..., over.tokens], over.box, rest

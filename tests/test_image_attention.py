@@ -79,18 +79,6 @@ def test_grid_layout_box_plot_and_page(tmp_path):
         image_attention(model, processor, {"text": "a cat", "image": picture}, query=99)
 
 
-def test_tiled_images_are_refused_before_the_forward():
-    model, processor = make_tiny_vlm("idefics3")
-    calls = []
-    hook = model.register_forward_pre_hook(lambda *a: calls.append(1))
-    try:
-        with pytest.raises(ValueError, match="tiles or crops that cannot be mapped back"):
-            image_attention(model, processor, {"text": "a cat", "image": _img(0, (48, 20))})
-    finally:
-        hook.remove()
-    assert calls == []
-
-
 def test_pattern_grouped_by_image_runs():
     from embetter_plug.attention import attention_patterns
 
