@@ -29,7 +29,7 @@ class Recipe:
     """One way from texts to labels.
 
     ``layers`` are the block positions (of the activations computed once) a frozen recipe
-    reads; ``head()`` is the estimator on their pooled features, ``pool`` the pooler's method.
+    reads; ``head()`` is the estimator on their pooled features, ``pool`` the pooler's ``combine``.
     A recipe with ``layers=None`` trains on texts (``tuner(model)`` gives its estimator).
     """
 
