@@ -1,4 +1,4 @@
-"""LayerPooler: choose and aggregate layers x parts of a 4-D activation array."""
+"""LayerPooler: choose layers x parts of a 4-D activation array and combine them."""
 
 from __future__ import annotations
 
@@ -95,7 +95,8 @@ class LayerPooler(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         combine = self.combine
         if not (isinstance(self.method, str) and self.method == "deprecated"):
             warnings.warn("LayerPooler's `method` was renamed `combine` and will be removed in "
-                          f"the next release; use combine={self.method!r}.", FutureWarning)
+                          f"the next release; use combine={self.method!r}.", FutureWarning,
+                          stacklevel=2)
             combine = self.method
         if combine not in METHODS:
             raise ValueError(f"combine={combine!r} is not supported; valid values are "
@@ -120,8 +121,8 @@ class LayerPooler(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                                                 else list(self.parts))):
                 raise ValueError(
                     f"parts={self.parts!r} names parts, but this input carries no part names "
-                    "(only the encoder's own output does); give part positions "
-                    f"0..{self.in_shape_[1] - 1} instead."
+                    "(only the encoder's own output does); pass layout= with its layout, or "
+                    f"give part positions 0..{self.in_shape_[1] - 1} instead."
                 )
         self.layer_idx_ = np.asarray(layer_positions(self.layers, layer_blocks, self.in_shape_[0],
                                                      owner="LayerPooler"))
