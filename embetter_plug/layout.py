@@ -195,8 +195,9 @@ class Activations(np.ndarray):
         return rebuild, args, (state, self.layout, self.index)
 
     def __setstate__(self, state) -> None:
-        array_state, self.layout, self.index = state
-        super().__setstate__(array_state)
+        if len(state) == 3 and isinstance(state[0], tuple):  # (array's state, layout, index)
+            state, self.layout, self.index = state
+        super().__setstate__(state)  # else a plain array's state, pickled without them
 
     def __getitem__(self, key):
         out = super().__getitem__(key)
