@@ -29,8 +29,8 @@ MLP_SEC = 2e-8
 class Recipe:
     """One way from texts to labels.
 
-    ``layers`` are the block positions (of the activations computed once) a frozen recipe
-    reads; ``combine`` how :class:`~embetter_plug.LayerPooler` combines them, and ``head()``
+    ``layers`` are the model block indices a frozen recipe reads (from the activations of
+    every block, computed once, where block ``i`` is at position ``i``); ``combine`` how :class:`~embetter_plug.LayerPooler` combines them, and ``head()``
     the estimator on the result. A recipe with ``layers=None`` trains on texts
     (``tuner(model)`` gives its estimator). ``pool`` is the former name of ``combine``
     (deprecated; it will be removed in the next release).
