@@ -85,13 +85,15 @@ def run_dataset(name: str, args) -> tuple[pd.DataFrame, str]:
     rows, chosen = [], []
     for fold, (tr, te) in enumerate(StratifiedKFold(args.folds, shuffle=True, random_state=0).split(A, y)):
         search = GridSearchCV(
-            make_pipeline(LayerPooler(parts=[resid]), StandardScaler(), LogisticRegression(max_iter=2000)),
+            make_pipeline(LayerPooler(parts=[resid], layout=enc.layout_), StandardScaler(),
+                          LogisticRegression(max_iter=2000)),
             {"layerpooler__layers": [[i] for i in range(n_layers)]}, cv=3, scoring="accuracy")
         fitted = {}
         fitted["a"] = timed_fit(search, A[tr], y[tr])
         layer = search.best_params_["layerpooler__layers"]
         chosen.append(layer[0])
-        fitted["b"] = timed_fit(make_pipeline(LayerPooler(layers=layer, parts=[resid]),
+        fitted["b"] = timed_fit(make_pipeline(LayerPooler(layers=layer, parts=[resid],
+                                                          layout=enc.layout_),
                                               PlugClassifier(**net)), A[tr], y[tr])
         fitted["c"] = timed_fit(make_pipeline(LayerPooler(parts=[resid]), PlugClassifier(**net)),
                                 A[tr], y[tr])

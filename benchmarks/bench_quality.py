@@ -85,7 +85,7 @@ def each_recipe(tr, ytr, te, yte, sel, save):
         share = len(recipe.layers) / n_layers if recipe.frozen else 0.0
         if recipe.frozen:
             def fit():
-                pooler = LayerPooler(method=recipe.pool).fit(Xtr[:, recipe.layers])
+                pooler = LayerPooler(combine=recipe.combine).fit(Xtr[:, recipe.layers])
                 return pooler, clone(recipe.head()).fit(pooler.transform(Xtr[:, recipe.layers]), ytr)
             (pooler, head), c, w = cpu_wall(fit)
             pred, pc, _ = cpu_wall(lambda: head.predict(pooler.transform(Xte[:, recipe.layers])))

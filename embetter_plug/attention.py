@@ -264,14 +264,27 @@ def _sample_patterns(model, processor, samples, layer_idx, head_idx, infos, budg
 
 def attention_metrics(model, tokenizer=None, texts: Sequence[str] = (), *,
                       metrics: Any = "all", layers: Any = "all", heads: Any = "all",
-                      token_pooling: Any = "mean", **encoder_params):
+                      query_reduction: Any = "mean", token_pooling: Any = "deprecated",
+                      **encoder_params):
     """Attention metrics per text, layer and head, computed on the fly, as a tidy frame.
 
     Each metric is a per-head part of :class:`~embetter_plug.TransformerActivationEncoder`
     (``attn_entropy``, ``attn_sink``, ``attn_distance``, ``attn_density``,
     ``attn_value_norm``, ``attn_result_norm``, ``attn_weighted_value_norm``; see
-    ``docs/attention.md``), pooled over query tokens with ``token_pooling``; no pattern is kept
-    beyond the layer being computed.
+    ``docs/attention.md``), one value per query token, reduced over the query tokens with
+    ``query_reduction``; no pattern is kept beyond the layer being computed.
+
+    Parameters
+    ----------
+    query_reduction : str, float or list of those, default="mean"
+        How each metric's per-query-token values become one value per text: any of the
+        encoder's token poolings (``"mean"``, ``"max"``, ``"lasttoken"``, ``"first"``, a
+        relative position such as ``0.5``, ...), passed to it as its ``token_pooling``.
+    token_pooling : default="deprecated"
+        Former name of ``query_reduction``.
+
+        .. deprecated:: 0.2
+           Renamed ``query_reduction``; will be removed in the next release.
 
     Returns
     -------
@@ -292,6 +305,11 @@ def attention_metrics(model, tokenizer=None, texts: Sequence[str] = (), *,
     """
     from .encoder import TransformerActivationEncoder
 
+    if not (isinstance(token_pooling, str) and token_pooling == "deprecated"):
+        warn_user("attention_metrics' `token_pooling` was renamed `query_reduction` and will be "
+                  f"removed in the next release; use query_reduction={token_pooling!r}.",
+                  FutureWarning)
+        query_reduction = token_pooling
     names = list(_attn_arch.METRICS) if isinstance(metrics, str) and metrics == "all" else (
         [metrics] if isinstance(metrics, str) else list(metrics))
     known = _attn_arch.METRICS + _attn_arch.MODALITY_METRICS
@@ -300,7 +318,7 @@ def attention_metrics(model, tokenizer=None, texts: Sequence[str] = (), *,
             _attn_arch.validate_parts([m])  # close matches for attn_* typos
             raise ValueError(f"{m!r} is not an attention metric; choose from {list(known)}.")
     enc = TransformerActivationEncoder(model, tokenizer, layers=layers, parts=names, heads=heads,
-                                       token_pooling=token_pooling, **encoder_params)
+                                       token_pooling=query_reduction, **encoder_params)
     X = enc.fit_transform(list(texts))
     return metrics_frame(X, enc.layout_)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ActivationLayout", "Activations", "select_positions"]
+__all__ = ["ActivationLayout", "Activations", "layer_positions", "select_positions"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,31 @@ class ActivationLayout:
             raise ValueError(
                 f"array of shape {X.shape} does not match the layout (n, {', '.join(map(str, self.shape))})."
             )
+
+
+def layer_positions(sel: Any, blocks: list | None, n_layers: int, *, owner: str) -> list[int]:
+    """Positions on the layer axis of the model blocks ``sel`` names (``layers`` is always
+    block indices).
+
+    ``blocks`` are the block indices along the axis, from the layout that describes the array;
+    ``None`` when there is none (a plain array: the encoder's output after ``np.asarray``, a
+    slice along the layer or part axis such as ``X[:, 1:]``, or a copy made elsewhere). Then
+    ``"all"`` selects every position, and any other selection is refused: which position holds
+    which block is unknown, and reading the indices as positions would pick other blocks.
+    ``owner`` names who asks, for the message (``"LayerPooler"``, ``"probe_layers"``).
+    """
+    if blocks is not None:
+        return select_positions(sel, list(blocks), name="layers", what="layer")
+    if isinstance(sel, str) and sel == "all":
+        return list(range(n_layers))
+    raise ValueError(
+        f"{owner}: layers={sel!r} are model block indices, but the input is a plain array "
+        f"with {n_layers} position(s) on its layer axis and no layout, so which position "
+        "holds which block is unknown (the encoder's output loses its layout when converted, "
+        "e.g. np.asarray(X), or sliced along the layer or part axis, e.g. X[:, 1:]). Keep the "
+        "encoder's output as it is, pass layout= with the ActivationLayout that describes this "
+        "array (the encoder's layout_ for its whole output), or take the positions yourself "
+        "(X[:, [0, 2]]) and use layers='all'.")
 
 
 def select_positions(sel: Any, labels: list, *, name: str, what: str) -> list[int]:
@@ -147,7 +172,7 @@ class Activations(np.ndarray):
     model layer and part and to keep the texts' index under ``set_output(transform="pandas")``.
     Selecting rows (``X[train]``, as cross-validation does) keeps both, for those rows; any
     other view, copy or result computed from it carries neither (both are ``None``): they would
-    no longer describe its axes.
+    no longer describe its axes. A pickled copy (as joblib sends to workers) keeps both.
     """
 
     layout: ActivationLayout | None = None
@@ -163,6 +188,16 @@ class Activations(np.ndarray):
     def __array_finalize__(self, obj) -> None:
         self.layout = None
         self.index = None
+
+    def __reduce__(self):
+        # a copy sent to a worker (pickle, joblib) keeps the names of its axes
+        rebuild, args, state = super().__reduce__()
+        return rebuild, args, (state, self.layout, self.index)
+
+    def __setstate__(self, state) -> None:
+        if len(state) == 3 and isinstance(state[0], tuple):  # (array's state, layout, index)
+            state, self.layout, self.index = state
+        super().__setstate__(state)  # else a plain array's state, pickled without them
 
     def __getitem__(self, key):
         out = super().__getitem__(key)

@@ -128,3 +128,13 @@ def ray_cluster(tmp_path_factory):
     _ray_helpers.register()
     yield SimpleNamespace(address=ray.get_runtime_context().gcs_address, counts=counts)
     ray.shutdown()
+
+
+def blocks_by_position(X):
+    """A layout for a synthetic activation array whose block ``i`` is at position ``i``
+    (layers are block indices: a plain array needs its layout given to select blocks)."""
+    from embetter_plug.layout import ActivationLayout
+
+    return ActivationLayout(layers=tuple(range(X.shape[1])),
+                            parts=tuple(f"part{j}" for j in range(X.shape[2])),
+                            hidden_size=X.shape[-1])

@@ -154,7 +154,7 @@ def test_metrics_flow_through_encoder_and_summary_heatmap(tmp_path):
     assert enc.layout_.parts == ("attn_entropy.h1", "attn_entropy.h2", "attn_sink.h1",
                                  "attn_sink.h2")
     frame = attention_metrics(model, tok, TEXTS, metrics=["attn_entropy"], layers=[0, 1],
-                              heads=[1, 2], token_pooling="lasttoken")
+                              heads=[1, 2], query_reduction="lasttoken")
     np.testing.assert_allclose(frame["value"].to_numpy().reshape(4, 2, 2), X[:, :, :2, 0])
     table = head_scores(summarize_metrics(frame), "attn_entropy")
     assert table.shape == (2, 2) and list(table.columns) == [1, 2]
@@ -248,3 +248,23 @@ def test_pattern_metrics_need_no_psutil(monkeypatch):
     np.testing.assert_allclose(enc.fit_transform(TEXTS), before, rtol=1e-6, atol=1e-6)
     after = attention_patterns(model, tok, TEXTS[:1])[0]
     np.testing.assert_allclose(after.pattern, pattern_before.pattern, rtol=1e-6, atol=1e-6)
+
+
+def test_query_reduction_reduces_over_query_tokens_and_token_pooling_is_its_old_name():
+    model, tok = make_tiny_model("llama")
+    frame = attention_metrics(model, tok, TEXTS, metrics=["attn_entropy", "attn_sink"],
+                              layers=[2], query_reduction="max")
+    for t, text in enumerate(TEXTS):
+        att, _ = _eager_reference(model, tok, text)
+        p = att[2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(-1)  # (heads, queries)
+        for m, per_query in (("attn_entropy", entropy), ("attn_sink", p[:, :, 0])):
+            got = frame[(frame.text == t) & (frame.metric == m)].sort_values("head")["value"]
+            np.testing.assert_allclose(got.to_numpy(), per_query.max(-1), rtol=1e-4, atol=1e-5)
+    with pytest.warns(FutureWarning, match=r"`token_pooling` was renamed `query_reduction`.*"
+                                           r"query_reduction='max'"):
+        old = attention_metrics(model, tok, TEXTS, metrics=["attn_entropy", "attn_sink"],
+                                layers=[2], token_pooling="max")
+    pd_testing = pytest.importorskip("pandas").testing
+    pd_testing.assert_frame_equal(old, frame)

@@ -52,3 +52,29 @@ def test_probe_per_head_table(gpt2, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "attn_result.h3" in text and "per layer (rows) x head (columns)" in text
     assert (out / "heads.png").exists()
+
+
+def test_query_reduction_flag_and_its_deprecated_alias(gpt2, tmp_path, capsys):
+    from transformers import AutoModel, AutoTokenizer
+
+    from embetter_plug import load_builtin_dataset
+    from embetter_plug.attention import attention_metrics, summarize_metrics
+
+    args = ["attention", "--model", gpt2, "--limit", "4", "--layers", "1", "--metrics",
+            "attn_entropy"]
+    assert main(args + ["--query-reduction", "max", "--out", str(tmp_path / "new")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(args + ["--token-pooling", "max", "--out", str(tmp_path / "old")]) == 0
+    assert "--token-pooling` was renamed --query-reduction" in capsys.readouterr().err
+    new = pd.read_csv(tmp_path / "new" / "attention_metrics.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "old" / "attention_metrics.csv"), new)
+    texts = list(load_builtin_dataset()["text"][:4])
+    model, tok = AutoModel.from_pretrained(gpt2), AutoTokenizer.from_pretrained(gpt2)
+    want = summarize_metrics(attention_metrics(model, tok, texts, layers=[1],
+                                               metrics=["attn_entropy"], query_reduction="max"))
+    np.testing.assert_allclose(new["mean"], want["mean"], rtol=1e-5)
+    mean = summarize_metrics(attention_metrics(model, tok, texts, layers=[1],
+                                               metrics=["attn_entropy"]))
+    assert not np.allclose(new["mean"], mean["mean"])  # max over queries is not the default mean
+    assert main(args + ["--query-reduction", "max", "--token-pooling", "mean"]) == 2
+    assert "disagree" in capsys.readouterr().err

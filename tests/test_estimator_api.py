@@ -23,7 +23,7 @@ from embetter_plug import PlugClassifier, PlugContrastiveCNN, PlugRegressor
 # ---------------------------------------------------------------- numeric-input estimators
 NUMERIC = [
     LayerPooler(),
-    LayerPooler(method="mean"),
+    LayerPooler(combine="mean"),
     # --- models (issue: classifiers on activations) ---
     # tiny nets, few epochs, one torch thread (fast on a busy CPU), fixed seed
     PlugClassifier(max_epochs=3, lr=0.05, batch_size=256, module__hidden_units=32, device="cpu",

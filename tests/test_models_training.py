@@ -20,6 +20,7 @@ from sklearn.model_selection import GridSearchCV, cross_val_predict, cross_valid
 from sklearn.pipeline import Pipeline
 from skorch.callbacks import Callback, EpochScoring
 
+from conftest import blocks_by_position
 from embetter_plug import (LayerPooler, PlugClassifier, PlugContrastiveCNN, PlugRegressor,
                            load_model, save_model)
 
@@ -175,7 +176,8 @@ def test_deterministic_with_random_state(Est):
 
 def test_grid_search_over_pooler_layers_and_module_params():
     X, y = noisy(n=120, shape=(3, 2, 6))
-    pipe = Pipeline([("pool", LayerPooler()), ("clf", PlugClassifier(max_epochs=2, **FAST))])
+    pipe = Pipeline([("pool", LayerPooler(layout=blocks_by_position(X))),
+                     ("clf", PlugClassifier(max_epochs=2, **FAST))])
     grid = {"pool__layers": [[0], [0, 2]], "clf__module__dropout": [0.0, 0.3], "clf__lr": [1e-3, 1e-2]}
     search = GridSearchCV(pipe, grid, cv=2, scoring="roc_auc").fit(X, y)
     assert len(search.cv_results_["params"]) == 8

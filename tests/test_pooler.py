@@ -9,38 +9,67 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_sco
 from sklearn.pipeline import make_pipeline
 
 from embetter_plug import LayerPooler, TransformerActivationEncoder
+from embetter_plug.layout import ActivationLayout
 
 X4 = np.random.default_rng(0).normal(size=(6, 5, 3, 4))
+#: the blocks X4 holds (every second one), so a block index is not its position
+LAYOUT = ActivationLayout(layers=(0, 2, 4, 6, 8), parts=("resid_post", "attn_out", "mlp_out"),
+                          hidden_size=4)
 
 
-@pytest.mark.parametrize("method", ["mean", "max", "min", "sum"])
-def test_aggregations_match_numpy(method):
-    out = LayerPooler(layers=[0, -1], parts=[2, 0], method=method).fit_transform(X4)
-    sel = np.stack([X4[:, 0, 2], X4[:, 0, 0], X4[:, 4, 2], X4[:, 4, 0]], axis=1)
-    np.testing.assert_allclose(out, getattr(np, method)(sel, axis=1))
+@pytest.mark.parametrize("combine", ["mean", "max", "min", "sum"])
+def test_aggregations_match_numpy(combine):
+    out = LayerPooler(layers=[2, -1], parts=[2, 0], combine=combine,
+                      layout=LAYOUT).fit_transform(X4)
+    sel = np.stack([X4[:, 1, 2], X4[:, 1, 0], X4[:, 4, 2], X4[:, 4, 0]], axis=1)
+    np.testing.assert_allclose(out, getattr(np, combine)(sel, axis=1))
 
 
 def test_concat_select_and_shapes():
-    pooler = LayerPooler(layers=[3, 1], parts=1).fit(X4)
+    pooler = LayerPooler(layers=[6, 2], parts=1, layout=LAYOUT).fit(X4)
     out = pooler.transform(X4)
     np.testing.assert_array_equal(out, np.concatenate([X4[:, 3, 1], X4[:, 1, 1]], axis=1))
-    sel = LayerPooler(layers=2, method="select").fit_transform(X4)
+    assert pooler.get_feature_names_out()[0] == "layer6__attn_out__0"
+    sel = LayerPooler(layers=4, combine="select", layout=LAYOUT).fit_transform(X4)
     assert sel.shape == (6, 1, 3, 4)
     np.testing.assert_array_equal(sel[:, 0], X4[:, 2])
     # 3-D input is (n, layers, hidden), 2-D is one layer and one part
-    np.testing.assert_array_equal(LayerPooler(layers=1).fit_transform(X4[:, :, 0]), X4[:, 1, 0])
+    one_part = ActivationLayout(LAYOUT.layers, ("resid_post",), 4)
+    np.testing.assert_array_equal(
+        LayerPooler(layers=2, layout=one_part).fit_transform(X4[:, :, 0]), X4[:, 1, 0])
+    np.testing.assert_array_equal(LayerPooler().fit_transform(X4[:, :, 0]),
+                                  X4[:, :, 0].reshape(6, -1))
     np.testing.assert_array_equal(LayerPooler().fit_transform(X4[:, 0, 0]), X4[:, 0, 0])
 
 
+def test_on_a_plain_array_all_is_every_position_and_a_block_selection_is_refused():
+    out = LayerPooler(parts=[0]).fit_transform(X4)  # "all": every position of the layer axis
+    np.testing.assert_array_equal(out, X4[:, :, 0].reshape(6, -1))
+    for layers in (1, [0, 2], -1):
+        with pytest.raises(ValueError) as err:
+            LayerPooler(layers=layers).fit(X4)
+        msg = str(err.value)
+        assert f"layers={layers!r} are model block indices" in msg
+        assert "no layout" in msg and "layout=" in msg and "layers='all'" in msg
+        assert "holds blocks" not in msg and "block 1 is" not in msg
+
+
 def test_errors():
-    with pytest.raises(ValueError, match=r"block 5 is not in the input; it holds blocks \[0, 1, 2, 3, 4\]"):
+    with pytest.raises(ValueError, match=r"block 5 is not in the input; it holds blocks \[0, 2, 4, 6, 8\]"):
+        LayerPooler(layers=5, layout=LAYOUT).fit(X4)
+    with pytest.raises(ValueError, match=r"layers=5 are model block indices.*no layout"):
         LayerPooler(layers=5).fit(X4)
+    with pytest.raises(ValueError, match=r"layout= describes samples of shape \(5, 3, 4\).*"
+                                         r"X's samples have shape \(4, 3, 4\)"):
+        LayerPooler(layout=LAYOUT).fit(X4[:, 1:])
+    with pytest.raises(TypeError, match=r"layout must be an ActivationLayout.*got dict"):
+        LayerPooler(layout=LAYOUT.to_dict()).fit(X4)
     with pytest.raises(ValueError, match=r"carries no part names.*0\.\.2"):
         LayerPooler(parts=["resid_post"]).fit(X4)
     with pytest.raises(ValueError, match=r"part position -4"):
         LayerPooler(parts=-4).fit(X4)
-    with pytest.raises(ValueError, match=r"method='median'.*concat"):
-        LayerPooler(method="median").fit(X4)
+    with pytest.raises(ValueError, match=r"combine='median'.*concat"):
+        LayerPooler(combine="median").fit(X4)
     pooler = LayerPooler().fit(X4)
     with pytest.raises(ValueError, match=r"fitted on \(5, 3, 4\)"):
         pooler.transform(X4[:, :4])
@@ -63,7 +92,7 @@ def test_feature_names_follow_the_encoder(tiny_gpt2, texts):
     np.testing.assert_array_equal(LayerPooler(layers=-1, parts="mlp_out").fit_transform(rows),
                                   X[[3, 1], 1, 1])
     assert X[:, :1].layout is None  # another selection no longer matches the layout
-    mean_names = LayerPooler(method="mean").fit(X4).get_feature_names_out()
+    mean_names = LayerPooler(combine="mean").fit(X4).get_feature_names_out()
     assert mean_names[0] == "mean__0" and len(mean_names) == 4
 
 
@@ -89,14 +118,14 @@ def test_set_output_frames_2d_output_and_passes_select_through():
     import pandas as pd
 
     X4 = np.random.default_rng(1).normal(size=(4, 3, 2, 5))
-    df = LayerPooler(layers=[0, 2], parts=1).set_output(transform="pandas").fit_transform(X4)
-    assert isinstance(df, pd.DataFrame)
-    assert list(df.columns) == [f"layer{l}__part1__{i}" for l in (0, 2) for i in range(5)]
+    df = LayerPooler(parts=1).set_output(transform="pandas").fit_transform(X4[:, [0, 2]])
+    assert isinstance(df, pd.DataFrame)  # a plain array: named by position
+    assert list(df.columns) == [f"layer{l}__part1__{i}" for l in (0, 1) for i in range(5)]
     np.testing.assert_array_equal(df.to_numpy(), X4[:, [0, 2], 1].reshape(4, -1))
-    mean = LayerPooler(method="mean").set_output(transform="pandas").fit_transform(X4)
+    mean = LayerPooler(combine="mean").set_output(transform="pandas").fit_transform(X4)
     assert list(mean.columns) == [f"mean__{i}" for i in range(5)]
     np.testing.assert_allclose(mean.to_numpy(), X4.reshape(4, 6, 5).mean(1))
-    sel = LayerPooler(layers=1, method="select").set_output(transform="pandas").fit_transform(X4)
+    sel = LayerPooler(combine="select").set_output(transform="pandas").fit_transform(X4[:, [1]])
     assert isinstance(sel, np.ndarray) and sel.shape == (4, 1, 2, 5)
 
 

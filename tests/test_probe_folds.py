@@ -13,6 +13,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, cross_validate
 
+from conftest import blocks_by_position
 from embetter_plug import ProbeResults, probe_layers
 from embetter_plug.probe.stats import permutation_pvalue
 
@@ -87,6 +88,7 @@ def test_inner_fold_without_a_class_skips_the_nested_estimate_with_a_warning(cap
     X, y, groups = _pure_groups([4, 4])
     with caplog.at_level(logging.WARNING, logger="embetter_plug"):
         res = probe_layers(X, y, LogisticRegression(), groups=groups, cv=2, layers=[1],
+                           layout=blocks_by_position(X),
                            scoring=["roc_auc"], dummy=False)
     assert "no selection-free estimate" in caplog.text
     assert res.selection_free("roc_auc") is None

@@ -12,6 +12,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import make_scorer
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, cross_validate
 
+from conftest import blocks_by_position
 from embetter_plug import probe_layers
 from embetter_plug.layout import ActivationLayout
 from embetter_plug.probe import default_probe
@@ -36,7 +37,7 @@ def test_scores_equal_sklearn_cross_validate():
     y = np.random.default_rng(1).permutation(y)  # not sorted: folds matter
     X[:, 1, 2, :2] += y[:, None]
     est = LogisticRegression(C=0.5, max_iter=500)
-    res = probe_layers(X, y, est, cv=4, layers=[1, 3], parts=[0, 2])
+    res = probe_layers(X, y, est, cv=4, layout=blocks_by_position(X), layers=[1, 3], parts=[0, 2])
     scoring = {"accuracy": "accuracy", "f1": "f1_macro", "roc_auc": "roc_auc",
                "log_loss": "neg_log_loss", "matthews": "matthews_corrcoef",
                "precision": "precision_macro", "recall": "recall_macro"}
@@ -115,20 +116,23 @@ def test_regression_mse_r2_spearman_equal_sklearn(task):
 def test_integer_target_stated_as_regression():
     X, t = _regression_data()
     ti = np.round(t * 3).astype(int)  # many integer values: looks multiclass unless stated
-    res = probe_layers(X, ti, Ridge(), cv=3, task="regression", layers=[2], parts=[0])
+    res = probe_layers(X, ti, Ridge(), cv=3, task="regression", layout=blocks_by_position(X),
+                      layers=[2], parts=[0])
     assert res.metrics == ["mse", "r2", "spearman"]
 
 
 def test_groups_never_span_a_split_and_equal_sklearn():
     X, y = _planted(n=120)
     groups = np.arange(120) // 4
-    res = probe_layers(X, y, LogisticRegression(), cv=3, groups=groups, layers=[2], parts=[1],
+    res = probe_layers(X, y, LogisticRegression(), cv=3, groups=groups, layout=blocks_by_position(X),
+                      layers=[2], parts=[1],
                        scoring="accuracy")
     ref = cross_validate(LogisticRegression(), X[:, 2, 1], y, groups=groups,
                          cv=StratifiedGroupKFold(3))
     np.testing.assert_allclose(_scores(res, 2, "part1", "accuracy"), ref["test_score"])
     # a group-aware splitter object is used as given
-    res2 = probe_layers(X, y, LogisticRegression(), cv=GroupKFold(3), groups=groups, layers=[2],
+    res2 = probe_layers(X, y, LogisticRegression(), cv=GroupKFold(3), groups=groups,
+                       layout=blocks_by_position(X), layers=[2],
                         parts=[1], scoring="accuracy")
     ref2 = cross_validate(LogisticRegression(), X[:, 2, 1], y, groups=groups, cv=GroupKFold(3))
     np.testing.assert_allclose(_scores(res2, 2, "part1", "accuracy"), ref2["test_score"])
@@ -150,7 +154,9 @@ def test_n_jobs_gives_the_same_scores():
 @pytest.mark.parametrize("kwargs, y, match", [
     ({}, np.zeros(40, dtype=int), "single class"),
     ({"task": "regression"}, np.array(["pos", "neg"] * 20, dtype=object), "numeric target"),
-    ({"layers": [9]}, np.repeat([0, 1], 20), r"block 9 is not in the input; it holds blocks \[0, 1, 2, 3\]"),
+    ({"layers": [9], "layout": ActivationLayout((0, 1, 2, 5), ("a", "b", "c"), 4)},
+     np.repeat([0, 1], 20), r"block 9 is not in the input; it holds blocks \[0, 1, 2, 5\]"),
+    ({"layers": [1]}, np.repeat([0, 1], 20), r"layers=\[1\] are model block indices.*no layout"),
     ({"parts": ["mlp_out"]}, np.repeat([0, 1], 20), "part 'mlp_out' is not in the input"),
     ({"groups": np.arange(39)}, np.repeat([0, 1], 20), "groups has 39 entries"),
     ({}, np.repeat([0, 1], 19), "X has 40 samples but y has 38"),

@@ -16,6 +16,7 @@ from sklearn.model_selection import (GridSearchCV, StratifiedKFold, cross_valida
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
+from conftest import blocks_by_position
 from embetter_plug import probe_layers
 from embetter_plug.probe.control import control_labels, row_types
 from embetter_plug.probe.mdl import block_ends, online_codelength
@@ -371,7 +372,8 @@ def test_probe_fits_run_with_one_blas_thread():
     X[:, 1, 0, 0] += 2 * y
     _RecordingProbe.seen = []
     with threadpool_limits(limits=2, user_api="blas"):
-        res = probe_layers(X, y, _RecordingProbe(), cv=2, nested=False, layers=[1], parts=[0])
+        res = probe_layers(X, y, _RecordingProbe(), cv=2, nested=False, layers=[1], parts=[0],
+                           layout=blocks_by_position(X))
         after = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
     assert _RecordingProbe.seen and all(n == [1] * len(n) for n in _RecordingProbe.seen)
     assert after and all(n == 2 for n in after)

@@ -124,3 +124,24 @@ def test_cli_train_refuses_a_budget_too_small(tmp_path, capsys):
                  "--budget", "0.00001", "--cv", "2", "--out", str(tmp_path / "run"),
                  "--quiet"]) == 2
     assert "too small for any recipe" in capsys.readouterr().err
+
+
+def test_recipe_combine_is_the_poolers_and_pool_its_deprecated_name():
+    from embetter_plug.recipes.select import _score_frozen
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 4, 1, 6))
+    y = np.where(X[:, [1, 3], 0, 0].max(1) > 0.3, "a", "b")
+    folds = list(StratifiedKFold(2, shuffle=True, random_state=0).split(X[:, 0, 0], y))
+    recipe = Recipe("max", "", layers=[1, 3], combine="max",
+                    head=lambda: LogisticRegression(max_iter=1000))
+    want = np.empty(len(y), dtype=object)
+    Xr = X[:, [1, 3], 0].max(1)
+    for train, test in folds:
+        want[test] = LogisticRegression(max_iter=1000).fit(Xr[train], y[train]).predict(Xr[test])
+    np.testing.assert_array_equal(_score_frozen(recipe, X, y, folds), want)
+    with pytest.warns(FutureWarning, match=r"`pool` was renamed `combine`.*combine='max'"):
+        old = Recipe("max", "", layers=[1, 3], pool="max",
+                     head=lambda: LogisticRegression(max_iter=1000))
+    assert old.combine == "max" and old.pool is None
+    np.testing.assert_array_equal(_score_frozen(old, X, y, folds), want)

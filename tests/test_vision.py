@@ -319,7 +319,7 @@ def test_folder_load_pickle_stream_and_cli(tmp_path, monkeypatch, capsys):
     from_cli, _ = load_activations(tmp_path / "cli.npz")
     np.testing.assert_allclose(np.asarray(from_cli), direct, rtol=1e-5, atol=1e-6)
     rc = main(["attention", "--data", str(tmp_path / "data.csv"), "--image-col", "image",
-               "--model", str(folder), "--metrics", "attn_image", "--token-pooling", "text:mean",
+               "--model", str(folder), "--metrics", "attn_image", "--query-reduction", "text:mean",
                "--out", str(tmp_path / "att")])
     summary = pd.read_csv(tmp_path / "att" / "attention_metrics.csv")
     assert rc == 0 and set(summary["metric"]) == {"attn_image"}

@@ -2,8 +2,8 @@
 
 Computes each metric (entropy, attention to the first token, mean attention distance, density,
 value and head-output norms; `--metrics`) per text, layer and head on the fly, one layer's
-pattern at a time, pools it over query tokens (`--token-pooling`, default mean), and prints the
-mean over texts as a layer x head table per metric. With `--out DIR` it writes
+pattern at a time, reduces it over query tokens (`--query-reduction`, default mean), and prints
+the mean over texts as a layer x head table per metric. With `--out DIR` it writes
 `attention_metrics.csv` (tidy: metric, layer, head, mean, std over texts) and one layer x head
 heatmap per metric, `attention_<metric>.png`; a DIR holding an earlier run's files is refused
 unless `--overwrite`.
@@ -12,6 +12,7 @@ unless `--overwrite`.
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 from ._data import HelpFormatter
@@ -33,15 +34,37 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the files of an earlier run in --out")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
+    parser.add_argument("--query-reduction", default=None, metavar="REDUCTION",
+                        help="how each metric's per-query-token values become one value per "
+                             "text: mean (default), max, lasttoken, first, 0.5, ... (the "
+                             "encoder's token poolings)")
     add_encoder_arguments(parser)
-    parser.set_defaults(run=run, token_pooling="mean", parts=None)
+    for action in parser._actions:  # the encoder's --token-pooling is this command's old name
+        if action.dest == "token_pooling":
+            action.help = "deprecated alias of --query-reduction"
+    parser.set_defaults(run=run, token_pooling=None, parts=None)
     return parser
+
+
+def query_reduction(args) -> str:
+    """``--query-reduction``, or the value of its deprecated alias ``--token-pooling``."""
+    if args.token_pooling is None:
+        return args.query_reduction or "mean"
+    if args.query_reduction is not None and args.query_reduction != args.token_pooling:
+        raise ValueError(f"--query-reduction {args.query_reduction!r} and its deprecated alias "
+                         f"--token-pooling {args.token_pooling!r} disagree; give "
+                         "--query-reduction alone.")
+    warnings.warn("`embetter-plug attention --token-pooling` was renamed --query-reduction and "
+                  "will be removed in the next release; use --query-reduction "
+                  f"{args.token_pooling}.", FutureWarning)
+    return args.token_pooling
 
 
 def run(args) -> int:
     from embetter_plug._attn_arch import METRICS, MODALITY_METRICS, validate_parts
     from embetter_plug.attention import head_scores, summarize_metrics
 
+    reduction = query_reduction(args)
     known = list(METRICS) + (list(MODALITY_METRICS) if args.image_col else [])
     metrics = known if args.metrics == "all" else [
         m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -61,7 +84,8 @@ def run(args) -> int:
                              "another folder.")
         out.mkdir(parents=True, exist_ok=True)
     texts = read_texts(args.data, args.text_col, args.split, args.limit, args.image_col)
-    enc = encoder_from_args(argparse.Namespace(**{**vars(args), "parts": ",".join(metrics)}))
+    enc = encoder_from_args(argparse.Namespace(**{**vars(args), "parts": ",".join(metrics),
+                                                  "token_pooling": reduction}))
     frame = _frame(enc, texts)
     summary = summarize_metrics(frame)
     tables = {m: head_scores(summary, m) for m in metrics}

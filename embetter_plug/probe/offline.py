@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .._utils import logger
-from ..layout import select_positions
+from ..layout import layer_positions, select_positions
 from ._analyses import analyse, make_plan
 from ._metrics import FLIPPED, detect_task, needs_every_class, plain, resolve_scoring
 from ._splits import fold_class_error
@@ -68,10 +68,14 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
         Probes fitted in parallel (joblib). Each probe's fits run with one BLAS thread
         (``threadpoolctl``): many small fits gain nothing from BLAS threads but their CPU cost.
     layout : ActivationLayout, default=None
-        Names for the axes; by default the one the encoder's output carries. Without any,
-        block ``i`` is position ``i`` and parts are ``part0, part1, ...``.
+        Names for the axes, for an ``X`` that no longer carries them (``layout=enc.layout_``
+        for the encoder's output after ``np.asarray`` or a reload); by default the one the
+        encoder's output carries. Without any, the results name layers and parts by position
+        (``0, 1, ...`` and ``part0, part1, ...``).
     layers, parts : "all", or a list of model block indices / part names (or part positions)
-        Which probes to fit; a negative layer counts from the end.
+        Which probes to fit; a negative layer counts back from the last block present.
+        ``layers`` are always block indices: on an ``X`` without a layout only ``"all"``
+        (every position) is accepted, since which position holds which block is unknown.
     task : {"auto", "classification", "regression"}, default="auto"
         ``auto`` treats float targets with many values as regression.
     dummy : bool, default=True
@@ -140,7 +144,8 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
     if len(y) != len(X4):
         raise ValueError(f"X has {len(X4)} samples but y has {len(y)}; they must match.")
     layer_names, part_names = _axis_names(X4, layout)
-    li = _select(layers, layer_names, "layer")
+    li = layer_positions(layers, None if layout is None else layer_names, X4.shape[1],
+                         owner="probe_layers")
     pi = _select(parts, part_names, "part")
     if estimator is None:
         estimator = default_probe(task)

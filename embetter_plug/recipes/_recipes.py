@@ -9,6 +9,7 @@ Costs are estimated in CPU-seconds from one timed forward pass over a few of the
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -28,18 +29,27 @@ MLP_SEC = 2e-8
 class Recipe:
     """One way from texts to labels.
 
-    ``layers`` are the block positions (of the activations computed once) a frozen recipe
-    reads; ``head()`` is the estimator on their pooled features, ``pool`` the pooler's method.
-    A recipe with ``layers=None`` trains on texts (``tuner(model)`` gives its estimator).
+    ``layers`` are the model block indices a frozen recipe reads (from the activations of
+    every block, computed once, where block ``i`` is at position ``i``); ``combine`` how :class:`~embetter_plug.LayerPooler` combines them, and ``head()``
+    the estimator on the result. A recipe with ``layers=None`` trains on texts
+    (``tuner(model)`` gives its estimator). ``pool`` is the former name of ``combine``
+    (deprecated; it will be removed in the next release).
     """
 
     name: str
     description: str
     layers: Any = None
-    pool: str = "concat"
+    combine: str = "concat"
     head: Callable[[], Any] | None = None
     tuner: Callable[[Any], Any] | None = None
     cost: Callable[..., float] = field(default=lambda **_: 0.0, repr=False)
+    pool: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.pool is not None:
+            warnings.warn("Recipe's `pool` was renamed `combine` and will be removed in the next "
+                          f"release; use combine={self.pool!r}.", FutureWarning, stacklevel=3)
+            self.combine, self.pool = self.pool, None
 
     @property
     def frozen(self) -> bool:
@@ -81,7 +91,7 @@ def default_recipes(n_blocks: int, *, random_state: int = 0, tuner_params: dict 
                head=lambda: make_pipeline(StandardScaler(), _lr("cv", random_state)),
                cost=lambda n, d, k, **_: LR_SEC * n * d * len(multi) * k * 10),
         Recipe("plug_classifier", f"PlugClassifier (skorch MLP with early stopping) on blocks {multi}",
-               layers=multi, pool="concat",
+               layers=multi, combine="concat",
                head=lambda: PlugClassifier(random_state=random_state, max_epochs=60, patience=5,
                                            device="cpu"),
                cost=lambda n, d, k, **_: MLP_SEC * n * d * len(multi) * 60),

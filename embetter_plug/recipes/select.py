@@ -130,7 +130,7 @@ def _score_frozen(recipe: Recipe, X: np.ndarray, y, folds) -> np.ndarray:
     from ..pooler import LayerPooler
 
     pred = np.empty(len(y), dtype=object)
-    Xr = LayerPooler(method=recipe.pool).fit_transform(X[:, recipe.layers])
+    Xr = LayerPooler(combine=recipe.combine).fit_transform(X[:, recipe.layers])
     head = recipe.head()
     for train, test in folds:
         pred[test] = clone(head).fit(Xr[train], y[train]).predict(Xr[test])
@@ -155,7 +155,7 @@ def _refit(recipe: Recipe, model, tokenizer, texts, y, X, encoder_params: dict):
         return Pipeline([("tuner", recipe.tuner(model, tokenizer).fit(texts, y))])
     enc = TransformerActivationEncoder(model, tokenizer, layers=list(recipe.layers),
                                        **encoder_params).fit()
-    pooler = LayerPooler(method=recipe.pool).fit(X[:, recipe.layers])
+    pooler = LayerPooler(combine=recipe.combine).fit(X[:, recipe.layers])
     head = recipe.head().fit(pooler.transform(X[:, recipe.layers]), y)
     return Pipeline([("encoder", enc), ("pooler", pooler), ("head", head)])
 
