@@ -24,6 +24,7 @@ import numpy as np
 
 from . import _arch, _attn_arch, _attn_find, _attn_parts
 from ._hooks import hook_manager
+from .layout import PartName
 from ._utils import resolve_indices, warn_user
 from .samples import check_inputs, has_images
 
@@ -284,12 +285,12 @@ def metrics_frame(X, layout):
     import pandas as pd
 
     n, L, P, _ = X.shape
-    parts = [_attn_arch.split_head(p) for p in layout.parts]
+    parts = [PartName.parse(p) for p in layout.parts]
     return pd.DataFrame({
         "text": np.repeat(np.arange(n), L * P),
         "layer": np.tile(np.repeat(np.asarray(layout.layers), P), n),
-        "head": np.tile([h for _, h in parts], n * L),
-        "metric": np.tile([p for p, _ in parts], n * L),
+        "head": np.tile([p.head for p in parts], n * L),
+        "metric": np.tile([p.part for p in parts], n * L),
         "value": np.asarray(X).reshape(-1).astype(float),
     })
 
@@ -331,13 +332,12 @@ def head_scores(frame, metric: str, *, value: str = "mean"):
     if frame.empty:
         raise ValueError(f"no rows for metric {metric!r}.")
     if "head" not in frame.columns:
-        parts = frame["part"].astype(str)
-        poolings = {p.split("@", 1)[1] for p in parts if "@" in p}
+        names = [PartName.parse(p) for p in frame["part"].astype(str)]
+        poolings = {n.pooling for n in names if n.pooling is not None}
         if len(poolings) > 1:
             raise ValueError(f"the frame holds several token poolings {sorted(poolings)}; keep "
                              "one pooling's rows before making a layer x head table.")
-        split = parts.map(_attn_arch.split_head)
-        frame = frame.assign(head=split.map(lambda t: t[1])).dropna(subset=["head"])
+        frame = frame.assign(head=[n.head for n in names]).dropna(subset=["head"])
         frame = frame.assign(head=frame["head"].astype(int))
         if frame.empty:
             raise ValueError("no per-head parts (named like 'attn_result.h3') in the frame.")

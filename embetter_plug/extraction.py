@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -37,6 +37,7 @@ import numpy as np
 from . import _arch, _attn_arch, _batching, _vision
 from ._hooks import Capture
 from ._token_pooling import pooling_name, split_modality
+from .layout import PartName
 from .samples import has_images
 
 __all__ = ["ActivationExtractor", "input_device"]
@@ -154,8 +155,10 @@ class ActivationExtractor:
         return (len(self.layers), len(self.parts) * len(self.poolings), self.hidden_size)
 
     def part_names(self) -> list[str]:
-        """Names along the part axis: ``part``, or ``part@pooling`` with several poolings."""
-        return [p if len(self.poolings) == 1 else f"{p}@{pooling_name(k)}"
+        """Names along the part axis: ``part``, or ``part@pooling`` with several poolings
+        (see :class:`~embetter_plug.layout.PartName`)."""
+        return [p if len(self.poolings) == 1 else
+                str(replace(PartName.parse(p), pooling=pooling_name(k)))
                 for p in self.parts for k in self.poolings]
 
     def vector_names(self) -> list[str]:
