@@ -13,16 +13,12 @@ model's input embeddings, and run through the model with the hooks of a
 (:mod:`embetter_plug._token_pooling`) and the forward stops after the deepest module asked for.
 The batch comes back as ``(row indices, float32 array (batch, n_layers, n_parts, hidden))``.
 
-What a forward hands back is the business of a *sink*: the loop above (tokenizing, padding,
-positions, device, eval and inference mode, autocast) is the same for every reading, and only
-the sink differs. The default sink is the pooled :class:`~embetter_plug._hooks.Capture` (which
-also serves per-head parts and attention metrics); :func:`embetter_plug.attention_patterns`
-passes one that keeps each text's ``S x S`` pattern. A sink is a context manager (its hooks
-live, the model in eval mode, while it is entered) with
-``run(forward, mask, *, input_ids, pool_mask, modalities, image_rows, image_units)``, which
-calls ``forward()`` once for the batch (``mask``: ``(batch, tokens)``, 1 on real tokens) and
-returns what the loop yields for it: a tensor is copied to a NumPy array, anything else is
-passed on as it is.
+The loop (tokenizing, padding, positions, device, eval and inference mode, autocast) is the
+same for every reading; a *sink* decides what a forward hands back: the pooled
+:class:`~embetter_plug._hooks.Capture` by default, the ``S x S`` patterns of
+:func:`embetter_plug.attention_patterns`. A sink is a context manager (hooks live while entered)
+with ``run(forward, mask, *, input_ids, pool_mask, modalities, image_rows, image_units)``, which
+calls ``forward()`` once and returns the batch's result (a tensor is yielded as a NumPy array).
 """
 
 from __future__ import annotations

@@ -75,3 +75,13 @@ def test_image_attention_runs_in_the_extractors_loop(loop):
     assert len(runs) == 1 and runs[0] is not None
     assert forwards == [True]
     assert att.grids[0].shape == (1, 4, 4, 4)
+
+
+def test_the_cuda_loop_passes_a_sinks_host_results_on():
+    """A sink that hands back host objects (patterns) needs no pinned copy in the CUDA loop."""
+    from embetter_plug import _gpu
+
+    batches = [(np.array([0, 1]), "a"), (np.array([2]), "b")]
+    out = list(_gpu.overlapped_batches(lambda b, pin: (b[0], {"x": b[1]}, None),
+                                       lambda kwargs, mask: [kwargs["x"]], batches, cuda=True))
+    assert [(i.tolist(), r) for i, r in out] == [([0, 1], ["a"]), ([2], ["b"])]
