@@ -23,6 +23,7 @@ from . import _arch
 from ._attn_find import (AttentionNotFound, AttnInfo, attention_calls,  # noqa: F401
                          attention_layers, attn_info, blocks, head_counts, head_counts_of,
                          layer_infos)
+from .layout import PartName
 
 HEAD_PARTS = ("attn_z", "attn_result", "attn_q", "attn_k", "attn_v")
 METRICS = ("attn_entropy", "attn_sink", "attn_distance", "attn_density", "attn_value_norm",
@@ -35,7 +36,6 @@ TL_ALIASES = {"hook_z": "attn_z", "hook_result": "attn_result", "hook_q": "attn_
               "hook_k": "attn_k", "hook_v": "attn_v", "hook_rot_q": "attn_q",
               "hook_rot_k": "attn_k"}
 _TL = re.compile(r"^(?:blocks\.(\{l\}|\{layer\}|\d+)\.)?(?:attn\.)?(hook_[a-z_]+)$")
-_HEAD_NAME = re.compile(r"^(attn_[a-z_]+)\.h(\d+)$")
 
 
 def _width_group(part: str) -> str:
@@ -211,9 +211,9 @@ def expand_parts(model, parts, heads) -> list[str]:
 
 def split_head(name: str) -> tuple[str, int | None]:
     """``("attn_z", 3)`` for ``"attn_z.h3"`` (a pooling suffix ``@mean`` is dropped);
-    ``(name, None)`` for any other part."""
-    m = _HEAD_NAME.match(name.split("@")[0])
-    return (m.group(1), int(m.group(2))) if m else (name, None)
+    ``(name, None)`` for any other part (see :class:`~embetter_plug.layout.PartName`)."""
+    parsed = PartName.parse(name)
+    return (parsed.part, parsed.head) if parsed.head is not None else (name, None)
 
 
 def layout_meta(model, parts) -> dict:

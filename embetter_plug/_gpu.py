@@ -37,7 +37,7 @@ def overlapped_batches(prepare: Callable, run: Callable, batches: Iterable, *,
         idx, kwargs, mask = nxt
         acts = run(kwargs, mask)
         event = None
-        if cuda:
+        if cuda and isinstance(acts, torch.Tensor):  # a sink may hand back host objects
             host = torch.empty(acts.shape, dtype=acts.dtype, pin_memory=True)
             host.copy_(acts, non_blocking=True)
             event = torch.cuda.Event()
@@ -56,4 +56,4 @@ def overlapped_batches(prepare: Callable, run: Callable, batches: Iterable, *,
 def _collect(idx, host, event):
     if event is not None:
         event.synchronize()  # waits for this batch's copy only
-    return idx, host.numpy()
+    return idx, host.numpy() if hasattr(host, "numpy") else host

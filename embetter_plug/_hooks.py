@@ -324,14 +324,15 @@ class Capture:
             self._buf[:, rows, pi * k:(pi + 1) * k, :] = pooled[:, None] if li is None else pooled
 
     def run(self, forward: Callable[[], object], mask, *, stop_early: bool = True,
-            pool_mask=None, modalities=None, image_rows=None, image_units=None):
+            input_ids=None, pool_mask=None, modalities=None, image_rows=None, image_units=None):
         """Call ``forward()`` with the hooks live; return ``(B, n_layers, parts*poolings, H)``.
 
         Use inside ``with capture:``. ``pool_mask`` (``(B, T)``, default ``mask``) limits
         mean/max/min pooling to some tokens; ``modalities`` (``{"image": (B, T), ...}``) serves
         modality-limited poolings; ``image_rows`` (the batch row of each image, in the order the
         model reads the images) and ``image_units`` (the rows or patches the tower sees for
-        each) serve targets inside a vision tower.
+        each) serve targets inside a vision tower. ``input_ids`` is not read: pooled vectors
+        need no token ids (other sinks of the extractor's loop do).
         """
         import torch
 

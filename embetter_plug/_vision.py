@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import replace
 
 from . import _arch
 from ._token_pooling import split_modality
+from .layout import PartName
 
 __all__ = ["PREFIX", "find_tower", "is_vision_only", "reads_images", "split_stack",
            "stack_model", "tower_targets"]
@@ -102,9 +104,12 @@ def is_dual_encoder(model) -> bool:
 
 
 def split_stack(parts) -> tuple[bool, list]:
-    """``(reads the tower, parts without the prefix)``; mixing stacks is an error."""
+    """``(reads the tower, parts without the prefix)``; mixing stacks is an error (names are
+    read by :class:`~embetter_plug.layout.PartName`; what is not a string is left to the part
+    checks)."""
     items = [parts] if isinstance(parts, str) else list(parts)
-    tower = [isinstance(p, str) and p.startswith(PREFIX) for p in items]
+    names = [PartName.parse(p) if isinstance(p, str) else None for p in items]
+    tower = [n is not None and n.stack == "vision" for n in names]
     if any(tower) and not all(tower):
         mixed = [p for p, t in zip(items, tower) if not t]
         raise ValueError(
@@ -112,7 +117,7 @@ def split_stack(parts) -> tuple[bool, list]:
             f"({mixed}); their layers and widths differ, so use one encoder per stack and "
             "combine the outputs (e.g. a FeatureUnion)."
         )
-    stripped = [p[len(PREFIX):] if t else p for p, t in zip(items, tower)]
+    stripped = [str(replace(n, stack=None)) if t else p for p, n, t in zip(items, names, tower)]
     return any(tower), stripped
 
 

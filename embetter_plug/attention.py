@@ -17,14 +17,14 @@ attention part) and ``heads=``; see ``docs/attention.md``.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-from . import _arch, _attn_arch, _attn_find, _attn_parts, _batching
+from . import _arch, _attn_arch, _attn_find, _attn_parts
 from ._hooks import hook_manager
+from .layout import PartName
 from ._utils import resolve_indices, warn_user
 from .samples import check_inputs, has_images
 
@@ -99,7 +99,9 @@ class AttentionPattern:
 
 
 def _model_and_settings(model, tokenizer, max_length, prompt_template):
-    """A fitted encoder gives its model, tokenizer and settings; a model needs a tokenizer."""
+    """A fitted encoder gives its model, tokenizer and settings; a model needs a tokenizer.
+    ``(model, tokenizer, max_length, template, warn)``; ``warn``: no limit was chosen, so a
+    text cut to the model's own limit is warned of (the encoder's rule)."""
     from .encoder import TransformerActivationEncoder
 
     if isinstance(model, TransformerActivationEncoder):
@@ -108,8 +110,10 @@ def _model_and_settings(model, tokenizer, max_length, prompt_template):
             raise ValueError("the encoder is not fitted (or was unpickled without its model); "
                              "call its fit() first.")
         limit = _arch.token_limit(enc.model_, enc.tokenizer_)
+        chosen = max_length if max_length is not None else enc.max_length
         return (enc.model_, enc.tokenizer_, min(max_length or enc.max_length_, limit),
-                prompt_template if prompt_template is not None else enc.prompt_template)
+                prompt_template if prompt_template is not None else enc.prompt_template,
+                chosen is None or chosen > limit)
     if tokenizer is None:
         raise ValueError("attention_patterns needs the model's tokenizer (or pass a fitted "
                          "TransformerActivationEncoder).")
@@ -117,20 +121,44 @@ def _model_and_settings(model, tokenizer, max_length, prompt_template):
     if max_length is not None and max_length > limit:
         warn_user(f"max_length={max_length} is above the model's limit of {limit} tokens; "
                   f"texts are cut to {limit}.", UserWarning)
-    return model, tokenizer, min(max_length or limit, limit), prompt_template
+    return (model, tokenizer, min(max_length or limit, limit), prompt_template,
+            max_length is None or max_length > limit)
 
 
-class _Collector:
-    """Receives the attention calls of one forward and keeps each text's real-token pattern."""
+class _PatternSink:
+    """A sink of the extractor's loop (see :mod:`embetter_plug.extraction`): receives the
+    attention calls of each forward and hands back, per text of the batch, ``(token ids,
+    (layers, heads, S, S) pattern over its real tokens)``; one layer's pattern of the batch is
+    alive at a time, and the batch is refused before its forward when one would not fit."""
 
-    def __init__(self, keys, heads, mask):
-        self.keys, self.heads, self.mask = keys, heads, mask.bool()
-        self.out: dict = {}
+    def __init__(self, model, infos, heads, budget):
+        self.model, self.heads, self.budget = model, heads, budget
+        self._modules = {(id(i.core), "attn"): i.core for i in infos}
+        self._keys = {k: pos for pos, k in enumerate(self._modules)}
+
+    def __enter__(self) -> "_PatternSink":
+        self._manager = hook_manager(self.model)
+        self._attached = self._manager.attached(self._modules)
+        self._attached.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._attached.__exit__(*exc)
+        return False
 
     def receive(self, key, call):
         p = call.pattern()[:, self.heads]  # (B, heads, S, S)
-        self.out[self.keys[key]] = [p[b][:, m][:, :, m].cpu().numpy()
-                                    for b, m in enumerate(self.mask)]
+        self._out[self._keys[key]] = [p[b][:, m][:, :, m].cpu().numpy()
+                                      for b, m in enumerate(self._mask)]
+
+    def run(self, forward, mask, *, input_ids=None, **_):
+        self.budget.check_batch(*mask.shape)
+        self._mask, self._out = mask.bool(), {}
+        with self._manager.routing(self, self._keys):
+            forward()
+        out, self._out = self._out, None
+        return [(ids[m].tolist(), np.stack([out[li][b] for li in range(len(self._keys))]))
+                for b, (ids, m) in enumerate(zip(input_ids, self._mask))]
 
 
 def attention_patterns(model, tokenizer=None, texts: Sequence[str] = (), *, layers: Any = "all",
@@ -159,6 +187,11 @@ def attention_patterns(model, tokenizer=None, texts: Sequence[str] = (), *, laye
     -------
     list of :class:`AttentionPattern`, one per text, each row summing to 1.
 
+    Notes
+    -----
+    Texts run through :class:`~embetter_plug.extraction.ActivationExtractor`'s loop (tokenized,
+    padded and positioned as the encoder does it) with a sink that keeps the patterns.
+
     Examples
     --------
     >>> from embetter_plug.attention import attention_patterns
@@ -170,7 +203,7 @@ def attention_patterns(model, tokenizer=None, texts: Sequence[str] = (), *, laye
     >>> bool(abs(pats[0].pattern.sum(-1) - 1).max() < 1e-5)
     True
     """
-    import torch
+    from .extraction import ActivationExtractor
 
     texts = check_inputs(texts, name="texts")
     samples = has_images(texts)
@@ -178,7 +211,7 @@ def attention_patterns(model, tokenizer=None, texts: Sequence[str] = (), *, laye
     if samples and not hasattr(processor, "image_processor"):
         raise ValueError("image+text samples need the model's processor: pass it as tokenizer= "
                          "(or a fitted encoder with processor=).")
-    model, tokenizer, max_length, template = _model_and_settings(
+    model, tokenizer, max_length, template, warn = _model_and_settings(
         model, getattr(processor, "tokenizer", processor) if samples else tokenizer,
         max_length, prompt_template)
     layer_idx = resolve_indices(layers, _arch.n_blocks(model), name="layers", what="layer",
@@ -188,78 +221,19 @@ def attention_patterns(model, tokenizer=None, texts: Sequence[str] = (), *, laye
     _attn_arch.check_same_heads(model, infos, layer_idx, ["attn_result"])  # one head axis
     head_idx = _attn_arch.select_heads(heads, "attn_z", _attn_find.head_counts(model))
     budget = _attn_parts.PatternBudget(model, infos[0], len(layer_idx))
-    modules = {(id(i.core), "attn"): i.core for i in infos}
-    keys = {k: pos for pos, k in enumerate(modules)}
-    runner = _arch.runner(model)
-    pad = _batching.pad_id(tokenizer, model.config)
-    # padded and positioned as the encoder does it (encoders on the right, without position_ids)
-    side = _arch.padding_side(model, getattr(tokenizer, "padding_side", "right"))
-    params = inspect.signature(runner.forward).parameters
-    use_pos = _arch.takes_position_ids(model)
-    extra = {"use_cache": False} if "use_cache" in params else {}
-    from .extraction import input_device
-
-    device = input_device(model)
-    prefix, suffix = _batching.split_template(template)
-    manager = hook_manager(model)
+    extractor = ActivationExtractor(model, tokenizer, layers=tuple(layer_idx), parts=(),
+                                    poolings=(), max_length=max_length, batch_size=batch_size,
+                                    prompt_template=template,
+                                    processor=processor if samples else None,
+                                    warn_truncation=warn)
     found: dict = {}
-    if samples:
-        return _sample_patterns(model, processor, texts, layer_idx, head_idx, infos, budget,
-                                modules, keys, max_length, batch_size, template)
-    with manager.attached(modules), torch.inference_mode():
-        for plan in _batching.plan_chunks(tokenizer, texts, prefix, suffix, max_length,
-                                          batch_size):
-            for batch in plan.batches:
-                idx, seqs = batch[0], batch[1]
-                input_ids, mask, pos = _batching.pad_batch(seqs, pad, side)
-                budget.check_batch(*mask.shape)
-                kwargs = {"input_ids": input_ids, "attention_mask": mask}
-                if use_pos:
-                    kwargs["position_ids"] = pos
-                kwargs = {k: v.to(device) for k, v in kwargs.items()}
-                collector = _Collector(keys, head_idx, kwargs["attention_mask"])
-                with manager.routing(collector, keys):
-                    runner(**kwargs, **extra)
-                for b, i in enumerate(idx):
-                    found[int(i)] = (seqs[b], np.stack([collector.out[li][b]
-                                                        for li in range(len(infos))]))
-    return [AttentionPattern(texts[i], tokenizer.convert_ids_to_tokens(list(found[i][0])),
-                             tuple(layer_idx), tuple(head_idx), found[i][1])
-            for i in range(len(texts))]
-
-
-def _sample_patterns(model, processor, samples, layer_idx, head_idx, infos, budget, modules,
-                     keys, max_length, batch_size, template) -> list[AttentionPattern]:
-    """:func:`attention_patterns` of image+text samples, batched as the encoder batches them."""
-    import torch
-
-    from . import _mm_batching, _vision
-    from .extraction import input_device
-
-    _mm_batching.check_samples(samples, processor, vision_only=False, prompt_template=template)
-    tok = processor.tokenizer
-    forward, extra = _vision.sample_forward(model, False)
-    device, dtype = input_device(model), next(model.parameters()).dtype
-    manager = hook_manager(model)
-    found: dict = {}
-    with manager.attached(modules), torch.inference_mode():
-        for idx, inputs, *_ in _mm_batching.plan_batches(
-                processor, samples, batch_size, vision_only=False, max_length=max_length,
-                pad_id=_batching.pad_id(tok, model.config), prompt_template=template):
-            inputs = {k: v.to(device, dtype=dtype if v.is_floating_point() else None)
-                      for k, v in inputs.items()}
-            mask = inputs["attention_mask"]
-            budget.check_batch(*mask.shape)
-            collector = _Collector(keys, head_idx, mask)
-            with manager.routing(collector, keys):
-                forward(**inputs, **extra)
-            for b, i in enumerate(idx):
-                ids = inputs["input_ids"][b][mask[b].bool()].tolist()
-                found[int(i)] = (ids, np.stack([collector.out[li][b]
-                                                for li in range(len(infos))]))
-    return [AttentionPattern(samples[i].text or "", tok.convert_ids_to_tokens(found[i][0]),
-                             tuple(layer_idx), tuple(head_idx), found[i][1])
-            for i in range(len(samples))]
+    for idx, rows in extractor.iter_batches(texts, sink=_PatternSink(model, infos, head_idx,
+                                                                      budget)):
+        found.update(zip(idx.tolist(), rows))
+    return [AttentionPattern((t.text or "") if samples else t,
+                             tokenizer.convert_ids_to_tokens(found[i][0]), tuple(layer_idx),
+                             tuple(head_idx), found[i][1])
+            for i, t in enumerate(texts)]
 
 
 def attention_metrics(model, tokenizer=None, texts: Sequence[str] = (), *,
@@ -329,12 +303,12 @@ def metrics_frame(X, layout):
     import pandas as pd
 
     n, L, P, _ = X.shape
-    parts = [_attn_arch.split_head(p) for p in layout.parts]
+    parts = [PartName.parse(p) for p in layout.parts]
     return pd.DataFrame({
         "text": np.repeat(np.arange(n), L * P),
         "layer": np.tile(np.repeat(np.asarray(layout.layers), P), n),
-        "head": np.tile([h for _, h in parts], n * L),
-        "metric": np.tile([p for p, _ in parts], n * L),
+        "head": np.tile([p.head for p in parts], n * L),
+        "metric": np.tile([p.part for p in parts], n * L),
         "value": np.asarray(X).reshape(-1).astype(float),
     })
 
@@ -376,13 +350,12 @@ def head_scores(frame, metric: str, *, value: str = "mean"):
     if frame.empty:
         raise ValueError(f"no rows for metric {metric!r}.")
     if "head" not in frame.columns:
-        parts = frame["part"].astype(str)
-        poolings = {p.split("@", 1)[1] for p in parts if "@" in p}
+        names = [PartName.parse(p) for p in frame["part"].astype(str)]
+        poolings = {n.pooling for n in names if n.pooling is not None}
         if len(poolings) > 1:
             raise ValueError(f"the frame holds several token poolings {sorted(poolings)}; keep "
                              "one pooling's rows before making a layer x head table.")
-        split = parts.map(_attn_arch.split_head)
-        frame = frame.assign(head=split.map(lambda t: t[1])).dropna(subset=["head"])
+        frame = frame.assign(head=[n.head for n in names]).dropna(subset=["head"])
         frame = frame.assign(head=frame["head"].astype(int))
         if frame.empty:
             raise ValueError("no per-head parts (named like 'attn_result.h3') in the frame.")

@@ -12,13 +12,20 @@ model's input embeddings, and run through the model with the hooks of a
 :class:`~embetter_plug._hooks.Capture` live; each hook pools its module's tokens at once
 (:mod:`embetter_plug._token_pooling`) and the forward stops after the deepest module asked for.
 The batch comes back as ``(row indices, float32 array (batch, n_layers, n_parts, hidden))``.
+
+The loop (tokenizing, padding, positions, device, eval and inference mode, autocast) is the
+same for every reading; a *sink* decides what a forward hands back: the pooled
+:class:`~embetter_plug._hooks.Capture` by default, the ``S x S`` patterns of
+:func:`embetter_plug.attention_patterns`. A sink is a context manager (hooks live while entered)
+with ``run(forward, mask, *, input_ids, pool_mask, modalities, image_rows, image_units)``, which
+calls ``forward()`` once and returns the batch's result (a tensor is yielded as a NumPy array).
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -26,6 +33,7 @@ import numpy as np
 from . import _arch, _attn_arch, _batching, _vision
 from ._hooks import Capture
 from ._token_pooling import pooling_name, split_modality
+from .layout import PartName
 from .samples import has_images
 
 __all__ = ["ActivationExtractor", "input_device"]
@@ -143,8 +151,10 @@ class ActivationExtractor:
         return (len(self.layers), len(self.parts) * len(self.poolings), self.hidden_size)
 
     def part_names(self) -> list[str]:
-        """Names along the part axis: ``part``, or ``part@pooling`` with several poolings."""
-        return [p if len(self.poolings) == 1 else f"{p}@{pooling_name(k)}"
+        """Names along the part axis: ``part``, or ``part@pooling`` with several poolings
+        (see :class:`~embetter_plug.layout.PartName`)."""
+        return [p if len(self.poolings) == 1 else
+                str(replace(PartName.parse(p), pooling=pooling_name(k)))
                 for p in self.parts for k in self.poolings]
 
     def vector_names(self) -> list[str]:
@@ -186,7 +196,8 @@ class ActivationExtractor:
                 on_batch(idx, out[idx])
         return out
 
-    def iter_batches(self, texts: Sequence[Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_batches(self, texts: Sequence[Any], *,
+                     sink: Any = None) -> Iterator[tuple[np.ndarray, Any]]:
         """Yield ``(row_indices, activations)`` per batch, longest texts first per chunk.
 
         Texts are tokenized chunk by chunk (on CUDA the next chunk while the current one runs);
@@ -194,18 +205,29 @@ class ActivationExtractor:
         :mod:`embetter_plug._mm_batching`). The loop body runs as the caller left things:
         inference mode, autocast, eval mode and the hooks are held only while a batch is
         computed, so a training step on the same model may run between batches.
-        """
-        return self._batches(texts, hold=False)
 
-    def _batches(self, texts, *, hold: bool):
+        ``sink``, when given, receives each batch's forward instead of the pooled capture, and
+        what its ``run`` returns is yielded in place of the activations (see the module's
+        notes); ``layers``, ``parts`` and ``poolings`` then only serve the default sink.
+        """
+        return self._batches(texts, hold=False, sink=sink)
+
+    def _capture(self) -> Capture:
+        """The default sink: the pooled activations of :attr:`parts` in :attr:`layers`."""
+        L, P, H = self.shape
+        return Capture(self.model, self._targets, L, len(self.parts), self.poolings, H,
+                       list(self.parts))
+
+    def _batches(self, texts, *, hold: bool, sink=None):
         """:meth:`iter_batches`; ``hold`` keeps the forward's contexts across the yields (for a
-        loop body of ours that runs no torch code)."""
+        loop body of ours that runs no torch code). Every forward of an extraction runs here."""
         from ._progress import iterate
 
         texts = list(texts)
         self.check(texts)
+        sink = self._capture() if sink is None else sink
         if has_images(texts) or self._images_alone():
-            yield from self._iter_samples(texts, hold)
+            yield from self._iter_samples(texts, hold, sink)
             return
         prefix, suffix = _batching.split_template(self.prompt_template)
         plans = _batching.plan_chunks(self.tokenizer, texts, prefix, suffix, self.max_length,
@@ -225,7 +247,7 @@ class ActivationExtractor:
                 truncated += plan.n_truncated
                 yield from plan.batches
 
-        yield from iterate(self._run(batches(), device, hold),  # or the caller's one bar
+        yield from iterate(self._run(batches(), device, sink, hold),  # or the caller's one bar
                            total=_batching.n_batches(len(texts), self.batch_size),
                            disable=not self.verbose, desc="encoding", unit="batch",
                            size=lambda batch: len(batch[0]))
@@ -293,12 +315,12 @@ class ActivationExtractor:
             raise ValueError(f"token_pooling {modal}: a vision tower has no text tokens; use "
                              "'cls', 'mean' or 'image:mean' (patches without the class token).")
 
-    def _iter_samples(self, samples, hold: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _iter_samples(self, samples, hold: bool, sink) -> Iterator[tuple[np.ndarray, Any]]:
         from . import _mm_batching
         from ._progress import iterate
 
         if not _vision.reads_images(self.model):  # text-only samples (checked): their texts
-            yield from self._batches([s.text for s in samples], hold=hold)
+            yield from self._batches([s.text for s in samples], hold=hold, sink=sink)
             return
         vision_only = self._images_alone()
         tokenizer = getattr(self.processor, "tokenizer", None) or self.tokenizer
@@ -309,7 +331,7 @@ class ActivationExtractor:
             processor, samples, self.batch_size, vision_only=vision_only,
             max_length=self.max_length, pad_id=pad, prompt_template=self.prompt_template,
             image_ids=self._per_image_ids())
-        yield from iterate(self._run_samples(batches, vision_only, hold),
+        yield from iterate(self._run_samples(batches, vision_only, sink, hold),
                            total=-(-len(samples) // self.batch_size), disable=not self.verbose,
                            desc="encoding", unit="batch", size=lambda batch: len(batch[0]))
 
@@ -322,7 +344,7 @@ class ActivationExtractor:
             return []
         return image_token_ids(self.model, self.processor)
 
-    def _forward_contexts(self, capture, device, hold: bool):
+    def _forward_contexts(self, sink, device, hold: bool):
         """``(outer, inner)``: context factories for the whole loop and for each batch. The
         hooks (and eval mode), inference mode and autocast are live in one of them: around
         every forward, and across the yields too only when ``hold``."""
@@ -330,7 +352,7 @@ class ActivationExtractor:
 
         def live():
             stack = contextlib.ExitStack()
-            stack.enter_context(capture)
+            stack.enter_context(sink)
             stack.enter_context(torch.inference_mode())
             if self.autocast_dtype is not None:
                 stack.enter_context(torch.autocast(device.type, dtype=self.autocast_dtype))
@@ -338,9 +360,10 @@ class ActivationExtractor:
 
         return (live, contextlib.nullcontext) if hold else (contextlib.nullcontext, live)
 
-    def _run_samples(self, batches, vision_only: bool, hold: bool = True):
+    def _run_samples(self, batches, vision_only: bool, sink, hold: bool = True):
         """``(row_indices, activations)`` per ``(row_indices, model inputs, image rows, tower
-        units per image)`` (see :func:`embetter_plug._mm_batching.plan_batches`)."""
+        units per image)`` (see :func:`embetter_plug._mm_batching.plan_batches`); the
+        activations are what ``sink`` returns."""
         import torch
 
         from ._mm_batching import image_masks, image_token_ids
@@ -350,10 +373,7 @@ class ActivationExtractor:
         dtype = next(self.model.parameters()).dtype
         image_ids = torch.tensor(image_token_ids(self.model, self.processor) or [-1],
                                  device=device)
-        L, P, H = self.shape
-        capture = Capture(self.model, self._targets, L, len(self.parts), self.poolings, H,
-                          list(self.parts))
-        outer, inner = self._forward_contexts(capture, device, hold)
+        outer, inner = self._forward_contexts(sink, device, hold)
         with outer():
             for idx, inputs, with_image, units, counts in batches:
                 inputs = {k: v.to(device, dtype=dtype if v.is_floating_point() else None)
@@ -367,24 +387,23 @@ class ActivationExtractor:
                     modalities = image_masks(inputs["input_ids"], image_ids, counts, n_images)
                 rows = torch.as_tensor(with_image, device=device)
                 with inner():
-                    acts = capture.run(lambda: forward(**inputs, **extra), mask,
-                                       modalities=modalities, image_rows=rows,
-                                       image_units=torch.as_tensor(units, device=device))
-                    acts = acts.cpu().numpy()
+                    acts = sink.run(lambda: forward(**inputs, **extra), mask,
+                                    input_ids=inputs.get("input_ids"), modalities=modalities,
+                                    image_rows=rows,
+                                    image_units=torch.as_tensor(units, device=device))
+                    acts = _to_host(acts)
                 yield idx, acts
 
-    def _run(self, batches, device, hold: bool = True):
-        """``(row_indices, activations)`` per ``(row_indices, token ids[, spans])`` batch."""
+    def _run(self, batches, device, sink, hold: bool = True):
+        """``(row_indices, activations)`` per ``(row_indices, token ids[, spans])`` batch; the
+        activations are what ``sink`` returns."""
         runner = _arch.runner(self.model)
         accepts_pos = _arch.takes_position_ids(self.model)
         extra = ({"use_cache": False} if "use_cache" in inspect.signature(runner.forward).parameters
                  else {})
         pad_id = _batching.pad_id(self.tokenizer, self.model.config)
         side = _arch.padding_side(self.model, getattr(self.tokenizer, "padding_side", "right"))
-        L, P, H = self.shape
-        capture = Capture(self.model, self._targets, L, len(self.parts), self.poolings, H,
-                          list(self.parts))
-        outer, inner = self._forward_contexts(capture, device, hold)
+        outer, inner = self._forward_contexts(sink, device, hold)
 
         def prepare(batch, pin=False):
             idx, seqs = batch[0], batch[1]
@@ -401,7 +420,8 @@ class ActivationExtractor:
         def run(kwargs, mask):
             pool_mask = kwargs.pop("pool_mask", None)
             with inner():
-                return capture.run(lambda: runner(**kwargs, **extra), mask, pool_mask=pool_mask)
+                return sink.run(lambda: runner(**kwargs, **extra), mask,
+                                input_ids=kwargs["input_ids"], pool_mask=pool_mask)
 
         with outer():
             if device.type == "cuda":  # overlapped, pinned, one sync per batch (see _gpu)
@@ -411,4 +431,9 @@ class ActivationExtractor:
                 return
             for batch in batches:
                 idx, kwargs, mask = prepare(batch)
-                yield idx, run(kwargs, mask).cpu().numpy()
+                yield idx, _to_host(run(kwargs, mask))
+
+
+def _to_host(result):
+    """A sink's batch result as the loop yields it: a tensor as a NumPy array on the host."""
+    return result.cpu().numpy() if hasattr(result, "cpu") else result

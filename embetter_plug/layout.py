@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["ActivationLayout", "Activations", "layer_positions", "select_positions"]
+__all__ = ["ActivationLayout", "Activations", "PartName", "layer_positions", "select_positions"]
 
 
 @dataclass(frozen=True)
@@ -210,3 +211,88 @@ class Activations(np.ndarray):
                 except (IndexError, KeyError, TypeError, ValueError):
                     out.index = None
         return out
+
+
+@dataclass(frozen=True)
+class PartName:
+    """One name on the part axis, ``[vision.]part[.hN][@pooling]``, parsed once into its four
+    coordinates.
+
+    Parameters
+    ----------
+    stack : {None, "vision"}
+        ``"vision"`` for a part of a vision-language model's vision tower (``vision.`` in the
+        name); ``None`` for the model's language stack (or a vision encoder's only stack).
+    part : str
+        A part (``resid_post``, ``attn_result``, ``attn_entropy``) or a module path.
+    head : int or None, default=None
+        The head of a per-head attention entry (``attn_result.h3``).
+    pooling : str or None, default=None
+        The token pooling, where the part axis holds several (``mlp_out@mean``,
+        ``resid_post@image0:mean``, ``resid_post@pos0.5``).
+
+    Examples
+    --------
+    >>> from embetter_plug.layout import PartName
+    >>> name = PartName.parse("attn_result.h3@text:mean")
+    >>> name
+    PartName(stack=None, part='attn_result', head=3, pooling='text:mean')
+    >>> str(name.without_pooling())
+    'attn_result.h3'
+    >>> PartName.parse("vision.mlp_out").stack
+    'vision'
+    """
+
+    stack: str | None
+    part: str
+    head: int | None = None
+    pooling: str | None = None
+
+    STACKS: ClassVar[tuple] = ("vision",)
+    FORM: ClassVar[str] = "[vision.]part[.hN][@pooling]"
+    _HEAD: ClassVar = re.compile(r"^(attn_[a-z_]+)\.h(\d+)$")
+
+    def __post_init__(self):
+        if self.stack is not None and self.stack not in self.STACKS:
+            raise ValueError(f"stack={self.stack!r}: a part is read from the language stack "
+                             f"(None) or from {list(self.STACKS)}.")
+        if not isinstance(self.part, str) or not self.part or "@" in self.part:
+            raise ValueError(f"part={self.part!r}: give a non-empty part name without '@'.")
+        if self.head is not None and (isinstance(self.head, bool) or not isinstance(
+                self.head, int) or self.head < 0):
+            raise ValueError(f"head={self.head!r}: give a head index (an int >= 0) or None.")
+        if self.pooling is not None and (not isinstance(self.pooling, str) or not self.pooling
+                                         or "@" in self.pooling):
+            raise ValueError(f"pooling={self.pooling!r}: give a pooling name or None.")
+
+    @classmethod
+    def parse(cls, name) -> "PartName":
+        """The coordinates of ``name`` (a :class:`PartName` is returned as it is); a name that
+        is not of the form ``[vision.]part[.hN][@pooling]`` is a ``ValueError`` naming it."""
+        if isinstance(name, cls):
+            return name
+        if not isinstance(name, str):
+            raise TypeError(f"a part name is a string, got {name!r} "
+                            f"({type(name).__name__}).")
+        body, at, pooling = name.partition("@")
+        stack = next((s for s in cls.STACKS if body.startswith(s + ".")), None)
+        if stack is not None:
+            body = body[len(stack) + 1:]
+        match = cls._HEAD.match(body)
+        try:
+            return cls(stack, match.group(1) if match else body,
+                       int(match.group(2)) if match else None, pooling if at else None)
+        except ValueError:
+            raise ValueError(
+                f"part name {name!r} is not of the form {cls.FORM} (e.g. 'resid_post', "
+                "'vision.mlp_out', 'attn_result.h3', 'mlp_out@mean'): the part and a pooling "
+                "after '@' must not be empty, and '@' comes once.") from None
+
+    def __str__(self) -> str:
+        return "".join((f"{self.stack}." if self.stack else "", self.part,
+                        "" if self.head is None else f".h{self.head}",
+                        "" if self.pooling is None else f"@{self.pooling}"))
+
+    def without_pooling(self) -> "PartName":
+        """The same entry without its token pooling."""
+        return replace(self, pooling=None)

@@ -130,14 +130,15 @@ def _model_label(model) -> str:
 
 def _with_pooling(results, enc):
     """Split ``part@pooling`` names into a ``pooling`` column (dummy rows get ``-``)."""
+    from embetter_plug.layout import PartName
     from embetter_plug.probe import ProbeResults
     from embetter_plug.probe.results import ANY, DUMMY
 
     frame = results.frame_.copy()
     single = enc.layout_.meta["token_pooling"]
-    split = frame["part"].str.split("@", n=1)
-    frame["part"] = split.str[0]
-    frame.insert(0, "pooling", [s[1] if len(s) > 1 else single[0] for s in split])
+    names = [PartName.parse(p) for p in frame["part"]]
+    frame["part"] = [str(n.without_pooling()) for n in names]
+    frame.insert(0, "pooling", [single[0] if n.pooling is None else n.pooling for n in names])
     frame.loc[frame["part"] == DUMMY, "pooling"] = ANY
     return ProbeResults(frame, task=results.task)
 

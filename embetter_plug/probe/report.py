@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .._pages import check_writable, fill, write_page
+from ..layout import PartName
 from ._metrics import LOWER_IS_BETTER, metric_range, ranking_metrics
 from .results import ANY, DUMMY, ProbeResults
 
@@ -36,10 +37,10 @@ def report_rows(results: ProbeResults) -> list[dict]:
     s["stats"] = [extra.get(tuple(r)) for r in
                   s[[*results.context, "layer", "part"]].astype(str).to_numpy()]
     if "pooling" not in s.columns:
-        split = s["part"].str.split("@", n=1, expand=True)
-        if split.shape[1] == 2:
-            s["pooling"] = split[1].fillna(ANY)
-            s["part"] = split[0]
+        names = [PartName.parse(p) for p in s["part"]]
+        if any(n.pooling is not None for n in names):
+            s["pooling"] = [ANY if n.pooling is None else n.pooling for n in names]
+            s["part"] = [str(n.without_pooling()) for n in names]
     for col in SELECTORS:
         if col not in s.columns:
             s[col] = ANY
