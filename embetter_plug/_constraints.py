@@ -35,7 +35,7 @@ from sklearn.utils._param_validation import (  # noqa: F401  (re-exported)
 )
 
 __all__ = ["HasMethods", "Hidden", "Interval", "InvalidParameterError", "Options", "StrOptions",
-           "Check", "Indices", "PartNames", "TokenPoolings", "Heads", "PromptTemplate", "Device",
+           "Check", "Indices", "Selection", "PartNames", "TokenPoolings", "Heads", "PromptTemplate", "Device",
            "Dtype", "CacheSpec", "CALLBACKS", "POSITIVE_INT", "NON_NEGATIVE_INT", "POSITIVE_REAL",
            "NON_NEGATIVE_REAL", "FRACTION", "validate_estimator_params", "validate_params"]
 
@@ -74,32 +74,43 @@ class Check(_Constraint):
 
 
 # ------------------------------------------------------------------ the package's constraints
-def _check_indices(name: str) -> Callable[[Any], None]:
+def _check_selection(name: str, names: str | None) -> Callable[[Any], None]:
+    """``"all"``, an int, a name (when ``names`` says what kind) or a non-empty list of those."""
+    takes = f"'all', an int, a {names} name or a list of those" if names else \
+        "'all', an int or a list of ints"
+
     def check(value):
         if isinstance(value, str):
-            if value != "all":
-                raise ValueError(f"{name}={value!r}: use 'all', an int or a list of ints.")
+            if value != "all" and not names:
+                raise ValueError(f"{name}={value!r}: use {takes}.")
             return
         if isinstance(value, Integral) and not isinstance(value, bool):
             return
         try:
             items = list(value)
         except TypeError:
-            raise TypeError(f"{name}={value!r} is not valid; {name} takes 'all', an int or a "
-                            "list of ints.") from None
+            raise TypeError(f"{name}={value!r} is not valid; {name} takes {takes}.") from None
         if not items:
             raise ValueError(f"{name} is an empty list; give at least one index or 'all'.")
         for i in items:
-            if not isinstance(i, Integral) or isinstance(i, bool):
-                raise TypeError(f"{name} entry {i!r} is not an int; {name} takes 'all', an int "
-                                "or ints.")
+            if isinstance(i, bool) or not isinstance(i, (Integral, str) if names else Integral):
+                raise TypeError(f"{name} entry {i!r} is not " + (f"a {names} name nor an int"
+                                                                 if names else "an int")
+                                + f"; {name} takes {takes}.")
     return check
 
 
 def Indices(name: str) -> Check:
     """``"all"``, an int or a non-empty list of ints (ranges are checked against the model or
     the array later); ``name`` is the parameter's name in messages."""
-    return Check(_check_indices(name), "'all', an int or a non-empty list of ints")
+    return Check(_check_selection(name, None), "'all', an int or a non-empty list of ints")
+
+
+def Selection(name: str, names: str) -> Check:
+    """``"all"``, an int, a name of a ``names`` or a non-empty list of those (which names
+    exist is checked against the array later)."""
+    return Check(_check_selection(name, names),
+                 f"'all', an int, a {names} name or a non-empty list of those")
 
 
 def _check_parts(parts):

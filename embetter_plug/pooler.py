@@ -9,6 +9,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from ._constraints import Indices, Selection, StrOptions, validate_estimator_params
 from ._output import store_output_config, wrap_output
 from .layout import select_positions
 
@@ -61,6 +62,12 @@ class LayerPooler(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     (5, 8)
     """
 
+    _parameter_constraints: dict = {
+        "layers": [Indices("layers")],
+        "parts": [Selection("parts", "part")],
+        "method": [StrOptions(set(METHODS))],
+    }
+
     def __init__(self, layers: Any = "all", parts: Any = "all", method: str = "concat"):
         self.layers = layers
         self.parts = parts
@@ -68,8 +75,7 @@ class LayerPooler(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
     def fit(self, X, y=None):
         """Check the selection against ``X``'s shape."""
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r} is not supported; valid methods are {list(METHODS)}.")
+        validate_estimator_params(self)
         layout = getattr(X, "layout", None)  # set on the encoder's own output
         X4 = self._as_4d(X, reset=True)
         self.in_shape_ = tuple(int(s) for s in X4.shape[1:])

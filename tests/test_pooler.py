@@ -39,7 +39,7 @@ def test_errors():
         LayerPooler(parts=["resid_post"]).fit(X4)
     with pytest.raises(ValueError, match=r"part position -4"):
         LayerPooler(parts=-4).fit(X4)
-    with pytest.raises(ValueError, match=r"method='median'.*concat"):
+    with pytest.raises(ValueError, match=r"'method' parameter of LayerPooler must be a str among \{.*concat.*\}\. Got 'median'"):
         LayerPooler(method="median").fit(X4)
     pooler = LayerPooler().fit(X4)
     with pytest.raises(ValueError, match=r"fitted on \(5, 3, 4\)"):
