@@ -35,7 +35,7 @@ from sklearn.utils._param_validation import (  # noqa: F401  (re-exported)
 )
 
 __all__ = ["HasMethods", "Hidden", "Interval", "InvalidParameterError", "Options", "StrOptions",
-           "Check", "Indices", "Selection", "PartNames", "TokenPoolings", "Heads", "PromptTemplate", "Device",
+           "Check", "Indices", "Selection", "SubclassOf", "PartNames", "TokenPoolings", "Heads", "PromptTemplate", "Device",
            "Dtype", "CacheSpec", "CALLBACKS", "POSITIVE_INT", "NON_NEGATIVE_INT", "POSITIVE_REAL",
            "NON_NEGATIVE_REAL", "FRACTION", "validate_estimator_params", "validate_params"]
 
@@ -229,6 +229,14 @@ def _check_callbacks(callbacks):
 
 CALLBACKS = Check(_check_callbacks, "None or a list of skorch callbacks or (name, callback) "
                                     "pairs")
+
+def SubclassOf(base: type, description: str) -> Check:
+    """A class deriving from ``base`` (e.g. a ``torch.optim.Optimizer`` subclass)."""
+    def check(value):
+        if not (isinstance(value, type) and issubclass(value, base)):
+            raise TypeError(f"{value!r} is not a subclass of {base.__module__}.{base.__name__}.")
+    return Check(check, description)
+
 
 # ------------------------------------------------------------------ common numeric ranges
 POSITIVE_INT = Interval(Integral, 1, None, closed="left")
