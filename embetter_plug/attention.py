@@ -24,6 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _arch, _attn_arch, _attn_find, _attn_parts, _batching
+from ._constraints import (POSITIVE_INT, Heads, Indices, PromptTemplate, TokenPoolings,
+                           validate_params)
 from ._hooks import hook_manager
 from ._utils import resolve_indices, warn_user
 from .samples import check_inputs, has_images
@@ -133,6 +135,9 @@ class _Collector:
                                     for b, m in enumerate(self.mask)]
 
 
+@validate_params({"layers": [Indices("layers")], "heads": [Heads()],
+                  "max_length": [None, POSITIVE_INT], "batch_size": [POSITIVE_INT],
+                  "prompt_template": [PromptTemplate()]})
 def attention_patterns(model, tokenizer=None, texts: Sequence[str] = (), *, layers: Any = "all",
                        heads: Any = "all", max_length: int | None = None, batch_size: int = 8,
                        prompt_template: str | None = None) -> list[AttentionPattern]:
@@ -262,6 +267,8 @@ def _sample_patterns(model, processor, samples, layer_idx, head_idx, infos, budg
             for i in range(len(samples))]
 
 
+@validate_params({"layers": [Indices("layers")], "heads": [Heads()],
+                  "token_pooling": [TokenPoolings()]})
 def attention_metrics(model, tokenizer=None, texts: Sequence[str] = (), *,
                       metrics: Any = "all", layers: Any = "all", heads: Any = "all",
                       token_pooling: Any = "mean", **encoder_params):

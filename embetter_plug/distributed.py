@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import socket
-from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 
 from ._cluster_inputs import _blocks, _read_inputs, _samples_of
+from ._constraints import NON_NEGATIVE_REAL, POSITIVE_INT, StrOptions, validate_params
+from .io import STORE_DTYPES
 from ._utils import logger
 
 __all__ = ["extract_distributed", "connect_ray"]
@@ -43,17 +44,6 @@ def ray_log_level() -> int:
     import logging
 
     return logging.DEBUG if logger.isEnabledFor(logging.DEBUG) else logging.ERROR
-
-
-def _check_resources(concurrency, num_cpus, num_gpus) -> None:
-    if not isinstance(concurrency, Integral) or isinstance(concurrency, bool) or concurrency < 1:
-        raise ValueError(f"concurrency must be a positive integer (actors in the pool), got "
-                         f"{concurrency!r}.")
-    for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
-        if value is not None and (not isinstance(value, Real) or isinstance(value, bool)
-                                  or value < 0):
-            raise ValueError(f"{name} must be a number >= 0 (per actor, fractions allowed) or "
-                             f"None, got {value!r}.")
 
 
 def _check_reachable(address: str) -> None:
@@ -98,7 +88,6 @@ def connect_ray(address: str | None = None, *, concurrency: int = 1,
     ValueError
         ``num_gpus`` on a cluster without (enough) GPUs, or invalid resources.
     """
-    _check_resources(concurrency, num_cpus, num_gpus)
     ray = _import_ray()
     started = False
     quiet = {"log_to_driver": False, "logging_level": ray_log_level()}
@@ -206,6 +195,14 @@ def _actor_params(encoder) -> dict:
     return params
 
 
+@validate_params({
+    "text_column": [str], "image_column": [str], "address": [None, str],
+    "concurrency": [POSITIVE_INT],  # actors in the pool
+    "num_cpus": [None, NON_NEGATIVE_REAL], "num_gpus": [None, NON_NEGATIVE_REAL],  # per actor
+    "batch_size": [None, POSITIVE_INT], "shard_size": [None, POSITIVE_INT],
+    "store_dtype": [StrOptions(set(STORE_DTYPES))], "overwrite": ["boolean"],
+    "shared_storage": ["boolean"], "verbose": ["verbose"],
+})
 def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column: str = "text",
                         image_column: str = "image",
                         address: str | None = None, concurrency: int = 1,
@@ -278,8 +275,6 @@ def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column
     check_is_fitted(encoder, "layout_")
     _check_resources(concurrency, num_cpus, num_gpus)
     _check_model_travels(encoder)
-    if batch_size is not None and (not isinstance(batch_size, Integral) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
     batch_size = int(batch_size or 4 * encoder.batch_size)
     if num_gpus and str(encoder.device).startswith("cpu"):
         logger.warning("num_gpus=%s per actor, but the encoder has device=%r: the actors hold "
