@@ -37,7 +37,7 @@ from sklearn.utils._param_validation import (  # noqa: F401  (re-exported)
 __all__ = ["HasMethods", "Hidden", "Interval", "InvalidParameterError", "Options", "StrOptions",
            "Check", "Indices", "Selection", "SubclassOf", "PartNames", "TokenPoolings", "Heads", "PromptTemplate", "Device",
            "Dtype", "CacheSpec", "CALLBACKS", "POSITIVE_INT", "NON_NEGATIVE_INT", "POSITIVE_REAL",
-           "NON_NEGATIVE_REAL", "FRACTION", "validate_estimator_params", "validate_params"]
+           "NON_NEGATIVE_REAL", "FRACTION", "validate_estimator_params", "validate_params", "validate_values"]
 
 
 class Check(_Constraint):
@@ -247,7 +247,7 @@ FRACTION = Interval(Real, 0, 1, closed="neither")
 
 
 # ------------------------------------------------------------------ validation
-def _validate(constraints: dict, params: dict, caller: str) -> None:
+def validate_values(constraints: dict, params: dict, caller: str) -> None:
     """Check ``params`` against ``constraints`` (scikit-learn's semantics: a value must satisfy
     one constraint of its list); the first refused one raises ``InvalidParameterError`` with
     scikit-learn's message plus the reasons the package's own constraints give."""
@@ -271,7 +271,7 @@ def _validate(constraints: dict, params: dict, caller: str) -> None:
 def validate_estimator_params(estimator) -> None:
     """Validate ``estimator``'s parameters against its ``_parameter_constraints`` (call it
     first thing in ``fit``, before any model is loaded)."""
-    _validate(type(estimator)._parameter_constraints, estimator.get_params(deep=False),
+    validate_values(type(estimator)._parameter_constraints, estimator.get_params(deep=False),
               type(estimator).__name__)
 
 
@@ -290,7 +290,7 @@ def validate_params(constraints: dict) -> Callable:
         def wrapper(*args, **kwargs):
             bound = sig.bind(*args, **kwargs)
             bound.apply_defaults()
-            _validate(constraints, {k: v for k, v in bound.arguments.items() if k in constraints},
+            validate_values(constraints, {k: v for k, v in bound.arguments.items() if k in constraints},
                       func.__qualname__)
             return func(*args, **kwargs)
 
