@@ -22,22 +22,30 @@ import inspect
 from numbers import Integral, Real
 from typing import Any, Callable
 
+import numpy as np
 from sklearn import get_config
 from sklearn.utils._param_validation import (  # noqa: F401  (re-exported)
     HasMethods,
     Hidden,
-    Interval,
     InvalidParameterError,
     Options,
     StrOptions,
     _Constraint,
     make_constraint,
 )
+from sklearn.utils._param_validation import Interval as _Interval
 
 __all__ = ["HasMethods", "Hidden", "Interval", "InvalidParameterError", "Options", "StrOptions",
            "Check", "Indices", "Selection", "SubclassOf", "PartNames", "TokenPoolings", "Heads", "PromptTemplate", "Device",
            "Dtype", "CacheSpec", "CALLBACKS", "POSITIVE_INT", "NON_NEGATIVE_INT", "POSITIVE_REAL",
            "NON_NEGATIVE_REAL", "FRACTION", "validate_estimator_params", "validate_params", "validate_values"]
+
+
+class Interval(_Interval):
+    """scikit-learn's ``Interval`` that refuses booleans: ``True`` is not a batch size."""
+
+    def is_satisfied_by(self, val: Any) -> bool:
+        return not isinstance(val, (bool, np.bool_)) and super().is_satisfied_by(val)
 
 
 class Check(_Constraint):

@@ -9,9 +9,9 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import r2_score
 from sklearn.utils.class_weight import compute_class_weight
-from sklearn.utils._param_validation import InvalidParameterError
 
 from embetter_plug import PlugClassifier, PlugContrastiveCNN, PlugRegressor
+from embetter_plug._constraints import InvalidParameterError
 from embetter_plug._utils import resolve_device
 from skorch.callbacks import EpochTimer
 

@@ -10,7 +10,7 @@ import inspect
 import numpy as np
 import pytest
 from sklearn.base import BaseEstimator
-from sklearn.utils._param_validation import InvalidParameterError
+from embetter_plug._constraints import InvalidParameterError
 
 import embetter_plug
 from embetter_plug import (LayerPooler, OnlineProbes, PlugClassifier, SentenceEncoder,
@@ -88,7 +88,7 @@ def _raises_naming(param, owner, value_repr=None):
     {"parts": "mlp_output"}, {"heads": [1.5]}, {"token_pooling": "average"},
     {"prompt_template": "no placeholder"}, {"device": "gpu-zero"}, {"dtype": "float8"},
     {"include_prompt": "yes"}, {"verify": 1.0}, {"model_kwargs": ["device_map"]}, {"cache": 3},
-    {"revision": 2},
+    {"revision": 2}, {"max_length": True},
 ], ids=lambda p: next(iter(p)))
 def test_encoder_bad_parameter_raises_before_loading(no_loading, params):
     (param, value), = params.items()
@@ -142,12 +142,23 @@ def test_numeric_estimators_refuse_before_reading_X(monkeypatch):
     X, y = np.zeros((4, 3)), np.array([0, 1, 0, 1])
     with _raises_naming("optimizer", "PlugClassifier", "'rmsprop'"):
         PlugClassifier(optimizer="rmsprop").fit(X, y)
+    with _raises_naming("max_epochs", "PlugClassifier", "True"):  # not an int of 1
+        PlugClassifier(max_epochs=True).fit(X, y)
     with _raises_naming("n_jobs", "PlugClassifier", "-2"):
         PlugClassifier(n_jobs=-2).fit(X, y)
     with _raises_naming("method", "LayerPooler", "'median'"):
         LayerPooler(method="median").fit(np.zeros((4, 2, 1, 3)))
     with _raises_naming("parts", "LayerPooler", "[0.5]"):
         LayerPooler(parts=[0.5]).fit(np.zeros((4, 2, 1, 3)))
+
+
+def test_one_module_depends_on_sklearns_private_validation_module():
+    from pathlib import Path
+
+    root = Path(embetter_plug.__file__).parent
+    users = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                   if "sklearn.utils._param_validation" in p.read_text(encoding="utf-8"))
+    assert users == ["_constraints.py"]
 
 
 def test_sklearn_skip_parameter_validation_is_honoured():
