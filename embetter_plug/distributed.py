@@ -46,6 +46,11 @@ def ray_log_level() -> int:
     return logging.DEBUG if logger.isEnabledFor(logging.DEBUG) else logging.ERROR
 
 
+# what one actor may hold, and how many actors
+_RESOURCES = {"address": [None, str], "concurrency": [POSITIVE_INT],
+              "num_cpus": [None, NON_NEGATIVE_REAL], "num_gpus": [None, NON_NEGATIVE_REAL]}
+
+
 def _check_reachable(address: str) -> None:
     """Refuse quickly an explicit ``host:port`` where nothing listens (``ray.init`` would wait)."""
     hostport = address.split("://", 1)[-1]
@@ -62,6 +67,7 @@ def _check_reachable(address: str) -> None:
             "to start a local cluster for the run.") from None
 
 
+@validate_params(_RESOURCES)
 def connect_ray(address: str | None = None, *, concurrency: int = 1,
                 num_cpus: float | None = None, num_gpus: float = 0) -> bool:
     """Connect to a Ray cluster (or start a local one) and check it can hold the actor pool.
@@ -196,9 +202,7 @@ def _actor_params(encoder) -> dict:
 
 
 @validate_params({
-    "text_column": [str], "image_column": [str], "address": [None, str],
-    "concurrency": [POSITIVE_INT],  # actors in the pool
-    "num_cpus": [None, NON_NEGATIVE_REAL], "num_gpus": [None, NON_NEGATIVE_REAL],  # per actor
+    **_RESOURCES, "text_column": [str], "image_column": [str],
     "batch_size": [None, POSITIVE_INT], "shard_size": [None, POSITIVE_INT],
     "store_dtype": [StrOptions(set(STORE_DTYPES))], "overwrite": ["boolean"],
     "shared_storage": ["boolean"], "verbose": ["verbose"],
@@ -273,7 +277,6 @@ def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column
     from .streaming import ShardWriter, extraction_plan
 
     check_is_fitted(encoder, "layout_")
-    _check_resources(concurrency, num_cpus, num_gpus)
     _check_model_travels(encoder)
     batch_size = int(batch_size or 4 * encoder.batch_size)
     if num_gpus and str(encoder.device).startswith("cpu"):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from numbers import Integral
 from typing import Any, Iterator
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from . import _arch, _attn_arch, _batching, _vision
+from . import _arch, _attn_arch, _vision
 from ._constraints import (POSITIVE_INT, CacheSpec, Device, Dtype, Heads, Indices, PartNames,
                            PromptTemplate, TokenPoolings, validate_estimator_params)
 from ._encoder_load import load_for

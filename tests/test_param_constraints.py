@@ -237,6 +237,11 @@ def test_extract_distributed_checks_parameters_before_ray(tmp_path, kwargs, para
     with _raises_naming(param, "extract_distributed"):
         embetter_plug.extract_distributed(TransformerActivationEncoder(), tmp_path / "out", ["a"],
                                           **kwargs)
+    if param in ("concurrency", "num_cpus", "num_gpus"):
+        from embetter_plug.distributed import connect_ray
+
+        with _raises_naming(param, "connect_ray"):
+            connect_ray(**kwargs)
 
 
 def test_decorated_functions_keep_their_signature_and_docstring():
