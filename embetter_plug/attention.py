@@ -23,6 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _arch, _attn_arch, _attn_find, _attn_parts
+from ._constraints import (POSITIVE_INT, Heads, Hidden, Indices, PromptTemplate, StrOptions,
+                           TokenPoolings, validate_params)
 from ._hooks import hook_manager
 from .layout import PartName
 from ._utils import resolve_indices, warn_user
@@ -161,6 +163,9 @@ class _PatternSink:
                 for b, (ids, m) in enumerate(zip(input_ids, self._mask))]
 
 
+@validate_params({"layers": [Indices("layers")], "heads": [Heads()],
+                  "max_length": [None, POSITIVE_INT], "batch_size": [POSITIVE_INT],
+                  "prompt_template": [PromptTemplate()]})
 def attention_patterns(model, tokenizer=None, texts: Sequence[str] = (), *, layers: Any = "all",
                        heads: Any = "all", max_length: int | None = None, batch_size: int = 8,
                        prompt_template: str | None = None) -> list[AttentionPattern]:
@@ -236,6 +241,9 @@ def attention_patterns(model, tokenizer=None, texts: Sequence[str] = (), *, laye
             for i, t in enumerate(texts)]
 
 
+@validate_params({"layers": [Indices("layers")], "heads": [Heads()],
+                  "query_reduction": [TokenPoolings()],
+                  "token_pooling": [TokenPoolings(), Hidden(StrOptions({"deprecated"}))]})
 def attention_metrics(model, tokenizer=None, texts: Sequence[str] = (), *,
                       metrics: Any = "all", layers: Any = "all", heads: Any = "all",
                       query_reduction: Any = "mean", token_pooling: Any = "deprecated",

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import socket
-from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 
 from ._cluster_inputs import _blocks, _read_inputs, _samples_of
+from ._constraints import NON_NEGATIVE_REAL, POSITIVE_INT, StrOptions, validate_params
+from .io import STORE_DTYPES
 from ._utils import logger
 
 __all__ = ["extract_distributed", "connect_ray"]
@@ -45,15 +46,9 @@ def ray_log_level() -> int:
     return logging.DEBUG if logger.isEnabledFor(logging.DEBUG) else logging.ERROR
 
 
-def _check_resources(concurrency, num_cpus, num_gpus) -> None:
-    if not isinstance(concurrency, Integral) or isinstance(concurrency, bool) or concurrency < 1:
-        raise ValueError(f"concurrency must be a positive integer (actors in the pool), got "
-                         f"{concurrency!r}.")
-    for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
-        if value is not None and (not isinstance(value, Real) or isinstance(value, bool)
-                                  or value < 0):
-            raise ValueError(f"{name} must be a number >= 0 (per actor, fractions allowed) or "
-                             f"None, got {value!r}.")
+# what one actor may hold, and how many actors
+_RESOURCES = {"address": [None, str], "concurrency": [POSITIVE_INT],
+              "num_cpus": [None, NON_NEGATIVE_REAL], "num_gpus": [None, NON_NEGATIVE_REAL]}
 
 
 def _check_reachable(address: str) -> None:
@@ -72,6 +67,7 @@ def _check_reachable(address: str) -> None:
             "to start a local cluster for the run.") from None
 
 
+@validate_params(_RESOURCES)
 def connect_ray(address: str | None = None, *, concurrency: int = 1,
                 num_cpus: float | None = None, num_gpus: float = 0) -> bool:
     """Connect to a Ray cluster (or start a local one) and check it can hold the actor pool.
@@ -98,7 +94,6 @@ def connect_ray(address: str | None = None, *, concurrency: int = 1,
     ValueError
         ``num_gpus`` on a cluster without (enough) GPUs, or invalid resources.
     """
-    _check_resources(concurrency, num_cpus, num_gpus)
     ray = _import_ray()
     started = False
     quiet = {"log_to_driver": False, "logging_level": ray_log_level()}
@@ -206,6 +201,12 @@ def _actor_params(encoder) -> dict:
     return params
 
 
+@validate_params({
+    **_RESOURCES, "text_column": [str], "image_column": [str],
+    "batch_size": [None, POSITIVE_INT], "shard_size": [None, POSITIVE_INT],
+    "store_dtype": [StrOptions(set(STORE_DTYPES))], "overwrite": ["boolean"],
+    "shared_storage": ["boolean"], "verbose": ["verbose"],
+})
 def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column: str = "text",
                         image_column: str = "image",
                         address: str | None = None, concurrency: int = 1,
@@ -276,10 +277,7 @@ def extract_distributed(encoder, folder: str | os.PathLike, data, *, text_column
     from .streaming import ShardWriter, extraction_plan
 
     check_is_fitted(encoder, "layout_")
-    _check_resources(concurrency, num_cpus, num_gpus)
     _check_model_travels(encoder)
-    if batch_size is not None and (not isinstance(batch_size, Integral) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
     batch_size = int(batch_size or 4 * encoder.batch_size)
     if num_gpus and str(encoder.device).startswith("cpu"):
         logger.warning("num_gpus=%s per actor, but the encoder has device=%r: the actors hold "

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from numbers import Integral
 from typing import Any, Iterator
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from . import _arch, _attn_arch, _batching, _vision
+from . import _arch, _attn_arch, _vision
+from ._constraints import (POSITIVE_INT, CacheSpec, Device, Dtype, Heads, Indices, PartNames,
+                           PromptTemplate, TokenPoolings, validate_estimator_params)
 from ._encoder_load import load_for
 from ._loading import check_source_still_there, resolve_model_source
 from ._token_pooling import pooling_name, validate_pooling
@@ -122,6 +123,29 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
     (2, 3, 2, 32)
     """
 
+    _parameter_constraints: dict = {
+        "model": "no_validation",  # resolved (and refused with the reason) when loading
+        "tokenizer": "no_validation",
+        "processor": "no_validation",
+        "layers": [Indices("layers")],
+        "parts": [PartNames()],
+        "heads": [Heads()],
+        "token_pooling": [TokenPoolings()],
+        "prompt_template": [PromptTemplate()],
+        "include_prompt": ["boolean"],
+        "max_length": [None, POSITIVE_INT],
+        "batch_size": [POSITIVE_INT],
+        "device": [Device()],
+        "dtype": [Dtype()],
+        "revision": [None, str],
+        "trust_remote_code": ["boolean"],
+        "model_kwargs": [None, dict],
+        "verbose": ["verbose"],
+        "flatten": ["boolean"],
+        "cache": [CacheSpec()],
+        "verify": ["boolean"],
+    }
+
     def __init__(self, model: Any = None, tokenizer: Any = None, *, processor: Any = None,
                  layers: Any = "all",
                  parts: Any = "resid_post", heads: Any = "all", token_pooling: Any = "auto",
@@ -157,9 +181,9 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
 
         ``X`` is optional; when given it is validated like in ``transform``.
         """
+        self._check_params()
         if X is not None:
             check_inputs(X)
-        self._check_params()
         self._source_ = resolve_model_source(self.model)
         self.model_, self.tokenizer_, self.device_ = self._load(self._source_)
         self._setup_layout()
@@ -172,31 +196,13 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         return self.fit(X, y).transform(X)
 
     def _check_params(self) -> None:
-        if not isinstance(self.batch_size, Integral) or self.batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}.")
-        if self.max_length is not None and (not isinstance(self.max_length, Integral)
-                                            or self.max_length <= 0):
-            raise ValueError(f"max_length must be a positive integer or None, got {self.max_length!r}.")
-        if not isinstance(self.include_prompt, bool):
-            raise TypeError(f"include_prompt must be True or False, got {self.include_prompt!r}.")
-        if not isinstance(self.verify, bool):
-            raise TypeError(f"verify must be True or False, got {self.verify!r}.")
-        parts = _attn_arch.validate_parts(_vision.split_stack(self.parts)[1])
+        """What ``_parameter_constraints`` cannot say alone: ``heads`` needs attention parts."""
+        validate_estimator_params(self)
         if not (isinstance(self.heads, str) and self.heads == "all"):
+            parts = _attn_arch.validate_parts(_vision.split_stack(self.parts)[1])
             if not any(_attn_arch.is_attn_part(p) for p in parts):
                 raise ValueError(f"heads={self.heads!r} applies to attention parts "
                                  f"({list(_attn_arch.ATTN_PARTS)}), but parts={parts}.")
-            _attn_arch.check_heads(self.heads)  # ranges are checked once the model is loaded
-        validate_pooling(self.token_pooling)
-        _batching.split_template(self.prompt_template)
-        if isinstance(self.layers, str) and self.layers != "all":
-            raise ValueError(f"layers={self.layers!r}: use 'all', an int or a list of ints.")
-        if self.model_kwargs is not None and not isinstance(self.model_kwargs, dict):
-            raise TypeError(f"model_kwargs must be a dict or None, got {type(self.model_kwargs).__name__}.")
-        if self.cache is not None:
-            from .cache import as_cache
-
-            as_cache(self.cache)
 
     def _load(self, source):
         """``(model, tokenizer, input device)``; sets the processor and the compute dtype."""

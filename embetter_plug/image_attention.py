@@ -40,9 +40,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Any
 
 import numpy as np
+
+from ._constraints import Heads, Indices, StrOptions, validate_params
 
 __all__ = ["ImageAttention", "image_attention"]
 
@@ -168,6 +171,8 @@ def _crop_box(ip, w: int, h: int):
     return (left, top, left + min(cw, rw) / scale, top + min(ch, rh) / scale)
 
 
+@validate_params({"query": [StrOptions({"mean", "last"}), Integral], "layers": [Indices("layers")],
+                  "heads": [Heads()]})
 def image_attention(model, processor=None, sample: Any = None, *, query: Any = "mean",
                     layers: Any = "all", heads: Any = "all") -> ImageAttention:
     """Attention of ``query`` over each image token of ``sample``, on each image's grid.

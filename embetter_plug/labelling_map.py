@@ -8,7 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._map_inputs import (PROJECTIONS, check_choice, check_classifier_output, check_embedding,
+from ._constraints import HasMethods, StrOptions, validate_params, validate_values
+from ._map_inputs import (PROJECTIONS, check_classifier_output, check_embedding,
                           check_labels, project)
 from ._map_page import iframe_html, page_html, require_plotly
 from ._pages import check_writable, plotly_text, write_page
@@ -18,6 +19,12 @@ __all__ = ["LabellingMap"]
 
 COLOR_MODES = ("label", "prediction", "uncertainty")
 RENDER_MODES = ("auto", "webgl", "svg")
+# what from_embeddings (and from_estimator, passing them on) accept
+_MAP_CONSTRAINTS = {
+    "projection": [StrOptions(set(PROJECTIONS)), HasMethods(["fit_transform"]), None],
+    "random_state": ["random_state"], "color_by": [StrOptions(set(COLOR_MODES)), None],
+    "render_mode": [StrOptions(set(RENDER_MODES))], "title": [None, str],
+}
 WEBGL_FROM = 1000  # "auto" draws with WebGL from this many points on
 UNLABELLED = "unlabelled"
 UNLABELLED_COLOR = "#b3b3b3"
@@ -91,6 +98,7 @@ class LabellingMap:
 
     # ------------------------------------------------------------------ builders
     @classmethod
+    @validate_params(_MAP_CONSTRAINTS)
     def from_embeddings(cls, X, texts: Sequence[str], labels=None, *, proba=None, classes=None,
                         predictions=None, projection: Any = "pca", random_state: Any = 0,
                         color_by: str | None = None, render_mode: str = "auto",
@@ -120,8 +128,6 @@ class LabellingMap:
         labels = check_labels(labels, len(texts), "labels")
         proba, classes, predictions = check_classifier_output(proba, classes, predictions, len(texts))
         _check_writable(texts, labels, title, classes, predictions)
-        check_choice("color_by", color_by, (None, *COLOR_MODES))
-        check_choice("render_mode", render_mode, RENDER_MODES)
         xy, fitted, titles = project(X, projection, random_state)
         disp = cls(xy, texts, labels=labels, proba=proba, classes=classes, predictions=predictions,
                    axis_titles=titles)
@@ -155,10 +161,8 @@ class LabellingMap:
         from sklearn.utils.validation import check_is_fitted
 
         require_plotly()
-        check_choice("color_by", kwargs.get("color_by"), (None, *COLOR_MODES))
-        check_choice("render_mode", kwargs.get("render_mode", "auto"), RENDER_MODES)
-        if isinstance(kwargs.get("projection"), str):
-            check_choice("projection", kwargs["projection"], PROJECTIONS)
+        validate_values(_MAP_CONSTRAINTS, {k: v for k, v in kwargs.items() if k in _MAP_CONSTRAINTS},
+                        "LabellingMap.from_estimator")
         check_is_fitted(estimator)
         if texts is None:
             try:
@@ -185,6 +189,7 @@ class LabellingMap:
         return cls.from_embeddings(np.asarray(Z), texts, labels, **kwargs)
 
     # ------------------------------------------------------------------ drawing
+    @validate_params({k: _MAP_CONSTRAINTS[k] for k in ("color_by", "render_mode", "title")})
     def plot(self, *, color_by: str | None = None, render_mode: str = "auto",
              title: str | None = None, marker_size: float | None = None) -> "LabellingMap":
         """Build :attr:`figure_`.
@@ -203,7 +208,6 @@ class LabellingMap:
             Point size; default: smaller as there are more points.
         """
         go = require_plotly().graph_objects
-        check_choice("render_mode", render_mode, RENDER_MODES)
         xy = np.asarray(self.xy, dtype=np.float32)
         if xy.ndim != 2 or xy.shape[1] != 2 or not np.isfinite(xy).all():
             raise ValueError(f"xy must be finite coordinates of shape (n, 2), got shape {xy.shape}.")

@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from ._constraints import Hidden, Indices, Selection, StrOptions, validate_estimator_params
 from ._output import store_output_config, wrap_output
 from .layout import ActivationLayout, layer_positions, select_positions
 
@@ -82,6 +83,14 @@ class LayerPooler(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     array(['layer3__mlp_out__0', 'layer3__mlp_out__1'], dtype=object)
     """
 
+    _parameter_constraints: dict = {
+        "layers": [Indices("layers")],
+        "parts": [Selection("parts", "part")],
+        "combine": [StrOptions(set(METHODS))],
+        "layout": [None, ActivationLayout],
+        "method": [StrOptions(set(METHODS)), Hidden(StrOptions({"deprecated"}))],
+    }
+
     def __init__(self, layers: Any = "all", parts: Any = "all", combine: str = "concat", *,
                  layout: ActivationLayout | None = None, method: str = "deprecated"):
         self.layers = layers
@@ -92,18 +101,13 @@ class LayerPooler(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
     def fit(self, X, y=None):
         """Check the selection against ``X``'s shape and layout."""
+        validate_estimator_params(self)
         combine = self.combine
         if not (isinstance(self.method, str) and self.method == "deprecated"):
             warnings.warn("LayerPooler's `method` was renamed `combine` and will be removed in "
                           f"the next release; use combine={self.method!r}.", FutureWarning,
                           stacklevel=2)
             combine = self.method
-        if combine not in METHODS:
-            raise ValueError(f"combine={combine!r} is not supported; valid values are "
-                             f"{list(METHODS)}.")
-        if self.layout is not None and not isinstance(self.layout, ActivationLayout):
-            raise TypeError(f"layout must be an ActivationLayout (e.g. the encoder's layout_) "
-                            f"or None, got {type(self.layout).__name__}.")
         carried = getattr(X, "layout", None)  # set on the encoder's own output
         X4 = self._as_4d(X, reset=True)
         self.in_shape_ = tuple(int(s) for s in X4.shape[1:])

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._constraints import POSITIVE_INT, StrOptions, validate_params
 from ._progress import advance_to, overall
 from ._utils import logger
 from ._folder_lock import LOCK, check_not_in_use, folder_lock
@@ -253,6 +254,11 @@ class ShardWriter:
         atomic_write(self.folder / MANIFEST, json.dumps(self.manifest, indent=1).encode())
 
 
+_STORE_CONSTRAINTS = {"shard_size": [None, POSITIVE_INT],
+                      "store_dtype": [StrOptions(set(STORE_DTYPES))], "overwrite": ["boolean"]}
+
+
+@validate_params(_STORE_CONSTRAINTS)
 def extract_to(encoder, folder: str | os.PathLike, texts, *, shard_size: int | None = None,
                store_dtype: str = "float32", overwrite: bool = False) -> Path:
     """Encode ``texts`` with a fitted ``encoder`` into ``folder``, shard by shard, resumable.
@@ -301,6 +307,7 @@ def _extract_locked(encoder, folder, texts, shard_size, store_dtype, overwrite) 
     return Path(folder)
 
 
+@validate_params(_STORE_CONSTRAINTS)
 def extraction_plan(encoder, folder, texts: list[str], *, shard_size: int | None = None,
                     store_dtype: str = "float32", overwrite: bool = False,
                     seconds_per_row=None) -> dict:
@@ -314,11 +321,6 @@ def extraction_plan(encoder, folder, texts: list[str], *, shard_size: int | None
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(encoder, "layout_")
-    if store_dtype not in STORE_DTYPES:
-        raise ValueError(f"store_dtype={store_dtype!r} is not supported; valid values are {list(STORE_DTYPES)}.")
-    if shard_size is not None and (not isinstance(shard_size, int) or isinstance(shard_size, bool)
-                                   or shard_size <= 0):
-        raise ValueError(f"shard_size must be a positive integer or None, got {shard_size!r}.")
     layout = encoder.layout_
     n = len(texts)
     plan = {

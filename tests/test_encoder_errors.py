@@ -53,7 +53,9 @@ def test_bad_texts(counted, bad, exc, match):
     (dict(parts=["rs", "resid_post"]), ValueError, "same part twice"),
     (dict(token_pooling="average"), ValueError, r"'average' is not supported.*lasttoken"),
     (dict(token_pooling=1.5), ValueError, r"outside \[0, 1\]"),
-    (dict(batch_size=0), ValueError, "batch_size must be a positive integer"),
+    (dict(batch_size=0), ValueError,
+         r"'batch_size' parameter of TransformerActivationEncoder must be an int in the range "
+         r"\[1, inf\)\. Got 0"),
     (dict(batch_size=2.5), ValueError, "batch_size"),
     (dict(max_length=-1), ValueError, "max_length"),
     (dict(prompt_template="no placeholder"), ValueError, r"\{text\}"),

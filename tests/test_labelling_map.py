@@ -201,17 +201,21 @@ def test_other_bad_arguments(data):
     X, y, texts = data
     with pytest.raises(ValueError, match="labels has 3 values but there are 60 texts"):
         LabellingMap.from_embeddings(X, texts, ["a", "b", "c"])
-    with pytest.raises(ValueError, match="projection='svd' is not supported; valid values are"):
+    with pytest.raises(ValueError, match=r"^The 'projection' parameter of LabellingMap.from_embeddings must be a str among "
+                                         r"\{.*'pca'.*\}, an object implementing 'fit_transform' or None\. "
+                                         r"Got 'svd' instead"):
         LabellingMap.from_embeddings(X, texts, projection="svd")
     with pytest.raises(ValueError, match="classes must name proba's 2 columns"):
         LabellingMap.from_embeddings(X, texts, proba=np.full((60, 2), 0.5))
     with pytest.raises(ValueError, match="color_by='prediction' needs a classifier's output"):
         LabellingMap.from_embeddings(X, texts, color_by="prediction")
-    with pytest.raises(ValueError, match="projection='svd' is not supported"):  # before transform
+    with pytest.raises(ValueError, match=r"'projection' parameter of LabellingMap.from_estimator must be a "
+                                         r"str among \{.*'tsne'.*\}.* Got 'svd'"):  # before transform
         LabellingMap.from_estimator(LogisticRegression().fit(X, y), X, texts=texts, projection="svd")
     with pytest.raises(TypeError, match="texts must contain only strings"):
         LabellingMap.from_embeddings(X, [1] * 60)
-    with pytest.raises(ValueError, match="render_mode='canvas' is not supported"):
+    with pytest.raises(ValueError, match=r"'render_mode' parameter of LabellingMap.from_embeddings must be a str "
+                                         r"among \{.*'webgl'.*\}\. Got 'canvas' instead"):
         LabellingMap.from_embeddings(X, texts, render_mode="canvas")
 
 

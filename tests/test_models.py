@@ -11,6 +11,7 @@ from sklearn.metrics import r2_score
 from sklearn.utils.class_weight import compute_class_weight
 
 from embetter_plug import PlugClassifier, PlugContrastiveCNN, PlugRegressor
+from embetter_plug._constraints import InvalidParameterError
 from embetter_plug._utils import resolve_device
 from skorch.callbacks import EpochTimer
 
@@ -207,19 +208,32 @@ def test_cnn_rejects_five_axes_and_bad_params():
 
 
 @pytest.mark.parametrize("Est, kw, message", [
-    (PlugClassifier, {"module__hidden_units": -3}, "module__hidden_units=-3 is invalid; use an int >= 1 or None"),
-    (PlugRegressor, {"module__hidden_units": 2.5}, "module__hidden_units=2.5 is invalid; use an int >= 1 or None"),
-    (PlugContrastiveCNN, {"module__proj_dim": 0}, "module__proj_dim=0 is invalid; use an int >= 1"),
-    (PlugContrastiveCNN, {"module__channels": -1}, "module__channels=-1 is invalid; use an int >= 1 or None"),
-    (PlugClassifier, {"module__dropout": True}, r"module__dropout=True is invalid; use a float in \[0, 1\)"),
-    (PlugClassifier, {"early_stopping": "yes"}, "early_stopping='yes' is invalid; use True or False"),
-    (PlugRegressor, {"callbacks": [1]}, r"callbacks=\[1\] is invalid; use None or a list"),
-    (PlugClassifier, {"callbacks": [("timer", 1)]}, r"callbacks=\[\('timer', 1\)\] is invalid"),
-    (PlugClassifier, {"callbacks": EpochTimer()}, "callbacks=<skorch.callbacks.*is invalid"),
+    (PlugClassifier, {"module__hidden_units": -3},
+     r"must be None or an int in the range "
+     r"\[1, inf\)\. Got -3 instead"),
+    (PlugRegressor, {"module__hidden_units": 2.5},
+     r"must be None or an int in the range "
+     r"\[1, inf\)\. Got 2\.5 instead"),
+    (PlugContrastiveCNN, {"module__proj_dim": 0},
+     r"must be an int in the range \[1, inf\)"
+     r"\. Got 0 instead"),
+    (PlugContrastiveCNN, {"module__channels": -1},
+     r"must be None or an int in the range "
+     r"\[1, inf\)\. Got -1 instead"),
+    (PlugClassifier, {"module__dropout": True},
+     r"must be a float in the range \[0(\.0)?, "
+     r"1(\.0)?\)\. Got True instead"),
+    (PlugClassifier, {"early_stopping": "yes"},
+     r"must be an instance of 'bool' or an instance "
+     r"of 'numpy.bool'\. Got 'yes' instead"),
+    (PlugRegressor, {"callbacks": [1]}, r"must be None or a list of skorch callbacks.* callbacks=\[1\] is invalid; use None or a list"),
+    (PlugClassifier, {"callbacks": [("timer", 1)]}, r"must be None or a list of skorch callbacks.* callbacks=\[\('timer', 1\)\] is invalid"),
+    (PlugClassifier, {"callbacks": EpochTimer()}, r"must be None or a list of skorch callbacks.* callbacks=<skorch.callbacks.*is invalid"),
 ], ids=lambda v: v.__name__ if isinstance(v, type) else None)
 def test_invalid_params_name_estimator_parameter_and_valid_values(Est, kw, message):
     X, y = blobs(n=20)
-    with pytest.raises(ValueError, match=f"^{Est.__name__}: {message}"):
+    with pytest.raises(InvalidParameterError, match=f"^The '{next(iter(kw))}' parameter of "
+                                                    f"{Est.__name__} {message}"):
         Est(max_epochs=1, **FAST, **kw).fit(X, y)
 
 

@@ -62,13 +62,14 @@ def test_errors():
     with pytest.raises(ValueError, match=r"layout= describes samples of shape \(5, 3, 4\).*"
                                          r"X's samples have shape \(4, 3, 4\)"):
         LayerPooler(layout=LAYOUT).fit(X4[:, 1:])
-    with pytest.raises(TypeError, match=r"layout must be an ActivationLayout.*got dict"):
+    with pytest.raises(TypeError, match=r"'layout' parameter of LayerPooler must be None or an "
+                                        r"instance of .*ActivationLayout.*Got \{"):
         LayerPooler(layout=LAYOUT.to_dict()).fit(X4)
     with pytest.raises(ValueError, match=r"carries no part names.*0\.\.2"):
         LayerPooler(parts=["resid_post"]).fit(X4)
     with pytest.raises(ValueError, match=r"part position -4"):
         LayerPooler(parts=-4).fit(X4)
-    with pytest.raises(ValueError, match=r"combine='median'.*concat"):
+    with pytest.raises(ValueError, match=r"'combine' parameter of LayerPooler must be a str among \{.*concat.*\}\. Got 'median'"):
         LayerPooler(combine="median").fit(X4)
     pooler = LayerPooler().fit(X4)
     with pytest.raises(ValueError, match=r"fitted on \(5, 3, 4\)"):

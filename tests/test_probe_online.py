@@ -240,8 +240,11 @@ def test_api_contract(tiny_gpt2):
     ({}, np.zeros(40, dtype=int), "single class"),
     ({}, np.zeros(40), r"y has a single class \(0\.0\);"),  # not np.float64(0.0)
     ({}, np.repeat([0, 1], 10), "X has 40 texts but y has 20"),
-    ({"max_epochs": 0}, np.repeat([0, 1], 20), "max_epochs must be a positive integer"),
-    ({"validation_fraction": 1.5}, np.repeat([0, 1], 20), r"validation_fraction must be in \(0, 1\)"),
+    ({"max_epochs": 0}, np.repeat([0, 1], 20),
+     r"'max_epochs' parameter of OnlineProbes must be an int in the range \[1, inf\)\. Got 0"),
+    ({"validation_fraction": 1.5}, np.repeat([0, 1], 20),
+     r"'validation_fraction' parameter of OnlineProbes must be a float in the range \(0(\.0)?, "
+     r"1(\.0)?\)\. Got 1\.5"),
     ({"warmup_epochs": -1}, np.repeat([0, 1], 20), "warmup_epochs"),
 ])
 def test_bad_input(kwargs, y, match):

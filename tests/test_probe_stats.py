@@ -257,8 +257,12 @@ def test_table_shows_the_selection_free_row_and_the_statistics():
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"n_permutations": -1}, ValueError, "n_permutations must be a non-negative"),
-    ({"nested": "yes"}, TypeError, "nested must be True or False"),
+    ({"n_permutations": -1}, ValueError,
+     r"'n_permutations' parameter of probe_layers must be an int in the range \[0, inf\)\. "
+     r"Got -1 instead"),
+    ({"nested": "yes"}, TypeError,
+     r"'nested' parameter of probe_layers must be an instance of 'bool' or an instance of "
+     r"'numpy.bool'\. Got 'yes' instead"),
     ({"control": np.zeros(3)}, ValueError, "one per sample"),
 ])
 def test_bad_analysis_options_fail_before_fitting(kwargs, error, match):

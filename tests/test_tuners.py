@@ -311,19 +311,26 @@ def test_bad_input_errors():
             fitted.transform(bad)
         with pytest.raises(ValueError, match="features"):
             fitted.transform(X[:, :5])
-    with pytest.raises(ValueError, match="^FeedForwardTuner: hidden_dim=0 must be > 0"):
+    with pytest.raises(ValueError, match=r"^The 'hidden_dim' parameter of FeedForwardTuner must be "
+                                         r"an int in the range \[1, inf\)\. Got 0 instead"):
         FeedForwardTuner(hidden_dim=0).fit(X, y)
-    with pytest.raises(ValueError, match="^ContrastiveTuner: hidden_dim=0 must be > 0"):
+    with pytest.raises(ValueError, match=r"^The 'hidden_dim' parameter of ContrastiveTuner must be "
+                                         r"None or an int in the range \[1, inf\)\. Got 0 instead"):
         ContrastiveTuner(hidden_dim=0).fit(X, y)  # its own name, not the learner's shape_out
-    with pytest.raises(ValueError, match=r"^FeedForwardTuner: weight_decay=-1 must be >= 0\.$"):
+    with pytest.raises(ValueError, match=r"^The 'weight_decay' parameter of FeedForwardTuner must be "
+                                         r"a float in the range \[0(\.0)?, inf\)\. Got -1 instead\.$"):
         FeedForwardTuner(weight_decay=-1).fit(X, y)
-    with pytest.raises(ValueError, match=r"^ContrastiveLearner: weight_decay=-0.5 must be >= 0\.$"):
+    with pytest.raises(ValueError, match=r"^The 'weight_decay' parameter of ContrastiveLearner must "
+                                         r"be a float in the range \[0(\.0)?, inf\)\. Got -0.5 "
+                                         r"instead\.$"):
         ContrastiveLearner(weight_decay=-0.5).fit(X, X, np.ones(len(X)))
-    with pytest.raises(TypeError, match="^FeedForwardTuner: weight_decay='0' must be a number >= 0"):
+    with pytest.raises(TypeError, match=r"^The 'weight_decay' parameter of FeedForwardTuner must be "
+                                        r"a float in the range \[0(\.0)?, inf\)\. Got '0' instead"):
         FeedForwardTuner(weight_decay="0").fit(X, y)
-    with pytest.raises(ValueError, match="activation='swish'"):
+    with pytest.raises(ValueError, match=r"'activation' parameter of ContrastiveTuner must be a str "
+                                         r"among .*relu.*Got 'swish' instead"):
         ContrastiveTuner(activation="swish").fit(X, y)
-    with pytest.raises(TypeError, match="n_neg"):
+    with pytest.raises(TypeError, match="'n_neg' parameter of ContrastiveTuner"):
         ContrastiveTuner(n_neg=1.5).fit(X, y)
 
 

@@ -121,7 +121,9 @@ def test_verify_is_a_parameter_validated_in_fit_and_off_means_no_forward(tiny_gp
     try:
         enc = TransformerActivationEncoder(model, tok, verify="yes")
         assert enc.get_params()["verify"] == "yes"  # stored verbatim
-        with pytest.raises(TypeError, match="verify must be True or False, got 'yes'"):
+        with pytest.raises(TypeError, match=r"'verify' parameter of TransformerActivationEncoder must "
+                                            r"be an instance of 'bool' or an instance of "
+                                            r"'numpy.bool'\. Got 'yes' instead"):
             enc.fit()
         assert calls == []
         TransformerActivationEncoder(model, tok, verify=False).fit()

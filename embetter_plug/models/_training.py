@@ -12,42 +12,45 @@ import numpy as np
 import torch
 from scipy.special import softmax
 from skorch import NeuralNet, NeuralNetClassifier
-from skorch.callbacks import Callback, EarlyStopping, EpochScoring, LRScheduler, ProgressBar
+from skorch.callbacks import EarlyStopping, EpochScoring, LRScheduler, ProgressBar
 from sklearn.base import BaseEstimator
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._constraints import (CALLBACKS, FRACTION, POSITIVE_INT, POSITIVE_REAL, Device, Interval,
+                            Options, StrOptions, SubclassOf, validate_estimator_params)
 from .._utils import logger, resolve_device, seed_from_random_state
 from ._callbacks import EpochProgressBar, RefreshBatchNorm, TrackedSplit, log_plain, valid_roc_auc
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-LR_SCHEDULERS = ("plateau", "cosine", None)
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
-def _is_callback(value: Any) -> bool:
-    return isinstance(value, Callback) or (isinstance(value, type) and issubclass(value, Callback))
-
-
-def _valid_callback_entry(item: Any) -> bool:
-    """A skorch callback (instance or class) or a ``(name, callback)`` pair, as skorch accepts."""
-    if isinstance(item, tuple) and len(item) == 2:
-        return isinstance(item[0], str) and _is_callback(item[1])
-    return _is_callback(item)
-
-
-# The documented ``module__*`` parameters of this package's modules: (check, what is valid).
-MODULE_PARAM_RULES = {
-    "module__hidden_units": (lambda v: v is None or (_is_int(v) and v >= 1), "use an int >= 1 or None"),
-    "module__channels": (lambda v: v is None or (_is_int(v) and v >= 1), "use an int >= 1 or None"),
-    "module__proj_dim": (lambda v: _is_int(v) and v >= 1, "use an int >= 1"),
-    "module__dropout": (lambda v: isinstance(v, Real) and not isinstance(v, bool) and 0 <= v < 1,
-                        "use a float in [0, 1)"),
+# What every skorch-backed estimator accepts; subclasses add their own ``module__*`` and loss
+# parameters (see ``_parameter_constraints`` of each).
+NET_CONSTRAINTS = {
+    "max_epochs": [POSITIVE_INT],
+    "lr": [POSITIVE_REAL],
+    "batch_size": [POSITIVE_INT],
+    "optimizer": [StrOptions(set(OPTIMIZERS)),
+                  SubclassOf(torch.optim.Optimizer, "a torch.optim.Optimizer subclass")],
+    "lr_scheduler": [StrOptions({"plateau", "cosine"}), None],
+    "early_stopping": ["boolean"],
+    "patience": [POSITIVE_INT],
+    "validation_fraction": [FRACTION],
+    "callbacks": [CALLBACKS],
+    "device": [Device()],
+    "n_jobs": [None, POSITIVE_INT, Options(Integral, {-1})],
+    "random_state": ["random_state"],
+    "verbose": ["verbose"],
+    "module__dropout": [Interval(Real, 0, 1, closed="left")],
 }
+CLASS_WEIGHT = [StrOptions({"balanced"}), dict, None]
+HIDDEN_UNITS = [None, POSITIVE_INT]
 
 
 def store_params(estimator: BaseEstimator, params: dict[str, Any]) -> None:
@@ -126,35 +129,7 @@ class PlugNetBase(BaseEstimator):
                 if k.startswith("module__")}
 
     def _check_params(self) -> None:
-        name = type(self).__name__
-
-        def need(ok: bool, what: str, valid: str):
-            if not ok:
-                raise ValueError(f"{name}: {what}={getattr(self, what)!r} is invalid; {valid}.")
-
-        need(_is_int(self.max_epochs) and self.max_epochs >= 1, "max_epochs", "use an int >= 1")
-        need(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "use an int >= 1")
-        need(isinstance(self.lr, Real) and self.lr > 0, "lr", "use a float > 0")
-        need(_is_int(self.patience) and self.patience >= 1, "patience", "use an int >= 1")
-        need(isinstance(self.validation_fraction, Real) and 0 < self.validation_fraction < 1,
-             "validation_fraction", "use a float strictly between 0 and 1")
-        need(self.n_jobs is None or (_is_int(self.n_jobs) and (self.n_jobs >= 1 or self.n_jobs == -1)),
-             "n_jobs", "use None, -1 or an int >= 1")
-        need(self.lr_scheduler in LR_SCHEDULERS, "lr_scheduler", f"valid values are {list(LR_SCHEDULERS)}")
-        opt = self.optimizer
-        need((isinstance(opt, str) and opt in OPTIMIZERS)
-             or (isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer)),
-             "optimizer", f"use one of {sorted(OPTIMIZERS)} or a torch.optim.Optimizer subclass")
-        need(isinstance(self.early_stopping, (bool, np.bool_)), "early_stopping", "use True or False")
-        callbacks = self.callbacks
-        need(callbacks is None or (isinstance(callbacks, (list, tuple))
-                                   and all(_valid_callback_entry(c) for c in callbacks)),
-             "callbacks", "use None or a list whose entries are skorch Callback instances (or classes) "
-             "or (name, Callback) pairs")
-        for param in self._get_param_names():
-            if param in MODULE_PARAM_RULES:
-                ok, valid = MODULE_PARAM_RULES[param]
-                need(ok(getattr(self, param)), param, valid)
+        validate_estimator_params(self)
 
     def _check_module_builds(self) -> None:
         """Build the module once on the meta device (no memory, no random numbers drawn) so that

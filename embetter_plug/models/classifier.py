@@ -8,7 +8,7 @@ from sklearn.base import ClassifierMixin
 from torch import nn
 
 from ._modules import ResidualMLP
-from ._training import ClassifierOutputsMixin, PlugNetBase, store_params
+from ._training import CLASS_WEIGHT, HIDDEN_UNITS, NET_CONSTRAINTS, ClassifierOutputsMixin, PlugNetBase, store_params
 
 __all__ = ["PlugClassifier"]
 
@@ -83,6 +83,9 @@ class PlugClassifier(ClassifierOutputsMixin, ClassifierMixin, PlugNetBase):
     """
 
     _module_cls = ResidualMLP
+
+    _parameter_constraints: dict = {**NET_CONSTRAINTS, "class_weight": CLASS_WEIGHT,
+                                     "module__hidden_units": HIDDEN_UNITS}
 
     def __init__(self, *, max_epochs: int = 100, lr: float = 1e-3, batch_size: int = 128,
                  optimizer: Any = "adamw", lr_scheduler: str | None = "plateau",

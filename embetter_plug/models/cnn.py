@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -12,7 +11,9 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._modules import ContrastiveCNN
-from ._training import ClassifierOutputsMixin, PlugNetBase, store_params
+from .._constraints import NON_NEGATIVE_REAL, POSITIVE_INT, POSITIVE_REAL
+from ._training import (CLASS_WEIGHT, HIDDEN_UNITS, NET_CONSTRAINTS, ClassifierOutputsMixin, PlugNetBase,
+                        store_params)
 from .losses import SupConLoss
 
 __all__ = ["PlugContrastiveCNN"]
@@ -84,6 +85,12 @@ class PlugContrastiveCNN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clas
     _module_cls = ContrastiveCNN
     _max_ndim = 4
 
+    _parameter_constraints: dict = {
+        **NET_CONSTRAINTS, "class_weight": CLASS_WEIGHT,
+        "temperature": [POSITIVE_REAL], "contrastive_weight": [NON_NEGATIVE_REAL],
+        "module__channels": HIDDEN_UNITS, "module__proj_dim": [POSITIVE_INT],
+    }
+
     def __init__(self, *, max_epochs: int = 100, lr: float = 1e-3, batch_size: int = 128,
                  optimizer: Any = "adamw", lr_scheduler: str | None = "plateau",
                  early_stopping: bool = True, patience: int = 10, validation_fraction: float = 0.1,
@@ -96,10 +103,6 @@ class PlugContrastiveCNN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clas
     def fit(self, X, y) -> "PlugContrastiveCNN":
         """Train on activations ``X`` (2-, 3- or 4-D, see the class docstring) and labels ``y``."""
         self._check_params()
-        if not (isinstance(self.temperature, Real) and self.temperature > 0):
-            raise ValueError(f"temperature={self.temperature!r} is invalid; use a float > 0.")
-        if not (isinstance(self.contrastive_weight, Real) and self.contrastive_weight >= 0):
-            raise ValueError(f"contrastive_weight={self.contrastive_weight!r} is invalid; use a float >= 0.")
         X, y = self._check_X(X, y, reset=True)
         y_idx = self._encode_y(y)
         X4 = self._module_input(X)

@@ -10,7 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._modules import ResidualMLP
-from ._training import PlugNetBase, store_params
+from ._training import HIDDEN_UNITS, NET_CONSTRAINTS, PlugNetBase, store_params
 
 __all__ = ["PlugRegressor"]
 
@@ -35,6 +35,8 @@ class PlugRegressor(RegressorMixin, PlugNetBase):
 
     _module_cls = ResidualMLP
     _task = "regressor"
+
+    _parameter_constraints: dict = {**NET_CONSTRAINTS, "module__hidden_units": HIDDEN_UNITS}
 
     def __init__(self, *, max_epochs: int = 100, lr: float = 1e-3, batch_size: int = 128,
                  optimizer: Any = "adamw", lr_scheduler: str | None = "plateau",

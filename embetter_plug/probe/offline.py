@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from .._constraints import (NON_NEGATIVE_INT, HasMethods, Indices, Selection, StrOptions,
+                            validate_params)
 from .._utils import logger
 from ..layout import layer_positions, select_positions
 from ._analyses import analyse, make_plan
@@ -33,6 +35,13 @@ def default_probe(task: str = "classification"):
     return make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=1000))
 
 
+@validate_params({
+    "estimator": [None, HasMethods(["fit"])], "n_jobs": [None, Integral],
+    "layers": [Indices("layers")], "parts": [Selection("parts", "part")],
+    "task": [StrOptions({"auto", "classification", "regression"})], "dummy": ["boolean"],
+    "verbose": ["verbose"], "nested": ["boolean"], "n_permutations": [NON_NEGATIVE_INT],
+    "control": ["boolean", "array-like"], "mdl": ["boolean"], "random_state": ["random_state"],
+})
 def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=None,
                  n_jobs: int | None = None, *, layout=None, layers: Any = "all",
                  parts: Any = "all", task: str = "auto", dummy: bool = True,

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import copy
 import warnings
-from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.linear_model import SGDClassifier
 from sklearn.utils.validation import check_is_fitted
 
+from .._constraints import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, Check,
+                            validate_estimator_params)
 from .._utils import logger, seed_from_random_state
 from ..samples import check_inputs
 from ._metrics import detect_task
@@ -28,6 +30,12 @@ __all__ = ["OnlineProbes", "confusion_metrics"]
 
 METRIC_COLUMNS = ("loss", "accuracy", "precision", "recall", "f1", "matthews")
 
+
+
+def _check_encoder(encoder) -> None:
+    if not hasattr(encoder, "iter_batches"):
+        raise TypeError(f"encoder must be a TransformerActivationEncoder, got "
+                        f"{type(encoder).__name__}.")
 
 class OnlineProbes(ClassifierMixin, BaseEstimator):
     """Linear probes for every layer x part of a model, trained online from streamed batches.
@@ -113,6 +121,18 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
     ['loss', 'accuracy', 'precision', 'recall', 'f1', 'matthews', 'validation_loss', 'epochs']
     """
 
+    _parameter_constraints: dict = {
+        "encoder": [None, Check(_check_encoder, "None or a TransformerActivationEncoder")],
+        "validation_fraction": [FRACTION], "test_fraction": [FRACTION],
+        "max_epochs": [POSITIVE_INT], "patience": [POSITIVE_INT],
+        "warmup_epochs": [NON_NEGATIVE_INT],
+        # passed to SGDClassifier: its own constraints
+        **{k: SGDClassifier._parameter_constraints[k]
+           for k in ("tol", "alpha", "learning_rate", "eta0", "average", "class_weight")},
+        "n_iter_per_batch": [POSITIVE_INT], "shuffle": ["boolean"], "buffer_size": [POSITIVE_INT],
+        "random_state": ["random_state"], "verbose": ["verbose"],
+    }
+
     def __init__(self, encoder: Any = None, *, validation_fraction: float = 0.2,
                  test_fraction: float = 0.2, max_epochs: int = 5, patience: int = 2, warmup_epochs: int = 1,
                  tol: float = 1e-4, alpha: float = 0.01, learning_rate: str = "invscaling",
@@ -139,16 +159,8 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fitting
     def _check_params(self) -> None:
-        for name in ("max_epochs", "patience", "n_iter_per_batch", "buffer_size"):
-            v = getattr(self, name)
-            if not isinstance(v, Integral) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}.")
-        if not isinstance(self.warmup_epochs, Integral) or self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be a non-negative integer, got {self.warmup_epochs!r}.")
-        for name in ("validation_fraction", "test_fraction"):
-            v = getattr(self, name)
-            if not isinstance(v, Real) or not 0 < v < 1:
-                raise ValueError(f"{name} must be in (0, 1), got {v!r}.")
+        """What ``_parameter_constraints`` cannot say alone: the two fractions together."""
+        validate_estimator_params(self)
         if self.validation_fraction + self.test_fraction >= 1:
             raise ValueError(f"validation_fraction + test_fraction must be below 1 (training "
                              f"needs texts too), got {self.validation_fraction!r} + "
@@ -172,6 +184,7 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
         """Stream ``X`` (texts) through the model and train every probe on labels ``y``."""
         from tqdm.auto import trange
 
+        self._check_params()
         texts = check_inputs(X)
         task, y = detect_task(y, "auto")
         if task == "regression":
@@ -183,7 +196,6 @@ class OnlineProbes(ClassifierMixin, BaseEstimator):
             )
         if len(y) != len(texts):
             raise ValueError(f"X has {len(texts)} texts but y has {len(y)} labels; they must match.")
-        self._check_params()
         self.classes_, y_enc = np.unique(y, return_inverse=True)
         seed = seed_from_random_state(self.random_state)
         rng = np.random.default_rng(seed)

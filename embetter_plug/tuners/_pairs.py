@@ -9,7 +9,7 @@ import numpy as np
 
 from .._utils import seed_from_random_state
 from ._labels import sample_pairs, update_classes
-from ._training import check_positive, forget_fitted
+from ._training import forget_fitted
 
 
 class PairTunerMixin:
@@ -32,7 +32,6 @@ class PairTunerMixin:
     def _train_on_pairs(self, y, classes, first: bool, take: Callable[[np.ndarray], Any]):
         """Draw pairs from the labels ``y`` (seeded) and train ``learner_`` on ``take(left)``,
         ``take(right)``; the first call builds the learner, later ones continue it."""
-        check_positive("n_neg", self.n_neg, owner=self)
         codes = update_classes(self, y, classes, first=first)
         params = self._learner_params()
         if first:

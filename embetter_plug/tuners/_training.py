@@ -9,47 +9,22 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .._constraints import POSITIVE_INT, POSITIVE_REAL, Device, StrOptions
 from .._utils import logger, resolve_device, seed_from_random_state
 
 ACTIVATIONS = ("relu", "tanh", "gelu")
 
 
-def check_positive(name: str, value: Any, *, integer: bool = True, allow_none: bool = False,
-                   allow_zero: bool = False, owner: Any = None) -> None:
-    """Raise a ``ValueError``/``TypeError`` naming the parameter unless ``value`` is > 0
-    (>= 0 with ``allow_zero``); the message starts with ``owner``'s class name when given."""
-    from numbers import Integral, Real
-
-    if value is None and allow_none:
-        return
-    prefix = f"{type(owner).__name__}: " if owner is not None else ""
-    bound = ">= 0" if allow_zero else "> 0"
-    kind = Integral if integer else Real
-    if isinstance(value, bool) or not isinstance(value, kind):
-        what = "an int" if integer else "a number"
-        raise TypeError(f"{prefix}{name}={value!r} must be {what} {bound}" + (" or None." if allow_none else "."))
-    if not (value >= 0 if allow_zero else value > 0):
-        raise ValueError(f"{prefix}{name}={value!r} must be {bound}.")
-
-
-def check_activation(activation: str, owner: Any = None) -> None:
-    if activation not in ACTIVATIONS:
-        prefix = f"{type(owner).__name__}: " if owner is not None else ""
-        raise ValueError(f"{prefix}activation={activation!r} is not supported; valid values are "
-                         f"{list(ACTIVATIONS)}.")
-
-
-def check_training_params(est: Any, *, size: str, epochs: str, size_may_be_none: bool = False) -> None:
-    """The checks every numeric tuner shares, with errors in ``est``'s own parameter names:
-    ``size`` (output width), ``epochs``, ``learning_rate``, ``batch_size``, ``activation`` and,
-    where ``est`` has it, ``weight_decay``."""
-    check_positive(size, getattr(est, size), allow_none=size_may_be_none, owner=est)
-    check_positive(epochs, getattr(est, epochs), owner=est)
-    check_positive("learning_rate", est.learning_rate, integer=False, owner=est)
-    check_positive("batch_size", est.batch_size, allow_none=True, owner=est)
-    if hasattr(est, "weight_decay"):
-        check_positive("weight_decay", est.weight_decay, integer=False, allow_zero=True, owner=est)
-    check_activation(est.activation, owner=est)
+# What every numeric tuner accepts, in each tuner's own parameter names (see their
+# ``_parameter_constraints``).
+TORCH_CONSTRAINTS = {
+    "learning_rate": [POSITIVE_REAL],
+    "batch_size": [None, POSITIVE_INT],
+    "activation": [StrOptions(set(ACTIVATIONS))],
+    "random_state": ["random_state"],
+    "device": [Device()],
+    "verbose": ["verbose"],
+}
 
 
 def flatten_rows(X: Any) -> Any:

@@ -10,7 +10,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._labels import check_pair_labels, check_same_length
 from ._pairs import PairTunerMixin
-from ._training import (TorchModuleMixin, apply_in_batches, check_training_params, flatten_rows,
+from .._constraints import NON_NEGATIVE_REAL, POSITIVE_INT, validate_estimator_params
+from ._training import (TorchModuleMixin, apply_in_batches, TORCH_CONSTRAINTS, flatten_rows,
                         forget_fitted, paired_cosine, train_epochs)
 
 __all__ = ["ContrastiveLearner", "ContrastiveTuner"]
@@ -65,6 +66,11 @@ class ContrastiveLearner(TorchModuleMixin, ClassNamePrefixFeaturesOutMixin, Tran
     >>> learner.transform(X1).shape, learner.predict(X1, X2).shape
     ((50, 6), (50,))
     """
+
+    _parameter_constraints: dict = {
+        **TORCH_CONSTRAINTS, "shape_out": [None, POSITIVE_INT], "epochs": [POSITIVE_INT],
+        "weight_decay": [NON_NEGATIVE_REAL],
+    }
 
     def __init__(self, shape_out: int | None = None, batch_size: int | None = 32, epochs: int = 5,
                  learning_rate: float = 3e-4, activation: str = "relu", weight_decay: float = 0.0,
@@ -121,7 +127,7 @@ class ContrastiveLearner(TorchModuleMixin, ClassNamePrefixFeaturesOutMixin, Tran
         return ResidualHead(self.n_features_in_, n_out, self.activation)
 
     def _check_params(self) -> None:
-        check_training_params(self, size="shape_out", epochs="epochs", size_may_be_none=True)
+        validate_estimator_params(self)
 
     @property
     def _n_features_out(self) -> int:
@@ -173,6 +179,11 @@ class ContrastiveTuner(PairTunerMixin, ClassNamePrefixFeaturesOutMixin, Transfor
     (40, 4)
     """
 
+    _parameter_constraints: dict = {
+        **TORCH_CONSTRAINTS, "hidden_dim": [None, POSITIVE_INT], "n_neg": [POSITIVE_INT],
+        "epochs": [POSITIVE_INT],
+    }
+
     def __init__(self, hidden_dim: int | None = None, n_neg: int = 3, epochs: int = 5,
                  learning_rate: float = 3e-4, batch_size: int | None = 32, activation: str = "relu",
                  random_state: Any = None, device: Any = "auto", verbose: bool = False):
@@ -194,7 +205,7 @@ class ContrastiveTuner(PairTunerMixin, ClassNamePrefixFeaturesOutMixin, Transfor
         Pass ``classes`` on the first call when this batch does not hold every label.
         """
         # checked here, in this estimator's names, before the learner checks them as its own
-        check_training_params(self, size="hidden_dim", epochs="epochs", size_may_be_none=True)
+        validate_estimator_params(self)
         first = getattr(self, "learner_", None) is None
         X, y = validate_data(self, flatten_rows(X), y, reset=first, dtype=[np.float32, np.float64])
         return self._train_on_pairs(y, classes, first, lambda idx: X[idx])

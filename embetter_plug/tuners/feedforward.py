@@ -9,7 +9,8 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._labels import update_classes
-from ._training import (TorchModuleMixin, activation_module, apply_in_batches, check_training_params,
+from .._constraints import NON_NEGATIVE_REAL, POSITIVE_INT, validate_estimator_params
+from ._training import (TorchModuleMixin, activation_module, apply_in_batches, TORCH_CONSTRAINTS,
                         flatten_rows, forget_fitted, train_epochs)
 
 __all__ = ["FeedForwardTuner"]
@@ -65,6 +66,11 @@ class FeedForwardTuner(TorchModuleMixin, ClassNamePrefixFeaturesOutMixin, Transf
     (60, 8)
     """
 
+    _parameter_constraints: dict = {
+        **TORCH_CONSTRAINTS, "hidden_dim": [POSITIVE_INT], "n_epochs": [POSITIVE_INT],
+        "weight_decay": [NON_NEGATIVE_REAL],
+    }
+
     def __init__(self, hidden_dim: int = 128, n_epochs: int = 40, learning_rate: float = 3e-4,
                  batch_size: int | None = 32, activation: str = "relu", weight_decay: float = 0.0,
                  random_state: Any = None, device: Any = "auto", verbose: bool = False):
@@ -117,7 +123,7 @@ class FeedForwardTuner(TorchModuleMixin, ClassNamePrefixFeaturesOutMixin, Transf
                              nn.Linear(self.hidden_dim, len(self.classes_)))
 
     def _check_params(self) -> None:
-        check_training_params(self, size="hidden_dim", epochs="n_epochs")
+        validate_estimator_params(self)
 
     @property
     def _n_features_out(self) -> int:

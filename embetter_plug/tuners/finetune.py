@@ -14,14 +14,15 @@ from sklearn.utils.validation import check_is_fitted
 
 from .. import _arch
 from .._loading import load_config, load_model, load_tokenizer, resolve_model_source
+from .._constraints import (CALLBACKS, FRACTION, NON_NEGATIVE_REAL, POSITIVE_INT, POSITIVE_REAL, Device,
+                            Interval, Options, StrOptions, TokenPoolings, validate_estimator_params)
 from .._token_pooling import validate_pooling
 from .._utils import check_texts, logger, resolve_device, seed_from_random_state
 from ..models._callbacks import EpochProgressBar, TrackedSplit, log_plain
-from ..models._training import ClassifierNet, _valid_callback_entry, seeded, softmax_output, torch_threads
+from ..models._training import ClassifierNet, seeded, softmax_output, torch_threads
 from ._finetune_net import (BucketedLoader, FineTuneLoss, FineTuneModule, WarmupLinear, bf16_is_fast,
                             layer_groups, sorted_forward, tokenize)
 from ._labels import update_classes
-from ._training import check_positive
 
 __all__ = ["TransformerTuner"]
 
@@ -123,6 +124,22 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
     (1,)
     """
 
+    _parameter_constraints: dict = {
+        "model": "no_validation",  # resolved (and refused with the reason) when loading
+        "tokenizer": "no_validation",
+        "token_pooling": [TokenPoolings()],
+        "lr": [POSITIVE_REAL], "max_epochs": [POSITIVE_INT], "batch_size": [POSITIVE_INT],
+        "weight_decay": [NON_NEGATIVE_REAL], "warmup": [Interval(Real, 0, 1, closed="left")],
+        "freeze_embeddings": ["boolean"], "train_layers": [None, POSITIVE_INT],
+        "layer_lr_decay": [None, Interval(Real, 0, 1, closed="right")],
+        "supcon": [NON_NEGATIVE_REAL], "temperature": [POSITIVE_REAL],
+        "autocast": [StrOptions({"auto", "bf16"}), None], "max_length": [POSITIVE_INT],
+        "early_stopping": ["boolean"], "validation_fraction": [FRACTION],
+        "patience": [POSITIVE_INT], "callbacks": [CALLBACKS], "random_state": ["random_state"],
+        "device": [Device()], "n_jobs": [None, POSITIVE_INT, Options(Integral, {-1})],
+        "verbose": ["verbose"], "trust_remote_code": ["boolean"], "revision": [None, str],
+    }
+
     def __init__(self, model: Any = None, tokenizer: Any = None, *, token_pooling: Any = "auto",
                  lr: float = 1e-4, max_epochs: int = 3, batch_size: int = 16,
                  weight_decay: float = 0.01, warmup: float = 0.1, freeze_embeddings: bool = True,
@@ -160,36 +177,7 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
 
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> None:
-        name = type(self).__name__
-        check_positive("lr", self.lr, integer=False, owner=self)
-        check_positive("max_epochs", self.max_epochs, owner=self)
-        check_positive("batch_size", self.batch_size, owner=self)
-        check_positive("max_length", self.max_length, owner=self)
-        check_positive("patience", self.patience, owner=self)
-        check_positive("weight_decay", self.weight_decay, integer=False, allow_zero=True, owner=self)
-        check_positive("supcon", self.supcon, integer=False, allow_zero=True, owner=self)
-        check_positive("temperature", self.temperature, integer=False, owner=self)
-        check_positive("train_layers", self.train_layers, allow_none=True, owner=self)
-        check_positive("n_jobs", None if self.n_jobs == -1 else self.n_jobs, allow_none=True, owner=self)
-        bad = [(p, v, valid) for p, v, ok, valid in [
-            ("warmup", self.warmup, isinstance(self.warmup, Real) and 0 <= self.warmup < 1,
-             "use a float in [0, 1)"),
-            ("validation_fraction", self.validation_fraction,
-             isinstance(self.validation_fraction, Real) and 0 < self.validation_fraction < 1,
-             "use a float strictly between 0 and 1"),
-            ("layer_lr_decay", self.layer_lr_decay, self.layer_lr_decay is None or (
-                isinstance(self.layer_lr_decay, Real) and 0 < self.layer_lr_decay <= 1),
-             "use None or a float in (0, 1]"),
-            ("autocast", self.autocast, self.autocast in ("auto", "bf16", None),
-             "use 'auto', 'bf16' or None"),
-            ("callbacks", self.callbacks, self.callbacks is None or (
-                isinstance(self.callbacks, (list, tuple))
-                and all(_valid_callback_entry(c) for c in self.callbacks)),
-             "use None or a list of skorch callbacks (instances, classes or (name, callback) pairs)"),
-        ] if not ok]
-        if bad:
-            p, v, valid = bad[0]
-            raise ValueError(f"{name}: {p}={v!r} is invalid; {valid}.")
+        validate_estimator_params(self)
 
     def _check_fit_data(self, X, y):
         texts = check_texts(X)

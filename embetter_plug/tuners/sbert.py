@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from numbers import Real
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from .._constraints import (POSITIVE_INT, POSITIVE_REAL, Device, Interval,
+                            validate_estimator_params)
 from .._utils import check_texts, logger, resolve_device, seed_from_random_state
 from ._labels import check_pair_labels, check_same_length
 from ._pairs import PairTunerMixin
-from ._training import (DeviceStateMixin, check_positive, forget_fitted, global_rng_kept,
+from ._training import (DeviceStateMixin, forget_fitted, global_rng_kept,
                         paired_cosine, to_cpu)
 from .sentence import (embedding_dim, encode_texts, is_sentence_transformer, load_sentence_transformer,
                        reload_source)
@@ -72,6 +75,14 @@ class SbertLearner(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transforme
     >>> learner.fit(X1, X2, [1, 0]).transform(["a text"]).shape
     (1, 384)
     """
+
+    _parameter_constraints: dict = {
+        "model": "no_validation",  # resolved (and refused with the reason) when loading
+        "batch_size": [POSITIVE_INT], "epochs": [POSITIVE_REAL], "learning_rate": [POSITIVE_REAL],
+        "max_steps": [None, POSITIVE_INT], "warmup_ratio": [Interval(Real, 0, 1, closed="left")],
+        "normalize": ["boolean"], "random_state": ["random_state"], "device": [Device()],
+        "verbose": ["verbose"],
+    }
 
     def __init__(self, model: Any = None, batch_size: int = 16, epochs: int = 1,
                  learning_rate: float = 2e-5, max_steps: int | None = None, warmup_ratio: float = 0.1,
@@ -181,12 +192,7 @@ class SbertLearner(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transforme
                 "SentenceTransformerTrainer, which needs the 'datasets' package: "
                 "pip install datasets"
             )
-        check_positive("batch_size", self.batch_size)
-        check_positive("epochs", self.epochs, integer=False)
-        check_positive("learning_rate", self.learning_rate, integer=False)
-        check_positive("max_steps", self.max_steps, allow_none=True)
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio={self.warmup_ratio!r} must be in [0, 1).")
+        validate_estimator_params(self)
 
     @property
     def _n_features_out(self) -> int:
@@ -239,6 +245,9 @@ class SbertTuner(PairTunerMixin, ClassNamePrefixFeaturesOutMixin, TransformerMix
     (4, 384)
     """
 
+    _parameter_constraints: dict = {**SbertLearner._parameter_constraints,
+                                     "n_neg": [POSITIVE_INT]}
+
     def __init__(self, model: Any = None, n_neg: int = 3, epochs: int = 1,
                  learning_rate: float = 2e-5, batch_size: int = 16, max_steps: int | None = None,
                  warmup_ratio: float = 0.1, normalize: bool = False, random_state: Any = None,
@@ -260,6 +269,7 @@ class SbertTuner(PairTunerMixin, ClassNamePrefixFeaturesOutMixin, TransformerMix
     def partial_fit(self, X, y, classes=None):
         """Make pairs from this batch and keep fine-tuning; pass ``classes`` on the first call
         when the batch does not hold every label."""
+        validate_estimator_params(self)
         texts = check_texts(X)
         y = np.asarray(y)
         if len(y) != len(texts):

@@ -10,8 +10,9 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import check_is_fitted
 
 from .._loading import hf_progress, resolve_model_source
+from .._constraints import POSITIVE_INT, Device, validate_estimator_params
 from .._utils import check_texts, logger, resolve_device
-from ._training import DeviceStateMixin, check_positive, global_rng_kept
+from ._training import DeviceStateMixin, global_rng_kept
 
 __all__ = ["SentenceEncoder"]
 
@@ -105,6 +106,12 @@ class SentenceEncoder(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transfo
     (2, 384)
     """
 
+    _parameter_constraints: dict = {
+        "model": "no_validation",  # resolved (and refused with the reason) when loading
+        "batch_size": [POSITIVE_INT], "device": [Device()], "normalize": ["boolean"],
+        "verbose": ["verbose"],
+    }
+
     def __init__(self, model: Any = None, batch_size: int = 32, device: Any = "auto",
                  normalize: bool = False, verbose: bool = False):
         self.model = model
@@ -115,9 +122,9 @@ class SentenceEncoder(DeviceStateMixin, ClassNamePrefixFeaturesOutMixin, Transfo
 
     def fit(self, X=None, y=None):
         """Load the model; ``X`` (optional) is only validated."""
+        validate_estimator_params(self)
         if X is not None:
             check_texts(X)
-        check_positive("batch_size", self.batch_size)
         self.device_ = resolve_device(self.device)
         self._source_ = reload_source(self.model)
         self.model_ = load_sentence_transformer(self._source_, self.device_, verbose=self.verbose)
