@@ -119,5 +119,5 @@ def test_method_is_a_deprecated_alias_of_combine():
     assert twin.get_params() == old.get_params()
     with pytest.warns(FutureWarning):
         np.testing.assert_array_equal(twin.fit_transform(X), ref)
-    with pytest.warns(FutureWarning), pytest.raises(ValueError, match=r"combine='median'"):
+    with pytest.raises(ValueError, match=r"'method' parameter of LayerPooler must be .*Got 'median'"):
         LayerPooler(method="median").fit(X)
