@@ -210,9 +210,9 @@ def staging_folder(npz: str) -> Path:
 
 def kept(folder: Path, n_texts: int) -> str:
     """What an interrupted extraction left in ``folder``, from its manifest."""
-    from embetter_plug.io import _read_manifest
+    from embetter_plug.io import read_manifest
 
-    man = _read_manifest(folder) if folder.is_dir() else None
+    man = read_manifest(folder) if folder.is_dir() else None
     done = sorted(set(range(man.get("n_done", 0))) | set(man.get("done_after", []))) if man else []
     if not done:
         return "nothing was kept (no shard was complete yet)"

@@ -33,7 +33,7 @@ def _is_callback(value: Any) -> bool:
     return isinstance(value, Callback) or (isinstance(value, type) and issubclass(value, Callback))
 
 
-def _valid_callback_entry(item: Any) -> bool:
+def valid_callback_entry(item: Any) -> bool:
     """A skorch callback (instance or class) or a ``(name, callback)`` pair, as skorch accepts."""
     if isinstance(item, tuple) and len(item) == 2:
         return isinstance(item[0], str) and _is_callback(item[1])
@@ -148,7 +148,7 @@ class PlugNetBase(BaseEstimator):
         need(isinstance(self.early_stopping, (bool, np.bool_)), "early_stopping", "use True or False")
         callbacks = self.callbacks
         need(callbacks is None or (isinstance(callbacks, (list, tuple))
-                                   and all(_valid_callback_entry(c) for c in callbacks)),
+                                   and all(valid_callback_entry(c) for c in callbacks)),
              "callbacks", "use None or a list whose entries are skorch Callback instances (or classes) "
              "or (name, Callback) pairs")
         for param in self._get_param_names():

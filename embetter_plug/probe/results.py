@@ -9,15 +9,12 @@ import numpy as np
 
 from .._utils import logger, warn_user
 from ._metrics import greater_is_better, primary_metric, ranking_metrics
+from ._table import ANY, DUMMY  # noqa: F401  (ANY: part of this module's names)
 from .stats import SELECTED, is_special
 
 __all__ = ["ProbeResults", "DUMMY"]
 
 COLUMNS = ("layer", "part", "metric", "fold", "score")
-#: part name of the dummy-baseline rows (their layer is missing)
-DUMMY = "dummy"
-#: context value of a dummy row that serves every value of that column (e.g. every pooling)
-ANY = "-"
 
 
 #: start of the warning given when the best probe does not beat the dummy baseline

@@ -17,7 +17,7 @@ from .._loading import load_config, load_model, load_tokenizer, resolve_model_so
 from .._token_pooling import validate_pooling
 from .._utils import check_texts, logger, resolve_device, seed_from_random_state
 from ..models._callbacks import EpochProgressBar, TrackedSplit, log_plain
-from ..models._training import ClassifierNet, _valid_callback_entry, seeded, softmax_output, torch_threads
+from ..models._training import ClassifierNet, valid_callback_entry, seeded, softmax_output, torch_threads
 from ._finetune_net import (BucketedLoader, FineTuneLoss, FineTuneModule, WarmupLinear, bf16_is_fast,
                             layer_groups, sorted_forward, tokenize)
 from ._labels import update_classes
@@ -184,7 +184,7 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
              "use 'auto', 'bf16' or None"),
             ("callbacks", self.callbacks, self.callbacks is None or (
                 isinstance(self.callbacks, (list, tuple))
-                and all(_valid_callback_entry(c) for c in self.callbacks)),
+                and all(valid_callback_entry(c) for c in self.callbacks)),
              "use None or a list of skorch callbacks (instances, classes or (name, callback) pairs)"),
         ] if not ok]
         if bad:
