@@ -13,7 +13,7 @@ from ..layout import select_positions
 from ._analyses import analyse, make_plan
 from ._metrics import FLIPPED, detect_task, needs_every_class, plain, resolve_scoring
 from ._splits import fold_class_error
-from .results import DUMMY, ProbeResults
+from .results import DUMMY, ProbeResults, warn_if_dummy_wins
 
 __all__ = ["probe_layers", "default_probe"]
 
@@ -179,7 +179,7 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
     frame = pd.DataFrame(rows, columns=["layer", "part", "metric", "fold", "score"])
     results = ProbeResults(frame, task=task)
     if dummy:
-        results._warn_if_dummy_wins()
+        warn_if_dummy_wins(results)
     return results
 
 

@@ -185,13 +185,6 @@ class ProbeResults:
             hit &= (values == str(row[c])) | (values == ANY)
         return float(dummies["mean"].to_numpy()[hit][0]) if hit.any() else float("nan")
 
-    def _warn_if_dummy_wins(self) -> None:
-        """Log and warn (``UserWarning``) when no probe beats chance (see :meth:`verdict`)."""
-        verdict = self.verdict()
-        if not verdict["beats_chance"]:
-            logger.info(verdict["message"])  # a warning too; logging it at WARNING prints it twice
-            warn_user(verdict["message"], UserWarning)
-
     # ------------------------------------------------------------ statistics
     def selection_free(self, metric: str | None = None, *,
                        confidence: float = 0.95) -> dict[str, Any] | None:
@@ -439,3 +432,12 @@ class ProbeResults:
         n = self.frame_.loc[self.frame_["part"] != DUMMY, [*self.context, "layer", "part"]].drop_duplicates()
         return (f"ProbeResults({len(n)} probes, metrics={self.metrics}, "
                 f"context={self.context}, rows={len(self.frame_)})")
+
+
+def warn_if_dummy_wins(results: ProbeResults) -> None:
+    """Log and warn (``UserWarning``) when no probe of ``results`` beats chance (see
+    :meth:`ProbeResults.verdict`)."""
+    verdict = results.verdict()
+    if not verdict["beats_chance"]:
+        logger.info(verdict["message"])  # a warning too; logging it at WARNING prints it twice
+        warn_user(verdict["message"], UserWarning)
