@@ -181,8 +181,6 @@ def load_model(source: str, *, dtype, device, revision=None, trust_remote_code=F
     """
     from transformers import AutoModel
 
-    from .extraction import input_device
-
     key = _load_key(source, revision, trust_remote_code, dtype, device, model_kwargs)
     with _LOADED_LOCK:
         model = _LOADED.get(key) if key is not None else None
@@ -210,8 +208,6 @@ def place_model(model, device: Any, dtype: Any):
     ``device="auto"`` means where the model is; another device than that is an error (the
     encoder does not move a model it was given), raised before any work.
     """
-    from .extraction import input_device
-
     here = input_device(model)
     if device is not None and not (isinstance(device, str) and device == "auto"):
         want = resolve_device(device)
@@ -275,3 +271,21 @@ def load_processor(processor: Any, model, source: str | None, *, revision=None,
             raise
         logger.info("no processor found for %s; image+text samples need processor=", name)
         return None
+
+
+def input_device(model):
+    """Where a model's inputs go: the device of its input embeddings (for a model spread over
+    devices or offloaded, the device its first layer runs on)."""
+    import torch
+
+    try:
+        emb = model.get_input_embeddings()
+        dev = next(emb.parameters()).device
+        if dev.type != "meta":
+            return dev
+    except (AttributeError, NotImplementedError, StopIteration):
+        pass
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._utils import _positions
+from ._utils import format_positions
 
 __all__ = ["PROJECTIONS", "check_choice", "check_embedding", "check_labels", "check_classifier_output",
            "project"]
@@ -39,7 +39,7 @@ def check_embedding(X, n_texts: int) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
     if len(bad):
         raise ValueError(f"X has NaN or infinite values in {len(bad)} row(s) at positions "
-                         f"{_positions(bad.tolist())}; drop or fix those rows first.")
+                         f"{format_positions(bad.tolist())}; drop or fix those rows first.")
     return X
 
 

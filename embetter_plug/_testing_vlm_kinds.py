@@ -32,7 +32,7 @@ def _tokenizer(named: dict | None = None, extra: tuple = (), padding_side: str =
     """The BPE test tokenizer with named special tokens (``image_token`` ...) and ``extra`` ones."""
     from transformers import PreTrainedTokenizerFast
 
-    from .testing import make_tokenizer  # imported here: testing re-exports this module
+    from ._testing_tokenizer import make_tokenizer
 
     tok = PreTrainedTokenizerFast(
         tokenizer_object=make_tokenizer("bpe").backend_tokenizer, pad_token="<pad>",

@@ -172,18 +172,19 @@ def check_texts(X: Any, *, name: str = "X") -> list[str]:
         hint = " (None/NaN/NA: missing values; drop or fill them first)" if nan_like else ""
         raise TypeError(
             f"{name} must contain only strings; {len(bad)} item(s) are not, at positions "
-            f"{_positions(bad)} with types {kinds}{hint}."
+            f"{format_positions(bad)} with types {kinds}{hint}."
         )
     empty = [i for i, t in enumerate(items) if not t.strip()]
     if empty:
         raise ValueError(
             f"{name} contains {len(empty)} empty or whitespace-only text(s) at positions "
-            f"{_positions(empty)}; remove them or replace them with real text."
+            f"{format_positions(empty)}; remove them or replace them with real text."
         )
     return [str(t) for t in items]
 
 
-def _positions(idx: list[int], limit: int = 10) -> str:
+def format_positions(idx: list[int], limit: int = 10) -> str:
+    """``[0, 3, 7]`` for messages; more than ``limit`` positions end in ``...``."""
     shown = ", ".join(map(str, idx[:limit]))
     return f"[{shown}{', ...' if len(idx) > limit else ''}]"
 

@@ -34,6 +34,8 @@ import threading
 
 from . import _arch, _attn_arch, _attn_find, _attn_tap
 from ._attn_parts import PATTERN_METRICS, check_implementation
+from ._loading import input_device
+from ._verify_common import VerificationError, describe, relative_error, tolerance, way_out
 
 __all__ = ["Observation", "VerificationError", "check", "observe", "verify_extractor"]
 
@@ -44,13 +46,8 @@ N_TOKENS = 8  # the short text's tokens (a handful)
 # largest relative error (max |read - truth| / max |truth|) taken as agreement: the same forward
 # gives the same tensors; a padded batch differs by rounding of the model's dtype
 SAME_FORWARD = 1e-5
-PADDED = {"float32": 1e-4, "float64": 1e-6, "float16": 5e-3, "bfloat16": 3e-2}
 _SAID: set = set()
 _SAID_LOCK = threading.Lock()
-
-
-class VerificationError(ValueError):
-    """What discovery reads in the user's model disagrees with what the model returns."""
 
 
 @dataclasses.dataclass
@@ -79,28 +76,6 @@ def _say_once(model, what: str) -> None:
     logger.warning("verification of %s: %s", type(model).__name__, what)
 
 
-def _describe(model) -> str:
-    mt = getattr(_arch.text_config(model.config), "model_type", None)
-    return f"{type(model).__name__} (model_type={mt!r})"
-
-
-def _way_out(model) -> str:
-    try:
-        path = _arch.find_blocks(model)[0]
-    except ValueError:
-        path = "<path to the blocks>"
-    return (f"Pass parts as module paths instead, e.g. parts=['{path}.{{layer}}'] (print(model) "
-            "lists the paths), or verify=False to skip this check.")
-
-
-def _relative_error(read, truth) -> float:
-    read, truth = read.float(), truth.float().to(read.device)
-    if read.shape != truth.shape:
-        return float("inf")
-    scale = float(truth.abs().max()) if truth.numel() else 0.0
-    return float((read - truth).abs().max()) / max(scale, 1e-6) if truth.numel() else 0.0
-
-
 def _short_ids(tokenizer, max_length: int) -> tuple[list[int], list[int]]:
     """The short text's ids (a handful) and a longer text's, both within ``max_length``."""
     ids = list(tokenizer(TEXTS[0])["input_ids"])
@@ -110,9 +85,9 @@ def _short_ids(tokenizer, max_length: int) -> tuple[list[int], list[int]]:
 
 def _forward_failed(model, what: str, exc: Exception) -> VerificationError:
     return VerificationError(
-        f"{_describe(model)}: the model's own forward fails on {what} during the check at "
+        f"{describe(model)}: the model's own forward fails on {what} during the check at "
         f"fit ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}), so its activations "
-        "cannot be read this way. " + _way_out(model))
+        "cannot be read this way. " + way_out(model))
 
 
 def _keep(store, key):
@@ -193,7 +168,7 @@ def observe(model, tokenizer, parts, *, max_length: int = 512, autocast_dtype=No
                 handles.append((None, m.register_forward_hook(keep_proj)))
     ids, longer = _short_ids(tokenizer, max_length)
     obs.n_tokens = len(ids)
-    device = _input_device(model)
+    device = input_device(model)
     kwargs = {"input_ids": torch.tensor([ids], device=device),
               "attention_mask": torch.ones((1, len(ids)), dtype=torch.long, device=device),
               "output_hidden_states": True}
@@ -286,12 +261,6 @@ def _accepts(module, name: str) -> bool:
         return False
 
 
-def _input_device(model):
-    from .extraction import input_device
-
-    return input_device(model)
-
-
 # ----------------------------------------------------------------------------- checks
 def check(obs: Observation, extractor) -> None:
     """Compare what ``extractor`` reads with the truths of ``obs`` (see the module's text);
@@ -328,27 +297,27 @@ def _check_blocks(obs: Observation) -> None:
         got = obs.reads.get((id(module), kind), [])
         if occurrence >= len(got):
             raise VerificationError(
-                f"{_describe(model)}: block {layer}'s {'input' if kind == 'pre' else 'output'} "
+                f"{describe(model)}: block {layer}'s {'input' if kind == 'pre' else 'output'} "
                 f"(module {_arch._path_of(model, module)!r}) never ran in the model's forward, "
                 "so the blocks discovery found are not the ones the model runs. "
-                + _way_out(model))
+                + way_out(model))
         value = read[("resid_pre", "resid_post")[part], layer] = got[occurrence][0]
         if value.dim() != 2 or value.shape[0] != obs.n_tokens:
             raise VerificationError(
-                f"{_describe(model)}: block {layer}'s "
+                f"{describe(model)}: block {layer}'s "
                 f"{'input' if kind == 'pre' else 'output'} has shape {tuple(value.shape)} for a "
                 f"text of {obs.n_tokens} tokens, not (tokens, hidden): the model changes the "
                 "sequence (downsampling, an internal pad or prompt) or its layout, so the "
-                "tokens cannot be pooled with the attention mask. " + _way_out(model))
+                "tokens cannot be pooled with the attention mask. " + way_out(model))
     width = _arch.hidden_size(model)
     for name, layer, value in [(p, layer, v) for (p, layer), v in read.items()] + [
             (part, t[2], obs.reads.get((id(t[0]), t[1]), [None])[0]) for part, t in obs.sublayers]:
         if value is not None and tuple(value.shape[-2:]) != (obs.n_tokens, width):
             raise VerificationError(
-                f"{_describe(model)}: part {name!r} at layer {layer} reads shape "
+                f"{describe(model)}: part {name!r} at layer {layer} reads shape "
                 f"{tuple(value.shape)} for a text of {obs.n_tokens} tokens, not (tokens, "
                 f"{width}): it is not on the residual stream's width (a bottleneck, several "
-                "streams). " + _way_out(model))
+                "streams). " + way_out(model))
     hs = obs.hidden_states
     if hs is not None and len(hs) in (n, n + 1):
         # hidden_states[0] is the first block's input (n + 1 entries), or the entries are the
@@ -389,17 +358,17 @@ def _disagreement(model, read, pairs) -> VerificationError | None:
         got = read[part, layer]
         if got.shape != truth.shape:
             return VerificationError(
-                f"{_describe(model)}: part {part!r} at layer {layer} as discovery reads it has "
+                f"{describe(model)}: part {part!r} at layer {layer} as discovery reads it has "
                 f"shape {tuple(got.shape)}, the model's own {what} {tuple(truth.shape)}, so the "
                 "blocks or their inputs and outputs are not where discovery looks. "
-                + _way_out(model))
-        err = _relative_error(got, truth)
+                + way_out(model))
+        err = relative_error(got, truth)
         if not err <= SAME_FORWARD:
             return VerificationError(
-                f"{_describe(model)}: part {part!r} at layer {layer} as discovery reads it "
+                f"{describe(model)}: part {part!r} at layer {layer} as discovery reads it "
                 f"differs from the model's own {what} by {err:.3g} (relative max error), so "
                 "the blocks or their inputs and outputs are not where discovery looks. "
-                + _way_out(model))
+                + way_out(model))
     return None
 
 
@@ -408,7 +377,7 @@ def _check_padded_blocks(obs: Observation) -> None:
     alone, on its real tokens."""
     model = obs.model
     side, k = obs.padded_rows
-    tol = _tolerance(next(model.parameters()).dtype)
+    tol = tolerance(next(model.parameters()).dtype)
     for t in sorted(obs.targets, key=lambda t: (t[2], t[3])):  # by layer, input first
         t = tuple(t) + (0,) * (5 - len(t))
         module, kind, layer, part, occurrence = t[:5]
@@ -420,11 +389,11 @@ def _check_padded_blocks(obs: Observation) -> None:
         if b.dim() != 2 or a.shape[-1] != b.shape[-1]:
             continue  # not (tokens, hidden): said by the check of the blocks
         b = b[b.shape[0] - k:] if side == "left" else b[:k]
-        err = _relative_error(b, a)
+        err = relative_error(b, a)
         if not err <= tol:
             name = ("resid_pre", "resid_post")[part]
             raise VerificationError(
-                f"{_describe(model)}: part {name!r} at layer {layer} of a text in a padded "
+                f"{describe(model)}: part {name!r} at layer {layer} of a text in a padded "
                 f"batch differs from the same text alone by {err:.3g} (relative max error): "
                 "the model's forward depends on the padding. Use batch_size=1 (no padding), "
                 "or verify=False to accept the difference.")
@@ -441,29 +410,24 @@ def _check_padding(model, extractor) -> None:
         batch, alone = both[1:2], both[2:3]
     except ValueError as exc:
         if _raised_here(exc):  # the package's own message: which model it is said too
-            raise VerificationError(f"{_describe(model)}: {exc}") from exc
+            raise VerificationError(f"{describe(model)}: {exc}") from exc
         raise _forward_failed(model, "a padded batch of two short texts", exc) from exc
     except Exception as exc:  # noqa: BLE001
         if _raised_here(exc):
             raise
         raise _forward_failed(model, "a padded batch of two short texts", exc) from exc
-    tol = _tolerance(extractor.autocast_dtype or next(model.parameters()).dtype)
+    tol = tolerance(extractor.autocast_dtype or next(model.parameters()).dtype)
     names = extractor.part_names()
     for li, layer in enumerate(extractor.layers):
         for pi, name in enumerate(names):
-            err = _relative_error(torch.from_numpy(batch[0, li, pi]),
+            err = relative_error(torch.from_numpy(batch[0, li, pi]),
                                   torch.from_numpy(alone[0, li, pi]))
             if not err <= tol:
                 raise VerificationError(
-                    f"{_describe(model)}: part {name!r} at layer {layer} of a text in a padded "
+                    f"{describe(model)}: part {name!r} at layer {layer} of a text in a padded "
                     f"batch differs from the same text alone by {err:.3g} (relative max "
                     "error): the model's forward depends on the padding. Use batch_size=1 "
                     "(no padding), or verify=False to accept the difference.")
-
-
-def _tolerance(dtype) -> float:
-    """Relative error taken as rounding in ``dtype`` (a padded batch, a sum in float32)."""
-    return PADDED.get(str(dtype).replace("torch.", ""), 1e-4)
 
 
 def _raised_here(exc: Exception) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from . import _attn_arch, _attn_find
 from ._arch import _path_of
 from ._attn_parts import PATTERN_METRICS
-from ._verify import VerificationError, _describe, _relative_error, _tolerance, _way_out
+from ._verify_common import VerificationError, describe, relative_error, tolerance, way_out
 
 __all__ = ["check_heads"]
 
@@ -35,12 +35,12 @@ def check_heads(obs, extractor, heads) -> None:
     infos = _attn_find.layer_infos(model, layers)
     wanted = {_attn_arch.split_head(p)[0] for p in heads}
     for layer, info in zip(layers, infos):
-        where = f"{_describe(model)}: the attention of layer {layer}"
+        where = f"{describe(model)}: the attention of layer {layer}"
         calls = _calls_of(obs, info.core) if info.interface else []
         if info.interface and not calls:
             raise VerificationError(
                 f"{where} ({type(info.core).__name__}) never called the attention function in "
-                "the model's forward, so it is not the module that attends. " + _way_out(model))
+                "the model's forward, so it is not the module that attends. " + way_out(model))
         if calls:
             call = calls[-1]
             got = {"n_heads": call.query.shape[1], "n_kv_heads": call.key.shape[1]}
@@ -51,7 +51,7 @@ def check_heads(obs, extractor, heads) -> None:
                 raise VerificationError(
                     f"{where}: discovery counts other heads than the attention call has "
                     f"({', '.join(f'{k}: {a} found, {b} in the call' for k, (a, b) in bad.items())}"
-                    "), so the per-head split would be wrong. " + _way_out(model))
+                    "), so the per-head split would be wrong. " + way_out(model))
             proj = _proj_after(obs, call, info.o_proj)
         else:  # attention code of its own: the sublayer's projection as it ran
             proj = next((e for e in obs.events if e[0] == "proj" and e[1] is info.o_proj), None)
@@ -59,7 +59,7 @@ def check_heads(obs, extractor, heads) -> None:
             raise VerificationError(
                 f"{where}: its output projection "
                 f"({_path_of(model, info.o_proj)!r}) did not run after the attention, "
-                "so attn_z/attn_result would read another module. " + _way_out(model))
+                "so attn_z/attn_result would read another module. " + way_out(model))
         _, o_proj, z, y = proj
         w = info.w_o(z.device).float()
         summed = (z.float().reshape(*z.shape[:-1], info.n_heads, info.d_head)[..., None, :]
@@ -71,11 +71,11 @@ def check_heads(obs, extractor, heads) -> None:
 
                 bias = offloaded_param(o_proj, z.device, "bias")
             summed = summed + bias.float()
-        err = _relative_error(summed, y)
-        if not err <= _tolerance(y.dtype):
+        err = relative_error(summed, y)
+        if not err <= tolerance(y.dtype):
             raise VerificationError(
                 f"{where}: the heads of attn_result plus the bias differ from the output "
-                f"projection's own output by {err:.3g} (relative max error). " + _way_out(model))
+                f"projection's own output by {err:.3g} (relative max error). " + way_out(model))
         if calls and wanted & set(PATTERN_METRICS) and layer == layers[0]:
             _check_pattern(model, where, calls[-1], info)
 
@@ -86,9 +86,9 @@ def _check_pattern(model, where, call, info) -> None:
     p = call.pattern()  # (B, H, Q, K)
     v = call.value.float().repeat_interleave(info.n_heads // info.n_kv_heads, dim=1)
     out = (p @ v).transpose(1, 2)  # (B, Q, H, d)
-    err = _relative_error(out, own.float().reshape(out.shape)
+    err = relative_error(out, own.float().reshape(out.shape)
                           if own.numel() == out.numel() else own)
-    if not err <= 10 * _tolerance(own.dtype):
+    if not err <= 10 * tolerance(own.dtype):
         raise VerificationError(
             f"{where}: the attention pattern computed for the metrics, applied to the values, "
             f"differs from the attention function's own output by {err:.3g} (relative max "

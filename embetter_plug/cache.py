@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ._utils import logger, warn_user
-from .identity import _sha, model_fingerprint  # noqa: F401  (model_fingerprint: re-exported)
+from .identity import sha_digest, model_fingerprint  # noqa: F401  (model_fingerprint: re-exported)
 from .io import atomic_write
 
 __all__ = ["ActivationCache", "default_cache_dir"]
@@ -248,7 +248,7 @@ def read_through(cache, extractor, identity: dict, texts: list[str], *,
     names = extractor.vector_names()
     L, P, H = extractor.shape
     out = np.empty((len(texts), L, P, H), dtype=np.float32)
-    keys = [_sha(ident, t) for t in texts]
+    keys = [sha_digest(ident, t) for t in texts]
     missing, stored = [], {}
     for i, key in enumerate(keys):
         entry = cache.get(key)

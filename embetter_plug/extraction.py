@@ -32,29 +32,12 @@ import numpy as np
 
 from . import _arch, _attn_arch, _batching, _vision
 from ._hooks import Capture
+from ._loading import input_device
 from ._token_pooling import pooling_name, split_modality
 from .layout import PartName
 from .samples import has_images
 
 __all__ = ["ActivationExtractor", "input_device"]
-
-
-def input_device(model):
-    """Where a model's inputs go: the device of its input embeddings (for a model spread over
-    devices or offloaded, the device its first layer runs on)."""
-    import torch
-
-    try:
-        emb = model.get_input_embeddings()
-        dev = next(emb.parameters()).device
-        if dev.type != "meta":
-            return dev
-    except (AttributeError, NotImplementedError, StopIteration):
-        pass
-    for p in model.parameters():
-        if p.device.type != "meta":
-            return p.device
-    return torch.device("cpu")
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,9 @@ _PLACEMENT = {"device_map", "max_memory", "offload_folder", "offload_state_dict"
               "proxies", "use_safetensors"}
 
 
-def _sha(*parts: Any) -> str:
+def sha_digest(*parts: Any) -> str:
+    """SHA-256 hex digest of ``parts`` (bytes as they are, anything else as its ``str``), each
+    length-prefixed so that no two sequences of parts give the same input."""
     h = hashlib.sha256()
     for p in parts:
         b = p if isinstance(p, (bytes, memoryview)) else str(p).encode()
@@ -68,14 +70,14 @@ def model_fingerprint(model, source: str | None, revision: str | None) -> str:
     """
     if source is not None and not os.path.isdir(source):
         commit = getattr(getattr(model, "config", None), "_commit_hash", None)
-        return _sha("hub", source, commit or revision)
+        return sha_digest("hub", source, commit or revision)
     if source is not None:
         parts: list[Any] = ["folder"]
         for path in sorted(Path(source).rglob("*")):
             if path.is_file():
                 parts += [path.relative_to(source).as_posix(), *_file_identity(path)]
-        return _sha(*parts)
-    return _sha("object", type(model).__name__, model.config.to_json_string(use_diff=False),
+        return sha_digest(*parts)
+    return sha_digest("object", type(model).__name__, model.config.to_json_string(use_diff=False),
                 weights_digest(model))
 
 
@@ -114,12 +116,12 @@ def weights_digest(model) -> str:
         name, t = item
         if t.device.type == "meta":
             t = offloaded.get(name[2:], t)
-        return _sha(name, tuple(t.shape), str(t.dtype), _tensor_bytes(t)).encode()
+        return sha_digest(name, tuple(t.shape), str(t.dtype), _tensor_bytes(t)).encode()
 
     workers = max(1, min(8, os.cpu_count() or 1, len(named)))
     with ThreadPoolExecutor(workers) as pool:
         digests = list(pool.map(one, named))
-    return _sha("weights", *digests, json.dumps(_adapter_state(model), sort_keys=True))
+    return sha_digest("weights", *digests, json.dumps(_adapter_state(model), sort_keys=True))
 
 
 def _tensor_bytes(t) -> Any:
@@ -264,7 +266,7 @@ def tokenizer_fingerprint(tok) -> str:
     else:
         body = json.dumps(sorted(tok.get_vocab().items()))
     special = json.dumps(getattr(tok, "special_tokens_map", {}), sort_keys=True, default=str)
-    fp = _sha(type(tok).__name__, body, special)
+    fp = sha_digest(type(tok).__name__, body, special)
     try:
         _TOKENIZER_FP[tok] = (len(tok), fp)
     except TypeError:
@@ -288,7 +290,7 @@ def processor_fingerprint(processor) -> str:
         if value is not None:
             settings[name] = value
     tok = getattr(processor, "tokenizer", None)
-    return _sha(type(processor).__name__, json.dumps(settings, sort_keys=True, default=str),
+    return sha_digest(type(processor).__name__, json.dumps(settings, sort_keys=True, default=str),
                 tokenizer_fingerprint(tok) if tok is not None else "")
 
 

@@ -173,7 +173,7 @@ def load_activations(path: str | os.PathLike, *, mmap: bool = True) -> tuple[np.
 _MANIFEST_KEYS = ("shape", "dtype", "n_done", "n_shards", "shard_size", "data_offset", "layout")
 
 
-def _read_manifest(folder: Path) -> dict | None:
+def read_manifest(folder: Path) -> dict | None:
     """The folder's manifest, ``None`` when there is none; a ``ValueError`` naming the file when
     it is not one an extraction wrote whole (never a raw ``KeyError`` or ``JSONDecodeError``)."""
     path = Path(folder) / MANIFEST
@@ -196,7 +196,7 @@ def _read_manifest(folder: Path) -> dict | None:
 
 
 def _load_folder(folder: Path, *, mmap: bool):
-    man = _read_manifest(folder)
+    man = read_manifest(folder)
     if man is None or man.get("format") != FORMAT:
         raise ValueError(
             f"{str(folder)!r} is a folder without a {MANIFEST} from extract_to / "

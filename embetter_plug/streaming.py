@@ -25,7 +25,7 @@ from ._progress import advance_to, overall
 from ._utils import logger
 from ._folder_lock import LOCK, check_not_in_use, folder_lock
 from .samples import check_inputs
-from .io import (DATA, FORMAT, FORMAT_VERSION, MANIFEST, STORE_DTYPES, _read_manifest,
+from .io import (DATA, FORMAT, FORMAT_VERSION, MANIFEST, STORE_DTYPES, read_manifest,
                  atomic_write, check_storable)
 
 __all__ = ["extract_to", "extraction_plan", "check_extraction_folder", "ShardWriter"]
@@ -60,7 +60,7 @@ def check_extraction_folder(folder, texts, *, store_dtype: str = "float32",
     check_not_in_use(folder)
     if not folder.is_dir() or overwrite:
         return None
-    old = _read_manifest(folder)
+    old = read_manifest(folder)
     if old is None:
         foreign = _foreign_files(folder)
         if foreign:
@@ -113,7 +113,7 @@ def resumable_shard_size(folder, plan: dict) -> int | None:
     batch size (the usual reaction to running out of memory) resumes instead of being refused.
     """
     folder = Path(folder)
-    old = _read_manifest(folder) if folder.is_dir() else None
+    old = read_manifest(folder) if folder.is_dir() else None
     if old is None or any(old.get(k) != v for k, v in plan.items()):
         return None
     return int(old["shard_size"])
@@ -160,7 +160,7 @@ class ShardWriter:
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"{str(folder)!r} is a file; streamed extraction writes a folder.")
-        old = _read_manifest(folder) if folder.is_dir() and not overwrite else None
+        old = read_manifest(folder) if folder.is_dir() and not overwrite else None
         if old is not None and not overwrite:
             same = {k: old.get(k) for k in plan} == plan and (folder / DATA).exists()
             if same and (folder / DATA).is_symlink():

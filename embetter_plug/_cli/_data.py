@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .._utils import _positions
+from .._utils import format_positions
 
 BUILTIN = "the built-in data"
 
@@ -123,8 +123,8 @@ def where(index, path: str | None) -> str:
     """``CSV line(s) [..]`` for row labels of a frame read by :func:`read_csv`."""
     idx = [int(i) for i in index]
     if path is None:
-        return f"row(s) {_positions(idx)} of {BUILTIN}"
-    return f"{path!r} line(s) {_positions([i + 2 for i in idx])} (the header is line 1)"
+        return f"row(s) {format_positions(idx)} of {BUILTIN}"
+    return f"{path!r} line(s) {format_positions([i + 2 for i in idx])} (the header is line 1)"
 
 
 def check_cells(df, path: str | None, opt: str, col: str, what: str) -> None:

@@ -1,8 +1,9 @@
 """`embetter-plug extract --ray [ADDRESS]`: the extraction on a Ray cluster.
 
 The options are added to `extract` by :func:`add_arguments`; :func:`run` does the work when
-`--ray` is given. Everything that can be refused (the data, `--out`, the cluster and its
-resources) is checked before the model loads in the driver.
+`--ray` is given, after `extract` has read and checked the inputs, `--out` and the labels.
+Everything that can be refused (the data, `--out`, the cluster and its resources) is checked
+before the model loads in the driver.
 """
 
 from __future__ import annotations
@@ -45,21 +46,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "them to this process")
 
 
-def run(args) -> int:
-    from pathlib import Path
-
-    from ._runs import InterruptNote
-    from .extract import RESUME, check_out, encoder_from_args, kept, read_inputs, write_labels
-
+def check_out_is_folder(args) -> None:
+    """Refuse a ``.npz`` ``--out``: a Ray run writes a folder."""
     if args.out.endswith(".npz"):
         raise ValueError(f"--out {args.out!r}: --ray writes a folder (shards and a manifest, "
                          "resumable); give a folder name without .npz.")
+
+
+def run(args, texts: list, old: dict | None, make_encoder) -> int:
+    """Extract ``texts`` on the cluster into ``--out``; ``old`` is the folder's manifest, if any.
+
+    ``make_encoder()`` returns the unfitted encoder of the command's options. The inputs, `--out`
+    and the labels were read and checked by `extract` before this is called.
+    """
     from embetter_plug.distributed import connect_ray, extract_distributed
 
-    texts = read_inputs(args)
-    old = check_out(args, texts)
-    write_labels(args)
-    args.on_interrupt = InterruptNote(lambda: kept(Path(args.out), len(texts)), RESUME)
     try:
         started = connect_ray(args.ray, concurrency=args.ray_actors,
                               num_cpus=args.ray_num_cpus, num_gpus=args.ray_num_gpus)
@@ -69,7 +70,7 @@ def run(args) -> int:
     import ray
 
     try:
-        enc = encoder_from_args(args).fit(texts)
+        enc = make_encoder().fit(texts)
         out = extract_distributed(
             enc, args.out, texts, concurrency=args.ray_actors, num_cpus=args.ray_num_cpus,
             num_gpus=args.ray_num_gpus, batch_size=args.ray_batch_size,

@@ -210,9 +210,9 @@ def staging_folder(npz: str) -> Path:
 
 def kept(folder: Path, n_texts: int) -> str:
     """What an interrupted extraction left in ``folder``, from its manifest."""
-    from embetter_plug.io import _read_manifest
+    from embetter_plug.io import read_manifest
 
-    man = _read_manifest(folder) if folder.is_dir() else None
+    man = read_manifest(folder) if folder.is_dir() else None
     done = sorted(set(range(man.get("n_done", 0))) | set(man.get("done_after", []))) if man else []
     if not done:
         return "nothing was kept (no shard was complete yet)"
@@ -229,10 +229,11 @@ def run(args) -> int:
 
     from embetter_plug import load_activations, save_activations
 
-    if getattr(args, "ray", None) is not None:
+    on_ray = getattr(args, "ray", None) is not None
+    if on_ray:
         from . import _ray
 
-        return _ray.run(args)
+        _ray.check_out_is_folder(args)
     texts = read_inputs(args)
     old = check_out(args, texts)
     write_labels(args)
@@ -241,6 +242,8 @@ def run(args) -> int:
     args.on_interrupt = InterruptNote(
         lambda: kept(folder, len(texts)),
         RESUME + (" (the .npz file is written when all are done)" if npz else ""))
+    if on_ray:
+        return _ray.run(args, texts, old, lambda: encoder_from_args(args))
     enc = encoder_from_args(args).fit(texts)
     out = enc.extract_to(folder, texts, shard_size=args.shard_size,
                          store_dtype=args.store_dtype, overwrite=args.overwrite)

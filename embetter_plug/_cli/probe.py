@@ -150,7 +150,7 @@ def _check_out(args) -> Path:
 
 def run(args) -> int:
     from embetter_plug.probe import ProbeResults, probe_layers
-    from embetter_plug.probe.offline import _splits
+    from embetter_plug.probe.offline import make_splits
     from embetter_plug.probe.results import NO_BETTER
 
     out = _check_out(args)
@@ -161,7 +161,7 @@ def run(args) -> int:
                                              "run the same command again" + cache)
     texts, targets, dataset = _read(args)
     for y, task in targets.values():  # a bad --cv fails here, before any extraction
-        _splits(args.cv, None, y, None, task, None)
+        make_splits(args.cv, None, y, None, task, None)
     first = next(iter(targets))  # the saved pipeline predicts the first label column
     poolings = ",".join(args.token_pooling or ["auto"])
     models = args.model or [None]

@@ -43,29 +43,21 @@ TRUSTED = [
 ]
 
 
-def _is_plug_model(obj) -> bool:
-    from .persistence import is_saved_as_model
-
-    return is_saved_as_model(obj)
-
-
-def _swap_models(est, prefix: str, models: dict) -> Any:
+def _swap_models(est, prefix: str, models: dict, is_model) -> Any:
     """A copy of ``est`` whose Plug model steps (nested Pipelines too) are :class:`SavedModel`."""
-    if _is_plug_model(est):
+    if is_model(est):
         models[prefix] = est
         return SavedModel(prefix)
     steps = getattr(est, "steps", None)
     if isinstance(steps, list):
         out = copy.copy(est)
-        out.steps = [(name, _swap_models(step, f"{prefix}__{name}" if prefix else name, models))
-                     for name, step in steps]
+        out.steps = [(name, _swap_models(step, f"{prefix}__{name}" if prefix else name, models,
+                                         is_model)) for name, step in steps]
         return out
     return est
 
 
-def _restore_models(est, folder: Path, device) -> Any:
-    from .persistence import load_model
-
+def _restore_models(est, folder: Path, device, load_model) -> Any:
     if isinstance(est, SavedModel):
         root = (folder / MODELS_DIR).resolve()
         where = (root / str(est.name)).resolve()
@@ -75,24 +67,26 @@ def _restore_models(est, folder: Path, device) -> Any:
         return load_model(where, device=device)
     steps = getattr(est, "steps", None)
     if isinstance(steps, list):
-        est.steps = [(name, _restore_models(step, folder, device)) for name, step in steps]
+        est.steps = [(name, _restore_models(step, folder, device, load_model))
+                     for name, step in steps]
     return est
 
 
-def save_pipeline(pipe, path: str | Path) -> Path:
-    """Write a fitted scikit-learn estimator or Pipeline to the folder ``path`` (see module)."""
+def save_pipeline(pipe, path: str | Path, *, save_model, is_model) -> Path:
+    """Write a fitted scikit-learn estimator or Pipeline to the folder ``path`` (see module).
+
+    ``is_model(step)`` says which steps ``save_model(step, folder)`` stores in a folder of their
+    own (given by the caller, which saves single models)."""
     import skops.io as sio
     from sklearn.base import BaseEstimator
     from sklearn.utils.validation import check_is_fitted
-
-    from .persistence import save_model
 
     if not isinstance(pipe, BaseEstimator):
         raise TypeError(f"save_model saves fitted scikit-learn estimators and pipelines; got "
                         f"{type(pipe).__name__}.")
     check_is_fitted(pipe)
     models: dict = {}
-    swapped = _swap_models(pipe, "", models)
+    swapped = _swap_models(pipe, "", models, is_model)
     try:
         data = sio.dumps(swapped)
     except Exception as exc:  # skops' own errors vary by type; say what can be stored
@@ -119,10 +113,12 @@ def is_saved_pipeline(path: Path) -> bool:
     return (Path(path) / PIPELINE_FILE).is_file()
 
 
-def load_pipeline(path: str | Path, *, device: Any = None, trusted: list[str] | None = None,
-                  trust_remote_code: bool = False, model_kwargs_allowed: list[str] | None = None):
+def load_pipeline(path: str | Path, *, load_model, device: Any = None,
+                  trusted: list[str] | None = None, trust_remote_code: bool = False,
+                  model_kwargs_allowed: list[str] | None = None):
     """Read a folder written by :func:`save_pipeline`, refusing types nobody vouched for, and
-    remote code or loading settings nobody allowed anywhere inside (see ``_load_checks``)."""
+    remote code or loading settings nobody allowed anywhere inside (see ``_load_checks``);
+    ``load_model(folder, device=...)`` reads the model steps."""
     import skops.io as sio
 
     from ._load_checks import check_loaded
@@ -138,4 +134,4 @@ def load_pipeline(path: str | Path, *, device: Any = None, trusted: list[str] | 
     pipe = sio.loads(data, trusted=sorted(found))
     check_loaded(pipe, path, trust_remote_code=trust_remote_code,
                  allowed_model_kwargs=model_kwargs_allowed)
-    return _restore_models(pipe, path, device)
+    return _restore_models(pipe, path, device, load_model)

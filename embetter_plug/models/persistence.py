@@ -81,7 +81,7 @@ def save_model(model, path: str | Path) -> Path:
     if name not in _CLASSES:
         from ._pipeline_io import save_pipeline
 
-        return save_pipeline(model, path)
+        return save_pipeline(model, path, save_model=save_model, is_model=is_saved_as_model)
     check_is_fitted(model, "net_")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ def load_model(path: str | Path, *, device: Any = None, trusted: list[str] | Non
 
     path = Path(path)
     if is_saved_pipeline(path):
-        return load_pipeline(path, device=device, trusted=trusted,
+        return load_pipeline(path, load_model=load_model, device=device, trusted=trusted,
                              trust_remote_code=trust_remote_code,
                              model_kwargs_allowed=model_kwargs_allowed)
     cfg_file, weights = path / CONFIG, path / WEIGHTS

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-__all__ = ["ProbeTable"]
+__all__ = ["ProbeTable", "DUMMY", "ANY"]
+
+#: part name of the dummy-baseline rows (their layer is missing)
+DUMMY = "dummy"
+#: context value of a dummy row that serves every value of that column (e.g. every pooling)
+ANY = "-"
 
 
 class ProbeTable(pd.DataFrame):

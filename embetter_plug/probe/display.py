@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._metrics import metric_range
 from ._overlay import draw_statistics
-from .results import ANY, DUMMY, ProbeResults
+from ._table import ANY, DUMMY
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .results import ProbeResults
 
 __all__ = ["LayerMetricDisplay"]
 

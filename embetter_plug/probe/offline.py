@@ -15,7 +15,7 @@ from ..layout import layer_positions, select_positions
 from ._analyses import analyse, make_plan
 from ._metrics import FLIPPED, detect_task, needs_every_class, plain, resolve_scoring
 from ._splits import fold_class_error
-from .results import DUMMY, ProbeResults
+from .results import DUMMY, ProbeResults, warn_if_dummy_wins
 
 __all__ = ["probe_layers", "default_probe"]
 
@@ -160,7 +160,7 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
         estimator = default_probe(task)
     n_classes = len(np.unique(y)) if task == "classification" else 0
     scorers = resolve_scoring(scoring, task, n_classes, estimator)
-    splits = _splits(cv, X4, y, groups, task, estimator, scorers)
+    splits = make_splits(cv, X4, y, groups, task, estimator, scorers)
 
     if is_classifier(estimator) and task == "regression":
         raise ValueError(f"{type(estimator).__name__} is a classifier but y is a regression target.")
@@ -193,7 +193,7 @@ def probe_layers(X, y, estimator=None, cv: Any = 5, scoring: Any = None, groups=
     frame = pd.DataFrame(rows, columns=["layer", "part", "metric", "fold", "score"])
     results = ProbeResults(frame, task=task)
     if dummy:
-        results._warn_if_dummy_wins()
+        warn_if_dummy_wins(results)
     return results
 
 
@@ -281,7 +281,7 @@ def class_count_error(y, n_splits: int, given: str) -> str | None:
             f"{shown}{more}")
 
 
-def _splits(cv, X4, y, groups, task, estimator, scorers=None) -> list:
+def make_splits(cv, X4, y, groups, task, estimator, scorers=None) -> list:
     """Materialise the folds once, so every probe and the baseline share them. Labels: every
     fold must train on every class, and (for ``scorers`` such as ROC-AUC, or when not given)
     test on every class too."""

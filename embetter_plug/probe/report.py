@@ -20,7 +20,8 @@ import numpy as np
 from .._pages import check_writable, fill, write_page
 from ..layout import PartName
 from ._metrics import LOWER_IS_BETTER, metric_range, ranking_metrics
-from .results import ANY, DUMMY, ProbeResults
+from ._table import ANY, DUMMY
+from .results import ProbeResults
 
 __all__ = ["write_report", "report_rows"]
 

@@ -9,15 +9,12 @@ import numpy as np
 
 from .._utils import logger, warn_user
 from ._metrics import greater_is_better, primary_metric, ranking_metrics
+from ._table import ANY, DUMMY  # noqa: F401  (ANY: part of this module's names)
 from .stats import SELECTED, is_special
 
 __all__ = ["ProbeResults", "DUMMY"]
 
 COLUMNS = ("layer", "part", "metric", "fold", "score")
-#: part name of the dummy-baseline rows (their layer is missing)
-DUMMY = "dummy"
-#: context value of a dummy row that serves every value of that column (e.g. every pooling)
-ANY = "-"
 
 
 #: start of the warning given when the best probe does not beat the dummy baseline
@@ -187,13 +184,6 @@ class ProbeResults:
             values = dummies[c].astype(str).to_numpy()
             hit &= (values == str(row[c])) | (values == ANY)
         return float(dummies["mean"].to_numpy()[hit][0]) if hit.any() else float("nan")
-
-    def _warn_if_dummy_wins(self) -> None:
-        """Log and warn (``UserWarning``) when no probe beats chance (see :meth:`verdict`)."""
-        verdict = self.verdict()
-        if not verdict["beats_chance"]:
-            logger.info(verdict["message"])  # a warning too; logging it at WARNING prints it twice
-            warn_user(verdict["message"], UserWarning)
 
     # ------------------------------------------------------------ statistics
     def selection_free(self, metric: str | None = None, *,
@@ -442,3 +432,12 @@ class ProbeResults:
         n = self.frame_.loc[self.frame_["part"] != DUMMY, [*self.context, "layer", "part"]].drop_duplicates()
         return (f"ProbeResults({len(n)} probes, metrics={self.metrics}, "
                 f"context={self.context}, rows={len(self.frame_)})")
+
+
+def warn_if_dummy_wins(results: ProbeResults) -> None:
+    """Log and warn (``UserWarning``) when no probe of ``results`` beats chance (see
+    :meth:`ProbeResults.verdict`)."""
+    verdict = results.verdict()
+    if not verdict["beats_chance"]:
+        logger.info(verdict["message"])  # a warning too; logging it at WARNING prints it twice
+        warn_user(verdict["message"], UserWarning)
