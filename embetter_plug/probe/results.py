@@ -423,9 +423,9 @@ class ProbeResults:
         """Write the interactive, self-contained HTML report (with ``patterns``, one text's
         attention patterns too; with ``image_attention``, where on a picture a text looks);
         see ``write_report``."""
-        from .report import write_report
+        from ._report_page import write_single
 
-        return write_report(self, path, title=title, patterns=patterns,
+        return write_single(self, path, title=title, patterns=patterns,
                             image_attention=image_attention)
 
     def __repr__(self) -> str:
