@@ -149,10 +149,8 @@ def select_positions(sel: Any, labels: list, *, name: str, what: str) -> list[in
 
 def _head_entries(part: str, labels: list) -> list[int]:
     """Positions of the per-head entries (``attn_z.h3``, ``attn_z.h3@mean``) of ``part``."""
-    from ._attn_arch import split_head
-
-    return [i for i, label in enumerate(labels) if isinstance(label, str)
-            and split_head(label)[1] is not None and split_head(label)[0] == part]
+    heads = [(i, PartName.parse(label)) for i, label in enumerate(labels) if isinstance(label, str)]
+    return [i for i, name in heads if name.head is not None and name.part == part]
 
 
 def _rows_only(key) -> bool:
