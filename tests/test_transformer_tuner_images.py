@@ -55,6 +55,9 @@ def test_transform_is_the_pooled_last_hidden_state_of_the_tuned_model(pooling):
     backbone = tuner.net_.module_.backbone
     assert not np.array_equal(backbone.embeddings.cls_token.detach().numpy(),
                               model.embeddings.cls_token.detach().numpy())  # it was tuned
+    frozen = zip(backbone.get_input_embeddings().parameters(),
+                 model.get_input_embeddings().parameters())  # the patch projection
+    assert all(np.array_equal(p.detach().numpy(), q.detach().numpy()) for p, q in frozen)
     pix = processor(images=[Image.fromarray(a) for a in IMAGES[:5]],
                     return_tensors="pt")["pixel_values"]
     with torch.no_grad():

@@ -79,7 +79,8 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
     warmup : float, default=0.1
         Share of the steps with a rising learning rate; then it decays linearly to 0.
     freeze_embeddings : bool, default=True
-        Keep the word-embedding matrix as it is (no gradient, no optimizer state).
+        Keep the word-embedding matrix (a vision encoder's patch projection) as it is (no
+        gradient, no optimizer state).
     train_layers : int or None, default=None
         Train only the top ``train_layers`` blocks (and the head); ``None``: all.
     layer_lr_decay : float or None, default=None
