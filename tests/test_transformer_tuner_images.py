@@ -102,6 +102,10 @@ def test_image_forms_and_save_load_keep_the_processor(tmp_path):
     assert type(loaded.processor_) is type(tuner.processor_) and loaded.tokenizer_ is None
     assert np.array_equal(loaded.predict_proba(paths), proba)
     assert np.array_equal(loaded.transform(IMAGES), tuner.transform(IMAGES))
+    import pickle
+
+    again = pickle.loads(pickle.dumps(tuner))  # weights and configuration, not the model object
+    assert np.array_equal(again.predict_proba(IMAGES), proba)
 
 
 def _bad_file(tmp_path):
