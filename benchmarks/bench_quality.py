@@ -13,6 +13,8 @@ in that plain loop.
     python benchmarks/bench_quality.py --only-throughput --threads 1 --out tp.json
     python benchmarks/bench_quality.py --skip-throughput --datasets sst2 --threads 1 --out sst2.json
     python benchmarks/bench_quality.py --skip-throughput --datasets trec --threads 1 --out trec.json
+    # `embetter-plug train` as a user runs it (its default budget), whole-run CPU and wall time:
+    python benchmarks/bench_quality.py --train-cli --datasets sst2 --rows 1500 --out train_sst2.json
 """
 
 from __future__ import annotations
@@ -105,6 +107,44 @@ def each_recipe(tr, ytr, te, yte, sel, save):
         print(json.dumps(out[-1]), flush=True)
         save(out)
     return out
+
+
+def train_cli(name: str, rows: int, out: Path, budget: float | None = None) -> dict:
+    """`embetter-plug train` on ``rows`` training rows of ``name`` as a user runs it (a
+    subprocess, the CLI's own thread settings, its default budget unless ``budget``); CPU
+    seconds (user + system, all threads) and wall seconds of the whole run, the pick and its
+    test accuracy, and ST + LR on the same rows and test rows."""
+    import resource
+    import subprocess
+    import sys
+
+    from embetter_plug import load_model
+
+    tr, ytr, te, yte = load(name, rows)
+    out.mkdir(parents=True, exist_ok=True)
+    csv = out / "train.csv"
+    pd.DataFrame({"text": tr, "label": ytr}).to_csv(csv, index=False)
+    cmd = [sys.executable, "-m", "embetter_plug.cli", "train", "--data", str(csv),
+           "--out", str(out / "run"), "--overwrite"]
+    cmd += [] if budget is None else ["--budget", str(budget)]
+    before, w = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    load0 = os.getloadavg()
+    with open(out / "train.log", "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter() - w
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    results = pd.read_csv(out / "run" / "results.csv")
+    pipe = load_model(out / "run" / "best_pipeline")
+    pred = pipe.predict(te)
+    log_text = (out / "train.log").read_text()
+    best = next((ln.split()[1] for ln in log_text.splitlines() if ln.startswith("best:")), "?")
+    return dict(dataset=name, rows=rows, command=" ".join(["embetter-plug"] + cmd[3:]),
+                budget_min=15.0 if budget is None else budget, train_cpu_s=cpu,
+                train_wall_s=wall, pick=best, pick_test_acc=float(np.mean(pred == yte)),
+                st_lr=st_lr(tr, ytr, te, yte), results=results.to_dict("records"),
+                load_before=load0, load_after=os.getloadavg(),
+                scheme=next((ln for ln in log_text.splitlines() if "CV" in ln or "split" in ln),
+                            ""))
 
 
 class _EpochCPU:
@@ -206,7 +246,18 @@ def main():
     parser.add_argument("--only-throughput", action="store_true")
     parser.add_argument("--budget", type=float, default=15.0,
                         help="train's budget in CPU-minutes (its default: 15)")
+    parser.add_argument("--train-cli", action="store_true",
+                        help="run `embetter-plug train` on each data set (default budget unless "
+                             "--budget is given) and time the whole run")
     args = parser.parse_args()
+    if args.train_cli:
+        budget = None if args.budget == 15.0 else args.budget
+        report = {}
+        for name in args.datasets.split(","):
+            report[name] = train_cli(name, args.rows, Path(args.out).with_suffix("") / name, budget)
+            print(json.dumps(report[name], default=str), flush=True)
+            Path(args.out).write_text(json.dumps(report, indent=2, default=str))
+        return
     import torch
 
     torch.set_num_threads(args.threads)

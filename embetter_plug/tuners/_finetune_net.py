@@ -17,7 +17,7 @@ from .._token_pooling import make_pooler
 from ..models.losses import SupConLoss
 
 __all__ = ["FineTuneModule", "FineTuneLoss", "BucketedLoader", "WarmupLinear", "layer_groups",
-           "bf16_is_fast"]
+           "bf16_is_fast", "fused_adamw_ok"]
 
 #: batches per pool that are sorted by length before cutting (the rest stays shuffled)
 BUCKET_POOL = 50
@@ -27,26 +27,41 @@ class FineTuneModule(nn.Module):
     """``backbone`` (a bare transformers model), pooled over its last hidden state, then a
     linear head. ``forward`` returns ``(logits, embeddings)``; padding columns that no row of
     the batch uses are cut first, so a length-bucketed batch costs what its longest text costs.
+    A vision encoder takes ``pixel_values`` instead; its last ``n_patches`` tokens are the
+    patches ``image:*`` poolings read (the class token comes first).
     """
 
     def __init__(self, backbone: nn.Module, hidden: int, n_classes: int, pooling: Any,
-                 autocast: torch.dtype | None = None):
+                 autocast: torch.dtype | None = None, n_patches: int | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(hidden, n_classes)
         self.pooling = pooling
         self.autocast = autocast
+        self.n_patches = n_patches
 
-    def forward(self, input_ids, attention_mask):
-        used = attention_mask.bool().any(0)
-        if not bool(used.all()):
-            input_ids, attention_mask = input_ids[:, used], attention_mask[:, used]
-        device = input_ids.device.type
+    def forward(self, input_ids=None, attention_mask=None, pixel_values=None):
+        if pixel_values is not None:
+            inputs, device = {"pixel_values": pixel_values}, pixel_values.device.type
+        else:
+            used = attention_mask.bool().any(0)
+            if not bool(used.all()):
+                input_ids, attention_mask = input_ids[:, used], attention_mask[:, used]
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            device = input_ids.device.type
         with torch.autocast(device, dtype=self.autocast or torch.bfloat16,
                             enabled=self.autocast is not None):
-            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        emb = make_pooler(attention_mask, [self.pooling])(hidden)[:, 0]
+            hidden = self.backbone(**inputs).last_hidden_state
+        emb = self._pooler(hidden, attention_mask)(hidden)[:, 0]
         return self.head(emb), emb
+
+    def _pooler(self, hidden, attention_mask):
+        if attention_mask is not None:
+            return make_pooler(attention_mask, [self.pooling])
+        mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+        patches = mask.clone()
+        patches[:, :max(hidden.shape[1] - (self.n_patches or hidden.shape[1]), 0)] = 0
+        return make_pooler(mask, [self.pooling], modalities={"image": patches})
 
 
 class FineTuneLoss(nn.Module):
@@ -71,6 +86,8 @@ def _lengths(dataset) -> np.ndarray:
     """Real tokens per row of a skorch ``Dataset`` of token dicts (or a ``Subset`` of one)."""
     if isinstance(dataset, Subset):
         return _lengths(dataset.dataset)[np.asarray(dataset.indices)]
+    if "attention_mask" not in dataset.X:  # images: all of one length
+        return np.ones(len(dataset.X["pixel_values"]), dtype=np.int64)
     return np.asarray(dataset.X["attention_mask"]).sum(1)
 
 
@@ -158,4 +175,13 @@ def bf16_is_fast(device: torch.device) -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
+def fused_adamw_ok(device: torch.device) -> bool:
+    """Fused AdamW where torch has it for ``device`` (CPU since torch 2.4, CUDA)."""
+    try:
+        torch.optim.AdamW([torch.zeros(1, device=device, requires_grad=True)], fused=True)
+        return True
+    except (RuntimeError, ValueError):
         return False

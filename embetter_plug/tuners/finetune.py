@@ -13,15 +13,17 @@ from sklearn.base import BaseEstimator, ClassifierMixin, ClassNamePrefixFeatures
 from sklearn.utils.validation import check_is_fitted
 
 from .. import _arch
-from .._loading import load_config, load_model, load_tokenizer, resolve_model_source
+from .._loading import load_config, load_model, load_processor, load_tokenizer, resolve_model_source
 from .._constraints import (CALLBACKS, FRACTION, NON_NEGATIVE_REAL, POSITIVE_INT, POSITIVE_REAL, Device,
                             Interval, Options, StrOptions, TokenPoolings, validate_estimator_params)
 from .._token_pooling import validate_pooling
-from .._utils import check_texts, logger, resolve_device, seed_from_random_state
+from .._utils import logger, resolve_device, seed_from_random_state
 from ..models._callbacks import EpochProgressBar, TrackedSplit, log_plain
 from ..models._training import ClassifierNet, seeded, softmax_output, torch_threads
+from ._finetune_io import pickle_state, unpickle_state
+from ._finetune_images import check_model_inputs, check_tuner_inputs, patch_count, pixel_values
 from ._finetune_net import (BucketedLoader, FineTuneLoss, FineTuneModule, WarmupLinear, bf16_is_fast,
-                            layer_groups, sorted_forward, tokenize)
+                            fused_adamw_ok, layer_groups, sorted_forward, tokenize)
 from ._labels import update_classes
 
 __all__ = ["TransformerTuner"]
@@ -38,7 +40,7 @@ class _TunerNet(ClassifierNet):
 
 class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, TransformerMixin,
                        BaseEstimator):
-    """Fine-tune a transformer end to end on labelled texts, with a linear head.
+    """Fine-tune a transformer end to end on labelled texts (or images), with a linear head.
 
     ``fit(texts, y)`` trains a copy of ``model`` (the one you pass is never changed) with its
     token-pooled last hidden state feeding a linear head, on cross-entropy (plus a supervised
@@ -53,15 +55,23 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
     has it, the learning rate warms up over the first 10% of steps and then decays linearly,
     and bf16 autocast is used where this machine computes bf16 natively.
 
+    A vision encoder (ViT, DINOv2, CLIP/SigLIP vision models) is fine-tuned the same way on
+    images (PIL images, paths, arrays, in the forms :mod:`embetter_plug.samples` lists), read
+    by its image processor (``processor=``) instead of a tokenizer and pooled as the encoder
+    pools a vision encoder (``"auto"``: the mean over the patches, ``"cls"``: the class token).
+
     Parameters
     ----------
     model : str, path, transformers model or None, default=None
         Hub name, local folder or loaded bare model; ``None`` is the built-in all-MiniLM-L6-v2.
     tokenizer : str, path, tokenizer or None, default=None
         ``None``: the model's own.
+    processor : str, path, image processor or None, default=None
+        A vision encoder's image processor; ``None``: the model's own (from its folder).
     token_pooling : str or float, default="auto"
         One pooling of :mod:`embetter_plug._token_pooling` (``mean``, ``cls``, ``lasttoken``,
-        ...); ``"auto"`` is ``lasttoken`` for decoders, ``mean`` for encoders.
+        ``image:mean`` ...); ``"auto"`` is ``lasttoken`` for decoders, ``mean`` for encoders,
+        ``image:mean`` (the patches, without the class token) for vision encoders.
     lr : float, default=1e-4
         Peak learning rate (of the head, and of the top block under ``layer_lr_decay``).
     max_epochs : int, default=3
@@ -70,7 +80,8 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
     warmup : float, default=0.1
         Share of the steps with a rising learning rate; then it decays linearly to 0.
     freeze_embeddings : bool, default=True
-        Keep the word-embedding matrix as it is (no gradient, no optimizer state).
+        Keep the word-embedding matrix (a vision encoder's patch projection) as it is (no
+        gradient, no optimizer state).
     train_layers : int or None, default=None
         Train only the top ``train_layers`` blocks (and the head); ``None``: all.
     layer_lr_decay : float or None, default=None
@@ -104,7 +115,10 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
     classes_ : ndarray
     net_ : skorch net
         Its ``module_`` holds the tuned transformer (``backbone``) and the head.
-    tokenizer_ : tokenizer
+    tokenizer_ : tokenizer or None
+    processor_ : image processor or None
+        The vision encoder's (``tokenizer_`` is then ``None``).
+    inputs_ : {"texts", "images"}
     pooling_ : str or float
     best_epoch_, n_epochs_ : int
     validation_indices_ : ndarray or None
@@ -127,6 +141,7 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
     _parameter_constraints: dict = {
         "model": "no_validation",  # resolved (and refused with the reason) when loading
         "tokenizer": "no_validation",
+        "processor": "no_validation",
         "token_pooling": [TokenPoolings()],
         "lr": [POSITIVE_REAL], "max_epochs": [POSITIVE_INT], "batch_size": [POSITIVE_INT],
         "weight_decay": [NON_NEGATIVE_REAL], "warmup": [Interval(Real, 0, 1, closed="left")],
@@ -140,7 +155,8 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
         "verbose": ["verbose"], "trust_remote_code": ["boolean"], "revision": [None, str],
     }
 
-    def __init__(self, model: Any = None, tokenizer: Any = None, *, token_pooling: Any = "auto",
+    def __init__(self, model: Any = None, tokenizer: Any = None, *, processor: Any = None,
+                 token_pooling: Any = "auto",
                  lr: float = 1e-4, max_epochs: int = 3, batch_size: int = 16,
                  weight_decay: float = 0.01, warmup: float = 0.1, freeze_embeddings: bool = True,
                  train_layers: int | None = None, layer_lr_decay: float | None = None,
@@ -151,6 +167,7 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
                  verbose: Any = False, trust_remote_code: bool = False, revision: Any = None):
         self.model = model
         self.tokenizer = tokenizer
+        self.processor = processor
         self.token_pooling = token_pooling
         self.lr = lr
         self.max_epochs = max_epochs
@@ -180,11 +197,11 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
         validate_estimator_params(self)
 
     def _check_fit_data(self, X, y):
-        texts = check_texts(X)
+        kind, texts = check_tuner_inputs(X, type(self).__name__)
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != len(texts):
-            raise ValueError(f"{type(self).__name__}: X has {len(texts)} texts but y has shape "
-                             f"{y.shape}; give one label per text.")
+            raise ValueError(f"{type(self).__name__}: X has {len(texts)} {kind} but y has shape "
+                             f"{y.shape}; give one label per text or image.")
         codes = update_classes(self, y, None, first=True)
         if self.early_stopping:
             n, k = len(codes), len(self.classes_)
@@ -198,19 +215,24 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
                     f"(class {rare!r} has {counts.min()} row(s)); give at least 2 rows per class "
                     f"and {math.ceil(k / self.validation_fraction)} rows in all, raise "
                     "validation_fraction, or pass early_stopping=False.")
-        return texts, codes
+        return kind, texts, codes
 
     # ------------------------------------------------------------------ loading
-    def _load_backbone(self):
-        """A private float32 copy of the model to train, and its tokenizer (right padding)."""
+    def _load_backbone(self, kind: str = "texts"):
+        """A private float32 copy of the model to train, and its tokenizer (right padding) or,
+        for ``kind="images"``, its image processor."""
         hub = dict(revision=self.revision, trust_remote_code=self.trust_remote_code)
         source = resolve_model_source(self.model)
         if source is None:
+            check_model_inputs(self.model, kind, type(self).__name__)
             model = copy.deepcopy(self.model)
-        else:
-            load_config(source, **hub)  # a bad name fails here, before any weights load
+        else:  # a bad name or the wrong kind of model fails here, before any weights load
+            check_model_inputs(load_config(source, **hub), kind, type(self).__name__)
             shared, _ = load_model(source, dtype=torch.float32, device="cpu", **hub)
             model = copy.deepcopy(shared)  # the loaded model is shared by encoders: never train it
+        if kind == "images":
+            return model.float(), copy.deepcopy(load_processor(self.processor, model, source,
+                                                               required=True, **hub))
         tok = copy.deepcopy(load_tokenizer(self.tokenizer, self.model if source is None else None,
                                            source, **hub))
         tok.padding_side = "right"
@@ -221,8 +243,8 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
     def _freeze(self, model) -> tuple[str, int]:
         """Freeze what the parameters say; returns the blocks' path and count."""
         path, blocks = _arch.find_blocks(model)
-        if self.freeze_embeddings:
-            model.get_input_embeddings().weight.requires_grad_(False)
+        if self.freeze_embeddings:  # word embeddings, or a vision encoder's patch projection
+            model.get_input_embeddings().requires_grad_(False)
         if self.train_layers is not None:
             keep = {id(p) for b in list(blocks)[-int(self.train_layers):] for p in b.parameters()}
             for p in model.parameters():
@@ -232,24 +254,27 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y):
-        """Fine-tune a fresh copy of ``model`` on ``(texts, labels)``."""
+        """Fine-tune a fresh copy of ``model`` on ``(texts, labels)`` or ``(images, labels)``."""
         self._check_params()
-        texts, codes = self._check_fit_data(X, y)
-        for attr in ("net_", "tokenizer_"):
+        kind, texts, codes = self._check_fit_data(X, y)
+        for attr in ("net_", "tokenizer_", "processor_"):
             self.__dict__.pop(attr, None)
         device = resolve_device(self.device)
-        backbone, tok = self._load_backbone()
-        self.pooling_ = validate_pooling(self.token_pooling, is_decoder=_arch.is_decoder(backbone))[0]
+        backbone, tok = self._load_backbone(kind)
+        self.inputs_ = kind
+        self.pooling_ = validate_pooling(self.token_pooling, is_decoder=_arch.is_decoder(backbone),
+                                         auto="image:mean" if kind == "images" else None)[0]
         self.autocast_ = ("bf16" if self.autocast == "bf16"
                           or (self.autocast == "auto" and bf16_is_fast(device)) else None)
         block_path, n_blocks = self._freeze(backbone)
-        self.hidden_size_, self.device_, self.tokenizer_ = _arch.hidden_size(backbone), device, tok
+        self.hidden_size_, self.device_ = _arch.hidden_size(backbone), device
+        self.tokenizer_, self.processor_ = (None, tok) if kind == "images" else (tok, None)
         seed = seed_from_random_state(self.random_state)
         split = TrackedSplit(self.validation_fraction, stratified=True, random_state=seed) \
             if self.early_stopping else None
         n_train = len(codes) - (math.ceil(self.validation_fraction * len(codes)) if split else 0)
         steps = math.ceil(n_train / self.batch_size) * self.max_epochs
-        X_tok = tokenize(tok, texts, self.max_length)
+        X_tok = self._encode_inputs(texts)
         with seeded(seed, device), torch_threads(self.n_jobs):
             net = self._make_net(backbone, split=split, steps=steps, groups=(block_path, n_blocks))
             net.fit(X_tok, codes)
@@ -266,7 +291,8 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
         from skorch.callbacks import EarlyStopping, LRScheduler, ProgressBar
 
         module = FineTuneModule(backbone, _arch.hidden_size(backbone), len(self.classes_),
-                                self.pooling_, torch.bfloat16 if self.autocast_ else None)
+                                self.pooling_, torch.bfloat16 if self.autocast_ else None,
+                                patch_count(backbone) if self.inputs_ == "images" else None)
         callbacks = []
         if self.verbose:
             callbacks.append(("epoch_progress_bar", EpochProgressBar(type(self).__name__)))
@@ -282,7 +308,7 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
         return _TunerNet(
             module, criterion=FineTuneLoss, criterion__supcon=self.supcon,
             criterion__temperature=self.temperature, optimizer=torch.optim.AdamW,
-            optimizer__weight_decay=self.weight_decay, optimizer__fused=_fused_ok(self.device_),
+            optimizer__weight_decay=self.weight_decay, optimizer__fused=fused_adamw_ok(self.device_),
             optimizer__param_groups=layer_groups(module, block_path, n_blocks, self.lr,
                                                  self.layer_lr_decay),
             lr=self.lr, max_epochs=self.max_epochs, batch_size=self.batch_size,
@@ -292,17 +318,26 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
             predict_nonlinearity=softmax_output, classes=list(range(len(self.classes_))))
 
     # ------------------------------------------------------------------ outputs
+    def _encode_inputs(self, rows: list) -> dict[str, np.ndarray]:
+        if self.inputs_ == "images":
+            return pixel_values(self.processor_, rows)
+        return tokenize(self.tokenizer_, rows, self.max_length)
+
     def _outputs(self, X) -> tuple[np.ndarray, np.ndarray]:
         check_is_fitted(self, "net_")
-        texts = check_texts(X)
-        X_tok = tokenize(self.tokenizer_, texts, self.max_length)
-        order = np.argsort(-X_tok["attention_mask"].sum(1), kind="stable")
+        kind, rows = check_tuner_inputs(X, type(self).__name__)
+        if kind != self.inputs_:
+            raise ValueError(f"{type(self).__name__} was fitted on {self.inputs_}, but X holds "
+                             f"{kind}; give {self.inputs_}.")
+        X_tok = self._encode_inputs(rows)
+        lengths = X_tok["attention_mask"].sum(1) if "attention_mask" in X_tok else np.zeros(len(rows))
+        order = np.argsort(-lengths, kind="stable")
         with torch.no_grad(), torch_threads(self.n_jobs):
             logits, emb = sorted_forward(self.net_, X_tok, order)
         return logits.float().numpy(), emb.float().numpy()
 
     def transform(self, X) -> np.ndarray:
-        """The tuned pooled embeddings, float32 ``(n_texts, hidden)``."""
+        """The tuned pooled embeddings, float32 ``(n_rows, hidden)``."""
         return self._outputs(X)[1]
 
     def predict_proba(self, X) -> np.ndarray:
@@ -323,23 +358,10 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
     def __getstate__(self):
         """Pickles hold the weights (CPU tensors) and the model's configuration, never the
         transformers model object (which does not pickle)."""
-        state = self.__dict__.copy()
-        net = state.pop("net_", None)
-        if net is not None:
-            config = net.module_.backbone.config
-            state["_config"] = {**config.to_dict(),
-                                "_attn_implementation": config._attn_implementation}
-            state["_weights"] = {k: v.detach().cpu() for k, v in net.module_.state_dict().items()}
-        return state
+        return pickle_state(self)
 
     def __setstate__(self, state):
-        config, weights = state.pop("_config", None), state.pop("_weights", None)
-        self.__dict__.update(state)
-        if config is not None:
-            from transformers import AutoConfig
-
-            attn = config.pop("_attn_implementation", None)
-            self._restore(AutoConfig.for_model(**config), weights, attn)
+        unpickle_state(self, state)
 
     def _restore(self, config, weights: dict, attn_implementation: str | None = None) -> None:
         """Rebuild the net from a model configuration and the saved weights."""
@@ -362,12 +384,3 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
         tags.target_tags.required = True
         tags.non_deterministic = False
         return tags
-
-
-def _fused_ok(device: torch.device) -> bool:
-    """Fused AdamW where torch has it for ``device`` (CPU since torch 2.4, CUDA)."""
-    try:
-        torch.optim.AdamW([torch.zeros(1, device=device, requires_grad=True)], fused=True)
-        return True
-    except (RuntimeError, ValueError):
-        return False
