@@ -31,7 +31,16 @@ assert os.path.realpath(embetter_plug.__file__).startswith(os.path.realpath(root
 out = []
 bench_encoder.write_section = lambda name, body: out.append(body)
 bench_encoder.sys.stdout = open(os.devnull, "w")
-bench_encoder.main(argv)
+if argv[0] == "--overhead-only":  # the MiniLM capture-overhead row alone
+    from transformers import AutoModel, AutoTokenizer
+    from embetter_plug._loading import default_model_path
+    texts, _ = bench_encoder.load_texts(int(argv[2]))
+    p = default_model_path()
+    model, tok = AutoModel.from_pretrained(p).eval(), AutoTokenizer.from_pretrained(p)
+    out.append(bench_encoder.overhead_rows("all-MiniLM-L6-v2", model, tok, texts,
+                                           int(argv[-1]))[0])
+else:
+    bench_encoder.main(argv)
 print(json.dumps(out[0]), file=sys.__stdout__)
 """
 
@@ -53,7 +62,8 @@ def run_once(root: str, argv: list[str]) -> dict[str, float]:
     if res.returncode != 0:
         raise RuntimeError(f"bench_encoder failed on {root}:\n{res.stderr[-3000:]}")
     body = json.loads(res.stdout.strip().splitlines()[-1])
-    return {name: float(re.search(pat, body).group(1)) for name, pat in FIGURES}
+    found = {name: re.search(pat, body) for name, pat in FIGURES}
+    return {name: float(m.group(1)) for name, m in found.items() if m is not None}
 
 
 def main(argv=None) -> None:
@@ -64,8 +74,11 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--n-gpt2", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--overhead-only", action="store_true",
+                    help="only the MiniLM capture-overhead row (ab_capture_overhead's figure)")
     args = ap.parse_args(argv)
     child = ["--n", str(args.n), "--n-gpt2", str(args.n_gpt2), "--repeats", str(args.repeats)]
+    child = ["--overhead-only", *child] if args.overhead_only else child
     roots = {"before": os.path.abspath(args.before), "after": os.path.abspath(args.after)}
     runs: dict[str, list] = {"before": [], "after": []}
     for r in range(args.rounds):
@@ -77,6 +90,8 @@ def main(argv=None) -> None:
     print("\n| figure | before (median) | after (median) | after / before |")
     print("| --- | --- | --- | --- |")
     for name, _ in FIGURES:
+        if name not in runs["before"][0]:
+            continue
         b = statistics.median(f[name] for f in runs["before"])
         a = statistics.median(f[name] for f in runs["after"])
         print(f"| {name} | {b:.3f} | {a:.3f} | {a / b:.3f} |")
