@@ -124,8 +124,10 @@ def hidden_size(model) -> int:
         h = getattr(cfg, name, None)
         if isinstance(h, int) and h > 0:
             return h
-    raise ValueError(f"{type(model.config).__name__} names no hidden size (hidden_size, d_model, "
-                     "n_embd); pass parts as module paths and check their width.")
+    raise ValueError(f"{type(model).__name__} (model_type="
+                     f"{getattr(model.config, 'model_type', None)!r}): its "
+                     f"{type(model.config).__name__} names no hidden size (hidden_size, d_model, "
+                     "n_embd, dim, embed_dim); pass parts as module paths and check their width.")
 
 
 def _path_of(model, module) -> str:

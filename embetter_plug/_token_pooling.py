@@ -107,7 +107,6 @@ def make_pooler(mask, poolings: Sequence[str | float], pool_mask=None, modalitie
 
     keep = mask.bool()
     agg = keep if pool_mask is None else pool_mask.bool() & keep
-    rows = torch.arange(mask.shape[0], device=mask.device)
     plan = []  # per pooling: (kind, data, rows with no token to read)
     for p in poolings:
         modality, base = split_modality(p)
@@ -157,8 +156,9 @@ def make_pooler(mask, poolings: Sequence[str | float], pool_mask=None, modalitie
                 v = hidden.masked_fill(data, float("-inf")).amax(1)
             elif base == "min":
                 v = hidden.masked_fill(data, float("inf")).amin(1)
-            else:
-                v = hidden[rows, data]
+            else:  # one token per row: a gather (hidden[rows, data] is ~1000x slower on CPU)
+                at = data.view(-1, 1, *([1] * (hidden.dim() - 2)))
+                v = hidden.gather(1, at.expand(-1, 1, *hidden.shape[2:]))[:, 0]
             if empty is not None:
                 v = v.masked_fill(empty[:, None], float("nan"))
             out.append(v)

@@ -9,9 +9,10 @@ projection that runs after the attention function and ``output_attentions`` (see
 
 Each built type is either read exactly or refused at ``fit`` with the encoder's own message (the
 verification on the model, or discovery's own error) naming the model. It fails on wrong numbers,
-on a crash, or when a type of :data:`EXPECTED_EXACT` is refused. Types that cannot be built tiny
-offline are skipped with the reason; the session's last lines give the coverage (exact and
-refused, by name).
+on a crash, or when a type of :data:`EXPECTED_EXACT` is refused. Every type builds tiny offline
+(:data:`TINY_BY_TYPE` gives the sizes some need); one that could not would be skipped with the
+reason. :data:`KNOWN_WRONG` lists open defects as strict expected failures. The session's last
+lines give the coverage (exact and refused, by name).
 """
 
 from __future__ import annotations
@@ -78,6 +79,71 @@ TINY = dict(
     linear_num_value_heads=4,
 )
 
+_SUB = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+_TINY_VISION = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                    num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=8)
+_ROPE = {"rope_type": "default", "rope_theta": 10000.0}
+
+# sizes a type needs beyond TINY: names only it uses, values that must agree with each other
+# (state-space heads x head size = expand x width, one layer type per layer, a pad id inside a
+# small table) and sub-configurations
+TINY_BY_TYPE = {
+    "bamba": dict(mamba_n_heads=8, mamba_d_head=8),
+    "granitemoehybrid": dict(mamba_n_heads=8, mamba_d_head=8),
+    "mamba2": dict(num_heads=8, head_dim=8),
+    "zamba": dict(num_hidden_layers=3, layers_block_type=["mamba", "hybrid", "hybrid"],
+                  attention_head_dim=8, n_mamba_heads=2),
+    "zamba2": dict(layers_block_type=["mamba", "hybrid"], n_mamba_heads=4),
+    "cohere_compass_text": dict(layer_types=["full_attention"] * 2,
+                                rope_parameters={"full_attention": _ROPE,
+                                                 "sliding_attention": _ROPE}),
+    "dbrx": dict(attn_config=dict(kv_n_heads=2, rope_theta=10000.0, clip_qkv=8.0),
+                 ffn_config=dict(ffn_hidden_size=64, moe_num_experts=4, moe_top_k=2)),
+    "dots1": dict(n_shared_experts=1),
+    "dots3_note_text": dict(num_key_value_heads=4, index_head_dim=8, index_n_heads=2),
+    "esmc": dict(num_key_value_heads=4),
+    "ergo": dict(first_dense_intermediate_size=64, shared_intermediate_size=32),
+    "funnel": dict(block_sizes=[1, 1], d_head=8, architectures=["FunnelModel"]),
+    "gemma3n_text": dict(num_kv_shared_layers=0, vocab_size_per_layer_input=VOCAB,
+                         hidden_size_per_layer_input=8),
+    "gemma4_text": dict(vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=8),
+    "gpt_neo": dict(attention_types=[[["global", "local"], 1]]),
+    "kimi_linear": dict(linear_head_dim=8, linear_num_heads=4),
+    "kolibri1_1": dict(head_dim=16, index_num_heads=2),  # NVFP4 keys: head size 16k
+    "lfm2_moe": dict(num_dense_layers=1, layer_types=["conv", "full_attention"]),
+    "longcat_flash": dict(ffn_hidden_size=64, expert_ffn_hidden_size=32, moe_topk=2,
+                          n_routed_experts=4, zero_expert_num=2, num_key_value_heads=4,
+                          q_lora_rank=16),
+    "luke": dict(entity_vocab_size=16, entity_emb_size=16),
+    "markuplm": dict(max_xpath_tag_unit_embeddings=16, max_xpath_subs_unit_embeddings=16,
+                     xpath_unit_hidden_size=8, tag_pad_id=15, subs_pad_id=15, max_depth=4),
+    "neomme": dict(head_dim=16),  # partial rotary 0.25 of the head: a multiple of 4 dims
+    "reformer": dict(attention_head_size=8, feed_forward_size=64, local_attn_chunk_length=8,
+                     lsh_attn_chunk_length=8, axial_pos_shape=(8, 8), axial_pos_embds_dim=(16, 16),
+                     attn_layers=("local", "lsh"), max_position_embeddings=64, hash_seed=0),
+    "roc_bert": dict(shape_vocab_size=16, pronunciation_vocab_size=16, shape_embed_dim=16,
+                     pronunciation_embed_dim=16),
+    "zaya": dict(num_experts_per_tok=1),
+    "t5gemma": dict(encoder=dict(_SUB, num_key_value_heads=2, head_dim=8),
+                    decoder=dict(_SUB, num_key_value_heads=2, head_dim=8), vocab_size=VOCAB),
+    "modernvbert": dict(text_config=dict(_SUB, model_type="modernbert", cls_token_id=1,
+                                         sep_token_id=2),
+                        vision_config=_TINY_VISION, image_token_id=3, pixel_shuffle_factor=2),
+    # byte-level: local encoder and decoder around a global transformer over patches (fixed
+    # patches: the entropy model's patching is a separate model)
+    "blt": dict(encoder_hash_byte_group_vocab=64, patch_in_forward=False,
+                encoder_config=dict(_SUB, hidden_size_global=32, num_hidden_layers=1,
+                                    num_key_value_heads=2),
+                decoder_config=dict(_SUB, hidden_size_global=32, num_hidden_layers=1,
+                                    num_key_value_heads=2),
+                global_config=dict(_SUB, num_key_value_heads=2),
+                patcher_config=dict(_SUB, num_hidden_layers=1)),
+    "ultravbert": dict(text_config=dict(_SUB, model_type="ultrabert", num_key_value_heads=2,
+                                        head_dim=8),
+                       vision_config=_TINY_VISION, image_token_id=3, pixel_shuffle_factor=2),
+}
+
 # post-norm blocks (norm after the residual add): resid_post != resid_pre + attn_out + mlp_out
 POST_NORM = {
     "albert", "bart", "bert", "bert-generation", "big_bird", "blenderbot-small", "camembert",
@@ -95,7 +161,10 @@ NOT_ADDITIVE = {"beam": "depth-scaled residual add", "hyperclovax": "residual mu
                 "inkling2_text": "attention residuals mix earlier blocks into the MLP input",
                 "inkling2_loop_text": "attention residuals mix earlier blocks into the MLP input",
                 "rwkv": "block 0 normalises its input before the residual",
-                "dory": "the residual interpolates towards each normalised update"}
+                "dory": "the residual interpolates towards each normalised update",
+                "esmc": "residual adds divided by a scaling factor",
+                "ergo": "gated residual adds", "gemma4_text": "a per-layer-input branch adds a "
+                "third update"}
 # attention-free blocks: the residual stream is read, attn_out is refused with the submodules
 NO_ATTENTION = {"mamba", "falcon_mamba", "nemotron_h", "xlstm"}
 # output_hidden_states holds each block's output, without the embeddings entry
@@ -103,8 +172,8 @@ HS_AFTER_BLOCKS = {"mamba", "falcon_mamba", "rwkv"}
 # attention that gives exact zeros at tiny sizes: the numbers are checked, not that it ran
 ZERO_ATTENTION = {"mra": "approximate attention gives exact zeros at tiny sizes"}
 
-# read exactly with this file's sizes on transformers 5.25 (and checked by the verification at
-# fit): one of these refused at fit is a failure, not a refusal
+# read exactly with this file's sizes (TINY_BY_TYPE included) on transformers 5.25 (and checked
+# by the verification at fit): one of these refused at fit is a failure, not a refusal
 EXPECTED_EXACT = frozenset("""
 afmoe albert apertus apertus1p5_text arcee aria_text bailing_hybrid bart beam bert
 bert-generation big_bird bigbird_pegasus biogpt bitnet blenderbot blenderbot-small bloom
@@ -122,9 +191,19 @@ olmo2 olmo3 olmo_hybrid olmoe openai-gpt opt param2moe pegasus persimmon phi phi
 prophetnet qwen2 qwen2_moe qwen3 qwen3_5_moe_text qwen3_5_text qwen3_moe qwen3_next rembert
 roberta roberta-prelayernorm roformer rwkv sarvam_moe seed_oss smollm3 solar_open stablelm
 starcoder2 t5 tapas ultrabert umt5 vaultgemma xglm xlm xlm-roberta xlm-roberta-xl xlstm
+cohere_compass_text dots1 dots3_note_text ergo esmc gemma4_text gpt_neo kimi_linear kolibri1_1
+luke markuplm modernvbert roc_bert t5gemma ultravbert zaya
 """.split())
 
 COVERAGE: dict[str, str] = {}  # model type -> "passed" / "skipped: reason"; see conftest
+
+# built tiny, but neither read exactly nor refused at fit yet: open defects, kept visible as
+# strict expected failures (one that starts passing fails the run, so this list shrinks)
+KNOWN_WRONG = {
+    "neomme": "attn_out reads exact zeros on every block while the check at fit accepts it",
+    "reformer": "a padded batch whose length is no multiple of the chunk length ends in a raw "
+                "RuntimeError inside the model's forward at transform (the check at fit passes)",
+}
 
 
 def tiny_config(model_type: str):
@@ -139,6 +218,7 @@ def tiny_config(model_type: str):
         if name.endswith("_token_id") and name not in kwargs and isinstance(default, int) \
                 and default >= 400:
             kwargs[name] = 3
+    kwargs.update(TINY_BY_TYPE.get(model_type, {}))
     return cls(**kwargs)
 
 
@@ -325,10 +405,12 @@ def refusal(model_type: str) -> str | None:
 
 
 @pytest.mark.parametrize("model_type", TYPES)
-def test_extraction_is_exact_or_refused_at_fit(model_type):
+def test_extraction_is_exact_or_refused_at_fit(model_type, request):
     model, reason = build_any(model_type)
     if model is None:
         skip_as(COVERAGE, model_type, reason)
+    if model_type in KNOWN_WRONG:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_WRONG[model_type]))
     COVERAGE[model_type] = "failed"
     why = refusal(model_type)
     COVERAGE[model_type] = "exact" if why is None else f"refused: {' '.join(why.split())[:150]}"
