@@ -140,7 +140,15 @@ def make_pooler(mask, poolings: Sequence[str | float], pool_mask=None, modalitie
         # rows with no token of the modality are NaN (no check, so no device sync, otherwise)
         plan.append((base, data, None if modality is None else count == 0))
 
+    n_tokens = keep.shape[1]
+
     def pool(hidden):
+        if hidden.shape[1] != n_tokens:  # a shape check: no device sync
+            raise ValueError(
+                f"the model returned states for {hidden.shape[1]} positions where the batch has "
+                f"{n_tokens} tokens: it pads or cuts the sequence inside its forward (e.g. to a "
+                "multiple of a chunk length), so its states cannot be lined up with the tokens. "
+                "Such a model cannot be read per token.")
         hidden = hidden.float()
         out = []
         for base, data, empty in plan:

@@ -42,7 +42,7 @@ __all__ = ["Observation", "VerificationError", "check", "observe", "verify_extra
 logger = logging.getLogger("embetter_plug")
 
 TEXTS = ("The cat sat on the mat.", "Models read text one token at a time, left to right.")
-N_TOKENS = 8  # the short text's tokens (a handful)
+N_TOKENS = 7  # the short text's tokens (a handful; odd, so a model that pads to a multiple of a chunk shows)
 # largest relative error (max |read - truth| / max |truth|) taken as agreement: the same forward
 # gives the same tensors; a padded batch differs by rounding of the model's dtype
 SAME_FORWARD = 1e-5
@@ -64,7 +64,7 @@ class Observation:
     padded: dict | None = None  # the reads of the short text padded beside a longer one
     n_tokens: int = 0  # of the short text
     sublayers: list = dataclasses.field(default_factory=list)  # (part, target): attn/mlp_out
-    padded_rows: tuple = ()  # (side, tokens of the short text)
+    padded_rows: tuple = ()  # (side, tokens of the short text, tokens of the batch)
 
 
 def _say_once(model, what: str) -> None:
@@ -245,7 +245,7 @@ def _run_padded(model, run, tokenizer, seqs, requested_side, device):
             run(**kwargs)
     except Exception as exc:  # noqa: BLE001
         raise _forward_failed(model, "a padded batch of two short texts", exc) from exc
-    return side, len(seqs[0])
+    return side, len(seqs[0]), max(len(s) for s in seqs)
 
 
 def _first(output):
@@ -376,7 +376,7 @@ def _check_padded_blocks(obs: Observation) -> None:
     """Every block's input and output for the short text padded in a batch against the text
     alone, on its real tokens."""
     model = obs.model
-    side, k = obs.padded_rows
+    side, k, n_batch = obs.padded_rows
     tol = tolerance(next(model.parameters()).dtype)
     for t in sorted(obs.targets, key=lambda t: (t[2], t[3])):  # by layer, input first
         t = tuple(t) + (0,) * (5 - len(t))
@@ -388,6 +388,13 @@ def _check_padded_blocks(obs: Observation) -> None:
         a, b = alone[occurrence][0], padded[occurrence][0]
         if b.dim() != 2 or a.shape[-1] != b.shape[-1]:
             continue  # not (tokens, hidden): said by the check of the blocks
+        if b.shape[0] != n_batch:
+            raise VerificationError(
+                f"{describe(model)}: a padded batch of {n_batch} tokens gives states for "
+                f"{b.shape[0]} positions at layer {layer}: the model pads or cuts the sequence "
+                "inside its forward (e.g. to a multiple of a chunk length), so its states cannot "
+                "be lined up with the tokens. Use batch_size=1 with texts the model does not "
+                "pad, or another model.")
         b = b[b.shape[0] - k:] if side == "left" else b[:k]
         err = relative_error(b, a)
         if not err <= tol:

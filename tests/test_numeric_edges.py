@@ -30,6 +30,18 @@ def test_mean_pooling_under_autocast_is_float32_and_exact():
     np.testing.assert_allclose(out[:, 0].numpy(), want, rtol=1e-6, atol=1e-6)
 
 
+def test_states_longer_than_the_batch_are_refused_not_pooled():
+    """A model that pads inside its forward (to a multiple of a chunk) hands back more
+    positions than the batch has tokens: a clear error, never a mask laid over the wrong rows."""
+    from embetter_plug._token_pooling import make_pooler
+
+    mask = torch.ones(2, 5, dtype=torch.long)
+    pool = make_pooler(mask, ["mean", "lasttoken"])
+    assert pool(torch.ones(2, 5, 4)).shape == (2, 2, 4)
+    with pytest.raises(ValueError, match=r"states for 8 positions where the batch has 5 tokens"):
+        pool(torch.ones(2, 8, 4))
+
+
 def test_parts_of_different_widths_share_a_cache_entry(tmp_path, monkeypatch):
     from embetter_plug.extraction import ActivationExtractor
 
