@@ -52,6 +52,7 @@ def check_heads(obs, extractor, heads) -> None:
                     f"{where}: discovery counts other heads than the attention call has "
                     f"({', '.join(f'{k}: {a} found, {b} in the call' for k, (a, b) in bad.items())}"
                     "), so the per-head split would be wrong. " + way_out(model))
+            _check_qkv_widths(where, call, info, wanted)
             proj = _proj_after(obs, call, info.o_proj)
         else:  # attention code of its own: the sublayer's projection as it ran
             proj = next((e for e in obs.events if e[0] == "proj" and e[1] is info.o_proj), None)
@@ -78,6 +79,19 @@ def check_heads(obs, extractor, heads) -> None:
                 f"projection's own output by {err:.3g} (relative max error). " + way_out(model))
         if calls and wanted & set(PATTERN_METRICS) and layer == layers[0]:
             _check_pattern(model, where, calls[-1], info)
+
+
+def _check_qkv_widths(where, call, info, wanted) -> None:
+    """attn_q/attn_k/attn_v are ``d_head`` wide: the call's own q, k and v must be too (latent
+    attention, for one, gives queries and keys wider than the values)."""
+    tensors = {"attn_q": call.query, "attn_k": call.key, "attn_v": call.value}
+    bad = {p: t.shape[-1] for p, t in tensors.items() if p in wanted and t.shape[-1] != info.d_head}
+    if bad:
+        raise VerificationError(
+            f"{where}: the attention call's {', '.join(f'{p[5:]} heads are {w} wide' for p, w in bad.items())}"
+            f", not the {info.d_head} discovery reads from the model, so {sorted(bad)} cannot be "
+            "split into heads this way. Read attn_z/attn_result or module paths instead, or pass "
+            "verify=False to skip this check.")
 
 
 def _check_pattern(model, where, call, info) -> None:

@@ -157,7 +157,7 @@ def check_heads(model, texts) -> str:
     R = np.asarray(TransformerActivationEncoder(model, tok, parts="attn_result", **kw)
                    .fit_transform(texts))
     several = any(b["calls"] > 1 for b in refs[0]["blocks"].values())
-    Z = None
+    Z, why = None, "head numbers or sizes differ between layers"
     tries = [["attn_z", "attn_q", "attn_k", "attn_v"], ["attn_z"]][1 if several else 0:]
     for d_head in tries:  # one encoder, one forward: every d_head-wide part
         try:
@@ -165,12 +165,15 @@ def check_heads(model, texts) -> str:
             Z = np.asarray(enc.fit_transform(texts))
             entries = [split_head(p) for p in enc.layout_.parts]
             break
-        except ValueError as exc:  # head numbers or sizes that differ between layers
-            assert re.search(r"layer \d+ has (n_heads|n_kv_heads|d_head)=", str(exc)), exc
+        except ValueError as exc:  # head numbers or sizes that differ between layers, or
+            # queries/keys wider than the values (latent attention): refused at fit
+            wide = re.search(r"call's q heads are \d+ wide", str(exc))
+            assert wide or re.search(r"layer \d+ has (n_heads|n_kv_heads|d_head)=", str(exc)), exc
+            why = "the call's queries and keys are wider than its values" if wide else why
     refused = ("attn_z, attn_q/k/v" if Z is None else "attn_q/k/v"
                if len(d_head) == 1 and not several else None)
     if refused:
-        notes.append(f"{refused} refused: head numbers or sizes differ between layers")
+        notes.append(f"{refused} refused: {why}")
     heads = refs[0]["blocks"][layers[0]]["heads"]
     counts = _attn_find.head_counts(model)  # what attn_q/attn_k/attn_v index
     assert (counts["n_heads"], counts["n_kv_heads"]) == (
