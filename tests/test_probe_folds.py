@@ -125,7 +125,7 @@ def test_test_folds_of_one_class_are_fine_for_metrics_defined_on_them():
 
     X, y, _ = _pure_groups([2, 2], rows=5)
     res = probe_layers(X, y, LogisticRegression(), cv=LeaveOneOut(), scoring="accuracy",
-                       layers=[0], dummy=False, nested=False)
+                       layers=[0], layout=blocks_by_position(X), dummy=False, nested=False)
     ref = cross_validate(LogisticRegression(), X[:, 0, 0], y, cv=LeaveOneOut(), scoring="accuracy")
     np.testing.assert_allclose(res.frame_.sort_values("fold")["score"], ref["test_score"])
     with pytest.raises(ValueError, match=r"test rows have no class .*undefined on a test fold"):

@@ -135,7 +135,7 @@ def test_permutations_with_groups_equal_permutation_test_score():
     X, y = _planted(n=60, seed=2, strength=0.6)
     groups = np.arange(60) // 3
     res = probe_layers(X, y, FAST, cv=3, groups=groups, n_permutations=8, random_state=3,
-                       scoring="accuracy", nested=False, layers=[1])
+                       scoring="accuracy", nested=False, layers=[1], layout=blocks_by_position(X))
     from sklearn.model_selection import StratifiedGroupKFold
 
     splits = list(StratifiedGroupKFold(3).split(X[:, 1, 0], y, groups))
