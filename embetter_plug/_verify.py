@@ -441,11 +441,13 @@ def _raised_here(exc: Exception) -> bool:
     """Whether ``exc`` is one of this package's own errors (raised in its code, not inside the
     model's forward): those already say what is wrong."""
     import os
+    import sys
 
+    package = os.path.dirname(os.path.abspath(sys.modules[__name__.split(".")[0]].__file__))
     tb, last = exc.__traceback__, ""
     while tb is not None:
         last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
-    return os.path.dirname(os.path.abspath(last)) == os.path.dirname(os.path.abspath(__file__))
+    return os.path.abspath(last).startswith(package + os.sep)
 
 
 def verify_extractor(extractor) -> None:

@@ -4,6 +4,8 @@ failed task, a killed actor and a killed driver, and refuses bad input before a 
 from __future__ import annotations
 
 import json
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -154,10 +156,8 @@ def _complete(folder) -> set[int]:
 def test_driver_killed_mid_run_then_rerun_resumes_without_recomputing(cli_setup, ray_cluster,
                                                                       distinct):
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     from embetter_plug import TransformerActivationEncoder
 
@@ -405,10 +405,8 @@ def test_image_dir_on_the_cluster_resumes_after_a_killed_driver(image_set, cli_s
     and computes only the rest; the folder equals in-process extraction, the labels (two
     levels) lie beside it."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     import pandas as pd
 
