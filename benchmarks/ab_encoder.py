@@ -33,7 +33,7 @@ bench_encoder.write_section = lambda name, body: out.append(body)
 bench_encoder.sys.stdout = open(os.devnull, "w")
 if argv[0] == "--overhead-only":  # the MiniLM capture-overhead row alone
     from transformers import AutoModel, AutoTokenizer
-    from embetter_plug._loading import default_model_path
+    default_model_path = bench_encoder.default_model_path
     texts, _ = bench_encoder.load_texts(int(argv[2]))
     p = default_model_path()
     model, tok = AutoModel.from_pretrained(p).eval(), AutoTokenizer.from_pretrained(p)
@@ -55,9 +55,9 @@ FIGURES = [
 ]
 
 
-def run_once(root: str, argv: list[str]) -> dict[str, float]:
+def run_once(root: str, argv: list[str], bench_dir: str = HERE) -> dict[str, float]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=root)
-    res = subprocess.run([sys.executable, "-c", _CHILD, root, HERE, *argv], env=env,
+    res = subprocess.run([sys.executable, "-c", _CHILD, root, bench_dir, *argv], env=env,
                          capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"bench_encoder failed on {root}:\n{res.stderr[-3000:]}")
@@ -76,6 +76,9 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--overhead-only", action="store_true",
                     help="only the MiniLM capture-overhead row (ab_capture_overhead's figure)")
+    ap.add_argument("--own-benchmarks", action="store_true",
+                    help="run each checkout's own benchmarks/bench_encoder.py (for checkouts whose "
+                         "module paths differ, e.g. across the package layout move)")
     args = ap.parse_args(argv)
     child = ["--n", str(args.n), "--n-gpt2", str(args.n_gpt2), "--repeats", str(args.repeats)]
     child = ["--overhead-only", *child] if args.overhead_only else child
@@ -84,7 +87,8 @@ def main(argv=None) -> None:
     for r in range(args.rounds):
         order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
         for side in order:
-            figures = run_once(roots[side], child)
+            bench_dir = os.path.join(roots[side], "benchmarks") if args.own_benchmarks else HERE
+            figures = run_once(roots[side], child, bench_dir)
             runs[side].append(figures)
             print(f"round {r + 1} {side}: {json.dumps(figures)}", flush=True)
     print("\n| figure | before (median) | after (median) | after / before |")
