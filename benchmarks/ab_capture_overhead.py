@@ -11,7 +11,7 @@ sys.path.insert(0, root); sys.path.insert(0, os.path.join(root, "benchmarks"))
 import embetter_plug
 from transformers import AutoModel, AutoTokenizer
 from bench_encoder import overhead_rows, load_texts
-from embetter_plug._loading import default_model_path
+from embetter_plug.extraction.loading import default_model_path
 texts, _ = load_texts(2000)
 p = default_model_path()
 model = AutoModel.from_pretrained(p).eval(); tok = AutoTokenizer.from_pretrained(p)

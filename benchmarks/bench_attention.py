@@ -39,8 +39,8 @@ from _report import write_section  # noqa: E402
 import bench_encoder as encoder_bench  # noqa: E402
 from bench_encoder import BATCH, bare_forward_fn, load_texts  # noqa: E402
 from embetter_plug import TransformerActivationEncoder  # noqa: E402
-from embetter_plug._attn_arch import METRICS  # noqa: E402
-from embetter_plug._loading import default_model_path  # noqa: E402
+from embetter_plug.arch.heads import METRICS  # noqa: E402
+from embetter_plug.extraction.loading import default_model_path  # noqa: E402
 
 CASES = {"resid_post, attn_out, mlp_out": dict(parts=["resid_post", "attn_out", "mlp_out"]),
          "attn_result, all heads": dict(parts=["attn_result"]),

@@ -31,7 +31,7 @@ def bench_model(folder: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2Model
 
-    from embetter_plug._loading import default_model_path
+    from embetter_plug.extraction.loading import default_model_path
 
     if (folder / "config.json").exists():
         return folder
@@ -54,7 +54,7 @@ class ForwardCounter:
     """Counts texts run through the model by any encoder in this process."""
 
     def __init__(self):
-        from embetter_plug.extraction import ActivationExtractor
+        from embetter_plug.extraction.extractor import ActivationExtractor
 
         self.rows = 0
         original = ActivationExtractor.extract

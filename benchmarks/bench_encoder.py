@@ -30,8 +30,8 @@ import torch  # noqa: E402
 
 from _report import write_section  # noqa: E402
 from embetter_plug import TransformerActivationEncoder, load_builtin_dataset  # noqa: E402
-from embetter_plug import _batching  # noqa: E402
-from embetter_plug._loading import default_model_path  # noqa: E402
+from embetter_plug.extraction import batching as _batching  # noqa: E402
+from embetter_plug.extraction.loading import default_model_path  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "sst2.csv"
 BATCH = 32

@@ -35,8 +35,9 @@ import torch  # noqa: E402
 
 from _report import write_section  # noqa: E402
 from bench_encoder import interleaved, load_texts  # noqa: E402
-from embetter_plug import TransformerActivationEncoder, _batching  # noqa: E402
-from embetter_plug._loading import default_model_path  # noqa: E402
+from embetter_plug import TransformerActivationEncoder
+from embetter_plug.extraction import batching as _batching  # noqa: E402
+from embetter_plug.extraction.loading import default_model_path  # noqa: E402
 
 # dense bf16 tensor-core peak, TFLOP/s (vendor data sheets, without sparsity)
 PEAK_BF16 = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0,

@@ -39,7 +39,7 @@ def measure(name: str, folder: str, repeats: int) -> str:
     from transformers import AutoModel, AutoTokenizer
 
     from embetter_plug import TransformerActivationEncoder
-    from embetter_plug.identity import weights_digest
+    from embetter_plug.extraction.identity import weights_digest
 
     model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(folder)
@@ -62,7 +62,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    from embetter_plug._loading import default_model_path
+    from embetter_plug.extraction.loading import default_model_path
     from embetter_plug.testing import save_smollm2
 
     rows = [measure("all-MiniLM-L6-v2", str(default_model_path()), args.repeats)]

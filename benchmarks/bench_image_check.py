@@ -5,7 +5,7 @@ model (decode to RGB and the image processor's resize and normalise).
     python benchmarks/bench_image_check.py [--n 100] [--repeats 3]
 
 JPEG files of two sizes on disk (random pixels, quality 90); the check is
-``embetter_plug._images.check_image``; the header-only side opens each file and reads its mode,
+``embetter_plug.inputs.images.check_image``; the header-only side opens each file and reads its mode,
 as the check did before; preparation is ``load_image`` then a ViT image processor (224x224).
 Wall-clock seconds over all files, least of ``--repeats``, the three sides interleaved.
 """
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from _report import write_section  # noqa: E402
-from embetter_plug._images import check_image, load_image  # noqa: E402
+from embetter_plug.inputs.images import check_image, load_image  # noqa: E402
 
 
 def main() -> None:

@@ -35,8 +35,8 @@ def one_side(n: int, save: str) -> dict:
     from transformers import AutoModel, AutoTokenizer
 
     from bench_encoder import load_texts
-    from embetter_plug._loading import default_model_path
-    from embetter_plug.attention import attention_metrics, attention_patterns
+    from embetter_plug.extraction.loading import default_model_path
+    from embetter_plug.attention.patterns import attention_metrics, attention_patterns
 
     path = default_model_path()
     model = AutoModel.from_pretrained(path, attn_implementation="sdpa").eval()

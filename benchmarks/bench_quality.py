@@ -50,7 +50,7 @@ def st_lr(tr, ytr, te, yte):
     from sentence_transformers import SentenceTransformer
     from sklearn.linear_model import LogisticRegression
 
-    from embetter_plug._loading import default_model_path
+    from embetter_plug.extraction.loading import default_model_path
 
     st = SentenceTransformer(default_model_path(), device="cpu")
     st.encode(tr[:8])

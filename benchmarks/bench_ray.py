@@ -60,7 +60,7 @@ def in_process(texts, tmp, threads: int, make=minilm) -> float:
 def on_ray(texts, tmp, actors: int, tag: str, shared: bool = False, make=minilm,
            batch_size: int = 64) -> dict:
     """Wall time of the call, time to the first block back, texts/s from then on."""
-    from embetter_plug import distributed
+    from embetter_plug.store import distributed
 
     stamps = []
     collect = distributed._collect
@@ -93,7 +93,7 @@ def driver_ingest(tmp, rows: int = 2048, block: int = 64) -> tuple[float, float]
     (no model), and the folder writes (ShardWriter rows + flush + manifest)."""
     import ray.data as rd
 
-    from embetter_plug.streaming import ShardWriter
+    from embetter_plug.store.streaming import ShardWriter
 
     shape = (BIG["n_layers"], 1, BIG["hidden"])
     row_mb = np.prod(shape) * 4 / 1e6

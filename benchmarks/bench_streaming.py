@@ -104,8 +104,8 @@ def resume_after_kill(model_dir, texts, tmp) -> dict:
 
 
 def padding(texts) -> tuple[float, float]:
-    from embetter_plug._batching import length_sorted_batches, padding_fraction
-    from embetter_plug._loading import default_model_path
+    from embetter_plug.extraction.batching import length_sorted_batches, padding_fraction
+    from embetter_plug.extraction.loading import default_model_path
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(default_model_path())

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import write_section  # noqa: E402
 from embetter_plug import TransformerActivationEncoder, load_builtin_dataset  # noqa: E402
-from embetter_plug._loading import default_model_path  # noqa: E402
+from embetter_plug.extraction.loading import default_model_path  # noqa: E402
 
 
 def _folder(label, model, tok, folder: Path):

@@ -35,8 +35,8 @@ import torch  # noqa: E402
 from _report import write_section  # noqa: E402
 from bench_encoder import interleaved, load_texts  # noqa: E402
 from embetter_plug import TransformerActivationEncoder  # noqa: E402
-from embetter_plug import _mm_batching  # noqa: E402
-from embetter_plug.samples import check_inputs  # noqa: E402
+from embetter_plug.inputs import multimodal as _mm_batching  # noqa: E402
+from embetter_plug.inputs.samples import check_inputs  # noqa: E402
 from embetter_plug.testing import make_tiny_vlm  # noqa: E402
 
 BATCH = 16

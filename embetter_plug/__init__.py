@@ -10,8 +10,9 @@ embetter_plug`` stays cheap and does not import torch until it is needed.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -20,12 +21,12 @@ _EXPORTS: dict[str, str] = {
     # extraction
     "TransformerActivationEncoder": "embetter_plug.encoder",
     "LayerPooler": "embetter_plug.pooler",
-    "load_activations": "embetter_plug.io",
-    "save_activations": "embetter_plug.io",
-    "ActivationCache": "embetter_plug.cache",
+    "load_activations": "embetter_plug.store.io",
+    "save_activations": "embetter_plug.store.io",
+    "ActivationCache": "embetter_plug.store.cache",
     "load_builtin_dataset": "embetter_plug.datasets",
-    "extract_distributed": "embetter_plug.distributed",
-    "read_image_folder": "embetter_plug.image_folder",
+    "extract_distributed": "embetter_plug.store.distributed",
+    "read_image_folder": "embetter_plug.inputs.image_folder",
     # models on activations (skorch)
     "PlugClassifier": "embetter_plug.models",
     "PlugRegressor": "embetter_plug.models",
@@ -47,40 +48,29 @@ _EXPORTS: dict[str, str] = {
     "OnlineProbes": "embetter_plug.probe",
     "LayerMetricDisplay": "embetter_plug.probe",
     # bulk labelling
-    "LabellingMap": "embetter_plug.labelling_map",
+    "LabellingMap": "embetter_plug.labelling.labelling_map",
     # inside attention
-    "attention_patterns": "embetter_plug.attention",
-    "attention_metrics": "embetter_plug.attention",
-    "image_attention": "embetter_plug.image_attention",
+    "attention_patterns": "embetter_plug.attention.patterns",
+    "attention_metrics": "embetter_plug.attention.patterns",
+    "image_attention": "embetter_plug.attention.image",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        module = _EXPORTS[name]
-    except KeyError:
-        raise AttributeError(f"module 'embetter_plug' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:  # pragma: no cover - for static type checkers and IDEs
-    from .attention import attention_metrics, attention_patterns
-    from .image_attention import image_attention
-    from .cache import ActivationCache
+    from .attention.patterns import attention_metrics, attention_patterns
+    from .attention.image import image_attention
+    from .store.cache import ActivationCache
     from .datasets import load_builtin_dataset
-    from .distributed import extract_distributed
-    from .image_folder import read_image_folder
+    from .store.distributed import extract_distributed
+    from .inputs.image_folder import read_image_folder
     from .encoder import TransformerActivationEncoder
-    from .io import load_activations, save_activations
-    from .labelling_map import LabellingMap
+    from .store.io import load_activations, save_activations
+    from .labelling.labelling_map import LabellingMap
     from .models import (PlugClassifier, PlugContrastiveCNN, PlugRegressor,
                          SupConLoss, load_model, save_model)
     from .pooler import LayerPooler

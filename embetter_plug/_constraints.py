@@ -122,7 +122,7 @@ def Selection(name: str, names: str) -> Check:
 
 
 def _check_parts(parts):
-    from . import _attn_arch, _vision
+    from .arch import heads as _attn_arch, vision as _vision
 
     _attn_arch.validate_parts(_vision.split_stack(parts)[1])
 
@@ -135,7 +135,7 @@ def PartNames() -> Check:
 
 
 def _check_pooling(token_pooling):
-    from ._token_pooling import validate_pooling
+    from .extraction.token_pooling import validate_pooling
 
     validate_pooling(token_pooling)
 
@@ -147,7 +147,7 @@ def TokenPoolings() -> Check:
 
 
 def _check_heads(heads):
-    from ._attn_arch import check_heads
+    from .arch.heads import check_heads
 
     check_heads(heads)
 
@@ -159,7 +159,7 @@ def Heads() -> Check:
 
 
 def _check_template(template):
-    from ._batching import split_template
+    from .extraction.batching import split_template
 
     split_template(template)
 
@@ -206,7 +206,7 @@ def Dtype() -> Check:
 
 
 def _check_cache(cache):
-    from .cache import as_cache
+    from .store.cache import as_cache
 
     if cache is not None:
         as_cache(cache)

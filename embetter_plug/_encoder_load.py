@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import _arch, _vision
-from ._loading import (load_config, load_model, load_processor, load_tokenizer, place_model)
+from .arch import blocks as _arch, vision as _vision
+from .extraction.loading import (load_config, load_model, load_processor, load_tokenizer,
+                                 place_model)
 from ._utils import resolve_device, resolve_dtype
 
 __all__ = ["Loaded", "load_for"]

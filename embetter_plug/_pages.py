@@ -85,7 +85,7 @@ def display_name(name: str) -> str:
 def write_page(path, page: str, *, what: str = "the page") -> Path:
     """Write ``page`` to ``path`` whole (temporary file, then rename): on any failure (text UTF-8
     cannot hold, a full disk) no file, and no empty one, is left at ``path``."""
-    from .io import atomic_write
+    from .store.io import atomic_write
 
     problem = utf8_problem(page)
     if problem:

@@ -8,18 +8,18 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from . import _arch, _attn_arch, _vision
+from .arch import blocks as _arch, heads as _attn_arch, vision as _vision
 from ._constraints import (POSITIVE_INT, CacheSpec, Device, Dtype, Heads, Indices, PartNames,
                            PromptTemplate, TokenPoolings, validate_estimator_params)
 from ._encoder_load import load_for
-from ._loading import check_source_still_there, resolve_model_source
-from ._token_pooling import pooling_name, validate_pooling
+from .extraction.loading import check_source_still_there, resolve_model_source
+from .extraction.token_pooling import pooling_name, validate_pooling
 from ._utils import reload_device, resolve_indices, warn_user
 from ._output import input_index, store_output_config, wrap_output
-from .extraction import ActivationExtractor
-from .identity import extraction_identity, load_identity
+from .extraction.extractor import ActivationExtractor
+from .extraction.identity import extraction_identity, load_identity
 from .layout import ActivationLayout, Activations
-from .samples import check_inputs, input_key
+from .inputs.samples import check_inputs, input_key
 
 __all__ = ["TransformerActivationEncoder"]
 
@@ -111,7 +111,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         Where inputs go (the device of the model's input embeddings).
     identity_ : dict
         Which weights, tokenizer and settings compute the vectors (see
-        :mod:`embetter_plug.identity`): the key of the cache and of streamed extraction.
+        :mod:`embetter_plug.extraction.identity`): the key of the cache and of streamed extraction.
 
     Examples
     --------
@@ -233,7 +233,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
                 raise  # else the forward may find what reading the source could not
         observed = None
         if verifying:  # attention found at run time, then heads counted again
-            from . import _verify
+            from .arch import verify as _verify
 
             side = getattr(self.tokenizer_, "padding_side", "right")
             observed = _verify.observe(stack, self.tokenizer_, checked,
@@ -272,7 +272,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
                                    max_length=self.max_length_, include_prompt=self.include_prompt)
 
     def current_identity(self, *, cache: bool = False) -> dict:
-        """The extraction identity of the model as it is now (see :mod:`embetter_plug.identity`).
+        """The extraction identity of the model as it is now (see :mod:`embetter_plug.extraction.identity`).
 
         For a model given as an instance, the bytes of its weights are hashed again (a model
         changed in place since ``fit`` gets a new identity); a model the encoder loaded is
@@ -297,8 +297,8 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         check_is_fitted(self, "layout_")
         self._ensure_loaded()
         if cache:
-            from ._hooks import hook_manager
-            from .identity import check_cacheable
+            from .extraction.hooks import hook_manager
+            from .extraction.identity import check_cacheable
 
             hook_manager(self.model_).check_others(lambda ours: check_cacheable(self.model_, ours))
         return self._identity() if self._source_ is None else self.identity_
@@ -358,7 +358,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         if self.cache is None:
             out = extractor.extract(uniq)
         else:
-            from .cache import read_through
+            from .store.cache import read_through
 
             out = read_through(self.cache, extractor, self.current_identity(cache=True), uniq,
                                label=str(self.layout_.meta.get("model")))
@@ -400,7 +400,7 @@ class TransformerActivationEncoder(TransformerMixin, BaseEstimator, auto_wrap_ou
         -------
         Path of ``folder``.
         """
-        from .streaming import extract_to
+        from .store.streaming import extract_to
 
         return extract_to(self, folder, texts, shard_size=shard_size, store_dtype=store_dtype,
                           overwrite=overwrite)

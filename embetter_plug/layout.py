@@ -106,7 +106,7 @@ def select_positions(sel: Any, labels: list, *, name: str, what: str) -> list[in
     """
     from numbers import Integral
 
-    from ._arch import canonical_part
+    from .arch.blocks import canonical_part
 
     if isinstance(sel, str) and sel == "all":
         return list(range(len(labels)))

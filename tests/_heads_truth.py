@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from embetter_plug import TransformerActivationEncoder, _arch, _attn_find
-from embetter_plug._attn_arch import split_head
-from embetter_plug.attention import attention_patterns
+from embetter_plug import TransformerActivationEncoder
+from embetter_plug.arch import blocks as _arch, attention as _attn_find
+from embetter_plug.arch.heads import split_head
+from embetter_plug.attention.patterns import attention_patterns
 from embetter_plug.testing import make_tokenizer
 
 RTOL = ATOL = 1e-4
@@ -134,7 +135,7 @@ def check_heads(model, texts) -> str:
         try:
             TransformerActivationEncoder(model, tok, parts="attn_z").fit()
         except ValueError as err:
-            from embetter_plug._verify import VerificationError
+            from embetter_plug.arch.verify import VerificationError
 
             if isinstance(err, VerificationError):  # the check at fit refuses it: a clear no
                 raise NotChecked("per-head parts refused at fit by the check on the model: "

@@ -30,7 +30,7 @@ import pytest
 import torch
 
 from embetter_plug import TransformerActivationEncoder
-from embetter_plug import _arch
+from embetter_plug.arch import blocks as _arch
 from embetter_plug.testing import make_tokenizer
 from _heads_truth import NotChecked, check_heads
 
@@ -609,7 +609,7 @@ def test_missing_part_names_the_submodules_and_the_path_way_out():
 def test_per_head_parts_name_the_layers_that_have_attention():
     """A hybrid model (linear-attention blocks between attention blocks) reads heads in its
     attention layers; asking for the others is an error before any forward, naming them."""
-    from embetter_plug import _attn_find
+    from embetter_plug.arch import attention as _attn_find
 
     model, reason = build("olmo_hybrid")
     if model is None:

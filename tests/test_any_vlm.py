@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from embetter_plug import TransformerActivationEncoder, _arch, _vision
+from embetter_plug import TransformerActivationEncoder
+from embetter_plug.arch import blocks as _arch, vision as _vision
 from embetter_plug.testing import make_tokenizer
 
 transformers = pytest.importorskip("transformers")

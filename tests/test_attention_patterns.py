@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from embetter_plug import TransformerActivationEncoder
-from embetter_plug.attention import (attention_metrics, attention_patterns, head_scores,
-                                     plot_head_heatmap, summarize_metrics)
+from embetter_plug.attention.patterns import (attention_metrics, attention_patterns, head_scores,
+                                              plot_head_heatmap, summarize_metrics)
 from embetter_plug.testing import make_tiny_model
 
 LONG = ("a much longer text that runs past the sliding window of sixteen tokens so that the "
@@ -104,7 +104,7 @@ def test_metrics_equal_numpy_from_full_pattern(family, impl):
 
 def _assert_metrics_equal_numpy(frame, eager, tok, family):
     """Every metric of layers 0 and 2 in ``frame`` equals the NumPy reference of the eager model."""
-    from embetter_plug._attn_arch import METRICS
+    from embetter_plug.arch.heads import METRICS
 
     n_kv = getattr(eager.config, "num_key_value_heads", None) or 4
     for t, text in enumerate(TEXTS):
@@ -125,7 +125,7 @@ def _assert_metrics_equal_numpy(frame, eager, tok, family):
 def test_metrics_in_query_chunks_equal_numpy(family, impl, side, monkeypatch):
     """One query row at a time (as where a layer's pattern does not fit): the same metrics,
     and, under SDPA, a layer output pieced from the rows that later layers read correctly."""
-    from embetter_plug import _attn_parts
+    from embetter_plug.attention import parts as _attn_parts
 
     monkeypatch.setattr(_attn_parts, "CHUNK_BYTES", 1)
     model, tok = make_tiny_model(family, padding_side=side)
@@ -178,7 +178,7 @@ def _no_forward(model):
 
 
 def test_pattern_errors_before_forward(monkeypatch):
-    from embetter_plug import _attn_parts
+    from embetter_plug.attention import parts as _attn_parts
 
     model, tok = make_tiny_model("llama")
     flash = copy.deepcopy(model)

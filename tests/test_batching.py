@@ -8,7 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from embetter_plug import TransformerActivationEncoder, _batching
+from embetter_plug import TransformerActivationEncoder
+from embetter_plug.extraction import batching as _batching
 
 
 def test_prefetch_computes_the_next_item_while_the_current_one_is_used():

@@ -16,7 +16,7 @@ from sklearn.pipeline import make_pipeline
 
 from conftest import assert_same_activations
 from embetter_plug import ActivationCache, LayerPooler, TransformerActivationEncoder
-from embetter_plug.cache import _decode, _encode, model_fingerprint
+from embetter_plug.store.cache import _decode, _encode, model_fingerprint
 from embetter_plug.testing import make_tiny_model, save_tiny_model
 
 
@@ -139,7 +139,7 @@ def test_weights_saved_again_into_the_same_folder_get_a_new_identity(whole, tmp_
                                                                       monkeypatch):
     import torch
 
-    from embetter_plug import identity as cache_module
+    from embetter_plug.extraction import identity as cache_module
 
     if not whole:
         monkeypatch.setattr(cache_module, "_WHOLE", 1024)  # the tiny weight file counts as large

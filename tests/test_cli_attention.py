@@ -16,7 +16,7 @@ def gpt2(tmp_path_factory):
 
 def test_attention_command_writes_summary_and_heatmaps(gpt2, tmp_path, capsys):
     from embetter_plug import load_builtin_dataset
-    from embetter_plug.attention import attention_metrics, summarize_metrics
+    from embetter_plug.attention.patterns import attention_metrics, summarize_metrics
 
     out = tmp_path / "attn"
     code = main(["attention", "--model", gpt2, "--limit", "6", "--layers", "0,2", "--heads", "1,3",
@@ -58,7 +58,7 @@ def test_query_reduction_flag_and_its_deprecated_alias(gpt2, tmp_path, capsys):
     from transformers import AutoModel, AutoTokenizer
 
     from embetter_plug import load_builtin_dataset
-    from embetter_plug.attention import attention_metrics, summarize_metrics
+    from embetter_plug.attention.patterns import attention_metrics, summarize_metrics
 
     args = ["attention", "--model", gpt2, "--limit", "4", "--layers", "1", "--metrics",
             "attn_entropy"]

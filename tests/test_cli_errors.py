@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import embetter_plug._cli.extract as cli_extract
-import embetter_plug._cli.probe as cli_probe
+import embetter_plug.cli.extract as cli_extract
+import embetter_plug.cli.probe as cli_probe
 from conftest import assert_same_activations
 from embetter_plug import ProbeResults, load_activations
 from embetter_plug.cli import build_parser, main
-from embetter_plug.io import MANIFEST
+from embetter_plug.store.io import MANIFEST
 
 # `probe` writes a run folder under the current folder unless --out is given: run in tmp_path.
 pytestmark = [pytest.mark.filterwarnings("ignore:.*were truncated:UserWarning"),
@@ -230,8 +230,8 @@ def test_extract_says_complete_or_resumed(setup, tmp_path, capsys, monkeypatch):
 
 
 def test_extract_resumes_with_a_smaller_batch_size(setup, tmp_path, capsys, monkeypatch):
-    from embetter_plug import streaming as epio
-    from embetter_plug.extraction import ActivationExtractor
+    from embetter_plug.store import streaming as epio
+    from embetter_plug.extraction.extractor import ActivationExtractor
 
     # about 6 rows of (1, 1, 32) float32 per shard: 4 at --batch-size 4, 6 at --batch-size 2
     monkeypatch.setattr(epio, "SHARD_BYTES", 6 * 32 * 4)

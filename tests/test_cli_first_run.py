@@ -84,7 +84,7 @@ def test_probe_leaves_a_run_folder_and_shows_progress(setup, tmp_path):
 
 
 def test_a_new_run_never_reuses_a_folder(tmp_path, monkeypatch):
-    from embetter_plug._cli._runs import new_run_folder
+    from embetter_plug.cli._runs import new_run_folder
 
     monkeypatch.chdir(tmp_path)
     first = new_run_folder("probe")
@@ -99,7 +99,7 @@ def test_a_new_run_never_reuses_a_folder(tmp_path, monkeypatch):
     ({"progress": True}, False, True),
 ])
 def test_progress_by_default_on_a_terminal(monkeypatch, given, tty, shown):
-    from embetter_plug._cli._data import show_progress
+    from embetter_plug.cli._data import show_progress
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
     args = argparse.Namespace(**{"progress": None, "quiet": False, **given})
@@ -206,7 +206,7 @@ def test_written_files_respect_the_umask(tmp_path, mask):
 
 
 def test_interrupted_probe_says_what_was_kept(setup, tmp_path, monkeypatch, capsys):
-    import embetter_plug._cli.probe as cli_probe
+    import embetter_plug.cli.probe as cli_probe
     from embetter_plug.cli import main
 
     def interrupted(*args):  # Ctrl-C once the models are probed, before the table

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from map_chromium import read_page
 
-import embetter_plug._cli.map as cli_map
+import embetter_plug.cli.map as cli_map
 from embetter_plug.cli import main
 
 pytest.importorskip("plotly")

@@ -9,7 +9,7 @@ import sys
 import joblib
 import numpy as np
 
-from embetter_plug.extraction import ActivationExtractor
+from embetter_plug.extraction.extractor import ActivationExtractor
 import pandas as pd
 import pytest
 from sklearn.base import clone
@@ -129,7 +129,7 @@ def test_errors_are_clear(setup, tmp_path, capsys, extra, message):
 
 
 def test_bad_cv_fails_before_extraction(setup, monkeypatch, capsys):
-    import embetter_plug._cli.probe as cli_probe
+    import embetter_plug.cli.probe as cli_probe
 
     def no_extraction(*args, **kwargs):
         raise AssertionError("activations were extracted before --cv was checked")
@@ -212,7 +212,7 @@ def test_shuffled_labels_warn_first_and_mark_the_plot(setup, tmp_path, capsys):
     import matplotlib
 
     matplotlib.use("Agg")
-    from embetter_plug._cli.probe import probe_figure
+    from embetter_plug.cli.probe import probe_figure
 
     df = setup["df"].copy()
     df["target"] = np.random.default_rng(0).permutation(df["target"].to_numpy())

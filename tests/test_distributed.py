@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from embetter_plug import load_activations
-from embetter_plug.io import DATA, MANIFEST
+from embetter_plug.store.io import DATA, MANIFEST
 from embetter_plug.testing import make_tiny_model
 
 pytest.importorskip("ray.data")
@@ -44,7 +44,7 @@ def counts(ray_cluster):
 
 def test_equals_in_process_extraction_in_input_order_and_dedups_per_block(enc, distinct, counts,
                                                                           tmp_path):
-    from embetter_plug.distributed import extract_distributed
+    from embetter_plug.store.distributed import extract_distributed
 
     texts = [t for t in distinct for _ in range(2)]  # every text twice, side by side
     ref = enc.transform(texts)  # in-process, in memory
@@ -68,7 +68,7 @@ def test_a_failed_task_keeps_finished_shards_and_a_rerun_with_a_killed_actor_com
     """The first run stops at a forward made to fail; the rerun (other block size: blocks
     straddle shards) computes only unfinished shards while one actor process exits mid-task,
     which Ray restarts and retries."""
-    from embetter_plug.distributed import extract_distributed
+    from embetter_plug.store.distributed import extract_distributed
 
     texts = distinct[:30]
     counts.with_name(counts.name + ".fail").touch()
@@ -100,7 +100,7 @@ import sys, time
 sys.path.insert(0, sys.argv[1])  # tests/, for _ray_helpers
 import ray, _ray_helpers
 from embetter_plug import streaming
-from embetter_plug._cli import extract as cli_extract
+from embetter_plug.cli import extract as cli_extract
 
 address, counts, delay = sys.argv[2], sys.argv[3], float(sys.argv[4])
 ray.init(address=address, log_to_driver=False,
@@ -224,7 +224,7 @@ def test_an_address_without_a_cluster_is_refused_before_the_model_loads(cli_setu
 def test_gpus_on_a_cluster_without_gpus_are_refused_before_the_model_loads(cli_setup, ray_cluster,
                                                                           tmp_path, capsys):
     from embetter_plug.cli import main
-    from embetter_plug.distributed import connect_ray
+    from embetter_plug.store.distributed import connect_ray
 
     root, _, csv = cli_setup
     rc = main(["extract", "--data", str(csv), "--model", str(tmp_path / "no-model"), "--out",
@@ -254,7 +254,7 @@ def test_without_ray_the_error_gives_the_install_line(monkeypatch, cli_setup, tm
     import sys
 
     from embetter_plug.cli import main
-    from embetter_plug.distributed import connect_ray
+    from embetter_plug.store.distributed import connect_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r'pip install "embetter_plug\[ray\]"'):
@@ -268,8 +268,8 @@ def test_the_core_package_does_not_import_ray():
     import subprocess
     import sys
 
-    code = ("import sys, embetter_plug.encoder, embetter_plug.streaming, embetter_plug.cli, "
-            "embetter_plug.distributed, embetter_plug._cli.extract; "
+    code = ("import sys, embetter_plug.encoder, embetter_plug.store.streaming, embetter_plug.cli, "
+            "embetter_plug.store.distributed, embetter_plug.cli.extract; "
             "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
@@ -308,7 +308,7 @@ def test_texts_come_in_input_order_from_every_kind_of_input(ray_cluster, distinc
     import pandas as pd
     import ray.data
 
-    from embetter_plug.distributed import _read_inputs
+    from embetter_plug.store.distributed import _read_inputs
 
     texts = distinct[:25]
     frame = pd.DataFrame({"label": range(25), "body": texts})
@@ -334,7 +334,7 @@ def test_image_samples_come_in_input_order_from_tables_and_datasets(ray_cluster,
     import ray.data
 
     from embetter_plug import read_image_folder
-    from embetter_plug.distributed import _read_inputs
+    from embetter_plug.store.distributed import _read_inputs
 
     root, _ = image_set
     samples, labels = read_image_folder(root, prompt="a prompt")
@@ -367,8 +367,8 @@ def test_image_samples_equal_in_process_extraction_and_images_are_read_by_the_ac
     """Paths, bytes, an array and a text alone travel to the actors; the driver sends paths and
     bytes, never decoded pictures, and the folder equals ``extract_to``'s."""
     from embetter_plug import read_image_folder
-    from embetter_plug.distributed import _blocks, extract_distributed
-    from embetter_plug.samples import check_inputs
+    from embetter_plug.store.distributed import _blocks, extract_distributed
+    from embetter_plug.inputs.samples import check_inputs
 
     root, model = image_set
     samples, labels = read_image_folder(root, prompt="What is in the picture?")
@@ -451,9 +451,9 @@ def test_image_dir_on_the_cluster_resumes_after_a_killed_driver(image_set, cli_s
 def test_ctrl_c_after_ray_says_what_was_kept(monkeypatch, cli_setup, tmp_path, capsys):
     """The same "kept N of M" as without --ray, counting shards finished out of order (shard 2
     holds rows 8 and 9)."""
-    import embetter_plug.distributed as dist
+    import embetter_plug.store.distributed as dist
     from embetter_plug.cli import main
-    from embetter_plug.streaming import ShardWriter, extraction_plan
+    from embetter_plug.store.streaming import ShardWriter, extraction_plan
 
     def interrupted(enc, folder, texts, shard_size=None, **kwargs):  # shards 0 and 2, then Ctrl-C
         writer = ShardWriter.open(folder, extraction_plan(enc, folder, texts, shard_size=4))
@@ -480,7 +480,7 @@ def test_ray_notices_go_to_debug_logging(monkeypatch, caplog):
 
     import ray
 
-    import embetter_plug.distributed as dist
+    import embetter_plug.store.distributed as dist
 
     seen = []
 

@@ -129,7 +129,7 @@ def test_truncation_is_logged_when_asked_for_and_keeps_template_suffix(tiny_gpt2
     assert "2 text(s) longer than max_length=16 tokens truncated" in caplog.text
     # the last token of a truncated text is still the template's suffix: lasttoken pooling of
     # the truncated text equals the suffix token's state, so its ids end with <end_of_turn>
-    from embetter_plug._batching import tokenize
+    from embetter_plug.extraction.batching import tokenize
 
     ids, n = tokenize(tok, texts, "Q: ", "<end_of_turn>", 16)
     end = tok.convert_tokens_to_ids("<end_of_turn>")
@@ -154,7 +154,7 @@ def test_hitting_the_models_limit_warns_once_per_line_of_user_code(tiny_gpt2):
 def test_no_false_sequence_length_alarm_from_the_tokenizer():
     import logging
 
-    from embetter_plug._batching import tokenize
+    from embetter_plug.extraction.batching import tokenize
     from embetter_plug.testing import make_tokenizer
 
     long = " ".join(["dataset"] * 600)
@@ -202,7 +202,7 @@ def test_hub_names_pass_through_with_remote_code_off(monkeypatch, tiny_gpt2):
     """A hub name reaches from_pretrained untouched, with trust_remote_code=False by default."""
     import transformers
 
-    from embetter_plug._loading import resolve_model_source
+    from embetter_plug.extraction.loading import resolve_model_source
 
     assert resolve_model_source("gpt2") == "gpt2"
     assert resolve_model_source("google/gemma-2-2b") == "google/gemma-2-2b"

@@ -15,9 +15,9 @@ import pytest
 
 from conftest import assert_same_activations
 from embetter_plug import TransformerActivationEncoder, load_activations
-from embetter_plug.extraction import ActivationExtractor
-from embetter_plug.io import MANIFEST
-from embetter_plug.streaming import auto_shard_size
+from embetter_plug.extraction.extractor import ActivationExtractor
+from embetter_plug.store.io import MANIFEST
+from embetter_plug.store.streaming import auto_shard_size
 from embetter_plug.testing import make_tiny_model, save_tiny_model
 
 
@@ -131,7 +131,7 @@ def test_interrupted_run_resumes_after_the_last_complete_shard(enc, corpus, tmp_
 
 def test_resume_with_another_batch_size_keeps_the_folders_shard_size(enc, corpus, tmp_path,
                                                                       monkeypatch):
-    from embetter_plug import streaming as epio
+    from embetter_plug.store import streaming as epio
 
     # about 20 rows of (3, 2, 32) float32 per shard: 16 at batch size 8, 20 at batch size 4
     monkeypatch.setattr(epio, "SHARD_BYTES", 20 * 3 * 2 * 32 * 4)
@@ -197,7 +197,7 @@ def test_auto_shard_size_is_a_multiple_of_the_batch_size():
 def test_default_shards_keep_minutes_not_hours():
     """A shard closes after about 64 MiB, 256 rows or a minute of work, whichever comes first:
     small rows no longer make shards of hours (MiniLM's 6 x 1 x 384 floats: 7,281 rows by size)."""
-    from embetter_plug import streaming
+    from embetter_plug.store import streaming
 
     assert streaming.SHARD_ROWS == 256 and streaming.SHARD_SECONDS == 60
     assert auto_shard_size((6, 1, 384), "float32", 32) == 256
@@ -210,8 +210,8 @@ def test_a_new_folders_shards_are_bounded_by_the_speed_of_its_first_batch(enc, c
                                                                           monkeypatch):
     """The first forward pass is timed (and stored, not computed again): at 4 rows a minute
     with batches of 4, a shard is one batch."""
-    from embetter_plug import streaming
-    from embetter_plug.extraction import ActivationExtractor
+    from embetter_plug.store import streaming
+    from embetter_plug.extraction.extractor import ActivationExtractor
 
     clock = iter(np.arange(1000) * 60.0)  # every perf_counter() call: a minute later
     monkeypatch.setattr(streaming.time, "perf_counter", lambda: next(clock))
@@ -232,7 +232,7 @@ def test_a_new_folders_shards_are_bounded_by_the_speed_of_its_first_batch(enc, c
 DRIVER = r"""
 import sys, time
 from embetter_plug import streaming as epio
-from embetter_plug.extraction import ActivationExtractor
+from embetter_plug.extraction.extractor import ActivationExtractor
 
 count_file, delay = sys.argv[1], float(sys.argv[2])
 write = epio.ShardWriter.write_shard
@@ -326,7 +326,7 @@ def test_cli_extract_to_npz_reads_back_with_its_layout(cli_setup, corpus, tmp_pa
 
 
 def test_extract_to_skips_shards_finished_out_of_order(enc, corpus, tmp_path, monkeypatch):
-    from embetter_plug.streaming import ShardWriter, extraction_plan
+    from embetter_plug.store.streaming import ShardWriter, extraction_plan
 
     texts = corpus[:30]
     ref, _ = load_activations(enc.extract_to(tmp_path / "ref", texts, shard_size=10))

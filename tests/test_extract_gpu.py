@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from embetter_plug._gpu import overlapped_batches
+from embetter_plug.extraction._gpu import overlapped_batches
 
 
 def test_next_batch_is_prepared_before_the_current_result_is_collected():
@@ -83,7 +83,8 @@ def test_cuda_branch_waits_on_each_copy_event_once_and_late(monkeypatch):
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
 @pytest.mark.parametrize("chunk", [None, 5])  # 5: several chunks, tokenized ahead in a thread
 def test_cuda_path_matches_cpu(family, chunk, texts, monkeypatch):
-    from embetter_plug import TransformerActivationEncoder, _batching
+    from embetter_plug import TransformerActivationEncoder
+    from embetter_plug.extraction import batching as _batching
     from embetter_plug.testing import make_tiny_model
 
     if chunk is not None:

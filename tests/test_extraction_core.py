@@ -14,8 +14,8 @@ import torch
 
 from conftest import assert_same_activations
 from embetter_plug import ActivationCache, TransformerActivationEncoder, load_activations
-from embetter_plug.extraction import ActivationExtractor
-from embetter_plug.identity import load_identity
+from embetter_plug.extraction.extractor import ActivationExtractor
+from embetter_plug.extraction.identity import load_identity
 from embetter_plug.testing import make_tiny_model, save_tiny_model
 
 

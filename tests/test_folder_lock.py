@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from embetter_plug import TransformerActivationEncoder, load_activations
-from embetter_plug._folder_lock import FolderInUseError
+from embetter_plug.store._folder_lock import FolderInUseError
 from embetter_plug.testing import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ TEXTS = [f"text number {i} about a film" for i in range(12)]
 FIRST_RUN = textwrap.dedent("""
     import sys
     from embetter_plug import TransformerActivationEncoder
-    from embetter_plug.streaming import ShardWriter
+    from embetter_plug.store.streaming import ShardWriter
     from embetter_plug.testing import make_tiny_model
 
     original, written = ShardWriter.write_shard, []
@@ -48,7 +48,7 @@ FIRST_RUN = textwrap.dedent("""
 
 HOLD_LOCK = textwrap.dedent("""
     import sys
-    from embetter_plug._folder_lock import folder_lock
+    from embetter_plug.store._folder_lock import folder_lock
 
     with folder_lock(sys.argv[1]):
         print("locked", flush=True)
@@ -136,7 +136,7 @@ def test_a_symlinked_data_file_is_never_written_through_on_resume(tmp_path):
 
 def test_a_cache_entry_with_a_malformed_header_is_reported_and_recomputed(tmp_path):
     from embetter_plug import ActivationCache
-    from embetter_plug.cache import _encode
+    from embetter_plug.store.cache import _encode
 
     cache = ActivationCache(tmp_path)
     path = cache._file("ab" * 32)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from embetter_plug import TransformerActivationEncoder
-from embetter_plug.attention import attention_patterns
+from embetter_plug.attention.patterns import attention_patterns
 from embetter_plug.testing import make_tiny_model, make_tokenizer
 
 TEXTS = ["the film was great and long", "a plot", "short one here", "and more words to read"]
@@ -135,7 +135,7 @@ def test_the_loop_body_of_iter_batches_runs_outside_inference_mode_autocast_and_
     inference mode and autocast, each with the weights as they are when it runs."""
     import copy
 
-    from embetter_plug.extraction import ActivationExtractor
+    from embetter_plug.extraction.extractor import ActivationExtractor
 
     model, tok = make_tiny_model("gpt2")
     model = copy.deepcopy(model)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from embetter_plug import TransformerActivationEncoder
-from embetter_plug.identity import check_cacheable, weights_digest
+from embetter_plug.extraction.identity import check_cacheable, weights_digest
 from embetter_plug.testing import make_tiny_model
 
 TEXTS = ["the film was great", "a plot that made no sense", "short", "and one more text here"]
@@ -114,7 +114,7 @@ def test_global_hooks_are_refused_and_the_encoders_own_hooks_are_not(model_tok, 
         handle.remove()
     check_cacheable(model)
     # a capture running in another thread holds hooks of the encoder's own: those are allowed
-    from embetter_plug._hooks import hook_manager
+    from embetter_plug.extraction.hooks import hook_manager
 
     manager = hook_manager(model)
     with manager.attached({(id(model.h[0]), "post"): model.h[0]}):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from embetter_plug._images import load_image
-from embetter_plug._mm_batching import image_token
-from embetter_plug.image_attention import image_attention
+from embetter_plug.inputs.images import load_image
+from embetter_plug.inputs.multimodal import image_token
+from embetter_plug.attention.image import image_attention
 from embetter_plug.testing import make_tiny_vlm
 
 pytest.importorskip("PIL.Image")
@@ -80,7 +80,7 @@ def test_grid_layout_box_plot_and_page(tmp_path):
 
 
 def test_pattern_grouped_by_image_runs():
-    from embetter_plug.attention import attention_patterns
+    from embetter_plug.attention.patterns import attention_patterns
 
     model, processor = make_tiny_vlm("llava")
     tok = image_token(processor)

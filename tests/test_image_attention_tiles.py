@@ -11,9 +11,9 @@ import pytest
 import torch
 from test_image_attention import _eager_attentions, _img
 
-from embetter_plug._images import load_image
-from embetter_plug._mm_batching import image_token
-from embetter_plug.image_attention import image_attention
+from embetter_plug.inputs.images import load_image
+from embetter_plug.inputs.multimodal import image_token
+from embetter_plug.attention.image import image_attention
 from embetter_plug.testing import make_tiny_vlm
 
 pytest.importorskip("PIL.Image")

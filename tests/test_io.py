@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from embetter_plug import load_activations, save_activations
-from embetter_plug.io import FORMAT, MANIFEST
-from embetter_plug.streaming import ShardWriter
+from embetter_plug.store.io import FORMAT, MANIFEST
+from embetter_plug.store.streaming import ShardWriter
 from embetter_plug.layout import ActivationLayout
 
 LAYOUT = ActivationLayout(layers=(0, 4), parts=("resid_post", "mlp_out@mean"), hidden_size=3,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from huggingface_hub import constants
 
-from embetter_plug._loading import _explained
+from embetter_plug.extraction.loading import _explained
 
 
 @pytest.mark.parametrize("offline", [True, False])
@@ -43,7 +43,7 @@ def test_an_expected_load_report_goes_to_debug(tmp_path, capfd, caplog):
     import logging
 
     from embetter_plug import TransformerActivationEncoder
-    from embetter_plug._loading import _ExpectedLoadReport
+    from embetter_plug.extraction.loading import _ExpectedLoadReport
     from embetter_plug.testing import save_tiny_vlm
 
     folder = save_tiny_vlm("llava", tmp_path / "llava")

@@ -17,7 +17,7 @@ TEXTS = ["the film was great", "a plot that made no sense", "short"]
 
 
 def test_mean_pooling_under_autocast_is_float32_and_exact():
-    from embetter_plug._token_pooling import make_pooler
+    from embetter_plug.extraction.token_pooling import make_pooler
 
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(3, 7, 16, generator=gen) * 10 + 3
@@ -33,7 +33,7 @@ def test_mean_pooling_under_autocast_is_float32_and_exact():
 def test_states_longer_than_the_batch_are_refused_not_pooled():
     """A model that pads inside its forward (to a multiple of a chunk) hands back more
     positions than the batch has tokens: a clear error, never a mask laid over the wrong rows."""
-    from embetter_plug._token_pooling import make_pooler
+    from embetter_plug.extraction.token_pooling import make_pooler
 
     mask = torch.ones(2, 5, dtype=torch.long)
     pool = make_pooler(mask, ["mean", "lasttoken"])
@@ -43,7 +43,7 @@ def test_states_longer_than_the_batch_are_refused_not_pooled():
 
 
 def test_parts_of_different_widths_share_a_cache_entry(tmp_path, monkeypatch):
-    from embetter_plug.extraction import ActivationExtractor
+    from embetter_plug.extraction.extractor import ActivationExtractor
 
     model, tok = make_tiny_model("llama")
     resid = TransformerActivationEncoder(model, tok, cache=tmp_path).fit()
@@ -98,7 +98,7 @@ def test_attention_patterns_cut_texts_by_the_encoders_rule():
     """A model whose position table (64) is shorter than its tokenizer's limit (512)."""
     from transformers import GPT2Config, GPT2Model
 
-    from embetter_plug.attention import attention_patterns
+    from embetter_plug.attention.patterns import attention_patterns
 
     tok = make_tokenizer("bpe")
     torch.manual_seed(0)

@@ -5,9 +5,9 @@ import threading
 import numpy as np
 import pytest
 
-from embetter_plug import extraction
-from embetter_plug.attention import attention_metrics, attention_patterns
-from embetter_plug.image_attention import image_attention
+from embetter_plug.extraction import extractor as extraction
+from embetter_plug.attention.patterns import attention_metrics, attention_patterns
+from embetter_plug.attention.image import image_attention
 from embetter_plug.testing import make_tiny_model, make_tiny_vlm
 
 TEXTS = ["a first text here", "b", "a third, somewhat longer text of several words"]
@@ -79,7 +79,7 @@ def test_image_attention_runs_in_the_extractors_loop(loop):
 
 def test_the_cuda_loop_passes_a_sinks_host_results_on():
     """A sink that hands back host objects (patterns) needs no pinned copy in the CUDA loop."""
-    from embetter_plug import _gpu
+    from embetter_plug.extraction import _gpu
 
     batches = [(np.array([0, 1]), "a"), (np.array([2]), "b")]
     out = list(_gpu.overlapped_batches(lambda b, pin: (b[0], {"x": b[1]}, None),

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from embetter_plug import LabellingMap, probe_layers
-from embetter_plug.attention import AttentionPattern
+from embetter_plug.attention.patterns import AttentionPattern
 from embetter_plug.cli import main
 from embetter_plug.probe import write_report
 

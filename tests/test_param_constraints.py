@@ -136,7 +136,7 @@ def test_text_estimators_refuse_before_loading(no_loading, make, fit, param):
 
 
 def test_numeric_estimators_refuse_before_reading_X(monkeypatch):
-    from embetter_plug.models._training import PlugNetBase
+    from embetter_plug.models.training import PlugNetBase
 
     monkeypatch.setattr(PlugNetBase, "_check_X", _no_load)
     X, y = np.zeros((4, 3)), np.array([0, 1, 0, 1])
@@ -218,7 +218,7 @@ def test_probe_layers_checks_parameters_before_fitting(monkeypatch, kwargs, para
 ])
 def test_streamed_extraction_checks_parameters_before_the_encoder_or_folder(tmp_path, kwargs,
                                                                           param):
-    from embetter_plug.streaming import extract_to, extraction_plan
+    from embetter_plug.store.streaming import extract_to, extraction_plan
 
     unfitted = TransformerActivationEncoder()  # checked after the parameters
     with _raises_naming(param, "extract_to"):
@@ -238,7 +238,7 @@ def test_extract_distributed_checks_parameters_before_ray(tmp_path, kwargs, para
         embetter_plug.extract_distributed(TransformerActivationEncoder(), tmp_path / "out", ["a"],
                                           **kwargs)
     if param in ("concurrency", "num_cpus", "num_gpus"):
-        from embetter_plug.distributed import connect_ray
+        from embetter_plug.store.distributed import connect_ray
 
         with _raises_naming(param, "connect_ray"):
             connect_ray(**kwargs)

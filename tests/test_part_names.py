@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from embetter_plug import TransformerActivationEncoder
-from embetter_plug._attn_arch import split_head
-from embetter_plug._vision import split_stack
-from embetter_plug.attention import head_scores
+from embetter_plug.arch.heads import split_head
+from embetter_plug.arch.vision import split_stack
+from embetter_plug.attention.patterns import head_scores
 from embetter_plug.layout import PartName
 from embetter_plug.testing import make_tiny_model, make_tiny_vlm
 

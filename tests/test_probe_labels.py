@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from embetter_plug import probe_layers
-from embetter_plug.probe._metrics import detect_task
+from embetter_plug.probe.metrics import detect_task
 
 X = np.random.default_rng(0).normal(size=(20, 2, 1, 4))
 

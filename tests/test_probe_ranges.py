@@ -10,7 +10,7 @@ from scipy.stats import t as student
 
 from embetter_plug import ProbeResults
 from embetter_plug.probe import stats
-from embetter_plug.probe._metrics import METRIC_RANGES
+from embetter_plug.probe.metrics import METRIC_RANGES
 
 
 def _hand_interval(scores, confidence=0.95):

@@ -317,7 +317,7 @@ def test_report_shows_per_head_probes_as_a_layer_by_head_heatmap(tmp_path):
     import base64
 
     from embetter_plug.layout import ActivationLayout
-    from embetter_plug.probe._heads import head_tables
+    from embetter_plug.probe.heads import head_tables
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 30)

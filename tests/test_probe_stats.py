@@ -337,7 +337,7 @@ def test_near_best_is_the_corrected_paired_t_test_against_the_best():
 def test_flat_result_reads_within_noise_of_the_best(capsys):
     """The command line's best line says in words which probes cannot be told apart from it."""
     from embetter_plug import ProbeResults
-    from embetter_plug._cli.probe import _print_table
+    from embetter_plug.cli.probe import _print_table
 
     frame = _flat_frame(worse=0.0)  # every probe the same
     _print_table(ProbeResults(frame).with_context(dataset="d"), "classification")

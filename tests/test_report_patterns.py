@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from embetter_plug import TransformerActivationEncoder, probe_layers
-from embetter_plug.attention import attention_patterns
+from embetter_plug.attention.patterns import attention_patterns
 from embetter_plug.cli import main
 from embetter_plug.testing import make_tiny_model
 
@@ -116,7 +116,7 @@ def test_cli_pattern_row_errors_before_a_model_loads(saved, tmp_path, capsys, mo
 
 
 def test_cli_pattern_choice():
-    from embetter_plug._cli._heads import pattern_text
+    from embetter_plug.cli._heads import pattern_text
 
     texts = ["zero", "one", "two"]
     assert pattern_text(texts, "auto", "attn_z", None) == "zero"
@@ -128,7 +128,7 @@ def test_cli_pattern_choice():
 
 
 def test_cli_notes_a_model_that_cannot_give_patterns(capsys):
-    from embetter_plug._cli._heads import pattern_of
+    from embetter_plug.cli._heads import pattern_of
 
     model, tok = make_tiny_model("llama")
     flash = copy.deepcopy(model)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from embetter_plug import TransformerActivationEncoder
-from embetter_plug.samples import Sample, check_inputs
+from embetter_plug.inputs.samples import Sample, check_inputs
 
 Image = pytest.importorskip("PIL.Image")
 

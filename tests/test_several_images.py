@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from embetter_plug import TransformerActivationEncoder
-from embetter_plug._images import load_image
-from embetter_plug._mm_batching import image_token
-from embetter_plug.samples import check_inputs
+from embetter_plug.inputs.images import load_image
+from embetter_plug.inputs.multimodal import image_token
+from embetter_plug.inputs.samples import check_inputs
 from embetter_plug.testing import make_tiny_vision, make_tiny_vlm
 
 pytest.importorskip("PIL.Image")

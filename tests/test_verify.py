@@ -1,4 +1,4 @@
-"""The check at fit on the user's own model (``verify=True``, embetter_plug._verify).
+"""The check at fit on the user's own model (``verify=True``, embetter_plug.arch.verify).
 
 Each test builds a model that discovery reads wrong, or whose forward cannot be read in batches,
 and checks that ``fit`` refuses it with a message naming the model, the part, the layer and the
@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from embetter_plug import TransformerActivationEncoder, _arch, _verify
-from embetter_plug._verify import VerificationError
+from embetter_plug import TransformerActivationEncoder
+from embetter_plug.arch import blocks as _arch, verify as _verify
+from embetter_plug.arch.verify import VerificationError
 from embetter_plug.testing import make_tiny_model, make_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -228,7 +229,7 @@ def test_attention_is_found_at_run_time_when_its_forward_is_wrapped(monkeypatch)
 
 
 def test_verify_extractor_checks_a_runner_of_its_own():
-    from embetter_plug.extraction import ActivationExtractor
+    from embetter_plug.extraction.extractor import ActivationExtractor
 
     model, tok = _fnet(), make_tokenizer("bpe")
     ext = ActivationExtractor(model, tok, layers=[0, 1], parts=["resid_post"],

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from embetter_plug import TransformerActivationEncoder, _arch
-from embetter_plug._verify import VerificationError
+from embetter_plug import TransformerActivationEncoder
+from embetter_plug.arch import blocks as _arch
+from embetter_plug.arch.verify import VerificationError
 
 TEXTS = ["The cat sat on the mat.", "Probing reads what a model computes, layer by layer."]
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from embetter_plug import TransformerActivationEncoder, _arch
+from embetter_plug import TransformerActivationEncoder
+from embetter_plug.arch import blocks as _arch
 from embetter_plug.testing import VLM_KINDS, make_tiny_vision, make_tiny_vlm
 
 Image = pytest.importorskip("PIL.Image")
@@ -41,7 +42,7 @@ def _prompt(processor, text, image):
 
 def _alone(model, processor, sample):
     """``(hidden_states, input_ids)`` of one sample run alone."""
-    from embetter_plug._images import load_image
+    from embetter_plug.inputs.images import load_image
 
     image = sample.get("image")
     kwargs = dict(text=[_prompt(processor, sample["text"], image is not None)],
@@ -98,7 +99,7 @@ def test_batch_and_padding_invariance(kind):
 
 @pytest.mark.parametrize("kind", TOWER_PER_IMAGE)
 def test_vision_tower_parts(kind):
-    from embetter_plug import _vision
+    from embetter_plug.arch import vision as _vision
 
     model, processor = make_tiny_vlm(kind)
     samples = [s for s in _samples(kind) if "image" in s]
@@ -111,7 +112,7 @@ def test_vision_tower_parts(kind):
     n = model.config.vision_config.num_hidden_layers
     assert enc.layout_.layers == tuple(range(n)) and enc.layout_.meta["stack"] == "vision"
     assert enc.layout_.parts[0] == "vision.resid_post@cls"
-    from embetter_plug._images import load_image
+    from embetter_plug.inputs.images import load_image
 
     for i, s in enumerate(samples):
         pix = processor.image_processor(images=[load_image(s["image"])],
@@ -131,7 +132,7 @@ def test_vision_tower_parts(kind):
 def test_vision_encoder_on_digits(kind):
     from sklearn.datasets import load_digits
 
-    from embetter_plug._images import load_image
+    from embetter_plug.inputs.images import load_image
 
     model, image_processor = make_tiny_vision(kind)
     digits = load_digits().images[:6] / 16.0  # (n, 8, 8) greys in [0, 1]
@@ -356,7 +357,7 @@ def test_heads_and_attention_to_image_tokens():
     eager = copy.deepcopy(model)
     eager.set_attn_implementation("eager")
     for i, s in enumerate(samples):
-        from embetter_plug._images import load_image
+        from embetter_plug.inputs.images import load_image
 
         kwargs = dict(text=[_prompt(processor, s["text"], "image" in s)], return_tensors="pt")
         if "image" in s:
@@ -377,7 +378,7 @@ def test_chameleon_has_no_tower():
 
 def test_image_modes_are_read_as_rgb():
     """Grey, palette and RGBA images become RGB (alpha on white) before the processor."""
-    from embetter_plug._images import load_image
+    from embetter_plug.inputs.images import load_image
 
     grey = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
     rgb = np.repeat(grey[:, :, None], 3, axis=2)
@@ -510,8 +511,8 @@ def _dual(kind):
 def test_dual_encoders_read_texts_and_images_apart(kind):
     """CLIP and SigLIP: plain texts through the text stack, images alone through the tower
     (which runs on its own), each against the stack's own hidden states."""
-    from embetter_plug import _vision
-    from embetter_plug._images import load_image
+    from embetter_plug.arch import vision as _vision
+    from embetter_plug.inputs.images import load_image
 
     model, processor = _dual(kind)
     assert _vision.is_dual_encoder(model)
@@ -559,7 +560,7 @@ def test_cluster_extraction_refuses_a_vlm_object_before_starting(tmp_path):
 def test_attention_patterns_of_samples_equal_eager_attentions(kind):
     import copy
 
-    from embetter_plug.attention import attention_patterns
+    from embetter_plug.attention.patterns import attention_patterns
 
     model, processor = make_tiny_vlm(kind)
     samples = [s for s in _samples(kind)][:3]
@@ -570,7 +571,7 @@ def test_attention_patterns_of_samples_equal_eager_attentions(kind):
     eager = copy.deepcopy(model)
     eager.set_attn_implementation("eager")
     for pat, s in zip(pats, samples):
-        from embetter_plug._images import load_image
+        from embetter_plug.inputs.images import load_image
 
         kwargs = dict(text=[_prompt(processor, s["text"], "image" in s)], return_tensors="pt")
         if "image" in s:

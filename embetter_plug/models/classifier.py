@@ -8,7 +8,8 @@ from sklearn.base import ClassifierMixin
 from torch import nn
 
 from ._modules import ResidualMLP
-from ._training import CLASS_WEIGHT, HIDDEN_UNITS, NET_CONSTRAINTS, ClassifierOutputsMixin, PlugNetBase, store_params
+from .training import (CLASS_WEIGHT, HIDDEN_UNITS, NET_CONSTRAINTS, ClassifierOutputsMixin,
+                       PlugNetBase, store_params)
 
 __all__ = ["PlugClassifier"]
 

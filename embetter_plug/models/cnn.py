@@ -12,8 +12,8 @@ from torch import nn
 
 from ._modules import ContrastiveCNN
 from .._constraints import NON_NEGATIVE_REAL, POSITIVE_INT, POSITIVE_REAL
-from ._training import (CLASS_WEIGHT, HIDDEN_UNITS, NET_CONSTRAINTS, ClassifierOutputsMixin, PlugNetBase,
-                        store_params)
+from .training import (CLASS_WEIGHT, HIDDEN_UNITS, NET_CONSTRAINTS, ClassifierOutputsMixin,
+                       PlugNetBase, store_params)
 from .losses import SupConLoss
 
 __all__ = ["PlugContrastiveCNN"]

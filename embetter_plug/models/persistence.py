@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .. import __version__
 from .._utils import logger, resolve_device
-from ._training import _plain
+from .training import _plain
 from .classifier import PlugClassifier
 from .cnn import PlugContrastiveCNN
 from .regressor import PlugRegressor
@@ -73,7 +73,7 @@ def save_model(model, path: str | Path) -> Path:
     """
     name = type(model).__name__
     if name in _self_saving():
-        from ..tuners._finetune_io import save_tuner
+        from ..tuners.finetune_io import save_tuner
 
         check_is_fitted(model, "net_")
         header = {"format": _FORMAT, "embetter_plug_version": __version__, "estimator": name}
@@ -138,7 +138,7 @@ def load_model(path: str | Path, *, device: Any = None, trusted: list[str] | Non
         raise FileNotFoundError(f"{path} is not a saved model: expected {CONFIG} and {WEIGHTS} in it.")
     config = json.loads(cfg_file.read_text())
     if config.get("format") == _FORMAT and config.get("estimator") in _self_saving():
-        from ..tuners._finetune_io import load_tuner
+        from ..tuners.finetune_io import load_tuner
 
         return load_tuner(_self_saving()[config["estimator"]], path, config, device)
     if config.get("format") != _FORMAT or config.get("estimator") not in _CLASSES:

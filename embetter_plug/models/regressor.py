@@ -10,7 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._modules import ResidualMLP
-from ._training import HIDDEN_UNITS, NET_CONSTRAINTS, PlugNetBase, store_params
+from .training import HIDDEN_UNITS, NET_CONSTRAINTS, PlugNetBase, store_params
 
 __all__ = ["PlugRegressor"]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ._metrics import FLIPPED, needs_every_class
+from .metrics import FLIPPED, needs_every_class
 from ._splits import fold_class_error
 from .stats import CONTROL, INNER, MDL_BITS, MDL_UNIFORM, PERM
 
@@ -79,7 +79,7 @@ def make_plan(X4, y, task: str, scorers: dict, splits, groups, estimator, *, nes
     from numbers import Integral
 
     from .._utils import logger, seed_from_random_state
-    from ._metrics import primary_metric
+    from .metrics import primary_metric
     from .control import control_labels, row_types
 
     for name, value in (("nested", nested), ("mdl", mdl)):

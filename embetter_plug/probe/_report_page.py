@@ -6,7 +6,7 @@ dummy baseline, the selection-free estimate of the best probe, and the table of 
 (with selectivity, corrected p-values and MDL compression where computed) with the best marked. The initial choice can
 be set in the address, e.g. ``report.html#metric=f1&pooling=mean``. With ``patterns=``, a
 section below shows one text's attention pattern per layer and head (the view of
-:meth:`embetter_plug.attention.AttentionPattern.to_html`).
+:meth:`embetter_plug.attention.patterns.AttentionPattern.to_html`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from .._pages import check_writable, fill, write_page
 from ..layout import PartName
-from ._metrics import LOWER_IS_BETTER, metric_range, ranking_metrics
+from .metrics import LOWER_IS_BETTER, metric_range, ranking_metrics
 from ._table import ANY, DUMMY
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ def side_by_side(results: dict, path, *, title: str | None = None, patterns=None
 
 def _with_image_attention(page: str, image_attention) -> str:
     """``page`` with the section showing where on the picture a token looks, before the end."""
-    from .._image_attn_html import image_attention_section
+    from ..attention.image_page import image_attention_section
 
     end = page.rindex("</body>")
     return page[:end] + image_attention_section(image_attention) + "\n" + page[end:]
@@ -150,7 +150,7 @@ def _with_image_attention(page: str, image_attention) -> str:
 def _with_heads(page: str, results: ProbeResults) -> str:
     """``page`` with a layer x head heatmap per per-head part (``attn_result.h3``, ...) after the
     chart, where a line per head would be unreadable; unchanged without per-head parts."""
-    from ._heads import head_tables, heatmap_png
+    from .heads import head_tables, heatmap_png
 
     tables = head_tables(results)
     if not tables:
@@ -165,8 +165,8 @@ def _with_heads(page: str, results: ProbeResults) -> str:
 
 def _with_patterns(page: str, patterns) -> str:
     """``page`` with the attention-pattern section before its end."""
-    from .._attn_html import pattern_section
-    from ..attention import AttentionPattern
+    from ..attention.page import pattern_section
+    from ..attention.patterns import AttentionPattern
 
     if isinstance(patterns, AttentionPattern):
         patterns = {"": patterns}

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._metrics import metric_range
+from .metrics import metric_range
 from ._overlay import draw_statistics
 from ._table import ANY, DUMMY
 

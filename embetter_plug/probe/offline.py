@@ -13,7 +13,7 @@ from .._constraints import (NON_NEGATIVE_INT, HasMethods, Indices, Selection, St
 from .._utils import logger
 from ..layout import layer_positions, select_positions
 from ._analyses import analyse, make_plan
-from ._metrics import FLIPPED, detect_task, needs_every_class, plain, resolve_scoring
+from .metrics import FLIPPED, detect_task, needs_every_class, plain, resolve_scoring
 from ._splits import fold_class_error
 from .results import DUMMY, ProbeResults, warn_if_dummy_wins
 

@@ -22,8 +22,8 @@ from sklearn.utils.validation import check_is_fitted
 from .._constraints import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, Check,
                             validate_estimator_params)
 from .._utils import logger, seed_from_random_state
-from ..samples import check_inputs
-from ._metrics import detect_task
+from ..inputs.samples import check_inputs
+from .metrics import detect_task
 from ._splits import three_way_split
 
 __all__ = ["OnlineProbes", "confusion_metrics"]

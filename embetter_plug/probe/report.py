@@ -6,7 +6,7 @@ dummy baseline, the selection-free estimate of the best probe, and the table of 
 (with selectivity, corrected p-values and MDL compression where computed) with the best marked.
 The initial choice can be set in the address, e.g. ``report.html#metric=f1&pooling=mean``. With
 ``patterns=``, a section below shows one text's attention pattern per layer and head (the view
-of :meth:`embetter_plug.attention.AttentionPattern.to_html`). The page itself is built in
+of :meth:`embetter_plug.attention.patterns.AttentionPattern.to_html`). The page itself is built in
 ``_report_page``; this module reads results files and writes the page.
 """
 
@@ -27,11 +27,11 @@ def write_report(results, path, *, title: str | None = None, patterns=None,
     A dict ``{target: results}`` (from ``probe_layers`` with several targets) gives one report
     per target, side by side on one page (each with its own plot, selectors and table).
 
-    ``patterns``: an :class:`~embetter_plug.attention.AttentionPattern` (from
-    :func:`~embetter_plug.attention.attention_patterns`), or a dict ``{model label: pattern}``,
+    ``patterns``: an :class:`~embetter_plug.attention.patterns.AttentionPattern` (from
+    :func:`~embetter_plug.attention.patterns.attention_patterns`), or a dict ``{model label: pattern}``,
     adds a section showing that text's attention with the tokens on both axes and a layer and
     head (and model) selector. ``image_attention``: an
-    :class:`~embetter_plug.image_attention.ImageAttention` adds a section showing where on the
+    :class:`~embetter_plug.attention.image.ImageAttention` adds a section showing where on the
     picture a token looks, with a layer and head selector.
 
     Examples

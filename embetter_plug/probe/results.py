@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .._utils import logger, warn_user
-from ._metrics import greater_is_better, primary_metric, ranking_metrics
+from .metrics import greater_is_better, primary_metric, ranking_metrics
 from ._table import ANY, DUMMY  # noqa: F401  (ANY: part of this module's names)
 from .stats import SELECTED, is_special
 
@@ -142,7 +142,7 @@ class ProbeResults:
 
         Probes are ranked by ``metric`` (default: the primary metric, ROC-AUC for labels when
         scored, else macro-F1, ...; R² for numbers), ties broken by the next metrics in that
-        order (see ``embetter_plug.probe._metrics.RANKING``), then by row order. The row also
+        order (see ``embetter_plug.probe.metrics.RANKING``), then by row order. The row also
         holds ``metric``, ``dummy`` (the dummy baseline's mean on that metric, NaN without one)
         and ``beats_dummy`` (whether the best probe is better than that baseline).
         """

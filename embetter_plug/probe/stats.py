@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ._metrics import greater_is_better, metric_range
+from .metrics import greater_is_better, metric_range
 
 __all__ = ["corrected_interval", "corrected_ttest", "holm", "bonferroni", "permutation_pvalue",
            "INNER", "PERM", "CONTROL", "MDL_BITS", "MDL_UNIFORM", "is_special"]

@@ -219,7 +219,7 @@ def select_recipe(texts, y, *, model: Any = None, tokenizer: Any = None, budget:
     from threadpoolctl import threadpool_limits
     from tqdm.auto import tqdm
 
-    from .. import _arch
+    from ..arch import blocks as _arch
 
     texts = check_texts(texts)
     y = np.asarray(y)

@@ -3,7 +3,7 @@ for a vision encoder (ViT, CLIP/SigLIP vision models, DINOv2 ...).
 
 Images come in the forms the encoder takes (PIL images, paths as :class:`pathlib.Path`, encoded
 bytes, arrays, a stack ``(n, H, W[, 3])``, ``{"image": ...}`` dicts or a DataFrame with an
-``image`` column, see :mod:`embetter_plug.samples`); each is checked, and its row named, before
+``image`` column, see :mod:`embetter_plug.inputs.samples`); each is checked, and its row named, before
 any weights load. The image processor turns them into ``pixel_values`` once per fit; the
 patches a vision encoder adds after its class token are what ``image:*`` poolings read.
 """
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import _vision
-from ..samples import check_inputs, has_images
+from ..arch import vision as _vision
+from ..inputs.samples import check_inputs, has_images
 
 __all__ = ["check_tuner_inputs", "check_model_inputs", "pixel_values", "patch_count"]
 
@@ -63,7 +63,7 @@ def check_model_inputs(model_or_config, kind: str, owner: str) -> None:
 def pixel_values(processor, images: list, batch: int = 64) -> dict[str, np.ndarray]:
     """``{"pixel_values": float32 array}`` of ``images`` as ``processor`` prepares them (RGB),
     ``batch`` images per call."""
-    from .._images import load_image
+    from ..inputs.images import load_image
 
     if processor is None:
         raise ValueError("a vision encoder needs its image processor: pass processor= (an "

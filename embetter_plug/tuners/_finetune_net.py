@@ -13,7 +13,7 @@ from skorch.dataset import Dataset
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from .._token_pooling import make_pooler
+from ..extraction.token_pooling import make_pooler
 from ..models.losses import SupConLoss
 
 __all__ = ["FineTuneModule", "FineTuneLoss", "BucketedLoader", "WarmupLinear", "layer_groups",

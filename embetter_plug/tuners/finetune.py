@@ -12,15 +12,16 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .. import _arch
-from .._loading import load_config, load_model, load_processor, load_tokenizer, resolve_model_source
+from ..arch import blocks as _arch
+from ..extraction.loading import (load_config, load_model, load_processor, load_tokenizer,
+                                  resolve_model_source)
 from .._constraints import (CALLBACKS, FRACTION, NON_NEGATIVE_REAL, POSITIVE_INT, POSITIVE_REAL, Device,
                             Interval, Options, StrOptions, TokenPoolings, validate_estimator_params)
-from .._token_pooling import validate_pooling
+from ..extraction.token_pooling import validate_pooling
 from .._utils import logger, resolve_device, seed_from_random_state
-from ..models._callbacks import EpochProgressBar, TrackedSplit, log_plain
-from ..models._training import ClassifierNet, seeded, softmax_output, torch_threads
-from ._finetune_io import pickle_state, unpickle_state
+from ..models.callbacks import EpochProgressBar, TrackedSplit, log_plain
+from ..models.training import ClassifierNet, seeded, softmax_output, torch_threads
+from .finetune_io import pickle_state, unpickle_state
 from ._finetune_images import check_model_inputs, check_tuner_inputs, patch_count, pixel_values
 from ._finetune_net import (BucketedLoader, FineTuneLoss, FineTuneModule, WarmupLinear, bf16_is_fast,
                             fused_adamw_ok, layer_groups, sorted_forward, tokenize)
@@ -56,7 +57,7 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
     and bf16 autocast is used where this machine computes bf16 natively.
 
     A vision encoder (ViT, DINOv2, CLIP/SigLIP vision models) is fine-tuned the same way on
-    images (PIL images, paths, arrays, in the forms :mod:`embetter_plug.samples` lists), read
+    images (PIL images, paths, arrays, in the forms :mod:`embetter_plug.inputs.samples` lists), read
     by its image processor (``processor=``) instead of a tokenizer and pooled as the encoder
     pools a vision encoder (``"auto"``: the mean over the patches, ``"cls"``: the class token).
 
@@ -69,7 +70,7 @@ class TransformerTuner(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transfo
     processor : str, path, image processor or None, default=None
         A vision encoder's image processor; ``None``: the model's own (from its folder).
     token_pooling : str or float, default="auto"
-        One pooling of :mod:`embetter_plug._token_pooling` (``mean``, ``cls``, ``lasttoken``,
+        One pooling of :mod:`embetter_plug.extraction.token_pooling` (``mean``, ``cls``, ``lasttoken``,
         ``image:mean`` ...); ``"auto"`` is ``lasttoken`` for decoders, ``mean`` for encoders,
         ``image:mean`` (the patches, without the class token) for vision encoders.
     lr : float, default=1e-4

@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .._loading import hf_progress, resolve_model_source
+from ..extraction.loading import hf_progress, resolve_model_source
 from .._constraints import POSITIVE_INT, Device, validate_estimator_params
 from .._utils import check_texts, logger, resolve_device
 from ._training import DeviceStateMixin, global_rng_kept

@@ -1,1 +1,0 @@
-"""Subcommands of the ``embetter-plug`` command line (one module each)."""
