@@ -123,6 +123,10 @@ def ray_cluster(tmp_path_factory):
     import _ray_helpers
 
     counts = tmp_path_factory.mktemp("ray") / "forwarded.txt"
+    # Ray starts its workers at niceness 15: beside another job's busy loop they would get a
+    # few percent of a core and the kill/resume tests their deadlines; here they run as the
+    # test run does
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
              runtime_env={"env_vars": {_ray_helpers.COUNTS: str(counts)}})
     _ray_helpers.register()
