@@ -23,6 +23,8 @@ def store_output_config(estimator, transform):
     if transform not in CONTAINERS:
         raise ValueError(f"set_output(transform={transform!r}) is not supported; valid values "
                          f"are {list(CONTAINERS)} or None.")
+    if transform == "polars":
+        _polars()  # a missing package is said here, not after the work
     config = dict(getattr(estimator, "_sklearn_output_config", {}))
     config["transform"] = transform
     estimator._sklearn_output_config = config
@@ -43,9 +45,7 @@ def wrap_output(estimator, out: np.ndarray, X, feature_names):
         return out
     columns = [str(c) for c in feature_names()]
     if wanted == "polars":
-        import polars as pl
-
-        return pl.DataFrame(out, schema=columns, orient="row")
+        return _polars().DataFrame(out, schema=columns, orient="row")
     import pandas as pd
 
     index = input_index(X)
@@ -63,3 +63,14 @@ def input_index(X):
     if isinstance(X, (Activations, pd.Series, pd.DataFrame)):
         return X.index
     return None
+
+
+def _polars():
+    """The polars module, or an ImportError that says how to get it (not a dependency)."""
+    try:
+        import polars
+    except ImportError:
+        raise ImportError("set_output(transform='polars') needs the polars package, which is not "
+                          "a dependency of embetter_plug: pip install polars (or use 'pandas')."
+                          ) from None
+    return polars

@@ -149,3 +149,19 @@ def test_after_the_encoder_features_are_named_by_model_layer_and_keep_the_texts_
     assert X[:2].layout == X.layout and list(X[:2].index) == [7, 8]
     assert list(X[np.array([3, 0])].index) == [10, 7]
     assert (X * 2).layout is None and (X * 2).index is None
+
+
+def test_polars_output_without_polars_says_how_to_get_it(monkeypatch):
+    """polars is not a dependency: asking for it names the package and the install, at once."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_polars(name, *args, **kwargs):
+        if name == "polars":
+            raise ImportError("No module named 'polars'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_polars)
+    with pytest.raises(ImportError, match=r"needs the polars package.*pip install polars"):
+        LayerPooler().set_output(transform="polars")
