@@ -121,7 +121,10 @@ def test_streamed_extraction_shows_one_bar(tmp_path, capsys, tiny_gpt2, texts):
 #: runs `embetter-plug` with a pause after the second complete shard: it writes the file named
 #: by $PAUSED_AT then waits there, so a test sends SIGINT at a point it knows, whatever the load
 PAUSE_AFTER_SHARD_2 = """
-import os, sys, time
+import os, signal, sys, time
+# Ctrl-C as in a terminal, also when the test run itself was started in the background (a shell
+# starts background jobs with SIGINT ignored, and a child inherits that)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from embetter_plug import streaming
 mark = streaming.ShardWriter.mark_complete
 def paused(self, shards):
